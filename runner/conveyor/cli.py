@@ -129,11 +129,16 @@ def migrate(database_url: str | None, as_json: bool) -> None:
 
     report = run_migrate(resolve_database_url(database_url))
     if as_json:
-        click.echo(json.dumps({
-            "applied": report.applied,
-            "functions_applied": report.functions_applied,
-            "extensions": [e.__dict__ for e in report.extensions],
-        }, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "applied": report.applied,
+                    "functions_applied": report.functions_applied,
+                    "extensions": [e.__dict__ for e in report.extensions],
+                },
+                indent=2,
+            )
+        )
         return
     for extension in report.extensions:
         click.echo(f"extension  {extension.describe()}")
@@ -150,8 +155,14 @@ def migrate(database_url: str | None, as_json: bool) -> None:
 
 @main.command()
 @database_url_option
-@click.option("--heartbeat-interval", type=float, default=10.0, show_default=True,
-              envvar="CONVEYOR_HEARTBEAT_INTERVAL", help="Seconds between heartbeats.")
+@click.option(
+    "--heartbeat-interval",
+    type=float,
+    default=10.0,
+    show_default=True,
+    envvar="CONVEYOR_HEARTBEAT_INTERVAL",
+    help="Seconds between heartbeats.",
+)
 @click.option("--log-level", default="INFO", envvar="CONVEYOR_LOG_LEVEL", show_default=True)
 @_fail_cleanly
 def run(database_url: str | None, heartbeat_interval: float, log_level: str) -> None:
@@ -167,4 +178,3 @@ def run(database_url: str | None, heartbeat_interval: float, log_level: str) -> 
 
 if __name__ == "__main__":  # pragma: no cover
     main()
-

@@ -104,7 +104,7 @@ class Cluster:
     root: Path
     port: int
     dbname: str = "conveyor"
-    superuser: str = "conveyor"
+    superuser: str = "postgres"
     # The database whose pg_cron scheduler runs; by default the Conveyor database itself.
     cron_dbname: str | None = None
 
@@ -115,8 +115,13 @@ class Cluster:
         state = root / "cluster.json"
         if state.exists():
             saved = json.loads(state.read_text())
-            return cls(root=root, port=saved["port"], dbname=saved["dbname"],
-                       superuser=saved["superuser"], cron_dbname=saved.get("cron_dbname"))
+            return cls(
+                root=root,
+                port=saved["port"],
+                dbname=saved["dbname"],
+                superuser=saved["superuser"],
+                cron_dbname=saved.get("cron_dbname"),
+            )
         return cls(root=root, port=settings.embedded_port())
 
     # --- paths ---------------------------------------------------------------------
@@ -224,11 +229,20 @@ class Cluster:
         try:
             if not user.is_current:
                 os.chown(pwfile, user.uid, user.gid)
-            self._run_as_server([
-                "initdb", "-D", str(self.data_dir), "-U", self.superuser,
-                f"--pwfile={pwfile}", "--auth-local=trust", "--auth-host=scram-sha-256",
-                "--encoding=UTF8", "--locale=C.UTF-8",
-            ])
+            self._run_as_server(
+                [
+                    "initdb",
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    self.superuser,
+                    f"--pwfile={pwfile}",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                ]
+            )
         finally:
             pwfile.unlink(missing_ok=True)
         cron_db = self.cron_dbname or self.dbname
@@ -247,17 +261,30 @@ class Cluster:
                 "timezone = 'UTC'\n"
                 "log_timezone = 'UTC'\n"
             )
-        self.state_file.write_text(json.dumps({
-            "port": self.port, "dbname": self.dbname, "superuser": self.superuser,
-            "cron_dbname": self.cron_dbname,
-        }, indent=2) + "\n")
+        self.state_file.write_text(
+            json.dumps(
+                {
+                    "port": self.port,
+                    "dbname": self.dbname,
+                    "superuser": self.superuser,
+                    "cron_dbname": self.cron_dbname,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
     def _check_reachable(self, user: ServerUser) -> None:
-        probe = subprocess.run(["test", "-w", str(self.root)], user=user.uid, group=user.gid,
-                               extra_groups=[], cwd="/", check=False)
+        probe = subprocess.run(
+            ["test", "-w", str(self.root)],
+            user=user.uid,
+            group=user.gid,
+            extra_groups=[],
+            cwd="/",
+            check=False,
+        )
         if probe.returncode != 0:
-            fallback = Path("/var/lib/conveyor") / hashlib.sha256(
-                str(self.root).encode()).hexdigest()[:12]
+            fallback = Path("/var/lib/conveyor") / hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
             raise ConveyorError(
                 f"the server runs as the unprivileged user {user.name!r}, which cannot reach "
                 f"{self.root} (a parent directory is private); set CONVEYOR_EMBEDDED_DIR to a "
@@ -267,25 +294,32 @@ class Cluster:
     def _run_as_server(self, argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
         user = resolve_server_user()
         program = str(server_bin_dir() / argv[0])
-        kwargs: dict[str, object] = {}
-        if not user.is_current:
-            kwargs = {"user": user.uid, "group": user.gid, "extra_groups": []}
+        as_other = not user.is_current
         result = subprocess.run(
-            [program, *argv[1:]], capture_output=True, text=True, check=False,
+            [program, *argv[1:]],
+            capture_output=True,
+            text=True,
+            check=False,
             cwd=self.root if self.root.exists() else "/",
-            env={**os.environ, "LC_ALL": "C.UTF-8"}, **kwargs,  # type: ignore[arg-type]
+            env={**os.environ, "LC_ALL": "C.UTF-8"},
+            user=user.uid if as_other else None,
+            group=user.gid if as_other else None,
+            extra_groups=[] if as_other else None,
         )
         if check and result.returncode != 0:
             raise ConveyorError(
-                f"{argv[0]} failed (exit {result.returncode}): "
-                f"{(result.stderr or result.stdout).strip()}"
+                f"{argv[0]} failed (exit {result.returncode}): {(result.stderr or result.stdout).strip()}"
             )
         return result
 
     def _connect(self, dbname: str) -> psycopg.Connection[tuple[object, ...]]:
         return psycopg.connect(
-            host=str(self.socket_dir), port=self.port, user=self.superuser, dbname=dbname,
-            autocommit=True, connect_timeout=5,
+            host=str(self.socket_dir),
+            port=self.port,
+            user=self.superuser,
+            dbname=dbname,
+            autocommit=True,
+            connect_timeout=5,
         )
 
     def _wait_ready(self, timeout: float = 30.0) -> None:
@@ -296,7 +330,9 @@ class Cluster:
                     return
             except psycopg.OperationalError as exc:
                 if time.monotonic() > deadline:
-                    raise ConveyorError(f"the embedded PostgreSQL does not accept connections: {exc}") from exc
+                    raise ConveyorError(
+                        f"the embedded PostgreSQL does not accept connections: {exc}"
+                    ) from exc
                 time.sleep(0.1)
 
     def _ensure_database(self, dbname: str) -> None:

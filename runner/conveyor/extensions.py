@@ -80,15 +80,29 @@ def _ensure_pg_cron(conn: psycopg.Connection[tuple[object, ...]]) -> ExtensionSt
     assert row is not None
     database, cron_database, preload = (str(v) if v is not None else None for v in row)
     if not _available(conn, "pg_cron"):
-        return ExtensionStatus("pg_cron", None, "absent", warning=(
-            "the server has no pg_cron; install the Debian package postgresql-NN-cron"))
+        return ExtensionStatus(
+            "pg_cron",
+            None,
+            "absent",
+            warning=("the server has no pg_cron; install the Debian package postgresql-NN-cron"),
+        )
     if "pg_cron" not in (preload or ""):
-        return ExtensionStatus("pg_cron", None, "absent", warning=(
-            "pg_cron is not in shared_preload_libraries; add it and restart the server"))
+        return ExtensionStatus(
+            "pg_cron",
+            None,
+            "absent",
+            warning=("pg_cron is not in shared_preload_libraries; add it and restart the server"),
+        )
     if cron_database != database:
-        return ExtensionStatus("pg_cron", None, "absent", warning=(
-            f"pg_cron's scheduler runs in database {cron_database!r}, not {database!r}; "
-            "periodic work is driven by the runner only"))
+        return ExtensionStatus(
+            "pg_cron",
+            None,
+            "absent",
+            warning=(
+                f"pg_cron's scheduler runs in database {cron_database!r}, not {database!r}; "
+                "periodic work is driven by the runner only"
+            ),
+        )
     conn.execute("create extension if not exists pg_cron")
     version = _installed_version(conn, "pg_cron")
     return _record(conn, ExtensionStatus("pg_cron", version, "extension", installed_now=True))
@@ -100,19 +114,19 @@ def _ensure_pgmq(conn: psycopg.Connection[tuple[object, ...]]) -> ExtensionStatu
         return _record(conn, ExtensionStatus("pgmq", version, "extension"))
     if _available(conn, "pgmq"):
         conn.execute("create extension if not exists pgmq")
-        return _record(conn, ExtensionStatus(
-            "pgmq", _installed_version(conn, "pgmq"), "extension", installed_now=True))
+        return _record(
+            conn, ExtensionStatus("pgmq", _installed_version(conn, "pgmq"), "extension", installed_now=True)
+        )
     already = conn.execute("select to_regclass('pgmq.meta') is not null").fetchone()
     bundled = get_embedded_sql_version()
     if already and already[0]:
-        row = conn.execute(
-            "select version from conveyor.installed_components where name = 'pgmq'"
-        ).fetchone()
+        row = conn.execute("select version from conveyor.installed_components where name = 'pgmq'").fetchone()
         installed = str(row[0]) if row else "unknown"
         warning = None
         if installed != bundled:
-            warning = (f"the pgmq Python package bundles {bundled}; the SQL-only install cannot "
-                       "be upgraded in place")
+            warning = (
+                f"the pgmq Python package bundles {bundled}; the SQL-only install cannot be upgraded in place"
+            )
         return ExtensionStatus("pgmq", installed, "sql-only", warning=warning)
     # The SQL-only script is written for a fresh schema; it runs inside our transaction.
     conn.execute(get_embedded_install_sql().encode())

@@ -68,9 +68,7 @@ def load_migrations(directory: Path) -> list[SqlFile]:
     for path in sorted(directory.glob("*.sql")):
         match = _MIGRATION_NAME.match(path.name)
         if not match:
-            raise ConveyorError(
-                f"migrations/{path.name}: a migration file is named NNNN_lowercase_words.sql"
-            )
+            raise ConveyorError(f"migrations/{path.name}: a migration file is named NNNN_lowercase_words.sql")
         number = match.group(1)
         if number in seen:
             raise ConveyorError(f"migrations/{path.name}: number {number} is also used by {seen[number]}")
@@ -113,9 +111,11 @@ def migrate(
         conn.execute(_BOOKKEEPING)
         report.extensions = ensure_extensions(conn)
 
-        recorded = dict(conn.execute(
-            "select name, checksum from conveyor.schema_migrations where kind = 'versioned'"
-        ).fetchall())
+        recorded: dict[str, str] = dict(
+            conn.execute(
+                "select name, checksum from conveyor.schema_migrations where kind = 'versioned'"
+            ).fetchall()
+        )
         _refuse_edited_or_missing(recorded, migrations)
         for migration in migrations:
             if migration.name in recorded:
@@ -127,9 +127,11 @@ def migrate(
             )
             report.applied.append(migration.name)
 
-        recorded_functions = dict(conn.execute(
-            "select name, checksum from conveyor.schema_migrations where kind = 'repeatable'"
-        ).fetchall())
+        recorded_functions: dict[str, str] = dict(
+            conn.execute(
+                "select name, checksum from conveyor.schema_migrations where kind = 'repeatable'"
+            ).fetchall()
+        )
         wanted = {f.name: f.checksum for f in functions}
         if report.applied or recorded_functions != wanted:
             for function_file in functions:
@@ -138,7 +140,8 @@ def migrate(
             conn.execute("delete from conveyor.schema_migrations where kind = 'repeatable'")
             with conn.cursor() as cur:
                 cur.executemany(
-                    "insert into conveyor.schema_migrations (name, kind, checksum) values (%s, 'repeatable', %s)",
+                    "insert into conveyor.schema_migrations (name, kind, checksum)"
+                    " values (%s, 'repeatable', %s)",
                     [(f.name, f.checksum) for f in functions],
                 )
         conn.commit()
@@ -150,9 +153,7 @@ def schema_version(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:
     exists = conn.execute("select to_regclass('conveyor.schema_migrations')").fetchone()
     if not exists or exists[0] is None:
         return None
-    row = conn.execute(
-        "select max(name) from conveyor.schema_migrations where kind = 'versioned'"
-    ).fetchone()
+    row = conn.execute("select max(name) from conveyor.schema_migrations where kind = 'versioned'").fetchone()
     return str(row[0]) if row and row[0] else None
 
 

@@ -47,8 +47,10 @@ class Runner:
                     if version is None:
                         raise ConveyorError("the database is not migrated: run `conveyor migrate` first")
                     if not announced:
-                        log.info("runner ready; it performs no actions yet (see README)", extra={
-                            "runner": str(self.runner_id), "schema": version})
+                        log.info(
+                            "runner ready; it performs no actions yet (see README)",
+                            extra={"runner": str(self.runner_id), "schema": version},
+                        )
                         announced = True
                     else:
                         log.info("reconnected", extra={"runner": str(self.runner_id)})
@@ -63,9 +65,13 @@ class Runner:
             except psycopg.OperationalError as exc:
                 if self.stopping.is_set():
                     break
-                log.warning("database unavailable; retrying", extra={
-                    "error": str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc),
-                    "retry_in_s": backoff})
+                log.warning(
+                    "database unavailable; retrying",
+                    extra={
+                        "error": str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc),
+                        "retry_in_s": backoff,
+                    },
+                )
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
         log.info("runner stopped", extra={"runner": str(self.runner_id)})

@@ -1,0 +1,124 @@
+"""Test fixtures: one real PostgreSQL cluster (pg_cron preloaded, pgmq installed) per session.
+
+The cluster is started by Conveyor's own embedded-cluster code, which runs the server
+as an unprivileged user when the tests run as root (CI does; PostgreSQL refuses root,
+and pytest-postgresql's process fixture cannot drop privileges). Databases are
+managed with pytest-postgresql's DatabaseJanitor: a template database is migrated once
+per session, and every test that asks for `db_url` gets a fresh copy of it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+from pytest_postgresql.janitor import DatabaseJanitor
+
+from conveyor.cluster import Cluster
+from conveyor.migrate import migrate
+
+CRON_DB = "conveyor"
+TEMPLATE_DB = "conveyor_tmpl"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Server:
+    cluster: Cluster
+
+    @property
+    def host(self) -> str:
+        return str(self.cluster.socket_dir)
+
+    @property
+    def port(self) -> int:
+        return self.cluster.port
+
+    @property
+    def user(self) -> str:
+        return self.cluster.superuser
+
+    def url(self, dbname: str) -> str:
+        return self.cluster.url(dbname)
+
+    def janitor(
+        self, dbname: str, *, template: str | None = None, as_template: bool = False
+    ) -> DatabaseJanitor:
+        return DatabaseJanitor(
+            user=self.user,
+            host=self.host,
+            port=self.port,
+            dbname=dbname,
+            template_dbname=template,
+            as_template=as_template,
+        )
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Server]:
+    root = Path(tempfile.mkdtemp(prefix="conveyor-test-pg-"))
+    root.chmod(0o755)  # as root, the server's unprivileged user must reach the cluster below
+    cluster = Cluster(root=root / "pg", port=free_port(), dbname=CRON_DB)
+    cluster.start()
+    try:
+        yield Server(cluster)
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cron_db_url(pg_server: Server) -> str:
+    """The database where pg_cron's scheduler runs, fully migrated (shared by the session)."""
+    url = pg_server.url(CRON_DB)
+    migrate(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server: Server) -> Iterator[str]:
+    """A migrated template database; per-test databases are copies of it."""
+    janitor = pg_server.janitor(TEMPLATE_DB, as_template=True)
+    janitor.drop()
+    with janitor:
+        migrate(pg_server.url(TEMPLATE_DB))
+        yield TEMPLATE_DB
+
+
+_db_counter = itertools.count()
+
+
+@pytest.fixture
+def db_url(pg_server: Server, template_db: str) -> Iterator[str]:
+    """A fresh, migrated database for this test alone."""
+    name = f"test_{next(_db_counter)}"
+    with pg_server.janitor(name, template=template_db):
+        yield pg_server.url(name)
+
+
+@pytest.fixture
+def empty_db_url(pg_server: Server) -> Iterator[str]:
+    """A fresh database with nothing in it (for migrator tests)."""
+    name = f"empty_{next(_db_counter)}"
+    with pg_server.janitor(name):
+        yield pg_server.url(name)
+
+
+@pytest.fixture
+def conn(db_url: str) -> Iterator[psycopg.Connection[dict[str, object]]]:
+    """An autocommit connection (rows as dicts) to this test's database."""
+    with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as connection:
+        yield connection
