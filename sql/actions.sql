@@ -1,0 +1,1 @@
+-- sql/actions.sql: being written in this session.

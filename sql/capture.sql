@@ -1,0 +1,1 @@
+-- sql/capture.sql: being written in this session.

@@ -1,0 +1,1 @@
+-- sql/conditions.sql: being written in this session.

@@ -1,0 +1,1 @@
+-- sql/delays.sql: being written in this session.

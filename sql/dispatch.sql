@@ -1,0 +1,1 @@
+-- sql/dispatch.sql: being written in this session.

@@ -1,0 +1,1 @@
+-- sql/durations.sql: being written in this session.

@@ -1,0 +1,1 @@
+-- sql/filters.sql: being written in this session.

@@ -1,0 +1,1 @@
+-- sql/interpreter.sql: being written in this session.

@@ -1,0 +1,1 @@
+-- sql/templates.sql: being written in this session.

@@ -1,0 +1,1 @@
+-- sql/tenancy.sql: being written in this session.

@@ -1,0 +1,1 @@
+-- sql/workflows.sql: being written in this session.
