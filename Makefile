@@ -38,3 +38,6 @@ db-status: bootstrap
 clean-db: bootstrap  ## stop the embedded cluster and delete its data
 	-$(BIN)/conveyor db stop
 	rm -rf .conveyor/pg
+
+bench-dispatch: bootstrap  ## dispatch + interpretation throughput, matching cost (bench/RESULTS.md)
+	$(BIN)/python -m bench.dispatch_throughput

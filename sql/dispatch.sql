@@ -1,1 +1,263 @@
--- sql/dispatch.sql: being written in this session.
+-- Dispatch: pending events × active subscriptions → executions, set-based and batched.
+--
+-- Exactly once: a dispatcher claims pending events with `for update skip locked` and
+-- stamps dispatched_at in the same transaction that creates their executions. Several
+-- dispatchers (runners, pg_cron) never claim the same event; a rollback releases it.
+--
+-- Matching does not grow with the number of subscriptions on other event types: each
+-- event type expands into its four match keys ('crm.deal.won', 'crm.deal.*', 'crm.*',
+-- '*') joined by equality on subscriptions_match_idx.
+--
+-- Workflow settings are honoured with a visible reason (an execution_logs line) instead
+-- of silently: run once per entity, executions per hour, concurrent executions, and the
+-- event chain depth limit (setting conveyor.max_event_depth, default 10).
+
+-- The trigger object templates and conditions see as {{trigger...}}.
+create or replace function conveyor.event_trigger_object(p_event conveyor.events)
+returns jsonb
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select jsonb_build_object(
+    'event_id', p_event.event_id,
+    'event_type', p_event.event_type,
+    'source', p_event.source,
+    'entity_type', p_event.entity_type,
+    'entity_id', p_event.entity_id,
+    'payload', p_event.payload,
+    'changed_columns', to_jsonb(p_event.changed_columns),
+    'occurred_at', p_event.occurred_at,
+    'depth', p_event.depth
+  );
+$$;
+
+-- The match keys of an event type: itself and its wildcard patterns.
+create or replace function conveyor.event_match_keys(p_event_type text)
+returns text[]
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select array[
+    p_event_type,
+    split_part(p_event_type, '.', 1) || '.' || split_part(p_event_type, '.', 2) || '.*',
+    split_part(p_event_type, '.', 1) || '.*',
+    '*'
+  ];
+$$;
+
+create or replace function conveyor.max_event_depth()
+returns integer
+language sql
+stable
+set search_path = ''
+as $$
+  select coalesce(nullif(current_setting('conveyor.max_event_depth', true), '')::integer, 10);
+$$;
+
+drop function if exists conveyor.dispatch(integer);
+create or replace function conveyor.dispatch(p_limit integer default 1000)
+returns integer
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_events bigint[];
+  v_executions bigint[];
+  v_refused bigint;
+  v_max_depth integer := conveyor.max_event_depth();
+begin
+  select array_agg(c.event_id order by c.event_id) into v_events
+  from (
+    select e.event_id
+    from conveyor.events as e
+    where e.dispatched_at is null
+    order by e.event_id
+    limit p_limit
+    for update skip locked
+  ) as c;
+  if v_events is null then
+    return 0;
+  end if;
+
+  -- Events past the chain depth limit start nothing; say so once per event.
+  insert into conveyor.execution_logs (tenant_id, event_id, level, message, details)
+  select e.tenant_id, e.event_id, 'warning',
+    format('event %s (%s) was not dispatched: its chain depth %s exceeds the limit %s',
+      e.event_id, e.event_type, e.depth, v_max_depth),
+    jsonb_build_object('reason', 'depth_limit', 'depth', e.depth, 'limit', v_max_depth,
+      'caused_by_execution_id', e.caused_by_execution_id)
+  from conveyor.events as e
+  where e.event_id = any(v_events) and e.depth > v_max_depth;
+
+  -- Workflows with limits are serialised per workflow (advisory locks in a fixed order),
+  -- so concurrent dispatchers cannot both take the last slot.
+  perform pg_catalog.pg_advisory_xact_lock(1131, l.workflow_id::integer)
+  from (
+    select distinct s.workflow_id
+    from conveyor.events as e
+    join conveyor.subscriptions as s
+      on s.match_key = any(conveyor.event_match_keys(e.event_type))
+      and s.tenant_id = e.tenant_id and s.active
+    join conveyor.workflow_versions as v on v.workflow_id = s.workflow_id and v.version = s.version
+    where e.event_id = any(v_events)
+      and (v.max_executions_per_hour is not null or v.max_concurrent is not null)
+    order by s.workflow_id
+  ) as l;
+
+  with matched as (
+    select
+      e.event_id, e.tenant_id, e.entity_type, e.entity_id, e.depth,
+      s.workflow_id, s.version, v.timeout, v.max_executions_per_hour, v.max_concurrent,
+      v.entry_step, t.trigger_object,
+      case when v.run_once_per_entity and e.entity_id is not null
+        then coalesce(e.entity_type, '') || ':' || e.entity_id end as once_key
+    from conveyor.events as e
+    cross join lateral (select conveyor.event_trigger_object(e) as trigger_object) as t
+    join conveyor.subscriptions as s
+      on s.match_key = any(conveyor.event_match_keys(e.event_type))
+      and s.tenant_id = e.tenant_id and s.active
+    join conveyor.workflow_versions as v on v.workflow_id = s.workflow_id and v.version = s.version
+    where e.event_id = any(v_events)
+      and e.depth <= v_max_depth
+      and (s.source is null or s.source = e.source)
+      and (s.filter_path is null or jsonb_path_match(t.trigger_object, s.filter_path))
+      and (s.condition is null or conveyor.eval_condition(
+        s.condition, jsonb_build_object('trigger', t.trigger_object, 'now', now())))
+  ),
+
+  ranked as (
+    select
+      m.*,
+      row_number() over (partition by m.workflow_id order by m.event_id) as nth_in_batch,
+      row_number() over (partition by m.workflow_id, m.once_key order by m.event_id) as nth_for_entity
+    from matched as m
+  ),
+
+  -- Current load of the workflows that have limits, counted once per workflow.
+  workflow_load as (
+    select
+      l.workflow_id,
+      (select count(*) from conveyor.executions as x
+        where x.workflow_id = l.workflow_id and x.created_at > now() - interval '1 hour') as last_hour,
+      (select count(*) from conveyor.executions as x
+        where x.workflow_id = l.workflow_id and x.status in ('pending', 'running', 'waiting')) as active
+    from (
+      select distinct m.workflow_id from matched as m
+      where m.max_executions_per_hour is not null or m.max_concurrent is not null
+    ) as l
+  ),
+
+  judged as (
+    select
+      r.*,
+      case
+        when r.once_key is not null and (r.nth_for_entity > 1 or exists (
+          select from conveyor.executions as x
+          where x.workflow_id = r.workflow_id and x.once_key = r.once_key
+        )) then 'run_once'
+        when r.nth_in_batch + l.last_hour > r.max_executions_per_hour then 'rate_limit'
+        when r.nth_in_batch + l.active > r.max_concurrent then 'concurrency_limit'
+      end as refusal
+    from ranked as r
+    left join workflow_load as l on l.workflow_id = r.workflow_id
+  ),
+
+  refused as (
+    insert into conveyor.execution_logs (tenant_id, workflow_id, event_id, level, message, details)
+    select j.tenant_id, j.workflow_id, j.event_id, 'info',
+      case j.refusal
+        when 'run_once' then format(
+          'event %s started no execution: workflow %s runs once per entity and already ran for %s',
+          j.event_id, j.workflow_id, j.once_key)
+        when 'rate_limit' then format(
+          'event %s started no execution: workflow %s reached its limit of %s executions per hour',
+          j.event_id, j.workflow_id, j.max_executions_per_hour)
+        else format(
+          'event %s started no execution: workflow %s reached its limit of %s concurrent executions',
+          j.event_id, j.workflow_id, j.max_concurrent)
+      end,
+      jsonb_build_object('reason', j.refusal)
+    from judged as j
+    where j.refusal is not null
+    returning 1
+  ),
+
+  created as (
+    insert into conveyor.executions (
+      tenant_id, workflow_id, version, event_id, entity_type, entity_id, once_key,
+      current_step, trigger, depth, timeout_at
+    )
+    select
+      j.tenant_id, j.workflow_id, j.version, j.event_id, j.entity_type, j.entity_id, j.once_key,
+      j.entry_step, j.trigger_object, j.depth, now() + j.timeout
+    from judged as j
+    where j.refusal is null
+    order by j.event_id, j.workflow_id
+    on conflict (workflow_id, once_key) where once_key is not null do nothing
+    returning execution_id
+  )
+
+  -- Both data-modifying branches are consumed here, so neither can be skipped.
+  select
+    (select array_agg(c.execution_id order by c.execution_id) from created as c),
+    (select count(*) from refused)
+  into v_executions, v_refused;
+
+  update conveyor.events
+  set dispatched_at = now()
+  where event_id = any(v_events);
+
+  if v_executions is not null then
+    perform conveyor.record_started(v_executions);
+    perform conveyor.run_executions(v_executions);
+  end if;
+  return pg_catalog.cardinality(v_events);
+end;
+$$;
+
+-- Sharded start counters (see conveyor.workflow_stats).
+create or replace function conveyor.record_started(p_execution_ids bigint[])
+returns void
+language sql
+set search_path = ''
+as $$
+  insert into conveyor.workflow_stats as s (workflow_id, shard, tenant_id, started, last_run_at)
+  select x.workflow_id, (x.execution_id % 16)::smallint, x.tenant_id, count(*), max(x.created_at)
+  from conveyor.executions as x
+  where x.execution_id = any(p_execution_ids)
+  group by x.workflow_id, (x.execution_id % 16)::smallint, x.tenant_id
+  on conflict (workflow_id, shard) do update
+    set started = s.started + excluded.started,
+      last_run_at = greatest(s.last_run_at, excluded.last_run_at);
+$$;
+
+-- The periodic work: dispatch pending events and resume due executions. The runner calls
+-- it whenever it is woken (and on a short poll); pg_cron calls it every minute as a safety
+-- net. Time is a parameter so tests can move it.
+drop function if exists conveyor.tick(timestamptz, integer);
+create or replace function conveyor.tick(
+  p_now timestamptz default now(),
+  p_batch integer default 1000
+) returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_dispatched integer := 0;
+  v_resumed integer;
+  v_batch integer;
+begin
+  -- Bounded: at most 10 batches per call, so one call never holds locks for long.
+  for i in 1..10 loop
+    v_batch := conveyor.dispatch(p_batch);
+    v_dispatched := v_dispatched + v_batch;
+    exit when v_batch < p_batch;
+  end loop;
+  v_resumed := conveyor.resume_due(p_now, p_batch);
+  return jsonb_build_object('dispatched', v_dispatched, 'resumed', v_resumed);
+end;
+$$;

@@ -1,0 +1,306 @@
+"""Dispatch: events x subscriptions → executions, exactly once, with limits that say why."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+Conn = psycopg.Connection[dict[str, Any]]
+
+
+def tenant(conn: Conn, tenant_id: str) -> str:
+    conn.execute(
+        "insert into conveyor.tenants (tenant_id, name) values (%s, %s) on conflict do nothing",
+        (tenant_id, tenant_id.upper()),
+    )
+    return tenant_id
+
+
+def publish(conn: Conn, tenant_id: str, slug: str, trigger: dict[str, Any], **extra: Any) -> int:
+    document = {
+        "slug": slug,
+        "name": slug,
+        "trigger": trigger,
+        "steps": extra.pop("steps", [{"id": "note", "set": {"seen": "{{trigger.event_type}}"}}]),
+        **extra,
+    }
+    row = conn.execute("select * from conveyor.publish(%s, %s)", (tenant_id, Jsonb(document))).fetchone()
+    assert row is not None
+    return int(row["workflow_id"])
+
+
+def emit(
+    conn: Conn, tenant_id: str, event_type: str, payload: dict[str, Any] | None = None, **kw: Any
+) -> int:
+    row = conn.execute(
+        "select conveyor.emit(%s, %s, %s, p_entity_type => %s, p_entity_id => %s, p_source => %s) as id",
+        (
+            tenant_id,
+            event_type,
+            Jsonb(payload or {}),
+            kw.get("entity_type"),
+            kw.get("entity_id"),
+            kw.get("source"),
+        ),
+    ).fetchone()
+    assert row is not None
+    return int(row["id"])
+
+
+def executions_by_workflow(conn: Conn) -> dict[int, int]:
+    rows = conn.execute("select workflow_id, count(*) as n from conveyor.executions group by 1").fetchall()
+    return {r["workflow_id"]: r["n"] for r in rows}
+
+
+def log_reasons(conn: Conn) -> list[str]:
+    rows = conn.execute("select details ->> 'reason' as reason from conveyor.execution_logs order by log_id")
+    return [r["reason"] for r in rows.fetchall() if r["reason"]]
+
+
+def test_committed_event_is_dispatched_exactly_once(conn: Conn) -> None:
+    t = tenant(conn, "acme")
+    wf = publish(conn, t, "greet", {"event": "crm.contact.created"})
+    event = emit(conn, t, "crm.contact.created", {"name": "Ada"})
+    assert conn.execute("select conveyor.dispatch() as n").fetchone() == {"n": 1}
+    assert conn.execute("select conveyor.dispatch() as n").fetchone() == {"n": 0}
+    assert executions_by_workflow(conn) == {wf: 1}
+    row = conn.execute(
+        "select x.status, x.event_id, x.trigger -> 'payload' as payload, e.dispatched_at is not null as done"
+        " from conveyor.executions as x join conveyor.events as e using (event_id)"
+    ).fetchone()
+    assert row == {"status": "completed", "event_id": event, "payload": {"name": "Ada"}, "done": True}
+
+
+def test_rolled_back_dispatch_leaves_the_event_pending(db_url: str, conn: Conn) -> None:
+    t = tenant(conn, "acme")
+    wf = publish(conn, t, "greet", {"event": "crm.contact.created"})
+    emit(conn, t, "crm.contact.created")
+    with psycopg.connect(db_url, row_factory=dict_row) as other:
+        assert other.execute("select conveyor.dispatch() as n").fetchone() == {"n": 1}
+        other.rollback()
+    assert executions_by_workflow(conn) == {}
+    assert conn.execute("select conveyor.dispatch() as n").fetchone() == {"n": 1}
+    assert executions_by_workflow(conn) == {wf: 1}
+
+
+def test_concurrent_dispatchers_never_share_an_event(db_url: str, conn: Conn) -> None:
+    t = tenant(conn, "acme")
+    publish(conn, t, "greet", {"event": "crm.contact.created"})
+    conn.execute(
+        "select conveyor.emit('acme', 'crm.contact.created', jsonb_build_object('i', i)) from generate_series(1, 3000) as i"
+    )
+    errors: list[BaseException] = []
+
+    def drain() -> None:
+        try:
+            with psycopg.connect(db_url, autocommit=True) as c:
+                while True:
+                    row = c.execute("select conveyor.dispatch(100)").fetchone()
+                    if row is None or row[0] == 0:
+                        return
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=drain) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert errors == []
+    row = conn.execute(
+        "select count(*) as executions, count(distinct event_id) as events from conveyor.executions"
+    ).fetchone()
+    assert row == {"executions": 3000, "events": 3000}
+    assert conn.execute(
+        "select count(*) as n from conveyor.events where dispatched_at is null"
+    ).fetchone() == {"n": 0}
+
+
+def test_exact_and_wildcard_subscriptions_match_by_type(conn: Conn) -> None:
+    t = tenant(conn, "acme")
+    exact = publish(conn, t, "exact", {"event": "crm.deal.won"})
+    entity = publish(conn, t, "entity-wide", {"event": "crm.deal.*"})
+    module = publish(conn, t, "module-wide", {"event": "crm.*"})
+    everything = publish(conn, t, "everything", {"event": "*"})
+    publish(conn, t, "contacts", {"event": "crm.contact.*"})
+    publish(conn, t, "lost", {"event": "crm.deal.lost"})
+    publish(conn, t, "billing", {"event": "billing.*"})
+    emit(conn, t, "crm.deal.won")
+    conn.execute("select conveyor.dispatch()")
+    assert executions_by_workflow(conn) == {exact: 1, entity: 1, module: 1, everything: 1}
+
+
+def test_source_and_payload_filter_select_events(conn: Conn) -> None:
+    t = tenant(conn, "acme")
+    big = publish(
+        conn,
+        t,
+        "big-deals",
+        {"event": "crm.deal.won", "source": "crm", "filter": {"payload.amount": {"$gte": 100}}},
+    )
+    emit(conn, t, "crm.deal.won", {"amount": 250}, source="crm")
+    emit(conn, t, "crm.deal.won", {"amount": 50}, source="crm")
+    emit(conn, t, "crm.deal.won", {"amount": 500}, source="import")
+    conn.execute("select conveyor.dispatch()")
+    rows = conn.execute(
+        "select trigger -> 'payload' ->> 'amount' as amount from conveyor.executions"
+    ).fetchall()
+    assert executions_by_workflow(conn) == {big: 1}
+    assert rows == [{"amount": "250"}]
+
+
+def test_trigger_condition_on_changed_columns(conn: Conn) -> None:
+    t = tenant(conn, "acme")
+    won = publish(
+        conn,
+        t,
+        "stage-won",
+        {
+            "event": "crm.deal.updated",
+            "condition": {"field": "stage", "op": "changed_to", "value": "won"},
+        },
+    )
+    emit(
+        conn, t, "crm.deal.updated", {"old": {"stage": "open"}, "new": {"stage": "won"}, "changed": ["stage"]}
+    )
+    emit(conn, t, "crm.deal.updated", {"old": {"stage": "won"}, "new": {"stage": "won"}, "changed": []})
+    emit(
+        conn,
+        t,
+        "crm.deal.updated",
+        {"old": {"stage": "open"}, "new": {"stage": "lost"}, "changed": ["stage"]},
+    )
+    conn.execute("select conveyor.dispatch()")
+    assert executions_by_workflow(conn) == {won: 1}
+
+
+def test_other_tenants_workflows_are_not_triggered(conn: Conn) -> None:
+    a, b = tenant(conn, "acme"), tenant(conn, "globex")
+    mine = publish(conn, a, "greet", {"event": "crm.contact.created"})
+    publish(conn, b, "greet", {"event": "crm.contact.created"})
+    emit(conn, a, "crm.contact.created")
+    conn.execute("select conveyor.dispatch()")
+    assert executions_by_workflow(conn) == {mine: 1}
+
+
+def test_run_once_per_entity_refuses_second_run_with_reason(conn: Conn) -> None:
+    t = tenant(conn, "acme")
+    wf = publish(conn, t, "welcome", {"event": "crm.contact.updated"}, settings={"run_once_per_entity": True})
+    for _ in range(2):
+        emit(conn, t, "crm.contact.updated", entity_type="contact", entity_id="42")
+    conn.execute("select conveyor.dispatch()")
+    emit(conn, t, "crm.contact.updated", entity_type="contact", entity_id="42")
+    emit(conn, t, "crm.contact.updated", entity_type="contact", entity_id="43")
+    conn.execute("select conveyor.dispatch()")
+    assert executions_by_workflow(conn) == {wf: 2}
+    assert log_reasons(conn) == ["run_once", "run_once"]
+
+
+def test_rate_limit_refuses_with_reason(conn: Conn) -> None:
+    t = tenant(conn, "acme")
+    wf = publish(
+        conn, t, "limited", {"event": "crm.contact.created"}, settings={"max_executions_per_hour": 2}
+    )
+    for _ in range(5):
+        emit(conn, t, "crm.contact.created")
+    conn.execute("select conveyor.dispatch()")
+    emit(conn, t, "crm.contact.created")
+    conn.execute("select conveyor.dispatch()")
+    assert executions_by_workflow(conn) == {wf: 2}
+    assert log_reasons(conn) == ["rate_limit"] * 4
+    message = conn.execute("select message from conveyor.execution_logs limit 1").fetchone()
+    assert message is not None and "limit of 2 executions per hour" in message["message"]
+
+
+def test_concurrency_limit_counts_waiting_executions(conn: Conn) -> None:
+    t = tenant(conn, "acme")
+    wf = publish(
+        conn,
+        t,
+        "one-at-a-time",
+        {"event": "crm.contact.created"},
+        settings={"max_concurrent": 1},
+        steps=[{"id": "wait", "delay": {"for": "1h"}}],
+    )
+    emit(conn, t, "crm.contact.created")
+    emit(conn, t, "crm.contact.created")
+    conn.execute("select conveyor.dispatch()")
+    assert executions_by_workflow(conn) == {wf: 1}
+    assert log_reasons(conn) == ["concurrency_limit"]
+
+
+def test_deactivated_workflow_starts_nothing(conn: Conn) -> None:
+    t = tenant(conn, "acme")
+    publish(conn, t, "greet", {"event": "crm.contact.created"})
+    conn.execute("select conveyor.set_workflow_active('acme', 'greet', false)")
+    emit(conn, t, "crm.contact.created")
+    assert conn.execute("select conveyor.dispatch() as n").fetchone() == {"n": 1}
+    assert executions_by_workflow(conn) == {}
+
+
+def test_event_past_depth_limit_is_refused_and_logged(conn: Conn) -> None:
+    t = tenant(conn, "acme")
+    publish(conn, t, "greet", {"event": "crm.contact.created"})
+    conn.execute(
+        "insert into conveyor.events (tenant_id, event_type, depth) values ('acme', 'crm.contact.created', 11)"
+    )
+    conn.execute("select conveyor.dispatch()")
+    assert executions_by_workflow(conn) == {}
+    assert log_reasons(conn) == ["depth_limit"]
+
+
+def test_self_triggering_workflow_stops_at_depth_limit(conn: Conn) -> None:
+    t = tenant(conn, "acme")
+    wf = publish(
+        conn,
+        t,
+        "echo",
+        {"event": "loop.ping.sent"},
+        steps=[{"id": "again", "emit": {"event": "loop.ping.sent", "payload": {"n": "{{trigger.depth}}"}}}],
+    )
+    emit(conn, t, "loop.ping.sent")
+    for _ in range(20):
+        conn.execute("select conveyor.dispatch()")
+    # Depths 0..10 run (11 executions); the event at depth 11 is refused.
+    assert executions_by_workflow(conn) == {wf: 11}
+    assert log_reasons(conn) == ["depth_limit"]
+    assert conn.execute("select max(depth) as d from conveyor.events").fetchone() == {"d": 11}
+
+
+def test_tick_dispatches_in_batches(conn: Conn) -> None:
+    t = tenant(conn, "acme")
+    publish(conn, t, "greet", {"event": "crm.contact.created"})
+    conn.execute(
+        "select conveyor.emit('acme', 'crm.contact.created', '{}'::jsonb) from generate_series(1, 250)"
+    )
+    result = conn.execute("select conveyor.tick(now(), 100) as r").fetchone()
+    assert result is not None and result["r"]["dispatched"] == 250
+    assert conn.execute(
+        "select count(*) as n from conveyor.executions where status = 'completed'"
+    ).fetchone() == {"n": 250}
+
+
+def test_started_counts_are_sharded(conn: Conn) -> None:
+    t = tenant(conn, "acme")
+    wf = publish(conn, t, "greet", {"event": "crm.contact.created"})
+    conn.execute(
+        "select conveyor.emit('acme', 'crm.contact.created', '{}'::jsonb) from generate_series(1, 40)"
+    )
+    conn.execute("select conveyor.dispatch()")
+    row = conn.execute(
+        "select sum(started) as started, count(*) as shards from conveyor.workflow_stats where workflow_id = %s",
+        (wf,),
+    ).fetchone()
+    assert row == {"started": 40, "shards": 16}
+
+
+@pytest.mark.usefixtures("cron_db_url")
+def test_pg_cron_ticks_every_minute(cron_db_url: str) -> None:
+    with psycopg.connect(cron_db_url, row_factory=dict_row) as c:
+        row = c.execute("select schedule, command from cron.job where jobname = 'conveyor-tick'").fetchone()
+    assert row == {"schedule": "* * * * *", "command": "select conveyor.tick()"}
