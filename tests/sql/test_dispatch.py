@@ -6,7 +6,6 @@ import threading
 from typing import Any
 
 import psycopg
-import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -297,10 +296,3 @@ def test_started_counts_are_sharded(conn: Conn) -> None:
         (wf,),
     ).fetchone()
     assert row == {"started": 40, "shards": 16}
-
-
-@pytest.mark.usefixtures("cron_db_url")
-def test_pg_cron_ticks_every_minute(cron_db_url: str) -> None:
-    with psycopg.connect(cron_db_url, row_factory=dict_row) as c:
-        row = c.execute("select schedule, command from cron.job where jobname = 'conveyor-tick'").fetchone()
-    assert row == {"schedule": "* * * * *", "command": "select conveyor.tick()"}

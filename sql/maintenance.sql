@@ -1,0 +1,162 @@
+-- Time-driven maintenance: execution timeouts, the stalled-action safety net, retention.
+-- Run by conveyor.tick() (timeouts) and by pg_cron jobs (see cron_jobs.sql); each call
+-- does a bounded amount of work so no call holds locks for long.
+
+-- Executions past their timeout become timed_out; their queued actions are withdrawn
+-- from the queue (a runner already performing one gets its write-back ignored).
+create or replace function conveyor.expire_timeouts(
+  p_now timestamptz default now(),
+  p_limit integer default 1000
+) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_ids bigint[];
+  v_id bigint;
+begin
+  select array_agg(x.execution_id order by x.execution_id) into v_ids
+  from (
+    select e.execution_id from conveyor.executions as e
+    where e.status in ('pending', 'running', 'waiting') and e.timeout_at <= p_now
+    order by e.timeout_at
+    limit p_limit
+    for update skip locked
+  ) as x;
+  if v_ids is null then
+    return 0;
+  end if;
+
+  perform pgmq.delete('conveyor_actions', r.msg_id)
+  from conveyor.step_runs as r
+  where r.execution_id = any(v_ids) and r.status = 'queued' and r.msg_id is not null;
+
+  update conveyor.step_runs as r
+  set status = 'failed', finished_at = greatest(p_now, r.started_at),
+    error = jsonb_build_object('message', 'the execution timed out before this action completed')
+  where r.execution_id = any(v_ids) and r.status in ('queued', 'running');
+
+  -- finish_execution does the per-execution bookkeeping (stats shard, log line).
+  foreach v_id in array v_ids loop
+    perform conveyor.finish_execution(v_id, 'timed_out', (
+      select jsonb_build_object('message', format('timed out after %s (at step "%s")',
+        e.timeout_at - e.created_at, e.current_step), 'step', e.current_step)
+      from conveyor.executions as e where e.execution_id = v_id
+    ));
+  end loop;
+  return pg_catalog.cardinality(v_ids);
+end;
+$$;
+
+-- Safety net: a queued action whose message is no longer in the queue (deleted by hand,
+-- or lost to a bug) is sent again with the same idempotency key. Runner crashes need no
+-- help: pgmq makes a message visible again when its visibility timeout passes.
+create or replace function conveyor.recover_stalled_actions(p_limit integer default 1000)
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_count integer := 0;
+  v_step_run_id bigint;
+begin
+  for v_step_run_id in
+    select r.step_run_id from conveyor.step_runs as r
+    join conveyor.executions as e on e.execution_id = r.execution_id and e.status = 'waiting'
+    where r.status = 'queued'
+      and r.started_at < now() - interval '1 minute'
+      and not exists (select from pgmq.q_conveyor_actions as q where q.msg_id = r.msg_id)
+    order by r.step_run_id
+    limit p_limit
+    for update of r skip locked
+  loop
+    perform conveyor.enqueue_action(v_step_run_id, 0);
+    insert into conveyor.execution_logs (tenant_id, execution_id, step_id, level, message, details)
+    select r.tenant_id, r.execution_id, r.step_id, 'warning',
+      format('action of step "%s" had no queue message; sent again', r.step_id),
+      jsonb_build_object('reason', 'requeued', 'step_run_id', r.step_run_id)
+    from conveyor.step_runs as r where r.step_run_id = v_step_run_id;
+    v_count := v_count + 1;
+  end loop;
+  return v_count;
+end;
+$$;
+
+-- Deletes history older than each tenant's retention_days, at most p_batch rows per kind
+-- per call (pg_cron calls it every five minutes, so a backlog drains in small steps).
+create or replace function conveyor.prune_history(
+  p_now timestamptz default now(),
+  p_batch integer default 5000
+) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_executions integer;
+  v_logs integer;
+  v_events integer;
+  v_deliveries integer;
+  v_archive integer;
+begin
+  -- Step runs and attached log lines go with their execution (on delete cascade).
+  with old as (
+    select e.execution_id from conveyor.executions as e
+    join conveyor.tenants as t on t.tenant_id = e.tenant_id
+    where e.finished_at < p_now - pg_catalog.make_interval(days => t.retention_days)
+    limit p_batch
+    for update of e skip locked
+  ),
+  gone as (delete from conveyor.executions as e using old where e.execution_id = old.execution_id returning 1)
+  select count(*) into v_executions from gone;
+
+  with old as (
+    select l.log_id from conveyor.execution_logs as l
+    join conveyor.tenants as t on t.tenant_id = l.tenant_id
+    where l.execution_id is null and l.logged_at < p_now - pg_catalog.make_interval(days => t.retention_days)
+    limit p_batch
+  ),
+  gone as (delete from conveyor.execution_logs as l using old where l.log_id = old.log_id returning 1)
+  select count(*) into v_logs from gone;
+
+  with old as (
+    select ev.event_id from conveyor.events as ev
+    join conveyor.tenants as t on t.tenant_id = ev.tenant_id
+    where ev.dispatched_at < p_now - pg_catalog.make_interval(days => t.retention_days)
+    limit p_batch
+    for update of ev skip locked
+  ),
+  gone as (delete from conveyor.events as ev using old where ev.event_id = old.event_id returning 1)
+  select count(*) into v_events from gone;
+
+  with old as (
+    select d.endpoint_id, d.delivery_id from conveyor.webhook_deliveries as d
+    join conveyor.tenants as t on t.tenant_id = d.tenant_id
+    where d.received_at < p_now - pg_catalog.make_interval(days => t.retention_days)
+    limit p_batch
+  ),
+  gone as (
+    delete from conveyor.webhook_deliveries as d using old
+    where (d.endpoint_id, d.delivery_id) = (old.endpoint_id, old.delivery_id)
+    returning 1
+  )
+  select count(*) into v_deliveries from gone;
+
+  -- Archived action messages carry their tenant in the message.
+  with old as (
+    select a.msg_id from pgmq.a_conveyor_actions as a
+    left join conveyor.tenants as t on t.tenant_id = a.message ->> 'tenant_id'
+    where a.archived_at < p_now - pg_catalog.make_interval(days => coalesce(t.retention_days, 30))
+    limit p_batch
+  ),
+  gone as (delete from pgmq.a_conveyor_actions as a using old where a.msg_id = old.msg_id returning 1)
+  select count(*) into v_archive from gone;
+
+  return jsonb_build_object(
+    'executions', v_executions, 'logs', v_logs, 'events', v_events,
+    'webhook_deliveries', v_deliveries, 'archived_messages', v_archive
+  );
+end;
+$$;
