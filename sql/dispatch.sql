@@ -83,6 +83,9 @@ begin
     return 0;
   end if;
 
+  -- Date-based triggers follow the dates their entities' rows carry.
+  perform conveyor.track_date_triggers(v_events);
+
   -- Events past the chain depth limit start nothing; say so once per event.
   insert into conveyor.execution_logs (tenant_id, event_id, level, message, details)
   select e.tenant_id, e.event_id, 'warning',
@@ -260,7 +263,7 @@ begin
     v_dispatched := v_dispatched + v_batch;
     exit when v_batch < p_batch;
   end loop;
-  v_fired := conveyor.fire_schedules(p_now);
+  v_fired := conveyor.fire_schedules(p_now) + conveyor.fire_date_triggers(p_now, p_batch);
   v_expired := conveyor.expire_timeouts(p_now, p_batch);
   v_resumed := conveyor.resume_due(p_now, p_batch);
   return jsonb_build_object(
