@@ -1,0 +1,1 @@
+"""The `conveyor` CLI's command groups, one module per concern."""

@@ -1,0 +1,258 @@
+"""`conveyor executions ...`, `conveyor events ...` and `conveyor trigger`: what ran and why."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from psycopg.types.json import Jsonb
+
+from conveyor import output
+from conveyor.commands.common import database_option, fail_cleanly, json_option, read_document, tenant_option
+from conveyor.db import connect
+from conveyor.errors import ConveyorError
+
+STATUSES = ["pending", "running", "waiting", "completed", "failed", "cancelled", "timed_out"]
+
+
+@click.group()
+def executions() -> None:
+    """Inspect and control executions."""
+
+
+@executions.command("list")
+@click.option("--status", type=click.Choice(STATUSES), help="Only executions in this status.")
+@click.option("--workflow", help="Only this workflow (slug).")
+@click.option(
+    "--since", default="24 hours", show_default=True, help="How far back, e.g. '2 hours', '7 days'."
+)
+@click.option("--limit", default=50, show_default=True)
+@tenant_option
+@database_option
+@json_option
+@fail_cleanly
+def list_executions(
+    status: str | None,
+    workflow: str | None,
+    since: str,
+    limit: int,
+    tenant: str,
+    database_url: str | None,
+    as_json: bool,
+) -> None:
+    """List recent executions, newest first."""
+    with connect(database_url) as conn:
+        rows = conn.execute(
+            """
+            select x.execution_id as id, w.slug as workflow, x.version, x.status, x.current_step as step,
+              x.entity_id, x.created_at,
+              round(extract(epoch from coalesce(x.finished_at, now()) - x.created_at) * 1000) as ms,
+              x.error ->> 'message' as error
+            from conveyor.executions as x
+            join conveyor.workflows as w on w.workflow_id = x.workflow_id
+            where x.tenant_id = %s and x.created_at > now() - %s::interval
+              and (%s::text is null or x.status = %s) and (%s::text is null or w.slug = %s)
+            order by x.execution_id desc
+            limit %s
+            """,
+            (tenant, since, status, status, workflow, workflow, limit),
+        ).fetchall()
+    output.show(
+        rows,
+        ["id", "workflow", "version", "status", "step", "entity_id", "created_at", "ms", "error"],
+        as_json=as_json,
+    )
+
+
+@executions.command("show")
+@click.argument("execution_id", type=int)
+@tenant_option
+@database_option
+@json_option
+@fail_cleanly
+def show_execution(execution_id: int, tenant: str, database_url: str | None, as_json: bool) -> None:
+    """A timeline: every step with status, timings, rendered input and output, errors in full."""
+    with connect(database_url) as conn:
+        execution = conn.execute(
+            "select x.*, w.slug from conveyor.executions as x join conveyor.workflows as w using (workflow_id)"
+            " where x.execution_id = %s and x.tenant_id = %s",
+            (execution_id, tenant),
+        ).fetchone()
+        if execution is None:
+            raise ConveyorError(f'execution {execution_id} does not exist for tenant "{tenant}"')
+        steps = conn.execute(
+            "select step_id as step, visit, attempt, status, started_at,"
+            " round(extract(epoch from finished_at - started_at) * 1000) as ms, input, output, error"
+            " from conveyor.step_runs where execution_id = %s order by step_run_id",
+            (execution_id,),
+        ).fetchall()
+        logs = conn.execute(
+            "select logged_at, level, message from conveyor.execution_logs where execution_id = %s order by log_id",
+            (execution_id,),
+        ).fetchall()
+    if as_json:
+        output.emit_json({"execution": execution, "steps": steps, "logs": logs})
+        return
+    click.echo(
+        f"execution {execution_id}: {execution['slug']} v{execution['version']}  {execution['status']}"
+        f"  created {execution['created_at']:%Y-%m-%d %H:%M:%S}"
+    )
+    if execution["error"]:
+        click.echo(f"error: {json.dumps(execution['error'])}")
+    if execution["status"] == "waiting":
+        click.echo(
+            f"waiting for {execution['wait_kind']} at step {execution['current_step']}"
+            + (f" until {execution['resume_at']}" if execution["resume_at"] else "")
+        )
+    output.table(
+        steps,
+        ["step", "visit", "attempt", "status", "started_at", "ms", "input", "output", "error"],
+        title="steps",
+    )
+    if logs:
+        output.table(logs, ["logged_at", "level", "message"], title="log")
+
+
+@executions.command("cancel")
+@click.argument("execution_id", type=int)
+@click.option("--reason", default=None, help="Why (kept with the execution).")
+@tenant_option
+@database_option
+@fail_cleanly
+def cancel(execution_id: int, reason: str | None, tenant: str, database_url: str | None) -> None:
+    """Cancel an execution; a late result from a runner is then ignored."""
+    with connect(database_url) as conn:
+        row = conn.execute(
+            "select conveyor.cancel_execution(%s, %s, %s) as done", (tenant, execution_id, reason)
+        )
+        done = row.fetchone()
+    click.echo(f"execution {execution_id}: {'cancelled' if done and done['done'] else 'already finished'}")
+
+
+@click.group()
+def events() -> None:
+    """Emit and inspect events."""
+
+
+@events.command("list")
+@click.option("--type", "event_type", help="Only this event type.")
+@click.option("--limit", default=50, show_default=True)
+@tenant_option
+@database_option
+@json_option
+@fail_cleanly
+def list_events(
+    event_type: str | None, limit: int, tenant: str, database_url: str | None, as_json: bool
+) -> None:
+    """List recent events, newest first, with how many executions each started."""
+    with connect(database_url) as conn:
+        rows = conn.execute(
+            """
+            select e.event_id as id, e.event_type as type, e.entity_id, e.depth, e.occurred_at, e.dispatched_at,
+              (select count(*) from conveyor.executions as x where x.event_id = e.event_id) as executions
+            from conveyor.events as e
+            where e.tenant_id = %s and (%s::text is null or e.event_type = %s)
+            order by e.event_id desc limit %s
+            """,
+            (tenant, event_type, event_type, limit),
+        ).fetchall()
+    output.show(
+        rows,
+        ["id", "type", "entity_id", "depth", "occurred_at", "dispatched_at", "executions"],
+        as_json=as_json,
+    )
+
+
+@events.command("emit")
+@click.argument("event_type")
+@click.option("--payload", default="{}", help="The payload as JSON.")
+@click.option("--entity-type")
+@click.option("--entity-id")
+@click.option("--dedupe-key")
+@tenant_option
+@database_option
+@fail_cleanly
+def emit(
+    event_type: str,
+    payload: str,
+    entity_type: str | None,
+    entity_id: str | None,
+    dedupe_key: str | None,
+    tenant: str,
+    database_url: str | None,
+) -> None:
+    """Emit an event (it is dispatched by the next tick of a runner or pg_cron)."""
+    try:
+        data = json.loads(payload)
+    except ValueError as exc:
+        raise ConveyorError(f"--payload is not valid JSON: {exc}") from exc
+    with connect(database_url) as conn:
+        row = conn.execute(
+            "select conveyor.emit(%s, %s, %s, %s, %s, %s) as id",
+            (tenant, event_type, Jsonb(data), entity_type, entity_id, dedupe_key),
+        ).fetchone()
+    click.echo(f"event {row['id'] if row else '?'}: {event_type}")
+
+
+@events.command("replay")
+@click.argument("event_id", type=int)
+@tenant_option
+@database_option
+@fail_cleanly
+def replay(event_id: int, tenant: str, database_url: str | None) -> None:
+    """Emit a copy of an event so its workflows run again (run-once settings still apply)."""
+    with connect(database_url) as conn:
+        original = conn.execute(
+            "select * from conveyor.events where event_id = %s and tenant_id = %s", (event_id, tenant)
+        ).fetchone()
+        if original is None:
+            raise ConveyorError(f'event {event_id} does not exist for tenant "{tenant}"')
+        row = conn.execute(
+            "select conveyor.emit(%s, %s, %s, %s, %s, null, %s) as id",
+            (
+                tenant,
+                original["event_type"],
+                Jsonb(original["payload"]),
+                original["entity_type"],
+                original["entity_id"],
+                original["source"],
+            ),
+        ).fetchone()
+    click.echo(f"event {row['id'] if row else '?'}: replay of {event_id}")
+
+
+@click.command("trigger")
+@click.argument("slug")
+@click.option(
+    "--data", "data_file", type=click.Path(exists=True, path_type=Path), help="Input (JSON or YAML)."
+)
+@click.option("--entity-id")
+@tenant_option
+@database_option
+@json_option
+@fail_cleanly
+def trigger(
+    slug: str,
+    data_file: Path | None,
+    entity_id: str | None,
+    tenant: str,
+    database_url: str | None,
+    as_json: bool,
+) -> None:
+    """Start a workflow by hand with the given data ({{trigger.payload...}})."""
+    data: dict[str, Any] = read_document(data_file) if data_file else {}
+    with connect(database_url) as conn:
+        row = conn.execute(
+            "select conveyor.trigger_workflow(%s, %s, %s, null, %s) as id",
+            (tenant, slug, Jsonb(data), entity_id),
+        ).fetchone()
+        assert row is not None
+        status = conn.execute(
+            "select status from conveyor.executions where execution_id = %s", (row["id"],)
+        ).fetchone()
+    if as_json:
+        output.emit_json({"execution_id": row["id"], "status": status["status"] if status else None})
+    else:
+        click.echo(f"execution {row['id']}: {status['status'] if status else '?'}")

@@ -1,0 +1,261 @@
+"""`conveyor workflows ...` and `conveyor dry-run`: publish, inspect and try workflow documents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+from psycopg.types.json import Jsonb
+
+from conveyor import output
+from conveyor.commands.common import database_option, fail_cleanly, json_option, read_document, tenant_option
+from conveyor.db import connect
+from conveyor.errors import ConveyorError
+
+
+@click.group()
+def workflows() -> None:
+    """Publish and manage workflows."""
+
+
+@workflows.command("apply")
+@click.option(
+    "-f",
+    "--file",
+    "files",
+    type=click.Path(exists=True, path_type=Path),
+    multiple=True,
+    required=True,
+    help="A workflow document (YAML or JSON); repeat for several.",
+)
+@click.option("--dry-run", is_flag=True, help="Validate only; publish nothing.")
+@tenant_option
+@database_option
+@json_option
+@fail_cleanly
+def apply(
+    files: tuple[Path, ...], dry_run: bool, tenant: str, database_url: str | None, as_json: bool
+) -> None:
+    """Validate and publish workflow documents (a new version when changed)."""
+    documents = [(path, read_document(path)) for path in files]
+    results: list[dict[str, Any]] = []
+    with connect(database_url) as conn:
+        for path, document in documents:
+            problems = [
+                r["problem"]
+                for r in conn.execute("select conveyor.validate_workflow(%s) as problem", (Jsonb(document),))
+            ]
+            if problems:
+                listing = "\n".join(f"  {p}" for p in problems)
+                raise ConveyorError(
+                    f'{path}: workflow "{document.get("slug")}" has {len(problems)} problem(s):\n{listing}'
+                )
+            if dry_run:
+                results.append({"file": str(path), "slug": document.get("slug"), "result": "valid"})
+                continue
+            row = conn.execute("select * from conveyor.publish(%s, %s)", (tenant, Jsonb(document))).fetchone()
+            assert row is not None
+            results.append(
+                {
+                    "file": str(path),
+                    "slug": document.get("slug"),
+                    "workflow_id": row["workflow_id"],
+                    "version": row["version"],
+                }
+            )
+    if as_json:
+        output.emit_json(results)
+        return
+    for result in results:
+        if dry_run:
+            click.echo(f"valid      {result['slug']}  ({result['file']})")
+        else:
+            click.echo(f"published  {result['slug']} version {result['version']}  ({result['file']})")
+
+
+@workflows.command("list")
+@tenant_option
+@database_option
+@json_option
+@fail_cleanly
+def list_workflows(tenant: str, database_url: str | None, as_json: bool) -> None:
+    """List the tenant's workflows."""
+    with connect(database_url) as conn:
+        rows = conn.execute(
+            """
+            select w.slug, w.name, w.active, w.current_version as version, w.category,
+              coalesce(s.match_key, case when sc.cron is not null then 'cron ' || sc.cron end,
+                case when wh.endpoint_id is not null then 'webhook' end,
+                case when dt.workflow_id is not null then 'date ' || dt.entity || '.' || dt.date_column end,
+                'manual') as trigger,
+              w.updated_at
+            from conveyor.workflows as w
+            left join conveyor.subscriptions as s on s.workflow_id = w.workflow_id and s.version = w.current_version
+            left join conveyor.schedules as sc on sc.workflow_id = w.workflow_id
+            left join conveyor.webhook_endpoints as wh on wh.workflow_id = w.workflow_id
+            left join conveyor.date_triggers as dt on dt.workflow_id = w.workflow_id
+            where w.tenant_id = %s
+            order by w.slug
+            """,
+            (tenant,),
+        ).fetchall()
+    output.show(rows, ["slug", "name", "active", "version", "trigger", "updated_at"], as_json=as_json)
+
+
+@workflows.command("show")
+@click.argument("slug")
+@tenant_option
+@database_option
+@json_option
+@fail_cleanly
+def show_workflow(slug: str, tenant: str, database_url: str | None, as_json: bool) -> None:
+    """Show a workflow: settings, versions, compiled steps and recent numbers."""
+    with connect(database_url) as conn:
+        workflow = conn.execute(
+            "select * from conveyor.workflows where tenant_id = %s and slug = %s", (tenant, slug)
+        ).fetchone()
+        if workflow is None:
+            raise ConveyorError(f'workflow "{slug}" does not exist for tenant "{tenant}"')
+        steps = conn.execute(
+            "select step_id, kind, coalesce(action_type, '') as action, next_step, branches, on_error"
+            " from conveyor.workflow_steps where workflow_id = %s and version = %s order by position",
+            (workflow["workflow_id"], workflow["current_version"]),
+        ).fetchall()
+        versions = conn.execute(
+            "select version, published_at from conveyor.workflow_versions where workflow_id = %s order by version",
+            (workflow["workflow_id"],),
+        ).fetchall()
+        summary = conn.execute("select * from conveyor.workflow_summary(%s, %s)", (tenant, slug)).fetchone()
+    if as_json:
+        output.emit_json({"workflow": workflow, "steps": steps, "versions": versions, "last_7_days": summary})
+        return
+    click.echo(
+        f"{workflow['slug']}: {workflow['name']}  (version {workflow['current_version']}, "
+        f"{'active' if workflow['active'] else 'inactive'})"
+    )
+    if workflow["description"]:
+        click.echo(workflow["description"])
+    output.table(steps, ["step_id", "kind", "action", "next_step", "branches", "on_error"], title="steps")
+    if summary:
+        output.table(
+            [summary],
+            ["runs", "completed", "failed", "success_rate", "avg_ms", "p95_ms", "last_error"],
+            title="last 7 days",
+        )
+    click.echo(
+        "versions: " + ", ".join(f"{v['version']} ({v['published_at']:%Y-%m-%d %H:%M})" for v in versions)
+    )
+
+
+@workflows.command("export")
+@click.argument("slug")
+@click.option("--version", type=int, help="A specific version (default: the current one).")
+@click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
+@tenant_option
+@database_option
+@fail_cleanly
+def export(slug: str, version: int | None, fmt: str, tenant: str, database_url: str | None) -> None:
+    """Print a workflow's document, as published."""
+    with connect(database_url) as conn:
+        row = conn.execute(
+            "select conveyor.export_workflow(%s, %s, %s) as doc", (tenant, slug, version)
+        ).fetchone()
+    assert row is not None
+    if fmt == "json":
+        output.emit_json(row["doc"])
+    else:
+        click.echo(yaml.safe_dump(row["doc"], sort_keys=False, allow_unicode=True), nl=False)
+
+
+def _set_active(slug: str, active: bool, tenant: str, database_url: str | None) -> None:
+    with connect(database_url) as conn:
+        conn.execute("select conveyor.set_workflow_active(%s, %s, %s)", (tenant, slug, active))
+    click.echo(f"{slug}: {'active' if active else 'inactive'}")
+
+
+@workflows.command("activate")
+@click.argument("slug")
+@tenant_option
+@database_option
+@fail_cleanly
+def activate(slug: str, tenant: str, database_url: str | None) -> None:
+    """Let new events start the workflow again."""
+    _set_active(slug, True, tenant, database_url)
+
+
+@workflows.command("deactivate")
+@click.argument("slug")
+@tenant_option
+@database_option
+@fail_cleanly
+def deactivate(slug: str, tenant: str, database_url: str | None) -> None:
+    """Stop new executions; running ones finish on their version."""
+    _set_active(slug, False, tenant, database_url)
+
+
+@workflows.command("delete")
+@click.argument("slug")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@tenant_option
+@database_option
+@fail_cleanly
+def delete(slug: str, yes: bool, tenant: str, database_url: str | None) -> None:
+    """Delete a workflow that has no executions."""
+    if not yes:
+        click.confirm(f'Delete workflow "{slug}" of tenant "{tenant}"?', abort=True)
+    with connect(database_url) as conn:
+        conn.execute("select conveyor.delete_workflow(%s, %s)", (tenant, slug))
+    click.echo(f"{slug}: deleted")
+
+
+@click.command("dry-run")
+@click.option(
+    "-f",
+    "--file",
+    "file",
+    type=click.Path(exists=True, path_type=Path),
+    required=True,
+    help="The workflow document.",
+)
+@click.option(
+    "--event",
+    type=click.Path(exists=True, path_type=Path),
+    required=True,
+    help="A sample trigger (JSON or YAML), e.g. {event_type, payload, entity_id}.",
+)
+@tenant_option
+@database_option
+@json_option
+@fail_cleanly
+def dry_run(file: Path, event: Path, tenant: str, database_url: str | None, as_json: bool) -> None:
+    """Run a workflow against a sample event: every decision, nothing sent, nothing kept."""
+    document = read_document(file)
+    trigger = read_document(event)
+    with connect(database_url) as conn:
+        row = conn.execute(
+            "select conveyor.dry_run(%s, %s, %s) as r", (tenant, Jsonb(document), Jsonb(trigger))
+        )
+        result = row.fetchone()
+    assert result is not None
+    report = result["r"]
+    if as_json:
+        output.emit_json(report)
+        return
+    steps = report.get("steps", []) if isinstance(report, dict) else report
+    rows = [
+        {
+            "step": s.get("step"),
+            "kind": s.get("kind"),
+            "decision": s.get("decision") or s.get("branch"),
+            "input": s.get("input"),
+            "output": s.get("output") or s.get("would_send"),
+        }
+        for s in steps
+    ]
+    output.table(
+        rows, ["step", "kind", "decision", "input", "output"], title=f"dry run of {document.get('slug')}"
+    )
+    if isinstance(report, dict) and report.get("status"):
+        click.echo(f"final status: {report['status']}")

@@ -1,0 +1,55 @@
+"""Output for the CLI: rich tables on a terminal, JSON with --json (or when piped, on request)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    return value
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=_plain))
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S%z")
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=_plain)
+    return str(value)
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], *, title: str | None = None) -> None:
+    out = Table(title=title, show_lines=False, header_style="bold")
+    for column in columns:
+        out.add_column(column)
+    for row in rows:
+        out.add_row(*(cell(row.get(column)) for column in columns))
+    Console().print(out)
+
+
+def show(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str], *, as_json: bool, title: str | None = None
+) -> None:
+    if as_json:
+        emit_json([dict(r) for r in rows])
+    elif rows:
+        table(rows, columns, title=title)
+    else:
+        click.echo("(none)")

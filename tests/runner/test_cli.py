@@ -1,0 +1,176 @@
+"""The CLI against a real database: each command's normal and error paths (click's runner)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+
+from conveyor.cli import main
+
+Conn = psycopg.Connection[dict[str, Any]]
+
+WORKFLOW = {
+    "slug": "greet-contact",
+    "name": "Greet a new contact",
+    "description": "Remembers who joined.",
+    "trigger": {"event": "crm.contact.created"},
+    "steps": [
+        {
+            "id": "is-lead",
+            "if": {"field": "trigger.payload.new.type", "op": "equals", "value": "lead"},
+            "then": "remember",
+            "else": None,
+        },
+        {"id": "remember", "set": {"name": "{{trigger.payload.new.name}}"}},
+    ],
+}
+
+
+@pytest.fixture
+def cli(db_url: str, conn: Conn) -> Any:
+    conn.execute(
+        "insert into conveyor.tenants (tenant_id, name) values ('acme', 'Acme'), ('globex', 'Globex')"
+    )
+    runner = CliRunner()
+
+    def invoke(*args: str) -> Result:
+        return runner.invoke(
+            main,
+            [*args],
+            env={"CONVEYOR_DATABASE_URL": db_url, "CONVEYOR_TENANT": "acme"},
+            catch_exceptions=False,
+        )
+
+    return invoke
+
+
+@pytest.fixture
+def workflow_file(tmp_path: Path) -> Path:
+    path = tmp_path / "greet.yaml"
+    path.write_text(yaml.safe_dump(WORKFLOW, sort_keys=False))
+    return path
+
+
+def test_apply_list_show_export(cli: Any, workflow_file: Path) -> None:
+    applied = cli("workflows", "apply", "-f", str(workflow_file))
+    assert applied.exit_code == 0, applied.output
+    assert "published  greet-contact version 1" in applied.output
+    listed = cli("workflows", "list", "--json")
+    assert [(w["slug"], w["version"], w["trigger"]) for w in json.loads(listed.output)] == [
+        ("greet-contact", 1, "crm.contact.created")
+    ]
+    shown = cli("workflows", "show", "greet-contact")
+    assert shown.exit_code == 0 and "is-lead" in shown.output and "remember" in shown.output
+    exported = cli("workflows", "export", "greet-contact", "--format", "json")
+    assert json.loads(exported.output)["steps"][1]["id"] == "remember"
+
+
+def test_apply_dry_run_validates_without_publishing(cli: Any, workflow_file: Path, conn: Conn) -> None:
+    result = cli("workflows", "apply", "-f", str(workflow_file), "--dry-run")
+    assert result.exit_code == 0 and "valid      greet-contact" in result.output
+    assert conn.execute("select count(*) as n from conveyor.workflows").fetchone() == {"n": 0}
+
+
+def test_apply_reports_every_problem_with_its_path(cli: Any, tmp_path: Path, conn: Conn) -> None:
+    broken = {**WORKFLOW, "steps": [{"id": "x", "action": "email.sned", "with": {}}]}
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(broken))
+    result = cli("workflows", "apply", "-f", str(path))
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ")
+    assert "steps[0]" in result.output
+    assert conn.execute("select count(*) as n from conveyor.workflows").fetchone() == {"n": 0}
+
+
+def test_unreadable_document_is_one_clear_line(cli: Any, tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("slug: [unclosed")
+    result = cli("workflows", "apply", "-f", str(path))
+    assert result.exit_code == 1 and "not valid YAML or JSON" in result.output
+
+
+def test_activate_deactivate_delete(cli: Any, workflow_file: Path) -> None:
+    cli("workflows", "apply", "-f", str(workflow_file))
+    assert cli("workflows", "deactivate", "greet-contact").output.strip() == "greet-contact: inactive"
+    assert cli("workflows", "activate", "greet-contact").output.strip() == "greet-contact: active"
+    assert cli("workflows", "delete", "greet-contact", "--yes").exit_code == 0
+    missing = cli("workflows", "show", "greet-contact")
+    assert (
+        missing.exit_code == 1
+        and 'workflow "greet-contact" does not exist for tenant "acme"' in missing.output
+    )
+
+
+def test_events_emit_list_and_executions(cli: Any, workflow_file: Path, conn: Conn) -> None:
+    cli("workflows", "apply", "-f", str(workflow_file))
+    emitted = cli(
+        "events", "emit", "crm.contact.created", "--payload", '{"new": {"type": "lead", "name": "Ada"}}'
+    )
+    assert emitted.exit_code == 0, emitted.output
+    conn.execute("select conveyor.tick()")
+    events = json.loads(cli("events", "list", "--json").output)
+    assert [(e["type"], e["executions"]) for e in events] == [("crm.contact.created", 1)]
+    executions = json.loads(cli("executions", "list", "--json").output)
+    assert [(x["workflow"], x["status"]) for x in executions] == [("greet-contact", "completed")]
+    shown = cli("executions", "show", str(executions[0]["id"]), "--json")
+    steps = json.loads(shown.output)["steps"]
+    assert [s["step"] for s in steps] == ["is-lead", "remember"]
+    replayed = cli("events", "replay", str(events[0]["id"]))
+    assert replayed.exit_code == 0 and "replay of" in replayed.output
+    bad = cli("events", "emit", "not-a-type")
+    assert bad.exit_code == 1 and bad.output.startswith("error: ")
+
+
+def test_other_tenants_execution_is_not_shown(cli: Any, workflow_file: Path, conn: Conn, db_url: str) -> None:
+    cli("workflows", "apply", "-f", str(workflow_file))
+    cli("events", "emit", "crm.contact.created", "--payload", '{"new": {"type": "lead"}}')
+    conn.execute("select conveyor.tick()")
+    execution = conn.execute("select execution_id from conveyor.executions").fetchone()
+    assert execution is not None
+    result = CliRunner().invoke(
+        main,
+        ["executions", "show", str(execution["execution_id"]), "--tenant", "globex"],
+        env={"CONVEYOR_DATABASE_URL": db_url},
+    )
+    assert result.exit_code == 1 and "does not exist for tenant" in result.output
+
+
+def test_trigger_and_stats_and_status(cli: Any, tmp_path: Path) -> None:
+    manual = {
+        "slug": "by-hand",
+        "name": "By hand",
+        "trigger": {"manual": True},
+        "steps": [{"id": "s", "set": {"who": "{{trigger.payload.who}}"}}],
+    }
+    (tmp_path / "m.json").write_text(json.dumps(manual))
+    (tmp_path / "data.json").write_text(json.dumps({"who": "Ada"}))
+    assert cli("workflows", "apply", "-f", str(tmp_path / "m.json")).exit_code == 0
+    triggered = cli("trigger", "by-hand", "--data", str(tmp_path / "data.json"), "--json")
+    assert json.loads(triggered.output)["status"] == "completed"
+    stats = json.loads(cli("stats", "--json").output)
+    assert [(w["slug"], w["runs"], w["completed"]) for w in stats["workflows"]] == [("by-hand", 1, 1)]
+    status = json.loads(cli("status", "--json").output)
+    assert status["queue_depth"] == 0 and status["executions_last_hour"] == {"completed": 1}
+    missing = cli("trigger", "nope")
+    assert missing.exit_code == 1 and 'workflow "nope" does not exist' in missing.output
+
+
+def test_cancel_waiting_execution(cli: Any, tmp_path: Path) -> None:
+    slow = {
+        "slug": "slow",
+        "name": "Slow",
+        "trigger": {"manual": True},
+        "steps": [{"id": "wait", "delay": {"for": "1d"}}],
+    }
+    (tmp_path / "s.json").write_text(json.dumps(slow))
+    cli("workflows", "apply", "-f", str(tmp_path / "s.json"))
+    execution_id = json.loads(cli("trigger", "slow", "--json").output)["execution_id"]
+    assert "cancelled" in cli("executions", "cancel", str(execution_id), "--reason", "testing").output
+    shown = json.loads(cli("executions", "show", str(execution_id), "--json").output)
+    assert shown["execution"]["status"] == "cancelled"
