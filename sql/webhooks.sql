@@ -172,8 +172,8 @@ begin
     return;
   end if;
 
-  v_timestamp := pg_catalog.substring(v_signature from '(?:^|,)\s*t=([0-9]+)');
-  v_given := pg_catalog.lower(pg_catalog.substring(v_signature from '(?:^|,)\s*v1=([0-9a-fA-F]{64})'));
+  v_timestamp := substring(v_signature from '(?:^|,)\s*t=([0-9]+)');
+  v_given := pg_catalog.lower(substring(v_signature from '(?:^|,)\s*v1=([0-9a-fA-F]{64})'));
 
   if not (pg_catalog.upper(p_method) = any(e.allowed_methods)) then
     v_status := 405;
