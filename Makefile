@@ -41,3 +41,6 @@ clean-db: bootstrap  ## stop the embedded cluster and delete its data
 
 bench-dispatch: bootstrap  ## dispatch + interpretation throughput, matching cost (bench/RESULTS.md)
 	$(BIN)/python -m bench.dispatch_throughput
+
+bench-capture: bootstrap  ## capture overhead: watched vs plain table inserts (bench/RESULTS.md)
+	$(BIN)/python bench/capture_overhead.py

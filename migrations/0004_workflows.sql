@@ -60,7 +60,10 @@ create table conveyor.workflow_steps (
   -- For kind = 'action': email.send, webhook.send, ...; for kind = 'data': data.lookup, ...
   action_type text,
   -- The step's own configuration (condition tree, `with` inputs, delay spec, ...), with
-  -- templates left unrendered: they are rendered per execution.
+  -- templates left unrendered: they are rendered per execution. It is the step object as
+  -- written minus its routing keys (id, next, then, else, default, on_event, on_timeout,
+  -- on_error, retry, timeout), so config->'if', config->'with', config->'connection',
+  -- config->'delay', config->'data', config->'transform', ... (see docs/workflow-format.md).
   config jsonb not null default '{}',
   -- Where to go when the step succeeds without choosing a branch; null ends the execution.
   next_step text,
@@ -82,6 +85,25 @@ create table conveyor.workflow_steps (
   constraint workflow_steps_goto_has_target check ((on_error = 'goto') = (error_step is not null))
 );
 
+-- Versions and their compiled steps never change once published: executions pin them,
+-- and a changed row would silently change what a running execution does.
+create function conveyor.refuse_update() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  raise exception using
+    errcode = '55000',
+    message = format('conveyor.%s rows are immutable once published', tg_table_name),
+    hint = 'Publish a new version of the workflow instead (conveyor.publish).';
+end;
+$$;
+
+create trigger workflow_versions_immutable before update on conveyor.workflow_versions
+for each row execute function conveyor.refuse_update();
+create trigger workflow_steps_immutable before update on conveyor.workflow_steps
+for each row execute function conveyor.refuse_update();
+
 -- Which events start which workflow version. match_key is the event type, or a pattern
 -- with a trailing wildcard ('crm.deal.*', 'crm.*', '*'): dispatch expands each event's
 -- type into its four keys and joins by equality, so matching cost does not grow with the
@@ -95,6 +117,9 @@ create table conveyor.subscriptions (
   source text,
   -- The payload filter ({"payload.amount": {"$gte": 100}}) or null.
   filter jsonb,
+  -- The filter compiled by conveyor.compile_filter at publish time: dispatch evaluates it
+  -- with jsonb_path_match(<trigger object>, filter_path). Null when there is no filter.
+  filter_path jsonpath,
   -- An optional condition tree in the step condition language, evaluated at dispatch
   -- (how "status changed from open to won" is expressed).
   condition jsonb,

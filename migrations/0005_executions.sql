@@ -41,6 +41,9 @@ create table conveyor.executions (
 
 create index executions_due_idx on conveyor.executions (resume_at)
 where status = 'waiting' and resume_at is not null;
+-- Executions waiting for a correlated event, found by tenant when events arrive.
+create index executions_waiting_event_idx on conveyor.executions (tenant_id)
+where status = 'waiting' and wait_kind = 'event';
 create index executions_workflow_time_idx on conveyor.executions (workflow_id, created_at);
 create index executions_workflow_active_idx on conveyor.executions (workflow_id)
 where status in ('pending', 'running', 'waiting');
@@ -65,6 +68,9 @@ create table conveyor.step_runs (
   idempotency_key text,
   -- The pgmq message carrying the action while status = 'queued'.
   msg_id bigint,
+  -- Where the interpreter went after this run (the branch taken, the error target, ...);
+  -- null when the execution ended here or the run is still open.
+  next_step text,
   started_at timestamptz not null default now(),
   finished_at timestamptz,
   constraint step_runs_unique_attempt unique (execution_id, step_id, visit, attempt),

@@ -1,1 +1,928 @@
--- sql/interpreter.sql: being written in this session.
+-- The step interpreter: runs an execution's internal steps inside Postgres, following the
+-- compiled graph (workflow_steps.next_step / branches) by primary-key lookups, until the
+-- execution reaches an external action (queued to pgmq), a delay or wait, or its end.
+--
+-- Every step runs in its own exception block (a subtransaction): a failing step leaves no
+-- half-applied effects, records a failed step_run and then follows its on_error policy.
+-- Executions, step_runs and stats change in the transaction of their cause (dispatch,
+-- write-back, resume), so a crash at any instant loses nothing.
+--
+-- Dry-run mode (transaction-local setting conveyor.dry_run = on, set by conveyor.dry_run):
+-- actions are recorded as "would send" and continue with a null output, delays continue
+-- without waiting, waits for events follow their timeout branch.
+
+-- The kind-specific part of a compiled step's config: publish may store either the whole
+-- step document ({"id": .., "set": {...}}) or only the part under the kind's key.
+create or replace function conveyor.step_spec(p_kind text, p_config jsonb) returns jsonb
+language sql
+immutable
+set search_path = ''
+as $$
+  select
+    case
+      when k.key is not null and p_config ? k.key then p_config -> k.key
+      else p_config
+    end
+  from (
+    select
+      case p_kind
+        when 'condition' then 'if'
+        when 'set_variable' then 'set'
+        when 'transform' then 'transform'
+        when 'stop' then 'stop'
+        when 'emit' then 'emit'
+        when 'data' then 'data'
+        when 'delay' then 'delay'
+        when 'wait_for_event' then 'wait_for_event'
+      end as key
+  ) as k;
+$$;
+
+-- Final bookkeeping of an execution: final status, finished_at, error, the sharded stats
+-- row (execution_id % 16, no single hot row) and an operator log line for failures.
+-- Returns false (and changes nothing) when the execution is already final.
+create or replace function conveyor.finish_execution(
+  p_execution_id bigint,
+  p_status text,
+  p_error jsonb default null
+) returns boolean
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_exec conveyor.executions;
+begin
+  if p_status not in ('completed', 'failed', 'cancelled', 'timed_out') then
+    raise exception using
+      errcode = '22023',
+      message = format('execution %s: "%s" is not a final status', p_execution_id, p_status),
+      hint = 'use completed, failed, cancelled or timed_out';
+  end if;
+
+  update conveyor.executions as e
+  set
+    status = p_status,
+    error = coalesce(p_error, e.error, case when p_status = 'failed' then '{"message": "failed"}'::jsonb end),
+    finished_at = greatest(now(), coalesce(e.started_at, e.created_at)),
+    started_at = coalesce(e.started_at, now()),
+    wait_kind = null,
+    resume_at = null
+  where e.execution_id = p_execution_id
+    and e.status not in ('completed', 'failed', 'cancelled', 'timed_out')
+  returning e.* into v_exec;
+
+  if not found then
+    return false;
+  end if;
+
+  insert into conveyor.workflow_stats as s (
+    workflow_id, shard, tenant_id, completed, failed, cancelled, timed_out, total_duration_ms,
+    last_run_at, last_error_at
+  )
+  values (
+    v_exec.workflow_id,
+    (v_exec.execution_id % 16)::smallint,
+    v_exec.tenant_id,
+    (p_status = 'completed')::integer,
+    (p_status = 'failed')::integer,
+    (p_status = 'cancelled')::integer,
+    (p_status = 'timed_out')::integer,
+    (extract(epoch from v_exec.finished_at - v_exec.started_at) * 1000)::bigint,
+    v_exec.finished_at,
+    case when p_status in ('failed', 'timed_out') then v_exec.finished_at end
+  )
+  on conflict (workflow_id, shard) do update
+    set
+      completed = s.completed + excluded.completed,
+      failed = s.failed + excluded.failed,
+      cancelled = s.cancelled + excluded.cancelled,
+      timed_out = s.timed_out + excluded.timed_out,
+      total_duration_ms = s.total_duration_ms + excluded.total_duration_ms,
+      last_run_at = greatest(s.last_run_at, excluded.last_run_at),
+      last_error_at = greatest(s.last_error_at, excluded.last_error_at);
+
+  if p_status <> 'completed' then
+    insert into conveyor.execution_logs (tenant_id, execution_id, workflow_id, step_id, level, message, details)
+    values (
+      v_exec.tenant_id, v_exec.execution_id, v_exec.workflow_id, v_exec.error ->> 'step',
+      case when p_status = 'cancelled' then 'info' else 'error' end,
+      format('execution %s %s: %s', p_execution_id, p_status, coalesce(v_exec.error ->> 'message', p_status)),
+      v_exec.error
+    );
+  end if;
+  return true;
+end;
+$$;
+
+-- A transform step's value: map / filter / aggregate over an array, format_date, render.
+create or replace function conveyor.transform_value(p_spec jsonb, p_context jsonb, p_where text)
+returns jsonb
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_op text := p_spec ->> 'op';
+  v_source jsonb;
+  v_result jsonb;
+  v_field text[] := pg_catalog.string_to_array(p_spec ->> 'field', '.');
+  v_function text := p_spec ->> 'function';
+  v_bad jsonb;
+  v_tz text;
+begin
+  if v_op in ('map', 'filter', 'aggregate') then
+    v_source := conveyor.render(p_spec -> 'source', p_context, p_where || '.source');
+    if jsonb_typeof(v_source) is distinct from 'array' then
+      raise exception using
+        errcode = '22023',
+        message = format('%s.source: expected an array, got %s', p_where, coalesce(jsonb_typeof(v_source), 'nothing')),
+        hint = 'source is one {{...}} reference to an array, e.g. "{{trigger.payload.items}}"';
+    end if;
+  end if;
+
+  case v_op
+    when 'map' then
+      select coalesce(jsonb_agg(
+        conveyor.render(p_spec -> 'template', p_context || jsonb_build_object('item', i.item), p_where || '.template')
+        order by i.n
+      ), '[]')
+      into v_result
+      from jsonb_array_elements(v_source) with ordinality as i (item, n);
+    when 'filter' then
+      select coalesce(jsonb_agg(i.item order by i.n), '[]')
+      into v_result
+      from jsonb_array_elements(v_source) with ordinality as i (item, n)
+      where conveyor.eval_condition(p_spec -> 'where', p_context || jsonb_build_object('item', i.item));
+    when 'aggregate' then
+      if v_function in ('sum', 'avg') then
+        select v.value into v_bad
+        from (
+          select case when v_field is null then i.item else i.item #> v_field end as value
+          from jsonb_array_elements(v_source) as i (item)
+        ) as v
+        where jsonb_typeof(v.value) not in ('number', 'null')
+        limit 1;
+        if found then
+          raise exception using
+            errcode = '22023',
+            message = format('%s: %s needs numbers, got %s', p_where, v_function, v_bad),
+            hint = 'name the numeric field with "field"';
+        end if;
+      end if;
+      select
+        case v_function
+          when 'count' then to_jsonb(count(*) filter (where v.value is not null and v.value <> 'null'))
+          when 'sum' then to_jsonb(coalesce(sum((v.value #>> '{}')::numeric), 0))
+          when 'avg' then to_jsonb(avg((v.value #>> '{}')::numeric))
+          when 'min' then (array_agg(v.value order by v.value) filter (where v.value <> 'null'))[1]
+          when 'max' then (array_agg(v.value order by v.value desc) filter (where v.value <> 'null'))[1]
+        end
+      into v_result
+      from (
+        select case when v_field is null then i.item else i.item #> v_field end as value
+        from jsonb_array_elements(v_source) as i (item)
+      ) as v;
+      if v_function not in ('count', 'sum', 'avg', 'min', 'max') or v_function is null then
+        raise exception using
+          errcode = '22023',
+          message = format('%s.function: unknown aggregate "%s"', p_where, v_function),
+          hint = 'use sum, avg, count, min or max';
+      end if;
+    when 'format_date' then
+      v_tz := coalesce(
+        conveyor.render(p_spec -> 'timezone', p_context, p_where || '.timezone') #>> '{}',
+        p_context #>> '{tenant,timezone}',
+        'UTC'
+      );
+      v_result := to_jsonb(pg_catalog.to_char(
+        (conveyor.render(p_spec -> 'value', p_context, p_where || '.value') #>> '{}')::timestamptz
+        at time zone v_tz,
+        coalesce(p_spec ->> 'format', 'YYYY-MM-DD"T"HH24:MI:SS')
+      ));
+    when 'render' then
+      v_result := conveyor.render(p_spec -> 'template', p_context, p_where || '.template');
+    else
+      raise exception using
+        errcode = '22023',
+        message = format('%s.op: unknown transform "%s"', p_where, v_op),
+        hint = 'use map, filter, aggregate, format_date or render';
+  end case;
+  return v_result;
+end;
+$$;
+
+-- A data step on a registered entity (conveyor.entities). Always scoped to p_tenant_id
+-- through the registry's tenant column; table and column identifiers come from the
+-- registry and the catalog (format %I), values are passed as parameters ($1..$5):
+-- user text is never concatenated into SQL.
+-- Outputs: lookup → the row or null; create → the new row; update, delete, add_tag,
+-- remove_tag → {"count": n, "rows": [...]}.
+create or replace function conveyor.data_step(p_tenant_id text, p_spec jsonb, p_where text)
+returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_op text := p_spec ->> 'op';
+  v_entity conveyor.entities;
+  v_tenant_type text;
+  v_id_type text;
+  v_unknown text;
+  v_filter text;
+  v_set text;
+  v_cols text;
+  v_sql text;
+  v_result jsonb;
+  v_where jsonb := coalesce(p_spec -> 'where', '{}');
+  v_values jsonb := coalesce(p_spec -> 'values', '{}');
+begin
+  select e.* into v_entity from conveyor.entities as e where e.entity = p_spec ->> 'entity';
+  if not found then
+    raise exception using
+      errcode = '22023',
+      message = format('%s.entity: unknown entity "%s"', p_where, p_spec ->> 'entity'),
+      hint = 'register platform entities in conveyor.entities';
+  end if;
+  if jsonb_typeof(v_where) <> 'object' or jsonb_typeof(v_values) <> 'object' then
+    raise exception using
+      errcode = '22023',
+      message = format('%s: "where" and "values" must be objects', p_where);
+  end if;
+
+  select string_agg(format('"%s"', k.key), ', ')
+  into v_unknown
+  from (select jsonb_object_keys(v_where || v_values) as key) as k
+  where not exists (
+    select from pg_catalog.pg_attribute as a
+    where a.attrelid = v_entity.table_name and a.attname = k.key and a.attnum > 0 and not a.attisdropped
+  );
+  if v_unknown is not null then
+    raise exception using
+      errcode = '22023',
+      message = format('%s: entity "%s" has no column(s) %s', p_where, v_entity.entity, v_unknown);
+  end if;
+  if v_values ? v_entity.tenant_column::text then
+    raise exception using
+      errcode = '22023',
+      message = format('%s.values.%s: the tenant column is set by the engine', p_where, v_entity.tenant_column);
+  end if;
+
+  select pg_catalog.format_type(a.atttypid, a.atttypmod) into v_tenant_type
+  from pg_catalog.pg_attribute as a
+  where a.attrelid = v_entity.table_name and a.attname = v_entity.tenant_column;
+  select pg_catalog.format_type(a.atttypid, a.atttypmod) into v_id_type
+  from pg_catalog.pg_attribute as a
+  where a.attrelid = v_entity.table_name and a.attname = v_entity.id_column;
+
+  -- $1 tenant, $2 id, $3 values (jsonb), $4 where (jsonb), $5 tag
+  v_filter := format('t.%I = $1::%s', v_entity.tenant_column, v_tenant_type);
+  if p_spec ? 'id' then
+    v_filter := v_filter || format(' and t.%I = $2::%s', v_entity.id_column, v_id_type);
+  end if;
+  select v_filter || coalesce(string_agg(format(' and t.%I = w.%I', a.attname, a.attname), '' order by a.attnum), '')
+  into v_filter
+  from pg_catalog.pg_attribute as a
+  where a.attrelid = v_entity.table_name and a.attnum > 0 and not a.attisdropped
+    and v_where ? a.attname::text;
+
+  if v_op <> 'create' and not (p_spec ? 'id') and v_where = '{}' then
+    raise exception using
+      errcode = '22023',
+      message = format('%s: data.%s needs "id" or "where"', p_where, v_op),
+      hint = 'a data step never touches every row of an entity';
+  end if;
+
+  select
+    string_agg(format('%I = r.%I', a.attname, a.attname), ', ' order by a.attnum),
+    string_agg(format('%I', a.attname), ', ' order by a.attnum)
+  into v_set, v_cols
+  from pg_catalog.pg_attribute as a
+  where a.attrelid = v_entity.table_name and a.attnum > 0 and not a.attisdropped
+    and v_values ? a.attname::text;
+
+  case v_op
+    when 'lookup' then
+      v_sql := format(
+        'select to_jsonb(t) from %s as t, jsonb_populate_record(null::%s, $4) as w where %s limit 1',
+        v_entity.table_name, v_entity.table_name, v_filter
+      );
+    when 'create' then
+      v_sql := format(
+        'insert into %s as t (%I%s) select $1::%s%s from jsonb_populate_record(null::%s, $3) as r returning to_jsonb(t)',
+        v_entity.table_name, v_entity.tenant_column, coalesce(', ' || v_cols, ''), v_tenant_type,
+        coalesce((
+          select string_agg(format(', r.%I', a.attname), '' order by a.attnum)
+          from pg_catalog.pg_attribute as a
+          where a.attrelid = v_entity.table_name and a.attnum > 0 and not a.attisdropped
+            and v_values ? a.attname::text
+        ), ''),
+        v_entity.table_name
+      );
+    when 'update' then
+      if v_set is null then
+        raise exception using errcode = '22023', message = format('%s.values: nothing to update', p_where);
+      end if;
+      v_sql := format(
+        'with u as (update %s as t set %s from jsonb_populate_record(null::%s, $3) as r, '
+        'jsonb_populate_record(null::%s, $4) as w where %s returning to_jsonb(t) as row) '
+        'select jsonb_build_object(''count'', count(*), ''rows'', coalesce(jsonb_agg(u.row), ''[]'')) from u',
+        v_entity.table_name, v_set, v_entity.table_name, v_entity.table_name, v_filter
+      );
+    when 'delete' then
+      v_sql := format(
+        'with d as (delete from %s as t using jsonb_populate_record(null::%s, $4) as w where %s '
+        'returning to_jsonb(t) as row) '
+        'select jsonb_build_object(''count'', count(*), ''rows'', coalesce(jsonb_agg(d.row), ''[]'')) from d',
+        v_entity.table_name, v_entity.table_name, v_filter
+      );
+    when 'add_tag', 'remove_tag' then
+      if v_entity.tags_column is null then
+        raise exception using
+          errcode = '22023',
+          message = format('%s: entity "%s" has no tags column', p_where, v_entity.entity);
+      end if;
+      if coalesce(p_spec ->> 'tag', '') = '' then
+        raise exception using errcode = '22023', message = format('%s.tag: a tag is required', p_where);
+      end if;
+      v_sql := format(
+        'with u as (update %s as t set %I = %s from jsonb_populate_record(null::%s, $4) as w where %s '
+        'returning to_jsonb(t) as row) '
+        'select jsonb_build_object(''count'', count(*), ''rows'', coalesce(jsonb_agg(u.row), ''[]'')) from u',
+        v_entity.table_name, v_entity.tags_column,
+        case
+          when v_op = 'add_tag' then format(
+            'case when $5 = any(coalesce(t.%1$I, ''{}'')) then t.%1$I else array_append(coalesce(t.%1$I, ''{}''), $5) end',
+            v_entity.tags_column
+          )
+          else format('array_remove(t.%I, $5)', v_entity.tags_column)
+        end,
+        v_entity.table_name, v_filter
+      );
+    else
+      raise exception using
+        errcode = '22023',
+        message = format('%s.op: unknown data operation "%s"', p_where, v_op),
+        hint = 'use lookup, create, update, delete, add_tag or remove_tag';
+  end case;
+
+  execute v_sql into v_result using p_tenant_id, p_spec ->> 'id', v_values, v_where, p_spec ->> 'tag';
+  return v_result;
+end;
+$$;
+
+-- Runs one execution (the caller holds its row lock) from current_step until it waits or
+-- ends. Returns the execution's status. p_now is the interpreter's clock for scheduling
+-- decisions (delays, {{now}}), so resume_due(p_now) is testable without sleeping.
+-- An action it reaches is left as a queued step_run without a message: the caller sends
+-- those in one batch with conveyor.send_new_actions.
+create or replace function conveyor.advance_execution(p_execution_id bigint, p_now timestamptz default now())
+returns text
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_exec conveyor.executions;
+  v_step conveyor.workflow_steps;
+  v_max_steps integer;
+  v_tenant jsonb;
+  v_dry boolean := coalesce(pg_catalog.current_setting('conveyor.dry_run', true), '') = 'on';
+  v_ctx jsonb;
+  v_spec jsonb;
+  v_where text;
+  v_visit integer;
+  v_started timestamptz;
+  v_input jsonb;
+  v_output jsonb;
+  v_next text;
+  v_wait text;
+  v_resume timestamptz;
+  v_new_vars jsonb;
+  v_final text;
+  v_error jsonb;
+  v_case integer;
+  v_target text;
+  v_event_id bigint;
+  v_key text;
+  v_msg text;
+  v_detail text;
+  v_hint text;
+  v_state text;
+begin
+  select e.* into v_exec from conveyor.executions as e where e.execution_id = p_execution_id;
+  if not found or v_exec.status not in ('pending', 'running') then
+    return v_exec.status;
+  end if;
+  select v.max_steps into v_max_steps
+  from conveyor.workflow_versions as v
+  where v.workflow_id = v_exec.workflow_id and v.version = v_exec.version;
+  select jsonb_build_object('id', t.tenant_id, 'name', t.name, 'timezone', t.timezone) into v_tenant
+  from conveyor.tenants as t
+  where t.tenant_id = v_exec.tenant_id;
+
+  -- (the 'started' counter of workflow_stats is dispatch's: conveyor.record_started)
+  v_exec.started_at := coalesce(v_exec.started_at, now());
+  v_exec.status := 'running';
+
+  loop
+    if v_exec.current_step is null then
+      v_final := 'completed';
+      exit;
+    end if;
+    if v_exec.steps_run >= v_max_steps then
+      v_final := 'failed';
+      v_error := jsonb_build_object(
+        'step', v_exec.current_step,
+        'message', format(
+          'step budget exceeded: %s steps run (max_steps %s of workflow %s version %s); stopped before step "%s"',
+          v_exec.steps_run, v_max_steps, v_exec.workflow_id, v_exec.version, v_exec.current_step
+        ),
+        'detail', 'a loop in the step graph? raise settings.max_steps if the workflow really needs more steps'
+      );
+      exit;
+    end if;
+    select s.* into v_step
+    from conveyor.workflow_steps as s
+    where s.workflow_id = v_exec.workflow_id and s.version = v_exec.version and s.step_id = v_exec.current_step;
+    if not found then
+      v_final := 'failed';
+      v_error := jsonb_build_object(
+        'step', v_exec.current_step,
+        'message', format(
+          'step "%s" does not exist in workflow %s version %s', v_exec.current_step, v_exec.workflow_id,
+          v_exec.version
+        )
+      );
+      exit;
+    end if;
+
+    v_exec.steps_run := v_exec.steps_run + 1;
+    select coalesce(max(r.visit), 0) + 1 into v_visit
+    from conveyor.step_runs as r
+    where r.execution_id = v_exec.execution_id and r.step_id = v_step.step_id;
+    v_ctx := jsonb_build_object(
+      'trigger', v_exec.trigger,
+      'steps', v_exec.step_outputs,
+      'vars', v_exec.vars,
+      'execution', jsonb_build_object(
+        'id', v_exec.execution_id, 'workflow_id', v_exec.workflow_id, 'version', v_exec.version,
+        'started_at', v_exec.started_at
+      ),
+      'tenant', v_tenant,
+      'now', p_now::text
+    );
+    v_spec := conveyor.step_spec(v_step.kind, v_step.config);
+    v_where := format('step "%s"', v_step.step_id);
+    v_started := pg_catalog.clock_timestamp();
+    v_input := null;
+    v_output := null;
+    v_next := v_step.next_step;
+    v_wait := null;
+    v_resume := null;
+    v_new_vars := null;
+    v_error := null;
+
+    begin
+      case v_step.kind
+        when 'condition' then
+          v_input := v_spec;
+          v_target := case when conveyor.eval_condition(v_spec, v_ctx) then 'then' else 'else' end;
+          v_next := case when v_step.branches ? v_target then v_step.branches ->> v_target else v_step.next_step end;
+          v_output := jsonb_build_object('result', v_target = 'then', 'branch', v_target);
+        when 'switch' then
+          select (c.n - 1)::integer, c.item ->> 'goto'
+          into v_case, v_target
+          from jsonb_array_elements(coalesce(v_step.branches -> 'cases', v_spec -> 'switch', '[]')) with ordinality
+            as c (item, n)
+          where conveyor.eval_condition(c.item -> 'when', v_ctx)
+          order by c.n
+          limit 1;
+          if found then
+            v_next := v_target;
+            v_output := jsonb_build_object('case', v_case, 'branch', format('cases[%s]', v_case));
+          else
+            v_next := case
+              when v_step.branches ? 'default' then v_step.branches ->> 'default'
+              else v_step.next_step
+            end;
+            v_output := jsonb_build_object('case', null, 'branch', 'default');
+          end if;
+        when 'set_variable' then
+          v_input := conveyor.render(v_spec, v_ctx, v_where || '.set');
+          if jsonb_typeof(v_input) is distinct from 'object' then
+            raise exception using errcode = '22023', message = format('%s.set: expected an object', v_where);
+          end if;
+          v_output := v_input;
+          v_new_vars := v_input;
+        when 'transform' then
+          v_input := v_spec;
+          v_output := jsonb_build_object(
+            'value', conveyor.transform_value(v_spec, v_ctx, v_where || '.transform')
+          );
+          if v_spec ? 'into' then
+            v_new_vars := jsonb_build_object(v_spec ->> 'into', v_output -> 'value');
+          end if;
+        when 'stop' then
+          v_input := conveyor.render(coalesce(v_spec, '{}'), v_ctx, v_where || '.stop');
+          v_output := jsonb_build_object(
+            'status', coalesce(v_input ->> 'status', 'completed'), 'reason', v_input -> 'reason'
+          );
+          v_next := null;
+        when 'emit' then
+          v_input := conveyor.render(v_spec, v_ctx, v_where || '.emit');
+          insert into conveyor.events (
+            tenant_id, event_type, source, entity_type, entity_id, payload, depth, caused_by_execution_id
+          )
+          values (
+            v_exec.tenant_id, v_input ->> 'event', 'workflow', v_input ->> 'entity_type',
+            v_input ->> 'entity_id', coalesce(v_input -> 'payload', '{}'), v_exec.depth + 1,
+            v_exec.execution_id
+          )
+          returning event_id into v_event_id;
+          perform pg_catalog.pg_notify('conveyor_wakeup', 'event');
+          v_output := jsonb_build_object('event_id', v_event_id, 'event_type', v_input ->> 'event');
+        when 'data' then
+          v_input := conveyor.render(v_spec, v_ctx, v_where || '.data');
+          if not v_input ? 'op' then
+            v_input := v_input || jsonb_build_object('op', pg_catalog.split_part(v_step.action_type, '.', 2));
+          end if;
+          v_output := conveyor.data_step(v_exec.tenant_id, v_input, v_where || '.data');
+        when 'delay' then
+          v_input := conveyor.render(v_spec, v_ctx, v_where || '.delay');
+          v_resume := p_now;
+          if v_input ? 'for' then
+            v_resume := v_resume + conveyor.parse_duration(v_input ->> 'for');
+          end if;
+          if v_input ? 'until' then
+            v_resume := (v_input ->> 'until')::timestamptz;
+          end if;
+          if v_input ? 'window' then
+            v_resume := conveyor.next_window_start(v_resume, v_input -> 'window');
+          end if;
+          v_output := jsonb_build_object('resume_at', v_resume, 'waited', v_resume > p_now);
+          if v_resume > p_now then
+            v_wait := 'delay';
+          else
+            v_resume := null;
+          end if;
+        when 'wait_for_event' then
+          v_input := conveyor.render(v_spec, v_ctx, v_where || '.wait_for_event');
+          if v_input ? 'timeout' then
+            v_resume := p_now + conveyor.parse_duration(v_input ->> 'timeout');
+          end if;
+          v_output := jsonb_build_object('timeout_at', v_resume);
+          v_wait := 'event';
+        when 'action' then
+          v_input := conveyor.render(coalesce(v_spec -> 'with', '{}'), v_ctx, v_where || '.with');
+          v_wait := 'action';
+      end case;
+    exception when others then
+      get stacked diagnostics
+        v_msg = message_text, v_detail = pg_exception_detail, v_hint = pg_exception_hint, v_state = returned_sqlstate;
+      v_error := jsonb_build_object(
+        'step', v_step.step_id, 'message', v_msg, 'detail', nullif(v_detail, ''), 'hint', nullif(v_hint, ''),
+        'sqlstate', v_state
+      );
+    end;
+
+    if v_error is not null then
+      -- The step failed; its effects were rolled back with its subtransaction.
+      -- 'retry' is for external actions: an internal step that fails is final like 'fail'.
+      v_next := case v_step.on_error when 'continue' then v_step.next_step when 'goto' then v_step.error_step end;
+      insert into conveyor.step_runs (
+        execution_id, tenant_id, step_id, visit, status, input, error, next_step, started_at, finished_at
+      )
+      values (
+        v_exec.execution_id, v_exec.tenant_id, v_step.step_id, v_visit, 'failed', v_input, v_error, v_next,
+        v_started, pg_catalog.clock_timestamp()
+      );
+      if v_step.on_error in ('continue', 'goto') then
+        insert into conveyor.execution_logs (tenant_id, execution_id, workflow_id, step_id, level, message, details)
+        values (
+          v_exec.tenant_id, v_exec.execution_id, v_exec.workflow_id, v_step.step_id, 'warning',
+          format(
+            'step "%s" failed (%s); on_error %s → %s', v_step.step_id, v_error ->> 'message', v_step.on_error,
+            coalesce('"' || v_next || '"', 'end')
+          ),
+          v_error
+        );
+        v_exec.step_outputs := v_exec.step_outputs
+          || jsonb_build_object(v_step.step_id, jsonb_build_object('output', null, 'error', v_error));
+        v_exec.current_step := v_next;
+        continue;
+      end if;
+      v_final := 'failed';
+      exit;
+    end if;
+
+    if v_wait = 'action' and not v_dry then
+      v_key := format('%s:%s:%s', v_exec.execution_id, v_step.step_id, v_visit);
+      insert into conveyor.step_runs (
+        execution_id, tenant_id, step_id, visit, attempt, status, input, idempotency_key, started_at
+      )
+      values (
+        v_exec.execution_id, v_exec.tenant_id, v_step.step_id, v_visit, 1, 'queued', v_input, v_key, v_started
+      );
+      -- the message is sent by the caller, batched with other executions' (send_new_actions)
+      v_exec.status := 'waiting';
+      v_exec.wait_kind := 'action';
+      v_exec.resume_at := null;
+      exit;
+    end if;
+
+    if v_wait in ('delay', 'event') and not v_dry then
+      insert into conveyor.step_runs (execution_id, tenant_id, step_id, visit, status, input, output, started_at)
+      values (v_exec.execution_id, v_exec.tenant_id, v_step.step_id, v_visit, 'running', v_input, v_output, v_started);
+      v_exec.status := 'waiting';
+      v_exec.wait_kind := v_wait;
+      v_exec.resume_at := v_resume;
+      exit;
+    end if;
+
+    if v_wait = 'event' then
+      -- dry run: no event will come; follow the timeout branch
+      v_next := case when v_step.branches ? 'timeout' then v_step.branches ->> 'timeout' else v_step.next_step end;
+      v_output := v_output || '{"timed_out": true, "event": null}';
+    end if;
+    if v_wait = 'action' then
+      v_key := format('%s:%s:%s', v_exec.execution_id, v_step.step_id, v_visit);
+    else
+      v_key := null;
+    end if;
+
+    insert into conveyor.step_runs (
+      execution_id, tenant_id, step_id, visit, status, input, output, idempotency_key, next_step, started_at,
+      finished_at
+    )
+    values (
+      v_exec.execution_id, v_exec.tenant_id, v_step.step_id, v_visit, 'completed', v_input, v_output, v_key,
+      v_next, v_started, pg_catalog.clock_timestamp()
+    );
+    v_exec.step_outputs := v_exec.step_outputs || jsonb_build_object(v_step.step_id, jsonb_build_object('output', v_output));
+    if v_new_vars is not null then
+      v_exec.vars := v_exec.vars || v_new_vars;
+    end if;
+    if v_step.kind = 'stop' then
+      v_final := v_output ->> 'status';
+      if v_final = 'failed' then
+        v_error := jsonb_build_object(
+          'step', v_step.step_id,
+          'message', coalesce(v_output ->> 'reason', format('stopped by step "%s"', v_step.step_id))
+        );
+      end if;
+      exit;
+    end if;
+    v_exec.current_step := v_next;
+  end loop;
+
+  update conveyor.executions as e
+  set
+    status = v_exec.status,
+    current_step = v_exec.current_step,
+    wait_kind = v_exec.wait_kind,
+    resume_at = v_exec.resume_at,
+    vars = v_exec.vars,
+    step_outputs = v_exec.step_outputs,
+    steps_run = v_exec.steps_run,
+    started_at = v_exec.started_at
+  where e.execution_id = v_exec.execution_id;
+
+  if v_final is not null then
+    perform conveyor.finish_execution(v_exec.execution_id, v_final, v_error);
+    return v_final;
+  end if;
+  return v_exec.status;
+end;
+$$;
+
+-- Runs pending (or interrupted running) executions until each waits or ends.
+create or replace function conveyor.run_executions(p_execution_ids bigint[]) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_id bigint;
+  v_ids bigint[] := array[]::bigint[];
+begin
+  -- A row loop over executions, on purpose: each execution walks its own graph to its own
+  -- stopping point (action, delay, end), which is sequential work per execution. The rows
+  -- are locked skip-locked, so concurrent callers take disjoint executions.
+  for v_id in
+    select e.execution_id
+    from conveyor.executions as e
+    where e.execution_id = any(p_execution_ids) and e.status in ('pending', 'running')
+    order by e.execution_id
+    for update skip locked
+  loop
+    perform conveyor.advance_execution(v_id, now());
+    v_ids := v_ids || v_id;
+  end loop;
+  perform conveyor.send_new_actions(v_ids);
+  return cardinality(v_ids);
+end;
+$$;
+
+-- Ends a live execution from outside (cancellation, maintenance's timeouts): its open
+-- step_runs become 'skipped' with the reason, their queued action messages are archived
+-- (a later write-back for them is ignored), and the execution gets p_status ('cancelled'
+-- or 'timed_out'). The caller holds the execution's row lock or accepts waiting for it.
+-- Returns false when the execution was already final.
+create or replace function conveyor.abort_execution(p_execution_id bigint, p_status text, p_error jsonb)
+returns boolean
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_status text;
+  v_msg_ids bigint[];
+begin
+  if p_status not in ('cancelled', 'timed_out') then
+    raise exception using
+      errcode = '22023',
+      message = format('execution %s: cannot abort with status "%s"', p_execution_id, p_status),
+      hint = 'use cancelled or timed_out';
+  end if;
+  select e.status into v_status from conveyor.executions as e where e.execution_id = p_execution_id for update;
+  if v_status is null or v_status in ('completed', 'failed', 'cancelled', 'timed_out') then
+    return false;
+  end if;
+
+  with skipped as (
+    update conveyor.step_runs as r
+    set
+      status = 'skipped',
+      finished_at = now(),
+      error = jsonb_build_object('message', 'execution ' || p_status) || coalesce(p_error - 'step' - 'message', '{}')
+    where r.execution_id = p_execution_id and r.status in ('queued', 'running')
+    returning r.msg_id
+  )
+
+  select array_agg(s.msg_id) filter (where s.msg_id is not null) into v_msg_ids from skipped as s;
+  if v_msg_ids is not null then
+    perform pgmq.archive('conveyor_actions', v_msg_ids);
+  end if;
+  return conveyor.finish_execution(p_execution_id, p_status, p_error);
+end;
+$$;
+
+-- Cancels an execution of the tenant (see abort_execution). Returns the execution's status
+-- afterwards: 'cancelled', or the final status it already had.
+create or replace function conveyor.cancel_execution(
+  p_tenant_id text,
+  p_execution_id bigint,
+  p_reason text default null
+) returns text
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_exec conveyor.executions;
+begin
+  perform conveyor.require_tenant(p_tenant_id);
+  select e.* into v_exec
+  from conveyor.executions as e
+  where e.execution_id = p_execution_id and e.tenant_id = p_tenant_id
+  for update;
+  if not found then
+    raise exception using
+      errcode = '22023',
+      message = format('execution %s not found for tenant "%s"', p_execution_id, p_tenant_id);
+  end if;
+  if v_exec.status in ('completed', 'failed', 'cancelled', 'timed_out') then
+    return v_exec.status;
+  end if;
+  perform conveyor.abort_execution(
+    p_execution_id, 'cancelled',
+    jsonb_build_object('step', v_exec.current_step, 'message', coalesce(p_reason, 'cancelled'), 'reason', p_reason)
+  );
+  return 'cancelled';
+end;
+$$;
+
+-- Dry run: validate, publish, start and run a document against a sample trigger inside a
+-- block that ends by raising a private exception, so everything is rolled back (no
+-- version, no execution, no event, no queue message). Returns the decisions collected
+-- before the rollback.
+create or replace function conveyor.dry_run(p_tenant_id text, p_document jsonb, p_trigger jsonb default '{}')
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_problems text[];
+  v_result jsonb;
+  v_workflow_id bigint;
+  v_version integer;
+  v_exec_id bigint;
+begin
+  perform conveyor.require_tenant(p_tenant_id);
+  select array_agg(p.problem) into v_problems from conveyor.validate_workflow(p_document) as p (problem);
+  if cardinality(v_problems) > 0 then
+    raise exception using
+      errcode = '22023',
+      message = format(
+        'workflow "%s": %s problem(s): %s', p_document ->> 'slug', cardinality(v_problems), v_problems[1]
+      ),
+      detail = array_to_string(v_problems, E'\n');
+  end if;
+
+  begin
+    perform pg_catalog.set_config('conveyor.dry_run', 'on', true);
+    select p.workflow_id, p.version into v_workflow_id, v_version
+    from conveyor.publish(p_tenant_id, p_document) as p;
+
+    insert into conveyor.executions (
+      tenant_id, workflow_id, version, entity_type, entity_id, status, current_step, trigger, depth
+    )
+    select
+      p_tenant_id, v_workflow_id, v_version, t.trigger ->> 'entity_type', t.trigger ->> 'entity_id', 'pending',
+      v.entry_step, t.trigger, coalesce((t.trigger ->> 'depth')::integer, 0)
+    from conveyor.workflow_versions as v
+    cross join (
+      select jsonb_build_object(
+        'event_id', null,
+        -- the document's event type unless it is a pattern (the sample may name one)
+        'event_type', case
+          when pg_catalog.strpos(p_document #>> '{trigger,event}', '*') = 0 then p_document #>> '{trigger,event}'
+        end,
+        'source', p_document #>> '{trigger,source}', 'entity_type', null, 'entity_id', null,
+        'payload', '{}'::jsonb, 'changed_columns', null, 'occurred_at', now(), 'depth', 0
+      ) || coalesce(p_trigger, '{}') as trigger
+    ) as t
+    where v.workflow_id = v_workflow_id and v.version = v_version
+    returning execution_id into v_exec_id;
+
+    perform conveyor.advance_execution(v_exec_id, now());
+
+    select jsonb_build_object(
+      'workflow', p_document ->> 'slug',
+      'status', e.status,
+      'error', e.error,
+      'vars', e.vars,
+      'steps', coalesce((
+        select jsonb_agg(
+          jsonb_build_object(
+            'step', r.step_id,
+            'kind', s.kind,
+            'status', r.status,
+            'decision', case
+              when r.status = 'failed' then 'failed: ' || (r.error ->> 'message')
+              when s.kind in ('condition', 'switch') then r.output ->> 'branch'
+              when s.kind = 'action' then 'would send ' || s.action_type
+              when s.kind = 'delay' and (r.output ->> 'waited')::boolean
+                then 'would wait until ' || (r.output ->> 'resume_at')
+              when s.kind = 'delay' then 'no wait (time already passed)'
+              when s.kind = 'wait_for_event' then format(
+                'would wait for %s until %s; dry run follows the timeout branch',
+                r.input ->> 'event', coalesce(r.output ->> 'timeout_at', 'forever')
+              )
+              when s.kind = 'stop' then 'stop: ' || (r.output ->> 'status')
+              else 'ran'
+            end,
+            'next', r.next_step,
+            'input', r.input,
+            'output', r.output,
+            'error', r.error,
+            'would_send', case when s.kind = 'action' then jsonb_build_object(
+              'action', s.action_type,
+              'connection', conveyor.step_spec(s.kind, s.config) ->> 'connection',
+              'input', r.input,
+              'idempotency_key', r.idempotency_key
+            ) end
+          )
+          order by r.step_run_id
+        )
+        from conveyor.step_runs as r
+        join conveyor.workflow_steps as s
+          on s.workflow_id = e.workflow_id and s.version = e.version and s.step_id = r.step_id
+        where r.execution_id = e.execution_id
+      ), '[]')
+    )
+    into v_result
+    from conveyor.executions as e
+    where e.execution_id = v_exec_id;
+
+    raise exception using errcode = 'CVDRY', message = 'dry run: roll back';
+  exception when sqlstate 'CVDRY' then
+    null;
+  end;
+  return v_result;
+end;
+$$;
+
+revoke all on function conveyor.finish_execution(bigint, text, jsonb) from public;
+revoke all on function conveyor.data_step(text, jsonb, text) from public;
+revoke all on function conveyor.advance_execution(bigint, timestamptz) from public;
+revoke all on function conveyor.run_executions(bigint[]) from public;
+revoke all on function conveyor.abort_execution(bigint, text, jsonb) from public;
+grant execute on function conveyor.abort_execution(bigint, text, jsonb) to conveyor_service;
+grant execute on function conveyor.finish_execution(bigint, text, jsonb) to conveyor_service;
+grant execute on function conveyor.advance_execution(bigint, timestamptz) to conveyor_service;
+grant execute on function conveyor.run_executions(bigint[]) to conveyor_service;
+grant execute on function conveyor.cancel_execution(text, bigint, text) to conveyor_app, conveyor_service;
+grant execute on function conveyor.dry_run(text, jsonb, jsonb) to conveyor_app, conveyor_service;

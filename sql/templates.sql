@@ -1,1 +1,481 @@
--- sql/templates.sql: being written in this session.
+-- Templates: `{{ path | filter: arg, arg | filter }}` inside JSON strings.
+--
+-- * A path is dotted from a root (`trigger.payload.email`, `steps.fetch.output.items.0`);
+--   roots: trigger, steps, vars, execution, tenant, now, item. `now` is context.now,
+--   or now() when the context has none.
+-- * A string that is exactly one `{{...}}` keeps the JSON type of the value; inside text
+--   the value is rendered as text (strings as is, numbers without trailing zeros, JSON
+--   null as nothing, objects and arrays as JSON text).
+-- * Filter arguments are literals: 'single' quoted strings (a quote inside as '' or \'),
+--   "double" quoted JSON strings, numbers, true, false, null.
+-- * Roots are checked when a workflow is published (template_errors); at run time any root
+--   of the context resolves, and a missing one is a missing value.
+-- * Filters: default: <literal> (when the value is missing or null), upper, lower,
+--   date: '<to_char pattern>' [, '<time zone>'] (PostgreSQL to_char patterns, e.g.
+--   'YYYY-MM-DD HH24:MI'; the zone defaults to context.tenant.timezone, else UTC),
+--   currency [: 'EUR'] (rounded to two decimals, no thousands separator, the code as a
+--   suffix: "1234.50 EUR"; numbers or numeric strings), json (JSON
+--   text), length (characters of a string, elements of an array, keys of an object,
+--   0 for null), add: '<duration>' (a timestamp plus a duration, computed in UTC, rendered
+--   as ISO 8601 with Z).
+-- * A path with no value and no `default` raises 22023
+--   `<where>: {{<expr>}}: no value at "<path>"`: never a silent literal.
+
+-- A `{{ ... }}` expression in a string (group 1 is the expression).
+create or replace function conveyor.template_pattern() returns text
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select '\{\{((?:[^}]|\}(?!\}))*)\}\}';
+$$;
+
+-- The template roots allowed when a validator is given none.
+create or replace function conveyor.template_default_roots() returns text[]
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select array['trigger', 'steps', 'vars', 'execution', 'tenant', 'now', 'item'];
+$$;
+
+-- Parses one expression (the text between `{{` and `}}`) into
+-- {"path": [segments], "path_text": "a.b", "filters": [{"name": ..., "args": [literals]}]}
+-- or {"error": "<what is wrong>"}. Filter names and arguments are checked by
+-- template_expression_errors, not here.
+create or replace function conveyor.template_parse(p_expr text) returns jsonb
+language sql
+immutable
+strict
+parallel safe
+set search_path = ''
+as $$
+  with parts as (
+    select
+      pg_catalog.btrim(m[1]) as path_text,
+      pg_catalog.btrim(m[2]) as rest,
+      $re$\|\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?::\s*((?:'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.)*"|-?[0-9]+(?:\.[0-9]+)?|true|false|null)(?:\s*,\s*(?:'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.)*"|-?[0-9]+(?:\.[0-9]+)?|true|false|null))*))?\s*$re$ as filter_re
+    from pg_catalog.regexp_match(p_expr, '^\s*([^\s|]*)(.*)$', 's') as m
+  )
+  select case
+    when pg_catalog.btrim(p_expr) = '' then pg_catalog.jsonb_build_object('error', 'empty template expression')
+    when p.path_text = '' then pg_catalog.jsonb_build_object('error', 'missing path before "|"')
+    when p.path_text ~ '(^\.|\.\.|\.$)' then pg_catalog.jsonb_build_object(
+      'error', pg_catalog.format('invalid path "%s" (empty segment)', p.path_text)
+    )
+    when p.rest <> '' and p.rest !~ ('^(?:' || p.filter_re || ')+$') then pg_catalog.jsonb_build_object(
+      'error', pg_catalog.format('cannot parse "%s" (expected | filter or | filter: arg, ...)', p.rest)
+    )
+    else pg_catalog.jsonb_build_object(
+      'path', pg_catalog.to_jsonb(pg_catalog.string_to_array(p.path_text, '.')),
+      'path_text', p.path_text,
+      'filters', coalesce((
+        select pg_catalog.jsonb_agg(
+          pg_catalog.jsonb_build_object(
+            'name', pg_catalog.lower(f.m[1]),
+            'args', coalesce((
+              select pg_catalog.jsonb_agg(
+                case
+                  when a.m[1] like '''%' then pg_catalog.to_jsonb(
+                    pg_catalog.replace(
+                      pg_catalog.regexp_replace(pg_catalog.substr(a.m[1], 2, pg_catalog.length(a.m[1]) - 2), '\\(.)', '\1', 'g'),
+                      '''''', ''''
+                    )
+                  )
+                  else a.m[1]::jsonb
+                end
+                order by a.i
+              )
+              from pg_catalog.regexp_matches(
+                f.m[2], $re$('(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.)*"|-?[0-9]+(?:\.[0-9]+)?|true|false|null)$re$, 'g'
+              ) with ordinality as a (m, i)
+            ), '[]'::jsonb)
+          )
+          order by f.i
+        )
+        from pg_catalog.regexp_matches(p.rest, p.filter_re, 'g') with ordinality as f (m, i)
+      ), '[]'::jsonb)
+    )
+  end
+  from parts as p;
+$$;
+
+-- The value at a dotted path (as segments) in a context; `now` defaults to now().
+-- SQL null when there is no value.
+create or replace function conveyor.context_value(p_context jsonb, p_path text[]) returns jsonb
+language sql
+stable
+parallel safe
+set search_path = ''
+as $$
+  select case
+    when p_path[1] = 'now' and not coalesce(p_context ? 'now', false)
+      then pg_catalog.jsonb_build_object('now', pg_catalog.now()) #> p_path
+    else p_context #> p_path
+  end;
+$$;
+
+-- Problems with one expression (without the location prefix).
+create or replace function conveyor.template_expression_errors(p_expr text, p_roots text[]) returns setof text
+language sql
+stable
+parallel safe
+set search_path = ''
+as $$
+  with parsed as (
+    select conveyor.template_parse(p_expr) as t
+  )
+  select p.t ->> 'error' from parsed as p where p.t ? 'error'
+  union all
+  select pg_catalog.format(
+    'unknown template root "%s" (expected one of %s)',
+    p.t #>> '{path,0}', pg_catalog.array_to_string(coalesce(p_roots, conveyor.template_default_roots()), ', ')
+  )
+  from parsed as p
+  where p.t ? 'path' and not (p.t #>> '{path,0}') = any(coalesce(p_roots, conveyor.template_default_roots()))
+  union all
+  select e
+  from parsed as p
+  cross join lateral pg_catalog.jsonb_array_elements(p.t -> 'filters') as f
+  cross join lateral (
+    select
+      f ->> 'name' as name,
+      f -> 'args' as args,
+      pg_catalog.jsonb_array_length(f -> 'args') as n
+  ) as x
+  cross join lateral (
+    select case
+      when x.name not in ('default', 'upper', 'lower', 'date', 'currency', 'json', 'length', 'add')
+        then pg_catalog.format(
+          'unknown filter "%s" (expected one of default, upper, lower, date, currency, json, length, add)', x.name
+        )
+      when x.name = 'default' and x.n <> 1 then 'filter "default" takes exactly one argument'
+      when x.name in ('upper', 'lower', 'json', 'length') and x.n <> 0
+        then pg_catalog.format('filter "%s" takes no arguments', x.name)
+      when x.name = 'date' and (x.n not between 1 and 2 or exists (
+        select 1 from pg_catalog.jsonb_array_elements(x.args) as a where pg_catalog.jsonb_typeof(a) <> 'string'
+      )) then 'filter "date" takes a format string and an optional time zone string'
+      when x.name = 'date' and x.n = 2 and not conveyor.timezone_is_valid(x.args ->> 1)
+        then pg_catalog.format('filter "date": unknown time zone "%s"', x.args ->> 1)
+      when x.name = 'currency' and (x.n > 1 or (x.n = 1 and pg_catalog.jsonb_typeof(x.args -> 0) <> 'string'))
+        then 'filter "currency" takes an optional currency code string'
+      when x.name = 'add' and (x.n <> 1 or pg_catalog.jsonb_typeof(x.args -> 0) <> 'string')
+        then 'filter "add" takes one duration string (e.g. ''1 day'')'
+      when x.name = 'add' and conveyor.duration_or_null(x.args ->> 0) is null
+        then pg_catalog.format('filter "add": invalid duration "%s"', x.args ->> 0)
+    end as e
+  ) as checks
+  where p.t ? 'filters' and checks.e is not null;
+$$;
+
+-- Every string inside a JSON value, with its location (`path.key`, `path[0]`).
+create or replace function conveyor.json_strings(p_value jsonb, p_path text)
+returns table (path text, value text)
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  with recursive walk (path, v) as (
+    select coalesce(p_path, ''), p_value
+    union all
+    select
+      case
+        when e.i is null and e.k ~ '^[A-Za-z_][A-Za-z0-9_]*$' then pg_catalog.ltrim(w.path || '.' || e.k, '.')
+        when e.i is null then w.path || '[' || pg_catalog.to_jsonb(e.k)::text || ']'
+        else w.path || '[' || (e.i - 1) || ']'
+      end,
+      e.v
+    from walk as w
+    cross join lateral (
+      select o.key as k, o.value as v, null::bigint as i
+      from pg_catalog.jsonb_each(case when pg_catalog.jsonb_typeof(w.v) = 'object' then w.v end) as o
+      union all
+      select null, a.value, a.i
+      from pg_catalog.jsonb_array_elements(case when pg_catalog.jsonb_typeof(w.v) = 'array' then w.v end)
+        with ordinality as a (value, i)
+    ) as e
+  )
+  select w.path, w.v #>> '{}' from walk as w where pg_catalog.jsonb_typeof(w.v) = 'string';
+$$;
+
+-- Problems with every template in a JSON value, as `<path>: <what is wrong>`.
+create or replace function conveyor.template_errors(p_value jsonb, p_path text, p_roots text[]) returns setof text
+language sql
+stable
+parallel safe
+set search_path = ''
+as $$
+  select s.path || ': unclosed "{{" (expected "}}")'
+  from conveyor.json_strings(p_value, p_path) as s
+  where pg_catalog.strpos(pg_catalog.regexp_replace(s.value, conveyor.template_pattern(), '', 'g'), '{{') > 0
+  union all
+  select s.path || ': ' || e
+  from conveyor.json_strings(p_value, p_path) as s
+  cross join lateral pg_catalog.regexp_matches(s.value, conveyor.template_pattern(), 'g') as m
+  cross join lateral conveyor.template_expression_errors(m[1], p_roots) as e;
+$$;
+
+-- The step ids referenced as `steps.<id>` by the templates in a JSON value.
+create or replace function conveyor.template_step_refs(p_value jsonb) returns setof text
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select distinct t #>> '{path,1}'
+  from conveyor.json_strings(p_value, null) as s
+  cross join lateral pg_catalog.regexp_matches(s.value, conveyor.template_pattern(), 'g') as m
+  cross join lateral conveyor.template_parse(m[1]) as t
+  where t #>> '{path,0}' = 'steps' and t #>> '{path,1}' is not null;
+$$;
+
+-- A JSON value as text inside a rendered string.
+create or replace function conveyor.json_text(p_value jsonb) returns text
+language sql
+immutable
+strict
+parallel safe
+set search_path = ''
+as $$
+  select case pg_catalog.jsonb_typeof(p_value)
+    when 'string' then p_value #>> '{}'
+    when 'number' then pg_catalog.trim_scale((p_value #>> '{}')::numeric)::text
+    when 'null' then ''
+    else p_value::text
+  end;
+$$;
+
+-- Evaluates one expression against a context. SQL null when the path has no value
+-- (and no `default` supplied one); raises 22023 for a malformed expression or a filter
+-- that cannot apply to its value.
+create or replace function conveyor.template_eval(p_expr text, p_context jsonb, p_where text default null)
+returns jsonb
+language plpgsql
+stable
+parallel safe
+set search_path = ''
+as $$
+declare
+  v_parsed jsonb;
+  v_path text[];
+  v_value jsonb;
+  v_filter jsonb;
+  v_index integer;
+  v_name text;
+  v_args jsonb;
+  v_ts timestamp;
+  v_number numeric;
+  v_duration interval;
+  v_tz text;
+begin
+  if pg_catalog.strpos(p_expr, '|') = 0 and pg_catalog.btrim(p_expr) ~ '^[^\s.{}]+(\.[^\s.{}]+)*$' then
+    -- fast path: a plain path without filters
+    v_parsed := pg_catalog.jsonb_build_object('path_text', pg_catalog.btrim(p_expr), 'filters', '[]'::jsonb);
+  else
+    v_parsed := conveyor.template_parse(p_expr);
+  end if;
+  if v_parsed ? 'error' then
+    raise exception using errcode = '22023',
+      message = pg_catalog.format('%s{{%s}}: %s', coalesce(p_where || ': ', ''), p_expr, v_parsed ->> 'error');
+  end if;
+  -- roots are checked by template_errors at publish; at run time any root of the context works
+  v_path := pg_catalog.string_to_array(v_parsed ->> 'path_text', '.');
+  v_value := case
+    when v_path[1] = 'now' and not p_context ? 'now' then pg_catalog.jsonb_build_object('now', pg_catalog.now()) #> v_path
+    else p_context #> v_path
+  end;
+  if v_parsed -> 'filters' = '[]'::jsonb then
+    return v_value;
+  end if;
+  for v_index in 0 .. pg_catalog.jsonb_array_length(v_parsed -> 'filters') - 1 loop
+    v_filter := v_parsed -> 'filters' -> v_index;
+    v_name := v_filter ->> 'name';
+    v_args := v_filter -> 'args';
+    if v_name not in ('default', 'upper', 'lower', 'date', 'currency', 'json', 'length', 'add') then
+      raise exception using errcode = '22023',
+        message = pg_catalog.format(
+          '%s{{%s}}: unknown filter "%s" (expected one of default, upper, lower, date, currency, json, length, add)',
+          coalesce(p_where || ': ', ''), p_expr, v_name
+        );
+    end if;
+    if v_name = 'default' then
+      if v_value is null or v_value = 'null'::jsonb then
+        v_value := v_args -> 0;
+      end if;
+      continue;
+    end if;
+    if v_value is null or v_value = 'null'::jsonb then
+      -- missing and null pass through every other filter (length counts null as 0)
+      if v_name = 'length' and v_value is not null then
+        v_value := '0'::jsonb;
+      end if;
+      continue;
+    end if;
+    case v_name
+      when 'upper' then
+        v_value := pg_catalog.to_jsonb(pg_catalog.upper(conveyor.json_text(v_value)));
+      when 'lower' then
+        v_value := pg_catalog.to_jsonb(pg_catalog.lower(conveyor.json_text(v_value)));
+      when 'json' then
+        v_value := pg_catalog.to_jsonb(v_value::text);
+      when 'length' then
+        v_value := pg_catalog.to_jsonb(case pg_catalog.jsonb_typeof(v_value)
+          when 'array' then pg_catalog.jsonb_array_length(v_value)
+          when 'object' then (select pg_catalog.count(*) from pg_catalog.jsonb_object_keys(v_value))::integer
+          else pg_catalog.length(conveyor.json_text(v_value))
+        end);
+      when 'currency' then
+        v_number := conveyor.json_number(v_value);
+        if v_number is null then
+          raise exception using errcode = '22023',
+            message = pg_catalog.format('%s{{%s}}: currency: %s is not a number', coalesce(p_where || ': ', ''), p_expr, v_value);
+        end if;
+        v_value := pg_catalog.to_jsonb(pg_catalog.round(v_number, 2)::text || coalesce(' ' || (v_args ->> 0), ''));
+      else
+        -- date, add
+        v_ts := conveyor.json_timestamp(v_value);
+        if v_ts is null then
+          raise exception using errcode = '22023',
+            message = pg_catalog.format(
+              '%s{{%s}}: %s: %s is not an ISO 8601 date or timestamp', coalesce(p_where || ': ', ''), p_expr, v_name, v_value
+            ),
+            hint = 'Timestamps look like 2026-05-01T09:30:00Z or 2026-05-01.';
+        end if;
+        if v_name = 'add' then
+          v_duration := conveyor.duration_or_null(v_args ->> 0);
+          if v_duration is null then
+            raise exception using errcode = '22023',
+              message = pg_catalog.format('%s{{%s}}: add: invalid duration %s', coalesce(p_where || ': ', ''), p_expr, v_args -> 0);
+          end if;
+          v_value := pg_catalog.to_jsonb((pg_catalog.to_jsonb(v_ts + v_duration) #>> '{}') || 'Z');
+        else
+          v_tz := coalesce(v_args ->> 1, p_context #>> '{tenant,timezone}', 'UTC');
+          if not conveyor.timezone_is_valid(v_tz) then
+            raise exception using errcode = '22023',
+              message = pg_catalog.format('%s{{%s}}: date: unknown time zone "%s"', coalesce(p_where || ': ', ''), p_expr, v_tz);
+          end if;
+          v_value := pg_catalog.to_jsonb(
+            pg_catalog.to_char(pg_catalog.timezone(v_tz, pg_catalog.timezone('UTC', v_ts)), coalesce(v_args ->> 0, 'YYYY-MM-DD'))
+          );
+        end if;
+    end case;
+  end loop;
+  return v_value;
+end;
+$$;
+
+-- Renders the templates in one string (see the top of this file).
+create or replace function conveyor.render_string(p_text text, p_context jsonb, p_where text default null)
+returns jsonb
+language plpgsql
+stable
+parallel safe
+set search_path = ''
+as $$
+declare
+  -- scans for `{{` and the first `}}` after it: the same split as conveyor.template_pattern()
+  v_rest text := p_text;
+  v_out text := '';
+  v_open integer;
+  v_close integer;
+  v_expr text;
+begin
+  v_open := pg_catalog.strpos(v_rest, '{{');
+  if v_open = 0 then
+    return pg_catalog.to_jsonb(p_text);
+  end if;
+  loop
+    v_close := pg_catalog.strpos(pg_catalog.substr(v_rest, v_open + 2), '}}');
+    if v_close = 0 then
+      raise exception using
+        errcode = '22023',
+        message = pg_catalog.format('%sunclosed "{{" in %s', coalesce(p_where || ': ', ''), pg_catalog.to_jsonb(p_text)),
+        hint = 'Every {{ needs a matching }}.';
+    end if;
+    v_expr := pg_catalog.substr(v_rest, v_open + 2, v_close - 1);
+    if v_open = 1 and v_close + 3 = pg_catalog.length(p_text) then
+      -- the whole string is one expression: keep the value's JSON type
+      return coalesce(conveyor.template_eval(v_expr, p_context, p_where), conveyor.template_missing(v_expr, p_where));
+    end if;
+    v_out := v_out || pg_catalog.substr(v_rest, 1, v_open - 1) || coalesce(
+      conveyor.json_text(conveyor.template_eval(v_expr, p_context, p_where)),
+      conveyor.template_missing(v_expr, p_where)::text
+    );
+    v_rest := pg_catalog.substr(v_rest, v_open + v_close + 3);
+    v_open := pg_catalog.strpos(v_rest, '{{');
+    exit when v_open = 0;
+  end loop;
+  return pg_catalog.to_jsonb(v_out || v_rest);
+end;
+$$;
+
+-- Raises the "no value" error for an expression (declared jsonb to fit in coalesce).
+create or replace function conveyor.template_missing(p_expr text, p_where text) returns jsonb
+language plpgsql
+stable
+parallel safe
+set search_path = ''
+as $$
+declare
+  v_path text := pg_catalog.array_to_string(
+    array(select pg_catalog.jsonb_array_elements_text(conveyor.template_parse(p_expr) -> 'path')), '.'
+  );
+begin
+  raise exception using
+    errcode = '22023',
+    message = pg_catalog.format('%s{{%s}}: no value at "%s"', coalesce(p_where || ': ', ''), p_expr, v_path),
+    hint = 'Check the path, or give a fallback with | default: ''...''.';
+end;
+$$;
+
+-- Renders every string in any JSON value. p_where names the location for errors
+-- (e.g. 'steps[2].with'); nested values extend it (`.to`, `[0]`).
+create or replace function conveyor.render(p_value jsonb, p_context jsonb, p_where text default null)
+returns jsonb
+language plpgsql
+stable
+parallel safe
+set search_path = ''
+as $$
+declare
+  v_result jsonb := p_value;
+  v_key text;
+  v_item jsonb;
+  v_index integer;
+begin
+  if p_value is null or pg_catalog.strpos(p_value::text, '{{') = 0 then
+    return p_value;
+  end if;
+  case pg_catalog.jsonb_typeof(p_value)
+    when 'string' then
+      return conveyor.render_string(p_value #>> '{}', p_context, p_where);
+    when 'object' then
+      -- only members holding a template are rendered and replaced
+      for v_key, v_item in
+        select o.key, o.value from pg_catalog.jsonb_each(p_value) as o where pg_catalog.strpos(o.value::text, '{{') > 0
+      loop
+        v_result := pg_catalog.jsonb_set(v_result, array[v_key], coalesce(conveyor.render(
+          v_item, p_context,
+          case
+            when v_key ~ '^[A-Za-z_][A-Za-z0-9_]*$' then pg_catalog.ltrim(coalesce(p_where, '') || '.' || v_key, '.')
+            else coalesce(p_where, '') || '[' || pg_catalog.to_jsonb(v_key)::text || ']'
+          end
+        ), 'null'::jsonb));
+      end loop;
+    else
+      for v_index, v_item in
+        select a.i - 1, a.value
+        from pg_catalog.jsonb_array_elements(p_value) with ordinality as a (value, i)
+        where pg_catalog.strpos(a.value::text, '{{') > 0
+      loop
+        v_result := pg_catalog.jsonb_set(v_result, array[v_index::text], coalesce(conveyor.render(
+          v_item, p_context, coalesce(p_where, '') || '[' || v_index || ']'
+        ), 'null'::jsonb));
+      end loop;
+  end case;
+  return v_result;
+end;
+$$;

@@ -1,9 +1,25 @@
 """`conveyor run`: the runner process.
 
-Today the runner connects, checks that the database is migrated, announces itself with
-a heartbeat (visible in `conveyor.runners`) and keeps it fresh until it is stopped.
-Performing actions from the pgmq queue arrives with the runner issue; until then the
-runner performs no actions.
+One loop, in the main thread, owns the database connection:
+
+* heartbeat (`conveyor.runners`), every `heartbeat_interval`;
+* `conveyor.tick()` (dispatch + resume due delays; skipped while it does not exist) when
+  woken by NOTIFY `conveyor_wakeup`, and every `poll_interval` as a fallback;
+* read a batch from the pgmq queue `conveyor_actions` whenever there is a free slot and
+  pgmq's notify-on-insert fired, the last read was full, or the poll interval passed;
+  each message stays invisible for its own `timeout_s` plus `visibility_margin`;
+* hand each action to a worker thread (at most `concurrency` at once) and write the
+  finished results back in batches through `conveyor.write_back`.
+
+Why threads: actions are blocking I/O (httpx's sync client, smtplib); a bounded set of
+daemon threads keeps every action library usable as is, the GIL is irrelevant for
+network waits, and a thread that outlives the shutdown grace period cannot hold the
+process (its message simply becomes visible again).
+
+A separate thread LISTENs on its own connection and only sets flags and wakes the loop.
+SIGTERM / Ctrl-C: stop reading, let in-flight actions finish within `shutdown_grace`,
+write their results, exit 0. A lost database: reconnect with backoff; results not yet
+written are kept and written after reconnecting.
 """
 
 from __future__ import annotations
@@ -13,65 +29,521 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
+from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 import psycopg
 
 from conveyor import __version__
+from conveyor import queue as q
+from conveyor.actions import ActionRequest, Environment, Outcome, perform
+from conveyor.connections import Connection
 from conveyor.errors import ConveyorError
+from conveyor.metrics import Metrics, MetricsServer
 from conveyor.migrate import schema_version
+from conveyor.netguard import NetworkPolicy
+from conveyor.secrets import SecretBox
 
 log = logging.getLogger("conveyor.runner")
 
 
+@dataclass
+class RunnerConfig:
+    """The runner's settings. `conveyor run` fills them from flags, each of which defaults to
+    one environment variable (named next to each field); the secret key is read from the
+    environment only, so it never appears in a process list."""
+
+    database_url: str
+    heartbeat_interval: float = 10.0  # CONVEYOR_HEARTBEAT_INTERVAL
+    concurrency: int = 16  # CONVEYOR_CONCURRENCY
+    batch_size: int = 10  # CONVEYOR_BATCH_SIZE
+    poll_interval: float = 1.0  # CONVEYOR_POLL_INTERVAL
+    visibility_margin: float = 30.0  # CONVEYOR_VISIBILITY_MARGIN
+    shutdown_grace: float = 30.0  # CONVEYOR_SHUTDOWN_GRACE
+    secret_key: str = ""  # CONVEYOR_SECRET_KEY
+    allow_private_networks: str = ""  # CONVEYOR_ALLOW_PRIVATE_NETWORKS
+    metrics_address: str = ""  # CONVEYOR_METRICS_ADDRESS (host:port; empty: off)
+
+    def validate(self) -> None:
+        if self.concurrency < 1:
+            raise ConveyorError("CONVEYOR_CONCURRENCY must be at least 1")
+        if self.batch_size < 1:
+            raise ConveyorError("CONVEYOR_BATCH_SIZE must be at least 1")
+        if self.poll_interval <= 0 or self.heartbeat_interval <= 0:
+            raise ConveyorError("CONVEYOR_POLL_INTERVAL and CONVEYOR_HEARTBEAT_INTERVAL must be positive")
+        if self.visibility_margin < 0 or self.shutdown_grace < 0:
+            raise ConveyorError("CONVEYOR_VISIBILITY_MARGIN and CONVEYOR_SHUTDOWN_GRACE must not be negative")
+
+
+@dataclass
+class _Flags:
+    want_read: bool = True
+    want_tick: bool = True
+
+
+@dataclass
+class _Finished:
+    message: q.Message
+    outcome: Outcome
+    duration_ms: int
+
+
+@dataclass
+class _Lease:
+    """An in-flight message: when it started and until when it is invisible to others."""
+
+    started: float
+    until: float
+    timeout_s: float
+    hung: bool = False
+
+
+@dataclass
+class _State:
+    leases: dict[int, _Lease] = field(default_factory=dict)
+    finished: list[_Finished] = field(default_factory=list)
+
+    @property
+    def inflight(self) -> int:
+        return len(self.leases)
+
+
 class Runner:
-    def __init__(self, url: str, *, heartbeat_interval: float = 10.0) -> None:
-        self.url = url
-        self.heartbeat_interval = heartbeat_interval
+    def __init__(self, url: str | RunnerConfig, *, heartbeat_interval: float = 10.0) -> None:
+        self.config = url if isinstance(url, RunnerConfig) else RunnerConfig(url, heartbeat_interval)
+        self.config.validate()
+        self.url = self.config.database_url
+        self.heartbeat_interval = self.config.heartbeat_interval
         self.runner_id = uuid.uuid4()
         self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self.flags = _Flags()
+        self.lock = threading.Lock()
+        self.state = _State()
+        try:
+            self.policy = NetworkPolicy.parse(self.config.allow_private_networks)
+        except ValueError as exc:
+            raise ConveyorError(str(exc)) from exc
+        self.box = SecretBox(self.config.secret_key) if self.config.secret_key.strip() else None
+        self.env = Environment.create(self.policy)
+        self.metrics = Metrics()
+        self.metrics_server = (
+            MetricsServer(
+                self.metrics,
+                self.config.metrics_address,
+                stale_after_s=max(self.config.heartbeat_interval, self.config.poll_interval) * 3 + 5,
+            )
+            if self.config.metrics_address
+            else None
+        )
+        self._stop_deadline: float | None = None
+        self._write_back_ready = False
+        self._tick_ready = False
+        self._warned_no_write_back = False
+        self._backlog = False
+
+    # --- signals ---------------------------------------------------------------------
 
     def request_stop(self, signum: int, _frame: FrameType | None = None) -> None:
         log.info("stopping", extra={"signal": signal.Signals(signum).name})
         self.stopping.set()
+        self.wake.set()
+
+    # --- the loop --------------------------------------------------------------------
 
     def run(self) -> None:
-        """Heartbeat until stopped; reconnect with backoff when the database goes away."""
+        """Perform actions until stopped; reconnect with backoff when the database goes away."""
         backoff = 0.5
         announced = False
+        listener = threading.Thread(target=self._listen, name="conveyor-listen", daemon=True)
+        if self.metrics_server is not None:
+            self.metrics_server.start()
+        try:
+            while True:
+                if self.stopping.is_set() and self._drained():
+                    break
+                try:
+                    with psycopg.connect(
+                        self.url, autocommit=True, connect_timeout=5, application_name="conveyor-runner"
+                    ) as conn:
+                        version = schema_version(conn)
+                        if version is None:
+                            raise ConveyorError("the database is not migrated: run `conveyor migrate` first")
+                        if not announced:
+                            log.info(
+                                "runner ready",
+                                extra={
+                                    "runner": str(self.runner_id),
+                                    "schema": version,
+                                    "concurrency": self.config.concurrency,
+                                    "batch_size": self.config.batch_size,
+                                },
+                            )
+                            announced = True
+                            listener.start()
+                        else:
+                            log.info("reconnected", extra={"runner": str(self.runner_id)})
+                        backoff = 0.5
+                        self._serve(conn)
+                        conn.execute("select conveyor.runner_stopped(%s)", (self.runner_id,))
+                        break
+                except psycopg.OperationalError as exc:
+                    self.metrics.connected = False
+                    if self.stopping.is_set() and self._past_deadline():
+                        log.warning(
+                            "database unavailable while stopping; unwritten results are lost"
+                            " and their actions will be performed again",
+                            extra={"results": len(self.state.finished)},
+                        )
+                        break
+                    log.warning(
+                        "database unavailable; retrying",
+                        extra={"error": _first_line(exc), "retry_in_s": backoff},
+                    )
+                    if self.stopping.is_set():
+                        time.sleep(min(backoff, 1.0))
+                    else:
+                        self.stopping.wait(backoff)
+                    backoff = min(backoff * 2, 10.0)
+        finally:
+            self.metrics.connected = False
+            self.env.close()
+            if self.metrics_server is not None:
+                self.metrics_server.stop()
+        log.info("runner stopped", extra={"runner": str(self.runner_id)})
+
+    def _drained(self) -> bool:
+        with self.lock:
+            return self.state.inflight == 0 and not self.state.finished
+
+    def _past_deadline(self) -> bool:
+        if self._stop_deadline is None:
+            self._stop_deadline = time.monotonic() + self.config.shutdown_grace
+        return time.monotonic() >= self._stop_deadline
+
+    def _serve(self, conn: psycopg.Connection[Any]) -> None:
+        next_heartbeat = 0.0
+        next_poll = 0.0
+        self.metrics.connected = True
+        while True:
+            self.wake.clear()
+            now = time.monotonic()
+            with self.metrics.lock:
+                self.metrics.last_loop = now
+                self.metrics.inflight = self.state.inflight
+            if now >= next_heartbeat:
+                conn.execute(
+                    "select conveyor.runner_heartbeat(%s, %s, %s, %s)",
+                    (self.runner_id, socket.gethostname(), os.getpid(), __version__),
+                )
+                next_heartbeat = now + self.config.heartbeat_interval
+            self._flush(conn)
+            next_renewal = self._renew(conn)
+            if self.stopping.is_set():
+                with self.lock:
+                    inflight = self.state.inflight
+                if inflight == 0:
+                    self._flush(conn)  # a result may have arrived since the flush above
+                    return
+                if self._past_deadline():
+                    log.warning(
+                        "shutdown grace period over; abandoning in-flight actions"
+                        " (their messages become visible again after the visibility timeout)",
+                        extra={"inflight": inflight},
+                    )
+                    self._flush(conn)
+                    return
+                self.wake.wait(min(0.1, max(0.0, next_renewal - time.monotonic())))
+                continue
+
+            poll_due = now >= next_poll
+            if poll_due:
+                # Until the engine's functions exist (a database migrated by an older
+                # version), the runner only heartbeats; once they exist, they stay.
+                self._write_back_ready = self._write_back_ready or q.has_function(conn, "write_back")
+                self._tick_ready = self._tick_ready or q.has_function(conn, "tick")
+                next_poll = now + self.config.poll_interval
+            with self.lock:
+                want_tick, want_read = self.flags.want_tick, self.flags.want_read
+                self.flags.want_tick = self.flags.want_read = False
+            if self._tick_ready and (want_tick or poll_due):
+                q.tick(conn)
+            if want_read or poll_due or self._backlog:
+                self._read_and_start(conn)
+            self.wake.wait(max(0.0, min(next_heartbeat, next_poll, next_renewal) - time.monotonic()))
+
+    def _renew(self, conn: psycopg.Connection[Any]) -> float:
+        """Extend the visibility of in-flight messages about to reappear; returns when to look again.
+
+        A healthy runner keeps its messages invisible while it performs them, however long
+        an action takes (an SMTP server may be slow in every phase); a dead runner stops
+        renewing, so its messages reappear at most `visibility_margin` after its last renewal.
+        An action running longer than three times its timeout is considered hung: its
+        lease is no longer renewed and another runner performs it again.
+        """
+        margin = self.config.visibility_margin
+        threshold = max(1.0, margin / 2)
+        extend = q.visibility_timeout(0, max(margin, 2.0))
+        now = time.monotonic()
+        renew: list[int] = []
+        hung: list[int] = []
+        next_check = now + 3600.0
+        with self.lock:
+            for msg_id, lease in self.state.leases.items():
+                if lease.hung:
+                    continue
+                if lease.until - now > threshold:
+                    next_check = min(next_check, lease.until - threshold)
+                elif now - lease.started < 3 * lease.timeout_s + margin:
+                    renew.append(msg_id)
+                else:
+                    lease.hung = True
+                    hung.append(msg_id)
+        if renew:
+            q.extend_visibility(conn, renew, extend)
+            with self.lock:
+                for msg_id in renew:
+                    renewed = self.state.leases.get(msg_id)
+                    if renewed is not None:
+                        renewed.until = now + extend
+                        next_check = min(next_check, renewed.until - threshold)
+        for msg_id in hung:
+            log.warning(
+                "action still running after three times its timeout; no longer keeping its"
+                " message invisible (another runner will perform it again)",
+                extra={"msg_id": msg_id},
+            )
+        return next_check
+
+    def _read_and_start(self, conn: psycopg.Connection[Any]) -> None:
+        self._backlog = False
+        if not self._write_back_ready:
+            if not self._warned_no_write_back:
+                log.warning("conveyor.write_back() does not exist yet; not reading actions")
+                self._warned_no_write_back = True
+            return
+        while not self.stopping.is_set():
+            with self.lock:
+                free = self.config.concurrency - self.state.inflight
+            wanted = min(self.config.batch_size, free)
+            if wanted <= 0:
+                self._backlog = True
+                return
+            messages = q.read_batch(conn, wanted, self.config.visibility_margin)
+            if messages:
+                connections = self._load_connections(conn, messages)
+                for message in messages:
+                    self._start(message, connections)
+            if len(messages) < wanted:
+                return
+
+    def _load_connections(
+        self, conn: psycopg.Connection[Any], messages: list[q.Message]
+    ) -> dict[tuple[str, str], Connection | str]:
+        """The connections a batch names, decrypted; or why one is unusable (a message)."""
+        keys = {
+            (str(m.body.get("tenant_id")), str(m.body["connection"]))
+            for m in messages
+            if m.body.get("connection")
+        }
+        if not keys:
+            return {}
+        tenants, names = zip(*keys, strict=True)
+        rows = conn.execute(
+            "select c.tenant_id, c.name, c.kind, c.config, c.secret"
+            " from conveyor.connections as c"
+            " join unnest(%s::text[], %s::text[]) as k (tenant_id, name)"
+            " on c.tenant_id = k.tenant_id and c.name = k.name",
+            (list(tenants), list(names)),
+        ).fetchall()
+        found: dict[tuple[str, str], Connection | str] = {
+            key: f"tenant {key[0]!r} has no connection named {key[1]!r}" for key in keys
+        }
+        for tenant_id, name, kind, config, token in rows:
+            secret: dict[str, Any] = {}
+            if token is not None:
+                if self.box is None:
+                    found[(tenant_id, name)] = (
+                        f"connection {name!r} has a secret but CONVEYOR_SECRET_KEY is not set on this runner"
+                    )
+                    continue
+                try:
+                    secret = self.box.decrypt(token)
+                except ConveyorError as exc:
+                    found[(tenant_id, name)] = f"connection {name!r}: {exc}"
+                    continue
+            found[(tenant_id, name)] = Connection(tenant_id, name, kind, dict(config), secret)
+        return found
+
+    def _start(self, message: q.Message, connections: dict[tuple[str, str], Connection | str]) -> None:
+        body = message.body
+        connection: Connection | str | None = None
+        if body.get("connection"):
+            connection = connections[(str(body.get("tenant_id")), str(body["connection"]))]
+        now = time.monotonic()
+        lease = _Lease(
+            now,
+            now + q.visibility_timeout(message.timeout_s, self.config.visibility_margin),
+            message.timeout_s,
+        )
+        with self.lock:
+            self.state.leases[message.msg_id] = lease
+        thread = threading.Thread(
+            target=self._perform, args=(message, connection), name=f"action-{message.msg_id}", daemon=True
+        )
+        thread.start()
+
+    def _perform(self, message: q.Message, connection: Connection | str | None) -> None:
+        started = time.monotonic()
+        body = message.body
+        try:
+            if isinstance(connection, str):
+                outcome = Outcome(
+                    ok=False,
+                    output=None,
+                    retryable=False,
+                    error={"message": connection, "type": "connection_unavailable"},
+                )
+            else:
+                raw_input = body.get("input")
+                request = ActionRequest(
+                    action=str(body.get("action", "")),
+                    input=raw_input if isinstance(raw_input, dict) else {},
+                    idempotency_key=str(body.get("idempotency_key") or f"msg:{message.msg_id}"),
+                    timeout_s=message.timeout_s,
+                    connection=connection,
+                    tenant_id=str(body.get("tenant_id", "")),
+                    execution_id=body.get("execution_id"),
+                    step_id=str(body.get("step_id", "")),
+                    attempt=int(body.get("attempt") or 1),
+                )
+                if raw_input is not None and not isinstance(raw_input, dict):
+                    outcome = Outcome(
+                        ok=False,
+                        output=None,
+                        error={
+                            "message": "the action's input must be a JSON object",
+                            "type": "invalid_input",
+                        },
+                    )
+                else:
+                    outcome = perform(request, self.env)
+        except Exception as exc:  # never lose a slot
+            log.exception("performing an action failed unexpectedly", extra=message.log_fields())
+            outcome = Outcome(
+                ok=False, output=None, retryable=True, error={"message": repr(exc), "type": "internal"}
+            )
+        finished = _Finished(message, outcome, int((time.monotonic() - started) * 1000))
+        fields = {**message.log_fields(), "duration_ms": finished.duration_ms}
+        self.metrics.action_done(
+            str(body.get("action", "")),
+            "succeeded" if outcome.ok else "retryable" if outcome.retryable else "permanent",
+            finished.duration_ms / 1000,
+        )
+        if outcome.ok:
+            log.info("action succeeded", extra=fields)
+        else:
+            error = outcome.error or {}
+            log.warning(
+                "action failed",
+                extra={
+                    **fields,
+                    "retryable": outcome.retryable,
+                    "error": error.get("message"),
+                    "error_type": error.get("type"),
+                },
+            )
+        with self.lock:
+            self.state.finished.append(finished)
+            self.state.leases.pop(message.msg_id, None)
+        self.wake.set()
+
+    def _flush(self, conn: psycopg.Connection[Any]) -> None:
+        with self.lock:
+            batch, self.state.finished = self.state.finished, []
+        if not batch:
+            return
+        try:
+            self._write(conn, batch)
+        except psycopg.OperationalError:
+            with self.lock:
+                self.state.finished[:0] = batch
+            raise
+
+    def _write(self, conn: psycopg.Connection[Any], batch: list[_Finished]) -> None:
+        try:
+            rows = q.write_back(conn, [_result(f) for f in batch])
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            if len(batch) == 1:
+                log.error(
+                    "write_back refused a result; its action will be performed again after"
+                    " the visibility timeout",
+                    extra={**batch[0].message.log_fields(), "error": _first_line(exc)},
+                )
+                return
+            for single in batch:  # isolate the result the database refuses
+                self._write(conn, [single])
+            return
+        by_msg = {f.message.msg_id: f for f in batch}
+        for msg_id, _step_run_id, outcome in rows:
+            self.metrics.written(outcome)
+            finished = by_msg.get(msg_id)
+            if finished is not None and outcome != "applied":
+                log.info(
+                    "result ignored by the database (late, duplicate or cancelled)",
+                    extra={**finished.message.log_fields(), "outcome": outcome},
+                )
+
+    # --- notifications -----------------------------------------------------------------
+
+    def _listen(self) -> None:
+        backoff = 0.5
         while not self.stopping.is_set():
             try:
-                with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
-                    version = schema_version(conn)
-                    if version is None:
-                        raise ConveyorError("the database is not migrated: run `conveyor migrate` first")
-                    if not announced:
-                        log.info(
-                            "runner ready; it performs no actions yet (see README)",
-                            extra={"runner": str(self.runner_id), "schema": version},
-                        )
-                        announced = True
-                    else:
-                        log.info("reconnected", extra={"runner": str(self.runner_id)})
+                with psycopg.connect(
+                    self.url, autocommit=True, connect_timeout=5, application_name="conveyor-runner"
+                ) as conn:
+                    conn.execute(f'listen "{q.WAKEUP_CHANNEL}"')
+                    conn.execute(f'listen "{q.INSERT_CHANNEL}"')
                     backoff = 0.5
+                    self._notify(read=True, tick=True)  # catch up on what we missed
                     while not self.stopping.is_set():
-                        conn.execute(
-                            "select conveyor.runner_heartbeat(%s, %s, %s, %s)",
-                            (self.runner_id, socket.gethostname(), os.getpid(), __version__),
-                        )
-                        self.stopping.wait(self.heartbeat_interval)
-                    conn.execute("select conveyor.runner_stopped(%s)", (self.runner_id,))
-            except psycopg.OperationalError as exc:
-                if self.stopping.is_set():
-                    break
-                log.warning(
-                    "database unavailable; retrying",
-                    extra={
-                        "error": str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc),
-                        "retry_in_s": backoff,
-                    },
-                )
+                        for notify in conn.notifies(timeout=1.0):
+                            self._notify(
+                                read=notify.channel == q.INSERT_CHANNEL,
+                                tick=notify.channel == q.WAKEUP_CHANNEL,
+                            )
+            except psycopg.OperationalError:
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
-        log.info("runner stopped", extra={"runner": str(self.runner_id)})
+
+    def _notify(self, *, read: bool, tick: bool) -> None:
+        with self.lock:
+            self.flags.want_read |= read or tick
+            self.flags.want_tick |= tick
+        self.wake.set()
+
+
+def _result(finished: _Finished) -> dict[str, Any]:
+    outcome = finished.outcome
+    result: dict[str, Any] = {
+        "msg_id": finished.message.msg_id,
+        "step_run_id": finished.message.step_run_id,
+        "ok": outcome.ok,
+        "output": outcome.output,
+    }
+    if not outcome.ok:
+        result["retryable"] = outcome.retryable
+        result["retry_after_s"] = outcome.retry_after_s
+        result["error"] = outcome.error
+    return result
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else repr(exc)

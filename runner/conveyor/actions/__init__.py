@@ -1,0 +1,60 @@
+"""The action registry: an action type (`webhook.send`) maps to one function.
+
+`perform` runs one action and turns every way it can end into an `Outcome`; secrets of
+the connection the action used are redacted from the output and the error before the
+outcome leaves this function.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from conveyor.actions import discord, email, slack, sms, webhook
+from conveyor.actions.base import ActionError, ActionRequest, Environment, InvalidInput, Outcome
+from conveyor.secrets import redact
+
+Action = Callable[[ActionRequest, Environment], dict[str, Any]]
+
+REGISTRY: dict[str, Action] = {
+    "webhook.send": webhook.send,
+    "email.send": email.send,
+    "slack.send": slack.send,
+    "discord.send": discord.send,
+    "sms.send": sms.send,
+}
+
+log = logging.getLogger("conveyor.actions")
+
+__all__ = ["REGISTRY", "ActionError", "ActionRequest", "Environment", "InvalidInput", "Outcome", "perform"]
+
+
+def perform(request: ActionRequest, env: Environment) -> Outcome:
+    secrets = request.connection.secret_values if request.connection is not None else set()
+    action = REGISTRY.get(request.action)
+    try:
+        if action is None:
+            raise InvalidInput(
+                f"unknown action {request.action!r}; this runner performs {', '.join(sorted(REGISTRY))}"
+            )
+        if not isinstance(request.input, dict):
+            raise InvalidInput("the action's input must be a JSON object")
+        output = action(request, env)
+        return Outcome(ok=True, output=redact(output, secrets))
+    except ActionError as exc:
+        return Outcome(
+            ok=False,
+            output=redact(exc.output, secrets),
+            retryable=exc.retryable,
+            retry_after_s=exc.retry_after_s,
+            error=redact(exc.as_error(), secrets),
+        )
+    except Exception as exc:  # a bug in an action: report it, never crash the runner
+        log.exception("action raised unexpectedly", extra={"action": request.action})
+        return Outcome(
+            ok=False,
+            output=None,
+            retryable=True,
+            error=redact({"message": f"{type(exc).__name__}: {exc}", "type": "internal"}, secrets),
+        )

@@ -1,0 +1,172 @@
+"""email.send over SMTP (server and credentials from an smtp connection).
+
+connection config: host, port, security (starttls | tls | none; default starttls),
+username, from (default sender address), timeout_s; secret: password.
+input: {"to", "cc", "bcc" (string or list), "subject", "text", "html", "from_name",
+"from" (overrides config.from), "reply_to"}.
+output: {"message_id", "accepted": [...], "refused": {...}}.
+
+The SMTP connection goes through the same SSRF check as HTTP: the host is resolved once,
+every address checked, and the socket opened to the checked address (TLS still verifies
+the certificate against the configured host name).
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import ssl
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import formataddr, make_msgid
+from typing import Any
+
+from conveyor.actions.base import ActionError, ActionRequest, Environment, InvalidInput, text_field
+from conveyor.netguard import BlockedAddress, NetworkPolicy, ResolveError, connect_checked
+
+DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
+
+
+class _CheckedSMTP(smtplib.SMTP):
+    policy_: NetworkPolicy
+    _host: str  # the TLS server name (smtplib sets it only when its constructor connects)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        return connect_checked(self.policy_, host, port, timeout)
+
+
+class _CheckedSMTPSSL(smtplib.SMTP_SSL):
+    policy_: NetworkPolicy
+    _host: str
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = connect_checked(self.policy_, host, port, timeout)
+        return self.context.wrap_socket(sock, server_hostname=self._host)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def _addresses(data: dict[str, Any], name: str) -> list[str]:
+    value = data.get(name)
+    if value is None or value == "" or value == []:
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) and i.strip() for i in items):
+        raise InvalidInput(f"input.{name} must be an address or a list of addresses")
+    for item in items:
+        if "\r" in item or "\n" in item or "@" not in item:
+            raise InvalidInput(f"input.{name}: {item!r} is not an email address")
+    return [i.strip() for i in items]
+
+
+def build_message(request: ActionRequest, sender: str) -> EmailMessage:
+    data = request.input
+    to, cc, bcc = _addresses(data, "to"), _addresses(data, "cc"), _addresses(data, "bcc")
+    if not (to or cc or bcc):
+        raise InvalidInput("input.to is required")
+    subject = text_field(data, "subject", required=True) or ""
+    text, html = text_field(data, "text"), text_field(data, "html")
+    if text is None and html is None:
+        raise InvalidInput("input.text or input.html is required")
+    from_name = text_field(data, "from_name")
+    message = EmailMessage()
+    try:
+        message["From"] = formataddr((from_name, sender)) if from_name else sender
+        if to:
+            message["To"] = ", ".join(to)
+        if cc:
+            message["Cc"] = ", ".join(cc)
+        message["Subject"] = subject
+        reply_to = text_field(data, "reply_to")
+        if reply_to:
+            message["Reply-To"] = reply_to
+    except (ValueError, IndexError) as exc:
+        raise InvalidInput(f"invalid header: {exc}") from exc
+    domain = sender.rsplit("@", 1)[-1] or None
+    message["Message-ID"] = make_msgid(domain=domain)
+    message["X-Conveyor-Idempotency-Key"] = request.idempotency_key
+    if text is not None:
+        message.set_content(text)
+        if html is not None:
+            message.add_alternative(html, subtype="html")
+    else:
+        message.set_content(html or "", subtype="html")
+    return message
+
+
+def send(request: ActionRequest, env: Environment) -> dict[str, Any]:
+    connection = request.require_connection("smtp")
+    config = connection.config
+    sender = text_field(request.input, "from") or config.get("from") or config.get("username")
+    if not sender or "@" not in str(sender):
+        raise InvalidInput("input.from is required (or config.from on the smtp connection)")
+    try:
+        Address(addr_spec=str(sender))
+    except (ValueError, IndexError) as exc:
+        raise InvalidInput(f"input.from: {sender!r} is not an email address") from exc
+    message = build_message(request, str(sender))
+    recipients = (
+        _addresses(request.input, "to") + _addresses(request.input, "cc") + _addresses(request.input, "bcc")
+    )
+
+    security = str(config.get("security", "starttls"))
+    host = str(config["host"])
+    port = int(config.get("port") or DEFAULT_PORTS[security])
+    timeout = float(request.timeout_s)
+    context = ssl.create_default_context()
+    smtp: _CheckedSMTP | _CheckedSMTPSSL
+    try:
+        if security == "tls":
+            smtp = _CheckedSMTPSSL(timeout=timeout, context=context)
+        else:
+            smtp = _CheckedSMTP(timeout=timeout)
+        smtp.policy_ = env.policy
+        smtp._host = host
+        smtp.connect(host, port)
+        try:
+            smtp.ehlo()
+            if security == "starttls":
+                smtp.starttls(context=context)
+                smtp.ehlo()
+            if config.get("username"):
+                smtp.login(str(config["username"]), str(connection.secret.get("password", "")))
+            refused = smtp.send_message(message, from_addr=str(sender), to_addrs=recipients)
+        finally:
+            try:
+                smtp.quit()
+            except (smtplib.SMTPException, OSError):
+                smtp.close()
+    except BlockedAddress as exc:
+        raise ActionError(str(exc), retryable=False, kind="blocked_address") from exc
+    except ResolveError as exc:
+        raise ActionError(str(exc), retryable=True, kind="dns") from exc
+    except smtplib.SMTPRecipientsRefused as exc:
+        codes = [code for code, _ in exc.recipients.values()]
+        raise ActionError(
+            "every recipient was refused",
+            retryable=all(400 <= c < 500 for c in codes),
+            kind="smtp_refused",
+            details={"refused": {k: [c, _text(m)] for k, (c, m) in exc.recipients.items()}},
+        ) from exc
+    except smtplib.SMTPResponseException as exc:
+        raise ActionError(
+            f"the SMTP server answered {exc.smtp_code}: {_text(exc.smtp_error)}",
+            retryable=400 <= exc.smtp_code < 500,
+            kind="smtp_status",
+            details={"code": exc.smtp_code},
+        ) from exc
+    except smtplib.SMTPNotSupportedError as exc:
+        raise ActionError(f"SMTP: {exc}", retryable=False, kind="smtp_unsupported") from exc
+    except ssl.SSLCertVerificationError as exc:
+        raise ActionError(f"SMTP TLS: {exc}", retryable=False, kind="tls") from exc
+    except TimeoutError as exc:
+        raise ActionError(f"SMTP {host}:{port} timed out", retryable=True, kind="timeout") from exc
+    except (smtplib.SMTPException, OSError) as exc:
+        raise ActionError(f"SMTP {host}:{port} failed: {exc}", retryable=True, kind="connection") from exc
+    return {
+        "message_id": message["Message-ID"],
+        "accepted": [r for r in recipients if r not in refused],
+        "refused": {k: [c, _text(m)] for k, (c, m) in refused.items()},
+    }

@@ -1,0 +1,116 @@
+"""The runner's side of the action queue (pgmq queue `conveyor_actions`).
+
+* `read_batch` takes up to N visible messages and, in the same transaction, gives each
+  a visibility timeout of its own `timeout_s` plus a margin: while the runner performs
+  the action, no other runner sees the message; if this runner dies, the message
+  becomes visible again after that and another runner performs it (same idempotency key).
+* `write_back` hands results to `conveyor.write_back` (helper D's SQL), which applies
+  them, archives the messages and advances the executions, all in one transaction.
+* `tick` calls `conveyor.tick()` (dispatch + resume due delays) when it exists.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+QUEUE = "conveyor_actions"
+INSERT_CHANNEL = f"pgmq.q_{QUEUE}.INSERT"
+WAKEUP_CHANNEL = "conveyor_wakeup"
+DEFAULT_TIMEOUT_S = 30.0
+
+Conn = psycopg.Connection[Any]
+
+
+@dataclass(frozen=True)
+class Message:
+    msg_id: int
+    read_ct: int
+    body: dict[str, Any]
+
+    @property
+    def timeout_s(self) -> float:
+        value = self.body.get("timeout_s")
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return float(value)
+        return DEFAULT_TIMEOUT_S
+
+    @property
+    def step_run_id(self) -> Any:
+        return self.body.get("step_run_id")
+
+    def log_fields(self) -> dict[str, Any]:
+        return {
+            "msg_id": self.msg_id,
+            "tenant": self.body.get("tenant_id"),
+            "execution": self.body.get("execution_id"),
+            "workflow": self.body.get("workflow_id"),
+            "step": self.body.get("step_id"),
+            "step_run": self.body.get("step_run_id"),
+            "action": self.body.get("action"),
+            "attempt": self.body.get("attempt"),
+            "delivery": self.read_ct,
+        }
+
+
+def visibility_timeout(timeout_s: float, margin_s: float) -> int:
+    return max(1, math.ceil(timeout_s + margin_s))
+
+
+def read_batch(conn: Conn, qty: int, margin_s: float) -> list[Message]:
+    """Read up to `qty` messages; each stays invisible for its timeout_s + margin_s."""
+    if qty <= 0:
+        return []
+    with conn.transaction():
+        rows = conn.execute(
+            "select msg_id, read_ct, message from pgmq.read(%s, %s, %s)",
+            (QUEUE, visibility_timeout(DEFAULT_TIMEOUT_S, margin_s), qty),
+        ).fetchall()
+        messages = []
+        for row in rows:
+            body = row[2] if isinstance(row[2], dict) else json.loads(row[2]) if row[2] else {}
+            messages.append(Message(msg_id=int(row[0]), read_ct=int(row[1]), body=body))
+        if messages:
+            conn.execute(
+                "select s.msg_id from unnest(%s::bigint[], %s::integer[]) as m (msg_id, vt)"
+                " cross join lateral pgmq.set_vt(%s, m.msg_id, m.vt) as s",
+                (
+                    [m.msg_id for m in messages],
+                    [visibility_timeout(m.timeout_s, margin_s) for m in messages],
+                    QUEUE,
+                ),
+            ).fetchall()
+    return messages
+
+
+def extend_visibility(conn: Conn, msg_ids: list[int], seconds: int) -> None:
+    """Keep in-flight messages invisible for `seconds` more (a lease renewal)."""
+    conn.execute("select msg_id from pgmq.set_vt(%s, %s::bigint[], %s)", (QUEUE, msg_ids, seconds)).fetchall()
+
+
+def has_function(conn: Conn, name: str) -> bool:
+    row = conn.execute(
+        "select exists (select from pg_catalog.pg_proc where proname = %s"
+        " and pronamespace = to_regnamespace('conveyor'))",
+        (name,),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def write_back(conn: Conn, results: list[dict[str, Any]]) -> list[tuple[int, Any, str]]:
+    """Apply results through conveyor.write_back; returns (msg_id, step_run_id, outcome) rows."""
+    if not results:
+        return []
+    rows = conn.execute(
+        "select msg_id, step_run_id, outcome from conveyor.write_back(%s)", (Jsonb(results),)
+    ).fetchall()
+    return [(int(r[0]), r[1], str(r[2])) for r in rows]
+
+
+def tick(conn: Conn) -> None:
+    conn.execute("select conveyor.tick()")

@@ -1,0 +1,518 @@
+"""The runner as a real process against real Postgres and a real local HTTP server:
+event → dispatch → queued action → runner → write-back → completed execution."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from cryptography.fernet import Fernet
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from conveyor import connections as conns
+from conveyor.secrets import SecretBox
+from tests.runner.helpers import LocalHTTP, Received, Reply, local_http, wait_for
+
+Conn = psycopg.Connection[dict[str, Any]]
+KEY = Fernet.generate_key().decode()
+
+pytestmark = pytest.mark.slow
+
+
+class RunnerProcess:
+    def __init__(self, db_url: str, log_path: Path, **env: str) -> None:
+        self.log_path = log_path
+        self.log = log_path.open("w")
+        environment = {
+            **os.environ,
+            "CONVEYOR_DATABASE_URL": db_url,
+            "CONVEYOR_ALLOW_PRIVATE_NETWORKS": "127.0.0.1/32",
+            "CONVEYOR_POLL_INTERVAL": "0.2",
+            "CONVEYOR_HEARTBEAT_INTERVAL": "1",
+            "CONVEYOR_SECRET_KEY": KEY,
+            **env,
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "conveyor.cli", "run"],
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
+        )
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.startswith("{")]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=timeout)
+        self.log.close()
+        return code
+
+
+@pytest.fixture
+def runners(db_url: str, tmp_path: Path) -> Iterator[Any]:
+    started: list[RunnerProcess] = []
+
+    def start(**env: str) -> RunnerProcess:
+        runner = RunnerProcess(db_url, tmp_path / f"runner{len(started)}.log", **env)
+        started.append(runner)
+        return runner
+
+    yield start
+    for runner in started:
+        if runner.proc.poll() is None:
+            runner.proc.kill()
+            runner.proc.wait()
+
+
+@pytest.fixture
+def server() -> Iterator[LocalHTTP]:
+    with local_http() as s:
+        yield s
+
+
+def setup_tenant(conn: Conn, tenant_id: str = "acme") -> str:
+    conn.execute("insert into conveyor.tenants (tenant_id, name) values (%s, %s)", (tenant_id, tenant_id))
+    return tenant_id
+
+
+def publish(conn: Conn, tenant_id: str, step: dict[str, Any], slug: str = "notify") -> int:
+    document = {
+        "slug": slug,
+        "name": slug,
+        "trigger": {"event": "crm.contact.created"},
+        "steps": [{"id": "notify", **step}],
+    }
+    row = conn.execute("select * from conveyor.publish(%s, %s)", (tenant_id, Jsonb(document))).fetchone()
+    assert row is not None
+    return int(row["workflow_id"])
+
+
+def emit(conn: Conn, tenant_id: str, payload: dict[str, Any]) -> None:
+    conn.execute("select conveyor.emit(%s, 'crm.contact.created', %s)", (tenant_id, Jsonb(payload)))
+
+
+def executions(conn: Conn) -> list[dict[str, Any]]:
+    return conn.execute("select * from conveyor.executions order by execution_id").fetchall()
+
+
+def all_final(conn: Conn, count: int) -> list[dict[str, Any]] | None:
+    rows = executions(conn)
+    if len(rows) == count and all(r["status"] in ("completed", "failed") for r in rows):
+        return rows
+    return None
+
+
+def step_runs(conn: Conn) -> list[dict[str, Any]]:
+    return conn.execute("select * from conveyor.step_runs order by step_run_id").fetchall()
+
+
+def test_an_event_runs_its_webhook_through_the_runner(conn: Conn, server: LocalHTTP, runners: Any) -> None:
+    tenant = setup_tenant(conn)
+    server.routes["/hook"] = Reply(status=200, body={"thanks": True})
+    publish(
+        conn,
+        tenant,
+        {
+            "action": "webhook.send",
+            "with": {"url": server.url("/hook"), "body": {"name": "{{trigger.payload.name}}"}},
+        },
+    )
+    emit(conn, tenant, {"name": "Ada"})
+    runner = runners()
+    [execution] = wait_for(lambda: all_final(conn, 1))
+    assert execution["status"] == "completed", execution["error"]
+    assert execution["step_outputs"]["notify"]["output"]["body"] == {"thanks": True}
+    [received] = server.requests_to("/hook")
+    assert received.json() == {"name": "Ada"}
+    [run] = step_runs(conn)
+    assert run["status"] == "completed" and received.headers["idempotency-key"] == run["idempotency_key"]
+    assert runner.stop() == 0
+    performed = [line for line in runner.lines() if line["msg"] == "action succeeded"]
+    assert performed[0]["tenant"] == tenant and performed[0]["step"] == "notify"
+    assert performed[0]["action"] == "webhook.send" and performed[0]["attempt"] == 1
+    assert performed[0]["execution"] == execution["execution_id"] and "duration_ms" in performed[0]
+
+
+def test_a_retryable_failure_is_retried_with_the_same_key_and_a_permanent_one_fails(
+    conn: Conn, server: LocalHTTP, runners: Any
+) -> None:
+    tenant = setup_tenant(conn)
+    answers = iter([Reply(status=503, headers={"Retry-After": "1"}), Reply(status=200, body="ok")])
+    server.routes["/flaky"] = lambda r: next(answers)
+    server.routes["/gone"] = Reply(status=404, body="no such hook")
+    retry = {"attempts": 3, "initial": "1s", "backoff": "fixed"}
+    publish(
+        conn,
+        tenant,
+        {"action": "webhook.send", "with": {"url": server.url("/flaky")}, "retry": retry},
+        "flaky",
+    )
+    publish(
+        conn, tenant, {"action": "webhook.send", "with": {"url": server.url("/gone")}, "retry": retry}, "gone"
+    )
+    emit(conn, tenant, {})
+    runners()
+    rows = wait_for(lambda: all_final(conn, 2), timeout=30)
+    by_workflow = {r["workflow_id"]: r for r in rows}
+    statuses = sorted(r["status"] for r in by_workflow.values())
+    assert statuses == ["completed", "failed"]
+    flaky = server.requests_to("/flaky")
+    assert len(flaky) == 2 and flaky[0].headers["idempotency-key"] == flaky[1].headers["idempotency-key"]
+    assert len(server.requests_to("/gone")) == 1  # permanent: never retried
+    runs = {(r["execution_id"], r["attempt"]): r["status"] for r in step_runs(conn)}
+    assert sorted(runs.values()) == ["completed", "failed", "failed"]
+
+
+def test_secrets_reach_the_receiver_but_never_the_database_or_the_logs(
+    conn: Conn, server: LocalHTTP, runners: Any
+) -> None:
+    tenant = setup_tenant(conn)
+    token = "Bearer sk_live_e2e_0123456789"
+    conns.add(
+        conn, SecretBox(KEY), tenant_id=tenant, name="crm", kind="webhook",
+        config={}, secret={"headers": {"Authorization": token}},
+    )  # fmt: skip
+    # the receiver echoes the request (headers included) in its answer and then fails with it
+    answers = iter([500, 200])
+    server.routes["/echo"] = lambda r: Reply(status=next(answers), body={"seen": r.headers})
+    publish(
+        conn, tenant,
+        {"action": "webhook.send", "connection": "crm", "with": {"url": server.url("/echo")}, "retry": {"attempts": 2, "initial": "1s"}},
+    )  # fmt: skip
+    emit(conn, tenant, {})
+    runner = runners()
+    [execution] = wait_for(lambda: all_final(conn, 1), timeout=30)
+    assert execution["status"] == "completed"
+    assert [r.headers["authorization"] for r in server.requests_to("/echo")] == [token, token]
+    assert runner.stop() == 0
+    stored = json.dumps(
+        [executions(conn), step_runs(conn), conn.execute("select * from conveyor.execution_logs").fetchall()],
+        default=str,
+    )
+    assert "sk_live_e2e_0123456789" not in stored
+    assert "[redacted]" in stored
+    assert "sk_live_e2e_0123456789" not in runner.log_path.read_text()
+
+
+def test_sigkill_mid_batch_redelivers_after_the_visibility_timeout_and_completes_each_step_once(
+    conn: Conn, server: LocalHTTP, runners: Any
+) -> None:
+    tenant = setup_tenant(conn)
+    first_delivery = threading.Event()
+    lock = threading.Lock()
+    seen: dict[str, int] = {}
+
+    def hook(received: Received) -> Reply:
+        key = received.headers["idempotency-key"]
+        with lock:
+            seen[key] = seen.get(key, 0) + 1
+            first = seen[key] == 1
+        if first:
+            first_delivery.set()
+            return Reply(status=200, delay_s=8.0)  # the runner is killed while waiting for this
+        return Reply(status=200, body={"delivery": 2})
+
+    server.routes["/slow"] = hook
+    publish(conn, tenant, {"action": "webhook.send", "with": {"url": server.url("/slow")}, "timeout": "2s"})
+    for n in range(3):
+        emit(conn, tenant, {"n": n})
+    victim = runners(CONVEYOR_VISIBILITY_MARGIN="1", CONVEYOR_BATCH_SIZE="10")
+    wait_for(lambda: len(server.requests_to("/slow")) == 3, timeout=20)
+    killed_at = time.monotonic()
+    victim.proc.kill()
+    assert victim.proc.wait(timeout=10) == -signal.SIGKILL
+    survivor = runners(CONVEYOR_VISIBILITY_MARGIN="1")
+    rows = wait_for(lambda: all_final(conn, 3), timeout=30)
+    assert [r["status"] for r in rows] == ["completed"] * 3
+    requests = server.requests_to("/slow")
+    assert len(requests) == 6
+    # redelivered only once the visibility timeout (timeout 2 s + margin 1 s) had passed
+    for key in seen:
+        first, second = (r.at for r in requests if r.headers["idempotency-key"] == key)
+        assert second - first >= 2.0
+        assert second >= killed_at
+    assert sorted(seen.values()) == [2, 2, 2]  # each action twice, with its one stable key
+    runs = step_runs(conn)
+    assert len(runs) == 3 and all(r["status"] == "completed" and r["attempt"] == 1 for r in runs)
+    assert {r["idempotency_key"] for r in runs} == set(seen)
+    assert all(r["output"]["body"] == {"delivery": 2} for r in runs)
+    assert survivor.stop() == 0
+    with conn.cursor() as cur:
+        left = cur.execute("select count(*) as n from pgmq.q_conveyor_actions").fetchone()
+    assert left == {"n": 0}
+
+
+def test_sigterm_finishes_in_flight_actions_writes_them_back_and_exits_0(
+    conn: Conn, server: LocalHTTP, runners: Any
+) -> None:
+    tenant = setup_tenant(conn)
+    server.routes["/slow"] = Reply(status=200, body="done", delay_s=1.5)
+    publish(conn, tenant, {"action": "webhook.send", "with": {"url": server.url("/slow")}})
+    emit(conn, tenant, {})
+    runner = runners(CONVEYOR_SHUTDOWN_GRACE="10")
+    wait_for(lambda: server.requests_to("/slow"))
+    assert runner.stop(signal.SIGTERM) == 0
+    [execution] = executions(conn)
+    assert execution["status"] == "completed"
+    assert len(server.requests_to("/slow")) == 1
+    messages = [line["msg"] for line in runner.lines()]
+    assert messages.index("stopping") < messages.index("action succeeded") < messages.index("runner stopped")
+    assert conn.execute("select stopped_at is not null as stopped from conveyor.runners").fetchone() == {
+        "stopped": True
+    }
+
+
+def test_two_runners_perform_each_action_exactly_once(conn: Conn, server: LocalHTTP, runners: Any) -> None:
+    tenant = setup_tenant(conn)
+    server.routes["/once"] = Reply(status=200, delay_s=0.05)
+    publish(conn, tenant, {"action": "webhook.send", "with": {"url": server.url("/once")}})
+    for n in range(40):
+        emit(conn, tenant, {"n": n})
+    first, second = runners(CONVEYOR_BATCH_SIZE="4"), runners(CONVEYOR_BATCH_SIZE="4")
+    rows = wait_for(lambda: all_final(conn, 40), timeout=60)
+    assert all(r["status"] == "completed" for r in rows)
+    keys = [r.headers["idempotency-key"] for r in server.requests_to("/once")]
+    assert len(keys) == 40 and len(set(keys)) == 40
+    assert first.stop() == 0 and second.stop() == 0
+    done = [sum(1 for line in r.lines() if line["msg"] == "action succeeded") for r in (first, second)]
+    assert sum(done) == 40
+
+
+def test_the_runner_reconnects_after_losing_its_database_connections(
+    conn: Conn, server: LocalHTTP, runners: Any
+) -> None:
+    tenant = setup_tenant(conn)
+    publish(conn, tenant, {"action": "webhook.send", "with": {"url": server.url("/after")}})
+    runner = runners()
+    wait_for(lambda: any(line["msg"] == "runner ready" for line in runner.lines()))
+    killed = conn.execute(
+        "select count(pg_terminate_backend(pid)) as n from pg_stat_activity where application_name = 'conveyor-runner'"
+    ).fetchone()
+    assert killed is not None and killed["n"] >= 1
+    emit(conn, tenant, {})
+    [execution] = wait_for(lambda: all_final(conn, 1), timeout=30)
+    assert execution["status"] == "completed"
+    assert runner.stop() == 0
+    messages = [line["msg"] for line in runner.lines()]
+    assert "database unavailable; retrying" in messages and "reconnected" in messages
+
+
+def test_a_slow_action_keeps_its_lease_so_a_second_runner_never_repeats_it(conn: Conn, runners: Any) -> None:
+    """Each SMTP command answers within the 2 s timeout, but the whole send takes ~4.5 s,
+    longer than the first visibility timeout (2 s + 1 s margin): the runner renews it."""
+    import asyncio
+
+    from aiosmtpd.controller import Controller
+
+    from tests.conftest import free_port
+
+    deliveries: list[list[str]] = []
+
+    class SlowMailbox:
+        async def handle_RCPT(
+            self, server: Any, session: Any, envelope: Any, address: str, options: Any
+        ) -> str:
+            await asyncio.sleep(1.5)
+            envelope.rcpt_tos.append(address)
+            return "250 OK"
+
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            deliveries.append(list(envelope.rcpt_tos))
+            return "250 OK"
+
+    port = free_port()
+    controller = Controller(SlowMailbox(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        tenant = setup_tenant(conn)
+        conns.add(
+            conn, None, tenant_id=tenant, name="mail", kind="smtp",
+            config={"host": "127.0.0.1", "port": port, "security": "none", "from": "crm@acme.test"}, secret={},
+        )  # fmt: skip
+        publish(
+            conn, tenant,
+            {
+                "action": "email.send", "connection": "mail", "timeout": "2s",
+                "with": {"to": "a@example.com", "cc": ["b@example.com", "c@example.com"], "subject": "s", "text": "t"},
+            },
+        )  # fmt: skip
+        emit(conn, tenant, {})
+        first = runners(CONVEYOR_VISIBILITY_MARGIN="1")
+        second = runners(CONVEYOR_VISIBILITY_MARGIN="1")
+        [execution] = wait_for(lambda: all_final(conn, 1), timeout=30)
+        time.sleep(4)  # long enough for a second delivery, had the lease lapsed
+        assert execution["status"] == "completed", execution["error"]
+        assert deliveries == [["a@example.com", "b@example.com", "c@example.com"]]
+        assert first.stop() == 0 and second.stop() == 0
+    finally:
+        controller.stop()
+
+
+def test_notifications_wake_the_runner_without_waiting_for_the_poll(
+    conn: Conn, server: LocalHTTP, runners: Any
+) -> None:
+    tenant = setup_tenant(conn)
+    publish(conn, tenant, {"action": "webhook.send", "with": {"url": server.url("/event")}})
+    runner = runners(CONVEYOR_POLL_INTERVAL="60")
+    wait_for(lambda: any(line["msg"] == "runner ready" for line in runner.lines()))
+    time.sleep(1.0)  # past the first poll: from now on only notifications wake it
+
+    # conveyor_wakeup (sent by emit) → tick → dispatch → action queued → performed
+    emit(conn, tenant, {})
+    [execution] = wait_for(lambda: all_final(conn, 1), timeout=10)
+    assert execution["status"] == "completed"
+
+    # pgmq's notify-on-insert alone: a message sent straight to the queue is performed
+    # (the write-back ignores it: no step run waits for it) and archived
+    time.sleep(0.5)  # past pgmq's 250 ms notification throttle
+    message = {
+        "step_run_id": 999999, "execution_id": 999999, "tenant_id": tenant, "workflow_id": 1,
+        "step_id": "direct", "action": "webhook.send", "connection": None,
+        "input": {"url": server.url("/direct")}, "idempotency_key": "999999:direct:1", "attempt": 1, "timeout_s": 5,
+    }  # fmt: skip
+    conn.execute("select pgmq.send('conveyor_actions', %s)", (Jsonb(message),))
+    [received] = wait_for(lambda: server.requests_to("/direct"), timeout=10)
+    assert received.headers["idempotency-key"] == "999999:direct:1"
+    wait_for(
+        lambda: conn.execute("select count(*) as n from pgmq.q_conveyor_actions").fetchone() == {"n": 0},
+        timeout=10,
+    )
+    assert runner.stop() == 0
+    ignored = [line for line in runner.lines() if line["msg"].startswith("result ignored")]
+    assert [line["step_run"] for line in ignored] == [999999]
+
+
+def test_a_postgres_restart_mid_action_loses_nothing(
+    db_url: str, conn: Conn, server: LocalHTTP, runners: Any, pg_server: Any
+) -> None:
+    """The action finishes while the database is down; the runner reconnects with backoff
+    and writes the result back then (no second delivery: its lease had not lapsed)."""
+    tenant = setup_tenant(conn)
+    server.routes["/during"] = Reply(status=200, body="ok", delay_s=2.0)
+    publish(conn, tenant, {"action": "webhook.send", "with": {"url": server.url("/during")}})
+    emit(conn, tenant, {})
+    runner = runners()
+    wait_for(lambda: server.requests_to("/during"))
+    pg_server.cluster.stop()
+    time.sleep(3.0)  # the action completes while the database is down
+    pg_server.cluster.start()
+    with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as fresh:
+        [execution] = wait_for(lambda: all_final(fresh, 1), timeout=40)
+    assert execution["status"] == "completed"
+    assert len(server.requests_to("/during")) == 1
+    assert runner.stop() == 0
+    messages = [line["msg"] for line in runner.lines()]
+    assert "database unavailable; retrying" in messages and "reconnected" in messages
+
+
+def test_a_missing_connection_fails_the_step_permanently_and_says_why(
+    conn: Conn, server: LocalHTTP, runners: Any
+) -> None:
+    tenant = setup_tenant(conn)
+    publish(
+        conn, tenant,
+        {"action": "slack.send", "connection": "team-chat", "with": {"text": "hi"}, "retry": {"attempts": 3}},
+    )  # fmt: skip
+    emit(conn, tenant, {})
+    runner = runners()
+    [execution] = wait_for(lambda: all_final(conn, 1), timeout=20)
+    assert execution["status"] == "failed"
+    assert "tenant 'acme' has no connection named 'team-chat'" in execution["error"]["message"]
+    assert len(step_runs(conn)) == 1  # permanent: not retried
+    assert runner.stop() == 0
+
+
+def test_chaos_runners_killed_at_random_lose_nothing_and_complete_each_step_once(
+    conn: Conn, server: LocalHTTP, runners: Any
+) -> None:
+    import random
+
+    tenant = setup_tenant(conn)
+    server.routes["/chaos"] = Reply(status=200, delay_s=0.3)
+    publish(conn, tenant, {"action": "webhook.send", "with": {"url": server.url("/chaos")}, "timeout": "2s"})
+    for n in range(30):
+        emit(conn, tenant, {"n": n})
+    settings = {"CONVEYOR_VISIBILITY_MARGIN": "1", "CONVEYOR_BATCH_SIZE": "3", "CONVEYOR_CONCURRENCY": "3"}
+    alive = [runners(**settings), runners(**settings)]
+    rng = random.Random(4)
+    for _ in range(6):
+        time.sleep(rng.uniform(0.5, 1.5))
+        victim = alive.pop(rng.randrange(len(alive)))
+        victim.proc.kill()
+        victim.proc.wait()
+        alive.append(runners(**settings))
+    rows = wait_for(lambda: all_final(conn, 30), timeout=90)
+    assert all(r["status"] == "completed" for r in rows)
+    runs = step_runs(conn)
+    assert len(runs) == 30 and all(r["status"] == "completed" for r in runs)
+    delivered = {r.headers["idempotency-key"] for r in server.requests_to("/chaos")}
+    assert delivered == {r["idempotency_key"] for r in runs}  # at least once, always with its own key
+    for runner in alive:
+        assert runner.stop() == 0
+    with conn.cursor() as cur:
+        assert cur.execute("select count(*) as n from pgmq.q_conveyor_actions").fetchone() == {"n": 0}
+
+
+def test_without_the_write_back_function_the_runner_reads_nothing(
+    conn: Conn, server: LocalHTTP, runners: Any
+) -> None:
+    """A database whose engine functions are older than the runner: no action is taken
+    from the queue, because its result could not be reported."""
+    conn.execute("drop function conveyor.write_back(jsonb)")
+    message = {
+        "step_run_id": 1,
+        "action": "webhook.send",
+        "input": {"url": server.url("/never")},
+        "timeout_s": 5,
+    }
+    conn.execute("select pgmq.send('conveyor_actions', %s)", (Jsonb(message),))
+    runner = runners()
+    wait_for(lambda: any("write_back() does not exist" in line["msg"] for line in runner.lines()))
+    time.sleep(1.0)
+    assert runner.stop() == 0
+    assert server.received == []
+    with conn.cursor() as cur:
+        assert cur.execute("select read_ct from pgmq.q_conveyor_actions").fetchall() == [{"read_ct": 0}]
+
+
+def test_metrics_and_health_are_served_when_configured(conn: Conn, server: LocalHTTP, runners: Any) -> None:
+    import httpx
+
+    from tests.conftest import free_port
+
+    tenant = setup_tenant(conn)
+    server.routes["/gone"] = Reply(status=404)
+    publish(conn, tenant, {"action": "webhook.send", "with": {"url": server.url("/ok")}}, "ok")
+    publish(conn, tenant, {"action": "webhook.send", "with": {"url": server.url("/gone")}}, "gone")
+    emit(conn, tenant, {})
+    address = f"127.0.0.1:{free_port()}"
+    runner = runners(CONVEYOR_METRICS_ADDRESS=address)
+    wait_for(lambda: all_final(conn, 2), timeout=20)
+
+    def scrape() -> str | None:
+        try:
+            text = httpx.get(f"http://{address}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            return None
+        return text if "conveyor_runner_write_backs_total" in text else None
+
+    text = wait_for(scrape)
+    assert 'conveyor_runner_actions_total{action="webhook.send",outcome="succeeded"} 1' in text
+    assert 'conveyor_runner_actions_total{action="webhook.send",outcome="permanent"} 1' in text
+    assert 'conveyor_runner_write_backs_total{outcome="applied"} 2' in text
+    assert "conveyor_runner_database_connected 1" in text
+    assert httpx.get(f"http://{address}/healthz", timeout=2).status_code == 200
+    assert runner.stop() == 0

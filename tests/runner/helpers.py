@@ -1,0 +1,127 @@
+"""Real local servers for runner tests: an HTTP server that records what it receives."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float = field(default_factory=time.monotonic)
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes | str | dict[str, Any] | list[Any] = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+
+
+Route = Callable[[Received], Reply] | Reply
+
+
+class LocalHTTP:
+    """A threaded HTTP server on 127.0.0.1; by default it echoes each request as JSON."""
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.routes: dict[str, Route] = {}
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                path = self.path.split("?", 1)[0]
+                request = Received(
+                    self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body
+                )
+                with server.lock:
+                    server.received.append(request)
+                    route = server.routes.get(path)
+                reply = route(request) if callable(route) else route
+                if reply is None:
+                    reply = Reply(
+                        body={
+                            "method": request.method,
+                            "path": request.path,
+                            "headers": request.headers,
+                            "body": body.decode(errors="replace"),
+                        }
+                    )
+                if reply.delay_s:
+                    time.sleep(reply.delay_s)
+                payload = reply.body
+                headers = dict(reply.headers)
+                if isinstance(payload, dict | list):
+                    payload = json.dumps(payload).encode()
+                    headers.setdefault("Content-Type", "application/json")
+                elif isinstance(payload, str):
+                    payload = payload.encode()
+                try:
+                    self.send_response(reply.status)
+                    for key, value in headers.items():
+                        self.send_header(key, value)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = int(self.httpd.server_address[1])
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+    def requests_to(self, path: str) -> list[Received]:
+        with self.lock:
+            return [r for r in self.received if r.path.split("?", 1)[0] == path]
+
+    def __enter__(self) -> LocalHTTP:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@contextmanager
+def local_http() -> Iterator[LocalHTTP]:
+    with LocalHTTP() as server:
+        yield server
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")

@@ -1,0 +1,448 @@
+"""Tenancy: tenants, the session's tenant, require_tenant, and row-level security isolation."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+Conn = psycopg.Connection[dict[str, object]]
+
+# Rows of one tenant per tenant-owned table, in foreign-key order. Every tenant table
+# must be here (test_every_tenant_table_is_seeded_for_the_isolation_tests): a new table
+# joins the isolation tests by getting a seed. The catalog tests below check every
+# tenant table's row-level security and privileges whether seeded or not.
+SEEDS: dict[str, str] = {
+    "tenants": "select 1",  # created by conveyor.create_tenant in the fixture
+    "events": "select conveyor.emit(%(t)s, 'crm.contact.created', jsonb_build_object('secret', 'of-' || %(t)s))",
+    "workflows": "insert into conveyor.workflows (tenant_id, slug, name) values (%(t)s, 'follow-up', 'Follow up')",
+    "workflow_versions": """
+        insert into conveyor.workflow_versions (workflow_id, version, tenant_id, definition, entry_step)
+        select workflow_id, 1, tenant_id, '{}', 'a' from conveyor.workflows where tenant_id = %(t)s""",
+    "workflow_steps": """
+        insert into conveyor.workflow_steps (workflow_id, version, step_id, tenant_id, position, kind)
+        select workflow_id, 1, 'a', tenant_id, 0, 'stop' from conveyor.workflows where tenant_id = %(t)s""",
+    "subscriptions": """
+        insert into conveyor.subscriptions (tenant_id, workflow_id, version, match_key)
+        select tenant_id, workflow_id, 1, 'crm.contact.created' from conveyor.workflows where tenant_id = %(t)s""",
+    "executions": """
+        insert into conveyor.executions (tenant_id, workflow_id, version, event_id, current_step)
+        select w.tenant_id, w.workflow_id, 1, e.event_id, 'a'
+        from conveyor.workflows as w join conveyor.events as e using (tenant_id)
+        where w.tenant_id = %(t)s""",
+    "step_runs": """
+        insert into conveyor.step_runs (execution_id, tenant_id, step_id, status)
+        select execution_id, tenant_id, 'a', 'running' from conveyor.executions where tenant_id = %(t)s""",
+    "execution_logs": """
+        insert into conveyor.execution_logs (tenant_id, execution_id, level, message)
+        select tenant_id, execution_id, 'info', 'started' from conveyor.executions where tenant_id = %(t)s""",
+    "workflow_stats": """
+        insert into conveyor.workflow_stats (workflow_id, shard, tenant_id, started)
+        select workflow_id, 0, tenant_id, 1 from conveyor.workflows where tenant_id = %(t)s""",
+    "connections": "insert into conveyor.connections (tenant_id, name, kind) values (%(t)s, 'smtp-main', 'smtp')",
+    "schedules": """
+        insert into conveyor.schedules (tenant_id, workflow_id, cron)
+        select tenant_id, workflow_id, '0 9 * * *' from conveyor.workflows where tenant_id = %(t)s""",
+    "schedule_firings": """
+        insert into conveyor.schedule_firings (schedule_id, slot, tenant_id, outcome, execution_id)
+        select s.schedule_id, '2026-01-01 09:00Z', s.tenant_id, 'started', e.execution_id
+        from conveyor.schedules as s join conveyor.executions as e using (tenant_id)
+        where s.tenant_id = %(t)s""",
+    "webhook_endpoints": """
+        insert into conveyor.webhook_endpoints (tenant_id, workflow_id, path_token, secret)
+        select tenant_id, workflow_id, md5(tenant_id) || md5(tenant_id), repeat('s', 32)
+        from conveyor.workflows where tenant_id = %(t)s""",
+    "webhook_deliveries": """
+        insert into conveyor.webhook_deliveries (endpoint_id, delivery_id, tenant_id)
+        select endpoint_id, 'delivery-1', tenant_id from conveyor.webhook_endpoints where tenant_id = %(t)s""",
+    "api_keys": """
+        insert into conveyor.api_keys (tenant_id, name, key_hash)
+        values (%(t)s, 'default', sha256(convert_to(%(t)s, 'UTF8')))""",
+    "date_triggers": """
+        insert into conveyor.date_triggers (
+          workflow_id, tenant_id, entity, date_column, offset_by, event_source, event_entity
+        )
+        select workflow_id, tenant_id, 'contact', 'joined_at', '30 days', 'crm', 'contact'
+        from conveyor.workflows where tenant_id = %(t)s""",
+    "date_trigger_firings": """
+        insert into conveyor.date_trigger_firings (workflow_id, entity_id, date_value, tenant_id, due_at)
+        select workflow_id, '1', '2026-01-01', tenant_id, '2026-01-31' from conveyor.date_triggers
+        where tenant_id = %(t)s""",
+}
+# Platform-wide rows some seeds refer to (not tenant data).
+SHARED_SEEDS = [
+    "insert into conveyor.entities (entity, table_name, id_column, tenant_column) "
+    "values ('contact', 'conveyor.tenants', 'tenant_id', 'tenant_id')",
+]
+
+# Every table in the conveyor schema that carries a tenant_id column or has RLS enabled.
+TENANT_TABLES = """
+select c.relname::text as table_name, c.relrowsecurity as rls, c.relforcerowsecurity as forced,
+       exists (select from pg_attribute as a
+               where a.attrelid = c.oid and a.attname = 'tenant_id' and not a.attisdropped) as has_tenant_id,
+       exists (select from pg_policy as p
+               where p.polrelid = c.oid and p.polcmd = '*' and p.polpermissive
+                 and pg_get_expr(p.polqual, p.polrelid) like '%%tenant_id = current_setting(''conveyor.tenant_id''%%')
+         as has_policy
+from pg_class as c
+join pg_namespace as n on n.oid = c.relnamespace and n.nspname = 'conveyor'
+where c.relkind in ('r', 'p')
+  and (c.relrowsecurity or exists (select from pg_attribute as a
+                                   where a.attrelid = c.oid and a.attname = 'tenant_id' and not a.attisdropped))
+order by 1
+"""
+
+
+def tenant_tables(conn: Conn) -> list[str]:
+    return [str(r["table_name"]) for r in conn.execute(TENANT_TABLES).fetchall()]
+
+
+@pytest.fixture
+def two_tenants(conn: Conn) -> Conn:
+    """Tenants acme and globex with a row of each in every tenant table."""
+    conn.execute(
+        "select conveyor.create_tenant('acme', 'Acme'), conveyor.create_tenant('globex', 'Globex', 'Europe/Berlin')"
+    )
+    for statement in SHARED_SEEDS:
+        conn.execute(statement)
+    for tenant in ("acme", "globex"):
+        for table in seeded_tables(conn):
+            conn.execute(SEEDS[table], {"t": tenant})
+    return conn
+
+
+def seeded_tables(conn: Conn) -> list[str]:
+    present = set(tenant_tables(conn))
+    return [t for t in SEEDS if t in present]
+
+
+@pytest.fixture
+def app(db_url: str, two_tenants: Conn) -> Iterator[Conn]:
+    """A session of the application role (RLS-limited) with no tenant set yet."""
+    with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as session:
+        session.execute("set role conveyor_app")
+        yield session
+
+
+def count(conn: Conn, table: str, where: str = "true") -> int:
+    row = conn.execute(
+        sql.SQL("select count(*) as n from conveyor.{} where ").format(sql.Identifier(table)) + sql.SQL(where)
+    ).fetchone()
+    assert row is not None
+    return int(str(row["n"]))
+
+
+# --- the catalog: every tenant table is protected, and covered by this file -------------------
+
+
+def test_every_tenant_table_has_forced_row_level_security_on_the_session_tenant(conn: Conn) -> None:
+    rows = conn.execute(TENANT_TABLES).fetchall()
+    assert len(rows) >= 10
+    unprotected = [
+        r for r in rows if not (r["rls"] and r["forced"] and r["has_tenant_id"] and r["has_policy"])
+    ]
+    assert unprotected == []
+
+
+def test_isolation_seeds_cover_the_core_tables(conn: Conn) -> None:
+    migrations = Path(__file__).resolve().parents[2] / "migrations"
+    core = {
+        name
+        for path in sorted(migrations.glob("000[2-5]_*.sql"))
+        for name in re.findall(r"create table conveyor\.(\w+)", path.read_text())
+    }
+    core_tenant_tables = core & set(tenant_tables(conn))
+    assert {"tenants", "events", "workflows", "executions"} <= core_tenant_tables
+    assert core_tenant_tables <= set(SEEDS)
+    assert set(SEEDS) <= set(tenant_tables(conn))
+
+
+def test_every_tenant_table_is_seeded_for_the_isolation_tests(conn: Conn) -> None:
+    unseeded = sorted(set(tenant_tables(conn)) - set(SEEDS))
+    assert unseeded == [], (
+        "add a seed statement to SEEDS in tests/sql/test_tenancy.py for each of these tables"
+    )
+
+
+def test_the_application_role_has_no_write_privilege_on_tenant_tables(conn: Conn) -> None:
+    writable = conn.execute(
+        """
+        select t, p from unnest(%s::text[]) as t, unnest(array['insert', 'update', 'delete', 'truncate']) as p
+        where has_table_privilege('conveyor_app', 'conveyor.' || quote_ident(t), p)
+        """,
+        (tenant_tables(conn),),
+    ).fetchall()
+    assert writable == []
+
+
+# --- isolation ----------------------------------------------------------------------------
+
+
+def test_a_tenant_session_reads_only_its_own_rows_in_every_table(app: Conn, two_tenants: Conn) -> None:
+    app.execute("set conveyor.tenant_id = 'acme'")
+    for table in seeded_tables(two_tenants):
+        seen = count(app, table)
+        assert seen == count(two_tenants, table, "tenant_id = 'acme'"), table
+        assert seen >= 1, table
+        assert count(app, table, "tenant_id = 'globex'") == 0, table
+        assert count(two_tenants, table, "tenant_id = 'globex'") >= 1, table
+
+
+def test_a_session_without_a_tenant_sees_nothing(app: Conn, two_tenants: Conn) -> None:
+    for table in seeded_tables(two_tenants):
+        assert count(app, table) == 0, table
+    app.execute("set conveyor.tenant_id = 'acme'")
+    app.execute("reset conveyor.tenant_id")
+    for table in seeded_tables(two_tenants):
+        assert count(app, table) == 0, table
+
+
+def test_a_transaction_local_tenant_ends_with_the_transaction(app: Conn, two_tenants: Conn) -> None:
+    with app.transaction():
+        app.execute("select set_config('conveyor.tenant_id', 'acme', true)")
+        assert count(app, "events") == 1
+    assert count(app, "events") == 0
+
+
+def test_writes_to_another_tenants_rows_are_refused_or_change_nothing(app: Conn, two_tenants: Conn) -> None:
+    app.execute("set conveyor.tenant_id = 'acme'")
+    before = {
+        t: two_tenants.execute(
+            sql.SQL("select to_jsonb(x) as r from conveyor.{} as x where tenant_id = 'globex'").format(
+                sql.Identifier(t)
+            )
+        ).fetchall()
+        for t in seeded_tables(two_tenants)
+    }
+    for table in seeded_tables(two_tenants):
+        ident = sql.Identifier(table)
+        attempts = [
+            sql.SQL("update conveyor.{} set tenant_id = tenant_id where tenant_id = 'globex'").format(ident),
+            sql.SQL("delete from conveyor.{} where tenant_id = 'globex'").format(ident),
+            sql.SQL("update conveyor.{} set tenant_id = 'globex' where tenant_id = 'acme'").format(ident),
+            sql.SQL("truncate conveyor.{} cascade").format(ident),
+        ]
+        for statement in attempts:
+            try:
+                with app.transaction():
+                    cursor = app.execute(statement)
+                    assert cursor.rowcount in (0, -1), (table, statement.as_string(app))
+            except psycopg.errors.InsufficientPrivilege:
+                pass
+        # An insert of a copy of globex's row, as acme.
+        row = two_tenants.execute(
+            sql.SQL(
+                "select to_jsonb(x) as r from conveyor.{} as x where tenant_id = 'globex' limit 1"
+            ).format(ident)
+        ).fetchone()
+        assert row is not None
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute(
+                sql.SQL(
+                    "insert into conveyor.{} overriding system value select * from jsonb_populate_record(null::conveyor.{}, %s)"
+                ).format(ident, ident),
+                (Jsonb(row["r"]),),
+            )
+    after = {
+        t: two_tenants.execute(
+            sql.SQL("select to_jsonb(x) as r from conveyor.{} as x where tenant_id = 'globex'").format(
+                sql.Identifier(t)
+            )
+        ).fetchall()
+        for t in seeded_tables(two_tenants)
+    }
+    assert after == before
+
+
+def test_the_action_queue_is_closed_to_the_application_role(app: Conn) -> None:
+    app.execute("set conveyor.tenant_id = 'acme'")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        app.execute("select * from pgmq.q_conveyor_actions")
+
+
+def test_emit_for_another_tenant_is_refused(app: Conn, two_tenants: Conn) -> None:
+    app.execute("set conveyor.tenant_id = 'acme'")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege) as error:
+        app.execute("select conveyor.emit('globex', 'crm.contact.created')")
+    assert "tenant 'globex' is not this session's tenant" in str(error.value)
+    own = app.execute("select conveyor.emit('acme', 'crm.contact.created') as id").fetchone()
+    assert own is not None and own["id"] is not None
+    assert count(two_tenants, "events", "tenant_id = 'globex'") == 1
+    assert count(two_tenants, "events", "tenant_id = 'acme'") == 2
+
+
+def test_emit_without_a_session_tenant_is_refused_for_the_application_role(
+    app: Conn, two_tenants: Conn
+) -> None:
+    with pytest.raises(psycopg.errors.InsufficientPrivilege) as error:
+        app.execute("select conveyor.emit('acme', 'crm.contact.created')")
+    assert "no tenant is set for this session" in str(error.value)
+    assert error.value.diag.message_hint == "Run: set conveyor.tenant_id = 'acme'"
+    assert count(two_tenants, "events") == 2
+
+
+def test_dedupe_keys_do_not_reveal_another_tenants_events(app: Conn, two_tenants: Conn) -> None:
+    two_tenants.execute("select conveyor.emit('globex', 'shop.order.placed', p_dedupe_key => 'k-1')")
+    app.execute("set conveyor.tenant_id = 'acme'")
+    row = app.execute(
+        "select conveyor.emit('acme', 'shop.order.placed', p_dedupe_key => 'k-1') as id"
+    ).fetchone()
+    assert row is not None
+    mine = app.execute("select event_id, tenant_id from conveyor.events where dedupe_key = 'k-1'").fetchall()
+    assert mine == [{"event_id": row["id"], "tenant_id": "acme"}]
+
+
+def test_a_platform_login_role_granted_conveyor_app_is_isolated(db_url: str, two_tenants: Conn) -> None:
+    # What a platform does: grant conveyor_app to its own login role, then name the tenant.
+    two_tenants.execute(
+        "do $$ begin if not exists (select from pg_roles where rolname = 'platform_app') then "
+        "create role platform_app login; end if; end $$"
+    )
+    two_tenants.execute("grant conveyor_app to platform_app")
+    with psycopg.connect(db_url, user="platform_app", autocommit=True, row_factory=dict_row) as platform:
+        assert count(platform, "events") == 0
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            platform.execute("select conveyor.emit('acme', 'crm.contact.created')")
+        platform.execute("set conveyor.tenant_id = 'globex'")
+        assert platform.execute("select tenant_id from conveyor.events").fetchall() == [
+            {"tenant_id": "globex"}
+        ]
+        assert platform.execute("select tenant_id from conveyor.tenants").fetchall() == [
+            {"tenant_id": "globex"}
+        ]
+        platform.execute("select conveyor.emit('globex', 'crm.contact.updated')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            platform.execute("select conveyor.emit('acme', 'crm.contact.created')")
+    assert count(two_tenants, "events", "tenant_id = 'globex'") == 2
+    two_tenants.execute("revoke conveyor_app from platform_app")
+
+
+# --- require_tenant / current_tenant --------------------------------------------------------
+
+
+def test_current_tenant_is_the_session_setting_or_null(conn: Conn) -> None:
+    assert conn.execute("select conveyor.current_tenant() as t").fetchone() == {"t": None}
+    conn.execute("set conveyor.tenant_id = 'acme'")
+    assert conn.execute("select conveyor.current_tenant() as t").fetchone() == {"t": "acme"}
+    conn.execute("set conveyor.tenant_id = ''")
+    assert conn.execute("select conveyor.current_tenant() as t").fetchone() == {"t": None}
+
+
+def test_require_tenant_for_the_application_role(app: Conn) -> None:
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="no tenant is set"):
+        app.execute("select conveyor.require_tenant('acme')")
+    app.execute("set conveyor.tenant_id = 'acme'")
+    app.execute("select conveyor.require_tenant('acme')")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="session acts for tenant 'acme'"):
+        app.execute("select conveyor.require_tenant('globex')")
+
+
+def test_require_tenant_lets_roles_outside_rls_act_for_any_tenant_unless_they_set_one(
+    db_url: str, conn: Conn
+) -> None:
+    conn.execute("select conveyor.require_tenant('acme')")  # superuser, no tenant set
+    with psycopg.connect(db_url, autocommit=True) as service:
+        service.execute("set role conveyor_service")
+        service.execute("select conveyor.require_tenant('acme'), conveyor.require_tenant('globex')")
+        service.execute("set conveyor.tenant_id = 'acme'")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            service.execute("select conveyor.require_tenant('globex')")
+
+
+@pytest.mark.parametrize("tenant", [None, ""])
+def test_require_tenant_needs_a_tenant_id(conn: Conn, tenant: str | None) -> None:
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="a tenant id is required"):
+        conn.execute("select conveyor.require_tenant(%s)", (tenant,))
+
+
+# --- create_tenant --------------------------------------------------------------------------
+
+
+def test_create_tenant_records_name_and_timezone(conn: Conn) -> None:
+    assert conn.execute(
+        "select conveyor.create_tenant('acme', 'Acme Inc', 'America/New_York') as id"
+    ).fetchone() == {"id": "acme"}
+    conn.execute("select conveyor.create_tenant('globex', 'Globex')")
+    rows = conn.execute("select tenant_id, name, timezone from conveyor.tenants order by 1").fetchall()
+    assert rows == [
+        {"tenant_id": "acme", "name": "Acme Inc", "timezone": "America/New_York"},
+        {"tenant_id": "globex", "name": "Globex", "timezone": "UTC"},
+    ]
+
+
+def test_create_tenant_refuses_a_duplicate(conn: Conn) -> None:
+    conn.execute("select conveyor.create_tenant('acme', 'Acme')")
+    with pytest.raises(psycopg.errors.UniqueViolation, match="tenant 'acme' exists already"):
+        conn.execute("select conveyor.create_tenant('acme', 'Other')")
+    assert conn.execute("select name from conveyor.tenants").fetchall() == [{"name": "Acme"}]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("acme", "Acme", "Mars/Olympus"), "tenant 'acme': unknown timezone 'Mars/Olympus'"),
+        (("acme", "Acme", None), "tenant 'acme': unknown timezone NULL"),
+        (("acme", "Acme", ""), "tenant 'acme': unknown timezone ''"),
+        (("acme", " ", "UTC"), "tenant 'acme' needs a name"),
+        (("", "Acme", "UTC"), "invalid tenant id ''"),
+        (("acme corp", "Acme", "UTC"), "invalid tenant id 'acme corp'"),
+    ],
+)
+def test_create_tenant_refuses_bad_input(conn: Conn, args: tuple[str | None, ...], message: str) -> None:
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as error:
+        conn.execute("select conveyor.create_tenant(%s, %s, %s)", args)
+    assert message in str(error.value)
+    assert conn.execute("select count(*) as n from conveyor.tenants").fetchone() == {"n": 0}
+
+
+def test_only_the_service_role_creates_tenants(db_url: str, conn: Conn) -> None:
+    with psycopg.connect(db_url, autocommit=True) as session:
+        session.execute("set role conveyor_app")
+        session.execute("set conveyor.tenant_id = 'acme'")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            session.execute("select conveyor.create_tenant('acme', 'Acme')")
+        session.execute("set role conveyor_service")
+        session.execute("select conveyor.create_tenant('acme', 'Acme')")
+    assert conn.execute("select tenant_id from conveyor.tenants").fetchall() == [{"tenant_id": "acme"}]
+
+
+def test_watch_and_unwatch_are_closed_to_the_application_role(app: Conn, two_tenants: Conn) -> None:
+    two_tenants.execute("create table public.notes (id int primary key, tenant_id text)")
+    two_tenants.execute("grant select, insert on public.notes to conveyor_app")
+    app.execute("set conveyor.tenant_id = 'acme'")
+    for call in ("select conveyor.watch('public.notes', 'crm')", "select conveyor.unwatch('public.notes')"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute(call)
+    assert two_tenants.execute("select count(*) as n from conveyor.watched_tables").fetchone() == {"n": 0}
+
+
+# --- functions that run as their owner -----------------------------------------------------
+
+
+def test_every_security_definer_function_pins_its_search_path(conn: Conn) -> None:
+    unpinned = conn.execute("""
+        select p.oid::regprocedure::text as function
+        from pg_proc as p join pg_namespace as n on n.oid = p.pronamespace and n.nspname = 'conveyor'
+        where p.prosecdef
+          and not exists (select from unnest(p.proconfig) as c where c like 'search\\_path=%%')
+        """).fetchall()
+    assert unpinned == []
+
+
+def test_security_definer_functions_open_to_the_application_role_check_the_tenant(conn: Conn) -> None:
+    # A function that runs as its owner bypasses row-level security: if the application
+    # role may call it, it must call require_tenant (or be revoked from public).
+    unchecked = conn.execute("""
+        select p.oid::regprocedure::text as function
+        from pg_proc as p join pg_namespace as n on n.oid = p.pronamespace and n.nspname = 'conveyor'
+        where p.prosecdef and p.prorettype <> 'trigger'::regtype
+          and has_function_privilege('conveyor_app', p.oid, 'execute')
+          and p.prosrc not like '%%conveyor.require_tenant(%%'
+        """).fetchall()
+    assert unchecked == []
