@@ -83,8 +83,10 @@ begin
     return 0;
   end if;
 
-  -- Date-based triggers follow the dates their entities' rows carry.
+  -- Date-based triggers follow the dates their entities' rows carry, and executions
+  -- waiting for a correlated event take their event branch.
   perform conveyor.track_date_triggers(v_events);
+  perform conveyor.resume_waiting_for_events(v_events);
 
   -- Events past the chain depth limit start nothing; say so once per event.
   insert into conveyor.execution_logs (tenant_id, event_id, level, message, details)

@@ -28,18 +28,10 @@ begin
     return 0;
   end if;
 
-  perform pgmq.delete('conveyor_actions', r.msg_id)
-  from conveyor.step_runs as r
-  where r.execution_id = any(v_ids) and r.status = 'queued' and r.msg_id is not null;
-
-  update conveyor.step_runs as r
-  set status = 'failed', finished_at = greatest(p_now, r.started_at),
-    error = jsonb_build_object('message', 'the execution timed out before this action completed')
-  where r.execution_id = any(v_ids) and r.status in ('queued', 'running');
-
-  -- finish_execution does the per-execution bookkeeping (stats shard, log line).
+  -- abort_execution withdraws open actions (their messages archived, step runs skipped)
+  -- and does the final bookkeeping (stats shard, log line), as cancellation does.
   foreach v_id in array v_ids loop
-    perform conveyor.finish_execution(v_id, 'timed_out', (
+    perform conveyor.abort_execution(v_id, 'timed_out', (
       select jsonb_build_object('message', format('timed out after %s (at step "%s")',
         e.timeout_at - e.created_at, e.current_step), 'step', e.current_step)
       from conveyor.executions as e where e.execution_id = v_id
@@ -160,3 +152,11 @@ begin
   );
 end;
 $$;
+
+-- Operators and runners only (the application role must not run maintenance).
+revoke all on function conveyor.expire_timeouts(timestamptz, integer) from public;
+revoke all on function conveyor.recover_stalled_actions(integer) from public;
+revoke all on function conveyor.prune_history(timestamptz, integer) from public;
+grant execute on function conveyor.expire_timeouts(timestamptz, integer) to conveyor_service;
+grant execute on function conveyor.recover_stalled_actions(integer) to conveyor_service;
+grant execute on function conveyor.prune_history(timestamptz, integer) to conveyor_service;

@@ -296,3 +296,35 @@ def test_started_counts_are_sharded(conn: Conn) -> None:
         (wf,),
     ).fetchone()
     assert row == {"started": 40, "shards": 16}
+
+
+def test_dispatch_resumes_executions_waiting_for_a_correlated_event(conn: Conn) -> None:
+    t = tenant(conn, "acme")
+    publish(
+        conn,
+        t,
+        "await-reply",
+        {"event": "crm.contact.created"},
+        steps=[
+            {
+                "id": "wait",
+                "wait_for_event": {
+                    "event": "email.reply.received",
+                    "match": {"entity_id": "{{trigger.entity_id}}"},
+                    "timeout": "3d",
+                },
+                "on_event": "replied",
+                "on_timeout": None,
+            },
+            {"id": "replied", "set": {"replied": True}},
+        ],
+    )
+    emit(conn, t, "crm.contact.created", entity_type="contact", entity_id="42")
+    conn.execute("select conveyor.dispatch()")
+    emit(conn, t, "email.reply.received", entity_type="contact", entity_id="7")
+    conn.execute("select conveyor.dispatch()")
+    assert conn.execute("select status from conveyor.executions").fetchall() == [{"status": "waiting"}]
+    emit(conn, t, "email.reply.received", entity_type="contact", entity_id="42")
+    conn.execute("select conveyor.dispatch()")
+    row = conn.execute("select status, vars from conveyor.executions").fetchone()
+    assert row == {"status": "completed", "vars": {"replied": True}}

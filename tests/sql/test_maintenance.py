@@ -58,7 +58,7 @@ def test_execution_past_its_timeout_is_timed_out_and_its_action_withdrawn(conn: 
     assert row is not None and row["status"] == "timed_out"
     assert 'at step "call"' in row["message"]
     assert queue_depth(conn) == 0
-    assert conn.execute("select status from conveyor.step_runs").fetchall() == [{"status": "failed"}]
+    assert conn.execute("select status from conveyor.step_runs").fetchall() == [{"status": "skipped"}]
     # A runner that was performing it when the timeout hit: its write-back changes nothing.
     late = conn.execute(
         "select outcome from conveyor.write_back(%s)",
