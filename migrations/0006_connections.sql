@@ -35,3 +35,11 @@ grant select, insert, update, delete on conveyor.connections to conveyor_service
 -- runner drains the queue after each wakeup and polls as a fallback, so throttled
 -- notifications lose nothing).
 select pgmq.enable_notify_insert('conveyor_actions', 250);
+
+-- What the runner needs when it connects as (a member of) conveyor_service rather than
+-- as a superuser: the schema check, its heartbeat, and reading/renewing queue messages
+-- (conveyor.write_back archives them as its owner).
+grant select on conveyor.schema_migrations to conveyor_service;
+grant select, insert, update on conveyor.runners to conveyor_service;
+grant usage on schema pgmq to conveyor_service;
+grant select, update on pgmq.q_conveyor_actions to conveyor_service;

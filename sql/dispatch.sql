@@ -63,6 +63,9 @@ create or replace function conveyor.dispatch(p_limit integer default 1000)
 returns integer
 language plpgsql
 set search_path = ''
+-- The planner's default estimates for the set-returning calls here can cross
+-- jit_above_cost; compiling then costs far more than the query.
+set jit = off
 as $$
 declare
   v_events bigint[];

@@ -83,15 +83,16 @@ begin
     tenant_id, workflow_id, path_token, secret, allowed_methods, ip_allowlist, max_body_bytes, tolerance
   )
   select w.tenant_id, w.workflow_id, conveyor.random_token(), conveyor.random_token(),
-    coalesce(array(select pg_catalog.upper(m) from jsonb_array_elements_text(p_webhook -> 'methods') as m),
-      '{POST}'),
-    coalesce(array(select c::cidr from jsonb_array_elements_text(p_webhook -> 'ip_allowlist') as c), '{}'),
+    case when p_webhook ? 'methods'
+      then array(select pg_catalog.upper(m) from jsonb_array_elements_text(p_webhook -> 'methods') as m)
+      else '{POST}' end,
+    array(select c::cidr from jsonb_array_elements_text(coalesce(p_webhook -> 'ip_allowlist', '[]')) as c),
     coalesce((p_webhook ->> 'max_body_bytes')::integer, 1048576),
     coalesce(conveyor.parse_duration(p_webhook ->> 'tolerance'), interval '5 minutes')
   from conveyor.workflows as w
   where w.workflow_id = p_workflow_id
   on conflict (workflow_id) do update
-    set allowed_methods = case when p_webhook ? 'methods' then excluded.allowed_methods else '{POST}' end,
+    set allowed_methods = excluded.allowed_methods,
       ip_allowlist = excluded.ip_allowlist, max_body_bytes = excluded.max_body_bytes,
       tolerance = excluded.tolerance;
 end;

@@ -1461,6 +1461,13 @@ begin
       'nothing was stored.';
   end if;
 
+  if not exists (select from conveyor.tenants as t where t.tenant_id = p_tenant_id) then
+    raise exception using
+      errcode = 'P0002',
+      message = format('workflow "%s": tenant "%s" does not exist', v_slug, p_tenant_id),
+      hint = 'Create it first: select conveyor.create_tenant(id, name, timezone);';
+  end if;
+
   -- Create the workflow or lock its row: concurrent publishes of one slug serialise here.
   insert into conveyor.workflows as w (tenant_id, slug, name, description, category, tags, active)
   values (

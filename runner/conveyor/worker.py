@@ -169,6 +169,7 @@ class Runner:
                     with psycopg.connect(
                         self.url, autocommit=True, connect_timeout=5, application_name="conveyor-runner"
                     ) as conn:
+                        _act_as_service_role(conn)
                         version = schema_version(conn)
                         if version is None:
                             raise ConveyorError("the database is not migrated: run `conveyor migrate` first")
@@ -542,6 +543,23 @@ def _result(finished: _Finished) -> dict[str, Any]:
         result["retry_after_s"] = outcome.retry_after_s
         result["error"] = outcome.error
     return result
+
+
+def _act_as_service_role(conn: psycopg.Connection[Any]) -> None:
+    """Work as conveyor_service when logged in as a member of it.
+
+    Row-level security is bypassed by the BYPASSRLS attribute, which role membership does
+    not pass on; a runner that logs in as `create role runner login in role conveyor_service`
+    therefore switches to the role itself. Superusers and BYPASSRLS roles stay as they are.
+    """
+    row = conn.execute(
+        "select case when r.rolsuper or r.rolbypassrls then false"
+        " when not exists (select from pg_catalog.pg_roles where rolname = 'conveyor_service') then false"
+        " else pg_catalog.pg_has_role(current_user, 'conveyor_service', 'member') end"
+        " from pg_catalog.pg_roles as r where r.rolname = current_user"
+    ).fetchone()
+    if row is not None and row[0]:
+        conn.execute("set role conveyor_service")
 
 
 def _first_line(exc: BaseException) -> str:

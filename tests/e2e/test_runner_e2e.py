@@ -516,3 +516,38 @@ def test_metrics_and_health_are_served_when_configured(conn: Conn, server: Local
     assert "conveyor_runner_database_connected 1" in text
     assert httpx.get(f"http://{address}/healthz", timeout=2).status_code == 200
     assert runner.stop() == 0
+
+
+def test_the_runner_works_as_the_service_role_not_only_as_a_superuser(
+    db_url: str, conn: Conn, server: LocalHTTP, runners: Any
+) -> None:
+    """A runner logged in as a plain member of conveyor_service (neither superuser nor
+    BYPASSRLS) switches to that role, so row-level security does not hide its work."""
+    from psycopg.conninfo import make_conninfo
+
+    conn.execute(
+        "do $$ begin if not exists (select from pg_roles where rolname = 'runner_test') then"
+        " create role runner_test login in role conveyor_service; end if; end $$"
+    )
+    tenant = setup_tenant(conn)
+    conns.add(
+        conn, SecretBox(KEY), tenant_id=tenant, name="crm", kind="webhook",
+        config={}, secret={"signing_secret": "whsec_service_role"},
+    )  # fmt: skip
+    publish(
+        conn, tenant, {"action": "webhook.send", "connection": "crm", "with": {"url": server.url("/svc")}}
+    )
+    emit(conn, tenant, {})
+    runner = runners(CONVEYOR_DATABASE_URL=make_conninfo(db_url, user="runner_test"))
+    try:
+        [execution] = wait_for(lambda: all_final(conn, 1), timeout=20)
+    except AssertionError:
+        activity = conn.execute(
+            "select state, wait_event_type, wait_event, left(query, 200) as query from pg_stat_activity"
+            " where usename = 'runner_test'"
+        ).fetchall()
+        raise AssertionError(runner.log_path.read_text()[-3000:] + repr(activity)) from None
+    assert execution["status"] == "completed", execution["error"]
+    assert "x-conveyor-signature" in server.requests_to("/svc")[0].headers
+    assert runner.stop() == 0
+    assert not [line for line in runner.lines() if line["level"] == "error"]

@@ -131,6 +131,8 @@ def test_dry_run_of_a_published_workflow_leaves_it_unchanged(conn: Conn, tenant:
 
 
 def test_dry_run_trigger_defaults_to_the_documents_event_type(conn: Conn, tenant: str) -> None:
-    doc = DOC | {"steps": [{"id": "what", "set": {"type": "{{trigger.event_type}}", "id": "{{trigger.event_id}}"}}]}
+    doc = DOC | {
+        "steps": [{"id": "what", "set": {"type": "{{trigger.event_type}}", "id": "{{trigger.event_id}}"}}]
+    }
     result = dry_run(conn, doc, {"payload": {}})
     assert result["vars"] == {"type": "crm.deal.won", "id": None}

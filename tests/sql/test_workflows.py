@@ -566,6 +566,13 @@ def test_publish_refuses_an_invalid_document_and_stores_nothing(conn: Conn) -> N
     assert conn.execute("select count(*) as n from conveyor.workflows").fetchone() == {"n": 0}
 
 
+def test_publish_for_an_unknown_tenant_names_it(conn: Conn) -> None:
+    with pytest.raises(
+        psycopg.errors.NoDataFound, match='workflow "new-lead-follow-up": tenant "ghost" does not exist'
+    ):
+        publish(conn, "ghost", lead_document())
+
+
 def test_publish_creates_version_one_then_an_edit_creates_version_two(conn: Conn) -> None:
     make_tenant(conn, "acme")
     first = lead_document()
