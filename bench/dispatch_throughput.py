@@ -39,7 +39,7 @@ WORKFLOW = {
 
 def emit(conn: psycopg.Connection, n: int, event_type: str = "bench.item.created") -> None:
     conn.execute(
-        "select conveyor.emit('bench', %s, jsonb_build_object('i', i, 'amount', i % 100))"
+        "select conveyor.emit('bench', %s, jsonb_build_object('i', i, 'amount', i %% 100))"
         " from generate_series(1, %s) as i",
         (event_type, n),
     )
@@ -83,9 +83,9 @@ def add_unrelated_subscriptions(conn: psycopg.Connection, count: int, offset: in
     conn.execute(
         "select conveyor.publish('bench', jsonb_build_object("
         " 'slug', 'other-' || i, 'name', 'other ' || i,"
-        " 'trigger', jsonb_build_object('event', 'other' || (i % 50) || '.thing' || i || '.happened'),"
+        " 'trigger', jsonb_build_object('event', 'other' || (i %% 50) || '.thing' || i || '.happened'),"
         " 'steps', jsonb_build_array(jsonb_build_object('id', 'noop', 'set', jsonb_build_object('x', 1)))))"
-        " from generate_series(%s, %s) as i",
+        " from generate_series(%s::integer, %s::integer) as i",
         (offset, offset + count - 1),
     )
 
