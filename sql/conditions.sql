@@ -134,7 +134,11 @@ declare
   v_duration interval;
   v_ts timestamp;
 begin
-  if v_op is null or not v_op = any(conveyor.condition_operators()) then
+  if v_op is null or not v_op = any(array[
+    'equals', 'not_equals', 'gt', 'gte', 'lt', 'lte', 'contains', 'not_contains', 'starts_with',
+    'ends_with', 'matches', 'in', 'not_in', 'is_empty', 'is_not_empty', 'is_null', 'is_not_null',
+    'changed', 'changed_to', 'changed_from', 'before', 'after', 'within_last', 'within_next'
+  ]) then  -- conveyor.condition_operators(), inlined: this is the hot path
     raise exception using
       errcode = '22023',
       message = pg_catalog.format('condition.op: unknown operator %s', coalesce(p_condition -> 'op', 'null')),
@@ -164,11 +168,15 @@ begin
     end;
   end if;
 
-  v_whole := pg_catalog.regexp_match(v_field, '^' || conveyor.template_pattern() || '$');
+  if pg_catalog.strpos(v_field, '{{') > 0 then
+    v_whole := pg_catalog.regexp_match(v_field, '^\{\{((?:[^}]|\}(?!\}))*)\}\}$');  -- conveyor.template_pattern()
+  end if;
   v_left := coalesce(
     case
       when v_whole is not null then conveyor.template_eval(v_whole[1], p_context, 'condition.field')
-      else conveyor.context_value(p_context, pg_catalog.string_to_array(v_field, '.'))
+      when pg_catalog.split_part(v_field, '.', 1) = 'now' and not p_context ? 'now'
+        then conveyor.context_value(p_context, pg_catalog.string_to_array(v_field, '.'))
+      else p_context #> pg_catalog.string_to_array(v_field, '.')
     end,
     'null'::jsonb
   );

@@ -46,60 +46,78 @@ $$;
 -- or {"error": "<what is wrong>"}. Filter names and arguments are checked by
 -- template_expression_errors, not here.
 create or replace function conveyor.template_parse(p_expr text) returns jsonb
-language sql
+language plpgsql
 immutable
 strict
 parallel safe
 set search_path = ''
 as $$
-  with parts as (
-    select
-      pg_catalog.btrim(m[1]) as path_text,
-      pg_catalog.btrim(m[2]) as rest,
-      $re$\|\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?::\s*((?:'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.)*"|-?[0-9]+(?:\.[0-9]+)?|true|false|null)(?:\s*,\s*(?:'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.)*"|-?[0-9]+(?:\.[0-9]+)?|true|false|null))*))?\s*$re$ as filter_re
-    from pg_catalog.regexp_match(p_expr, '^\s*([^\s|]*)(.*)$', 's') as m
-  )
-  select case
-    when pg_catalog.btrim(p_expr) = '' then pg_catalog.jsonb_build_object('error', 'empty template expression')
-    when p.path_text = '' then pg_catalog.jsonb_build_object('error', 'missing path before "|"')
-    when p.path_text ~ '(^\.|\.\.|\.$)' then pg_catalog.jsonb_build_object(
-      'error', pg_catalog.format('invalid path "%s" (empty segment)', p.path_text)
-    )
-    when p.rest <> '' and p.rest !~ ('^(?:' || p.filter_re || ')+$') then pg_catalog.jsonb_build_object(
-      'error', pg_catalog.format('cannot parse "%s" (expected | filter or | filter: arg, ...)', p.rest)
-    )
-    else pg_catalog.jsonb_build_object(
-      'path', pg_catalog.to_jsonb(pg_catalog.string_to_array(p.path_text, '.')),
-      'path_text', p.path_text,
-      'filters', coalesce((
-        select pg_catalog.jsonb_agg(
-          pg_catalog.jsonb_build_object(
-            'name', pg_catalog.lower(f.m[1]),
-            'args', coalesce((
-              select pg_catalog.jsonb_agg(
-                case
-                  when a.m[1] like '''%' then pg_catalog.to_jsonb(
-                    pg_catalog.replace(
-                      pg_catalog.regexp_replace(pg_catalog.substr(a.m[1], 2, pg_catalog.length(a.m[1]) - 2), '\\(.)', '\1', 'g'),
-                      '''''', ''''
-                    )
-                  )
-                  else a.m[1]::jsonb
-                end
-                order by a.i
-              )
-              from pg_catalog.regexp_matches(
-                f.m[2], $re$('(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.)*"|-?[0-9]+(?:\.[0-9]+)?|true|false|null)$re$, 'g'
-              ) with ordinality as a (m, i)
-            ), '[]'::jsonb)
-          )
-          order by f.i
-        )
-        from pg_catalog.regexp_matches(p.rest, p.filter_re, 'g') with ordinality as f (m, i)
-      ), '[]'::jsonb)
-    )
-  end
-  from parts as p;
+declare
+  -- one argument literal: 'single' (quote as '' or \'), "double" (JSON), number, true, false, null
+  c_arg constant text := $re$'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.)*"|-?[0-9]+(?:\.[0-9]+)?|true|false|null$re$;
+  v_m text[];
+  v_path text;
+  v_rest text;
+  v_all_filters text;
+  v_name text;
+  v_args jsonb;
+  v_filters jsonb := '[]'::jsonb;
+  v_failed boolean := false;
+begin
+  -- scans filter by filter with anchored matches (plain expressions, no queries: this is on the hot path)
+  if p_expr ~ '^\s*$' then
+    return pg_catalog.jsonb_build_object('error', 'empty template expression');
+  end if;
+  v_m := pg_catalog.regexp_match(p_expr, '^\s*([^\s|]*)\s*(.*?)\s*$');
+  v_path := v_m[1];
+  v_rest := v_m[2];
+  v_all_filters := v_rest;
+  if v_path = '' then
+    return pg_catalog.jsonb_build_object('error', 'missing path before "|"');
+  end if;
+  if v_path ~ '(^\.|\.\.|\.$)' then
+    return pg_catalog.jsonb_build_object('error', pg_catalog.format('invalid path "%s" (empty segment)', v_path));
+  end if;
+  while v_rest <> '' loop
+    v_m := pg_catalog.regexp_match(v_rest, '^\|\s*([A-Za-z_][A-Za-z0-9_]*)\s*(.*)$');
+    exit when v_m is null;
+    v_name := pg_catalog.lower(v_m[1]);
+    v_rest := v_m[2];
+    v_args := '[]'::jsonb;
+    if pg_catalog.left(v_rest, 1) = ':' then
+      v_rest := pg_catalog.substr(v_rest, 2);
+      loop
+        v_m := pg_catalog.regexp_match(v_rest, '^\s*(' || c_arg || ')\s*(.*)$');
+        if v_m is null then
+          v_failed := true;
+          exit;
+        end if;
+        v_args := v_args || pg_catalog.jsonb_build_array(case
+          when pg_catalog.left(v_m[1], 1) = '''' then pg_catalog.to_jsonb(pg_catalog.replace(
+            pg_catalog.regexp_replace(pg_catalog.substr(v_m[1], 2, pg_catalog.length(v_m[1]) - 2), '\\(.)', '\1', 'g'),
+            '''''', ''''
+          ))
+          else v_m[1]::jsonb
+        end);
+        v_rest := v_m[2];
+        exit when pg_catalog.left(v_rest, 1) <> ',';
+        v_rest := pg_catalog.substr(v_rest, 2);
+      end loop;
+      exit when v_failed;
+    end if;
+    v_filters := v_filters || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('name', v_name, 'args', v_args));
+  end loop;
+  if v_failed or v_rest <> '' then
+    return pg_catalog.jsonb_build_object(
+      'error', pg_catalog.format('cannot parse "%s" (expected | filter or | filter: arg, ...)', v_all_filters)
+    );
+  end if;
+  return pg_catalog.jsonb_build_object(
+    'path', pg_catalog.to_jsonb(pg_catalog.string_to_array(v_path, '.')),
+    'path_text', v_path,
+    'filters', v_filters
+  );
+end;
 $$;
 
 -- The value at a dotted path (as segments) in a context; `now` defaults to now().

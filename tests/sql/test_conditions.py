@@ -158,6 +158,12 @@ def test_within_last_uses_now_when_the_context_has_none(conn: Conn) -> None:
     assert evaluate(conn, leaf(P + "at", "within_last", "30m"), context) is False
 
 
+def test_now_field_is_the_context_time_or_the_transaction_time(conn: Conn) -> None:
+    assert evaluate(conn, leaf("now", "equals", "2026-06-15 14:00:00+02:00")) is True
+    assert evaluate(conn, leaf("now", "within_last", "1m"), {}) is True
+    assert evaluate(conn, leaf("now", "before", "2000-01-01"), {}) is False
+
+
 def test_missing_template_in_value_is_an_error(conn: Conn) -> None:
     with pytest.raises(psycopg.errors.InvalidParameterValue, match=re.escape('no value at "vars.nope"')):
         evaluate(conn, leaf(P + "amount", "gt", "{{vars.nope}}"))

@@ -181,6 +181,35 @@ def test_template_errors_name_the_path_of_each_problem(conn: Conn) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "vars.x | lower:",
+        "vars.x | default: 'a',",
+        "vars.x | default: abc",
+        "vars.x | default: 1 2",
+        "vars.x |",
+        "vars.x | default: 'unterminated",
+        "vars.x | 9lives",
+    ],
+)
+def test_malformed_filter_syntax_is_reported_not_ignored(conn: Conn, expression: str) -> None:
+    [message] = template_errors(conn, "{{" + expression + "}}", "with.to")
+    assert message.startswith('with.to: cannot parse "|')
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="cannot parse"):
+        render(conn, "{{" + expression + "}}", {"vars": {"x": "v"}})
+
+
+def test_filter_arguments_accept_every_literal_form(conn: Conn) -> None:
+    context = {"vars": {}}
+    assert render(conn, "{{vars.x | default: 'it''s'}}", context) == "it's"
+    assert render(conn, '{{vars.x | default: "say \\"hi\\""}}', context) == 'say "hi"'
+    assert render(conn, "{{vars.x | default: -2.5}}", context) == -2.5
+    assert render(conn, "{{vars.x | default: true}}", context) is True
+    assert render(conn, "{{vars.x | default: null | default: 'b'}}", context) == "b"
+    assert render(conn, "{{vars.x|default:'a|b, c'|upper}}", context) == "A|B, C"
+
+
 def test_template_errors_respects_the_allowed_roots(conn: Conn) -> None:
     assert template_errors(conn, "{{item.price}}", "map", ["item", "vars"]) == []
     assert template_errors(conn, "{{trigger.x}}", "map", ["item", "vars"]) == [

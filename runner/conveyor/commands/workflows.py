@@ -243,19 +243,23 @@ def dry_run(file: Path, event: Path, tenant: str, database_url: str | None, as_j
     if as_json:
         output.emit_json(report)
         return
-    steps = report.get("steps", []) if isinstance(report, dict) else report
     rows = [
         {
             "step": s.get("step"),
             "kind": s.get("kind"),
-            "decision": s.get("decision") or s.get("branch"),
+            "status": s.get("status"),
+            "decision": s.get("decision"),
+            "next": s.get("next"),
             "input": s.get("input"),
-            "output": s.get("output") or s.get("would_send"),
+            "result": s.get("would_send") or s.get("output") or s.get("error"),
         }
-        for s in steps
+        for s in report.get("steps", [])
     ]
     output.table(
-        rows, ["step", "kind", "decision", "input", "output"], title=f"dry run of {document.get('slug')}"
+        rows,
+        ["step", "kind", "status", "decision", "next", "input", "result"],
+        title=f"dry run of {document.get('slug')} (nothing sent, nothing kept)",
     )
-    if isinstance(report, dict) and report.get("status"):
-        click.echo(f"final status: {report['status']}")
+    click.echo(
+        f"final status: {report.get('status')}" + (f" ({report['error']})" if report.get("error") else "")
+    )

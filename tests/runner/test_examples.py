@@ -1,0 +1,128 @@
+"""Every example workflow validates against the demo platform and dry-runs; the demo loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+from click.testing import CliRunner
+from psycopg.types.json import Jsonb
+
+from conveyor.cli import main
+from conveyor.settings import PROJECT_DIR
+
+Conn = psycopg.Connection[dict[str, Any]]
+EXAMPLES = sorted((PROJECT_DIR / "examples" / "workflows").glob("*.yaml"))
+
+# A plausible trigger for each example, as dispatch or a schedule would build it.
+SAMPLE_TRIGGERS: dict[str, dict[str, Any]] = {
+    "new-lead-follow-up": {
+        "event_type": "crm.contact.created",
+        "entity_type": "contact",
+        "entity_id": "1",
+        "payload": {
+            "new": {
+                "type": "lead",
+                "email": "ada@example.com",
+                "first_name": "Ada",
+                "timezone": "Europe/Berlin",
+                "owner_id": 7,
+            }
+        },
+    },
+    "deal-won-handoff": {
+        "event_type": "crm.deal.updated",
+        "entity_type": "deal",
+        "entity_id": "5",
+        "payload": {
+            "old": {"stage": "open"},
+            "changed": ["stage"],
+            "new": {"stage": "won", "title": "Big order", "amount": 12000, "contact_id": 1, "owner_id": 7},
+        },
+    },
+    "failed-payment-dunning": {
+        "event_type": "billing.invoice.updated",
+        "entity_id": "3",
+        "payload": {"new": {"number": "INV-1", "amount": 99, "contact_id": 1, "payment_failures": 1}},
+    },
+    "form-submission": {"payload": {"body": {"email": "ada@example.com", "name": "Ada"}}},
+    "weekly-report": {"payload": {"slot": "2026-11-23T13:00:00Z"}},
+}
+
+
+@pytest.fixture
+def demo_db(conn: Conn) -> Conn:
+    conn.execute(
+        "insert into conveyor.tenants (tenant_id, name, timezone) values ('acme', 'Acme', 'Europe/Berlin')"
+    )
+    conn.execute((PROJECT_DIR / "examples" / "platform.sql").read_text().encode())
+    conn.execute(
+        "insert into demo.contacts (tenant_id, first_name, email, type) values ('acme', 'Ada', 'ada@example.com', 'customer')"
+    )
+    return conn
+
+
+def document(path: Path) -> dict[str, Any]:
+    return json.loads(json.dumps(yaml.safe_load(path.read_text()), default=str))  # type: ignore[no-any-return]
+
+
+def test_there_are_eight_examples_each_with_a_comment_header() -> None:
+    assert len(EXAMPLES) >= 8
+    for path in EXAMPLES:
+        assert path.read_text().startswith("# "), f"{path.name} lacks its comment header"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_validates_and_dry_runs(demo_db: Conn, path: Path) -> None:
+    doc = document(path)
+    problems = demo_db.execute("select conveyor.validate_workflow(%s) as p", (Jsonb(doc),)).fetchall()
+    assert problems == []
+    trigger = SAMPLE_TRIGGERS.get(doc["slug"], {"entity_type": "contact", "entity_id": "1", "payload": {}})
+    result = demo_db.execute(
+        "select conveyor.dry_run('acme', %s, %s) as r", (Jsonb(doc), Jsonb(trigger))
+    ).fetchone()
+    assert result is not None
+    report = result["r"]
+    assert report["steps"], f"{path.name}: the dry run visited no step"
+    assert demo_db.execute("select count(*) as n from conveyor.executions").fetchone() == {"n": 0}
+    assert demo_db.execute("select count(*) as n from pgmq.q_conveyor_actions").fetchone() == {"n": 0}
+
+
+def test_dry_run_command_prints_decisions(demo_db: Conn, db_url: str, tmp_path: Path) -> None:
+    sample = tmp_path / "event.json"
+    sample.write_text(json.dumps(SAMPLE_TRIGGERS["deal-won-handoff"]))
+    result = CliRunner().invoke(
+        main,
+        [
+            "dry-run",
+            "-f",
+            str(PROJECT_DIR / "examples/workflows/deal-won-handoff.yaml"),
+            "--event",
+            str(sample),
+            "--tenant",
+            "acme",
+            "--json",
+        ],
+        env={"CONVEYOR_DATABASE_URL": db_url},
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert [s["step"] for s in report["steps"]][:2] == ["big-deal", "celebrate"]
+    assert report["steps"][1]["would_send"]["input"]["text"].startswith(":tada: Big win: Big order")
+
+
+def test_demo_load_publishes_every_example_for_both_tenants(db_url: str, conn: Conn) -> None:
+    from conveyor.demo import load
+
+    published = load(db_url)
+    assert len(published) == 2 * len(EXAMPLES)
+    again = load(db_url)  # idempotent: identical documents publish no new version
+    assert again == published
+    rows = conn.execute(
+        "select tenant_id, count(*) as n from conveyor.workflows group by 1 order by 1"
+    ).fetchall()
+    assert rows == [{"tenant_id": "acme", "n": len(EXAMPLES)}, {"tenant_id": "globex", "n": len(EXAMPLES)}]
