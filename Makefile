@@ -7,10 +7,10 @@ BIN := .venv/bin
 bootstrap:  ## install the PostgreSQL server packages (as root) and the locked virtualenv
 	@bash scripts/bootstrap.sh
 
-run: bootstrap  ## embedded PostgreSQL + migrate + the runner in the foreground (Ctrl-C stops)
+run: bootstrap  ## embedded PostgreSQL + migrate + demo workflows + the runner (Ctrl-C stops)
 	@$(BIN)/conveyor db start
 	@$(BIN)/conveyor migrate
-	@$(BIN)/conveyor run
+	@$(BIN)/conveyor demo run $(DEMO_ARGS)
 
 test: bootstrap lint pytest  ## the whole test suite and every linter
 
