@@ -58,6 +58,26 @@ as $$
   select coalesce(nullif(current_setting('conveyor.max_event_depth', true), '')::integer, 10);
 $$;
 
+-- A trigger condition's verdict, or the error that kept it from one (a template in the
+-- condition's value with nothing behind it, say): one bad event must not stop dispatch.
+create or replace function conveyor.try_eval_condition(
+  p_condition jsonb,
+  p_context jsonb,
+  out holds boolean,
+  out error text
+)
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  holds := conveyor.eval_condition(p_condition, p_context);
+exception when others then
+  holds := null;
+  error := sqlerrm;
+end;
+$$;
+
 drop function if exists conveyor.dispatch(integer);
 create or replace function conveyor.dispatch(p_limit integer default 1000)
 returns integer
@@ -120,7 +140,7 @@ begin
     select
       e.event_id, e.tenant_id, e.entity_type, e.entity_id, e.depth,
       s.workflow_id, s.version, v.timeout, v.max_executions_per_hour, v.max_concurrent,
-      v.entry_step, t.trigger_object,
+      v.entry_step, t.trigger_object, c.error as condition_error,
       case when v.run_once_per_entity and e.entity_id is not null
         then coalesce(e.entity_type, '') || ':' || e.entity_id end as once_key
     from conveyor.events as e
@@ -129,12 +149,14 @@ begin
       on s.match_key = any(conveyor.event_match_keys(e.event_type))
       and s.tenant_id = e.tenant_id and s.active
     join conveyor.workflow_versions as v on v.workflow_id = s.workflow_id and v.version = s.version
+    left join lateral conveyor.try_eval_condition(
+      s.condition, jsonb_build_object('trigger', t.trigger_object, 'now', now())
+    ) as c on s.condition is not null
     where e.event_id = any(v_events)
       and e.depth <= v_max_depth
       and (s.source is null or s.source = e.source)
       and (s.filter_path is null or jsonb_path_match(t.trigger_object, s.filter_path))
-      and (s.condition is null or conveyor.eval_condition(
-        s.condition, jsonb_build_object('trigger', t.trigger_object, 'now', now())))
+      and (s.condition is null or c.holds is not false)
   ),
 
   ranked as (
@@ -163,6 +185,7 @@ begin
     select
       r.*,
       case
+        when r.condition_error is not null then 'condition_error'
         when r.once_key is not null and (r.nth_for_entity > 1 or exists (
           select from conveyor.executions as x
           where x.workflow_id = r.workflow_id and x.once_key = r.once_key
@@ -176,8 +199,12 @@ begin
 
   refused as (
     insert into conveyor.execution_logs (tenant_id, workflow_id, event_id, level, message, details)
-    select j.tenant_id, j.workflow_id, j.event_id, 'info',
+    select j.tenant_id, j.workflow_id, j.event_id,
+      case when j.refusal = 'condition_error' then 'warning' else 'info' end,
       case j.refusal
+        when 'condition_error' then format(
+          'event %s started no execution: the trigger condition of workflow %s failed: %s',
+          j.event_id, j.workflow_id, j.condition_error)
         when 'run_once' then format(
           'event %s started no execution: workflow %s runs once per entity and already ran for %s',
           j.event_id, j.workflow_id, j.once_key)
@@ -188,7 +215,7 @@ begin
           'event %s started no execution: workflow %s reached its limit of %s concurrent executions',
           j.event_id, j.workflow_id, j.max_concurrent)
       end,
-      jsonb_build_object('reason', j.refusal)
+      jsonb_build_object('reason', j.refusal) || coalesce(jsonb_build_object('error', j.condition_error), '{}')
     from judged as j
     where j.refusal is not null
     returning 1

@@ -328,3 +328,30 @@ def test_dispatch_resumes_executions_waiting_for_a_correlated_event(conn: Conn) 
     conn.execute("select conveyor.dispatch()")
     row = conn.execute("select status, vars from conveyor.executions").fetchone()
     assert row == {"status": "completed", "vars": {"replied": True}}
+
+
+def test_a_failing_trigger_condition_is_logged_and_does_not_block_dispatch(conn: Conn) -> None:
+    t = tenant(conn, "acme")
+    fragile = publish(
+        conn,
+        t,
+        "fragile",
+        {
+            "event": "crm.deal.updated",
+            "condition": {
+                "field": "trigger.payload.new.amount",
+                "op": "gt",
+                "value": "{{trigger.payload.limit}}",
+            },
+        },
+    )
+    other = publish(conn, t, "other", {"event": "crm.deal.updated"})
+    emit(conn, t, "crm.deal.updated", {"new": {"amount": 5}})  # no limit: the condition cannot be evaluated
+    emit(conn, t, "crm.deal.updated", {"new": {"amount": 5}, "limit": 1})
+    assert conn.execute("select conveyor.dispatch() as n").fetchone() == {"n": 2}
+    assert executions_by_workflow(conn) == {fragile: 1, other: 2}
+    row = conn.execute(
+        "select level, details ->> 'reason' as reason, message from conveyor.execution_logs"
+    ).fetchone()
+    assert row is not None and row["level"] == "warning" and row["reason"] == "condition_error"
+    assert "trigger condition of workflow" in row["message"]
