@@ -131,6 +131,35 @@ def cancel(execution_id: int, reason: str | None, tenant: str, database_url: str
     click.echo(f"execution {execution_id}: {'cancelled' if done and done['done'] else 'already finished'}")
 
 
+@executions.command("retry")
+@click.argument("execution_id", type=int)
+@click.option(
+    "--from-start", is_flag=True, help="Start again from the first step (default: the failed step)."
+)
+@tenant_option
+@database_option
+@json_option
+@fail_cleanly
+def retry(execution_id: int, from_start: bool, tenant: str, database_url: str | None, as_json: bool) -> None:
+    """Retry a failed, timed-out or cancelled execution as a new one linked to it."""
+    with connect(database_url) as conn:
+        row = conn.execute(
+            "select conveyor.retry_execution(%s, %s, %s) as id", (tenant, execution_id, from_start)
+        ).fetchone()
+        assert row is not None
+        new = conn.execute(
+            "select execution_id, status, current_step from conveyor.executions where execution_id = %s",
+            (row["id"],),
+        ).fetchone()
+    assert new is not None
+    if as_json:
+        output.emit_json(
+            {"execution_id": new["execution_id"], "retry_of": execution_id, "status": new["status"]}
+        )
+    else:
+        click.echo(f"execution {new['execution_id']}: retry of {execution_id}, {new['status']}")
+
+
 @click.group()
 def events() -> None:
     """Emit and inspect events."""

@@ -1,0 +1,66 @@
+-- Operator control over executions that already ran (cancel lives with the interpreter).
+
+-- Retry a failed, timed-out or cancelled execution as a new execution of the same version,
+-- linked by retry_of: from the step that failed (keeping variables and earlier steps'
+-- outputs) or from the start. Returns the new execution's id.
+create or replace function conveyor.retry_execution(
+  p_tenant_id text,
+  p_execution_id bigint,
+  p_from_start boolean default false
+) returns bigint
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_old conveyor.executions;
+  v_entry text;
+  v_step text;
+  v_new bigint;
+begin
+  perform conveyor.require_tenant(p_tenant_id);
+  select * into v_old from conveyor.executions as x
+  where x.execution_id = p_execution_id and x.tenant_id = p_tenant_id;
+  if not found then
+    raise exception using errcode = '22023',
+      message = format('execution %s does not exist for tenant "%s"', p_execution_id, p_tenant_id);
+  end if;
+  if v_old.status not in ('failed', 'timed_out', 'cancelled') then
+    raise exception using errcode = '22023',
+      message = format('execution %s is %s; only failed, timed-out or cancelled executions can be retried',
+        p_execution_id, v_old.status);
+  end if;
+  select v.entry_step into v_entry from conveyor.workflow_versions as v
+  where v.workflow_id = v_old.workflow_id and v.version = v_old.version;
+  v_step := case when p_from_start then v_entry else coalesce(v_old.error ->> 'step', v_old.current_step, v_entry) end;
+
+  insert into conveyor.executions (
+    tenant_id, workflow_id, version, event_id, entity_type, entity_id, current_step, trigger, vars,
+    step_outputs, depth, timeout_at, retry_of
+  )
+  select v_old.tenant_id, v_old.workflow_id, v_old.version, v_old.event_id, v_old.entity_type, v_old.entity_id,
+    v_step, v_old.trigger,
+    case when p_from_start then '{}'::jsonb else v_old.vars end,
+    case when p_from_start then '{}'::jsonb else v_old.step_outputs - v_step end,
+    v_old.depth, now() + v.timeout, v_old.execution_id
+  from conveyor.workflow_versions as v
+  where v.workflow_id = v_old.workflow_id and v.version = v_old.version
+  returning execution_id into v_new;
+
+  insert into conveyor.execution_logs (tenant_id, execution_id, workflow_id, step_id, level, message, details)
+  values
+    (v_old.tenant_id, v_old.execution_id, v_old.workflow_id, v_step, 'info',
+      format('retried as execution %s from %s', v_new,
+        case when p_from_start then 'the start' else format('step "%s"', v_step) end),
+      jsonb_build_object('retried_as', v_new)),
+    (v_old.tenant_id, v_new, v_old.workflow_id, v_step, 'info',
+      format('retry of execution %s', v_old.execution_id), jsonb_build_object('retry_of', v_old.execution_id));
+
+  perform conveyor.record_started(array[v_new]);
+  perform conveyor.run_executions(array[v_new]);
+  return v_new;
+end;
+$$;
+
+revoke all on function conveyor.retry_execution(text, bigint, boolean) from public;
+grant execute on function conveyor.retry_execution(text, bigint, boolean) to conveyor_app, conveyor_service;
