@@ -58,8 +58,17 @@ parallel safe
 set search_path = ''
 as $$
 declare
-  v_left_number numeric := conveyor.json_number(p_left);
-  v_right_number numeric := conveyor.json_number(p_right);
+  -- conveyor.json_number, inlined: this is the hot path of every comparison
+  v_left_number numeric := case
+    when pg_catalog.jsonb_typeof(p_left) = 'number' then (p_left #>> '{}')::numeric
+    when pg_catalog.jsonb_typeof(p_left) = 'string' and (p_left #>> '{}') ~ '^\s*-?[0-9]+(\.[0-9]+)?\s*$'
+      then (p_left #>> '{}')::numeric
+  end;
+  v_right_number numeric := case
+    when pg_catalog.jsonb_typeof(p_right) = 'number' then (p_right #>> '{}')::numeric
+    when pg_catalog.jsonb_typeof(p_right) = 'string' and (p_right #>> '{}') ~ '^\s*-?[0-9]+(\.[0-9]+)?\s*$'
+      then (p_right #>> '{}')::numeric
+  end;
   v_left_ts timestamp;
   v_right_ts timestamp;
 begin
@@ -151,7 +160,11 @@ begin
       message = 'condition.field: required (a dotted path or one {{template}})',
       detail = pg_catalog.format('condition: %s', p_condition);
   end if;
-  v_right := coalesce(conveyor.render(p_condition -> 'value', p_context, 'condition.value'), 'null'::jsonb);
+  v_right := p_condition -> 'value';
+  if pg_catalog.strpos(v_right::text, '{{') > 0 then
+    v_right := conveyor.render(v_right, p_context, 'condition.value');
+  end if;
+  v_right := coalesce(v_right, 'null'::jsonb);
 
   if v_op in ('changed', 'changed_to', 'changed_from') then
     v_old := p_context #> (array['trigger', 'payload', 'old'] || pg_catalog.string_to_array(v_field, '.'));

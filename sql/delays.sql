@@ -13,7 +13,6 @@ set search_path = ''
 as $$
 declare
   v_ids bigint[];
-  v_id bigint;
 begin
   with due as (
     select e.execution_id, e.workflow_id, e.version, e.current_step, e.wait_kind
@@ -69,10 +68,10 @@ begin
   select array_agg(m.execution_id order by m.execution_id) into v_ids from moved as m;
 
   -- Each resumed execution runs on to its next stopping point (see run_executions).
-  foreach v_id in array coalesce(v_ids, '{}') loop
-    perform conveyor.advance_execution(v_id, p_now);
-  end loop;
-  perform conveyor.send_new_actions(coalesce(v_ids, '{}'));
+  if v_ids is not null then
+    perform conveyor.advance_executions(v_ids, p_now);
+    perform conveyor.send_new_actions(v_ids);
+  end if;
   return coalesce(cardinality(v_ids), 0);
 end;
 $$;
@@ -94,7 +93,6 @@ set search_path = ''
 as $$
 declare
   v_ids bigint[];
-  v_id bigint;
 begin
   with waiting as (
     select x.execution_id, x.tenant_id, x.workflow_id, x.version, x.current_step
@@ -156,10 +154,10 @@ begin
 
   select array_agg(mv.execution_id order by mv.execution_id) into v_ids from moved as mv;
 
-  foreach v_id in array coalesce(v_ids, '{}') loop
-    perform conveyor.advance_execution(v_id, now());
-  end loop;
-  perform conveyor.send_new_actions(coalesce(v_ids, '{}'));
+  if v_ids is not null then
+    perform conveyor.advance_executions(v_ids, now());
+    perform conveyor.send_new_actions(v_ids);
+  end if;
   return coalesce(cardinality(v_ids), 0);
 end;
 $$;

@@ -68,6 +68,9 @@ create or replace function conveyor.try_eval_condition(
 )
 language plpgsql
 stable
+-- strict: a subscription without a condition (null) skips the call (and its subtransaction)
+-- instead of evaluating and discarding it for every matched event
+strict
 set search_path = ''
 as $$
 begin
@@ -128,7 +131,13 @@ begin
     select distinct s.workflow_id
     from conveyor.events as e
     join conveyor.subscriptions as s
-      on s.match_key = any(conveyor.event_match_keys(e.event_type))
+      -- conveyor.event_match_keys, inlined (see the matched CTE below)
+      on s.match_key = any(array[
+        e.event_type,
+        split_part(e.event_type, '.', 1) || '.' || split_part(e.event_type, '.', 2) || '.*',
+        split_part(e.event_type, '.', 1) || '.*',
+        '*'
+      ])
       and s.tenant_id = e.tenant_id and s.active
     join conveyor.workflow_versions as v on v.workflow_id = s.workflow_id and v.version = s.version
     where e.event_id = any(v_events)
@@ -144,9 +153,30 @@ begin
       case when v.run_once_per_entity and e.entity_id is not null
         then coalesce(e.entity_type, '') || ':' || e.entity_id end as once_key
     from conveyor.events as e
-    cross join lateral (select conveyor.event_trigger_object(e) as trigger_object) as t
+    -- conveyor.event_trigger_object and conveyor.event_match_keys, inlined: functions with
+    -- their own search_path are not inlined by the planner, and this is the hot path
+    cross join lateral (
+      select
+        jsonb_build_object(
+          'event_id', e.event_id,
+          'event_type', e.event_type,
+          'source', e.source,
+          'entity_type', e.entity_type,
+          'entity_id', e.entity_id,
+          'payload', e.payload,
+          'changed_columns', to_jsonb(e.changed_columns),
+          'occurred_at', e.occurred_at,
+          'depth', e.depth
+        ) as trigger_object,
+        array[
+          e.event_type,
+          split_part(e.event_type, '.', 1) || '.' || split_part(e.event_type, '.', 2) || '.*',
+          split_part(e.event_type, '.', 1) || '.*',
+          '*'
+        ] as match_keys
+    ) as t
     join conveyor.subscriptions as s
-      on s.match_key = any(conveyor.event_match_keys(e.event_type))
+      on s.match_key = any(t.match_keys)
       and s.tenant_id = e.tenant_id and s.active
     join conveyor.workflow_versions as v on v.workflow_id = s.workflow_id and v.version = s.version
     left join lateral conveyor.try_eval_condition(

@@ -7,6 +7,13 @@
 -- Executions, step_runs and stats change in the transaction of their cause (dispatch,
 -- write-back, resume), so a crash at any instant loses nothing.
 --
+-- Performance (advance_executions): a batch of executions is interpreted in one call; the
+-- graph rows are read once per batch, the template context is built once per execution
+-- (steps / vars are refreshed only before steps whose config names them), and step_runs,
+-- executions and completed-execution stats are written with one set-based statement each
+-- at the end of the batch. Only steps with side effects (emit, data) write while running,
+-- inside their own subtransaction. A pure step's exception block costs no XID.
+--
 -- Dry-run mode (transaction-local setting conveyor.dry_run = on, set by conveyor.dry_run):
 -- actions are recorded as "would send" and continue with a null output, delays continue
 -- without waiting, waits for events follow their timeout branch.
@@ -371,20 +378,51 @@ begin
 end;
 $$;
 
--- Runs one execution (the caller holds its row lock) from current_step until it waits or
--- ends. Returns the execution's status. p_now is the interpreter's clock for scheduling
--- decisions (delays, {{now}}), so resume_due(p_now) is testable without sleeping.
--- An action it reaches is left as a queued step_run without a message: the caller sends
--- those in one batch with conveyor.send_new_actions.
-create or replace function conveyor.advance_execution(p_execution_id bigint, p_now timestamptz default now())
-returns text
+-- Runs executions (the caller holds their row locks) from current_step until each waits
+-- or ends. p_now is the interpreter's clock for scheduling decisions (delays, {{now}}), so
+-- resume_due(p_now) is testable without sleeping. Executions not pending or running are
+-- left alone. An action it reaches is left as a queued step_run without a message: the
+-- caller sends those in one batch with conveyor.send_new_actions.
+--
+-- The work is sequential per execution (each walks its own graph), but the writes are
+-- set-based: step_runs, the executions' new state and the stats of completed executions
+-- are collected in arrays and written with one statement each at the end. Steps only
+-- read the database (the graph, earlier visits of resumed executions), so deferring the
+-- writes changes nothing they see. Steps with side effects (emit, data) still write
+-- immediately inside their own subtransaction.
+create or replace function conveyor.advance_executions(p_execution_ids bigint[], p_now timestamptz default now())
+returns void
 language plpgsql
 security definer
 set search_path = ''
+-- The set-based statements over unnest(array) get default row estimates; JIT would cost
+-- far more than the statements.
+set jit = off
 as $$
 declare
   v_exec conveyor.executions;
   v_step conveyor.workflow_steps;
+  v_runs conveyor.step_runs[] := '{}';
+  v_nruns integer := 0;
+  v_execs conveyor.executions[] := '{}';
+  v_nexecs integer := 0;
+  v_finals text[] := '{}';
+  v_final_errors jsonb[] := '{}';
+  v_final_ids bigint[] := '{}';
+  -- caches for the batch: graph rows by "workflow:version:step", max_steps by
+  -- "workflow:version", the tenant object by tenant id
+  v_steps conveyor.workflow_steps[] := '{}';
+  v_steps_use_state boolean[] := '{}';
+  v_uses_state boolean;
+  v_ctx_stale boolean;
+  v_step_index jsonb := '{}';
+  v_step_key text;
+  v_step_pos integer;
+  v_max_steps_by jsonb := '{}';
+  v_tenants jsonb := '{}';
+  v_visits jsonb;
+  v_now_text text := p_now::text;
+  v_fresh boolean;
   v_max_steps integer;
   v_tenant jsonb;
   v_dry boolean := coalesce(pg_catalog.current_setting('conveyor.dry_run', true), '') = 'on';
@@ -409,58 +447,37 @@ declare
   v_detail text;
   v_hint text;
   v_state text;
+  v_i integer;
 begin
-  select e.* into v_exec from conveyor.executions as e where e.execution_id = p_execution_id;
-  if not found or v_exec.status not in ('pending', 'running') then
-    return v_exec.status;
+  if coalesce(pg_catalog.cardinality(p_execution_ids), 0) = 0 then
+    return;
   end if;
-  select v.max_steps into v_max_steps
-  from conveyor.workflow_versions as v
-  where v.workflow_id = v_exec.workflow_id and v.version = v_exec.version;
-  select jsonb_build_object('id', t.tenant_id, 'name', t.name, 'timezone', t.timezone) into v_tenant
-  from conveyor.tenants as t
-  where t.tenant_id = v_exec.tenant_id;
-
-  -- (the 'started' counter of workflow_stats is dispatch's: conveyor.record_started)
-  v_exec.started_at := coalesce(v_exec.started_at, now());
-  v_exec.status := 'running';
-
+  for v_exec in
+    select e.*
+    from conveyor.executions as e
+    where e.execution_id = any(p_execution_ids) and e.status in ('pending', 'running')
+    order by e.execution_id
   loop
-    if v_exec.current_step is null then
-      v_final := 'completed';
-      exit;
+    v_key := v_exec.workflow_id || ':' || v_exec.version;
+    if v_max_steps_by ? v_key then
+      v_max_steps := (v_max_steps_by ->> v_key)::integer;
+    else
+      select v.max_steps into v_max_steps
+      from conveyor.workflow_versions as v
+      where v.workflow_id = v_exec.workflow_id and v.version = v_exec.version;
+      v_max_steps_by := v_max_steps_by || jsonb_build_object(v_key, v_max_steps);
     end if;
-    if v_exec.steps_run >= v_max_steps then
-      v_final := 'failed';
-      v_error := jsonb_build_object(
-        'step', v_exec.current_step,
-        'message', format(
-          'step budget exceeded: %s steps run (max_steps %s of workflow %s version %s); stopped before step "%s"',
-          v_exec.steps_run, v_max_steps, v_exec.workflow_id, v_exec.version, v_exec.current_step
-        ),
-        'detail', 'a loop in the step graph? raise settings.max_steps if the workflow really needs more steps'
-      );
-      exit;
-    end if;
-    select s.* into v_step
-    from conveyor.workflow_steps as s
-    where s.workflow_id = v_exec.workflow_id and s.version = v_exec.version and s.step_id = v_exec.current_step;
-    if not found then
-      v_final := 'failed';
-      v_error := jsonb_build_object(
-        'step', v_exec.current_step,
-        'message', format(
-          'step "%s" does not exist in workflow %s version %s', v_exec.current_step, v_exec.workflow_id,
-          v_exec.version
-        )
-      );
-      exit;
+    v_tenant := v_tenants -> v_exec.tenant_id;
+    if v_tenant is null then
+      select jsonb_build_object('id', t.tenant_id, 'name', t.name, 'timezone', t.timezone) into v_tenant
+      from conveyor.tenants as t
+      where t.tenant_id = v_exec.tenant_id;
+      v_tenants := v_tenants || jsonb_build_object(v_exec.tenant_id, v_tenant);
     end if;
 
-    v_exec.steps_run := v_exec.steps_run + 1;
-    select coalesce(max(r.visit), 0) + 1 into v_visit
-    from conveyor.step_runs as r
-    where r.execution_id = v_exec.execution_id and r.step_id = v_step.step_id;
+    -- (the 'started' counter of workflow_stats is dispatch's: conveyor.record_started)
+    v_exec.started_at := coalesce(v_exec.started_at, now());
+    v_exec.status := 'running';
     v_ctx := jsonb_build_object(
       'trigger', v_exec.trigger,
       'steps', v_exec.step_outputs,
@@ -470,229 +487,382 @@ begin
         'started_at', v_exec.started_at
       ),
       'tenant', v_tenant,
-      'now', p_now::text
+      'now', v_now_text
     );
-    v_spec := conveyor.step_spec(v_step.kind, v_step.config);
-    v_where := format('step "%s"', v_step.step_id);
-    v_started := pg_catalog.clock_timestamp();
-    v_input := null;
-    v_output := null;
-    v_next := v_step.next_step;
-    v_wait := null;
-    v_resume := null;
-    v_new_vars := null;
+    v_ctx_stale := false;
+    v_final := null;
     v_error := null;
+    -- visits of this call; an execution that has run no step yet has no earlier step_runs
+    v_visits := '{}';
+    v_fresh := v_exec.steps_run = 0;
 
-    begin
-      case v_step.kind
-        when 'condition' then
-          v_input := v_spec;
-          v_target := case when conveyor.eval_condition(v_spec, v_ctx) then 'then' else 'else' end;
-          v_next := case when v_step.branches ? v_target then v_step.branches ->> v_target else v_step.next_step end;
-          v_output := jsonb_build_object('result', v_target = 'then', 'branch', v_target);
-        when 'switch' then
-          select (c.n - 1)::integer, c.item ->> 'goto'
-          into v_case, v_target
-          from jsonb_array_elements(coalesce(v_step.branches -> 'cases', v_spec -> 'switch', '[]')) with ordinality
-            as c (item, n)
-          where conveyor.eval_condition(c.item -> 'when', v_ctx)
-          order by c.n
-          limit 1;
-          if found then
-            v_next := v_target;
-            v_output := jsonb_build_object('case', v_case, 'branch', format('cases[%s]', v_case));
-          else
-            v_next := case
-              when v_step.branches ? 'default' then v_step.branches ->> 'default'
-              else v_step.next_step
-            end;
-            v_output := jsonb_build_object('case', null, 'branch', 'default');
-          end if;
-        when 'set_variable' then
-          v_input := conveyor.render(v_spec, v_ctx, v_where || '.set');
-          if jsonb_typeof(v_input) is distinct from 'object' then
-            raise exception using errcode = '22023', message = format('%s.set: expected an object', v_where);
-          end if;
-          v_output := v_input;
-          v_new_vars := v_input;
-        when 'transform' then
-          v_input := v_spec;
-          v_output := jsonb_build_object(
-            'value', conveyor.transform_value(v_spec, v_ctx, v_where || '.transform')
-          );
-          if v_spec ? 'into' then
-            v_new_vars := jsonb_build_object(v_spec ->> 'into', v_output -> 'value');
-          end if;
-        when 'stop' then
-          v_input := conveyor.render(coalesce(v_spec, '{}'), v_ctx, v_where || '.stop');
-          v_output := jsonb_build_object(
-            'status', coalesce(v_input ->> 'status', 'completed'), 'reason', v_input -> 'reason'
-          );
-          v_next := null;
-        when 'emit' then
-          v_input := conveyor.render(v_spec, v_ctx, v_where || '.emit');
-          insert into conveyor.events (
-            tenant_id, event_type, source, entity_type, entity_id, payload, depth, caused_by_execution_id
-          )
-          values (
-            v_exec.tenant_id, v_input ->> 'event', 'workflow', v_input ->> 'entity_type',
-            v_input ->> 'entity_id', coalesce(v_input -> 'payload', '{}'), v_exec.depth + 1,
-            v_exec.execution_id
-          )
-          returning event_id into v_event_id;
-          perform pg_catalog.pg_notify('conveyor_wakeup', 'event');
-          v_output := jsonb_build_object('event_id', v_event_id, 'event_type', v_input ->> 'event');
-        when 'data' then
-          v_input := conveyor.render(v_spec, v_ctx, v_where || '.data');
-          if not v_input ? 'op' then
-            v_input := v_input || jsonb_build_object('op', pg_catalog.split_part(v_step.action_type, '.', 2));
-          end if;
-          v_output := conveyor.data_step(v_exec.tenant_id, v_input, v_where || '.data');
-        when 'delay' then
-          v_input := conveyor.render(v_spec, v_ctx, v_where || '.delay');
-          v_resume := p_now;
-          if v_input ? 'for' then
-            v_resume := v_resume + conveyor.parse_duration(v_input ->> 'for');
-          end if;
-          if v_input ? 'until' then
-            v_resume := (v_input ->> 'until')::timestamptz;
-          end if;
-          if v_input ? 'window' then
-            v_resume := conveyor.next_window_start(v_resume, v_input -> 'window');
-          end if;
-          v_output := jsonb_build_object('resume_at', v_resume, 'waited', v_resume > p_now);
-          if v_resume > p_now then
-            v_wait := 'delay';
-          else
-            v_resume := null;
-          end if;
-        when 'wait_for_event' then
-          v_input := conveyor.render(v_spec, v_ctx, v_where || '.wait_for_event');
-          if v_input ? 'timeout' then
-            v_resume := p_now + conveyor.parse_duration(v_input ->> 'timeout');
-          end if;
-          v_output := jsonb_build_object('timeout_at', v_resume);
-          v_wait := 'event';
-        when 'action' then
-          v_input := conveyor.render(coalesce(v_spec -> 'with', '{}'), v_ctx, v_where || '.with');
-          v_wait := 'action';
-      end case;
-    exception when others then
-      get stacked diagnostics
-        v_msg = message_text, v_detail = pg_exception_detail, v_hint = pg_exception_hint, v_state = returned_sqlstate;
-      v_error := jsonb_build_object(
-        'step', v_step.step_id, 'message', v_msg, 'detail', nullif(v_detail, ''), 'hint', nullif(v_hint, ''),
-        'sqlstate', v_state
-      );
-    end;
-
-    if v_error is not null then
-      -- The step failed; its effects were rolled back with its subtransaction.
-      -- 'retry' is for external actions: an internal step that fails is final like 'fail'.
-      v_next := case v_step.on_error when 'continue' then v_step.next_step when 'goto' then v_step.error_step end;
-      insert into conveyor.step_runs (
-        execution_id, tenant_id, step_id, visit, status, input, error, next_step, started_at, finished_at
-      )
-      values (
-        v_exec.execution_id, v_exec.tenant_id, v_step.step_id, v_visit, 'failed', v_input, v_error, v_next,
-        v_started, pg_catalog.clock_timestamp()
-      );
-      if v_step.on_error in ('continue', 'goto') then
-        insert into conveyor.execution_logs (tenant_id, execution_id, workflow_id, step_id, level, message, details)
-        values (
-          v_exec.tenant_id, v_exec.execution_id, v_exec.workflow_id, v_step.step_id, 'warning',
-          format(
-            'step "%s" failed (%s); on_error %s → %s', v_step.step_id, v_error ->> 'message', v_step.on_error,
-            coalesce('"' || v_next || '"', 'end')
-          ),
-          v_error
-        );
-        v_exec.step_outputs := v_exec.step_outputs
-          || jsonb_build_object(v_step.step_id, jsonb_build_object('output', null, 'error', v_error));
-        v_exec.current_step := v_next;
-        continue;
+    loop
+      if v_exec.current_step is null then
+        v_final := 'completed';
+        exit;
       end if;
-      v_final := 'failed';
-      exit;
-    end if;
-
-    if v_wait = 'action' and not v_dry then
-      v_key := format('%s:%s:%s', v_exec.execution_id, v_step.step_id, v_visit);
-      insert into conveyor.step_runs (
-        execution_id, tenant_id, step_id, visit, attempt, status, input, idempotency_key, started_at
-      )
-      values (
-        v_exec.execution_id, v_exec.tenant_id, v_step.step_id, v_visit, 1, 'queued', v_input, v_key, v_started
-      );
-      -- the message is sent by the caller, batched with other executions' (send_new_actions)
-      v_exec.status := 'waiting';
-      v_exec.wait_kind := 'action';
-      v_exec.resume_at := null;
-      exit;
-    end if;
-
-    if v_wait in ('delay', 'event') and not v_dry then
-      insert into conveyor.step_runs (execution_id, tenant_id, step_id, visit, status, input, output, started_at)
-      values (v_exec.execution_id, v_exec.tenant_id, v_step.step_id, v_visit, 'running', v_input, v_output, v_started);
-      v_exec.status := 'waiting';
-      v_exec.wait_kind := v_wait;
-      v_exec.resume_at := v_resume;
-      exit;
-    end if;
-
-    if v_wait = 'event' then
-      -- dry run: no event will come; follow the timeout branch
-      v_next := case when v_step.branches ? 'timeout' then v_step.branches ->> 'timeout' else v_step.next_step end;
-      v_output := v_output || '{"timed_out": true, "event": null}';
-    end if;
-    if v_wait = 'action' then
-      v_key := format('%s:%s:%s', v_exec.execution_id, v_step.step_id, v_visit);
-    else
-      v_key := null;
-    end if;
-
-    insert into conveyor.step_runs (
-      execution_id, tenant_id, step_id, visit, status, input, output, idempotency_key, next_step, started_at,
-      finished_at
-    )
-    values (
-      v_exec.execution_id, v_exec.tenant_id, v_step.step_id, v_visit, 'completed', v_input, v_output, v_key,
-      v_next, v_started, pg_catalog.clock_timestamp()
-    );
-    v_exec.step_outputs := v_exec.step_outputs || jsonb_build_object(v_step.step_id, jsonb_build_object('output', v_output));
-    if v_new_vars is not null then
-      v_exec.vars := v_exec.vars || v_new_vars;
-    end if;
-    if v_step.kind = 'stop' then
-      v_final := v_output ->> 'status';
-      if v_final = 'failed' then
+      if v_exec.steps_run >= v_max_steps then
+        v_final := 'failed';
         v_error := jsonb_build_object(
-          'step', v_step.step_id,
-          'message', coalesce(v_output ->> 'reason', format('stopped by step "%s"', v_step.step_id))
+          'step', v_exec.current_step,
+          'message', format(
+            'step budget exceeded: %s steps run (max_steps %s of workflow %s version %s); stopped before step "%s"',
+            v_exec.steps_run, v_max_steps, v_exec.workflow_id, v_exec.version, v_exec.current_step
+          ),
+          'detail', 'a loop in the step graph? raise settings.max_steps if the workflow really needs more steps'
         );
+        exit;
       end if;
-      exit;
+      v_step_key := v_key || ':' || v_exec.current_step;
+      v_step_pos := (v_step_index ->> v_step_key)::integer;
+      if v_step_pos is not null then
+        v_step := v_steps[v_step_pos];
+        v_uses_state := v_steps_use_state[v_step_pos];
+      else
+        select s.* into v_step
+        from conveyor.workflow_steps as s
+        where s.workflow_id = v_exec.workflow_id and s.version = v_exec.version and s.step_id = v_exec.current_step;
+        if not found then
+          v_final := 'failed';
+          v_error := jsonb_build_object(
+            'step', v_exec.current_step,
+            'message', format(
+              'step "%s" does not exist in workflow %s version %s', v_exec.current_step, v_exec.workflow_id,
+              v_exec.version
+            )
+          );
+          exit;
+        end if;
+        v_step_pos := pg_catalog.cardinality(v_steps) + 1;
+        v_steps[v_step_pos] := v_step;
+        -- whether the step can read {{steps...}} / {{vars...}} (every reference names its root)
+        v_uses_state := pg_catalog.strpos(coalesce(v_step.config::text, '') || coalesce(v_step.branches::text, ''), 'steps') > 0
+          or pg_catalog.strpos(coalesce(v_step.config::text, '') || coalesce(v_step.branches::text, ''), 'vars') > 0;
+        v_steps_use_state[v_step_pos] := v_uses_state;
+        v_step_index := v_step_index || jsonb_build_object(v_step_key, v_step_pos);
+      end if;
+
+      v_exec.steps_run := v_exec.steps_run + 1;
+      v_visit := (v_visits ->> v_step.step_id)::integer;
+      if v_visit is null and not v_fresh then
+        select max(r.visit) into v_visit
+        from conveyor.step_runs as r
+        where r.execution_id = v_exec.execution_id and r.step_id = v_step.step_id;
+      end if;
+      v_visit := coalesce(v_visit, 0) + 1;
+      v_visits := v_visits || jsonb_build_object(v_step.step_id, v_visit);
+      -- only steps and vars change between steps, and only steps that refer to them need
+      -- them current; || copies the other members as they are
+      if v_uses_state and v_ctx_stale then
+        v_ctx := v_ctx || jsonb_build_object('steps', v_exec.step_outputs, 'vars', v_exec.vars);
+        v_ctx_stale := false;
+      end if;
+      -- conveyor.step_spec, inlined: this is the hot path
+      v_spec := case
+        when v_step.kind = 'condition' and v_step.config ? 'if' then v_step.config -> 'if'
+        when v_step.kind = 'set_variable' and v_step.config ? 'set' then v_step.config -> 'set'
+        when v_step.kind in ('transform', 'stop', 'emit', 'data', 'delay', 'wait_for_event')
+          and v_step.config ? v_step.kind then v_step.config -> v_step.kind
+        else v_step.config
+      end;
+      v_where := 'step "' || v_step.step_id || '"';
+      v_started := pg_catalog.clock_timestamp();
+      v_input := null;
+      v_output := null;
+      v_next := v_step.next_step;
+      v_wait := null;
+      v_resume := null;
+      v_new_vars := null;
+      v_error := null;
+
+      begin
+        case v_step.kind
+          when 'condition' then
+            v_input := v_spec;
+            -- a single leaf goes straight to eval_condition_leaf (what eval_condition would do)
+            v_target := case
+              when (case
+                when jsonb_typeof(v_spec) = 'object' and not v_spec ?| array['all', 'any', 'not']
+                  then conveyor.eval_condition_leaf(v_spec, v_ctx)
+                else conveyor.eval_condition(v_spec, v_ctx)
+              end) then 'then'
+              else 'else'
+            end;
+            v_next := case when v_step.branches ? v_target then v_step.branches ->> v_target else v_step.next_step end;
+            v_output := jsonb_build_object('result', v_target = 'then', 'branch', v_target);
+          when 'switch' then
+            select (c.n - 1)::integer, c.item ->> 'goto'
+            into v_case, v_target
+            from jsonb_array_elements(coalesce(v_step.branches -> 'cases', v_spec -> 'switch', '[]')) with ordinality
+              as c (item, n)
+            where conveyor.eval_condition(c.item -> 'when', v_ctx)
+            order by c.n
+            limit 1;
+            if found then
+              v_next := v_target;
+              v_output := jsonb_build_object('case', v_case, 'branch', format('cases[%s]', v_case));
+            else
+              v_next := case
+                when v_step.branches ? 'default' then v_step.branches ->> 'default'
+                else v_step.next_step
+              end;
+              v_output := jsonb_build_object('case', null, 'branch', 'default');
+            end if;
+          when 'set_variable' then
+            v_input := conveyor.render(v_spec, v_ctx, v_where || '.set');
+            if jsonb_typeof(v_input) is distinct from 'object' then
+              raise exception using errcode = '22023', message = format('%s.set: expected an object', v_where);
+            end if;
+            v_output := v_input;
+            v_new_vars := v_input;
+          when 'transform' then
+            v_input := v_spec;
+            -- a render of one string goes straight to render_string (what transform_value would do)
+            v_output := jsonb_build_object(
+              'value', case
+                when v_spec ->> 'op' = 'render' and jsonb_typeof(v_spec -> 'template') = 'string'
+                  then conveyor.render_string(v_spec ->> 'template', v_ctx, v_where || '.transform.template')
+                else conveyor.transform_value(v_spec, v_ctx, v_where || '.transform')
+              end
+            );
+            if v_spec ? 'into' then
+              v_new_vars := jsonb_build_object(v_spec ->> 'into', v_output -> 'value');
+            end if;
+          when 'stop' then
+            v_input := conveyor.render(coalesce(v_spec, '{}'), v_ctx, v_where || '.stop');
+            v_output := jsonb_build_object(
+              'status', coalesce(v_input ->> 'status', 'completed'), 'reason', v_input -> 'reason'
+            );
+            v_next := null;
+          when 'emit' then
+            v_input := conveyor.render(v_spec, v_ctx, v_where || '.emit');
+            insert into conveyor.events (
+              tenant_id, event_type, source, entity_type, entity_id, payload, depth, caused_by_execution_id
+            )
+            values (
+              v_exec.tenant_id, v_input ->> 'event', 'workflow', v_input ->> 'entity_type',
+              v_input ->> 'entity_id', coalesce(v_input -> 'payload', '{}'), v_exec.depth + 1,
+              v_exec.execution_id
+            )
+            returning event_id into v_event_id;
+            perform pg_catalog.pg_notify('conveyor_wakeup', 'event');
+            v_output := jsonb_build_object('event_id', v_event_id, 'event_type', v_input ->> 'event');
+          when 'data' then
+            v_input := conveyor.render(v_spec, v_ctx, v_where || '.data');
+            if not v_input ? 'op' then
+              v_input := v_input || jsonb_build_object('op', pg_catalog.split_part(v_step.action_type, '.', 2));
+            end if;
+            v_output := conveyor.data_step(v_exec.tenant_id, v_input, v_where || '.data');
+          when 'delay' then
+            v_input := conveyor.render(v_spec, v_ctx, v_where || '.delay');
+            v_resume := p_now;
+            if v_input ? 'for' then
+              v_resume := v_resume + conveyor.parse_duration(v_input ->> 'for');
+            end if;
+            if v_input ? 'until' then
+              v_resume := (v_input ->> 'until')::timestamptz;
+            end if;
+            if v_input ? 'window' then
+              v_resume := conveyor.next_window_start(v_resume, v_input -> 'window');
+            end if;
+            v_output := jsonb_build_object('resume_at', v_resume, 'waited', v_resume > p_now);
+            if v_resume > p_now then
+              v_wait := 'delay';
+            else
+              v_resume := null;
+            end if;
+          when 'wait_for_event' then
+            v_input := conveyor.render(v_spec, v_ctx, v_where || '.wait_for_event');
+            if v_input ? 'timeout' then
+              v_resume := p_now + conveyor.parse_duration(v_input ->> 'timeout');
+            end if;
+            v_output := jsonb_build_object('timeout_at', v_resume);
+            v_wait := 'event';
+          when 'action' then
+            v_input := conveyor.render(coalesce(v_spec -> 'with', '{}'), v_ctx, v_where || '.with');
+            v_wait := 'action';
+        end case;
+      exception when others then
+        get stacked diagnostics
+          v_msg = message_text, v_detail = pg_exception_detail, v_hint = pg_exception_hint, v_state = returned_sqlstate;
+        v_error := jsonb_build_object(
+          'step', v_step.step_id, 'message', v_msg, 'detail', nullif(v_detail, ''), 'hint', nullif(v_hint, ''),
+          'sqlstate', v_state
+        );
+      end;
+
+      -- step_runs rows are built positionally (one statement each: this is the hot path):
+      -- (step_run_id, execution_id, tenant_id, step_id, visit, attempt, status, input, output,
+      -- error, idempotency_key, msg_id, next_step, started_at, finished_at)
+      if v_error is not null then
+        -- The step failed; its effects were rolled back with its subtransaction.
+        -- 'retry' is for external actions: an internal step that fails is final like 'fail'.
+        v_next := case v_step.on_error when 'continue' then v_step.next_step when 'goto' then v_step.error_step end;
+        v_nruns := v_nruns + 1;
+        v_runs[v_nruns] := row(
+          null, v_exec.execution_id, v_exec.tenant_id, v_step.step_id, v_visit, 1, 'failed', v_input, null,
+          v_error, null, null, v_next, v_started, pg_catalog.clock_timestamp()
+        )::conveyor.step_runs;
+        if v_step.on_error in ('continue', 'goto') then
+          insert into conveyor.execution_logs (tenant_id, execution_id, workflow_id, step_id, level, message, details)
+          values (
+            v_exec.tenant_id, v_exec.execution_id, v_exec.workflow_id, v_step.step_id, 'warning',
+            format(
+              'step "%s" failed (%s); on_error %s → %s', v_step.step_id, v_error ->> 'message', v_step.on_error,
+              coalesce('"' || v_next || '"', 'end')
+            ),
+            v_error
+          );
+          v_exec.step_outputs := v_exec.step_outputs
+            || jsonb_build_object(v_step.step_id, jsonb_build_object('output', null, 'error', v_error));
+          v_ctx_stale := true;
+          v_exec.current_step := v_next;
+          continue;
+        end if;
+        v_final := 'failed';
+        exit;
+      end if;
+
+      if v_wait = 'action' and not v_dry then
+        v_nruns := v_nruns + 1;
+        v_runs[v_nruns] := row(
+          null, v_exec.execution_id, v_exec.tenant_id, v_step.step_id, v_visit, 1, 'queued', v_input, null,
+          null, format('%s:%s:%s', v_exec.execution_id, v_step.step_id, v_visit), null, null, v_started, null
+        )::conveyor.step_runs;
+        -- the message is sent by the caller, batched with other executions' (send_new_actions)
+        v_exec.status := 'waiting';
+        v_exec.wait_kind := 'action';
+        v_exec.resume_at := null;
+        exit;
+      end if;
+
+      if v_wait in ('delay', 'event') and not v_dry then
+        v_nruns := v_nruns + 1;
+        v_runs[v_nruns] := row(
+          null, v_exec.execution_id, v_exec.tenant_id, v_step.step_id, v_visit, 1, 'running', v_input, v_output,
+          null, null, null, null, v_started, null
+        )::conveyor.step_runs;
+        v_exec.status := 'waiting';
+        v_exec.wait_kind := v_wait;
+        v_exec.resume_at := v_resume;
+        exit;
+      end if;
+
+      if v_wait = 'event' then
+        -- dry run: no event will come; follow the timeout branch
+        v_next := case when v_step.branches ? 'timeout' then v_step.branches ->> 'timeout' else v_step.next_step end;
+        v_output := v_output || '{"timed_out": true, "event": null}';
+      end if;
+      v_nruns := v_nruns + 1;
+      v_runs[v_nruns] := row(
+        null, v_exec.execution_id, v_exec.tenant_id, v_step.step_id, v_visit, 1, 'completed', v_input, v_output,
+        null, case when v_wait = 'action' then format('%s:%s:%s', v_exec.execution_id, v_step.step_id, v_visit) end,
+        null, v_next, v_started, pg_catalog.clock_timestamp()
+      )::conveyor.step_runs;
+      v_exec.step_outputs := v_exec.step_outputs
+        || jsonb_build_object(v_step.step_id, jsonb_build_object('output', v_output));
+      v_ctx_stale := true;
+      if v_new_vars is not null then
+        v_exec.vars := v_exec.vars || v_new_vars;
+      end if;
+      if v_step.kind = 'stop' then
+        v_final := v_output ->> 'status';
+        if v_final = 'failed' then
+          v_error := jsonb_build_object(
+            'step', v_step.step_id,
+            'message', coalesce(v_output ->> 'reason', format('stopped by step "%s"', v_step.step_id))
+          );
+        end if;
+        exit;
+      end if;
+      v_exec.current_step := v_next;
+    end loop;
+
+    if v_final = 'completed' then
+      -- what conveyor.finish_execution does, done in the batch's writes below
+      v_exec.status := 'completed';
+      v_exec.error := coalesce(v_error, v_exec.error);
+      v_exec.wait_kind := null;
+      v_exec.resume_at := null;
+      v_exec.finished_at := greatest(now(), v_exec.started_at);
+    elsif v_final is not null then
+      v_i := pg_catalog.cardinality(v_final_ids) + 1;
+      v_final_ids[v_i] := v_exec.execution_id;
+      v_finals[v_i] := v_final;
+      v_final_errors[v_i] := v_error;
     end if;
-    v_exec.current_step := v_next;
+    v_nexecs := v_nexecs + 1;
+    v_execs[v_nexecs] := v_exec;
   end loop;
 
+  if v_nruns > 0 then
+    insert into conveyor.step_runs (
+      execution_id, tenant_id, step_id, visit, attempt, status, input, output, error, idempotency_key,
+      next_step, started_at, finished_at
+    )
+    select
+      r.execution_id, r.tenant_id, r.step_id, r.visit, r.attempt, r.status, r.input, r.output, r.error,
+      r.idempotency_key, r.next_step, r.started_at, r.finished_at
+    from unnest(v_runs) with ordinality as r
+    order by r.ordinality;
+  end if;
+
+  if v_nexecs = 0 then
+    return;
+  end if;
   update conveyor.executions as e
   set
-    status = v_exec.status,
-    current_step = v_exec.current_step,
-    wait_kind = v_exec.wait_kind,
-    resume_at = v_exec.resume_at,
-    vars = v_exec.vars,
-    step_outputs = v_exec.step_outputs,
-    steps_run = v_exec.steps_run,
-    started_at = v_exec.started_at
-  where e.execution_id = v_exec.execution_id;
+    status = x.status,
+    current_step = x.current_step,
+    wait_kind = x.wait_kind,
+    resume_at = x.resume_at,
+    vars = x.vars,
+    step_outputs = x.step_outputs,
+    steps_run = x.steps_run,
+    started_at = x.started_at,
+    finished_at = x.finished_at,
+    error = x.error
+  from unnest(v_execs) as x
+  where e.execution_id = x.execution_id;
 
-  if v_final is not null then
-    perform conveyor.finish_execution(v_exec.execution_id, v_final, v_error);
-    return v_final;
-  end if;
-  return v_exec.status;
+  -- the sharded stats of the executions that completed here (see finish_execution)
+  insert into conveyor.workflow_stats as s (
+    workflow_id, shard, tenant_id, completed, total_duration_ms, last_run_at
+  )
+  select
+    x.workflow_id, (x.execution_id % 16)::smallint, x.tenant_id, count(*),
+    sum((extract(epoch from x.finished_at - x.started_at) * 1000)::bigint), max(x.finished_at)
+  from unnest(v_execs) as x
+  where x.status = 'completed'
+  group by x.workflow_id, (x.execution_id % 16)::smallint, x.tenant_id
+  order by 1, 2
+  on conflict (workflow_id, shard) do update
+    set
+      completed = s.completed + excluded.completed,
+      total_duration_ms = s.total_duration_ms + excluded.total_duration_ms,
+      last_run_at = greatest(s.last_run_at, excluded.last_run_at);
+
+  -- other final statuses (failed, cancelled by a stop step) also write an operator log line
+  for v_i in 1 .. pg_catalog.cardinality(v_final_ids) loop
+    perform conveyor.finish_execution(v_final_ids[v_i], v_finals[v_i], v_final_errors[v_i]);
+  end loop;
+end;
+$$;
+
+-- Runs one execution (the caller holds its row lock) from current_step until it waits or
+-- ends (see advance_executions). Returns the execution's status afterwards.
+create or replace function conveyor.advance_execution(p_execution_id bigint, p_now timestamptz default now())
+returns text
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_status text;
+begin
+  perform conveyor.advance_executions(array[p_execution_id], p_now);
+  select e.status into v_status from conveyor.executions as e where e.execution_id = p_execution_id;
+  return v_status;
 end;
 $$;
 
@@ -703,23 +873,23 @@ security definer
 set search_path = ''
 as $$
 declare
-  v_id bigint;
-  v_ids bigint[] := array[]::bigint[];
+  v_ids bigint[];
 begin
-  -- A row loop over executions, on purpose: each execution walks its own graph to its own
-  -- stopping point (action, delay, end), which is sequential work per execution. The rows
-  -- are locked skip-locked, so concurrent callers take disjoint executions.
-  for v_id in
+  -- Each execution walks its own graph to its own stopping point (action, delay, end);
+  -- advance_executions does that for the batch with set-based writes. The rows are locked
+  -- skip-locked, so concurrent callers take disjoint executions.
+  select coalesce(array_agg(l.execution_id order by l.execution_id), '{}') into v_ids
+  from (
     select e.execution_id
     from conveyor.executions as e
     where e.execution_id = any(p_execution_ids) and e.status in ('pending', 'running')
     order by e.execution_id
     for update skip locked
-  loop
-    perform conveyor.advance_execution(v_id, now());
-    v_ids := v_ids || v_id;
-  end loop;
-  perform conveyor.send_new_actions(v_ids);
+  ) as l;
+  if cardinality(v_ids) > 0 then
+    perform conveyor.advance_executions(v_ids, now());
+    perform conveyor.send_new_actions(v_ids);
+  end if;
   return cardinality(v_ids);
 end;
 $$;
@@ -918,11 +1088,13 @@ $$;
 revoke all on function conveyor.finish_execution(bigint, text, jsonb) from public;
 revoke all on function conveyor.data_step(text, jsonb, text) from public;
 revoke all on function conveyor.advance_execution(bigint, timestamptz) from public;
+revoke all on function conveyor.advance_executions(bigint[], timestamptz) from public;
 revoke all on function conveyor.run_executions(bigint[]) from public;
 revoke all on function conveyor.abort_execution(bigint, text, jsonb) from public;
 grant execute on function conveyor.abort_execution(bigint, text, jsonb) to conveyor_service;
 grant execute on function conveyor.finish_execution(bigint, text, jsonb) to conveyor_service;
 grant execute on function conveyor.advance_execution(bigint, timestamptz) to conveyor_service;
+grant execute on function conveyor.advance_executions(bigint[], timestamptz) to conveyor_service;
 grant execute on function conveyor.run_executions(bigint[]) to conveyor_service;
 grant execute on function conveyor.cancel_execution(text, bigint, text) to conveyor_app, conveyor_service;
 grant execute on function conveyor.dry_run(text, jsonb, jsonb) to conveyor_app, conveyor_service;

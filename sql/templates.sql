@@ -291,10 +291,13 @@ declare
 begin
   if pg_catalog.strpos(p_expr, '|') = 0 and pg_catalog.btrim(p_expr) ~ '^[^\s.{}]+(\.[^\s.{}]+)*$' then
     -- fast path: a plain path without filters
-    v_parsed := pg_catalog.jsonb_build_object('path_text', pg_catalog.btrim(p_expr), 'filters', '[]'::jsonb);
-  else
-    v_parsed := conveyor.template_parse(p_expr);
+    v_path := pg_catalog.string_to_array(pg_catalog.btrim(p_expr), '.');
+    if v_path[1] = 'now' and not p_context ? 'now' then
+      return pg_catalog.jsonb_build_object('now', pg_catalog.now()) #> v_path;
+    end if;
+    return p_context #> v_path;
   end if;
+  v_parsed := conveyor.template_parse(p_expr);
   if v_parsed ? 'error' then
     raise exception using errcode = '22023',
       message = pg_catalog.format('%s{{%s}}: %s', coalesce(p_where || ': ', ''), p_expr, v_parsed ->> 'error');
@@ -400,6 +403,7 @@ declare
   v_open integer;
   v_close integer;
   v_expr text;
+  v_value jsonb;
 begin
   v_open := pg_catalog.strpos(v_rest, '{{');
   if v_open = 0 then
@@ -414,14 +418,27 @@ begin
         hint = 'Every {{ needs a matching }}.';
     end if;
     v_expr := pg_catalog.substr(v_rest, v_open + 2, v_close - 1);
+    if pg_catalog.strpos(v_expr, '|') = 0 and pg_catalog.btrim(v_expr) ~ '^[^\s.{}]+(\.[^\s.{}]+)*$'
+      and pg_catalog.split_part(pg_catalog.btrim(v_expr), '.', 1) <> 'now' then
+      -- template_eval's fast path, inlined: a plain path without filters (not `now`)
+      v_value := p_context #> pg_catalog.string_to_array(pg_catalog.btrim(v_expr), '.');
+    else
+      v_value := conveyor.template_eval(v_expr, p_context, p_where);
+    end if;
     if v_open = 1 and v_close + 3 = pg_catalog.length(p_text) then
       -- the whole string is one expression: keep the value's JSON type
-      return coalesce(conveyor.template_eval(v_expr, p_context, p_where), conveyor.template_missing(v_expr, p_where));
+      return coalesce(v_value, conveyor.template_missing(v_expr, p_where));
     end if;
-    v_out := v_out || pg_catalog.substr(v_rest, 1, v_open - 1) || coalesce(
-      conveyor.json_text(conveyor.template_eval(v_expr, p_context, p_where)),
-      conveyor.template_missing(v_expr, p_where)::text
-    );
+    if v_value is null then
+      perform conveyor.template_missing(v_expr, p_where);
+    end if;
+    -- conveyor.json_text, inlined: this is the hot path
+    v_out := v_out || pg_catalog.substr(v_rest, 1, v_open - 1) || case pg_catalog.jsonb_typeof(v_value)
+      when 'string' then v_value #>> '{}'
+      when 'number' then pg_catalog.trim_scale((v_value #>> '{}')::numeric)::text
+      when 'null' then ''
+      else v_value::text
+    end;
     v_rest := pg_catalog.substr(v_rest, v_open + v_close + 3);
     v_open := pg_catalog.strpos(v_rest, '{{');
     exit when v_open = 0;
@@ -463,6 +480,8 @@ declare
   v_key text;
   v_item jsonb;
   v_index integer;
+  v_where text;
+  v_keys jsonb;
 begin
   if p_value is null or pg_catalog.strpos(p_value::text, '{{') = 0 then
     return p_value;
@@ -472,16 +491,23 @@ begin
       return conveyor.render_string(p_value #>> '{}', p_context, p_where);
     when 'object' then
       -- only members holding a template are rendered and replaced
-      for v_key, v_item in
-        select o.key, o.value from pg_catalog.jsonb_each(p_value) as o where pg_catalog.strpos(o.value::text, '{{') > 0
-      loop
-        v_result := pg_catalog.jsonb_set(v_result, array[v_key], coalesce(conveyor.render(
-          v_item, p_context,
-          case
-            when v_key ~ '^[A-Za-z_][A-Za-z0-9_]*$' then pg_catalog.ltrim(coalesce(p_where, '') || '.' || v_key, '.')
-            else coalesce(p_where, '') || '[' || pg_catalog.to_jsonb(v_key)::text || ']'
-          end
-        ), 'null'::jsonb));
+      -- the keys come from a plain function call (no query per call: this is the hot path)
+      v_keys := pg_catalog.jsonb_path_query_array(p_value, '$.keyvalue().key');
+      for v_index in 0 .. pg_catalog.jsonb_array_length(v_keys) - 1 loop
+        v_key := v_keys ->> v_index;
+        v_item := p_value -> v_key;
+        continue when pg_catalog.strpos(v_item::text, '{{') = 0;
+        v_where := case
+          when v_key ~ '^[A-Za-z_][A-Za-z0-9_]*$' then pg_catalog.ltrim(coalesce(p_where, '') || '.' || v_key, '.')
+          else coalesce(p_where, '') || '[' || pg_catalog.to_jsonb(v_key)::text || ']'
+        end;
+        -- strings (the common case) go straight to render_string
+        if pg_catalog.jsonb_typeof(v_item) = 'string' then
+          v_item := conveyor.render_string(v_item #>> '{}', p_context, v_where);
+        else
+          v_item := conveyor.render(v_item, p_context, v_where);
+        end if;
+        v_result := pg_catalog.jsonb_set(v_result, array[v_key], coalesce(v_item, 'null'::jsonb));
       end loop;
     else
       for v_index, v_item in
