@@ -64,3 +64,78 @@ $$;
 
 revoke all on function conveyor.retry_execution(text, bigint, boolean) from public;
 grant execute on function conveyor.retry_execution(text, bigint, boolean) to conveyor_app, conveyor_service;
+
+-- Pause a live execution: it takes no further step until resumed. An action already
+-- handed to a runner is still performed and its result recorded; a delay that ends while
+-- paused waits for the resume. Returns false if it was already paused.
+create or replace function conveyor.pause_execution(p_tenant_id text, p_execution_id bigint)
+returns boolean
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_exec conveyor.executions;
+begin
+  perform conveyor.require_tenant(p_tenant_id);
+  select * into v_exec from conveyor.executions as x
+  where x.execution_id = p_execution_id and x.tenant_id = p_tenant_id
+  for update;
+  if not found then
+    raise exception using errcode = '22023',
+      message = format('execution %s does not exist for tenant "%s"', p_execution_id, p_tenant_id);
+  end if;
+  if v_exec.status not in ('pending', 'running', 'waiting') then
+    raise exception using errcode = '22023',
+      message = format('execution %s is %s; only pending, running or waiting executions can be paused',
+        p_execution_id, v_exec.status);
+  end if;
+  if v_exec.paused_at is not null then
+    return false;
+  end if;
+  update conveyor.executions set paused_at = now() where execution_id = p_execution_id;
+  insert into conveyor.execution_logs (tenant_id, execution_id, workflow_id, step_id, level, message)
+  values (v_exec.tenant_id, p_execution_id, v_exec.workflow_id, v_exec.current_step, 'info',
+    format('paused at step "%s"', v_exec.current_step));
+  return true;
+end;
+$$;
+
+-- Resume a paused execution: it continues where it stopped (a delay already over ends at
+-- the next tick). Returns false if it was not paused.
+create or replace function conveyor.resume_execution(p_tenant_id text, p_execution_id bigint)
+returns boolean
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_exec conveyor.executions;
+begin
+  perform conveyor.require_tenant(p_tenant_id);
+  update conveyor.executions as x set paused_at = null
+  where x.execution_id = p_execution_id and x.tenant_id = p_tenant_id and x.paused_at is not null
+  returning * into v_exec;
+  if not found then
+    if not exists (
+      select from conveyor.executions as x where x.execution_id = p_execution_id and x.tenant_id = p_tenant_id
+    ) then
+      raise exception using errcode = '22023',
+        message = format('execution %s does not exist for tenant "%s"', p_execution_id, p_tenant_id);
+    end if;
+    return false;
+  end if;
+  insert into conveyor.execution_logs (tenant_id, execution_id, workflow_id, step_id, level, message)
+  values (v_exec.tenant_id, p_execution_id, v_exec.workflow_id, v_exec.current_step, 'info',
+    format('resumed at step "%s"', v_exec.current_step));
+  if v_exec.status in ('pending', 'running') then
+    perform conveyor.run_executions(array[p_execution_id]);
+  end if;
+  return true;
+end;
+$$;
+
+revoke all on function conveyor.pause_execution(text, bigint) from public;
+revoke all on function conveyor.resume_execution(text, bigint) from public;
+grant execute on function conveyor.pause_execution(text, bigint) to conveyor_app, conveyor_service;
+grant execute on function conveyor.resume_execution(text, bigint) to conveyor_app, conveyor_service;

@@ -18,6 +18,7 @@ begin
     select e.execution_id, e.workflow_id, e.version, e.current_step, e.wait_kind
     from conveyor.executions as e
     where e.status = 'waiting' and e.wait_kind in ('delay', 'event') and e.resume_at <= p_now
+      and e.paused_at is null
     order by e.resume_at, e.execution_id
     limit p_limit
     for update skip locked

@@ -456,6 +456,7 @@ begin
     select e.*
     from conveyor.executions as e
     where e.execution_id = any(p_execution_ids) and e.status in ('pending', 'running')
+      and e.paused_at is null
     order by e.execution_id
   loop
     v_key := v_exec.workflow_id || ':' || v_exec.version;
@@ -883,6 +884,7 @@ begin
     select e.execution_id
     from conveyor.executions as e
     where e.execution_id = any(p_execution_ids) and e.status in ('pending', 'running')
+      and e.paused_at is null
     order by e.execution_id
     for update skip locked
   ) as l;

@@ -160,6 +160,41 @@ def retry(execution_id: int, from_start: bool, tenant: str, database_url: str | 
         click.echo(f"execution {new['execution_id']}: retry of {execution_id}, {new['status']}")
 
 
+@executions.command("pause")
+@click.argument("execution_id", type=int)
+@tenant_option
+@database_option
+@fail_cleanly
+def pause(execution_id: int, tenant: str, database_url: str | None) -> None:
+    """Pause an execution: it takes no further step until resumed."""
+    with connect(database_url) as conn:
+        row = conn.execute(
+            "select conveyor.pause_execution(%s, %s) as done", (tenant, execution_id)
+        ).fetchone()
+    click.echo(f"execution {execution_id}: {'paused' if row and row['done'] else 'already paused'}")
+
+
+@executions.command("resume")
+@click.argument("execution_id", type=int)
+@tenant_option
+@database_option
+@fail_cleanly
+def resume(execution_id: int, tenant: str, database_url: str | None) -> None:
+    """Resume a paused execution where it stopped."""
+    with connect(database_url) as conn:
+        row = conn.execute(
+            "select conveyor.resume_execution(%s, %s) as done", (tenant, execution_id)
+        ).fetchone()
+        status = conn.execute(
+            "select status from conveyor.executions where execution_id = %s", (execution_id,)
+        )
+        state = status.fetchone()
+    resumed = row is not None and row["done"]
+    click.echo(
+        f"execution {execution_id}: {'resumed, ' + state['status'] if resumed and state else 'was not paused'}"
+    )
+
+
 @click.group()
 def events() -> None:
     """Emit and inspect events."""
