@@ -53,3 +53,11 @@ def show(
         table(rows, columns, title=title)
     else:
         click.echo("(none)")
+
+
+def result(message: str, data: dict[str, Any], *, as_json: bool) -> None:
+    """What a command did: one line for people, or the same facts as JSON."""
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(message)

@@ -174,3 +174,16 @@ def test_cancel_waiting_execution(cli: Any, tmp_path: Path) -> None:
     assert "cancelled" in cli("executions", "cancel", str(execution_id), "--reason", "testing").output
     shown = json.loads(cli("executions", "show", str(execution_id), "--json").output)
     assert shown["execution"]["status"] == "cancelled"
+
+
+def test_commands_that_change_things_answer_in_json_too(cli: Any, workflow_file: Path) -> None:
+    cli("workflows", "apply", "-f", str(workflow_file))
+    assert json.loads(cli("workflows", "deactivate", "greet-contact", "--json").output) == {
+        "slug": "greet-contact",
+        "active": False,
+        "changed": True,
+    }
+    emitted = json.loads(cli("events", "emit", "crm.contact.created", "--json").output)
+    assert emitted["event_type"] == "crm.contact.created" and emitted["event_id"] > 0
+    replayed = json.loads(cli("events", "replay", str(emitted["event_id"]), "--json").output)
+    assert replayed["replay_of"] == emitted["event_id"]

@@ -120,15 +120,23 @@ def show_execution(execution_id: int, tenant: str, database_url: str | None, as_
 @click.option("--reason", default=None, help="Why (kept with the execution).")
 @tenant_option
 @database_option
+@json_option
 @fail_cleanly
-def cancel(execution_id: int, reason: str | None, tenant: str, database_url: str | None) -> None:
+def cancel(
+    execution_id: int, reason: str | None, tenant: str, database_url: str | None, as_json: bool
+) -> None:
     """Cancel an execution; a late result from a runner is then ignored."""
     with connect(database_url) as conn:
         row = conn.execute(
             "select conveyor.cancel_execution(%s, %s, %s) as done", (tenant, execution_id, reason)
         )
         done = row.fetchone()
-    click.echo(f"execution {execution_id}: {'cancelled' if done and done['done'] else 'already finished'}")
+    outcome = "cancelled" if done and done["done"] else "already finished"
+    output.result(
+        f"execution {execution_id}: {outcome}",
+        {"execution_id": execution_id, "outcome": outcome},
+        as_json=as_json,
+    )
 
 
 @executions.command("retry")
@@ -164,22 +172,29 @@ def retry(execution_id: int, from_start: bool, tenant: str, database_url: str | 
 @click.argument("execution_id", type=int)
 @tenant_option
 @database_option
+@json_option
 @fail_cleanly
-def pause(execution_id: int, tenant: str, database_url: str | None) -> None:
+def pause(execution_id: int, tenant: str, database_url: str | None, as_json: bool) -> None:
     """Pause an execution: it takes no further step until resumed."""
     with connect(database_url) as conn:
         row = conn.execute(
             "select conveyor.pause_execution(%s, %s) as done", (tenant, execution_id)
         ).fetchone()
-    click.echo(f"execution {execution_id}: {'paused' if row and row['done'] else 'already paused'}")
+    outcome = "paused" if row and row["done"] else "already paused"
+    output.result(
+        f"execution {execution_id}: {outcome}",
+        {"execution_id": execution_id, "outcome": outcome},
+        as_json=as_json,
+    )
 
 
 @executions.command("resume")
 @click.argument("execution_id", type=int)
 @tenant_option
 @database_option
+@json_option
 @fail_cleanly
-def resume(execution_id: int, tenant: str, database_url: str | None) -> None:
+def resume(execution_id: int, tenant: str, database_url: str | None, as_json: bool) -> None:
     """Resume a paused execution where it stopped."""
     with connect(database_url) as conn:
         row = conn.execute(
@@ -237,6 +252,7 @@ def list_events(
 @click.option("--dedupe-key")
 @tenant_option
 @database_option
+@json_option
 @fail_cleanly
 def emit(
     event_type: str,
@@ -246,6 +262,7 @@ def emit(
     dedupe_key: str | None,
     tenant: str,
     database_url: str | None,
+    as_json: bool,
 ) -> None:
     """Emit an event (it is dispatched by the next tick of a runner or pg_cron)."""
     try:
@@ -257,15 +274,19 @@ def emit(
             "select conveyor.emit(%s, %s, %s, %s, %s, %s) as id",
             (tenant, event_type, Jsonb(data), entity_type, entity_id, dedupe_key),
         ).fetchone()
-    click.echo(f"event {row['id'] if row else '?'}: {event_type}")
+    event_id = row["id"] if row else None
+    output.result(
+        f"event {event_id}: {event_type}", {"event_id": event_id, "event_type": event_type}, as_json=as_json
+    )
 
 
 @events.command("replay")
 @click.argument("event_id", type=int)
 @tenant_option
 @database_option
+@json_option
 @fail_cleanly
-def replay(event_id: int, tenant: str, database_url: str | None) -> None:
+def replay(event_id: int, tenant: str, database_url: str | None, as_json: bool) -> None:
     """Emit a copy of an event so its workflows run again (run-once settings still apply)."""
     with connect(database_url) as conn:
         original = conn.execute(
@@ -284,7 +305,10 @@ def replay(event_id: int, tenant: str, database_url: str | None) -> None:
                 original["source"],
             ),
         ).fetchone()
-    click.echo(f"event {row['id'] if row else '?'}: replay of {event_id}")
+    new_id = row["id"] if row else None
+    output.result(
+        f"event {new_id}: replay of {event_id}", {"event_id": new_id, "replay_of": event_id}, as_json=as_json
+    )
 
 
 @click.command("trigger")

@@ -169,30 +169,39 @@ def export(slug: str, version: int | None, fmt: str, tenant: str, database_url: 
         click.echo(yaml.safe_dump(row["doc"], sort_keys=False, allow_unicode=True), nl=False)
 
 
-def _set_active(slug: str, active: bool, tenant: str, database_url: str | None) -> None:
+def _set_active(slug: str, active: bool, tenant: str, database_url: str | None, as_json: bool) -> None:
     with connect(database_url) as conn:
-        conn.execute("select conveyor.set_workflow_active(%s, %s, %s)", (tenant, slug, active))
-    click.echo(f"{slug}: {'active' if active else 'inactive'}")
+        row = conn.execute(
+            "select conveyor.set_workflow_active(%s, %s, %s) as changed", (tenant, slug, active)
+        )
+        changed = row.fetchone()
+    output.result(
+        f"{slug}: {'active' if active else 'inactive'}",
+        {"slug": slug, "active": active, "changed": bool(changed and changed["changed"])},
+        as_json=as_json,
+    )
 
 
 @workflows.command("activate")
 @click.argument("slug")
 @tenant_option
 @database_option
+@json_option
 @fail_cleanly
-def activate(slug: str, tenant: str, database_url: str | None) -> None:
+def activate(slug: str, tenant: str, database_url: str | None, as_json: bool) -> None:
     """Let new events start the workflow again."""
-    _set_active(slug, True, tenant, database_url)
+    _set_active(slug, True, tenant, database_url, as_json)
 
 
 @workflows.command("deactivate")
 @click.argument("slug")
 @tenant_option
 @database_option
+@json_option
 @fail_cleanly
-def deactivate(slug: str, tenant: str, database_url: str | None) -> None:
+def deactivate(slug: str, tenant: str, database_url: str | None, as_json: bool) -> None:
     """Stop new executions; running ones finish on their version."""
-    _set_active(slug, False, tenant, database_url)
+    _set_active(slug, False, tenant, database_url, as_json)
 
 
 @workflows.command("delete")
@@ -200,14 +209,15 @@ def deactivate(slug: str, tenant: str, database_url: str | None) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @tenant_option
 @database_option
+@json_option
 @fail_cleanly
-def delete(slug: str, yes: bool, tenant: str, database_url: str | None) -> None:
+def delete(slug: str, yes: bool, tenant: str, database_url: str | None, as_json: bool) -> None:
     """Delete a workflow that has no executions."""
     if not yes:
         click.confirm(f'Delete workflow "{slug}" of tenant "{tenant}"?', abort=True)
     with connect(database_url) as conn:
         conn.execute("select conveyor.delete_workflow(%s, %s)", (tenant, slug))
-    click.echo(f"{slug}: deleted")
+    output.result(f"{slug}: deleted", {"slug": slug, "deleted": True}, as_json=as_json)
 
 
 @click.command("dry-run")
