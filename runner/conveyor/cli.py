@@ -10,8 +10,9 @@ import sys
 
 import click
 
+from conveyor import output
 from conveyor.cluster import Cluster
-from conveyor.commands.common import database_option, fail_cleanly
+from conveyor.commands.common import database_option, fail_cleanly, json_option
 from conveyor.commands.connections import connections
 from conveyor.commands.demo import demo
 from conveyor.commands.executions import events, executions, trigger
@@ -38,21 +39,28 @@ def db() -> None:
 
 
 @db.command("start")
+@json_option
 @fail_cleanly
-def db_start() -> None:
+def db_start(as_json: bool) -> None:
     """Create (first time) and start the embedded cluster."""
     cluster = Cluster.embedded()
     started = cluster.start()
     state = "started" if started else "already running"
-    click.echo(f"embedded PostgreSQL {state}: {cluster.url()}")
+    output.result(
+        f"embedded PostgreSQL {state}: {cluster.url()}",
+        {"state": state, "url": cluster.url()},
+        as_json=as_json,
+    )
 
 
 @db.command("stop")
+@json_option
 @fail_cleanly
-def db_stop() -> None:
+def db_stop(as_json: bool) -> None:
     """Stop the embedded cluster (fast shutdown)."""
     cluster = Cluster.embedded()
-    click.echo("stopped" if cluster.stop() else "not running")
+    state = "stopped" if cluster.stop() else "not running"
+    output.result(state, {"state": state}, as_json=as_json)
 
 
 @db.command("status")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.progress import track
 from rich.table import Table
+
+T = TypeVar("T")
 
 
 def _plain(value: Any) -> Any:
@@ -61,3 +65,10 @@ def result(message: str, data: dict[str, Any], *, as_json: bool) -> None:
         emit_json(data)
     else:
         click.echo(message)
+
+
+def progress(items: Sequence[T], description: str, *, enabled: bool = True) -> Iterable[T]:
+    """A progress bar on stderr for work over several items, when a person is watching."""
+    if not enabled or len(items) < 2 or not sys.stderr.isatty():
+        return items
+    return track(items, description=description, console=Console(stderr=True), transient=True)

@@ -187,3 +187,17 @@ def test_commands_that_change_things_answer_in_json_too(cli: Any, workflow_file:
     assert emitted["event_type"] == "crm.contact.created" and emitted["event_id"] > 0
     replayed = json.loads(cli("events", "replay", str(emitted["event_id"]), "--json").output)
     assert replayed["replay_of"] == emitted["event_id"]
+
+
+def test_apply_several_files_at_once(cli: Any, tmp_path: Path) -> None:
+    paths = []
+    for slug in ("first-flow", "second-flow"):
+        path = tmp_path / f"{slug}.yaml"
+        path.write_text(yaml.safe_dump({**WORKFLOW, "slug": slug}))
+        paths += ["-f", str(path)]
+    result = cli("workflows", "apply", *paths, "--json")
+    assert result.exit_code == 0, result.output
+    assert [(r["slug"], r["version"]) for r in json.loads(result.output)] == [
+        ("first-flow", 1),
+        ("second-flow", 1),
+    ]

@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from conveyor.commands.common import database_option, fail_cleanly, tenant_option
+from conveyor import output
+from conveyor.commands.common import database_option, fail_cleanly, json_option, tenant_option
 from conveyor.db import resolve_database_url
 from conveyor.errors import ConveyorError
 
@@ -76,6 +77,7 @@ def connections_keygen() -> None:
 )
 @click.option("--replace", is_flag=True, help="Replace an existing connection of that name.")
 @click.argument("name")
+@json_option
 @fail_cleanly
 def connections_add(
     database_url: str | None,
@@ -85,6 +87,7 @@ def connections_add(
     secret_file: Any,
     replace: bool,
     name: str,
+    as_json: bool,
 ) -> None:
     """Add (or with --replace, replace) the connection NAME."""
     import psycopg
@@ -98,7 +101,11 @@ def connections_add(
         conns.add(
             conn, box, tenant_id=tenant, name=name, kind=kind, config=config, secret=secret, replace=replace
         )
-    click.echo(f"connection {name} ({kind}) saved for tenant {tenant}")
+    output.result(
+        f"connection {name} ({kind}) saved for tenant {tenant}",
+        {"tenant": tenant, "name": name, "kind": kind, "saved": True},
+        as_json=as_json,
+    )
 
 
 @connections.command("list")
@@ -136,8 +143,9 @@ def connections_list(database_url: str | None, tenant: str, as_json: bool) -> No
 @database_option
 @tenant_option
 @click.argument("name")
+@json_option
 @fail_cleanly
-def connections_remove(database_url: str | None, tenant: str, name: str) -> None:
+def connections_remove(database_url: str | None, tenant: str, name: str, as_json: bool) -> None:
     """Remove the connection NAME."""
     import psycopg
 
@@ -146,7 +154,9 @@ def connections_remove(database_url: str | None, tenant: str, name: str) -> None
     with psycopg.connect(resolve_database_url(database_url), autocommit=True) as conn:
         if not conns.remove(conn, tenant, name):
             raise ConveyorError(f"tenant {tenant!r} has no connection named {name!r}")
-    click.echo(f"connection {name} removed")
+    output.result(
+        f"connection {name} removed", {"tenant": tenant, "name": name, "removed": True}, as_json=as_json
+    )
 
 
 @connections.command("test")
@@ -159,8 +169,11 @@ def connections_remove(database_url: str | None, tenant: str, name: str) -> None
     help="As for `conveyor run` [env CONVEYOR_ALLOW_PRIVATE_NETWORKS].",
 )
 @click.argument("name")
+@json_option
 @fail_cleanly
-def connections_test(database_url: str | None, tenant: str, allow_private_networks: str, name: str) -> None:
+def connections_test(
+    database_url: str | None, tenant: str, allow_private_networks: str, name: str, as_json: bool
+) -> None:
     """Check that NAME decrypts and its endpoint is reachable (sends no message)."""
     import psycopg
 
@@ -175,14 +188,20 @@ def connections_test(database_url: str | None, tenant: str, allow_private_networ
         policy = NetworkPolicy.parse(allow_private_networks)
     except ValueError as exc:
         raise ConveyorError(str(exc)) from exc
-    click.echo(f"connection {name} ({connection.kind}): {check(connection, policy)}")
+    verdict = check(connection, policy)
+    output.result(
+        f"connection {name} ({connection.kind}): {verdict}",
+        {"tenant": tenant, "name": name, "kind": connection.kind, "result": verdict},
+        as_json=as_json,
+    )
 
 
 @connections.command("rotate")
 @database_option
 @click.option("--tenant", help="Only this tenant's connections (default: every tenant).")
+@json_option
 @fail_cleanly
-def connections_rotate(database_url: str | None, tenant: str | None) -> None:
+def connections_rotate(database_url: str | None, tenant: str | None, as_json: bool) -> None:
     """Re-encrypt every secret under the first key of CONVEYOR_SECRET_KEY."""
     import psycopg
 
@@ -191,4 +210,6 @@ def connections_rotate(database_url: str | None, tenant: str | None) -> None:
     box = _secret_box(required=True)
     with psycopg.connect(resolve_database_url(database_url), autocommit=True) as conn:
         count = conns.rotate(conn, box, tenant)
-    click.echo(f"re-encrypted {count} secret(s) under the first key")
+    output.result(
+        f"re-encrypted {count} secret(s) under the first key", {"reencrypted": count}, as_json=as_json
+    )

@@ -42,7 +42,7 @@ def apply(
     documents = [(path, read_document(path)) for path in files]
     results: list[dict[str, Any]] = []
     with connect(database_url) as conn:
-        for path, document in documents:
+        for path, document in output.progress(documents, "publishing", enabled=not as_json):
             problems = [
                 r["problem"]
                 for r in conn.execute("select conveyor.validate_workflow(%s) as problem", (Jsonb(document),))
