@@ -197,11 +197,6 @@ class Cluster:
         self._run_as_server(["pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60"])
         return True
 
-    def destroy(self) -> None:
-        """Stop the server and delete every file of the cluster."""
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
-
     def server_version(self) -> str | None:
         version_file = self.data_dir / "PG_VERSION"
         return version_file.read_text().strip() if version_file.exists() else None

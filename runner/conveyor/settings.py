@@ -15,11 +15,6 @@ MIGRATIONS_DIR = PROJECT_DIR / "migrations"
 SQL_DIR = PROJECT_DIR / "sql"
 
 
-def database_url() -> str | None:
-    """`CONVEYOR_DATABASE_URL`: the database to use; unset means the embedded cluster."""
-    return os.environ.get("CONVEYOR_DATABASE_URL") or None
-
-
 def embedded_dir() -> Path:
     """`CONVEYOR_EMBEDDED_DIR`: where the embedded cluster lives (default `.conveyor/pg`)."""
     return Path(os.environ.get("CONVEYOR_EMBEDDED_DIR", PROJECT_DIR / ".conveyor" / "pg"))
