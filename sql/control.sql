@@ -1,5 +1,27 @@
 -- Operator control over executions that already ran (cancel lives with the interpreter).
 
+-- The tenant's execution, locked; a clear error when the tenant has no such execution.
+create or replace function conveyor.lock_tenant_execution(p_tenant_id text, p_execution_id bigint)
+returns conveyor.executions
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_exec conveyor.executions;
+begin
+  select * into v_exec from conveyor.executions as x
+  where x.execution_id = p_execution_id and x.tenant_id = p_tenant_id
+  for update;
+  if not found then
+    raise exception using errcode = '22023',
+      message = format('execution %s does not exist for tenant "%s"', p_execution_id, p_tenant_id);
+  end if;
+  return v_exec;
+end;
+$$;
+
+revoke all on function conveyor.lock_tenant_execution(text, bigint) from public;
+
 -- Retry a failed, timed-out or cancelled execution as a new execution of the same version,
 -- linked by retry_of: from the step that failed (keeping variables and earlier steps'
 -- outputs) or from the start. Returns the new execution's id.
@@ -19,12 +41,7 @@ declare
   v_new bigint;
 begin
   perform conveyor.require_tenant(p_tenant_id);
-  select * into v_old from conveyor.executions as x
-  where x.execution_id = p_execution_id and x.tenant_id = p_tenant_id;
-  if not found then
-    raise exception using errcode = '22023',
-      message = format('execution %s does not exist for tenant "%s"', p_execution_id, p_tenant_id);
-  end if;
+  v_old := conveyor.lock_tenant_execution(p_tenant_id, p_execution_id);
   if v_old.status not in ('failed', 'timed_out', 'cancelled') then
     raise exception using errcode = '22023',
       message = format('execution %s is %s; only failed, timed-out or cancelled executions can be retried',
@@ -78,13 +95,7 @@ declare
   v_exec conveyor.executions;
 begin
   perform conveyor.require_tenant(p_tenant_id);
-  select * into v_exec from conveyor.executions as x
-  where x.execution_id = p_execution_id and x.tenant_id = p_tenant_id
-  for update;
-  if not found then
-    raise exception using errcode = '22023',
-      message = format('execution %s does not exist for tenant "%s"', p_execution_id, p_tenant_id);
-  end if;
+  v_exec := conveyor.lock_tenant_execution(p_tenant_id, p_execution_id);
   if v_exec.status not in ('pending', 'running', 'waiting') then
     raise exception using errcode = '22023',
       message = format('execution %s is %s; only pending, running or waiting executions can be paused',
@@ -113,18 +124,11 @@ declare
   v_exec conveyor.executions;
 begin
   perform conveyor.require_tenant(p_tenant_id);
-  update conveyor.executions as x set paused_at = null
-  where x.execution_id = p_execution_id and x.tenant_id = p_tenant_id and x.paused_at is not null
-  returning * into v_exec;
-  if not found then
-    if not exists (
-      select from conveyor.executions as x where x.execution_id = p_execution_id and x.tenant_id = p_tenant_id
-    ) then
-      raise exception using errcode = '22023',
-        message = format('execution %s does not exist for tenant "%s"', p_execution_id, p_tenant_id);
-    end if;
+  v_exec := conveyor.lock_tenant_execution(p_tenant_id, p_execution_id);
+  if v_exec.paused_at is null then
     return false;
   end if;
+  update conveyor.executions set paused_at = null where execution_id = p_execution_id;
   insert into conveyor.execution_logs (tenant_id, execution_id, workflow_id, step_id, level, message)
   values (v_exec.tenant_id, p_execution_id, v_exec.workflow_id, v_exec.current_step, 'info',
     format('resumed at step "%s"', v_exec.current_step));
