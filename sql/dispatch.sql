@@ -92,6 +92,7 @@ set jit = off
 as $$
 declare
   v_events bigint[];
+  v_new conveyor.executions[];
   v_executions bigint[];
   v_refused bigint;
   v_max_depth integer := conveyor.max_event_depth();
@@ -124,8 +125,9 @@ begin
   from conveyor.events as e
   where e.event_id = any(v_events) and e.depth > v_max_depth;
 
-  -- Workflows with limits are serialised per workflow (advisory locks in a fixed order),
-  -- so concurrent dispatchers cannot both take the last slot.
+  -- Workflows with limits or run once per entity are serialised per workflow (advisory
+  -- locks in a fixed order), so concurrent dispatchers cannot both take the last slot or
+  -- both start the one execution for an entity.
   perform pg_catalog.pg_advisory_xact_lock(1131, l.workflow_id::integer)
   from (
     select distinct s.workflow_id
@@ -141,7 +143,7 @@ begin
       and s.tenant_id = e.tenant_id and s.active
     join conveyor.workflow_versions as v on v.workflow_id = s.workflow_id and v.version = s.version
     where e.event_id = any(v_events)
-      and (v.max_executions_per_hour is not null or v.max_concurrent is not null)
+      and (v.max_executions_per_hour is not null or v.max_concurrent is not null or v.run_once_per_entity)
     order by s.workflow_id
   ) as l;
 
@@ -251,34 +253,43 @@ begin
     returning 1
   ),
 
+  -- The new executions, not yet written: the interpreter runs their first steps in
+  -- memory and inserts each once, in the state it reached (see interpret_executions).
+  -- Positional, in the column order of conveyor.executions (a column added there makes
+  -- this cast fail loudly): execution_id, tenant_id, workflow_id, version, event_id,
+  -- entity_type, entity_id, once_key, status, current_step, wait_kind, resume_at, trigger,
+  -- vars, step_outputs, depth, steps_run, error, created_at, started_at, finished_at,
+  -- timeout_at, retry_of, paused_at.
   created as (
-    insert into conveyor.executions (
-      tenant_id, workflow_id, version, event_id, entity_type, entity_id, once_key,
-      current_step, trigger, depth, timeout_at
-    )
-    select
-      j.tenant_id, j.workflow_id, j.version, j.event_id, j.entity_type, j.entity_id, j.once_key,
-      j.entry_step, j.trigger_object, j.depth, now() + j.timeout
+    select row(
+      pg_catalog.nextval('conveyor.executions_execution_id_seq'), j.tenant_id, j.workflow_id, j.version,
+      j.event_id, j.entity_type, j.entity_id, j.once_key, 'pending', j.entry_step, null, null,
+      j.trigger_object, '{}', '{}', j.depth, 0, null, now(), null, null, now() + j.timeout, null, null
+    )::conveyor.executions as x
     from judged as j
     where j.refusal is null
     order by j.event_id, j.workflow_id
-    on conflict (workflow_id, once_key) where once_key is not null do nothing
-    returning execution_id
   )
 
-  -- Both data-modifying branches are consumed here, so neither can be skipped.
+  -- Both branches are consumed here, so the data-modifying one cannot be skipped.
   select
-    (select array_agg(c.execution_id order by c.execution_id) from created as c),
+    (select array_agg(c.x order by (c.x).execution_id) from created as c),
     (select count(*) from refused)
-  into v_executions, v_refused;
+  into v_new, v_refused;
 
   update conveyor.events
   set dispatched_at = now()
   where event_id = any(v_events);
 
-  if v_executions is not null then
+  if v_new is not null then
+    -- A second execution of a run-once workflow for one entity cannot slip in between the
+    -- check above and this insert: such workflows are serialised by the advisory lock, and
+    -- the unique index executions_once_per_entity would fail the whole dispatch (to be
+    -- retried) rather than run an entity twice.
+    perform conveyor.interpret_executions(v_new, now(), true);
+    v_executions := array(select (n).execution_id from unnest(v_new) as n);
     perform conveyor.record_started(v_executions);
-    perform conveyor.run_executions(v_executions);
+    perform conveyor.send_new_actions(v_executions);
   end if;
   return pg_catalog.cardinality(v_events);
 end;

@@ -395,12 +395,41 @@ returns void
 language plpgsql
 security definer
 set search_path = ''
+as $$
+declare
+  v_execs conveyor.executions[];
+begin
+  select array_agg(e order by e.execution_id) into v_execs
+  from conveyor.executions as e
+  where e.execution_id = any(p_execution_ids) and e.status in ('pending', 'running')
+    and e.paused_at is null;
+  perform conveyor.interpret_executions(v_execs, p_now, false);
+end;
+$$;
+
+-- The interpreter proper, over execution rows held in memory: p_execs are either rows
+-- read from conveyor.executions (p_new false: their new state is written with one
+-- update) or executions that do not exist yet (p_new true, from dispatch: each is
+-- inserted once, in its state after its first steps, instead of inserted and then
+-- updated — one write per execution on the hot path). Log lines about the executions
+-- are written after the executions themselves, so they may refer to new ones.
+drop function if exists conveyor.interpret_executions(conveyor.executions[], timestamptz, boolean);
+create or replace function conveyor.interpret_executions(
+  p_execs conveyor.executions[],
+  p_now timestamptz,
+  p_new boolean
+)
+returns void
+language plpgsql
+security definer
+set search_path = ''
 -- The set-based statements over unnest(array) get default row estimates; JIT would cost
 -- far more than the statements.
 set jit = off
 as $$
 declare
   v_exec conveyor.executions;
+  v_logs conveyor.execution_logs[] := '{}';
   v_step conveyor.workflow_steps;
   v_runs conveyor.step_runs[] := '{}';
   v_nruns integer := 0;
@@ -449,16 +478,10 @@ declare
   v_state text;
   v_i integer;
 begin
-  if coalesce(pg_catalog.cardinality(p_execution_ids), 0) = 0 then
+  if coalesce(pg_catalog.cardinality(p_execs), 0) = 0 then
     return;
   end if;
-  for v_exec in
-    select e.*
-    from conveyor.executions as e
-    where e.execution_id = any(p_execution_ids) and e.status in ('pending', 'running')
-      and e.paused_at is null
-    order by e.execution_id
-  loop
+  foreach v_exec in array p_execs loop
     v_key := v_exec.workflow_id || ':' || v_exec.version;
     if v_max_steps_by ? v_key then
       v_max_steps := (v_max_steps_by ->> v_key)::integer;
@@ -705,15 +728,16 @@ begin
           v_error, null, null, v_next, v_started, pg_catalog.clock_timestamp()
         )::conveyor.step_runs;
         if v_step.on_error in ('continue', 'goto') then
-          insert into conveyor.execution_logs (tenant_id, execution_id, workflow_id, step_id, level, message, details)
-          values (
-            v_exec.tenant_id, v_exec.execution_id, v_exec.workflow_id, v_step.step_id, 'warning',
+          -- (log_id, tenant_id, execution_id, workflow_id, event_id, step_id, level, message,
+          -- details, logged_at), written after the executions
+          v_logs := v_logs || row(
+            null, v_exec.tenant_id, v_exec.execution_id, v_exec.workflow_id, null, v_step.step_id, 'warning',
             format(
               'step "%s" failed (%s); on_error %s → %s', v_step.step_id, v_error ->> 'message', v_step.on_error,
               coalesce('"' || v_next || '"', 'end')
             ),
-            v_error
-          );
+            v_error, now()
+          )::conveyor.execution_logs;
           v_exec.step_outputs := v_exec.step_outputs
             || jsonb_build_object(v_step.step_id, jsonb_build_object('output', null, 'error', v_error));
           v_ctx_stale := true;
@@ -796,6 +820,29 @@ begin
     v_execs[v_nexecs] := v_exec;
   end loop;
 
+  if v_nexecs = 0 then
+    return;
+  end if;
+  if p_new then
+    insert into conveyor.executions overriding system value
+    select x.* from unnest(v_execs) as x;
+  else
+    update conveyor.executions as e
+    set
+      status = x.status,
+      current_step = x.current_step,
+      wait_kind = x.wait_kind,
+      resume_at = x.resume_at,
+      vars = x.vars,
+      step_outputs = x.step_outputs,
+      steps_run = x.steps_run,
+      started_at = x.started_at,
+      finished_at = x.finished_at,
+      error = x.error
+    from unnest(v_execs) as x
+    where e.execution_id = x.execution_id;
+  end if;
+
   if v_nruns > 0 then
     insert into conveyor.step_runs (
       execution_id, tenant_id, step_id, visit, attempt, status, input, output, error, idempotency_key,
@@ -807,24 +854,12 @@ begin
     from unnest(v_runs) with ordinality as r
     order by r.ordinality;
   end if;
-
-  if v_nexecs = 0 then
-    return;
+  if pg_catalog.cardinality(v_logs) > 0 then
+    insert into conveyor.execution_logs (tenant_id, execution_id, workflow_id, step_id, level, message, details)
+    select l.tenant_id, l.execution_id, l.workflow_id, l.step_id, l.level, l.message, l.details
+    from unnest(v_logs) with ordinality as l
+    order by l.ordinality;
   end if;
-  update conveyor.executions as e
-  set
-    status = x.status,
-    current_step = x.current_step,
-    wait_kind = x.wait_kind,
-    resume_at = x.resume_at,
-    vars = x.vars,
-    step_outputs = x.step_outputs,
-    steps_run = x.steps_run,
-    started_at = x.started_at,
-    finished_at = x.finished_at,
-    error = x.error
-  from unnest(v_execs) as x
-  where e.execution_id = x.execution_id;
 
   -- the sharded stats of the executions that completed here (see finish_execution)
   insert into conveyor.workflow_stats as s (
@@ -1091,6 +1126,7 @@ revoke all on function conveyor.finish_execution(bigint, text, jsonb) from publi
 revoke all on function conveyor.data_step(text, jsonb, text) from public;
 revoke all on function conveyor.advance_execution(bigint, timestamptz) from public;
 revoke all on function conveyor.advance_executions(bigint[], timestamptz) from public;
+revoke all on function conveyor.interpret_executions(conveyor.executions[], timestamptz, boolean) from public;
 revoke all on function conveyor.run_executions(bigint[]) from public;
 revoke all on function conveyor.abort_execution(bigint, text, jsonb) from public;
 grant execute on function conveyor.abort_execution(bigint, text, jsonb) to conveyor_service;

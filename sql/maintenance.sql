@@ -93,7 +93,8 @@ declare
   v_deliveries integer;
   v_archive integer;
 begin
-  -- Step runs and attached log lines go with their execution (on delete cascade).
+  -- Step runs go with their execution in the same statement (no foreign key does it: see
+  -- migrations/0012); attached log lines by their key's on delete cascade.
   with old as (
     select e.execution_id from conveyor.executions as e
     join conveyor.tenants as t on t.tenant_id = e.tenant_id
@@ -101,6 +102,7 @@ begin
     limit p_batch
     for update of e skip locked
   ),
+  runs as (delete from conveyor.step_runs as r using old where r.execution_id = old.execution_id),
   gone as (delete from conveyor.executions as e using old where e.execution_id = old.execution_id returning 1)
   select count(*) into v_executions from gone;
 
