@@ -59,6 +59,9 @@ from generate_series(%s::bigint, %s::bigint - 1) as g
 def reset(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     conn.execute("truncate bench.plain_contacts, bench.watched_contacts")
     conn.execute("truncate conveyor.events cascade")
+    log = conn.execute("select conveyor.capture_log('bench.watched_contacts')").fetchone()
+    assert log is not None
+    conn.execute(f"truncate {log[0]}")
     conn.execute("vacuum analyze bench.plain_contacts, bench.watched_contacts, conveyor.events")
     conn.execute("checkpoint")
 
@@ -149,7 +152,7 @@ def main() -> int:
 
             plain, watched = measure_rounds(args.rounds, one_round)
             results[f"single-{mode}"] = ratio(plain, watched, per_round)
-            captured = conn.execute("select count(*) from conveyor.events").fetchone()
+            captured = conn.execute("select conveyor.ingest_captures(1000000)").fetchone()
             assert captured == (per_round * args.rounds,), captured
             if mode == "on":
                 for session in live.values():
@@ -164,7 +167,11 @@ def main() -> int:
         for session in live.values():
             session.close()
         results["bulk"] = ratio(plain, watched, 1)
-        captured = conn.execute("select count(*) from conveyor.events").fetchone()
+        # The captured rows become events later, when dispatch ingests them: off the
+        # platform's write path, but measured here so the moved work is not hidden.
+        began = time.perf_counter()
+        captured = conn.execute("select conveyor.ingest_captures(1000000)").fetchone()
+        ingest_per_bulk = (time.perf_counter() - began) / args.rounds
         assert captured == (args.bulk_rows * args.rounds,), captured
 
     transactions = per_round * args.rounds
@@ -193,6 +200,10 @@ def main() -> int:
             "<= 1.5x",
         ),
     ]
+    print(
+        f"(c) later, in dispatch: turning one statement's {args.bulk_rows} captured rows into events:"
+        f" {ingest_per_bulk * 1e3:.1f} ms"
+    )
     for case, plain_t, watched_t, r, target in rows:
         print(f"{case}: plain {plain_t}, watched {watched_t}, ratio {r:.2f}x (target {target})")
 
@@ -211,12 +222,12 @@ def main() -> int:
                 "|---|---|---|---|---|",
                 *(f"| {case} | {p} | {w} | {r:.2f}x | {t} |" for case, p, w, r, t in rows),
                 "",
-                "Where the bulk time goes (auto_explain of the capture insert, same table): converting each",
-                "row to JSON (`to_jsonb`, ~25% of the capture), the per-row tenant check (~25%), inserting",
-                "the event rows into conveyor.events and its four indexes (~50%). Writing one",
-                "event row per platform row costs more than the platform row itself, so (b) cannot reach",
-                "1.5x while every captured row becomes an events row in the same statement; the",
-                "single-row case is dominated by the commit and stays close to its target.",
+                "The capture trigger copies the statement's transition rows as they are into the table's",
+                "capture log (no index, no JSON, no tenant lookup) and sends one NOTIFY; dispatch turns",
+                "the log into events in its own transaction (conveyor.ingest_captures). That later work",
+                f"is off the platform's path but not free: {ingest_per_bulk * 1e3:.0f} ms per {args.bulk_rows}-row",
+                "statement here, measured in the same run. (Before the capture log, when each captured",
+                "row became an events row inside the platform's statement, (b) measured 3.74x.)",
             ]
         )
         record(SECTION, command, body)

@@ -3,9 +3,10 @@
 -- * conveyor.emit(...) — a platform (or a person in psql) emits an event explicitly.
 -- * conveyor.watch(table, module, ...) — a platform table's inserts, updates and deletes
 --   become `<module>.<entity>.created | updated | deleted` events, captured by
---   statement-level AFTER triggers with transition tables: ONE set-based insert into
---   conveyor.events per platform statement, however many rows it changed; no per-row
---   trigger, no subscription matching on the platform's write path.
+--   statement-level AFTER triggers with transition tables: ONE set-based copy of the
+--   changed rows into the table's capture log per platform statement, however many rows
+--   it changed; no per-row trigger, no JSON, no subscription matching on the platform's
+--   write path. Dispatch turns the log into events (sql/ingest.sql).
 --
 -- Both wake the runners with pg_notify('conveyor_wakeup', 'event') once per statement
 -- (a constant payload, so Postgres folds repeated notifications of one transaction into
@@ -19,8 +20,8 @@
 --   payload      insert {"new": row}, update {"old": row, "new": row, "changed": [col, ...]},
 --                delete {"old": row}; rows as to_jsonb(row) (column name -> value)
 --   changed_columns  for updates, the changed columns in table order (null otherwise)
--- Rules of the write path:
---   * an update that leaves a row unchanged (every column equal) captures nothing for it;
+-- Rules (applied when the log becomes events):
+--   * an update that leaves a row unchanged (every column equal) becomes no event;
 --   * old and new rows are paired by the id and tenant columns; an update that changes
 --     a row's id is captured as `deleted` of the old id and `created` of the new id, and
 --     one that moves a row to another tenant as `deleted` for the old tenant and
@@ -100,144 +101,104 @@ end;
 $$;
 
 -- ---------------------------------------------------------------------------------
--- The capture triggers (installed by conveyor.watch; arguments: the event type prefix
--- '<module>.<entity>', the tenant column, the id column). Security definer: the
--- platform's role writes its own table; the events are written as Conveyor's owner.
--- plpgsql compiles a trigger function per trigger, so each watched table gets its
--- own cached plans for these static statements.
--- Two planner fences, both measured (bench/capture_overhead.py):
---   * `offset 0` on the subquery that calls to_jsonb(row) keeps it from being flattened
---     into the outer query, where to_jsonb would run once per expression reading it
---     (4x per row);
---   * `offset 0` inside the tenants `exists` keeps it a per-row primary-key probe.
---     As a semi-join, the cached plan (estimated from whichever statement planned it
---     first) may hash the whole tenants table on every single-row statement.
+-- The capture triggers: generated per watched table by conveyor.watch.
+--
+-- The platform's statement pays for one set-based copy of its transition rows into the
+-- table's capture log (conveyor_capture.t<oid>, no index), a sequence number and one
+-- NOTIFY. Everything else (tenant check, JSON payloads, pairing old and new rows,
+-- skipping unchanged rows) happens when dispatch turns the log into events, in
+-- conveyor.ingest_captures (sql/ingest.sql). The copies name their columns, so a column
+-- the platform adds later does not break its writes; an event trigger re-installs the
+-- capture after any ALTER TABLE of a watched table (see conveyor.rewatch_altered_tables).
+-- The functions are security definer: the platform's role writes its own table, the log
+-- is written as the owner of the capture.
 -- ---------------------------------------------------------------------------------
 
-create or replace function conveyor.capture_insert() returns trigger
-language plpgsql
-security definer
+-- The capture log table of a watched table.
+create or replace function conveyor.capture_log(p_table regclass) returns text
+language sql
+immutable
 set search_path = ''
 as $$
-declare
-  v_prefix text := tg_argv[0];
-  v_tenant_column text := tg_argv[1];
-  v_id_column text := tg_argv[2];
-  v_count bigint;
-begin
-  insert into conveyor.events (tenant_id, event_type, source, entity_type, entity_id, payload)
-  select
-    r.j ->> v_tenant_column,
-    v_prefix || '.created',
-    split_part(v_prefix, '.', 1),
-    split_part(v_prefix, '.', 2),
-    r.j ->> v_id_column,
-    jsonb_build_object('new', r.j)
-  from (select to_jsonb(n) as j from conveyor_new as n offset 0) as r
-  where exists (select from conveyor.tenants as t where t.tenant_id = r.j ->> v_tenant_column offset 0);
-
-  get diagnostics v_count = row_count;
-  if v_count > 0 then
-    perform pg_notify('conveyor_wakeup', 'event');
-  end if;
-  return null;
-end;
+  select 'conveyor_capture.t' || p_table::oid::text
 $$;
 
-create or replace function conveyor.capture_update() returns trigger
+-- Creates p_table's capture log, the three trigger functions and the triggers.
+create or replace function conveyor.install_capture(p_table regclass, p_prefix text) returns void
 language plpgsql
-security definer
 set search_path = ''
 as $$
 declare
-  v_prefix text := tg_argv[0];
-  v_tenant_column text := tg_argv[1];
-  v_id_column text := tg_argv[2];
-  v_columns text[];
-  v_count bigint;
+  v_log text := conveyor.capture_log(p_table);
+  v_name text := 't' || p_table::oid::text;
+  v_columns text;
+  v_values text;
+  v_op record;
 begin
-  -- The table's columns in table order: the order of the changed list.
-  v_columns := array(
-    select a.attname::text
-    from pg_catalog.pg_attribute as a
-    where a.attrelid = tg_relid and a.attnum > 0 and not a.attisdropped
-    order by a.attnum
+  select
+    string_agg(pg_catalog.quote_ident(a.attname), ', ' order by a.attnum),
+    string_agg('r.' || pg_catalog.quote_ident(a.attname), ', ' order by a.attnum)
+  into v_columns, v_values
+  from pg_catalog.pg_attribute as a
+  where a.attrelid = p_table and a.attnum > 0 and not a.attisdropped;
+
+  execute format(
+    'create table %s (like %s, _conveyor_statement bigint not null, _conveyor_op "char" not null, '
+    '_conveyor_at timestamptz not null default pg_catalog.now())',
+    v_log, p_table
   );
+  execute format('comment on table %s is %L', v_log,
+    format('Rows captured from %s waiting to become %s events (conveyor.ingest_captures).', p_table, p_prefix));
 
-  insert into conveyor.events (
-    tenant_id, event_type, source, entity_type, entity_id, payload, changed_columns
-  )
-  select
-    coalesce(p.new_row, p.old_row) ->> v_tenant_column,
-    v_prefix || case
-      when p.old_row is null then '.created'
-      when p.new_row is null then '.deleted'
-      else '.updated'
-    end,
-    split_part(v_prefix, '.', 1),
-    split_part(v_prefix, '.', 2),
-    coalesce(p.new_row, p.old_row) ->> v_id_column,
-    case
-      when p.old_row is null then jsonb_build_object('new', p.new_row)
-      when p.new_row is null then jsonb_build_object('old', p.old_row)
-      else jsonb_build_object('old', p.old_row, 'new', p.new_row, 'changed', to_jsonb(c.changed))
-    end,
-    case when p.old_row is not null and p.new_row is not null then c.changed end
-  from (
-    select n.j as new_row, o.j as old_row
-    from (select to_jsonb(x) as j from conveyor_new as x offset 0) as n
-    full join (select to_jsonb(x) as j from conveyor_old as x offset 0) as o
-      on (n.j -> v_id_column) = (o.j -> v_id_column) and (n.j -> v_tenant_column) = (o.j -> v_tenant_column)
-    offset 0
-  ) as p
-  cross join lateral (
-    select array_agg(u.col order by u.ord) as changed
-    from unnest(v_columns) with ordinality as u (col, ord)
-    where (p.new_row -> u.col) is distinct from (p.old_row -> u.col)
-  ) as c
-  where
-    c.changed is not null
-    and exists (
-      select from conveyor.tenants as t
-      where t.tenant_id = coalesce(p.new_row, p.old_row) ->> v_tenant_column
-      offset 0
+  -- _conveyor_op: I inserted, D deleted, o / n the old / new row of an update
+  for v_op in
+    select * from (values
+      ('insert', format('select %s, v_statement, ''I'' from conveyor_new as r', v_values)),
+      ('update', format(
+        'select %1$s, v_statement, ''o'' from conveyor_old as r union all select %1$s, v_statement, ''n'' from conveyor_new as r',
+        v_values)),
+      ('delete', format('select %s, v_statement, ''D'' from conveyor_old as r', v_values))
+    ) as o (kind, source)
+  loop
+    execute format($f$
+      create or replace function conveyor_capture.%1$I() returns trigger
+      language plpgsql
+      security definer
+      set search_path = ''
+      as $body$
+      declare
+        v_statement bigint := pg_catalog.nextval('conveyor.capture_statements');
+      begin
+        insert into %2$s (%3$s, _conveyor_statement, _conveyor_op)
+        %4$s;
+        if found then
+          perform pg_catalog.pg_notify('conveyor_wakeup', 'event');
+        end if;
+        return null;
+      end;
+      $body$
+      $f$,
+      v_name || '_' || v_op.kind, v_log, v_columns, v_op.source
     );
+    execute format('revoke all on function conveyor_capture.%I() from public', v_name || '_' || v_op.kind);
+  end loop;
 
-  get diagnostics v_count = row_count;
-  if v_count > 0 then
-    perform pg_notify('conveyor_wakeup', 'event');
-  end if;
-  return null;
-end;
-$$;
-
-create or replace function conveyor.capture_delete() returns trigger
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_prefix text := tg_argv[0];
-  v_tenant_column text := tg_argv[1];
-  v_id_column text := tg_argv[2];
-  v_count bigint;
-begin
-  insert into conveyor.events (tenant_id, event_type, source, entity_type, entity_id, payload)
-  select
-    r.j ->> v_tenant_column,
-    v_prefix || '.deleted',
-    split_part(v_prefix, '.', 1),
-    split_part(v_prefix, '.', 2),
-    r.j ->> v_id_column,
-    jsonb_build_object('old', r.j)
-  from (select to_jsonb(o) as j from conveyor_old as o offset 0) as r
-  where exists (select from conveyor.tenants as t where t.tenant_id = r.j ->> v_tenant_column offset 0);
-
-  get diagnostics v_count = row_count;
-  if v_count > 0 then
-    perform pg_notify('conveyor_wakeup', 'event');
-  end if;
-  return null;
+  execute format(
+    'create trigger conveyor_capture_insert after insert on %s '
+    'referencing new table as conveyor_new for each statement execute function conveyor_capture.%I()',
+    p_table, v_name || '_insert'
+  );
+  execute format(
+    'create trigger conveyor_capture_update after update on %s '
+    'referencing old table as conveyor_old new table as conveyor_new for each statement '
+    'execute function conveyor_capture.%I()',
+    p_table, v_name || '_update'
+  );
+  execute format(
+    'create trigger conveyor_capture_delete after delete on %s '
+    'referencing old table as conveyor_old for each statement execute function conveyor_capture.%I()',
+    p_table, v_name || '_delete'
+  );
 end;
 $$;
 
@@ -311,25 +272,9 @@ begin
   end if;
 
   v_prefix := p_module || '.' || v_entity;
+  -- what is still in the log becomes events first, as the old capture described it
   perform conveyor.unwatch(p_table);
-  execute format(
-    'create trigger conveyor_capture_insert after insert on %s '
-    'referencing new table as conveyor_new for each statement '
-    'execute function conveyor.capture_insert(%L, %L, %L)',
-    p_table, v_prefix, p_tenant_column, p_id_column
-  );
-  execute format(
-    'create trigger conveyor_capture_update after update on %s '
-    'referencing old table as conveyor_old new table as conveyor_new for each statement '
-    'execute function conveyor.capture_update(%L, %L, %L)',
-    p_table, v_prefix, p_tenant_column, p_id_column
-  );
-  execute format(
-    'create trigger conveyor_capture_delete after delete on %s '
-    'referencing old table as conveyor_old for each statement '
-    'execute function conveyor.capture_delete(%L, %L, %L)',
-    p_table, v_prefix, p_tenant_column, p_id_column
-  );
+  perform conveyor.install_capture(p_table, v_prefix);
   insert into conveyor.watched_tables (table_name, module, entity, tenant_column, id_column)
   values (p_table, p_module, v_entity, p_tenant_column, p_id_column);
 end;
@@ -345,20 +290,90 @@ declare
   v_trigger text;
   v_removed bigint;
 begin
+  -- rows captured before now still become events (in this transaction)
+  if pg_catalog.to_regclass(conveyor.capture_log(p_table)) is not null
+    and exists (select from conveyor.watched_tables as w where w.table_name = p_table) then
+    perform conveyor.ingest_table(p_table, null);
+  end if;
   foreach v_trigger in array array['conveyor_capture_insert', 'conveyor_capture_update', 'conveyor_capture_delete']
   loop
     execute format('drop trigger if exists %I on %s', v_trigger, p_table);
+    execute format('drop function if exists conveyor_capture.%I()',
+      't' || p_table::oid::text || '_' || pg_catalog.split_part(v_trigger, '_', 3));
   end loop;
+  execute format('drop table if exists %s', conveyor.capture_log(p_table));
   delete from conveyor.watched_tables as w where w.table_name = p_table;
   get diagnostics v_removed = row_count;
   return v_removed > 0;
 end;
 $$;
 
+-- After ALTER TABLE on a watched table (a column added, dropped, renamed or retyped),
+-- capture it again with its new columns, so the platform's next write neither fails on a
+-- dropped column nor leaves a new one out. Rows captured before the change become events
+-- first, as they were. Refuses (and so rolls back) an ALTER that drops the tenant or id
+-- column of a watched table: unwatch it first.
+create or replace function conveyor.rewatch_altered_tables() returns event_trigger
+language plpgsql
+-- the platform's role may alter its own table; re-installing the capture is Conveyor's
+security definer
+set search_path = ''
+as $$
+declare
+  v_watched conveyor.watched_tables;
+begin
+  for v_watched in
+    select distinct w.*
+    from pg_catalog.pg_event_trigger_ddl_commands() as c
+    join conveyor.watched_tables as w on w.table_name = c.objid
+    where c.command_tag = 'ALTER TABLE' and c.classid = 'pg_catalog.pg_class'::regclass
+  loop
+    perform conveyor.watch(
+      v_watched.table_name, v_watched.module, v_watched.entity, v_watched.tenant_column, v_watched.id_column
+    );
+  end loop;
+end;
+$$;
+
+-- Event triggers need a superuser. Without one (a managed database, say), run
+-- conveyor.watch again after altering a watched table's columns.
+do $$
+begin
+  if not exists (select from pg_catalog.pg_event_trigger as t where t.evtname = 'conveyor_rewatch_altered_tables') then
+    if (select r.rolsuper from pg_catalog.pg_roles as r where r.rolname = current_user) then
+      create event trigger conveyor_rewatch_altered_tables on ddl_command_end
+      when tag in ('ALTER TABLE')
+      execute function conveyor.rewatch_altered_tables();
+    else
+      raise notice 'not a superuser: conveyor.watch must be run again after altering a watched table''s columns';
+    end if;
+  end if;
+end;
+$$;
+
 revoke execute on function conveyor.emit(text, text, jsonb, text, text, text, text) from public;
 grant execute on function conveyor.emit(text, text, jsonb, text, text, text, text)
 to conveyor_app, conveyor_service;
-revoke execute on function conveyor.capture_insert(), conveyor.capture_update(),
-conveyor.capture_delete() from public;
+-- Tables watched before the capture log existed get it now (their triggers called the
+-- functions dropped below).
+do $$
+declare
+  v_watched conveyor.watched_tables;
+begin
+  for v_watched in
+    select w.* from conveyor.watched_tables as w
+    where pg_catalog.to_regclass(conveyor.capture_log(w.table_name)) is null
+  loop
+    perform conveyor.watch(
+      v_watched.table_name, v_watched.module, v_watched.entity, v_watched.tenant_column, v_watched.id_column
+    );
+  end loop;
+end;
+$$;
+drop function if exists conveyor.capture_insert();
+drop function if exists conveyor.capture_update();
+drop function if exists conveyor.capture_delete();
+revoke execute on function conveyor.install_capture(regclass, text) from public;
+revoke execute on function conveyor.rewatch_altered_tables() from public;
 revoke execute on function conveyor.watch(regclass, text, text, name, name),
 conveyor.unwatch(regclass) from public;

@@ -97,6 +97,9 @@ declare
   v_refused bigint;
   v_max_depth integer := conveyor.max_event_depth();
 begin
+  -- watched tables' captured rows become events first (sql/ingest.sql)
+  perform conveyor.ingest_captures(p_limit);
+
   select array_agg(c.event_id order by c.event_id) into v_events
   from (
     select e.event_id

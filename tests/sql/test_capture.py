@@ -38,7 +38,21 @@ def contacts(tenants: Conn) -> Conn:
     return tenants
 
 
+def ingest(conn: Conn) -> int:
+    """Turn the captured rows into events, as dispatch does before it claims events."""
+    row = conn.execute("select conveyor.ingest_captures(1000000) as n").fetchone()
+    assert row is not None
+    return int(str(row["n"]))
+
+
+def forget_events(conn: Conn) -> None:
+    """Start a test's interesting part with no events (those captured so far ingested and gone)."""
+    ingest(conn)
+    conn.execute("delete from conveyor.events")
+
+
 def events(conn: Conn) -> list[dict[str, object]]:
+    ingest(conn)
     return conn.execute(EVENTS).fetchall()
 
 
@@ -170,7 +184,7 @@ def test_an_update_carries_old_new_and_the_changed_columns_in_table_order(contac
     contacts.execute(
         "insert into crm.contacts (id, tenant_id, email, score) values (1, 'acme', 'a@x.test', 5)"
     )
-    contacts.execute("delete from conveyor.events")
+    forget_events(contacts)
     contacts.execute("update crm.contacts set score = 9, status = 'won' where id = 1")
     [event] = events(contacts)
     assert event["event_type"] == "crm.contact.updated"
@@ -187,7 +201,7 @@ def test_setting_a_column_to_null_counts_as_a_change(contacts: Conn) -> None:
     contacts.execute(
         "insert into crm.contacts (id, tenant_id, email, score) values (1, 'acme', 'a@x.test', 5)"
     )
-    contacts.execute("delete from conveyor.events")
+    forget_events(contacts)
     contacts.execute("update crm.contacts set score = null")
     [event] = events(contacts)
     assert event["changed_columns"] == ["score"]
@@ -195,7 +209,7 @@ def test_setting_a_column_to_null_counts_as_a_change(contacts: Conn) -> None:
 
 def test_an_update_that_changes_nothing_captures_no_event(contacts: Conn) -> None:
     contacts.execute("insert into crm.contacts (id, tenant_id, email) values (1, 'acme', 'a@x.test')")
-    contacts.execute("delete from conveyor.events")
+    forget_events(contacts)
     contacts.execute("update crm.contacts set email = email, status = 'open'")
     assert events(contacts) == []
 
@@ -206,7 +220,7 @@ def test_a_multi_row_update_captures_only_the_rows_that_changed(contacts: Conn) 
         "select g, 'acme', 'c' || g || '@x.test', case when g % 2 = 0 then 'won' else 'open' end "
         "from generate_series(1, 10) as g"
     )
-    contacts.execute("delete from conveyor.events")
+    forget_events(contacts)
     contacts.execute("update crm.contacts set status = 'won'")
     rows = events(contacts)
     assert sorted(int(str(e["entity_id"])) for e in rows) == [1, 3, 5, 7, 9]
@@ -215,7 +229,7 @@ def test_a_multi_row_update_captures_only_the_rows_that_changed(contacts: Conn) 
 
 def test_an_update_of_the_id_is_captured_as_deleted_and_created(contacts: Conn) -> None:
     contacts.execute("insert into crm.contacts (id, tenant_id, email) values (1, 'acme', 'a@x.test')")
-    contacts.execute("delete from conveyor.events")
+    forget_events(contacts)
     contacts.execute("update crm.contacts set id = 2 where id = 1")
     rows = sorted(events(contacts), key=lambda e: str(e["event_type"]))
     assert [(e["event_type"], e["entity_id"]) for e in rows] == [
@@ -227,7 +241,7 @@ def test_an_update_of_the_id_is_captured_as_deleted_and_created(contacts: Conn) 
 
 def test_moving_a_row_to_another_tenant_is_captured_as_deleted_and_created(contacts: Conn) -> None:
     contacts.execute("insert into crm.contacts (id, tenant_id, email) values (1, 'acme', 'a@x.test')")
-    contacts.execute("delete from conveyor.events")
+    forget_events(contacts)
     contacts.execute("update crm.contacts set tenant_id = 'globex', email = 'b@y.test' where id = 1")
     rows = sorted(events(contacts), key=lambda e: str(e["event_type"]))
     assert [(e["event_type"], e["tenant_id"]) for e in rows] == [
@@ -245,7 +259,7 @@ def test_moving_a_row_to_another_tenant_is_captured_as_deleted_and_created(conta
 
 def test_delete_captures_deleted_events_with_the_old_row(contacts: Conn) -> None:
     contacts.execute("insert into crm.contacts (id, tenant_id, email) values (1, 'acme', 'a@x.test')")
-    contacts.execute("delete from conveyor.events")
+    forget_events(contacts)
     contacts.execute("delete from crm.contacts where id = 1")
     [event] = events(contacts)
     assert event["event_type"] == "crm.contact.deleted"
@@ -269,7 +283,9 @@ def test_a_rolled_back_platform_transaction_leaves_no_event(db_url: str, contact
     with psycopg.connect(db_url) as tx:
         tx.execute("insert into crm.contacts (id, tenant_id, email) values (1, 'acme', 'a@x.test')")
         tx.execute("insert into crm.contacts (id, tenant_id, email) values (2, 'acme', 'b@x.test')")
-        assert tx.execute("select count(*) from conveyor.events").fetchone() == (2,)
+        log = tx.execute("select conveyor.capture_log('crm.contacts')").fetchone()
+        assert log is not None
+        assert tx.execute(f"select count(*) from {log[0]}").fetchone() == (2,)
         tx.rollback()
     assert events(contacts) == []
     contacts.execute("begin")
@@ -282,37 +298,47 @@ def test_a_rolled_back_platform_transaction_leaves_no_event(db_url: str, contact
 
 
 def test_a_bulk_insert_of_10000_rows_captures_10000_events_with_one_insert_statement(contacts: Conn) -> None:
-    # A statement-level trigger on conveyor.events counts the insert statements that reach
-    # it and the rows each carried: the capture must be one statement, not one per row.
-    contacts.execute("create table public.event_inserts (rows bigint not null)")
+    # Statement-level triggers on the capture log and on conveyor.events count the insert
+    # statements that reach them and the rows each carried: capturing must be one statement
+    # per platform statement, and turning the log into events one statement per ingest.
+    log = contacts.execute("select conveyor.capture_log('crm.contacts') as log").fetchone()
+    assert log is not None
+    contacts.execute("create table public.inserts (target text not null, rows bigint not null)")
     contacts.execute("""
-        create function public.count_event_inserts() returns trigger language plpgsql as $$
+        create function public.count_inserts() returns trigger language plpgsql as $$
         begin
-          insert into public.event_inserts select count(*) from new_events;
+          insert into public.inserts select tg_table_schema, count(*) from new_rows;
           return null;
         end $$""")
-    contacts.execute("""
-        create trigger count_event_inserts after insert on conveyor.events
-        referencing new table as new_events for each statement
-        execute function public.count_event_inserts()""")
+    for table in (log["log"], "conveyor.events"):
+        contacts.execute(
+            f"create trigger count_inserts after insert on {table} referencing new table as new_rows "
+            "for each statement execute function public.count_inserts()"
+        )
     contacts.execute(
         "insert into crm.contacts (id, tenant_id, email) "
         "select g, case when g % 2 = 0 then 'acme' else 'globex' end, 'c' || g || '@x.test' "
         "from generate_series(1, 10000) as g"
     )
-    assert contacts.execute("select rows from public.event_inserts").fetchall() == [{"rows": 10000}]
+    assert contacts.execute("select target, rows from public.inserts").fetchall() == [
+        {"target": "conveyor_capture", "rows": 10000}
+    ]
+    assert ingest(contacts) == 10000
     summary = contacts.execute(
         "select count(*) as n, count(distinct entity_id) as ids, count(*) filter (where tenant_id = 'acme') as acme "
         "from conveyor.events where event_type = 'crm.contact.created'"
     ).fetchone()
     assert summary == {"n": 10000, "ids": 10000, "acme": 5000}
 
-    contacts.execute("update crm.contacts set score = 1 where id <= 2500")
+    contacts.execute("update crm.contacts set score = 1 where id <= 2500")  # old and new rows
     contacts.execute("delete from crm.contacts where id > 7500")
-    assert contacts.execute("select rows from public.event_inserts order by rows").fetchall() == [
-        {"rows": 2500},
-        {"rows": 2500},
-        {"rows": 10000},
+    assert ingest(contacts) == 5000
+    assert contacts.execute("select target, rows from public.inserts order by target, rows").fetchall() == [
+        {"target": "conveyor", "rows": 5000},
+        {"target": "conveyor", "rows": 10000},
+        {"target": "conveyor_capture", "rows": 2500},
+        {"target": "conveyor_capture", "rows": 5000},
+        {"target": "conveyor_capture", "rows": 10000},
     ]
 
 
@@ -325,9 +351,125 @@ def test_one_wakeup_per_statement_and_one_per_transaction(db_url: str, contacts:
         with contacts.transaction():
             contacts.execute("update crm.contacts set score = 1")
             contacts.execute("delete from crm.contacts where id > 250")
-        contacts.execute("update crm.contacts set score = 1")  # changes nothing: no event, no wakeup
+        contacts.execute("update crm.contacts set score = 1 where id < 0")  # no row: no wakeup
         received = list(listener.notifies(timeout=2))
     assert [(n.channel, n.payload) for n in received] == [("conveyor_wakeup", "event")] * 2
+
+
+# --- the capture log: rows wait there until dispatch turns them into events -------------
+
+
+def test_captured_rows_become_events_when_dispatch_runs(contacts: Conn) -> None:
+    contacts.execute("insert into crm.contacts (id, tenant_id, email) values (1, 'acme', 'a@x.test')")
+    # the platform's statement only copied the row into the log
+    assert contacts.execute("select count(*) as n from conveyor.events").fetchone() == {"n": 0}
+    contacts.execute("select conveyor.dispatch()")
+    row = contacts.execute(
+        "select event_type, dispatched_at is not null as done from conveyor.events"
+    ).fetchone()
+    assert row == {"event_type": "crm.contact.created", "done": True}
+    log = contacts.execute("select conveyor.capture_log('crm.contacts') as t").fetchone()
+    assert log is not None
+    assert contacts.execute(f"select count(*) as n from {log['t']}").fetchone() == {"n": 0}
+
+
+def test_occurred_at_is_the_time_of_the_platform_transaction(contacts: Conn) -> None:
+    contacts.execute("begin")
+    written = contacts.execute("select now() as t").fetchone()
+    contacts.execute("insert into crm.contacts (id, tenant_id, email) values (1, 'acme', 'a@x.test')")
+    contacts.execute("commit")
+    ingest(contacts)
+    event = contacts.execute("select occurred_at from conveyor.events").fetchone()
+    assert written is not None and event == {"occurred_at": written["t"]}
+
+
+def test_an_update_larger_than_the_ingest_batch_keeps_its_old_and_new_rows_paired(contacts: Conn) -> None:
+    contacts.execute(
+        "insert into crm.contacts (id, tenant_id, email) select g, 'acme', 'x' from generate_series(1, 3000) g"
+    )
+    forget_events(contacts)
+    contacts.execute("update crm.contacts set score = 7")
+    # a batch of 1000 rows takes the whole 6000-row statement: no old row without its new one
+    assert contacts.execute("select conveyor.ingest_captures(1000) as n").fetchone() == {"n": 3000}
+    kinds = contacts.execute("select event_type, count(*) as n from conveyor.events group by 1").fetchall()
+    assert kinds == [{"event_type": "crm.contact.updated", "n": 3000}]
+
+
+def test_concurrent_ingests_turn_each_captured_row_into_one_event(db_url: str, contacts: Conn) -> None:
+    contacts.execute(
+        "insert into crm.contacts (id, tenant_id, email) select g, 'acme', 'x' from generate_series(1, 500) g"
+    )
+    with psycopg.connect(db_url) as first, psycopg.connect(db_url, autocommit=True) as second:
+        assert first.execute("select conveyor.ingest_captures(100000)").fetchone() == (500,)
+        # the first ingest holds the table until it commits: the second skips it
+        assert second.execute("select conveyor.ingest_captures(100000)").fetchone() == (0,)
+        first.commit()
+        assert second.execute("select conveyor.ingest_captures(100000)").fetchone() == (0,)
+    assert contacts.execute(
+        "select count(distinct entity_id) as ids, count(*) as n from conveyor.events"
+    ).fetchone() == {
+        "ids": 500,
+        "n": 500,
+    }
+
+
+def test_altering_a_watched_table_recaptures_its_columns(contacts: Conn) -> None:
+    contacts.execute("insert into crm.contacts (id, tenant_id, email) values (1, 'acme', 'a@x.test')")
+    contacts.execute("alter table crm.contacts add column phone text")
+    contacts.execute(
+        "insert into crm.contacts (id, tenant_id, email, phone) values (2, 'acme', 'b@x.test', '555')"
+    )
+    contacts.execute("alter table crm.contacts drop column score")
+    contacts.execute("update crm.contacts set status = 'won' where id = 2")
+    payloads = [(e["event_type"], e["payload"]) for e in events(contacts)]
+    assert payloads == [
+        # captured before the change: described with the columns it had
+        (
+            "crm.contact.created",
+            {"new": {"id": 1, "tenant_id": "acme", "email": "a@x.test", "status": "open", "score": None}},
+        ),
+        (
+            "crm.contact.created",
+            {
+                "new": {
+                    "id": 2,
+                    "tenant_id": "acme",
+                    "email": "b@x.test",
+                    "status": "open",
+                    "score": None,
+                    "phone": "555",
+                }
+            },
+        ),
+        (
+            "crm.contact.updated",
+            {
+                "old": {"id": 2, "tenant_id": "acme", "email": "b@x.test", "status": "open", "phone": "555"},
+                "new": {"id": 2, "tenant_id": "acme", "email": "b@x.test", "status": "won", "phone": "555"},
+                "changed": ["status"],
+            },
+        ),
+    ]
+
+
+def test_dropping_the_tenant_column_of_a_watched_table_is_refused(contacts: Conn) -> None:
+    with pytest.raises(
+        psycopg.errors.UndefinedColumn, match=r"watch crm.contacts: no such column: tenant_id"
+    ):
+        contacts.execute("alter table crm.contacts drop column tenant_id")
+    contacts.execute("insert into crm.contacts (id, tenant_id, email) values (1, 'acme', 'a@x.test')")
+    assert [e["event_type"] for e in events(contacts)] == ["crm.contact.created"]
+
+
+def test_unwatch_turns_the_rows_already_captured_into_events(contacts: Conn) -> None:
+    contacts.execute("insert into crm.contacts (id, tenant_id, email) values (1, 'acme', 'a@x.test')")
+    contacts.execute("select conveyor.unwatch('crm.contacts')")
+    assert contacts.execute("select event_type from conveyor.events").fetchall() == [
+        {"event_type": "crm.contact.created"}
+    ]
+    assert contacts.execute(
+        "select count(*) as n from pg_class where relnamespace = 'conveyor_capture'::regnamespace"
+    ).fetchone() == {"n": 0}
 
 
 def test_watch_defaults_the_entity_to_the_table_name(tenants: Conn) -> None:
@@ -443,17 +585,22 @@ def test_the_platform_role_writes_a_watched_table_without_rights_on_conveyor_tab
 def test_capture_triggers_pass_plpgsql_check(contacts: Conn) -> None:
     contacts.execute("create extension if not exists plpgsql_check")
     rows = contacts.execute("""
-        select f.name, c.message
-        from (values ('conveyor.capture_insert()', 'conveyor_new', null),
-                     ('conveyor.capture_update()', 'conveyor_new', 'conveyor_old'),
-                     ('conveyor.capture_delete()', null, 'conveyor_old')) as f (name, newtable, oldtable)
+        select f.kind, c.message
+        from (values ('insert', 'conveyor_new', null),
+                     ('update', 'conveyor_new', 'conveyor_old'),
+                     ('delete', null, 'conveyor_old')) as f (kind, newtable, oldtable)
         cross join lateral plpgsql_check_function_tb(
-          f.name::regprocedure, 'crm.contacts'::regclass, newtable => f.newtable, oldtable => f.oldtable,
+          ('conveyor_capture.t' || 'crm.contacts'::regclass::oid || '_' || f.kind || '()')::regprocedure,
+          'crm.contacts'::regclass, newtable => f.newtable, oldtable => f.oldtable,
           fatal_errors => false, extra_warnings => false, performance_warnings => false
         ) as c
         where c.level = 'error'
         """).fetchall()
     assert rows == []
+    # the three generated functions exist and were checked
+    assert contacts.execute(
+        "select count(*) as n from pg_proc where pronamespace = 'conveyor_capture'::regnamespace"
+    ).fetchone() == {"n": 3}
 
 
 # --- property: the captured events replay to the table's state ---------------------------
@@ -512,7 +659,7 @@ def test_replaying_the_captured_events_rebuilds_the_watched_rows(
     contacts: Conn, script: list[tuple[str, tuple[object, ...]]]
 ) -> None:
     contacts.execute("truncate crm.contacts")
-    contacts.execute("delete from conveyor.events")
+    forget_events(contacts)
     for statement, params in script:
         contacts.execute(statement, params)
 
