@@ -10,7 +10,9 @@
 --     columns (an id or tenant change becomes `deleted` + `created`);
 --   * an updated row whose columns are all unchanged becomes no event;
 --   * rows of tenants conveyor.tenants does not know (or a null tenant) become no event;
---   * occurred_at is the time of the platform's transaction, not of the ingest.
+--   * occurred_at is the time of the platform's transaction, not of the ingest;
+--   * event ids follow statement order within a table; events of different watched
+--     tables are ingested table by table, so their ids need not follow commit order.
 
 -- Turns p_table's captured rows into events: whole statements, in statement order, until
 -- at least p_limit rows are taken (null: all of them). Returns the number of events.
