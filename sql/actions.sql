@@ -19,6 +19,9 @@ declare
   v_messages jsonb[];
   v_msg_ids bigint[];
 begin
+  if coalesce(pg_catalog.cardinality(p_step_run_ids), 0) = 0 then
+    return 0;  -- most write-backs reach no new action
+  end if;
   select array_agg(m.message order by m.step_run_id) into v_messages
   from (
     select
@@ -36,11 +39,14 @@ begin
         'attempt', r.attempt,
         'timeout_s', ceil(extract(epoch from s.timeout))::integer
       ) as message
-    from conveyor.step_runs as r
+    -- driven by the ids (unnest), so that plpgsql's cached generic plan starts from the
+    -- step_runs primary key whatever the tables' sizes, not from a scan of executions
+    from unnest(p_step_run_ids) as ids (step_run_id)
+    join conveyor.step_runs as r on r.step_run_id = ids.step_run_id
     join conveyor.executions as e on e.execution_id = r.execution_id
     join conveyor.workflow_steps as s
       on s.workflow_id = e.workflow_id and s.version = e.version and s.step_id = r.step_id
-    where r.step_run_id = any(p_step_run_ids) and r.status = 'queued' and s.kind = 'action'
+    where r.status = 'queued' and s.kind = 'action'
   ) as m;
   if v_messages is null then
     return 0;
@@ -145,6 +151,7 @@ declare
   v_new_id bigint;
   v_delay integer;
   v_advanced bigint[] := array[]::bigint[];
+  v_archived bigint[] := array[]::bigint[];
 begin
   if jsonb_typeof(p_results) is distinct from 'array' then
     raise exception using
@@ -189,7 +196,6 @@ begin
           step_outputs = e.step_outputs
           || jsonb_build_object(v_run.step_id, jsonb_build_object('output', v_result -> 'output'))
         where e.execution_id = v_exec.execution_id;
-        perform conveyor.advance_execution(v_exec.execution_id, now());
         v_advanced := v_advanced || v_exec.execution_id;
       else
         v_error := case
@@ -246,7 +252,6 @@ begin
                 v_run.step_id, jsonb_build_object('output', v_result -> 'output', 'error', v_error)
               )
             where e.execution_id = v_exec.execution_id;
-            perform conveyor.advance_execution(v_exec.execution_id, now());
             v_advanced := v_advanced || v_exec.execution_id;
           else
             perform conveyor.finish_execution(
@@ -268,12 +273,21 @@ begin
     end if;
 
     if write_back.msg_id is not null then
-      perform pgmq.archive('conveyor_actions', write_back.msg_id);
+      v_archived := v_archived || write_back.msg_id;
     end if;
     return next;
   end loop;
-  -- The actions the continued executions reached, in one batch.
-  perform conveyor.send_new_actions(v_advanced);
+  -- Batched: the continued executions run on to their next stopping point together (an
+  -- execution waits on one action at a time, so a batch holds at most one applied result
+  -- per execution), the actions they reached are sent together, and the messages are
+  -- archived with one statement.
+  if pg_catalog.cardinality(v_advanced) > 0 then
+    perform conveyor.advance_executions(v_advanced, now());
+    perform conveyor.send_new_actions(v_advanced);
+  end if;
+  if pg_catalog.cardinality(v_archived) > 0 then
+    perform pgmq.archive('conveyor_actions', v_archived);
+  end if;
 end;
 $$;
 
