@@ -294,6 +294,8 @@ $$;
 revoke all on function conveyor.enqueue_action(bigint, integer) from public;
 revoke all on function conveyor.send_actions(bigint[], integer) from public;
 revoke all on function conveyor.send_new_actions(bigint[]) from public;
+-- dispatch, which runners call as conveyor_service, sends its new executions' actions
+grant execute on function conveyor.send_new_actions(bigint[]) to conveyor_service;
 grant execute on function conveyor.enqueue_action(bigint, integer) to conveyor_service;
 revoke all on function conveyor.write_back(jsonb) from public;
 grant execute on function conveyor.write_back(jsonb) to conveyor_service;

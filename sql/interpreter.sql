@@ -1133,6 +1133,8 @@ grant execute on function conveyor.abort_execution(bigint, text, jsonb) to conve
 grant execute on function conveyor.finish_execution(bigint, text, jsonb) to conveyor_service;
 grant execute on function conveyor.advance_execution(bigint, timestamptz) to conveyor_service;
 grant execute on function conveyor.advance_executions(bigint[], timestamptz) to conveyor_service;
+grant execute on function conveyor.interpret_executions(conveyor.executions[], timestamptz, boolean)
+to conveyor_service;
 grant execute on function conveyor.run_executions(bigint[]) to conveyor_service;
 grant execute on function conveyor.cancel_execution(text, bigint, text) to conveyor_app, conveyor_service;
 grant execute on function conveyor.dry_run(text, jsonb, jsonb) to conveyor_app, conveyor_service;
