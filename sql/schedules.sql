@@ -9,7 +9,10 @@
 -- * Auto-disable: when the last max_consecutive_failures executions all failed, the
 --   schedule is disabled with a reason and a log line instead of firing again.
 
--- The latest slot at or before p_now (null if none in the last 8 years).
+-- The latest slot at or before p_now (null if none in the last 8 years): a window
+-- (p_now - w, p_now] that holds a slot, doubling w, then a bisection down to one minute
+-- (slots are whole minutes): about 8 cron_next calls for an hour, 30 for years, where
+-- walking the window slot by slot took one call per slot (60 for an every-minute cron).
 create or replace function conveyor.cron_latest_slot(p_cron text, p_timezone text, p_now timestamptz)
 returns timestamptz
 language plpgsql
@@ -18,24 +21,31 @@ set search_path = ''
 as $$
 declare
   v_window interval := interval '1 hour';
+  v_lo timestamptz;
+  v_hi timestamptz := p_now;
+  v_mid timestamptz;
   v_slot timestamptz;
-  v_next timestamptz;
 begin
-  -- Find a window before p_now that holds a slot, doubling it; then walk forward.
   loop
-    v_slot := conveyor.cron_next(p_cron, p_now - v_window, p_timezone);
+    v_lo := p_now - v_window;
+    v_slot := conveyor.cron_next(p_cron, v_lo, p_timezone);
     exit when v_slot is not null and v_slot <= p_now;
     if v_window > interval '8 years' then
       return null;
     end if;
     v_window := v_window * 2;
   end loop;
-  loop
-    v_next := conveyor.cron_next(p_cron, v_slot, p_timezone);
-    exit when v_next is null or v_next > p_now;
-    v_slot := v_next;
+  -- Invariants: a slot lies in (v_lo, p_now]; none lies in (v_hi, p_now].
+  while v_hi - v_lo > interval '1 minute' loop
+    v_mid := v_lo + (v_hi - v_lo) / 2;
+    v_slot := conveyor.cron_next(p_cron, v_mid, p_timezone);
+    if v_slot is not null and v_slot <= p_now then
+      v_lo := v_mid;
+    else
+      v_hi := v_mid;
+    end if;
   end loop;
-  return v_slot;
+  return conveyor.cron_next(p_cron, v_lo, p_timezone);
 end;
 $$;
 
@@ -106,6 +116,7 @@ as $$
 declare
   s record;
   v_slot timestamptz;
+  v_next timestamptz;
   v_missed integer;
   v_execution_id bigint;
   v_recent_failures integer;
@@ -122,12 +133,36 @@ begin
     limit p_limit
     for update of sc skip locked
   loop
-    v_slot := conveyor.cron_latest_slot(s.cron, s.timezone, p_now);
-    if v_slot is null or not s.workflow_active then
+    if not s.workflow_active then
       update conveyor.schedules
       set next_run_at = conveyor.cron_next(s.cron, p_now, s.timezone), updated_at = now()
       where schedule_id = s.schedule_id;
       continue;
+    end if;
+
+    -- The slot to fire is the latest at or before p_now. next_run_at is the first slot
+    -- not yet fired, so on a tick in time that is it, and the slot after it (the next
+    -- next_run_at) lies past p_now: two cron_next calls. After a short outage walk the
+    -- slots passed over (each is one missed slot); after a long one, jump.
+    v_slot := conveyor.cron_next(s.cron, s.next_run_at - interval '1 microsecond', s.timezone);
+    if v_slot is null or v_slot > p_now then
+      -- next_run_at was not a slot (set by hand): the first slot after it is not due yet.
+      update conveyor.schedules set next_run_at = v_slot, updated_at = now()
+      where schedule_id = s.schedule_id;
+      continue;
+    end if;
+    v_missed := 0;
+    v_next := conveyor.cron_next(s.cron, v_slot, s.timezone);
+    while v_next <= p_now and v_missed < 60 loop
+      v_slot := v_next;
+      v_missed := v_missed + 1;
+      v_next := conveyor.cron_next(s.cron, v_slot, s.timezone);
+    end loop;
+    if v_next <= p_now then
+      v_next := conveyor.cron_latest_slot(s.cron, s.timezone, p_now);
+      v_missed := v_missed + conveyor.cron_count_slots(s.cron, s.timezone, v_slot, v_next);
+      v_slot := v_next;
+      v_next := conveyor.cron_next(s.cron, p_now, s.timezone);
     end if;
 
     -- Auto-disable: the last N executions of this schedule all failed.
@@ -153,9 +188,6 @@ begin
         continue;
       end if;
     end if;
-
-    v_missed := greatest(conveyor.cron_count_slots(
-      s.cron, s.timezone, coalesce(s.last_slot, s.next_run_at - interval '1 microsecond'), v_slot) - 1, 0);
 
     if s.overlap = 'skip' and exists (
       select from conveyor.executions as x
@@ -194,8 +226,7 @@ begin
     end if;
 
     update conveyor.schedules
-    set last_slot = greatest(last_slot, coalesce(v_slot, last_slot)),
-      next_run_at = conveyor.cron_next(s.cron, p_now, s.timezone), updated_at = now()
+    set last_slot = greatest(last_slot, v_slot), next_run_at = v_next, updated_at = now()
     where schedule_id = s.schedule_id;
   end loop;
   return v_fired;
