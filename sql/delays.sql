@@ -2,6 +2,33 @@
 -- Driven by the runner's tick (and pg_cron every minute as a safety net); the clock is a
 -- parameter so tests move time instead of sleeping.
 
+-- When the next execution waiting on time (a delay, or an event wait's timeout) is due;
+-- null when none is. Paused executions are not counted: they resume when unpaused.
+-- The runner sleeps until then (conveyor.tick() reports it), so a delay resumes on time
+-- rather than on the next poll.
+create or replace function conveyor.next_due_at()
+returns timestamptz
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+begin
+  -- plpgsql, not sql: the query has no parameters, so its plan is made once per session
+  return (
+    select e.resume_at
+    from conveyor.executions as e
+    where e.status = 'waiting' and e.wait_kind in ('delay', 'event') and e.paused_at is null
+      and e.resume_at is not null
+    order by e.resume_at, e.execution_id
+    limit 1
+  );
+end;
+$$;
+
+revoke all on function conveyor.next_due_at() from public;
+grant execute on function conveyor.next_due_at() to conveyor_service;
+
 -- Claims up to p_limit due executions (oldest resume_at first, skip locked), moves each
 -- past its delay (next_step) or wait (the timeout branch), and runs it on.
 -- Returns how many executions were resumed.
@@ -14,6 +41,14 @@ as $$
 declare
   v_ids bigint[];
 begin
+  -- Nothing due is the common case (the runner ticks often): answer it with one probe of
+  -- executions_due_scan_idx. The statement below has parameters, and once many
+  -- executions wait the planner prefers a custom plan for it, i.e. plans it on every call;
+  -- that cost grew with the number of waiting executions even when nothing was due.
+  if not coalesce(conveyor.next_due_at() <= p_now, false) then
+    return 0;
+  end if;
+
   with due as (
     select e.execution_id, e.workflow_id, e.version, e.current_step, e.wait_kind
     from conveyor.executions as e

@@ -1,9 +1,36 @@
 -- The periodic tick: one call does every piece of time-driven work the engine has.
 
+-- The earliest timeout of an unfinished execution (null: none), from executions_timeout_idx.
+create or replace function conveyor.next_timeout_at()
+returns timestamptz
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+begin
+  return (
+    select min(e.timeout_at)
+    from conveyor.executions as e
+    where e.status in ('pending', 'running', 'waiting') and e.timeout_at is not null
+  );
+end;
+$$;
+
+revoke all on function conveyor.next_timeout_at() from public;
+grant execute on function conveyor.next_timeout_at() to conveyor_service;
+
 -- The periodic work: dispatch pending events, fire due schedules, expire timeouts, resume
--- due executions. The runner calls
--- it whenever it is woken (and on a short poll); pg_cron calls it every minute as a safety
--- net. Time is a parameter so tests can move it.
+-- due executions. The runner calls it whenever it is woken (and on a short poll); pg_cron
+-- calls it every minute as a safety net. Time is a parameter so tests can move it.
+--
+-- The result counts what was done and says when time-driven work is next due:
+-- next_due_at (the earliest delay or event-wait timeout, schedule slot, date trigger or
+-- execution timeout not done yet; null: none) and next_due_in_s, the same in seconds from
+-- the end of this call by p_now's clock (rounded up to the millisecond): 0 when it fell
+-- due while this call ran, negative when it was due when the call began and is left for
+-- the next call (more than p_batch due, or locked by another caller). The runner sleeps
+-- until then rather than until its next poll, so a delay resumes on time.
 drop function if exists conveyor.tick(timestamptz, integer);
 create or replace function conveyor.tick(
   p_now timestamptz default now(),
@@ -16,8 +43,10 @@ declare
   v_dispatched integer := 0;
   v_resumed integer;
   v_fired integer;
-  v_expired integer;
+  v_expired integer := 0;
   v_batch integer;
+  v_next timestamptz;
+  v_in numeric;
 begin
   -- Bounded: at most 10 batches per call, so one call never holds locks for long.
   for i in 1..10 loop
@@ -26,10 +55,30 @@ begin
     exit when v_batch < p_batch;
   end loop;
   v_fired := conveyor.fire_schedules(p_now) + conveyor.fire_date_triggers(p_now, p_batch);
-  v_expired := conveyor.expire_timeouts(p_now, p_batch);
+  -- Timeouts and due executions are only scanned for when an index probe finds one due
+  -- (resume_due probes for itself): the runner ticks often, and a tick with nothing due
+  -- must cost the same with 10 or with 100,000 executions waiting.
+  if conveyor.next_timeout_at() <= p_now then
+    v_expired := conveyor.expire_timeouts(p_now, p_batch);
+  end if;
   v_resumed := conveyor.resume_due(p_now, p_batch);
+
+  v_next := least(
+    conveyor.next_due_at(),
+    conveyor.next_timeout_at(),
+    (select min(sc.next_run_at) from conveyor.schedules as sc where sc.active),
+    (select min(df.due_at) from conveyor.date_trigger_firings as df where df.fired_at is null)
+  );
+  -- seconds from now (p_now plus the time this call took) until v_next
+  v_in := extract(epoch from v_next - p_now) - extract(epoch from pg_catalog.clock_timestamp() - pg_catalog.now());
   return jsonb_build_object(
-    'dispatched', v_dispatched, 'fired', v_fired, 'expired', v_expired, 'resumed', v_resumed
+    'dispatched', v_dispatched, 'fired', v_fired, 'expired', v_expired, 'resumed', v_resumed,
+    'next_due_at', v_next,
+    'next_due_in_s', case
+      when v_next is null then null
+      when v_next > p_now then greatest(pg_catalog.ceil(v_in * 1000) / 1000, 0)
+      else least(pg_catalog.floor(v_in * 1000) / 1000, -0.001)
+    end
   );
 end;
 $$;
