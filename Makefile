@@ -2,7 +2,8 @@
 SHELL := /bin/bash
 BIN := .venv/bin
 
-.PHONY: bootstrap run test lint pytest migrate db-start db-stop db-status clean-db
+.PHONY: bootstrap run test lint pytest migrate db-start db-stop db-status clean-db \
+	bench bench-capture bench-dispatch bench-runner bench-waiting bench-delays bench-burst bench-e2e chaos
 
 bootstrap:  ## install the PostgreSQL server packages (as root) and the locked virtualenv
 	@bash scripts/bootstrap.sh
@@ -44,3 +45,24 @@ bench-dispatch: bootstrap  ## dispatch + interpretation throughput, matching cos
 
 bench-capture: bootstrap  ## capture overhead: watched vs plain table inserts (bench/RESULTS.md)
 	$(BIN)/python bench/capture_overhead.py
+
+bench-burst: bootstrap  ## 1,000 events at once through real runners: drain time, queue depth over time (bench/RESULTS.md)
+	$(BIN)/python -m bench.burst_drain
+
+bench-delays: bootstrap  ## 1,000 delays due in the same second: lateness p50/p99/max with a real runner (bench/RESULTS.md)
+	$(BIN)/python -m bench.delay_lateness
+
+bench-waiting: bootstrap  ## due-scan and dispatch cost with 100,000 waiting executions vs none (bench/RESULTS.md)
+	$(BIN)/python -m bench.waiting_scale
+
+chaos: bootstrap  ## chaos at full scale: kills, restarts, terminations, outages, schedule race (bench/RESULTS.md)
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
+
+bench-runner: bootstrap  ## one runner's action throughput, concurrency 16 vs 1 (bench/RESULTS.md)
+	$(BIN)/python -m bench.runner_throughput --actions 400
+
+bench: bench-capture bench-dispatch bench-runner bench-waiting bench-delays bench-burst bench-e2e chaos  ## every benchmark and the chaos runs, one after another: every number in bench/RESULTS.md
+
+bench-e2e:  ## end to end vs DBOS and Procrastinate: burst + steady rate (bench/RESULTS.md, bench/e2e_peers.png)
+	@CONVEYOR_BENCH=1 bash scripts/bootstrap.sh
+	$(BIN)/python -m bench.e2e_peers $(BENCH_ARGS)

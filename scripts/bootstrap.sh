@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Conveyor needs on a Debian machine, idempotently:
 #   * the PostgreSQL server (15 or newer) with pg_cron and plpgsql_check, through apt when root;
-#   * a virtual environment (.venv) with the locked Python dependencies (requirements.lock).
+#   * a virtual environment (.venv) with the locked Python dependencies (requirements.lock);
+#   * with CONVEYOR_BENCH=1 (or --bench), also the benchmark-only ones (requirements-bench.lock).
 # A second run with nothing to do finishes in well under a second.
 set -euo pipefail
 
@@ -81,4 +82,20 @@ if [ ! -f "$stamp" ]; then
   "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
   rm -f "$venv"/.conveyor-lock-*
   touch "$stamp"
+fi
+
+# --- Benchmark-only dependencies (CONVEYOR_BENCH=1 or --bench) --------------------
+# requirements-bench.lock (uv pip compile --extra dev --extra bench): the test lock plus
+# the peers bench/e2e_peers.py compares against (DBOS, Procrastinate) and matplotlib, at
+# the same versions for every package the two locks share. `make test` and `make run`
+# never need it.
+if [ "${CONVEYOR_BENCH:-0}" = "1" ] || [ "${1:-}" = "--bench" ]; then
+  bench_hash="$(sha256sum requirements.lock requirements-bench.lock pyproject.toml | sha256sum | cut -c1-16)"
+  bench_stamp="$venv/.conveyor-bench-lock-$bench_hash"
+  if [ ! -f "$bench_stamp" ]; then
+    say "installing the benchmark dependencies (requirements-bench.lock)"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --require-hashes -r requirements-bench.lock
+    rm -f "$venv"/.conveyor-bench-lock-*
+    touch "$bench_stamp"
+  fi
 fi

@@ -54,6 +54,11 @@ begin
 
   select array_agg(b.msg_id) into v_msg_ids
   from pgmq.send_batch('conveyor_actions', v_messages, greatest(coalesce(p_delay_s, 0), 0)) as b (msg_id);
+  -- wake the runners (one notification per transaction; a delayed message is found by
+  -- their poll once it becomes visible)
+  if coalesce(p_delay_s, 0) <= 0 then
+    perform pg_catalog.pg_notify('conveyor_actions', 'queued');
+  end if;
   -- Each message names its step_run: map the new msg_ids back through the queue table.
   update conveyor.step_runs as r
   set msg_id = q.msg_id
@@ -152,6 +157,8 @@ declare
   v_delay integer;
   v_advanced bigint[] := array[]::bigint[];
   v_archived bigint[] := array[]::bigint[];
+  v_retry_ids bigint[] := array[]::bigint[];
+  v_retry_delays integer[] := array[]::integer[];
 begin
   if jsonb_typeof(p_results) is distinct from 'array' then
     raise exception using
@@ -218,7 +225,8 @@ begin
             v_run.idempotency_key
           )
           returning step_runs.step_run_id into v_new_id;
-          perform conveyor.enqueue_action(v_new_id, v_delay);
+          v_retry_ids := v_retry_ids || v_new_id;
+          v_retry_delays := v_retry_delays || v_delay;
           insert into conveyor.execution_logs (tenant_id, execution_id, workflow_id, step_id, level, message, details)
           values (
             v_exec.tenant_id, v_exec.execution_id, v_exec.workflow_id, v_run.step_id, 'info',
@@ -288,6 +296,10 @@ begin
   if pg_catalog.cardinality(v_archived) > 0 then
     perform pgmq.archive('conveyor_actions', v_archived);
   end if;
+  -- the next attempts, one send per distinct delay
+  perform conveyor.send_actions(pg_catalog.array_agg(r.step_run_id), r.delay_s)
+  from unnest(v_retry_ids, v_retry_delays) as r (step_run_id, delay_s)
+  group by r.delay_s;
 end;
 $$;
 

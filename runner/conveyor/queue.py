@@ -20,7 +20,8 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 QUEUE = "conveyor_actions"
-INSERT_CHANNEL = f"pgmq.q_{QUEUE}.INSERT"
+# conveyor.send_actions notifies here when it queues actions (migrations/0016)
+INSERT_CHANNEL = "conveyor_actions"
 WAKEUP_CHANNEL = "conveyor_wakeup"
 DEFAULT_TIMEOUT_S = 30.0
 
@@ -63,28 +64,34 @@ def visibility_timeout(timeout_s: float, margin_s: float) -> int:
 
 
 def read_batch(conn: Conn, qty: int, margin_s: float) -> list[Message]:
-    """Read up to `qty` messages; each stays invisible for its timeout_s + margin_s."""
+    """Read up to `qty` messages; each stays invisible for its timeout_s + margin_s.
+
+    One statement, one round trip: pgmq.read takes the messages with the default visibility
+    timeout and, in the same statement, pgmq.set_vt gives each its own (the message's
+    `timeout_s` when it is a positive number, else DEFAULT_TIMEOUT_S, plus the margin,
+    rounded up; the same rule as `Message.timeout_s` and `visibility_timeout`).
+    """
     if qty <= 0:
         return []
-    with conn.transaction():
-        rows = conn.execute(
-            "select msg_id, read_ct, message from pgmq.read(%s, %s, %s)",
-            (QUEUE, visibility_timeout(DEFAULT_TIMEOUT_S, margin_s), qty),
-        ).fetchall()
-        messages = []
-        for row in rows:
-            body = row[2] if isinstance(row[2], dict) else json.loads(row[2]) if row[2] else {}
-            messages.append(Message(msg_id=int(row[0]), read_ct=int(row[1]), body=body))
-        if messages:
-            conn.execute(
-                "select s.msg_id from unnest(%s::bigint[], %s::integer[]) as m (msg_id, vt)"
-                " cross join lateral pgmq.set_vt(%s, m.msg_id, m.vt) as s",
-                (
-                    [m.msg_id for m in messages],
-                    [visibility_timeout(m.timeout_s, margin_s) for m in messages],
-                    QUEUE,
-                ),
-            ).fetchall()
+    rows = conn.execute(
+        "with r as materialized (select msg_id, read_ct, message from pgmq.read(%(q)s, %(vt)s, %(n)s))"
+        " select r.msg_id, r.read_ct, r.message from r"
+        " cross join lateral pgmq.set_vt(%(q)s, r.msg_id, greatest(1, ceil("
+        "   case when jsonb_typeof(r.message -> 'timeout_s') = 'number'"
+        "     and (r.message ->> 'timeout_s')::numeric > 0"
+        "   then (r.message ->> 'timeout_s')::numeric else %(default)s end + %(margin)s)::integer)) as s",
+        {
+            "q": QUEUE,
+            "vt": visibility_timeout(DEFAULT_TIMEOUT_S, margin_s),
+            "n": qty,
+            "default": DEFAULT_TIMEOUT_S,
+            "margin": margin_s,
+        },
+    ).fetchall()
+    messages = []
+    for row in rows:
+        body = row[2] if isinstance(row[2], dict) else json.loads(row[2]) if row[2] else {}
+        messages.append(Message(msg_id=int(row[0]), read_ct=int(row[1]), body=body))
     return messages
 
 
@@ -112,5 +119,21 @@ def write_back(conn: Conn, results: list[dict[str, Any]]) -> list[tuple[int, Any
     return [(int(r[0]), r[1], str(r[2])) for r in rows]
 
 
-def tick(conn: Conn) -> None:
-    conn.execute("select conveyor.tick()")
+def tick(conn: Conn) -> float | None:
+    """Run conveyor.tick(); returns in how many seconds to tick again for time-driven work
+    (a delay or timeout falling due, a schedule slot, ...), or None to wait for the poll.
+
+    0 when work is due now: it fell due while the tick ran, or the tick left some (more
+    than a batch). Work due that the tick could not take (another runner's tick holds it)
+    gives None rather than a busy loop. A database whose tick() does not report
+    next_due_in_s gives None: the runner polls, as before.
+    """
+    row = conn.execute("select conveyor.tick()").fetchone()
+    result = row[0] if row else None
+    if not isinstance(result, dict) or not isinstance(result.get("next_due_in_s"), int | float):
+        return None
+    due_in = float(result["next_due_in_s"])
+    if due_in >= 0:
+        return due_in
+    progressed = any(result.get(key) for key in ("dispatched", "fired", "expired", "resumed"))
+    return 0.0 if progressed else None

@@ -4,19 +4,23 @@ One loop, in the main thread, owns the database connection:
 
 * heartbeat (`conveyor.runners`), every `heartbeat_interval`;
 * `conveyor.tick()` (dispatch + resume due delays; skipped while it does not exist) when
-  woken by NOTIFY `conveyor_wakeup`, and every `poll_interval` as a fallback;
+  woken by NOTIFY `conveyor_wakeup`, when the last tick said time-driven work falls due
+  (a delay resumes on time, not on the next poll), and every `poll_interval` as a fallback;
 * read a batch from the pgmq queue `conveyor_actions` whenever there is a free slot and
   pgmq's notify-on-insert fired, the last read was full, or the poll interval passed;
   each message stays invisible for its own `timeout_s` plus `visibility_margin`;
-* hand each action to a worker thread (at most `concurrency` at once) and write the
-  finished results back in batches through `conveyor.write_back`.
+* hand each action to a worker thread (at most `concurrency` at once).
+
+A writer thread, on a connection of its own, writes the finished results back in
+batches through `conveyor.write_back` (the heaviest statement: it runs each execution
+on to its next action), so that writing never holds up ticking and reading.
 
 Why threads: actions are blocking I/O (httpx's sync client, smtplib); a bounded set of
 daemon threads keeps every action library usable as is, the GIL is irrelevant for
 network waits, and a thread that outlives the shutdown grace period cannot hold the
 process (its message simply becomes visible again).
 
-A separate thread LISTENs on its own connection and only sets flags and wakes the loop.
+A third thread LISTENs on its own connection and only sets flags and wakes the loop.
 SIGTERM / Ctrl-C: stop reading, let in-flight actions finish within `shutdown_grace`,
 write their results, exit 0. A lost database: reconnect with backoff; results not yet
 written are kept and written after reconnecting.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import socket
 import threading
@@ -48,6 +53,10 @@ from conveyor.netguard import NetworkPolicy
 from conveyor.secrets import SecretBox
 
 log = logging.getLogger("conveyor.runner")
+
+# A statement the server rolled back because it lost a race with another transaction
+# (class 40: deadlock, serialization failure). The connection is fine: do it again.
+_ROLLED_BACK = (psycopg.errors.TransactionRollback, psycopg.errors.DeadlockDetected)
 
 
 @dataclass
@@ -105,6 +114,7 @@ class _Lease:
 class _State:
     leases: dict[int, _Lease] = field(default_factory=dict)
     finished: list[_Finished] = field(default_factory=list)
+    writing: int = 0  # results taken by the writer and not yet written (or put back)
 
     @property
     def inflight(self) -> int:
@@ -144,6 +154,11 @@ class Runner:
         self._tick_ready = False
         self._warned_no_write_back = False
         self._backlog = False
+        self._low_water = max(1, min(self.config.batch_size, self.config.concurrency) // 2)
+        self._tasks: queue.SimpleQueue[tuple[q.Message, Connection | str | None]] = queue.SimpleQueue()
+        self._results = threading.Event()  # wakes the writer: results are waiting
+        self._writer_stop = threading.Event()
+        self._idle_threads = 0
 
     # --- signals ---------------------------------------------------------------------
 
@@ -159,8 +174,10 @@ class Runner:
         backoff = 0.5
         announced = False
         listener = threading.Thread(target=self._listen, name="conveyor-listen", daemon=True)
+        writer = threading.Thread(target=self._write_loop, name="conveyor-write-back", daemon=True)
         if self.metrics_server is not None:
             self.metrics_server.start()
+        writer.start()
         try:
             while True:
                 if self.stopping.is_set() and self._drained():
@@ -210,6 +227,16 @@ class Runner:
                         self.stopping.wait(backoff)
                     backoff = min(backoff * 2, 10.0)
         finally:
+            self._writer_stop.set()
+            self._results.set()
+            writer.join(timeout=5.0)
+            with self.lock:
+                unwritten = len(self.state.finished) + self.state.writing
+            if unwritten:
+                log.warning(
+                    "stopping with results not written back; their actions will be performed again",
+                    extra={"results": unwritten},
+                )
             self.metrics.connected = False
             self.env.close()
             if self.metrics_server is not None:
@@ -218,7 +245,7 @@ class Runner:
 
     def _drained(self) -> bool:
         with self.lock:
-            return self.state.inflight == 0 and not self.state.finished
+            return self.state.inflight == 0 and not self.state.finished and self.state.writing == 0
 
     def _past_deadline(self) -> bool:
         if self._stop_deadline is None:
@@ -228,6 +255,7 @@ class Runner:
     def _serve(self, conn: psycopg.Connection[Any]) -> None:
         next_heartbeat = 0.0
         next_poll = 0.0
+        next_due = float("inf")  # when conveyor.tick() said time-driven work falls due
         self.metrics.connected = True
         while True:
             self.wake.clear()
@@ -241,13 +269,11 @@ class Runner:
                     (self.runner_id, socket.gethostname(), os.getpid(), __version__),
                 )
                 next_heartbeat = now + self.config.heartbeat_interval
-            self._flush(conn)
             next_renewal = self._renew(conn)
             if self.stopping.is_set():
                 with self.lock:
                     inflight = self.state.inflight
-                if inflight == 0:
-                    self._flush(conn)  # a result may have arrived since the flush above
+                if self._drained():  # every result written back by the writer
                     return
                 if self._past_deadline():
                     log.warning(
@@ -255,7 +281,6 @@ class Runner:
                         " (their messages become visible again after the visibility timeout)",
                         extra={"inflight": inflight},
                     )
-                    self._flush(conn)
                     return
                 self.wake.wait(min(0.1, max(0.0, next_renewal - time.monotonic())))
                 continue
@@ -270,11 +295,18 @@ class Runner:
             with self.lock:
                 want_tick, want_read = self.flags.want_tick, self.flags.want_read
                 self.flags.want_tick = self.flags.want_read = False
-            if self._tick_ready and (want_tick or poll_due):
-                q.tick(conn)
+            if self._tick_ready and (want_tick or poll_due or now >= next_due):
+                try:
+                    due_in = q.tick(conn)
+                    next_due = float("inf") if due_in is None else time.monotonic() + due_in
+                except _ROLLED_BACK as exc:
+                    log.info("tick rolled back; retrying", extra={"error": _first_line(exc)})
+                    self._notify(read=True, tick=True)
             if want_read or poll_due or self._backlog:
                 self._read_and_start(conn)
-            self.wake.wait(max(0.0, min(next_heartbeat, next_poll, next_renewal) - time.monotonic()))
+            self.wake.wait(
+                max(0.0, min(next_heartbeat, next_poll, next_renewal, next_due) - time.monotonic())
+            )
 
     def _renew(self, conn: psycopg.Connection[Any]) -> float:
         """Extend the visibility of in-flight messages about to reappear; returns when to look again.
@@ -328,12 +360,21 @@ class Runner:
             return
         while not self.stopping.is_set():
             with self.lock:
-                free = self.config.concurrency - self.state.inflight
+                inflight = self.state.inflight
+            free = self.config.concurrency - inflight
             wanted = min(self.config.batch_size, free)
-            if wanted <= 0:
+            # Under load, read in batches rather than one message per finished action: each
+            # read is a round trip and a statement, whatever its size. Until half a batch of
+            # slots is free, the actions in flight keep the runner busy anyway.
+            if wanted <= 0 or (inflight > 0 and wanted < self._low_water):
                 self._backlog = True
                 return
-            messages = q.read_batch(conn, wanted, self.config.visibility_margin)
+            try:
+                messages = q.read_batch(conn, wanted, self.config.visibility_margin)
+            except _ROLLED_BACK as exc:
+                log.info("read rolled back; retrying", extra={"error": _first_line(exc)})
+                self._backlog = True
+                return
             if messages:
                 connections = self._load_connections(conn, messages)
                 for message in messages:
@@ -392,10 +433,28 @@ class Runner:
         )
         with self.lock:
             self.state.leases[message.msg_id] = lease
-        thread = threading.Thread(
-            target=self._perform, args=(message, connection), name=f"action-{message.msg_id}", daemon=True
-        )
-        thread.start()
+            idle = self._idle_threads > 0
+            if idle:
+                self._idle_threads -= 1
+        if idle:
+            self._tasks.put((message, connection))
+        else:
+            # One more daemon thread: there are never more than the actions in flight at
+            # once (a hung action keeps its thread; its slot is counted until it returns).
+            thread = threading.Thread(
+                target=self._work, args=(message, connection), name="conveyor-action", daemon=True
+            )
+            thread.start()
+
+    def _work(self, message: q.Message, connection: Connection | str | None) -> None:
+        """An action thread: performs its first action, then waits for the next one.
+
+        Handing an action to an idle thread is a queue put: starting a thread per action
+        makes the loop wait until the new thread runs, which on a busy machine is the
+        slowest step of all."""
+        while True:
+            self._perform(message, connection)  # counts this thread idle as it finishes
+            message, connection = self._tasks.get()
 
     def _perform(self, message: q.Message, connection: Connection | str | None) -> None:
         started = time.monotonic()
@@ -460,19 +519,72 @@ class Runner:
         with self.lock:
             self.state.finished.append(finished)
             self.state.leases.pop(message.msg_id, None)
+            self._idle_threads += 1
+        self._results.set()
         self.wake.set()
+
+    def _write_loop(self) -> None:
+        """The writer: writes finished results back, in batches, on its own connection.
+
+        Write-back is the engine's heaviest statement (it applies results and runs the
+        executions on to their next action); on a connection of its own it never holds up
+        ticking and reading, and whatever finishes while it writes is the next batch.
+        """
+        backoff, failed = 0.5, False
+        while not self._writer_stop.is_set():
+            try:
+                with psycopg.connect(
+                    self.url, autocommit=True, connect_timeout=5, application_name="conveyor-runner"
+                ) as conn:
+                    _act_as_service_role(conn)
+                    if failed:
+                        log.info(
+                            "reconnected", extra={"runner": str(self.runner_id), "connection": "write-back"}
+                        )
+                    backoff, failed = 0.5, False
+                    while not self._writer_stop.is_set():
+                        self._flush(conn)
+                        self._results.wait(1.0)
+                        self._results.clear()
+                    self._flush(conn)  # what finished before the stop
+            except psycopg.OperationalError as exc:
+                failed = True
+                log.warning(
+                    "database unavailable for write-back; retrying",
+                    extra={"error": _first_line(exc), "retry_in_s": backoff},
+                )
+                self._writer_stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+            except Exception:  # never lose the writer: log, back off, go on
+                failed = True
+                log.exception("write-back failed unexpectedly; retrying")
+                self._writer_stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
 
     def _flush(self, conn: psycopg.Connection[Any]) -> None:
         with self.lock:
             batch, self.state.finished = self.state.finished, []
+            self.state.writing += len(batch)
         if not batch:
             return
         try:
             self._write(conn, batch)
-        except psycopg.OperationalError:
+        except _ROLLED_BACK as exc:
+            # A deadlock or serialization failure with another runner's transaction: the
+            # write-back was rolled back as a whole; keep the results and write them again
+            # at once (the connection is fine, no reconnect).
+            log.info("write-back rolled back; retrying", extra={"error": _first_line(exc)})
+            with self.lock:
+                self.state.finished[:0] = batch
+            self._results.set()
+        except BaseException:
             with self.lock:
                 self.state.finished[:0] = batch
             raise
+        finally:
+            with self.lock:
+                self.state.writing -= len(batch)
+            self.wake.set()  # the loop may be waiting for the last results to be written
 
     def _write(self, conn: psycopg.Connection[Any], batch: list[_Finished]) -> None:
         try:

@@ -375,15 +375,17 @@ def test_notifications_wake_the_runner_without_waiting_for_the_poll(
     [execution] = wait_for(lambda: all_final(conn, 1), timeout=10)
     assert execution["status"] == "completed"
 
-    # pgmq's notify-on-insert alone: a message sent straight to the queue is performed
-    # (the write-back ignores it: no step run waits for it) and archived
-    time.sleep(0.5)  # past pgmq's 250 ms notification throttle
+    # the actions channel alone (what conveyor.send_actions notifies): a message sent
+    # straight to the queue is performed (the write-back ignores it: no step run waits
+    # for it) and archived
     message = {
         "step_run_id": 999999, "execution_id": 999999, "tenant_id": tenant, "workflow_id": 1,
         "step_id": "direct", "action": "webhook.send", "connection": None,
         "input": {"url": server.url("/direct")}, "idempotency_key": "999999:direct:1", "attempt": 1, "timeout_s": 5,
     }  # fmt: skip
-    conn.execute("select pgmq.send('conveyor_actions', %s)", (Jsonb(message),))
+    with conn.transaction():
+        conn.execute("select pgmq.send('conveyor_actions', %s)", (Jsonb(message),))
+        conn.execute("select pg_notify('conveyor_actions', 'queued')")
     [received] = wait_for(lambda: server.requests_to("/direct"), timeout=10)
     assert received.headers["idempotency-key"] == "999999:direct:1"
     wait_for(

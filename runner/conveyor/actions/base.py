@@ -8,6 +8,9 @@ The runner only reports that classification; SQL decides whether and when to ret
 
 from __future__ import annotations
 
+import http.cookiejar
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,26 +43,64 @@ class ActionRequest:
         return self.connection
 
 
+_CLIENT_OPTIONS: dict[str, Any] = {
+    "trust_env": False,
+    "follow_redirects": False,
+    "headers": {"User-Agent": "Conveyor"},
+}
+
+
+def _client() -> httpx.Client:
+    # A cookie jar that keeps nothing: a cookie one tenant's endpoint sets must never be
+    # sent with another action (the next request to that destination may be another tenant's).
+    jar = http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    return httpx.Client(cookies=jar, **_CLIENT_OPTIONS)
+
+
 @dataclass
 class Environment:
-    """What actions share in one runner: the network policy and an HTTP client."""
+    """What actions share in one runner: the network policy and HTTP clients.
+
+    `http` builds requests. Requests are sent through one keep-alive client per
+    destination: (scheme, Host header, checked address, port). A kept-alive connection is
+    therefore only ever reused for the same host name at the same checked address: the
+    TLS server name and certificate check it was opened with are the ones the next request
+    needs, and DNS pinning holds (every request is still resolved and checked; a different
+    answer is a different destination, so a different client). The least recently used of
+    more than `max_destinations` clients is closed.
+    """
 
     policy: NetworkPolicy
     http: httpx.Client
+    max_destinations: int = 128
+    _clients: OrderedDict[tuple[str, str, str, int | None], httpx.Client] = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def create(cls, policy: NetworkPolicy) -> Environment:
-        # No keep-alive: connections are pinned to checked IP addresses with a per-request
-        # TLS server name, and must never be reused for another host name on that address.
-        client = httpx.Client(
-            trust_env=False,
-            follow_redirects=False,
-            limits=httpx.Limits(max_keepalive_connections=0),
-            headers={"User-Agent": "Conveyor"},
-        )
-        return cls(policy=policy, http=client)
+        return cls(policy=policy, http=_client())
+
+    def client_for(self, request: httpx.Request) -> httpx.Client:
+        """The keep-alive client for the destination `request` (from `pinned_request`) goes to."""
+        key = (request.url.scheme, request.headers.get("Host", ""), request.url.host, request.url.port)
+        evicted = None
+        with self._lock:
+            client = self._clients.get(key)
+            if client is not None:
+                self._clients.move_to_end(key)
+                return client
+            client = self._clients[key] = _client()
+            if len(self._clients) > self.max_destinations:
+                _, evicted = self._clients.popitem(last=False)
+        if evicted is not None:
+            evicted.close()
+        return client
 
     def close(self) -> None:
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), OrderedDict()
+        for client in clients:
+            client.close()
         self.http.close()
 
 

@@ -80,7 +80,7 @@ def send(
         raise ActionError(f"invalid URL: {exc}", retryable=False, kind="invalid_input") from exc
 
     try:
-        response = env.http.send(request, stream=True)
+        response = env.client_for(request).send(request, stream=True)
         try:
             chunks: list[bytes] = []
             size = 0

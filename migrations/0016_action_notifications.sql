@@ -1,0 +1,12 @@
+-- Wake runners for new actions with Conveyor's own NOTIFY instead of pgmq's
+-- notify-on-insert trigger (enabled in 0006).
+--
+-- pgmq's trigger records each notification in one shared row
+-- (pgmq.notify_insert_throttle) and holds that row's lock until its transaction commits,
+-- so every transaction that queues an action (dispatch, each runner's write-back with its
+-- retries) waited for the one before it; under a storm of retries one runner's write-back
+-- stalled behind another's for seconds (bench/chaos, the outage scenario). Its 250 ms
+-- throttle also left actions queued inside the window to the runners' poll.
+-- conveyor.send_actions now calls pg_notify('conveyor_actions', 'queued'): Postgres folds
+-- the notifications of one transaction into one and takes no row lock.
+select pgmq.disable_notify_insert('conveyor_actions');

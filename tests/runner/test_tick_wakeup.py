@@ -1,0 +1,106 @@
+"""The runner wakes when time-driven work falls due (conveyor.tick() says when), so a delay
+resumes on time rather than on the runner's next poll."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from conveyor import queue as q
+from tests.runner.helpers import wait_for
+
+Conn = psycopg.Connection[Any]
+
+
+def publish_delay(conn: Conn, delay: str, slug: str = "pause") -> None:
+    conn.execute(
+        "insert into conveyor.tenants (tenant_id, name) values ('acme', 'Acme') on conflict do nothing"
+    )
+    document = {
+        "slug": slug,
+        "name": slug,
+        "trigger": {"event": f"crm.{slug}.created"},
+        "steps": [{"id": "pause", "delay": {"for": delay}}, {"id": "after", "set": {"done": True}}],
+    }
+    conn.execute("select conveyor.publish('acme', %s)", (Jsonb(document),))
+
+
+def emit(conn: Conn, slug: str = "pause", count: int = 1) -> None:
+    conn.execute(
+        "select conveyor.emit('acme', %s, '{}'::jsonb) from generate_series(1, %s)",
+        (f"crm.{slug}.created", count),
+    )
+
+
+def test_tick_says_when_to_tick_again(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        assert q.tick(conn) is None  # nothing waits on time: the poll will do
+
+        publish_delay(conn, "1h")
+        emit(conn)
+        due_in = q.tick(conn)  # dispatches the event; its execution waits an hour
+        assert due_in is not None and 3_590 < due_in <= 3_600
+
+        # 1,001 executions overdue: one tick (a batch of 1,000) leaves one, so tick again at once
+        emit(conn, count=1_000)
+        conn.execute("select conveyor.dispatch(2000)")
+        conn.execute("update conveyor.executions set resume_at = now() - interval '1 minute'")
+        assert q.tick(conn) == 0.0
+        assert q.tick(conn) is None  # all resumed and completed
+
+        # overdue but held by another transaction (another runner's tick): no busy loop
+        emit(conn)
+        conn.execute("select conveyor.dispatch()")
+        conn.execute(
+            "update conveyor.executions set resume_at = now() - interval '1 minute' where status = 'waiting'"
+        )
+        with psycopg.connect(db_url) as other:
+            other.execute("select 1 from conveyor.executions where status = 'waiting' for update").fetchall()
+            assert q.tick(conn) is None
+        assert q.tick(conn) is None
+        row = conn.execute("select count(*) from conveyor.executions where status <> 'completed'").fetchone()
+        assert row == (0,)
+
+
+def test_runner_resumes_a_delay_on_time_not_on_its_next_poll(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as conn:
+        publish_delay(conn, "2s")
+        env = {
+            **os.environ,
+            "CONVEYOR_DATABASE_URL": db_url,
+            "CONVEYOR_POLL_INTERVAL": "60",
+            "CONVEYOR_HEARTBEAT_INTERVAL": "60",
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "conveyor.cli", "run"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            wait_for(lambda: conn.execute("select 1 from conveyor.runners").fetchone())
+            emit(conn)  # the NOTIFY wakes the runner: it dispatches; the execution waits 2 s
+            row = wait_for(
+                lambda: conn.execute(
+                    "select e.status, (d.output ->> 'resume_at')::timestamptz as resume_at, a.started_at"
+                    " from conveyor.executions as e"
+                    " join conveyor.step_runs as d on d.execution_id = e.execution_id and d.step_id = 'pause'"
+                    " join conveyor.step_runs as a on a.execution_id = e.execution_id and a.step_id = 'after'"
+                    " where e.status = 'completed'"
+                ).fetchone(),
+                timeout=20,
+            )
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 0, stderr
+    late = row["started_at"] - row["resume_at"]
+    assert timedelta(0) <= late < timedelta(seconds=1), late
