@@ -40,9 +40,13 @@ def receiver(latency_s: float) -> ThreadingHTTPServer:
             self.end_headers()
             self.wfile.write(b"ok")
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    server.request_queue_size = 256
+    class Server(ThreadingHTTPServer):
+        # the listen backlog is taken when the socket is bound, in the constructor: set
+        # on the class, not on the instance afterwards
+        request_queue_size = 256
+        daemon_threads = True
+
+    server = Server(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
