@@ -7,7 +7,8 @@ One loop, in the main thread, owns the database connection:
   woken by NOTIFY `conveyor_wakeup`, when the last tick said time-driven work falls due
   (a delay resumes on time, not on the next poll), and every `poll_interval` as a fallback;
 * read a batch from the pgmq queue `conveyor_actions` whenever there is a free slot and
-  pgmq's notify-on-insert fired, the last read was full, or the poll interval passed;
+  NOTIFY `conveyor_actions` arrived (conveyor.send_actions sends it), the last read was
+  full, or the poll interval passed;
   each message stays invisible for its own `timeout_s` plus `visibility_margin`;
 * hand each action to a worker thread (at most `concurrency` at once).
 
