@@ -34,13 +34,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from bench.harness import record, temporary_database
+from bench.harness import receiver, record, temporary_database
 
 Conn = psycopg.Connection[Any]
 SAMPLE_S = 0.1
@@ -56,33 +55,6 @@ class Sample:
     @property
     def outstanding(self) -> int:
         return self.pending + self.active
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 512  # the listen backlog (it must be set before the socket listens)
-
-
-def receiver(latency_s: float) -> ThreadingHTTPServer:
-    """A local endpoint answering every POST with 200 after `latency_s` (keep-alive, HTTP/1.1)."""
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            time.sleep(latency_s)
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-    server = _Server(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
 
 
 def setup(conn: Conn, port: int) -> str:

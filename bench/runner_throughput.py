@@ -16,39 +16,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from bench.harness import record, temporary_database
-
-
-def receiver(latency_s: float) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            time.sleep(latency_s)
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-    class Server(ThreadingHTTPServer):
-        # the listen backlog is taken when the socket is bound, in the constructor: set
-        # on the class, not on the instance afterwards
-        request_queue_size = 256
-        daemon_threads = True
-
-    server = Server(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+from bench.harness import receiver, record, temporary_database
 
 
 def queue_actions(conn: psycopg.Connection[Any], count: int) -> None:
