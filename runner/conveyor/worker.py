@@ -114,6 +114,9 @@ class _Lease:
 @dataclass
 class _State:
     leases: dict[int, _Lease] = field(default_factory=dict)
+    # Leases of finished actions whose results are not written yet: still renewed, so a
+    # slow write-back never lets another runner perform the action again.
+    unwritten: dict[int, _Lease] = field(default_factory=dict)
     finished: list[_Finished] = field(default_factory=list)
     writing: int = 0  # results taken by the writer and not yet written (or put back)
 
@@ -336,11 +339,16 @@ class Runner:
                 else:
                     lease.hung = True
                     hung.append(msg_id)
+            for msg_id, lease in self.state.unwritten.items():  # the action is done: never hung
+                if lease.until - now > threshold:
+                    next_check = min(next_check, lease.until - threshold)
+                else:
+                    renew.append(msg_id)
         if renew:
             q.extend_visibility(conn, renew, extend)
             with self.lock:
                 for msg_id in renew:
-                    renewed = self.state.leases.get(msg_id)
+                    renewed = self.state.leases.get(msg_id) or self.state.unwritten.get(msg_id)
                     if renewed is not None:
                         renewed.until = now + extend
                         next_check = min(next_check, renewed.until - threshold)
@@ -519,7 +527,9 @@ class Runner:
             )
         with self.lock:
             self.state.finished.append(finished)
-            self.state.leases.pop(message.msg_id, None)
+            lease = self.state.leases.pop(message.msg_id, None)
+            if lease is not None and not lease.hung:
+                self.state.unwritten[message.msg_id] = lease
             self._idle_threads += 1
         self._results.set()
         self.wake.set()
@@ -599,11 +609,16 @@ class Runner:
                     " the visibility timeout",
                     extra={**batch[0].message.log_fields(), "error": _first_line(exc)},
                 )
+                with self.lock:  # stop renewing: let the message come back
+                    self.state.unwritten.pop(batch[0].message.msg_id, None)
                 return
             for single in batch:  # isolate the result the database refuses
                 self._write(conn, [single])
             return
         by_msg = {f.message.msg_id: f for f in batch}
+        with self.lock:  # written (and archived): nothing left to renew
+            for msg_id in by_msg:
+                self.state.unwritten.pop(msg_id, None)
         for msg_id, _step_run_id, outcome in rows:
             self.metrics.written(outcome)
             finished = by_msg.get(msg_id)

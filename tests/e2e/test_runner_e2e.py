@@ -397,6 +397,37 @@ def test_notifications_wake_the_runner_without_waiting_for_the_poll(
     assert [line["step_run"] for line in ignored] == [999999]
 
 
+def test_a_result_waiting_for_a_slow_write_back_keeps_its_message_invisible(
+    db_url: str, conn: Conn, server: LocalHTTP, runners: Any
+) -> None:
+    """The action is done in a second, but its write-back then waits (here: behind a lock on
+    the execution) for longer than the message's visibility timeout. The runner keeps
+    renewing the finished action's lease until the result is written, so no runner performs
+    the action a second time."""
+    tenant = setup_tenant(conn)
+    server.routes["/slow-write"] = Reply(status=200, body="ok", delay_s=1.0)
+    step = {"action": "webhook.send", "timeout": "2s", "with": {"url": server.url("/slow-write")}}
+    publish(conn, tenant, step)
+    # visibility: timeout 2 s + margin 2 s; renewed when less than 1 s is left
+    runner = runners(CONVEYOR_VISIBILITY_MARGIN="2", CONVEYOR_POLL_INTERVAL="0.2")
+    wait_for(lambda: any(line["msg"] == "runner ready" for line in runner.lines()))
+    with psycopg.connect(db_url) as blocker:
+        emit(conn, tenant, {})
+        wait_for(lambda: [e for e in executions(conn) if e["status"] == "waiting"], timeout=10)
+        # while the action runs, hold the execution's row: write_back locks it first, so
+        # the result waits for us once the action is done
+        blocker.execute("select 1 from conveyor.executions for update")
+        time.sleep(10)  # well past the 4 s visibility timeout
+        assert len(server.requests_to("/slow-write")) == 1
+        blocker.rollback()
+    [execution] = wait_for(lambda: all_final(conn, 1), timeout=15)
+    assert execution["status"] == "completed"
+    assert len(server.requests_to("/slow-write")) == 1
+    read_counts = conn.execute("select read_ct from pgmq.a_conveyor_actions").fetchall()
+    assert read_counts == [{"read_ct": 1}]
+    assert runner.stop() == 0
+
+
 def test_a_postgres_restart_mid_action_loses_nothing(
     db_url: str, conn: Conn, server: LocalHTTP, runners: Any, pg_server: Any
 ) -> None:
