@@ -500,6 +500,10 @@ def test_chaos_runners_killed_at_random_lose_nothing_and_complete_each_step_once
         timeout=20,
     )
     for runner in alive:
+        # a runner started just now may not have installed its SIGTERM handler yet
+        wait_for(
+            lambda runner=runner: any(line["msg"] == "runner ready" for line in runner.lines()), timeout=30
+        )
         assert runner.stop() == 0
     assert [r["status"] for r in step_runs(conn)] == ["completed"] * 30
 
