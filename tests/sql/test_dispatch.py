@@ -200,6 +200,36 @@ def test_run_once_per_entity_refuses_second_run_with_reason(conn: Conn) -> None:
     assert log_reasons(conn) == ["run_once", "run_once"]
 
 
+def test_two_dispatchers_start_a_run_once_workflow_once_per_entity(db_url: str, conn: Conn) -> None:
+    # Two events for one entity, taken by two dispatchers at the same time: the second
+    # waits for the first (dispatch's advisory lock per limited workflow), then sees its
+    # execution and refuses with a reason; it neither starts a second run nor fails.
+    t = tenant(conn, "acme")
+    wf = publish(conn, t, "welcome", {"event": "crm.contact.updated"}, settings={"run_once_per_entity": True})
+    for _ in range(2):
+        emit(conn, t, "crm.contact.updated", entity_type="contact", entity_id="42")
+    outcome: list[Any] = []
+    with psycopg.connect(db_url) as first:
+        assert first.execute("select conveyor.dispatch(1)").fetchone() == (1,)  # holds its transaction
+
+        def second() -> None:
+            try:
+                with psycopg.connect(db_url, autocommit=True) as c:
+                    outcome.append(c.execute("select conveyor.dispatch(1)").fetchone())
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(timeout=1.0)
+        assert thread.is_alive() and outcome == []  # waiting for the first dispatcher
+        first.commit()
+        thread.join(timeout=30)
+    assert outcome == [(1,)]
+    assert executions_by_workflow(conn) == {wf: 1}
+    assert log_reasons(conn) == ["run_once"]
+
+
 def test_rate_limit_refuses_with_reason(conn: Conn) -> None:
     t = tenant(conn, "acme")
     wf = publish(
