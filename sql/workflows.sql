@@ -133,6 +133,19 @@ exception
 end;
 $$;
 
+-- The roots a step's templates and conditions may name: conveyor.template_default_roots,
+-- where `item` exists only inside transform map templates and filter conditions.
+create or replace function conveyor.step_template_roots(p_item boolean) returns text[]
+language sql
+immutable
+set search_path = ''
+as $$
+  select case
+    when p_item then conveyor.template_default_roots()
+    else pg_catalog.array_remove(conveyor.template_default_roots(), 'item')
+  end;
+$$;
+
 -- Template problems in a value (any JSON; every string in it is a template), and
 -- references to steps that the workflow does not have ({{steps.nope.output}}).
 -- Templates in steps see the roots trigger, steps, vars, execution, tenant, now, and
@@ -151,11 +164,7 @@ as $$
 begin
   return query
   select t.message
-  from conveyor.template_errors(
-    p_value, p_path,
-    array['trigger', 'steps', 'vars', 'execution', 'tenant', 'now']
-    || case when p_item then array['item'] else '{}'::text[] end
-  ) as t (message);
+  from conveyor.template_errors(p_value, p_path, conveyor.step_template_roots(p_item)) as t (message);
 
   return query
   select format('%s: template refers to unknown step "%s"', p_path, r.step_id)
@@ -180,11 +189,7 @@ as $$
 begin
   return query
   select c.message
-  from conveyor.condition_errors(
-    p_condition, p_path,
-    array['trigger', 'steps', 'vars', 'execution', 'tenant', 'now']
-    || case when p_item then array['item'] else '{}'::text[] end
-  ) as c (message);
+  from conveyor.condition_errors(p_condition, p_path, conveyor.step_template_roots(p_item)) as c (message);
 
   -- Step ids in templates, and in plain field paths ({"field": "steps.check.output.ok"}).
   return query
