@@ -135,6 +135,19 @@ declare
   v_values text;
   v_op record;
 begin
+  if exists (
+    select from pg_catalog.pg_attribute as a
+    where a.attrelid = p_table and a.attnum > 0 and not a.attisdropped
+      and a.attname in ('_conveyor_statement', '_conveyor_op', '_conveyor_at')
+  ) then
+    raise exception using
+      errcode = '42701',
+      message = format(
+        'watch %s: the column names _conveyor_statement, _conveyor_op and _conveyor_at are reserved'
+        ' for the capture log', p_table
+      ),
+      hint = 'Rename the column, or capture changes with conveyor.emit instead.';
+  end if;
   select
     string_agg(pg_catalog.quote_ident(a.attname), ', ' order by a.attnum),
     string_agg('r.' || pg_catalog.quote_ident(a.attname), ', ' order by a.attnum)

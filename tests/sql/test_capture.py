@@ -461,6 +461,13 @@ def test_dropping_the_tenant_column_of_a_watched_table_is_refused(contacts: Conn
     assert [e["event_type"] for e in events(contacts)] == ["crm.contact.created"]
 
 
+def test_watch_refuses_a_table_with_a_column_the_capture_log_reserves(tenants: Conn) -> None:
+    tenants.execute("create table public.odd (id bigint primary key, tenant_id text, _conveyor_op text)")
+    with pytest.raises(psycopg.errors.DuplicateColumn, match=r"watch public.odd: the column names .* are reserved"):
+        tenants.execute("select conveyor.watch('public.odd', 'crm')")
+    assert tenants.execute("select count(*) as n from conveyor.watched_tables").fetchone() == {"n": 0}
+
+
 def test_unwatch_turns_the_rows_already_captured_into_events(contacts: Conn) -> None:
     contacts.execute("insert into crm.contacts (id, tenant_id, email) values (1, 'acme', 'a@x.test')")
     contacts.execute("select conveyor.unwatch('crm.contacts')")
