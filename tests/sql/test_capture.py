@@ -463,7 +463,9 @@ def test_dropping_the_tenant_column_of_a_watched_table_is_refused(contacts: Conn
 
 def test_watch_refuses_a_table_with_a_column_the_capture_log_reserves(tenants: Conn) -> None:
     tenants.execute("create table public.odd (id bigint primary key, tenant_id text, _conveyor_op text)")
-    with pytest.raises(psycopg.errors.DuplicateColumn, match=r"watch public.odd: the column names .* are reserved"):
+    with pytest.raises(
+        psycopg.errors.DuplicateColumn, match=r"watch public.odd: the column names .* are reserved"
+    ):
         tenants.execute("select conveyor.watch('public.odd', 'crm')")
     assert tenants.execute("select count(*) as n from conveyor.watched_tables").fetchone() == {"n": 0}
 
