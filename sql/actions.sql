@@ -105,6 +105,106 @@ begin
 end;
 $$;
 
+-- The runner's read: up to p_qty visible messages, each made invisible for its own action's
+-- timeout (the message's timeout_s, else p_default_timeout_s) plus p_margin_s, rounded up
+-- to whole seconds; read_ct counts the delivery. What pgmq.read does, with a visibility
+-- timeout per message in the same statement (pgmq.read takes one for the whole batch,
+-- and builds its SQL per call). Written against the queue table's layout: the DO block
+-- also sets last_read_at where the installed pgmq has that column (pgmq >= 1.5).
+do $do$
+declare
+  v_last_read text := case
+    when exists (
+      select from pg_catalog.pg_attribute
+      where attrelid = 'pgmq.q_conveyor_actions'::regclass and attname = 'last_read_at' and not attisdropped
+    ) then 'last_read_at = pg_catalog.clock_timestamp(),'
+    else ''
+  end;
+begin
+  execute format($fn$
+create or replace function conveyor.read_actions(
+  p_qty integer,
+  p_margin_s numeric,
+  p_default_timeout_s numeric default 30
+)
+returns table (msg_id bigint, read_ct integer, message jsonb)
+language plpgsql
+security definer
+set search_path = ''
+as $$
+#variable_conflict use_column
+begin
+  return query
+  with next as (
+    select q.msg_id
+    from pgmq.q_conveyor_actions as q
+    where q.vt <= pg_catalog.clock_timestamp()
+    order by q.msg_id
+    limit greatest(p_qty, 0)
+    for update skip locked
+  )
+  update pgmq.q_conveyor_actions as m
+  set
+    %s
+    read_ct = m.read_ct + 1,
+    vt = pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => greatest(1, ceil(
+      case
+        when jsonb_typeof(m.message -> 'timeout_s') = 'number' and (m.message ->> 'timeout_s')::numeric > 0
+          then (m.message ->> 'timeout_s')::numeric
+        else p_default_timeout_s
+      end + p_margin_s
+    ))::double precision)
+  from next
+  where m.msg_id = next.msg_id
+  returning m.msg_id, m.read_ct, m.message;
+end;
+$$
+$fn$, v_last_read);
+end;
+$do$;
+
+revoke all on function conveyor.read_actions(integer, numeric, numeric) from public;
+grant execute on function conveyor.read_actions(integer, numeric, numeric) to conveyor_service;
+
+-- Archives the runner's messages: pgmq.archive's statement (delete from the queue table,
+-- insert into its archive), written once here rather than built per call. The columns
+-- copied are those the queue and its archive table share in the installed pgmq.
+do $do$
+declare
+  v_columns text;
+begin
+  select string_agg(pg_catalog.quote_ident(q.attname), ', ' order by q.attnum) into v_columns
+  from pg_catalog.pg_attribute as q
+  join pg_catalog.pg_attribute as a
+    on a.attrelid = 'pgmq.a_conveyor_actions'::regclass and a.attname = q.attname and a.attnum > 0
+    and not a.attisdropped
+  where q.attrelid = 'pgmq.q_conveyor_actions'::regclass and q.attnum > 0 and not q.attisdropped;
+  execute format($fn$
+create or replace function conveyor.archive_actions(p_msg_ids bigint[])
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_count integer;
+begin
+  with archived as (
+    delete from pgmq.q_conveyor_actions where msg_id = any(p_msg_ids)
+    returning %1$s
+  )
+  insert into pgmq.a_conveyor_actions (%1$s)
+  select %1$s from archived;
+  get diagnostics v_count = row_count;
+  return v_count;
+end;
+$$
+$fn$, v_columns);
+end;
+$do$;
+
+revoke all on function conveyor.archive_actions(bigint[]) from public;
+
 -- Seconds to wait before attempt p_attempt + 1 after attempt p_attempt failed:
 -- exponential (initial * 2^(attempt-1)) or fixed (initial), ±20% jitter when the policy
 -- says jitter, capped at max; a larger Retry-After from the receiver wins.
@@ -138,6 +238,12 @@ $$;
 -- | {"msg_id", "step_run_id", "ok": false, "retryable", "retry_after_s", "error", "output"}].
 -- Outcome 'applied', or 'ignored' for a late, duplicate or cancelled result (which changes
 -- nothing). Every message named is archived.
+--
+-- Set-based on the hot path: the batch's executions and step runs are locked with one
+-- statement each (executions first, then step runs, each in id order: the order every
+-- writer uses), read with one join, and a successful result changes its execution in
+-- memory only; the interpreter continues those executions and writes each one once. Only
+-- failures (retries, error policies: the rare path) write row by row.
 create or replace function conveyor.write_back(p_results jsonb)
 returns table (msg_id bigint, step_run_id bigint, outcome text)
 language plpgsql
@@ -146,8 +252,9 @@ set search_path = ''
 as $$
 #variable_conflict use_column
 declare
+  v_ids bigint[];
+  v_item record;
   v_result jsonb;
-  v_execution_id bigint;
   v_exec conveyor.executions;
   v_run conveyor.step_runs;
   v_step conveyor.workflow_steps;
@@ -155,10 +262,18 @@ declare
   v_next text;
   v_new_id bigint;
   v_delay integer;
-  v_advanced bigint[] := array[]::bigint[];
-  v_archived bigint[] := array[]::bigint[];
-  v_retry_ids bigint[] := array[]::bigint[];
-  v_retry_delays integer[] := array[]::integer[];
+  v_moves boolean;  -- the result moves its execution on (not a retry, not the end)
+  v_applied_execs bigint[] := '{}';  -- one applied result per execution and batch
+  v_continued conveyor.executions[] := '{}';  -- their new state, to be interpreted on
+  v_paused conveyor.executions[] := '{}';  -- new state, written as is (a paused execution takes no step)
+  v_done_ids bigint[] := '{}';
+  v_done_status text[] := '{}';
+  v_done_output jsonb[] := '{}';
+  v_done_error jsonb[] := '{}';
+  v_done_next text[] := '{}';
+  v_archived bigint[] := '{}';
+  v_retry_ids bigint[] := '{}';
+  v_retry_delays integer[] := '{}';
 begin
   if jsonb_typeof(p_results) is distinct from 'array' then
     raise exception using
@@ -167,43 +282,57 @@ begin
       hint = '[{"msg_id": .., "step_run_id": .., "ok": true, "output": {...}}]';
   end if;
 
-  -- One result at a time: each result continues its own execution through the
-  -- interpreter. Results are taken in step_run order so concurrent writers lock alike.
-  for v_result in
-    select r.value
-    from jsonb_array_elements(p_results) as r (value)
-    order by (r.value ->> 'step_run_id')::bigint
+  v_ids := array(select (x.value ->> 'step_run_id')::bigint from jsonb_array_elements(p_results) as x (value));
+  perform
+  from conveyor.executions as e
+  where e.execution_id = any(array(
+    select r.execution_id from conveyor.step_runs as r where r.step_run_id = any(v_ids)
+  ))
+  order by e.execution_id
+  for update;
+  perform
+  from conveyor.step_runs as r
+  where r.step_run_id = any(v_ids)
+  order by r.step_run_id
+  for update;
+
+  for v_item in
+    select x.value as result, j.run, j.exec, j.step
+    from jsonb_array_elements(p_results) with ordinality as x (value, n)
+    -- lateral: three primary-key lookups per result, whatever the tables' sizes
+    left join lateral (
+      select r as run, e as exec, s as step
+      from conveyor.step_runs as r
+      join conveyor.executions as e on e.execution_id = r.execution_id
+      left join conveyor.workflow_steps as s
+        on s.workflow_id = e.workflow_id and s.version = e.version and s.step_id = r.step_id
+      where r.step_run_id = (x.value ->> 'step_run_id')::bigint
+    ) as j on true
+    order by (x.value ->> 'step_run_id')::bigint, x.n
   loop
+    v_result := v_item.result;
+    v_run := v_item.run;
+    v_exec := v_item.exec;
+    v_step := v_item.step;
     msg_id := (v_result ->> 'msg_id')::bigint;
     step_run_id := (v_result ->> 'step_run_id')::bigint;
     outcome := 'ignored';
 
-    -- Guards first: lock the execution, then the step run (the order every writer uses),
-    -- then check both are still waiting on exactly this message.
-    select r.execution_id into v_execution_id from conveyor.step_runs as r where r.step_run_id = write_back.step_run_id;
-    select e.* into v_exec from conveyor.executions as e where e.execution_id = v_execution_id for update;
-    select r.* into v_run from conveyor.step_runs as r where r.step_run_id = write_back.step_run_id for update;
-
+    -- the step run and its execution still wait on exactly this message (and no earlier
+    -- result of this batch was applied to the execution: a duplicate in the same batch)
     if v_run.status = 'queued'
       and (write_back.msg_id is null or v_run.msg_id = write_back.msg_id)
       and v_exec.status = 'waiting' and v_exec.wait_kind = 'action' and v_exec.current_step = v_run.step_id
+      and not v_exec.execution_id = any(v_applied_execs)
     then
       outcome := 'applied';
-      select s.* into v_step
-      from conveyor.workflow_steps as s
-      where s.workflow_id = v_exec.workflow_id and s.version = v_exec.version and s.step_id = v_run.step_id;
+      v_applied_execs := v_applied_execs || v_exec.execution_id;
+      v_next := null;
+      v_error := null;
+      v_moves := true;
 
       if coalesce((v_result ->> 'ok')::boolean, false) then
-        update conveyor.step_runs as r
-        set status = 'completed', output = v_result -> 'output', next_step = v_step.next_step, finished_at = now()
-        where r.step_run_id = v_run.step_run_id;
-        update conveyor.executions as e
-        set
-          status = 'running', wait_kind = null, resume_at = null, current_step = v_step.next_step,
-          step_outputs = e.step_outputs
-          || jsonb_build_object(v_run.step_id, jsonb_build_object('output', v_result -> 'output'))
-        where e.execution_id = v_exec.execution_id;
-        v_advanced := v_advanced || v_exec.execution_id;
+        v_next := v_step.next_step;
       else
         v_error := case
           when jsonb_typeof(v_result -> 'error') = 'object' then v_result -> 'error'
@@ -213,6 +342,8 @@ begin
         if coalesce((v_result ->> 'retryable')::boolean, false)
           and v_run.attempt < coalesce((v_step.retry_policy ->> 'attempts')::integer, 1)
         then
+          -- the next attempt: a new queued step run with the same idempotency key; the
+          -- execution keeps waiting on this step
           v_delay := conveyor.retry_delay_s(v_step.retry_policy, v_run.attempt, (v_result ->> 'retry_after_s')::numeric);
           update conveyor.step_runs as r
           set status = 'failed', output = v_result -> 'output', error = v_error, finished_at = now()
@@ -236,46 +367,65 @@ begin
             ),
             v_error || jsonb_build_object('retry_in_s', v_delay)
           );
+          v_moves := false;
+        elsif v_step.on_error in ('continue', 'goto') then
+          v_next := case v_step.on_error when 'continue' then v_step.next_step else v_step.error_step end;
+          insert into conveyor.execution_logs (
+            tenant_id, execution_id, workflow_id, step_id, level, message, details
+          )
+          values (
+            v_exec.tenant_id, v_exec.execution_id, v_exec.workflow_id, v_run.step_id, 'warning',
+            format(
+              'step "%s" failed (%s); on_error %s → %s', v_run.step_id, coalesce(v_error ->> 'message', 'error'),
+              v_step.on_error, coalesce('"' || v_next || '"', 'end')
+            ),
+            v_error
+          );
         else
-          v_next := case v_step.on_error when 'continue' then v_step.next_step when 'goto' then v_step.error_step end;
+          -- the error policy ends the execution, with the context an operator needs
           update conveyor.step_runs as r
-          set status = 'failed', output = v_result -> 'output', error = v_error, next_step = v_next, finished_at = now()
+          set status = 'failed', output = v_result -> 'output', error = v_error, finished_at = now()
           where r.step_run_id = v_run.step_run_id;
-          if v_step.on_error in ('continue', 'goto') then
-            insert into conveyor.execution_logs (
-              tenant_id, execution_id, workflow_id, step_id, level, message, details
-            )
-            values (
-              v_exec.tenant_id, v_exec.execution_id, v_exec.workflow_id, v_run.step_id, 'warning',
-              format(
-                'step "%s" failed (%s); on_error %s → %s', v_run.step_id, coalesce(v_error ->> 'message', 'error'),
-                v_step.on_error, coalesce('"' || v_next || '"', 'end')
+          perform conveyor.finish_execution(
+            v_exec.execution_id, 'failed',
+            jsonb_build_object(
+              'step', v_run.step_id,
+              'message', format(
+                'step "%s" (%s) failed after %s attempt(s): %s', v_run.step_id, v_step.action_type, v_run.attempt,
+                coalesce(v_error ->> 'message', 'error')
               ),
-              v_error
-            );
-            update conveyor.executions as e
-            set
-              status = 'running', wait_kind = null, resume_at = null, current_step = v_next,
-              step_outputs = e.step_outputs || jsonb_build_object(
-                v_run.step_id, jsonb_build_object('output', v_result -> 'output', 'error', v_error)
-              )
-            where e.execution_id = v_exec.execution_id;
-            v_advanced := v_advanced || v_exec.execution_id;
-          else
-            perform conveyor.finish_execution(
-              v_exec.execution_id, 'failed',
-              jsonb_build_object(
-                'step', v_run.step_id,
-                'message', format(
-                  'step "%s" (%s) failed after %s attempt(s): %s', v_run.step_id, v_step.action_type, v_run.attempt,
-                  coalesce(v_error ->> 'message', 'error')
-                ),
-                'detail', v_error,
-                'input', v_run.input,
-                'output', v_result -> 'output'
-              )
-            );
-          end if;
+              'detail', v_error,
+              'input', v_run.input,
+              'output', v_result -> 'output'
+            )
+          );
+          v_moves := false;
+        end if;
+      end if;
+
+      if v_moves then
+        -- the step is done (succeeded, or failed with on_error continue/goto): record it
+        -- and move the execution on, in memory; both are written once below
+        v_done_ids := v_done_ids || v_run.step_run_id;
+        v_done_status := v_done_status || case when v_error is null then 'completed' else 'failed' end;
+        v_done_output := v_done_output || (v_result -> 'output');
+        v_done_error := v_done_error || v_error;
+        v_done_next := v_done_next || v_next;
+        v_exec.status := 'running';
+        v_exec.wait_kind := null;
+        v_exec.resume_at := null;
+        v_exec.current_step := v_next;
+        v_exec.step_outputs := v_exec.step_outputs || jsonb_build_object(
+          v_run.step_id,
+          case
+            when v_error is null then jsonb_build_object('output', v_result -> 'output')
+            else jsonb_build_object('output', v_result -> 'output', 'error', v_error)
+          end
+        );
+        if v_exec.paused_at is null then
+          v_continued := v_continued || v_exec;
+        else
+          v_paused := v_paused || v_exec;
         end if;
       end if;
     end if;
@@ -285,16 +435,29 @@ begin
     end if;
     return next;
   end loop;
-  -- Batched: the continued executions run on to their next stopping point together (an
-  -- execution waits on one action at a time, so a batch holds at most one applied result
-  -- per execution), the actions they reached are sent together, and the messages are
-  -- archived with one statement.
-  if pg_catalog.cardinality(v_advanced) > 0 then
-    perform conveyor.advance_executions(v_advanced, now());
-    perform conveyor.send_new_actions(v_advanced);
+
+  if pg_catalog.cardinality(v_done_ids) > 0 then
+    update conveyor.step_runs as r
+    set status = d.status, output = d.output, error = d.error, next_step = d.next_step, finished_at = now()
+    from unnest(v_done_ids, v_done_status, v_done_output, v_done_error, v_done_next)
+      as d (step_run_id, status, output, error, next_step)
+    where r.step_run_id = d.step_run_id;
+  end if;
+  if pg_catalog.cardinality(v_paused) > 0 then
+    update conveyor.executions as e
+    set
+      status = x.status, wait_kind = x.wait_kind, resume_at = x.resume_at, current_step = x.current_step,
+      step_outputs = x.step_outputs
+    from unnest(v_paused) as x
+    where e.execution_id = x.execution_id;
+  end if;
+  -- The continued executions run on to their next stopping point together (each written
+  -- once, in the state it reached), and the actions they reached are sent in one batch.
+  if pg_catalog.cardinality(v_continued) > 0 then
+    perform conveyor.send_actions(conveyor.interpret_executions(v_continued, now(), false));
   end if;
   if pg_catalog.cardinality(v_archived) > 0 then
-    perform pgmq.archive('conveyor_actions', v_archived);
+    perform conveyor.archive_actions(v_archived);
   end if;
   -- the next attempts, one send per distinct delay
   perform conveyor.send_actions(pg_catalog.array_agg(r.step_run_id), r.delay_s)

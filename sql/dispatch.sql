@@ -93,7 +93,7 @@ as $$
 declare
   v_events bigint[];
   v_new conveyor.executions[];
-  v_executions bigint[];
+  v_queued bigint[];  -- the actions the new executions reached
   v_refused bigint;
   v_max_depth integer := conveyor.max_event_depth();
 begin
@@ -289,27 +289,37 @@ begin
     -- check above and this insert: such workflows are serialised by the advisory lock, and
     -- the unique index executions_once_per_entity would fail the whole dispatch (to be
     -- retried) rather than run an entity twice.
-    perform conveyor.interpret_executions(v_new, now(), true);
-    v_executions := array(select (n).execution_id from unnest(v_new) as n);
-    perform conveyor.record_started(v_executions);
-    perform conveyor.send_new_actions(v_executions);
+    v_queued := conveyor.interpret_executions(v_new, now(), true);
+    perform conveyor.record_started(v_new);
+    perform conveyor.send_actions(v_queued);
   end if;
   return pg_catalog.cardinality(v_events);
 end;
 $$;
 
--- Sharded start counters (see conveyor.workflow_stats).
-create or replace function conveyor.record_started(p_execution_ids bigint[])
+-- Sharded start counters (see conveyor.workflow_stats), from execution rows (dispatch
+-- passes the rows it holds in memory; the others pass ids).
+create or replace function conveyor.record_started(p_execs conveyor.executions[])
 returns void
 language sql
 set search_path = ''
 as $$
   insert into conveyor.workflow_stats as s (workflow_id, shard, tenant_id, started, last_run_at)
   select x.workflow_id, (x.execution_id % 16)::smallint, x.tenant_id, count(*), max(x.created_at)
-  from conveyor.executions as x
-  where x.execution_id = any(p_execution_ids)
+  from unnest(p_execs) as x
   group by x.workflow_id, (x.execution_id % 16)::smallint, x.tenant_id
+  order by 1, 2
   on conflict (workflow_id, shard) do update
     set started = s.started + excluded.started,
       last_run_at = greatest(s.last_run_at, excluded.last_run_at);
+$$;
+
+create or replace function conveyor.record_started(p_execution_ids bigint[])
+returns void
+language sql
+set search_path = ''
+as $$
+  select conveyor.record_started(array(
+    select x from conveyor.executions as x where x.execution_id = any(p_execution_ids)
+  ));
 $$;

@@ -382,7 +382,8 @@ $$;
 -- or ends. p_now is the interpreter's clock for scheduling decisions (delays, {{now}}), so
 -- resume_due(p_now) is testable without sleeping. Executions not pending or running are
 -- left alone. An action it reaches is left as a queued step_run without a message: the
--- caller sends those in one batch with conveyor.send_new_actions.
+-- caller sends those in one batch with conveyor.send_new_actions (interpret_executions
+-- returns their ids, for callers that hold them).
 --
 -- The work is sequential per execution (each walks its own graph), but the writes are
 -- set-based: step_runs, the executions' new state and the stats of completed executions
@@ -412,14 +413,15 @@ $$;
 -- update) or executions that do not exist yet (p_new true, from dispatch: each is
 -- inserted once, in its state after its first steps, instead of inserted and then
 -- updated — one write per execution on the hot path). Log lines about the executions
--- are written after the executions themselves, so they may refer to new ones.
+-- are written after the executions themselves, so they may refer to new ones. Returns
+-- the ids of the queued action step_runs it created (unsent: see send_actions).
 drop function if exists conveyor.interpret_executions(conveyor.executions[], timestamptz, boolean);
 create or replace function conveyor.interpret_executions(
   p_execs conveyor.executions[],
   p_now timestamptz,
   p_new boolean
 )
-returns void
+returns bigint[]
 language plpgsql
 security definer
 set search_path = ''
@@ -477,9 +479,10 @@ declare
   v_hint text;
   v_state text;
   v_i integer;
+  v_queued bigint[];
 begin
   if coalesce(pg_catalog.cardinality(p_execs), 0) = 0 then
-    return;
+    return '{}';
   end if;
   foreach v_exec in array p_execs loop
     v_key := v_exec.workflow_id || ':' || v_exec.version;
@@ -821,7 +824,7 @@ begin
   end loop;
 
   if v_nexecs = 0 then
-    return;
+    return '{}';
   end if;
   if p_new then
     insert into conveyor.executions overriding system value
@@ -844,15 +847,20 @@ begin
   end if;
 
   if v_nruns > 0 then
-    insert into conveyor.step_runs (
-      execution_id, tenant_id, step_id, visit, attempt, status, input, output, error, idempotency_key,
-      next_step, started_at, finished_at
+    with inserted as (
+      insert into conveyor.step_runs (
+        execution_id, tenant_id, step_id, visit, attempt, status, input, output, error, idempotency_key,
+        next_step, started_at, finished_at
+      )
+      select
+        r.execution_id, r.tenant_id, r.step_id, r.visit, r.attempt, r.status, r.input, r.output, r.error,
+        r.idempotency_key, r.next_step, r.started_at, r.finished_at
+      from unnest(v_runs) with ordinality as r
+      order by r.ordinality
+      returning step_runs.step_run_id, step_runs.status
     )
-    select
-      r.execution_id, r.tenant_id, r.step_id, r.visit, r.attempt, r.status, r.input, r.output, r.error,
-      r.idempotency_key, r.next_step, r.started_at, r.finished_at
-    from unnest(v_runs) with ordinality as r
-    order by r.ordinality;
+    select pg_catalog.array_agg(i.step_run_id) filter (where i.status = 'queued') into v_queued
+    from inserted as i;
   end if;
   if pg_catalog.cardinality(v_logs) > 0 then
     insert into conveyor.execution_logs (tenant_id, execution_id, workflow_id, step_id, level, message, details)
@@ -882,6 +890,7 @@ begin
   for v_i in 1 .. pg_catalog.cardinality(v_final_ids) loop
     perform conveyor.finish_execution(v_final_ids[v_i], v_finals[v_i], v_final_errors[v_i]);
   end loop;
+  return coalesce(v_queued, '{}');
 end;
 $$;
 

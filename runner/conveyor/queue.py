@@ -66,32 +66,21 @@ def visibility_timeout(timeout_s: float, margin_s: float) -> int:
 def read_batch(conn: Conn, qty: int, margin_s: float) -> list[Message]:
     """Read up to `qty` messages; each stays invisible for its timeout_s + margin_s.
 
-    One statement, one round trip: pgmq.read takes the messages with the default visibility
-    timeout and, in the same statement, pgmq.set_vt gives each its own (the message's
-    `timeout_s` when it is a positive number, else DEFAULT_TIMEOUT_S, plus the margin,
-    rounded up; the same rule as `Message.timeout_s` and `visibility_timeout`).
+    One statement (conveyor.read_actions): each message gets its own visibility timeout,
+    the message's `timeout_s` when it is a positive number, else DEFAULT_TIMEOUT_S, plus
+    the margin, rounded up: the same rule as `Message.timeout_s` and `visibility_timeout`.
     """
     if qty <= 0:
         return []
     rows = conn.execute(
-        "with r as materialized (select msg_id, read_ct, message from pgmq.read(%(q)s, %(vt)s, %(n)s))"
-        " select r.msg_id, r.read_ct, r.message from r"
-        " cross join lateral pgmq.set_vt(%(q)s, r.msg_id, greatest(1, ceil("
-        "   case when jsonb_typeof(r.message -> 'timeout_s') = 'number'"
-        "     and (r.message ->> 'timeout_s')::numeric > 0"
-        "   then (r.message ->> 'timeout_s')::numeric else %(default)s end + %(margin)s)::integer)) as s",
-        {
-            "q": QUEUE,
-            "vt": visibility_timeout(DEFAULT_TIMEOUT_S, margin_s),
-            "n": qty,
-            "default": DEFAULT_TIMEOUT_S,
-            "margin": margin_s,
-        },
+        "select msg_id, read_ct, message from conveyor.read_actions(%s::integer, %s::numeric, %s::numeric)",
+        (qty, margin_s, DEFAULT_TIMEOUT_S),
     ).fetchall()
     messages = []
     for row in rows:
         body = row[2] if isinstance(row[2], dict) else json.loads(row[2]) if row[2] else {}
         messages.append(Message(msg_id=int(row[0]), read_ct=int(row[1]), body=body))
+    messages.sort(key=lambda m: m.msg_id)
     return messages
 
 

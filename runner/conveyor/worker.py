@@ -293,7 +293,9 @@ class Runner:
             if poll_due:
                 # Until the engine's functions exist (a database migrated by an older
                 # version), the runner only heartbeats; once they exist, they stay.
-                self._write_back_ready = self._write_back_ready or q.has_function(conn, "write_back")
+                self._write_back_ready = self._write_back_ready or (
+                    q.has_function(conn, "write_back") and q.has_function(conn, "read_actions")
+                )
                 self._tick_ready = self._tick_ready or q.has_function(conn, "tick")
                 next_poll = now + self.config.poll_interval
             with self.lock:
