@@ -6,9 +6,13 @@
 -- retries and error policies in SQL, archives the message and continues the execution,
 -- all in the runner's one transaction.
 
--- Sends the messages of queued action step_runs in one pgmq.send_batch (visible after
--- p_delay_s seconds) and records each message's msg_id on its step_run. Returns how many
--- messages were sent.
+-- Sends the messages of queued action step_runs (visible after p_delay_s seconds) and
+-- records each message's msg_id on its step_run. Returns how many messages were sent.
+--
+-- The queue is pgmq's (conveyor_actions); the message rows go into its table with one
+-- static statement (what pgmq.send_batch does, without building its SQL per call and
+-- without a second pass to map msg_ids back): the runner's read, this send and the
+-- archive are the queue's hot path, each written once here (read_actions, archive_actions).
 create or replace function conveyor.send_actions(p_step_run_ids bigint[], p_delay_s integer default 0)
 returns integer
 language plpgsql
@@ -16,14 +20,12 @@ security definer
 set search_path = ''
 as $$
 declare
-  v_messages jsonb[];
-  v_msg_ids bigint[];
+  v_sent integer;
 begin
   if coalesce(pg_catalog.cardinality(p_step_run_ids), 0) = 0 then
     return 0;  -- most write-backs reach no new action
   end if;
-  select array_agg(m.message order by m.step_run_id) into v_messages
-  from (
+  with messages as (
     select
       r.step_run_id,
       jsonb_build_object(
@@ -33,7 +35,8 @@ begin
         'workflow_id', e.workflow_id,
         'step_id', r.step_id,
         'action', s.action_type,
-        'connection', conveyor.step_spec(s.kind, s.config) ->> 'connection',
+        -- an action step's spec is its config (conveyor.step_spec, inlined)
+        'connection', s.config ->> 'connection',
         'input', r.input,
         'idempotency_key', r.idempotency_key,
         'attempt', r.attempt,
@@ -47,24 +50,27 @@ begin
     join conveyor.workflow_steps as s
       on s.workflow_id = e.workflow_id and s.version = e.version and s.step_id = r.step_id
     where r.status = 'queued' and s.kind = 'action'
-  ) as m;
-  if v_messages is null then
-    return 0;
-  end if;
-
-  select array_agg(b.msg_id) into v_msg_ids
-  from pgmq.send_batch('conveyor_actions', v_messages, greatest(coalesce(p_delay_s, 0), 0)) as b (msg_id);
+  ),
+  sent as (
+    insert into pgmq.q_conveyor_actions (vt, message)
+    select
+      pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => greatest(coalesce(p_delay_s, 0), 0)),
+      m.message
+    from messages as m
+    order by m.step_run_id
+    returning q_conveyor_actions.msg_id, (q_conveyor_actions.message ->> 'step_run_id')::bigint as step_run_id
+  )
+  update conveyor.step_runs as r
+  set msg_id = sent.msg_id
+  from sent
+  where r.step_run_id = sent.step_run_id;
+  get diagnostics v_sent = row_count;
   -- wake the runners (one notification per transaction; a delayed message is found by
   -- their poll once it becomes visible)
-  if coalesce(p_delay_s, 0) <= 0 then
+  if v_sent > 0 and coalesce(p_delay_s, 0) <= 0 then
     perform pg_catalog.pg_notify('conveyor_actions', 'queued');
   end if;
-  -- Each message names its step_run: map the new msg_ids back through the queue table.
-  update conveyor.step_runs as r
-  set msg_id = q.msg_id
-  from pgmq.q_conveyor_actions as q
-  where q.msg_id = any(v_msg_ids) and r.step_run_id = (q.message ->> 'step_run_id')::bigint;
-  return cardinality(v_msg_ids);
+  return v_sent;
 end;
 $$;
 
@@ -81,6 +87,24 @@ begin
     select r.step_run_id
     from conveyor.step_runs as r
     where r.execution_id = any(p_execution_ids) and r.status = 'queued' and r.msg_id is null
+  ));
+end;
+$$;
+
+-- Sends those of p_step_run_ids that are queued actions without a message yet (the ids
+-- interpret_executions returns). For callers that run as the service role (dispatch):
+-- unlike send_actions, it never sends an action a second time.
+create or replace function conveyor.send_unsent_actions(p_step_run_ids bigint[])
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  return conveyor.send_actions(array(
+    select r.step_run_id
+    from conveyor.step_runs as r
+    where r.step_run_id = any(p_step_run_ids) and r.status = 'queued' and r.msg_id is null
   ));
 end;
 $$;
@@ -471,6 +495,8 @@ revoke all on function conveyor.send_actions(bigint[], integer) from public;
 revoke all on function conveyor.send_new_actions(bigint[]) from public;
 -- dispatch, which runners call as conveyor_service, sends its new executions' actions
 grant execute on function conveyor.send_new_actions(bigint[]) to conveyor_service;
+revoke all on function conveyor.send_unsent_actions(bigint[]) from public;
+grant execute on function conveyor.send_unsent_actions(bigint[]) to conveyor_service;
 grant execute on function conveyor.enqueue_action(bigint, integer) to conveyor_service;
 revoke all on function conveyor.write_back(jsonb) from public;
 grant execute on function conveyor.write_back(jsonb) to conveyor_service;

@@ -291,7 +291,7 @@ begin
     -- retried) rather than run an entity twice.
     v_queued := conveyor.interpret_executions(v_new, now(), true);
     perform conveyor.record_started(v_new);
-    perform conveyor.send_actions(v_queued);
+    perform conveyor.send_unsent_actions(v_queued);
   end if;
   return pg_catalog.cardinality(v_events);
 end;

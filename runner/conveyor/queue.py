@@ -4,9 +4,10 @@
   a visibility timeout of its own `timeout_s` plus a margin: while the runner performs
   the action, no other runner sees the message; if this runner dies, the message
   becomes visible again after that and another runner performs it (same idempotency key).
-* `write_back` hands results to `conveyor.write_back` (helper D's SQL), which applies
+* `write_back` hands results to `conveyor.write_back`, which applies
   them, archives the messages and advances the executions, all in one transaction.
-* `tick` calls `conveyor.tick()` (dispatch + resume due delays) when it exists.
+* `dispatch` calls `conveyor.dispatch()` (new events), `tick` calls `conveyor.tick()`
+  (dispatch + resume due delays + schedules) when it exists.
 """
 
 from __future__ import annotations
@@ -106,6 +107,16 @@ def write_back(conn: Conn, results: list[dict[str, Any]]) -> list[tuple[int, Any
         "select msg_id, step_run_id, outcome from conveyor.write_back(%s)", (Jsonb(results),)
     ).fetchall()
     return [(int(r[0]), r[1], str(r[2])) for r in rows]
+
+
+DISPATCH_BATCH = 1000  # conveyor.dispatch's default limit: a full batch means more may wait
+
+
+def dispatch(conn: Conn) -> int:
+    """Run conveyor.dispatch() (captured rows become events, events start executions, their
+    first actions are queued) in a transaction of its own; returns the events dispatched."""
+    row = conn.execute("select conveyor.dispatch(%s::integer)", (DISPATCH_BATCH,)).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
 
 
 def tick(conn: Conn) -> float | None:

@@ -3,9 +3,9 @@
 One loop, in the main thread, owns the database connection:
 
 * heartbeat (`conveyor.runners`), every `heartbeat_interval`;
-* `conveyor.tick()` (dispatch + resume due delays; skipped while it does not exist) when
-  woken by NOTIFY `conveyor_wakeup`, when the last tick said time-driven work falls due
-  (a delay resumes on time, not on the next poll), and every `poll_interval` as a fallback;
+* `conveyor.tick()` (dispatch + resume due delays + schedules; skipped while it does not
+  exist) when the last tick said time-driven work falls due (a delay resumes on time, not
+  on the next poll), and every `poll_interval` as a fallback;
 * read a batch from the pgmq queue `conveyor_actions` whenever there is a free slot and
   NOTIFY `conveyor_actions` arrived (conveyor.send_actions sends it), the last read was
   full, or the poll interval passed;
@@ -21,7 +21,9 @@ daemon threads keeps every action library usable as is, the GIL is irrelevant fo
 network waits, and a thread that outlives the shutdown grace period cannot hold the
 process (its message simply becomes visible again).
 
-A third thread LISTENs on its own connection and only sets flags and wakes the loop.
+A third thread LISTENs on its own connection: NOTIFY `conveyor_wakeup` (new events) makes
+it run `conveyor.dispatch()` there and then, and wake the loop to read the actions that
+started; NOTIFY `conveyor_actions` only wakes the loop.
 SIGTERM / Ctrl-C: stop reading, let in-flight actions finish within `shutdown_grace`,
 write their results, exit 0. A lost database: reconnect with backoff; results not yet
 written are kept and written after reconnecting.
@@ -92,6 +94,14 @@ class RunnerConfig:
 class _Flags:
     want_read: bool = True
     want_tick: bool = True
+    # Work was dispatched or written back elsewhere (the listener, the writer): it may have
+    # created a delay or timeout falling due before the one the last tick reported.
+    want_due_check: bool = False
+
+
+# At most one tick per this many seconds for a due check (a busy runner would otherwise
+# tick after every dispatch and write-back); a new delay is resumed at most this late.
+DUE_CHECK_INTERVAL = 0.02
 
 
 @dataclass
@@ -260,6 +270,7 @@ class Runner:
         next_heartbeat = 0.0
         next_poll = 0.0
         next_due = float("inf")  # when conveyor.tick() said time-driven work falls due
+        next_due_check = 0.0
         self.metrics.connected = True
         while True:
             self.wake.clear()
@@ -301,18 +312,25 @@ class Runner:
             with self.lock:
                 want_tick, want_read = self.flags.want_tick, self.flags.want_read
                 self.flags.want_tick = self.flags.want_read = False
-            if self._tick_ready and (want_tick or poll_due or now >= next_due):
+                due_check = self.flags.want_due_check and now >= next_due_check
+                due_check_pending = self.flags.want_due_check and not due_check
+                if due_check:
+                    self.flags.want_due_check = False
+            # Read first: actions the listener's dispatch queued go out before any tick.
+            if want_read or poll_due or self._backlog:
+                self._read_and_start(conn)
+            if self._tick_ready and (want_tick or due_check or poll_due or now >= next_due):
                 try:
                     due_in = q.tick(conn)
                     next_due = float("inf") if due_in is None else time.monotonic() + due_in
+                    next_due_check = time.monotonic() + DUE_CHECK_INTERVAL
                 except _ROLLED_BACK as exc:
                     log.info("tick rolled back; retrying", extra={"error": _first_line(exc)})
                     self._notify(read=True, tick=True)
-            if want_read or poll_due or self._backlog:
-                self._read_and_start(conn)
-            self.wake.wait(
-                max(0.0, min(next_heartbeat, next_poll, next_renewal, next_due) - time.monotonic())
-            )
+            wake_at = min(next_heartbeat, next_poll, next_renewal, next_due)
+            if due_check_pending:
+                wake_at = min(wake_at, next_due_check)
+            self.wake.wait(max(0.0, wake_at - time.monotonic()))
 
     def _renew(self, conn: psycopg.Connection[Any]) -> float:
         """Extend the visibility of in-flight messages about to reappear; returns when to look again.
@@ -621,6 +639,8 @@ class Runner:
         with self.lock:  # written (and archived): nothing left to renew
             for msg_id in by_msg:
                 self.state.unwritten.pop(msg_id, None)
+            # the executions moved on, perhaps into a delay: the loop checks what falls due
+            self.flags.want_due_check = True
         for msg_id, _step_run_id, outcome in rows:
             self.metrics.written(outcome)
             finished = by_msg.get(msg_id)
@@ -633,25 +653,64 @@ class Runner:
     # --- notifications -----------------------------------------------------------------
 
     def _listen(self) -> None:
+        """The listener, on a connection of its own: wakes the loop for queued actions, and
+        dispatches new events itself.
+
+        Dispatching here, as soon as a capture's or emit's NOTIFY arrives, saves the hand-off
+        to the loop on the path from the platform's commit to the first action; the loop is
+        then woken to read the actions the dispatch queued, without waiting for their NOTIFY.
+        Notifications that arrive while it dispatches are taken together by the next one.
+        """
         backoff = 0.5
         while not self.stopping.is_set():
             try:
                 with psycopg.connect(
                     self.url, autocommit=True, connect_timeout=5, application_name="conveyor-runner"
                 ) as conn:
+                    _act_as_service_role(conn)
                     conn.execute(f'listen "{q.WAKEUP_CHANNEL}"')
                     conn.execute(f'listen "{q.INSERT_CHANNEL}"')
                     backoff = 0.5
                     self._notify(read=True, tick=True)  # catch up on what we missed
+                    can_dispatch = False
                     while not self.stopping.is_set():
-                        for notify in conn.notifies(timeout=1.0):
-                            self._notify(
-                                read=notify.channel == q.INSERT_CHANNEL,
-                                tick=notify.channel == q.WAKEUP_CHANNEL,
-                            )
+                        events = False
+                        for notify in conn.notifies(timeout=1.0, stop_after=1):
+                            if notify.channel == q.WAKEUP_CHANNEL:
+                                events = True
+                            else:
+                                self._notify(read=True, tick=False)
+                        if not events:
+                            continue
+                        can_dispatch = can_dispatch or q.has_function(conn, "dispatch")
+                        if can_dispatch:
+                            self._dispatch(conn)
+                        else:
+                            self._notify(read=True, tick=True)
             except psycopg.OperationalError:
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+    def _dispatch(self, conn: psycopg.Connection[Any]) -> None:
+        """Dispatch new events until none are left; wake the loop to read what they queued."""
+        while not self.stopping.is_set():
+            try:
+                dispatched = q.dispatch(conn)
+            except _ROLLED_BACK as exc:
+                log.info("dispatch rolled back; retrying", extra={"error": _first_line(exc)})
+                continue
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:  # the loop's tick dispatches too, and logs there
+                log.warning("dispatch failed; the next tick retries", extra={"error": _first_line(exc)})
+                self._notify(read=True, tick=True)
+                return
+            if dispatched > 0:
+                with self.lock:
+                    self.flags.want_due_check = True
+                self._notify(read=True, tick=False)
+            if dispatched < q.DISPATCH_BATCH:
+                return
 
     def _notify(self, *, read: bool, tick: bool) -> None:
         with self.lock:
