@@ -123,7 +123,8 @@ as $$
   select 'conveyor_capture.t' || p_table::oid::text
 $$;
 
--- Creates p_table's capture log, the three trigger functions and the triggers.
+-- Creates p_table's capture log, the three trigger functions, the triggers and the
+-- log's ingest function.
 create or replace function conveyor.install_capture(p_table regclass, p_prefix text) returns void
 language plpgsql
 set search_path = ''
@@ -212,6 +213,8 @@ begin
     'referencing old table as conveyor_old for each statement execute function conveyor_capture.%I()',
     p_table, v_name || '_delete'
   );
+  -- and the statement that turns the log into events, for these columns (sql/ingest.sql)
+  perform conveyor.install_ingest(p_table);
 end;
 $$;
 
@@ -314,6 +317,8 @@ begin
     execute format('drop function if exists conveyor_capture.%I()',
       't' || p_table::oid::text || '_' || pg_catalog.split_part(v_trigger, '_', 3));
   end loop;
+  execute format('drop function if exists conveyor_capture.%I(integer, text, text, text, text[])',
+    't' || p_table::oid::text || '_ingest');
   execute format('drop table if exists %s', conveyor.capture_log(p_table));
   delete from conveyor.watched_tables as w where w.table_name = p_table;
   get diagnostics v_removed = row_count;

@@ -298,12 +298,14 @@ end;
 $$;
 
 -- Sharded start counters (see conveyor.workflow_stats), from execution rows (dispatch
--- passes the rows it holds in memory; the others pass ids).
+-- passes the rows it holds in memory; the others pass ids). plpgsql rather than sql: a
+-- SQL function's statement is planned on every call.
 create or replace function conveyor.record_started(p_execs conveyor.executions[])
 returns void
-language sql
+language plpgsql
 set search_path = ''
 as $$
+begin
   insert into conveyor.workflow_stats as s (workflow_id, shard, tenant_id, started, last_run_at)
   select x.workflow_id, (x.execution_id % 16)::smallint, x.tenant_id, count(*), max(x.created_at)
   from unnest(p_execs) as x
@@ -312,14 +314,17 @@ as $$
   on conflict (workflow_id, shard) do update
     set started = s.started + excluded.started,
       last_run_at = greatest(s.last_run_at, excluded.last_run_at);
+end;
 $$;
 
 create or replace function conveyor.record_started(p_execution_ids bigint[])
 returns void
-language sql
+language plpgsql
 set search_path = ''
 as $$
-  select conveyor.record_started(array(
+begin
+  perform conveyor.record_started(array(
     select x from conveyor.executions as x where x.execution_id = any(p_execution_ids)
   ));
+end;
 $$;

@@ -591,7 +591,7 @@ def test_the_platform_role_writes_a_watched_table_without_rights_on_conveyor_tab
     assert [e["event_type"] for e in events(contacts)] == ["crm.contact.created", "crm.contact.updated"]
 
 
-def test_capture_triggers_pass_plpgsql_check(contacts: Conn) -> None:
+def test_capture_functions_pass_plpgsql_check(contacts: Conn) -> None:
     contacts.execute("create extension if not exists plpgsql_check")
     rows = contacts.execute("""
         select f.kind, c.message
@@ -606,10 +606,44 @@ def test_capture_triggers_pass_plpgsql_check(contacts: Conn) -> None:
         where c.level = 'error'
         """).fetchall()
     assert rows == []
-    # the three generated functions exist and were checked
+    ingest = contacts.execute(
+        "select c.message from plpgsql_check_function_tb("
+        " ('conveyor_capture.t' || 'crm.contacts'::regclass::oid || '_ingest(integer, text, text, text, text[])')"
+        "::regprocedure, fatal_errors => false, extra_warnings => false, performance_warnings => false) as c"
+        " where c.level = 'error'"
+    ).fetchall()
+    assert ingest == []
+    # the four generated functions (three triggers, the log's ingest) exist and were checked
     assert contacts.execute(
         "select count(*) as n from pg_proc where pronamespace = 'conveyor_capture'::regnamespace"
-    ).fetchone() == {"n": 3}
+    ).fetchone() == {"n": 4}
+
+
+def test_a_table_watched_before_ingest_functions_existed_gets_one_on_its_first_ingest(contacts: Conn) -> None:
+    # a database upgraded from a version without generated ingest functions
+    contacts.execute(
+        "do $$ begin execute format('drop function conveyor_capture.%I(integer, text, text, text, text[])',"
+        " 't' || 'crm.contacts'::regclass::oid || '_ingest'); end $$"
+    )
+    contacts.execute("insert into crm.contacts (id, tenant_id, email) values (1, 'acme', 'a@example.com')")
+    assert [e["event_type"] for e in events(contacts)] == ["crm.contact.created"]
+    assert contacts.execute(
+        "select to_regprocedure('conveyor_capture.t' || 'crm.contacts'::regclass::oid"
+        " || '_ingest(integer, text, text, text, text[])') is not null as ok"
+    ).fetchone() == {"ok": True}
+
+
+def test_the_ingest_function_follows_the_tables_columns(contacts: Conn) -> None:
+    contacts.execute("alter table crm.contacts add column phone text")
+    contacts.execute(
+        "insert into crm.contacts (id, tenant_id, email, phone) values (2, 'acme', 'b@example.com', '+1')"
+    )
+    contacts.execute("select conveyor.watch('crm.contacts', 'crm', 'contact')")  # without the event trigger
+    contacts.execute(
+        "insert into crm.contacts (id, tenant_id, email, phone) values (3, 'acme', 'c@example.com', '+2')"
+    )
+    payloads = [e["payload"] for e in events(contacts)]
+    assert [p["new"].get("phone") for p in payloads] == ["+1", "+2"]
 
 
 # --- property: the captured events replay to the table's state ---------------------------
