@@ -11,8 +11,6 @@ import smtplib
 import ssl
 from urllib.parse import quote, urlsplit
 
-import httpx
-
 from conveyor.actions import http
 from conveyor.actions.base import ActionError, Environment
 from conveyor.actions.email import DEFAULT_PORTS, _CheckedSMTP, _CheckedSMTPSSL
@@ -31,7 +29,7 @@ def check(connection: Connection, policy: NetworkPolicy) -> str:
         return _check(connection, policy)
     except ActionError as exc:
         raise ConveyorError(redact(f"{connection.name}: {exc.message}", connection.secret_values)) from None
-    except (BlockedAddress, ResolveError, OSError, smtplib.SMTPException, httpx.HTTPError) as exc:
+    except (BlockedAddress, ResolveError, OSError, smtplib.SMTPException) as exc:
         raise ConveyorError(redact(f"{connection.name}: {exc}", connection.secret_values)) from None
 
 

@@ -16,15 +16,11 @@ admin panel on localhost). For every outgoing connection the runner
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
-
-import httpx
+from urllib.parse import quote, urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -165,48 +161,58 @@ def connect_checked(policy: NetworkPolicy, host: str, port: int, timeout: float 
     raise last
 
 
-def pinned_request(
-    client: httpx.Client,
-    policy: NetworkPolicy,
-    method: str,
-    url: str,
-    *,
-    headers: dict[str, str] | None = None,
-    content: bytes | None = None,
-    data: dict[str, Any] | None = None,
-    auth: tuple[str, str] | None = None,
-    timeout: httpx.Timeout | float | None = None,
-) -> httpx.Request:
-    """Build a request to `url` that connects to a checked address of its host.
+_PATH_SAFE = "/%:@!$&'()*+,;=~[]"
+_QUERY_SAFE = _PATH_SAFE + "?"
 
-    The URL's host is replaced by the resolved address; the Host header and the TLS
-    server name (SNI and certificate verification) stay the original host's.
+
+@dataclass(frozen=True)
+class Target:
+    """Where a request to a URL goes: a checked address, and the names the server must see.
+
+    `host` is the URL's host name (IDNA-encoded): the TLS server name (SNI and certificate
+    check). `host_header` is the Host header (with the port when it is not the scheme's
+    default). `address` is the checked address the connection goes to: it is never
+    resolved again, so a second DNS answer (rebinding) cannot redirect the request.
+    """
+
+    scheme: str
+    host: str
+    host_header: str
+    address: str
+    port: int
+    path: str
+
+    @property
+    def destination(self) -> tuple[str, str, str, int]:
+        """What a kept-alive connection may be reused for: the same name at the same checked address."""
+        return (self.scheme, self.host_header, self.address, self.port)
+
+
+def pin(policy: NetworkPolicy, url: str) -> Target:
+    """Check `url` and resolve its host once: the target to connect to.
+
+    Raises BlockedAddress (not http(s), no host, a non-public address), ResolveError
+    (the name does not resolve) or ValueError (a malformed URL).
     """
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
         raise BlockedAddress(f"only http and https URLs are allowed, not {parts.scheme or 'none'!r}")
     host = parts.hostname
     if not host:
         raise BlockedAddress(f"the URL {url!r} has no host")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise ValueError(f"the host name {parts.hostname!r} is not a valid domain name") from exc
+    default_port = 443 if scheme == "https" else 80
+    port = parts.port or default_port
     address = policy.resolve(host, port)[0]
-    netloc_host = f"[{address}]" if address.version == 6 else str(address)
-    netloc = f"{netloc_host}:{parts.port}" if parts.port else netloc_host
-    pinned_url = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
-    host_header = host if ":" not in host else f"[{host}]"
-    if parts.port:
-        host_header = f"{host_header}:{parts.port}"
-    request = client.build_request(
-        method,
-        pinned_url,
-        headers=headers,
-        content=content,
-        data=data,
-        timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
-        extensions={"sni_hostname": host},
-    )
-    request.headers["Host"] = host_header
-    if auth is not None:
-        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-        request.headers["Authorization"] = f"Basic {token}"
-    return request
+    host_header = f"[{host}]" if ":" in host else host
+    if port != default_port:
+        host_header = f"{host_header}:{port}"
+    path = quote(parts.path or "/", safe=_PATH_SAFE)
+    if parts.query:
+        path = f"{path}?{quote(parts.query, safe=_QUERY_SAFE)}"
+    return Target(scheme, host, host_header, str(address), port, path)

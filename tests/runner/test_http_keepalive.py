@@ -105,9 +105,9 @@ def test_the_least_recently_used_destination_is_closed_beyond_the_limit(server: 
     try:
         _post(env, f"http://127.0.0.1:{server.server_port}/a")
         _post(env, f"http://127.1:{server.server_port}/b")  # another name for the same address
-        assert len(env._clients) == 1
+        assert len(env._idle) == 1
         _post(env, f"http://127.0.0.1:{server.server_port}/c")
     finally:
         env.close()
     ports = [port for _, port in server.seen]
-    assert len(set(ports)) == 3  # the first connection was closed with its client, not reused
+    assert len(set(ports)) == 3  # the first destination's connection was closed, not reused

@@ -4,16 +4,14 @@ connection goes to the address that was checked."""
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Iterator
 
-import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from conveyor.actions import ActionRequest, Environment, perform
-from conveyor.netguard import BlockedAddress, NetworkPolicy, is_public, pinned_request
+from conveyor.netguard import BlockedAddress, NetworkPolicy, is_public, pin
 from tests.runner.helpers import LocalHTTP, local_http
 
 BLOCKED = [
@@ -129,18 +127,44 @@ def test_loopback_literal_is_refused_when_not_allowlisted(server: LocalHTTP) -> 
 
 def test_the_request_goes_to_the_checked_address_with_the_original_host_header(server: LocalHTTP) -> None:
     policy = NetworkPolicy.parse("127.0.0.1/32,::1/128")
-    with httpx.Client(trust_env=False) as client:
-        request = pinned_request(client, policy, "GET", server.url("/where?q=1", host="localhost"))
-        # the URL names an address, never the name again: no second DNS lookup can change it
-        assert ipaddress.ip_address(request.url.host).is_loopback
-        assert request.headers["host"] == f"localhost:{server.port}"
-        assert request.extensions["sni_hostname"] == "localhost"
-        if request.url.host == "127.0.0.1":
-            response = client.send(request)
-            assert response.status_code == 200
-            echoed = json.loads(response.text)
-            assert echoed["headers"]["host"] == f"localhost:{server.port}"
-            assert echoed["path"] == "/where?q=1"
+    target = pin(policy, server.url("/where?q=1", host="localhost"))
+    # the connection goes to an address, never to the name again: no second DNS lookup can change it
+    assert ipaddress.ip_address(target.address).is_loopback
+    assert target.host_header == f"localhost:{server.port}"
+    assert target.host == "localhost"  # the TLS server name
+    assert target.path == "/where?q=1"
+    if target.address == "127.0.0.1":
+        env = Environment.create(policy)
+        try:
+            outcome = perform(
+                ActionRequest(
+                    "webhook.send",
+                    {"url": server.url("/where?q=1", host="localhost"), "method": "GET"},
+                    "k",
+                    5.0,
+                ),
+                env,
+            )
+        finally:
+            env.close()
+        assert outcome.ok and outcome.output is not None, outcome.error
+        echoed = outcome.output["body"]
+        assert echoed["headers"]["host"] == f"localhost:{server.port}"
+        assert echoed["path"] == "/where?q=1"
+
+
+def test_the_host_header_names_the_port_only_when_it_is_not_the_default() -> None:
+    policy = NetworkPolicy.parse("127.0.0.1/32")
+    assert pin(policy, "http://127.0.0.1/a").host_header == "127.0.0.1"
+    assert pin(policy, "http://127.0.0.1:80/a").host_header == "127.0.0.1"
+    assert pin(policy, "https://127.0.0.1:8443/a").host_header == "127.0.0.1:8443"
+    assert pin(policy, "http://127.0.0.1/a b?x=1 2#frag").path == "/a%20b?x=1%202"
+
+
+def test_only_http_and_https_urls_with_a_host_are_allowed() -> None:
+    for url in ("ftp://example.com/x", "file:///etc/passwd", "http:///nohost"):
+        with pytest.raises(BlockedAddress):
+            pin(NetworkPolicy(), url)
 
 
 def test_allowlisted_localhost_is_reached() -> None:
