@@ -307,10 +307,10 @@ set search_path = ''
 as $$
 begin
   insert into conveyor.workflow_stats as s (workflow_id, shard, tenant_id, started, last_run_at)
-  select x.workflow_id, (x.execution_id % 16)::smallint, x.tenant_id, count(*), max(x.created_at)
+  select x.workflow_id, conveyor.stats_shard(), x.tenant_id, count(*), max(x.created_at)
   from unnest(p_execs) as x
-  group by x.workflow_id, (x.execution_id % 16)::smallint, x.tenant_id
-  order by 1, 2
+  group by x.workflow_id, x.tenant_id
+  order by 1
   on conflict (workflow_id, shard) do update
     set started = s.started + excluded.started,
       last_run_at = greatest(s.last_run_at, excluded.last_run_at);

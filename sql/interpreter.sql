@@ -45,8 +45,23 @@ as $$
   ) as k;
 $$;
 
+-- The workflow_stats shard a transaction writes: its backend's. Each writing transaction
+-- adds all its counts for a workflow to one row, and concurrent writers (dispatchers,
+-- runners' write-backs) mostly write different rows, so they do not queue on each other's
+-- row locks until commit (with shard = execution_id % 16, every batch touched most shards
+-- and two runners' write-backs waited on each other). Readers sum the shards.
+create or replace function conveyor.stats_shard() returns smallint
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  return (pg_catalog.pg_backend_pid() % 16)::smallint;
+end;
+$$;
+
 -- Final bookkeeping of an execution: final status, finished_at, error, the sharded stats
--- row (execution_id % 16, no single hot row) and an operator log line for failures.
+-- row (conveyor.stats_shard) and an operator log line for failures.
 -- Returns false (and changes nothing) when the execution is already final.
 create or replace function conveyor.finish_execution(
   p_execution_id bigint,
@@ -89,7 +104,7 @@ begin
   )
   values (
     v_exec.workflow_id,
-    (v_exec.execution_id % 16)::smallint,
+    conveyor.stats_shard(),
     v_exec.tenant_id,
     (p_status = 'completed')::integer,
     (p_status = 'failed')::integer,
@@ -874,12 +889,12 @@ begin
     workflow_id, shard, tenant_id, completed, total_duration_ms, last_run_at
   )
   select
-    x.workflow_id, (x.execution_id % 16)::smallint, x.tenant_id, count(*),
+    x.workflow_id, conveyor.stats_shard(), x.tenant_id, count(*),
     sum((extract(epoch from x.finished_at - x.started_at) * 1000)::bigint), max(x.finished_at)
   from unnest(v_execs) as x
   where x.status = 'completed'
-  group by x.workflow_id, (x.execution_id % 16)::smallint, x.tenant_id
-  order by 1, 2
+  group by x.workflow_id, x.tenant_id
+  order by 1
   on conflict (workflow_id, shard) do update
     set
       completed = s.completed + excluded.completed,

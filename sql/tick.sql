@@ -31,6 +31,25 @@ grant execute on function conveyor.next_timeout_at() to conveyor_service;
 -- due while this call ran, negative when it was due when the call began and is left for
 -- the next call (more than p_batch due, or locked by another caller). The runner sleeps
 -- until then rather than until its next poll, so a delay resumes on time.
+-- When the next time-driven work falls due: a delay or wait timeout, an execution's
+-- timeout, a schedule slot, a date trigger. tick() reports it; a runner that saw work move
+-- on elsewhere (a dispatch, a write-back) asks only this, not for a whole tick.
+create or replace function conveyor.next_work_due_at()
+returns timestamptz
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  return least(
+    conveyor.next_due_at(),
+    conveyor.next_timeout_at(),
+    (select min(sc.next_run_at) from conveyor.schedules as sc where sc.active),
+    (select min(df.due_at) from conveyor.date_trigger_firings as df where df.fired_at is null)
+  );
+end;
+$$;
+
 drop function if exists conveyor.tick(timestamptz, integer);
 create or replace function conveyor.tick(
   p_now timestamptz default now(),
@@ -63,12 +82,7 @@ begin
   end if;
   v_resumed := conveyor.resume_due(p_now, p_batch);
 
-  v_next := least(
-    conveyor.next_due_at(),
-    conveyor.next_timeout_at(),
-    (select min(sc.next_run_at) from conveyor.schedules as sc where sc.active),
-    (select min(df.due_at) from conveyor.date_trigger_firings as df where df.fired_at is null)
-  );
+  v_next := conveyor.next_work_due_at();
   -- seconds from now (p_now plus the time this call took) until v_next
   v_in := extract(epoch from v_next - p_now) - extract(epoch from pg_catalog.clock_timestamp() - pg_catalog.now());
   return jsonb_build_object(

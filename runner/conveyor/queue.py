@@ -119,6 +119,15 @@ def dispatch(conn: Conn) -> int:
     return int(row[0]) if row and row[0] is not None else 0
 
 
+def next_due_in(conn: Conn) -> float | None:
+    """Seconds until the next time-driven work falls due (conveyor.next_work_due_at), or
+    None when nothing is scheduled: what a tick would report, without ticking."""
+    row = conn.execute(
+        "select extract(epoch from conveyor.next_work_due_at() - pg_catalog.clock_timestamp())::float8"
+    ).fetchone()
+    return None if row is None or row[0] is None else max(0.0, float(row[0]))
+
+
 def tick(conn: Conn) -> float | None:
     """Run conveyor.tick(); returns in how many seconds to tick again for time-driven work
     (a delay or timeout falling due, a schedule slot, ...), or None to wait for the poll.

@@ -99,8 +99,9 @@ class _Flags:
     want_due_check: bool = False
 
 
-# At most one tick per this many seconds for a due check (a busy runner would otherwise
-# tick after every dispatch and write-back); a new delay is resumed at most this late.
+# At most one due check (conveyor.next_work_due_at) per this many seconds: a busy runner
+# would otherwise ask after every dispatch and write-back. A delay created by either is
+# resumed at most this late.
 DUE_CHECK_INTERVAL = 0.02
 
 
@@ -166,6 +167,7 @@ class Runner:
         self._stop_deadline: float | None = None
         self._write_back_ready = False
         self._tick_ready = False
+        self._due_check_ready = False
         self._warned_no_write_back = False
         self._backlog = False
         self._low_water = max(1, min(self.config.batch_size, self.config.concurrency) // 2)
@@ -308,6 +310,7 @@ class Runner:
                     q.has_function(conn, "write_back") and q.has_function(conn, "read_actions")
                 )
                 self._tick_ready = self._tick_ready or q.has_function(conn, "tick")
+                self._due_check_ready = self._due_check_ready or q.has_function(conn, "next_work_due_at")
                 next_poll = now + self.config.poll_interval
             with self.lock:
                 want_tick, want_read = self.flags.want_tick, self.flags.want_read
@@ -319,7 +322,14 @@ class Runner:
             # Read first: actions the listener's dispatch queued go out before any tick.
             if want_read or poll_due or self._backlog:
                 self._read_and_start(conn)
-            if self._tick_ready and (want_tick or due_check or poll_due or now >= next_due):
+            if self._tick_ready and due_check and not (want_tick or poll_due or now >= next_due):
+                # work moved on elsewhere: only ask when the next time-driven work falls due
+                due_in = q.next_due_in(conn) if self._due_check_ready else 0.0
+                next_due_check = time.monotonic() + DUE_CHECK_INTERVAL
+                if due_in is not None:
+                    next_due = min(next_due, time.monotonic() + due_in)
+                now = time.monotonic()
+            if self._tick_ready and (want_tick or poll_due or now >= next_due):
                 try:
                     due_in = q.tick(conn)
                     next_due = float("inf") if due_in is None else time.monotonic() + due_in
