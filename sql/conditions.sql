@@ -92,13 +92,17 @@ end;
 $$;
 
 -- Equality as conditions use it: json_compare where comparable, else JSON equality.
+-- (plpgsql rather than sql: a SQL function called from plpgsql is parsed and planned
+-- again in every transaction; this one runs for every equals condition)
 create or replace function conveyor.json_equals(p_left jsonb, p_right jsonb) returns boolean
-language sql
+language plpgsql
 stable
 parallel safe
 set search_path = ''
 as $$
-  select coalesce(conveyor.json_compare(p_left, p_right) = 0, p_left = p_right, false);
+begin
+  return coalesce(conveyor.json_compare(p_left, p_right) = 0, p_left = p_right, false);
+end;
 $$;
 
 -- The operators a leaf may use, and those that need no value.

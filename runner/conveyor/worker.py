@@ -99,6 +99,10 @@ class _Flags:
     want_due_check: bool = False
 
 
+# Under load the writer waits up to this long for a batch of CONVEYOR_BATCH_SIZE results
+# (see Runner._linger): the latency it adds to a workflow's next step is bounded by it.
+WRITE_LINGER_S = 0.003
+
 # At most one due check (conveyor.next_work_due_at) per this many seconds: a busy runner
 # would otherwise ask after every dispatch and write-back. A delay created by either is
 # resumed at most this late.
@@ -561,8 +565,12 @@ class Runner:
             if lease is not None and not lease.hung:
                 self.state.unwritten[message.msg_id] = lease
             self._idle_threads += 1
+            # The loop reads again once half a batch of slots is free (see _read_and_start):
+            # waking it for every finished action would only cost it a turn.
+            wake = self.config.concurrency - self.state.inflight >= self._low_water
         self._results.set()
-        self.wake.set()
+        if wake or self.stopping.is_set():
+            self.wake.set()
 
     def _write_loop(self) -> None:
         """The writer: writes finished results back, in batches, on its own connection.
@@ -587,6 +595,7 @@ class Runner:
                         self._flush(conn)
                         self._results.wait(1.0)
                         self._results.clear()
+                        self._linger()
                     self._flush(conn)  # what finished before the stop
             except psycopg.OperationalError as exc:
                 failed = True
@@ -601,6 +610,21 @@ class Runner:
                 log.exception("write-back failed unexpectedly; retrying")
                 self._writer_stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+    def _linger(self) -> None:
+        """Under load, wait up to WRITE_LINGER_S for a fuller batch: a write-back costs the
+        database a fixed part per call besides its part per result. Never while nothing
+        else is in flight (a lone result is written at once) or the runner is stopping."""
+        deadline = time.monotonic() + WRITE_LINGER_S
+        while not self._writer_stop.is_set() and not self.stopping.is_set():
+            with self.lock:
+                if len(self.state.finished) >= self.config.batch_size or self.state.inflight == 0:
+                    return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._results.wait(left)
+            self._results.clear()
 
     def _flush(self, conn: psycopg.Connection[Any]) -> None:
         with self.lock:
