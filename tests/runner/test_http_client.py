@@ -5,7 +5,6 @@ the certificate for the URL's host name while connecting to the checked address.
 
 from __future__ import annotations
 
-import datetime
 import gzip
 import ipaddress
 import json
@@ -19,14 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from conveyor.actions import ActionRequest, Environment, Outcome, perform
 from conveyor.actions.http import MAX_BODY_BYTES
 from conveyor.netguard import NetworkPolicy
+from tests.runner.helpers import self_signed_certificate
 
 # An answer: the pieces to write (bytes) with pauses between them (seconds), and whether
 # to close the connection afterwards. None: close the connection without answering.
@@ -322,29 +318,7 @@ def test_sixteen_threads_share_the_pool_without_opening_more_connections_than_th
 @pytest.fixture
 def certificate(tmp_path: Path) -> tuple[Path, Path]:
     """A self-signed certificate (its own CA) for the name localhost only: no IP address in it."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
+    return self_signed_certificate(tmp_path, names=("localhost",))
 
 
 def test_https_goes_to_the_checked_address_and_verifies_the_certificate_for_the_host_name(
