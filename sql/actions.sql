@@ -91,23 +91,7 @@ begin
 end;
 $$;
 
--- Sends those of p_step_run_ids that are queued actions without a message yet (the ids
--- interpret_executions returns). For callers that run as the service role (dispatch):
--- unlike send_actions, it never sends an action a second time.
-create or replace function conveyor.send_unsent_actions(p_step_run_ids bigint[])
-returns integer
-language plpgsql
-security definer
-set search_path = ''
-as $$
-begin
-  return conveyor.send_actions(array(
-    select r.step_run_id
-    from conveyor.step_runs as r
-    where r.step_run_id = any(p_step_run_ids) and r.status = 'queued' and r.msg_id is null
-  ));
-end;
-$$;
+drop function if exists conveyor.send_unsent_actions(bigint[]);  -- folded into send_new_actions
 
 -- Sends (or sends again) one queued step_run's message after p_delay_s seconds.
 create or replace function conveyor.enqueue_action(p_step_run_id bigint, p_delay_s integer default 0)
@@ -504,8 +488,6 @@ revoke all on function conveyor.send_actions(bigint[], integer) from public;
 revoke all on function conveyor.send_new_actions(bigint[]) from public;
 -- dispatch, which runners call as conveyor_service, sends its new executions' actions
 grant execute on function conveyor.send_new_actions(bigint[]) to conveyor_service;
-revoke all on function conveyor.send_unsent_actions(bigint[]) from public;
-grant execute on function conveyor.send_unsent_actions(bigint[]) to conveyor_service;
 grant execute on function conveyor.enqueue_action(bigint, integer) to conveyor_service;
 revoke all on function conveyor.write_back(jsonb) from public;
 grant execute on function conveyor.write_back(jsonb) to conveyor_service;

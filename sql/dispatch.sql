@@ -93,7 +93,6 @@ as $$
 declare
   v_events bigint[];
   v_new conveyor.executions[];
-  v_queued bigint[];  -- the actions the new executions reached
   v_refused bigint;
   v_max_depth integer := conveyor.max_event_depth();
 begin
@@ -289,9 +288,9 @@ begin
     -- check above and this insert: such workflows are serialised by the advisory lock, and
     -- the unique index executions_once_per_entity would fail the whole dispatch (to be
     -- retried) rather than run an entity twice.
-    v_queued := conveyor.interpret_executions(v_new, now(), true);
+    perform conveyor.interpret_executions(v_new, now(), true);
     perform conveyor.record_started(v_new);
-    perform conveyor.send_unsent_actions(v_queued);
+    perform conveyor.send_new_actions(array(select (n).execution_id from unnest(v_new) as n));
   end if;
   return pg_catalog.cardinality(v_events);
 end;
