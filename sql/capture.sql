@@ -317,7 +317,7 @@ begin
     execute format('drop function if exists conveyor_capture.%I()',
       't' || p_table::oid::text || '_' || pg_catalog.split_part(v_trigger, '_', 3));
   end loop;
-  execute format('drop function if exists conveyor_capture.%I(integer, text, text, text, text[])',
+  execute format('drop function if exists conveyor_capture.%I(integer, text, text, text)',
     't' || p_table::oid::text || '_ingest');
   execute format('drop table if exists %s', conveyor.capture_log(p_table));
   delete from conveyor.watched_tables as w where w.table_name = p_table;

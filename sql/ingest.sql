@@ -26,16 +26,20 @@ set search_path = ''
 as $$
 declare
   v_select text;
+  v_columns text[];
 begin
-  -- the platform's columns of the log, in table order, as the row the event carries
-  select string_agg('t.' || pg_catalog.quote_ident(a.attname), ', ' order by a.attnum)
-  into v_select
+  -- the platform's columns of the log, in table order: the row the event carries, and the
+  -- order of an update's changed list
+  select
+    string_agg('t.' || pg_catalog.quote_ident(a.attname), ', ' order by a.attnum),
+    array_agg(a.attname::text order by a.attnum)
+  into v_select, v_columns
   from pg_catalog.pg_attribute as a
   where a.attrelid = conveyor.capture_log(p_table)::regclass and a.attnum > 0 and not a.attisdropped
     and a.attname not in ('_conveyor_statement', '_conveyor_op', '_conveyor_at');
   execute format($f$
     create or replace function conveyor_capture.%3$I(
-      p_limit integer, p_id_column text, p_tenant_column text, p_prefix text, p_columns text[]
+      p_limit integer, p_id_column text, p_tenant_column text, p_prefix text
     ) returns integer
     language plpgsql
     security definer
@@ -43,6 +47,7 @@ begin
     set jit = off
     as $body$
     declare
+      v_columns constant text[] := %4$L;
       v_count integer;
     begin
     with bound as (
@@ -95,7 +100,7 @@ begin
     from changes as p
     cross join lateral (
       select array_agg(u.col order by u.ord) as changed
-      from unnest(p_columns) with ordinality as u (col, ord)
+      from unnest(v_columns) with ordinality as u (col, ord)
       where p.old_row is not null and p.new_row is not null
         and (p.new_row -> u.col) is distinct from (p.old_row -> u.col)
     ) as c
@@ -106,9 +111,9 @@ begin
       return v_count;
     end;
     $body$
-    $f$, conveyor.capture_log(p_table), v_select, 't' || p_table::oid::text || '_ingest');
+    $f$, conveyor.capture_log(p_table), v_select, 't' || p_table::oid::text || '_ingest', v_columns);
   execute format(
-    'revoke all on function conveyor_capture.%I(integer, text, text, text, text[]) from public',
+    'revoke all on function conveyor_capture.%I(integer, text, text, text) from public',
     't' || p_table::oid::text || '_ingest'
   );
 end;
@@ -127,7 +132,6 @@ set jit = off
 as $$
 declare
   v_watched conveyor.watched_tables;
-  v_columns text[];
   v_ingest text := 't' || p_table::oid::text || '_ingest';
   v_lock bigint := (1132::bigint << 32) | p_table::oid::bigint;
   v_count integer;
@@ -142,22 +146,15 @@ begin
     return 0;
   end if;
 
-  -- the table's columns in table order (the order of an update's changed list)
-  select array_agg(a.attname::text order by a.attnum)
-  into v_columns
-  from pg_catalog.pg_attribute as a
-  where a.attrelid = conveyor.capture_log(p_table)::regclass and a.attnum > 0 and not a.attisdropped
-    and a.attname not in ('_conveyor_statement', '_conveyor_op', '_conveyor_at');
-
   if pg_catalog.to_regprocedure(
-    format('conveyor_capture.%I(integer, text, text, text, text[])', v_ingest)
+    format('conveyor_capture.%I(integer, text, text, text)', v_ingest)
   ) is null then
     perform conveyor.install_ingest(p_table);
   end if;
-  execute format('select conveyor_capture.%I($1, $2, $3, $4, $5)', v_ingest)
+  execute format('select conveyor_capture.%I($1, $2, $3, $4)', v_ingest)
   into v_count
   using p_limit, v_watched.id_column::text, v_watched.tenant_column::text,
-    v_watched.module || '.' || v_watched.entity, v_columns;
+    v_watched.module || '.' || v_watched.entity;
   return v_count;
 end;
 $$;

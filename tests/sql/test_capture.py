@@ -608,7 +608,7 @@ def test_capture_functions_pass_plpgsql_check(contacts: Conn) -> None:
     assert rows == []
     ingest = contacts.execute(
         "select c.message from plpgsql_check_function_tb("
-        " ('conveyor_capture.t' || 'crm.contacts'::regclass::oid || '_ingest(integer, text, text, text, text[])')"
+        " ('conveyor_capture.t' || 'crm.contacts'::regclass::oid || '_ingest(integer, text, text, text)')"
         "::regprocedure, fatal_errors => false, extra_warnings => false, performance_warnings => false) as c"
         " where c.level = 'error'"
     ).fetchall()
@@ -622,14 +622,14 @@ def test_capture_functions_pass_plpgsql_check(contacts: Conn) -> None:
 def test_a_table_watched_before_ingest_functions_existed_gets_one_on_its_first_ingest(contacts: Conn) -> None:
     # a database upgraded from a version without generated ingest functions
     contacts.execute(
-        "do $$ begin execute format('drop function conveyor_capture.%I(integer, text, text, text, text[])',"
+        "do $$ begin execute format('drop function conveyor_capture.%I(integer, text, text, text)',"
         " 't' || 'crm.contacts'::regclass::oid || '_ingest'); end $$"
     )
     contacts.execute("insert into crm.contacts (id, tenant_id, email) values (1, 'acme', 'a@example.com')")
     assert [e["event_type"] for e in events(contacts)] == ["crm.contact.created"]
     assert contacts.execute(
         "select to_regprocedure('conveyor_capture.t' || 'crm.contacts'::regclass::oid"
-        " || '_ingest(integer, text, text, text, text[])') is not null as ok"
+        " || '_ingest(integer, text, text, text)') is not null as ok"
     ).fetchone() == {"ok": True}
 
 
