@@ -15,7 +15,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from conveyor import queue as q
-from tests.runner.helpers import wait_for
+from tests.runner.helpers import local_http, wait_for
 
 Conn = psycopg.Connection[Any]
 
@@ -102,5 +102,56 @@ def test_runner_resumes_a_delay_on_time_not_on_its_next_poll(db_url: str) -> Non
             proc.send_signal(signal.SIGTERM)
             _, stderr = proc.communicate(timeout=30)
         assert proc.returncode == 0, stderr
+    late = row["started_at"] - row["resume_at"]
+    assert timedelta(0) <= late < timedelta(seconds=1), late
+
+
+def test_a_delay_reached_by_a_write_back_resumes_on_time_not_on_the_next_poll(db_url: str) -> None:
+    """The write-back runs the execution into the delay; only the runner's due check (not a
+    NOTIFY, not the 60 s poll) can tell the loop when it falls due."""
+    with local_http() as server, psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as conn:
+        conn.execute("insert into conveyor.tenants (tenant_id, name) values ('acme', 'Acme')")
+        document = {
+            "slug": "call-then-pause",
+            "name": "call then pause",
+            "trigger": {"event": "crm.call.created"},
+            "steps": [
+                {"id": "call", "action": "webhook.send", "with": {"url": server.url("/hook")}},
+                {"id": "pause", "delay": {"for": "2s"}},
+                {"id": "after", "set": {"done": True}},
+            ],
+        }
+        conn.execute("select conveyor.publish('acme', %s)", (Jsonb(document),))
+        env = {
+            **os.environ,
+            "CONVEYOR_DATABASE_URL": db_url,
+            "CONVEYOR_POLL_INTERVAL": "60",
+            "CONVEYOR_HEARTBEAT_INTERVAL": "60",
+            "CONVEYOR_ALLOW_PRIVATE_NETWORKS": "127.0.0.1/32",
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "conveyor.cli", "run"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            wait_for(lambda: conn.execute("select 1 from conveyor.runners").fetchone())
+            conn.execute("select conveyor.emit('acme', 'crm.call.created', '{}'::jsonb)")
+            row = wait_for(
+                lambda: conn.execute(
+                    "select (d.output ->> 'resume_at')::timestamptz as resume_at, a.started_at"
+                    " from conveyor.executions as e"
+                    " join conveyor.step_runs as d on d.execution_id = e.execution_id and d.step_id = 'pause'"
+                    " join conveyor.step_runs as a on a.execution_id = e.execution_id and a.step_id = 'after'"
+                    " where e.status = 'completed'"
+                ).fetchone(),
+                timeout=20,
+            )
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 0, stderr
+    assert len(server.requests_to("/hook")) == 1
     late = row["started_at"] - row["resume_at"]
     assert timedelta(0) <= late < timedelta(seconds=1), late

@@ -438,3 +438,27 @@ def test_dry_run_mode_does_not_leak_into_the_callers_transaction(
     eid = start(conn, tenant, flow(conn, tenant), AMOUNT)
     assert execution(conn, eid)["wait_kind"] == "action"
     assert len(queued_messages(conn)) == 1
+
+
+def test_a_read_gives_each_message_the_visibility_of_its_own_timeout(conn: Conn) -> None:
+    conn.execute(
+        "select pgmq.send('conveyor_actions', m)"
+        ' from unnest(array[\'{"timeout_s": 5}\', \'{"timeout_s": 120}\', \'{"timeout_s": "x"}\']::jsonb[]) as m'
+    )
+    read = {
+        r["msg_id"]: r["read_ct"]
+        for r in conn.execute("select msg_id, read_ct from conveyor.read_actions(10, 2, 30)").fetchall()
+    }
+    vt = conn.execute(
+        "select msg_id, message ->> 'timeout_s' as timeout_s,"
+        " round(extract(epoch from vt - clock_timestamp())) as invisible_s"
+        " from pgmq.q_conveyor_actions order by msg_id"
+    ).fetchall()
+    rows = [{**r, "read_ct": read[r["msg_id"]]} for r in vt]
+    # its own timeout (or the default for a non-number) plus the margin, each
+    assert [(r["timeout_s"], r["invisible_s"], r["read_ct"]) for r in rows] == [
+        ("5", 7, 1),
+        ("120", 122, 1),
+        ("x", 32, 1),
+    ]
+    assert conn.execute("select count(*) as n from conveyor.read_actions(10, 2, 30)").fetchone() == {"n": 0}
