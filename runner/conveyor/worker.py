@@ -203,10 +203,7 @@ class Runner:
                 if self.stopping.is_set() and self._drained():
                     break
                 try:
-                    with psycopg.connect(
-                        self.url, autocommit=True, connect_timeout=5, application_name="conveyor-runner"
-                    ) as conn:
-                        _act_as_service_role(conn)
+                    with self._connect() as conn:
                         version = schema_version(conn)
                         if version is None:
                             raise ConveyorError("the database is not migrated: run `conveyor migrate` first")
@@ -582,10 +579,7 @@ class Runner:
         backoff, failed = 0.5, False
         while not self._writer_stop.is_set():
             try:
-                with psycopg.connect(
-                    self.url, autocommit=True, connect_timeout=5, application_name="conveyor-runner"
-                ) as conn:
-                    _act_as_service_role(conn)
+                with self._connect() as conn:
                     if failed:
                         log.info(
                             "reconnected", extra={"runner": str(self.runner_id), "connection": "write-back"}
@@ -698,10 +692,7 @@ class Runner:
         backoff = 0.5
         while not self.stopping.is_set():
             try:
-                with psycopg.connect(
-                    self.url, autocommit=True, connect_timeout=5, application_name="conveyor-runner"
-                ) as conn:
-                    _act_as_service_role(conn)
+                with self._connect() as conn:
                     conn.execute(f'listen "{q.WAKEUP_CHANNEL}"')
                     conn.execute(f'listen "{q.INSERT_CHANNEL}"')
                     backoff = 0.5
@@ -745,6 +736,19 @@ class Runner:
                 self._notify(read=True, tick=False)
             if dispatched < q.DISPATCH_BATCH:
                 return
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        """A connection of the runner's (the loop's, the writer's, the listener's), working
+        as the service role."""
+        conn = psycopg.connect(
+            self.url, autocommit=True, connect_timeout=5, application_name="conveyor-runner"
+        )
+        try:
+            _act_as_service_role(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def _notify(self, *, read: bool, tick: bool) -> None:
         with self.lock:
