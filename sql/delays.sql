@@ -129,22 +129,23 @@ set search_path = ''
 as $$
 declare
   v_ids bigint[];
+  -- the tenants of these events waiting executions could belong to
+  v_tenants text[] := array(
+    select distinct ev.tenant_id from conveyor.events as ev where ev.event_id = any(p_event_ids)
+  );
 begin
   -- most dispatches find no execution waiting for an event of these tenants: say so with
   -- one probe of the partial index rather than the statement below
   if not exists (
-    select
-    from conveyor.executions as x
-    where x.status = 'waiting' and x.wait_kind = 'event'
-      and x.tenant_id in (select ev.tenant_id from conveyor.events as ev where ev.event_id = any(p_event_ids))
+    select from conveyor.executions as x
+    where x.status = 'waiting' and x.wait_kind = 'event' and x.tenant_id = any(v_tenants)
   ) then
     return 0;
   end if;
   with waiting as (
     select x.execution_id, x.tenant_id, x.workflow_id, x.version, x.current_step
     from conveyor.executions as x
-    where x.status = 'waiting' and x.wait_kind = 'event'
-      and x.tenant_id in (select ev.tenant_id from conveyor.events as ev where ev.event_id = any(p_event_ids))
+    where x.status = 'waiting' and x.wait_kind = 'event' and x.tenant_id = any(v_tenants)
     for update skip locked
   ),
 
