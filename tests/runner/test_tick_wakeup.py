@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -70,39 +71,47 @@ def test_tick_says_when_to_tick_again(db_url: str) -> None:
         assert row == (0,)
 
 
+def pause_lateness(conn: Conn, db_url: str, start: Callable[[], object]) -> timedelta:
+    """Run a runner that polls only every 60 s, call start() once it is up, and return how
+    late the step after the execution's `pause` delay started (its lateness)."""
+    env = {
+        **os.environ,
+        "CONVEYOR_DATABASE_URL": db_url,
+        "CONVEYOR_POLL_INTERVAL": "60",
+        "CONVEYOR_HEARTBEAT_INTERVAL": "60",
+        "CONVEYOR_ALLOW_PRIVATE_NETWORKS": "127.0.0.1/32",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conveyor.cli", "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: conn.execute("select 1 from conveyor.runners").fetchone())
+        start()
+        row = wait_for(
+            lambda: conn.execute(
+                "select (d.output ->> 'resume_at')::timestamptz as resume_at, a.started_at"
+                " from conveyor.executions as e"
+                " join conveyor.step_runs as d on d.execution_id = e.execution_id and d.step_id = 'pause'"
+                " join conveyor.step_runs as a on a.execution_id = e.execution_id and a.step_id = 'after'"
+                " where e.status = 'completed'"
+            ).fetchone(),
+            timeout=20,
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    return row["started_at"] - row["resume_at"]
+
+
 def test_runner_resumes_a_delay_on_time_not_on_its_next_poll(db_url: str) -> None:
     with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as conn:
         publish_delay(conn, "2s")
-        env = {
-            **os.environ,
-            "CONVEYOR_DATABASE_URL": db_url,
-            "CONVEYOR_POLL_INTERVAL": "60",
-            "CONVEYOR_HEARTBEAT_INTERVAL": "60",
-        }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "conveyor.cli", "run"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            wait_for(lambda: conn.execute("select 1 from conveyor.runners").fetchone())
-            emit(conn)  # the NOTIFY wakes the runner: it dispatches; the execution waits 2 s
-            row = wait_for(
-                lambda: conn.execute(
-                    "select e.status, (d.output ->> 'resume_at')::timestamptz as resume_at, a.started_at"
-                    " from conveyor.executions as e"
-                    " join conveyor.step_runs as d on d.execution_id = e.execution_id and d.step_id = 'pause'"
-                    " join conveyor.step_runs as a on a.execution_id = e.execution_id and a.step_id = 'after'"
-                    " where e.status = 'completed'"
-                ).fetchone(),
-                timeout=20,
-            )
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            _, stderr = proc.communicate(timeout=30)
-        assert proc.returncode == 0, stderr
-    late = row["started_at"] - row["resume_at"]
+        # the NOTIFY wakes the runner: it dispatches; the execution waits 2 s
+        late = pause_lateness(conn, db_url, lambda: emit(conn))
     assert timedelta(0) <= late < timedelta(seconds=1), late
 
 
@@ -122,36 +131,10 @@ def test_a_delay_reached_by_a_write_back_resumes_on_time_not_on_the_next_poll(db
             ],
         }
         conn.execute("select conveyor.publish('acme', %s)", (Jsonb(document),))
-        env = {
-            **os.environ,
-            "CONVEYOR_DATABASE_URL": db_url,
-            "CONVEYOR_POLL_INTERVAL": "60",
-            "CONVEYOR_HEARTBEAT_INTERVAL": "60",
-            "CONVEYOR_ALLOW_PRIVATE_NETWORKS": "127.0.0.1/32",
-        }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "conveyor.cli", "run"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+        late = pause_lateness(
+            conn,
+            db_url,
+            lambda: conn.execute("select conveyor.emit('acme', 'crm.call.created', '{}'::jsonb)"),
         )
-        try:
-            wait_for(lambda: conn.execute("select 1 from conveyor.runners").fetchone())
-            conn.execute("select conveyor.emit('acme', 'crm.call.created', '{}'::jsonb)")
-            row = wait_for(
-                lambda: conn.execute(
-                    "select (d.output ->> 'resume_at')::timestamptz as resume_at, a.started_at"
-                    " from conveyor.executions as e"
-                    " join conveyor.step_runs as d on d.execution_id = e.execution_id and d.step_id = 'pause'"
-                    " join conveyor.step_runs as a on a.execution_id = e.execution_id and a.step_id = 'after'"
-                    " where e.status = 'completed'"
-                ).fetchone(),
-                timeout=20,
-            )
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            _, stderr = proc.communicate(timeout=30)
-        assert proc.returncode == 0, stderr
     assert len(server.requests_to("/hook")) == 1
-    late = row["started_at"] - row["resume_at"]
     assert timedelta(0) <= late < timedelta(seconds=1), late
