@@ -32,24 +32,31 @@ begin
         'step_run_id', r.step_run_id,
         'execution_id', r.execution_id,
         'tenant_id', r.tenant_id,
-        'workflow_id', e.workflow_id,
+        'workflow_id', r.workflow_id,
         'step_id', r.step_id,
-        'action', s.action_type,
+        'action', r.action_type,
         -- an action step's spec is its config (conveyor.step_spec, inlined)
-        'connection', s.config ->> 'connection',
+        'connection', r.config ->> 'connection',
         'input', r.input,
         'idempotency_key', r.idempotency_key,
         'attempt', r.attempt,
-        'timeout_s', ceil(extract(epoch from s.timeout))::integer
+        'timeout_s', ceil(extract(epoch from r.timeout))::integer
       ) as message
-    -- driven by the ids (unnest), so that plpgsql's cached generic plan starts from the
-    -- step_runs primary key whatever the tables' sizes, not from a scan of executions
+    -- Driven by the ids: three primary-key lookups per id, whatever the tables' sizes.
+    -- `offset 0` keeps the lateral subquery from being flattened into one join the
+    -- planner may reorder: plpgsql's cached generic plan, made while the tables were small
+    -- (a new install's first burst), scanned every execution of the workflow per call.
     from unnest(p_step_run_ids) as ids (step_run_id)
-    join conveyor.step_runs as r on r.step_run_id = ids.step_run_id
-    join conveyor.executions as e on e.execution_id = r.execution_id
-    join conveyor.workflow_steps as s
-      on s.workflow_id = e.workflow_id and s.version = e.version and s.step_id = r.step_id
-    where r.status = 'queued' and s.kind = 'action'
+    cross join lateral (
+      select r.step_run_id, r.execution_id, r.tenant_id, r.step_id, r.input, r.idempotency_key, r.attempt,
+        e.workflow_id, s.action_type, s.config, s.timeout
+      from conveyor.step_runs as r
+      join conveyor.executions as e on e.execution_id = r.execution_id
+      join conveyor.workflow_steps as s
+        on s.workflow_id = e.workflow_id and s.version = e.version and s.step_id = r.step_id
+      where r.step_run_id = ids.step_run_id and r.status = 'queued' and s.kind = 'action'
+      offset 0
+    ) as r
   ),
   sent as (
     insert into pgmq.q_conveyor_actions (vt, message)

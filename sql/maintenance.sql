@@ -55,9 +55,11 @@ declare
   v_step_run_id bigint;
 begin
   for v_step_run_id in
-    select r.step_run_id from conveyor.step_runs as r
-    join conveyor.executions as e on e.execution_id = r.execution_id and e.status = 'waiting'
-    where r.status = 'queued'
+    -- from the executions waiting for an action (executions_waiting_action_idx)
+    select r.step_run_id from conveyor.executions as e
+    join conveyor.step_runs as r on r.execution_id = e.execution_id
+    where e.status = 'waiting' and e.wait_kind = 'action'
+      and r.status = 'queued'
       and r.started_at < now() - interval '1 minute'
       and not exists (select from pgmq.q_conveyor_actions as q where q.msg_id = r.msg_id)
     order by r.step_run_id

@@ -20,17 +20,6 @@ $$;
 revoke all on function conveyor.next_timeout_at() from public;
 grant execute on function conveyor.next_timeout_at() to conveyor_service;
 
--- The periodic work: dispatch pending events, fire due schedules, expire timeouts, resume
--- due executions. The runner calls it whenever it is woken (and on a short poll); pg_cron
--- calls it every minute as a safety net. Time is a parameter so tests can move it.
---
--- The result counts what was done and says when time-driven work is next due:
--- next_due_at (the earliest delay or event-wait timeout, schedule slot, date trigger or
--- execution timeout not done yet; null: none) and next_due_in_s, the same in seconds from
--- the end of this call by p_now's clock (rounded up to the millisecond): 0 when it fell
--- due while this call ran, negative when it was due when the call began and is left for
--- the next call (more than p_batch due, or locked by another caller). The runner sleeps
--- until then rather than until its next poll, so a delay resumes on time.
 -- When the next time-driven work falls due: a delay or wait timeout, an execution's
 -- timeout, a schedule slot, a date trigger. tick() reports it; a runner that saw work move
 -- on elsewhere (a dispatch, a write-back) asks only this, not for a whole tick.
@@ -50,10 +39,26 @@ begin
 end;
 $$;
 
+-- The periodic work: dispatch pending events, fire due schedules, expire timeouts, resume
+-- due executions. The runner calls it whenever it is woken (and on a short poll); pg_cron
+-- calls it every minute as a safety net. Time is a parameter so tests can move it.
+--
+-- The result counts what was done and says when time-driven work is next due:
+-- next_due_at (the earliest delay or event-wait timeout, schedule slot, date trigger or
+-- execution timeout not done yet; null: none) and next_due_in_s, the same in seconds from
+-- the end of this call by p_now's clock (rounded up to the millisecond): 0 when it fell
+-- due while this call ran, negative when it was due when the call began and is left for
+-- the next call (more than p_batch due, or locked by another caller). The runner sleeps
+-- until then rather than until its next poll, so a delay resumes on time.
+--
+-- p_dispatch false leaves new events to a dispatcher of their own: a runner's listener
+-- dispatches as their NOTIFY arrives, and a tick that dispatched too would hold the
+-- runner's loop for up to ten batches, reading no actions meanwhile.
 drop function if exists conveyor.tick(timestamptz, integer);
 create or replace function conveyor.tick(
   p_now timestamptz default now(),
-  p_batch integer default 1000
+  p_batch integer default 1000,
+  p_dispatch boolean default true
 ) returns jsonb
 language plpgsql
 set search_path = ''
@@ -69,6 +74,7 @@ declare
 begin
   -- Bounded: at most 10 batches per call, so one call never holds locks for long.
   for i in 1..10 loop
+    exit when not p_dispatch;
     v_batch := conveyor.dispatch(p_batch);
     v_dispatched := v_dispatched + v_batch;
     exit when v_batch < p_batch;

@@ -90,11 +90,14 @@ def extend_visibility(conn: Conn, msg_ids: list[int], seconds: int) -> None:
     conn.execute("select msg_id from pgmq.set_vt(%s, %s::bigint[], %s)", (QUEUE, msg_ids, seconds)).fetchall()
 
 
-def has_function(conn: Conn, name: str) -> bool:
+def has_function(conn: Conn, name: str, *, argument: str | None = None) -> bool:
+    """Whether conveyor.<name> exists (with a parameter called `argument`, when given): a
+    database migrated by an older version may lack it."""
     row = conn.execute(
         "select exists (select from pg_catalog.pg_proc where proname = %s"
-        " and pronamespace = to_regnamespace('conveyor'))",
-        (name,),
+        " and pronamespace = to_regnamespace('conveyor')"
+        " and (%s::text is null or %s::text = any(proargnames)))",
+        (name, argument, argument),
     ).fetchone()
     return bool(row and row[0])
 
@@ -109,7 +112,11 @@ def write_back(conn: Conn, results: list[dict[str, Any]]) -> list[tuple[int, Any
     return [(int(r[0]), r[1], str(r[2])) for r in rows]
 
 
-DISPATCH_BATCH = 1000  # conveyor.dispatch's default limit: a full batch means more may wait
+# Events per conveyor.dispatch() call from the listener (a full batch means more may wait).
+# Smaller than dispatch's default of 1,000: a burst's first actions are queued, and the
+# runners start on them, after 200 events' work rather than 1,000's (first request of a
+# burst of 5,000 at the sink after ~130 ms instead of ~290 ms; CPU per event within 3%).
+DISPATCH_BATCH = 200
 
 
 def dispatch(conn: Conn) -> int:
@@ -128,8 +135,8 @@ def next_due_in(conn: Conn) -> float | None:
     return None if row is None or row[0] is None else max(0.0, float(row[0]))
 
 
-def tick(conn: Conn) -> float | None:
-    """Run conveyor.tick(); returns in how many seconds to tick again for time-driven work
+def tick(conn: Conn, *, dispatch: bool | None = None) -> float | None:
+    """Run conveyor.tick() (with p_dispatch => `dispatch` unless None); returns in how many seconds to tick again for time-driven work
     (a delay or timeout falling due, a schedule slot, ...), or None to wait for the poll.
 
     0 when work is due now: it fell due while the tick ran, or the tick left some (more
@@ -137,7 +144,10 @@ def tick(conn: Conn) -> float | None:
     gives None rather than a busy loop. A database whose tick() does not report
     next_due_in_s gives None: the runner polls, as before.
     """
-    row = conn.execute("select conveyor.tick()").fetchone()
+    if dispatch is None:
+        row = conn.execute("select conveyor.tick()").fetchone()
+    else:
+        row = conn.execute("select conveyor.tick(p_dispatch => %s)", (dispatch,)).fetchone()
     result = row[0] if row else None
     if not isinstance(result, dict) or not isinstance(result.get("next_due_in_s"), int | float):
         return None

@@ -3,9 +3,10 @@
 One loop, in the main thread, owns the database connection:
 
 * heartbeat (`conveyor.runners`), every `heartbeat_interval`;
-* `conveyor.tick()` (dispatch + resume due delays + schedules; skipped while it does not
-  exist) when the last tick said time-driven work falls due (a delay resumes on time, not
-  on the next poll), and every `poll_interval` as a fallback;
+* `conveyor.tick()` (resume due delays + schedules, and dispatch while the listener does
+  not; skipped while it does not exist) when the last tick said time-driven work falls
+  due (a delay resumes on time, not on the next poll), and every `poll_interval` as a
+  fallback;
 * read a batch from the pgmq queue `conveyor_actions` whenever there is a free slot and
   NOTIFY `conveyor_actions` arrived (conveyor.send_actions sends it), the last read was
   full, or the poll interval passed;
@@ -23,7 +24,10 @@ process (its message simply becomes visible again).
 
 A third thread LISTENs on its own connection: NOTIFY `conveyor_wakeup` (new events) makes
 it run `conveyor.dispatch()` there and then, and wake the loop to read the actions that
-started; NOTIFY `conveyor_actions` only wakes the loop.
+started; NOTIFY `conveyor_actions` only wakes the loop. While it dispatches (connected,
+last dispatch not failed), it alone does: on every notification, on (re)connecting, and
+after `poll_interval` without one; the loop's ticks leave events to it, so the loop never
+spends a burst's dispatch time not reading actions.
 SIGTERM / Ctrl-C: stop reading, let in-flight actions finish within `shutdown_grace`,
 write their results, exit 0. A lost database: reconnect with backoff; results not yet
 written are kept and written after reconnecting.
@@ -171,7 +175,10 @@ class Runner:
         self._stop_deadline: float | None = None
         self._write_back_ready = False
         self._tick_ready = False
+        self._tick_can_skip_dispatch = False
         self._due_check_ready = False
+        # set while the listener dispatches new events (see _listen): ticks leave them to it
+        self._listener_dispatches = threading.Event()
         self._warned_no_write_back = False
         self._backlog = False
         self._low_water = max(1, min(self.config.batch_size, self.config.concurrency) // 2)
@@ -311,6 +318,9 @@ class Runner:
                     q.has_function(conn, "write_back") and q.has_function(conn, "read_actions")
                 )
                 self._tick_ready = self._tick_ready or q.has_function(conn, "tick")
+                self._tick_can_skip_dispatch = self._tick_can_skip_dispatch or q.has_function(
+                    conn, "tick", argument="p_dispatch"
+                )
                 self._due_check_ready = self._due_check_ready or q.has_function(conn, "next_work_due_at")
                 next_poll = now + self.config.poll_interval
             with self.lock:
@@ -332,7 +342,12 @@ class Runner:
                 now = time.monotonic()
             if self._tick_ready and (want_tick or poll_due or now >= next_due):
                 try:
-                    due_in = q.tick(conn)
+                    due_in = q.tick(
+                        conn,
+                        dispatch=None
+                        if not self._tick_can_skip_dispatch
+                        else not self._listener_dispatches.is_set(),
+                    )
                     next_due = float("inf") if due_in is None else time.monotonic() + due_in
                     next_due_check = time.monotonic() + DUE_CHECK_INTERVAL
                 except _ROLLED_BACK as exc:
@@ -688,6 +703,8 @@ class Runner:
         to the loop on the path from the platform's commit to the first action; the loop is
         then woken to read the actions the dispatch queued, without waiting for their NOTIFY.
         Notifications that arrive while it dispatches are taken together by the next one.
+        It also dispatches on connecting (events committed while it was not listening) and
+        after `poll_interval` without a notification (the fallback the loop's tick was).
         """
         backoff = 0.5
         while not self.stopping.is_set():
@@ -696,28 +713,36 @@ class Runner:
                     conn.execute(f'listen "{q.WAKEUP_CHANNEL}"')
                     conn.execute(f'listen "{q.INSERT_CHANNEL}"')
                     backoff = 0.5
-                    self._notify(read=True, tick=True)  # catch up on what we missed
-                    can_dispatch = False
+                    can_dispatch = q.has_function(conn, "dispatch")
+                    if can_dispatch:
+                        self._dispatch(conn)  # catch up on what we missed
+                    self._notify(read=True, tick=True)
                     while not self.stopping.is_set():
-                        events = False
-                        for notify in conn.notifies(timeout=1.0, stop_after=1):
+                        events = heard = False
+                        for notify in conn.notifies(timeout=self.config.poll_interval, stop_after=1):
+                            heard = True
                             if notify.channel == q.WAKEUP_CHANNEL:
                                 events = True
                             else:
                                 self._notify(read=True, tick=False)
-                        if not events:
+                        if heard and not events:
                             continue
                         can_dispatch = can_dispatch or q.has_function(conn, "dispatch")
                         if can_dispatch:
                             self._dispatch(conn)
-                        else:
+                        elif events:
                             self._notify(read=True, tick=True)
             except psycopg.OperationalError:
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+            finally:
+                self._listener_dispatches.clear()
 
     def _dispatch(self, conn: psycopg.Connection[Any]) -> None:
-        """Dispatch new events until none are left; wake the loop to read what they queued."""
+        """Dispatch new events until none are left; wake the loop to read what they queued.
+
+        While this succeeds the loop's ticks leave new events to it; a failure hands them
+        back to the ticks until the next dispatch here succeeds."""
         while not self.stopping.is_set():
             try:
                 dispatched = q.dispatch(conn)
@@ -725,11 +750,14 @@ class Runner:
                 log.info("dispatch rolled back; retrying", extra={"error": _first_line(exc)})
                 continue
             except psycopg.OperationalError:
+                self._listener_dispatches.clear()
                 raise
-            except psycopg.Error as exc:  # the loop's tick dispatches too, and logs there
+            except psycopg.Error as exc:  # the loop's tick dispatches then, and logs there
+                self._listener_dispatches.clear()
                 log.warning("dispatch failed; the next tick retries", extra={"error": _first_line(exc)})
                 self._notify(read=True, tick=True)
                 return
+            self._listener_dispatches.set()
             if dispatched > 0:
                 with self.lock:
                     self.flags.want_due_check = True

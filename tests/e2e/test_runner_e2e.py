@@ -397,6 +397,28 @@ def test_notifications_wake_the_runner_without_waiting_for_the_poll(
     assert [line["step_run"] for line in ignored] == [999999]
 
 
+def test_an_event_committed_without_a_notification_is_dispatched_on_the_poll(
+    conn: Conn, server: LocalHTTP, runners: Any
+) -> None:
+    # The listener dispatches (the loop's ticks leave events to it): on a notification, and
+    # after CONVEYOR_POLL_INTERVAL without one, so an event whose NOTIFY never came (written
+    # by hand here) still starts its workflow.
+    tenant = setup_tenant(conn)
+    publish(conn, tenant, {"action": "webhook.send", "with": {"url": server.url("/polled")}})
+    runner = runners(CONVEYOR_POLL_INTERVAL="0.3")
+    wait_for(lambda: any(line["msg"] == "runner ready" for line in runner.lines()))
+    time.sleep(0.5)
+    conn.execute(
+        "insert into conveyor.events (tenant_id, event_type, source, payload)"
+        " values (%s, 'crm.contact.created', 'crm', '{}')",
+        (tenant,),
+    )
+    [execution] = wait_for(lambda: all_final(conn, 1), timeout=10)
+    assert execution["status"] == "completed"
+    assert len(server.requests_to("/polled")) == 1
+    assert runner.stop() == 0
+
+
 def test_a_result_waiting_for_a_slow_write_back_keeps_its_message_invisible(
     db_url: str, conn: Conn, server: LocalHTTP, runners: Any
 ) -> None:

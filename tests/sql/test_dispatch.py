@@ -314,6 +314,74 @@ def test_tick_dispatches_in_batches(conn: Conn) -> None:
     ).fetchone() == {"n": 250}
 
 
+def test_tick_without_dispatch_leaves_events_to_their_dispatcher(conn: Conn) -> None:
+    # a runner whose listener dispatches ticks with p_dispatch => false: time-driven work only
+    t = tenant(conn, "acme")
+    publish(
+        conn,
+        t,
+        "pause",
+        {"event": "crm.pause.created"},
+        steps=[{"id": "wait", "delay": {"for": "1 minute"}}, {"id": "after", "set": {"done": True}}],
+    )
+    publish(conn, t, "greet", {"event": "crm.contact.created"})
+    emit(conn, t, "crm.pause.created")
+    conn.execute("select conveyor.dispatch()")
+    emit(conn, t, "crm.contact.created")
+
+    later = conn.execute("select now() + interval '2 minutes' as at").fetchone()
+    assert later is not None
+    result = conn.execute("select conveyor.tick(%s, p_dispatch => false) as r", (later["at"],)).fetchone()
+    assert result is not None and result["r"]["dispatched"] == 0 and result["r"]["resumed"] == 1
+    assert conn.execute(
+        "select count(*) as n from conveyor.events where dispatched_at is null"
+    ).fetchone() == {"n": 1}
+    result = conn.execute("select conveyor.tick() as r").fetchone()
+    assert result is not None and result["r"]["dispatched"] == 1
+
+
+def executions_read(conn: Conn) -> int:
+    """Rows of conveyor.executions this database has read so far (by scans and index fetches)."""
+    conn.execute("select pg_stat_force_next_flush()")  # flushed as this statement ends
+    conn.execute("select pg_stat_clear_snapshot()")
+    row = conn.execute(
+        "select coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) as n"
+        " from pg_stat_user_tables where relid = 'conveyor.executions'::regclass"
+    ).fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+def test_dispatch_reads_executions_by_key_with_plans_cached_on_small_tables(conn: Conn) -> None:
+    # A runner's listener dispatches small batches on one long-lived session: plpgsql's
+    # generic plans are made after five calls, on tables never analyzed (a new install's
+    # first burst). Queuing the actions must still look each one up by key, not read every
+    # execution of the workflow per call (once 100 ms per batch of 200 at 5,000 executions).
+    t = tenant(conn, "acme")
+    publish(
+        conn,
+        t,
+        "hook",
+        {"event": "crm.contact.created"},
+        steps=[{"id": "call", "action": "webhook.send", "with": {"url": "https://example.com/hook"}}],
+    )
+    conn.execute(
+        "select conveyor.emit('acme', 'crm.contact.created', '{}'::jsonb) from generate_series(1, 1200)"
+    )
+    for _ in range(8):  # past the five custom plans
+        conn.execute("select conveyor.dispatch(50)")
+    before = executions_read(conn)
+    dispatched = 0
+    for _ in range(8):
+        row = conn.execute("select conveyor.dispatch(100) as n").fetchone()
+        assert row is not None
+        dispatched += int(row["n"])
+    assert dispatched == 800
+    per_event = (executions_read(conn) - before) / dispatched
+    assert per_event <= 2, f"{per_event:.1f} executions read per dispatched event"
+    assert conn.execute("select count(*) as n from pgmq.q_conveyor_actions").fetchone() == {"n": 1200}
+
+
 def test_started_counts_are_sharded(conn: Conn) -> None:
     t = tenant(conn, "acme")
     wf = publish(conn, t, "greet", {"event": "crm.contact.created"})
