@@ -6,8 +6,40 @@
 -- retries and error policies in SQL, archives the message and continues the execution,
 -- all in the runner's one transaction.
 
+-- An action's queue message: what the runner needs to perform it, fully rendered. Built
+-- here for both senders: the interpreter (a new action, with its step run) and
+-- send_actions (a retry, or a message sent again).
+create or replace function conveyor.action_message(
+  p_run conveyor.step_runs,
+  p_workflow_id bigint,
+  p_step conveyor.workflow_steps
+)
+returns jsonb
+language plpgsql
+immutable
+set search_path = ''
+as $$
+begin
+  return jsonb_build_object(
+    'step_run_id', p_run.step_run_id,
+    'execution_id', p_run.execution_id,
+    'tenant_id', p_run.tenant_id,
+    'workflow_id', p_workflow_id,
+    'step_id', p_run.step_id,
+    'action', p_step.action_type,
+    -- an action step's spec is its config (conveyor.step_spec, inlined)
+    'connection', p_step.config ->> 'connection',
+    'input', p_run.input,
+    'idempotency_key', p_run.idempotency_key,
+    'attempt', p_run.attempt,
+    'timeout_s', ceil(extract(epoch from p_step.timeout))::integer
+  );
+end;
+$$;
+
 -- Sends the messages of queued action step_runs (visible after p_delay_s seconds) and
 -- records each message's msg_id on its step_run. Returns how many messages were sent.
+-- (A new action's message is sent by the interpreter with its step run.)
 --
 -- The queue is pgmq's (conveyor_actions); the message rows go into its table with one
 -- static statement (what pgmq.send_batch does, without building its SQL per call and
@@ -26,30 +58,14 @@ begin
     return 0;  -- most write-backs reach no new action
   end if;
   with messages as (
-    select
-      r.step_run_id,
-      jsonb_build_object(
-        'step_run_id', r.step_run_id,
-        'execution_id', r.execution_id,
-        'tenant_id', r.tenant_id,
-        'workflow_id', r.workflow_id,
-        'step_id', r.step_id,
-        'action', r.action_type,
-        -- an action step's spec is its config (conveyor.step_spec, inlined)
-        'connection', r.config ->> 'connection',
-        'input', r.input,
-        'idempotency_key', r.idempotency_key,
-        'attempt', r.attempt,
-        'timeout_s', ceil(extract(epoch from r.timeout))::integer
-      ) as message
+    select r.step_run_id, conveyor.action_message(r.run, r.workflow_id, r.step) as message
     -- Driven by the ids: three primary-key lookups per id, whatever the tables' sizes.
     -- `offset 0` keeps the lateral subquery from being flattened into one join the
     -- planner may reorder: plpgsql's cached generic plan, made while the tables were small
     -- (a new install's first burst), scanned every execution of the workflow per call.
     from unnest(p_step_run_ids) as ids (step_run_id)
     cross join lateral (
-      select r.step_run_id, r.execution_id, r.tenant_id, r.step_id, r.input, r.idempotency_key, r.attempt,
-        e.workflow_id, s.action_type, s.config, s.timeout
+      select r.step_run_id, r as run, e.workflow_id, s as step
       from conveyor.step_runs as r
       join conveyor.executions as e on e.execution_id = r.execution_id
       join conveyor.workflow_steps as s
@@ -81,24 +97,9 @@ begin
 end;
 $$;
 
--- Sends the actions the interpreter queued (step_runs 'queued' without a message yet) for
--- these executions, in one batch. Every caller of advance_execution ends with it.
-create or replace function conveyor.send_new_actions(p_execution_ids bigint[])
-returns integer
-language plpgsql
-security definer
-set search_path = ''
-as $$
-begin
-  return conveyor.send_actions(array(
-    select r.step_run_id
-    from conveyor.step_runs as r
-    where r.execution_id = any(p_execution_ids) and r.status = 'queued' and r.msg_id is null
-  ));
-end;
-$$;
-
 drop function if exists conveyor.send_unsent_actions(bigint[]);  -- folded into send_new_actions
+-- the interpreter sends the actions it reaches with their step runs (interpret_executions)
+drop function if exists conveyor.send_new_actions(bigint[]);
 
 -- Sends (or sends again) one queued step_run's message after p_delay_s seconds.
 create or replace function conveyor.enqueue_action(p_step_run_id bigint, p_delay_s integer default 0)
@@ -478,7 +479,7 @@ begin
   -- The continued executions run on to their next stopping point together (each written
   -- once, in the state it reached), and the actions they reached are sent in one batch.
   if pg_catalog.cardinality(v_continued) > 0 then
-    perform conveyor.send_actions(conveyor.interpret_executions(v_continued, now(), false));
+    perform conveyor.interpret_executions(v_continued, now(), false);
   end if;
   if pg_catalog.cardinality(v_archived) > 0 then
     perform conveyor.archive_actions(v_archived);
@@ -492,9 +493,7 @@ $$;
 
 revoke all on function conveyor.enqueue_action(bigint, integer) from public;
 revoke all on function conveyor.send_actions(bigint[], integer) from public;
-revoke all on function conveyor.send_new_actions(bigint[]) from public;
--- dispatch, which runners call as conveyor_service, sends its new executions' actions
-grant execute on function conveyor.send_new_actions(bigint[]) to conveyor_service;
+revoke all on function conveyor.action_message(conveyor.step_runs, bigint, conveyor.workflow_steps) from public;
 grant execute on function conveyor.enqueue_action(bigint, integer) to conveyor_service;
 revoke all on function conveyor.write_back(jsonb) from public;
 grant execute on function conveyor.write_back(jsonb) to conveyor_service;

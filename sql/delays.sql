@@ -106,7 +106,6 @@ begin
   -- Each resumed execution runs on to its next stopping point (see run_executions).
   if v_ids is not null then
     perform conveyor.advance_executions(v_ids, p_now);
-    perform conveyor.send_new_actions(v_ids);
   end if;
   return coalesce(cardinality(v_ids), 0);
 end;
@@ -203,7 +202,6 @@ begin
 
   if v_ids is not null then
     perform conveyor.advance_executions(v_ids, now());
-    perform conveyor.send_new_actions(v_ids);
   end if;
   return coalesce(cardinality(v_ids), 0);
 end;

@@ -290,7 +290,6 @@ begin
     -- retried) rather than run an entity twice.
     perform conveyor.interpret_executions(v_new, now(), true);
     perform conveyor.record_started(v_new);
-    perform conveyor.send_new_actions(array(select (n).execution_id from unnest(v_new) as n));
   end if;
   return pg_catalog.cardinality(v_events);
 end;

@@ -396,9 +396,8 @@ $$;
 -- Runs executions (the caller holds their row locks) from current_step until each waits
 -- or ends. p_now is the interpreter's clock for scheduling decisions (delays, {{now}}), so
 -- resume_due(p_now) is testable without sleeping. Executions not pending or running are
--- left alone. An action it reaches is left as a queued step_run without a message: the
--- caller sends those in one batch with conveyor.send_new_actions (interpret_executions
--- returns their ids, for callers that hold them).
+-- left alone. An action it reaches becomes a queued step_run and its message in the
+-- queue, written together (interpret_executions).
 --
 -- The work is sequential per execution (each walks its own graph), but the writes are
 -- set-based: step_runs, the executions' new state and the stats of completed executions
@@ -428,15 +427,19 @@ $$;
 -- update) or executions that do not exist yet (p_new true, from dispatch: each is
 -- inserted once, in its state after its first steps, instead of inserted and then
 -- updated — one write per execution on the hot path). Log lines about the executions
--- are written after the executions themselves, so they may refer to new ones. Returns
--- the ids of the queued action step_runs it created (unsent: see send_actions).
+-- are written after the executions themselves, so they may refer to new ones.
+--
+-- An action reached is queued with its message in one batch: the messages go into the
+-- queue first and each action's step run is inserted with its msg_id, so the row is not
+-- written a second time to record it (send_actions does that for retries). Step run ids
+-- are taken from their sequence as the runs happen, so they follow the order of the steps.
 drop function if exists conveyor.interpret_executions(conveyor.executions[], timestamptz, boolean);
 create or replace function conveyor.interpret_executions(
   p_execs conveyor.executions[],
   p_now timestamptz,
   p_new boolean
 )
-returns bigint[]
+returns void
 language plpgsql
 security definer
 set search_path = ''
@@ -450,6 +453,7 @@ declare
   v_step conveyor.workflow_steps;
   v_runs conveyor.step_runs[] := '{}';
   v_nruns integer := 0;
+  v_messages jsonb[] := '{}';
   v_execs conveyor.executions[] := '{}';
   v_nexecs integer := 0;
   v_finals text[] := '{}';
@@ -494,10 +498,9 @@ declare
   v_hint text;
   v_state text;
   v_i integer;
-  v_queued bigint[];
 begin
   if coalesce(pg_catalog.cardinality(p_execs), 0) = 0 then
-    return '{}';
+    return;
   end if;
   foreach v_exec in array p_execs loop
     v_key := v_exec.workflow_id || ':' || v_exec.version;
@@ -742,7 +745,8 @@ begin
         v_next := case v_step.on_error when 'continue' then v_step.next_step when 'goto' then v_step.error_step end;
         v_nruns := v_nruns + 1;
         v_runs[v_nruns] := row(
-          null, v_exec.execution_id, v_exec.tenant_id, v_step.step_id, v_visit, 1, 'failed', v_input, null,
+          pg_catalog.nextval('conveyor.step_runs_step_run_id_seq'), v_exec.execution_id, v_exec.tenant_id,
+          v_step.step_id, v_visit, 1, 'failed', v_input, null,
           v_error, null, null, v_next, v_started, pg_catalog.clock_timestamp()
         )::conveyor.step_runs;
         if v_step.on_error in ('continue', 'goto') then
@@ -769,10 +773,12 @@ begin
       if v_wait = 'action' and not v_dry then
         v_nruns := v_nruns + 1;
         v_runs[v_nruns] := row(
-          null, v_exec.execution_id, v_exec.tenant_id, v_step.step_id, v_visit, 1, 'queued', v_input, null,
+          pg_catalog.nextval('conveyor.step_runs_step_run_id_seq'), v_exec.execution_id, v_exec.tenant_id,
+          v_step.step_id, v_visit, 1, 'queued', v_input, null,
           null, format('%s:%s:%s', v_exec.execution_id, v_step.step_id, v_visit), null, null, v_started, null
         )::conveyor.step_runs;
-        -- the message is sent by the caller, batched with other executions' (send_new_actions)
+        -- sent with the other executions' at the end, the step run with its msg_id
+        v_messages := v_messages || conveyor.action_message(v_runs[v_nruns], v_exec.workflow_id, v_step);
         v_exec.status := 'waiting';
         v_exec.wait_kind := 'action';
         v_exec.resume_at := null;
@@ -782,7 +788,8 @@ begin
       if v_wait in ('delay', 'event') and not v_dry then
         v_nruns := v_nruns + 1;
         v_runs[v_nruns] := row(
-          null, v_exec.execution_id, v_exec.tenant_id, v_step.step_id, v_visit, 1, 'running', v_input, v_output,
+          pg_catalog.nextval('conveyor.step_runs_step_run_id_seq'), v_exec.execution_id, v_exec.tenant_id,
+          v_step.step_id, v_visit, 1, 'running', v_input, v_output,
           null, null, null, null, v_started, null
         )::conveyor.step_runs;
         v_exec.status := 'waiting';
@@ -798,7 +805,8 @@ begin
       end if;
       v_nruns := v_nruns + 1;
       v_runs[v_nruns] := row(
-        null, v_exec.execution_id, v_exec.tenant_id, v_step.step_id, v_visit, 1, 'completed', v_input, v_output,
+        pg_catalog.nextval('conveyor.step_runs_step_run_id_seq'), v_exec.execution_id, v_exec.tenant_id,
+        v_step.step_id, v_visit, 1, 'completed', v_input, v_output,
         null, case when v_wait = 'action' then format('%s:%s:%s', v_exec.execution_id, v_step.step_id, v_visit) end,
         null, v_next, v_started, pg_catalog.clock_timestamp()
       )::conveyor.step_runs;
@@ -839,7 +847,7 @@ begin
   end loop;
 
   if v_nexecs = 0 then
-    return '{}';
+    return;
   end if;
   if p_new then
     insert into conveyor.executions overriding system value
@@ -862,20 +870,24 @@ begin
   end if;
 
   if v_nruns > 0 then
-    with inserted as (
-      insert into conveyor.step_runs (
-        execution_id, tenant_id, step_id, visit, attempt, status, input, output, error, idempotency_key,
-        next_step, started_at, finished_at
-      )
-      select
-        r.execution_id, r.tenant_id, r.step_id, r.visit, r.attempt, r.status, r.input, r.output, r.error,
-        r.idempotency_key, r.next_step, r.started_at, r.finished_at
-      from unnest(v_runs) with ordinality as r
-      order by r.ordinality
-      returning step_runs.step_run_id, step_runs.status
+    with sent as (
+      insert into pgmq.q_conveyor_actions (vt, message)
+      select pg_catalog.clock_timestamp(), m.message
+      from unnest(v_messages) with ordinality as m (message, n)
+      order by m.n
+      returning q_conveyor_actions.msg_id, (q_conveyor_actions.message ->> 'step_run_id')::bigint as step_run_id
     )
-    select pg_catalog.array_agg(i.step_run_id) filter (where i.status = 'queued') into v_queued
-    from inserted as i;
+    insert into conveyor.step_runs overriding system value
+    select
+      r.step_run_id, r.execution_id, r.tenant_id, r.step_id, r.visit, r.attempt, r.status, r.input, r.output,
+      r.error, r.idempotency_key, s.msg_id, r.next_step, r.started_at, r.finished_at
+    from unnest(v_runs) with ordinality as r
+    left join sent as s on s.step_run_id = r.step_run_id
+    order by r.ordinality;
+    if pg_catalog.cardinality(v_messages) > 0 then
+      -- wake the runners: one notification per transaction (see send_actions)
+      perform pg_catalog.pg_notify('conveyor_actions', 'queued');
+    end if;
   end if;
   if pg_catalog.cardinality(v_logs) > 0 then
     insert into conveyor.execution_logs (tenant_id, execution_id, workflow_id, step_id, level, message, details)
@@ -905,7 +917,6 @@ begin
   for v_i in 1 .. pg_catalog.cardinality(v_final_ids) loop
     perform conveyor.finish_execution(v_final_ids[v_i], v_finals[v_i], v_final_errors[v_i]);
   end loop;
-  return coalesce(v_queued, '{}');
 end;
 $$;
 
@@ -949,7 +960,6 @@ begin
   ) as l;
   if cardinality(v_ids) > 0 then
     perform conveyor.advance_executions(v_ids, now());
-    perform conveyor.send_new_actions(v_ids);
   end if;
   return cardinality(v_ids);
 end;

@@ -462,3 +462,44 @@ def test_a_read_gives_each_message_the_visibility_of_its_own_timeout(conn: Conn)
         ("x", 32, 1),
     ]
     assert conn.execute("select count(*) as n from conveyor.read_actions(10, 2, 30)").fetchone() == {"n": 0}
+
+
+def test_an_action_step_run_is_written_once_and_updated_in_place(conn: Conn, tenant: str) -> None:
+    # Queued together with its message (msg_id at insert), then its result: a change to
+    # columns no index covers, on a page with room (migration 0017), so a heap-only update
+    # without a new entry in every index of step_runs.
+    wf = install(
+        conn,
+        tenant,
+        {
+            "slug": "in-place",
+            "steps": [
+                {"id": "prepare", "set": {"amount": "{{trigger.payload.amount}}"}},
+                WELCOME,
+                {"id": "after", "set": {"status": "{{steps.welcome.output.status}}"}},
+            ],
+        },
+    )
+    ids = [start(conn, tenant, wf, {"payload": {"amount": n}}, run=False) for n in range(100)]
+    conn.execute("select conveyor.run_executions(%s)", (ids,))
+    messages = queued_messages(conn)
+    for batch in range(0, 100, 20):  # as a runner writes back: a batch per transaction
+        write_back(
+            conn,
+            *(
+                {
+                    "msg_id": m["msg_id"],
+                    "step_run_id": m["message"]["step_run_id"],
+                    "ok": True,
+                    "output": {"status": 200},
+                }
+                for m in messages[batch : batch + 20]
+            ),
+        )
+    conn.execute("select pg_stat_force_next_flush()")  # flushed as this statement ends
+    conn.execute("select pg_stat_clear_snapshot()")
+    row = conn.execute(
+        "select n_tup_ins as inserted, n_tup_upd as updated, n_tup_hot_upd as hot from pg_stat_user_tables"
+        " where relid = 'conveyor.step_runs'::regclass"
+    ).fetchone()
+    assert row == {"inserted": 300, "updated": 100, "hot": 100}
