@@ -17,7 +17,7 @@ A writer thread, on a connection of its own, writes the finished results back in
 batches through `conveyor.write_back` (the heaviest statement: it runs each execution
 on to its next action), so that writing never holds up ticking and reading.
 
-Why threads: actions are blocking I/O (http.client, smtplib); a bounded set of
+Why threads: actions are blocking I/O (sockets, smtplib); a bounded set of
 daemon threads keeps every action library usable as is, the GIL is irrelevant for
 network waits, and a thread that outlives the shutdown grace period cannot hold the
 process (its message simply becomes visible again).

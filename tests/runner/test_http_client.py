@@ -362,3 +362,51 @@ def test_https_goes_to_the_checked_address_and_verifies_the_certificate_for_the_
     trusted = [requests for requests in server.connections if len(requests) == 3]
     assert len(trusted) == 1
     assert all(f"\r\nHost: localhost:{server.port}\r\n".encode() in raw for raw in trusted[0])
+
+
+def test_interim_responses_and_folded_headers_are_read_on_a_kept_alive_connection(
+    env: Environment, serve: Callable[..., RawHTTP]
+) -> None:
+    # a 100 Continue before the answer; a header folded onto a second line (obsolete)
+    reply = (
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-Long: one\r\n two\r\nContent-Length: 2\r\n\r\nok"
+    )
+    server = serve(lambda c, r, raw: answer(reply))
+    first = post(env, server.url("/a"))
+    assert first.output is not None and first.output["headers"]["x-long"] == "one two"
+    assert first.output["body"] == "ok"
+    assert post(env, server.url("/b")).ok
+    assert [len(requests) for requests in server.connections] == [2]
+
+
+def test_a_body_without_a_length_runs_to_the_close_and_its_connection_is_not_kept(
+    env: Environment, serve: Callable[..., RawHTTP]
+) -> None:
+    reply = b'HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{"to": "the close"}'
+    server = serve(lambda c, r, raw: ([reply], True))
+    first = post(env, server.url())
+    assert first.output is not None and first.output["body"] == {"to": "the close"}
+    assert post(env, server.url()).ok
+    assert [len(requests) for requests in server.connections] == [1, 1]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/2 200 OK\r\n\r\n",  # not HTTP/1.x
+        b"HTTP/1.1 2000 OK\r\n\r\n",  # not a three-digit status
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\nok",  # conflicting lengths
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # not a chunk size
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",  # closed before the end
+    ],
+)
+def test_a_malformed_or_cut_response_is_a_retryable_connection_error(
+    env: Environment, serve: Callable[..., RawHTTP], reply: bytes
+) -> None:
+    server = serve(lambda c, r, raw: ([reply], True))
+    outcome = post(env, server.url())
+    assert not outcome.ok and outcome.retryable
+    assert outcome.error is not None and outcome.error["type"] == "connection"
+    assert post(env, server.url()).retryable  # nothing of it was kept for the next request
+    assert [len(requests) for requests in server.connections] == [1, 1]

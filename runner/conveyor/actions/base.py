@@ -14,11 +14,13 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from http.client import HTTPConnection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.connections import Connection
 from conveyor.netguard import NetworkPolicy
+
+if TYPE_CHECKING:
+    from conveyor.actions.http import HTTPConnection
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,7 @@ def _has_closed(connection: HTTPConnection) -> bool:
     """True when an idle connection's socket is readable: the server closed it (EOF) or broke
     the protocol (bytes nobody asked for). Either way it must not carry another request."""
     sock = connection.sock
-    if sock is None:
+    if sock is None or not connection.idle:
         return True
     poller = select.poll()  # not select.select: a runner may hold file descriptors above 1024
     try:

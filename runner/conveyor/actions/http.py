@@ -1,21 +1,23 @@
 """HTTP for actions: SSRF-checked, time-bounded, response capped, failures classified.
 
-Built on the standard library's `http.client`, not httpx (STYLE.md's example HTTP
-library), because the runner's throughput target is set by CPU per request: a burst of
-webhooks is 16 threads making small requests to a few destinations, and httpx's layers
-(httpx.Client -> httpcore's connection pool -> h11) cost far more CPU than the exchange
-itself, with httpcore's pool lock contended by the 16 threads. CPU time of the runner's
-process per request (time.process_time), 2,000 POSTs of a small JSON body to a local
-keep-alive server in another process, median of 5 rounds, the same 2-core machine:
+A small HTTP/1.1 client on sockets, not httpx (STYLE.md's example HTTP library) nor the
+standard library's `http.client`, because the runner's throughput target is set by CPU
+per request: a burst of webhooks is 16 threads making small requests to a few
+destinations. CPU time of the runner's process per request (time.process_time), 3,000
+POSTs of a small JSON body through perform(webhook.send) to a local keep-alive server in
+another process, the same 2-core machine:
 
-                          16 threads: http.send   perform(webhook.send)   1 thread: http.send
-    httpx (before)        840-1,110 us            840-1,030 us            550-650 us
-    http.client (this)    220-385 us              245-450 us              175-205 us
+                          16 threads      1 thread
+    httpx                 840-1,030 us    550-650 us
+    http.client           316 us          184 us
+    this client           234 us          114 us
 
-(ranges over repeated runs on a shared machine). Of the ~190 us left on one thread, the
-bare socket exchange is ~22 us; http.client's own work (its header parser is the email
-package's) is ~100 us; resolving and checking the destination, the pool and the
-response's decoding the rest.
+http.client parsed every response's headers with the email package (a third of its
+cost) and built the request header by header; here the request is one prepared write
+and the response head is split by hand. What it reads: a status line (interim 1xx
+responses skipped), headers (at most 100 lines of at most 64 KiB, obsolete folding
+joined), a body framed by Content-Length, chunked transfer coding or the end of the
+connection; anything else is a ProtocolError (a retryable failure, like a reset).
 
 What httpx gave us is kept here, explicitly:
 
@@ -30,23 +32,21 @@ What httpx gave us is kept here, explicitly:
 * The whole exchange (connect, TLS, send, every read) is bounded by `timeout_s`: each
   socket operation gets only the time that is left, so a response that trickles in
   (headers included) cannot hold an action thread past its timeout.
-* No cookies (http.client keeps none), no redirects followed, no proxies from the
-  environment, `User-Agent: Conveyor`.
+* No cookies, no redirects followed, no proxies from the environment,
+  `User-Agent: Conveyor`.
 """
 
 from __future__ import annotations
 
 import base64
-import http.client
-import io
 import json
 import re
 import socket
-import ssl
 import time
 import zlib
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlencode
 
 from conveyor.actions.base import ActionError, Environment
@@ -62,13 +62,25 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _OWN_HEADERS = {"host", "content-length", "transfer-encoding"}
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 _COMPRESSED = {"gzip", "x-gzip", "deflate"}
-# How a kept-alive connection fails when the server closed it while it was idle
-# (http.client.RemoteDisconnected, no response byte at all, is a ConnectionResetError).
-_CLOSED_WHILE_IDLE = (ConnectionResetError, BrokenPipeError)
+_MAX_LINE = 64 * 1024  # a status or header line (http.client's limit)
+_MAX_HEADERS = 100
 
 
 class _Timeout(TimeoutError):
     pass
+
+
+class ProtocolError(Exception):
+    """The server's answer is not HTTP/1.x as the runner reads it (a retryable failure)."""
+
+
+class _ClosedBeforeResponse(ConnectionResetError):
+    """The connection ended before any byte of a response: on a kept-alive connection, the
+    server closed it while it was idle."""
+
+
+# How a kept-alive connection fails when the server closed it while it was idle.
+_CLOSED_WHILE_IDLE = (ConnectionResetError, BrokenPipeError)
 
 
 def _time_left(deadline: float) -> float:
@@ -78,85 +90,258 @@ def _time_left(deadline: float) -> float:
     return left
 
 
-class _Connection(http.client.HTTPConnection):
-    """An HTTP connection that sends a request's head and body in one write.
+class HTTPConnection:
+    """One HTTP/1.1 connection to a checked address (TLS with the URL's host name as the
+    server name for https), with the bytes received and not yet parsed.
 
-    http.client writes them separately: two system calls, and two packets since it turns
-    Nagle's algorithm off (about a tenth of the CPU per request, measured over loopback).
+    Every socket operation is given only the time left before the exchange's deadline, so
+    a response that trickles in (headers included) cannot hold an action past its timeout.
     """
 
-    _body: bytes | None = None
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock: socket.socket | None = sock
+        self._buffer = bytearray()
 
-    def end_request(self, body: bytes | None) -> None:
-        """endheaders(body), with `body` sent in the same write as the head."""
-        self._body = body
+    @classmethod
+    def open(cls, env: Environment, target: Target, deadline: float) -> HTTPConnection:
+        sock = socket.create_connection((target.address, target.port), timeout=_time_left(deadline))
         try:
-            self.endheaders()
-        finally:
-            self._body = None
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if target.scheme == "https":
+                sock.settimeout(_time_left(deadline))
+                sock = env.tls_context().wrap_socket(sock, server_hostname=target.host)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock)
 
-    def send(self, data: Any) -> None:
-        body, self._body = self._body, None
-        super().send(data + body if body else data)
-
-
-class _DeadlineReader(io.RawIOBase):
-    """A socket's reads, each given only the time left before the deadline: the whole
-    response (status line, headers, body) is bounded, however slowly it trickles in."""
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        super().__init__()
-        self._sock = sock
-        self._io = sock.makefile("rb", buffering=0)  # holds the socket open while the response reads
-        self._deadline = deadline
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int | None:
-        self._sock.settimeout(_time_left(self._deadline))
-        return self._io.readinto(buffer)
+    @property
+    def idle(self) -> bool:
+        """Nothing received beyond the last response: the connection may carry another request."""
+        return self.sock is not None and not self._buffer
 
     def close(self) -> None:
-        self._io.close()
-        super().close()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def _live(self, deadline: float) -> socket.socket:
+        if self.sock is None:
+            raise ConnectionResetError("the connection is closed")
+        self.sock.settimeout(_time_left(deadline))
+        return self.sock
+
+    def send(self, data: bytes, deadline: float) -> None:
+        self._live(deadline).sendall(data)
+
+    def _fill(self, deadline: float) -> bool:
+        """Receive more bytes into the buffer; False at the end of the stream."""
+        chunk = self._live(deadline).recv(_READ_SIZE)
+        self._buffer += chunk
+        return bool(chunk)
+
+    def read_line(self, deadline: float) -> bytes | None:
+        """The next line (with its line break); None when the stream ended before one began."""
+        start = 0
+        while True:
+            end = self._buffer.find(b"\n", start)
+            if end >= 0:
+                line = bytes(self._buffer[: end + 1])
+                del self._buffer[: end + 1]
+                return line
+            if len(self._buffer) > _MAX_LINE:
+                raise ProtocolError(f"a response line longer than {_MAX_LINE} bytes")
+            start = len(self._buffer)
+            if not self._fill(deadline):
+                if self._buffer:
+                    raise ProtocolError("the response ended in the middle of a line")
+                return None
+
+    def read(self, deadline: float, size: int) -> bytes:
+        """Up to `size` bytes (at least one); b"" at the end of the stream."""
+        if not self._buffer and not self._fill(deadline):
+            return b""
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
 
 
-class _DeadlineSocket:
-    """What http.client.HTTPResponse is given as its socket: it only calls makefile("rb")."""
+@dataclass
+class _Response:
+    status: int
+    headers: list[tuple[str, str]]  # as received: names as the server wrote them
+    keep_alive: bool  # HTTP/1.1 without "Connection: close", or HTTP/1.0 with keep-alive
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self._sock = sock
-        self._deadline = deadline
-
-    def makefile(self, mode: str) -> io.BufferedReader:
-        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
-
-
-def _response_until(deadline: float) -> type[http.client.HTTPResponse]:
-    """A `response_class` for HTTPConnection whose responses read within `deadline`."""
-
-    def response(sock: socket.socket, *args: Any, **kwargs: Any) -> http.client.HTTPResponse:
-        return http.client.HTTPResponse(cast(socket.socket, _DeadlineSocket(sock, deadline)), *args, **kwargs)
-
-    return cast("type[http.client.HTTPResponse]", response)
+    def header(self, name: str) -> str | None:
+        """The header's values joined with ", " (None when absent); `name` in lower case."""
+        values = [v for n, v in self.headers if n.lower() == name]
+        return ", ".join(values) if values else None
 
 
-class _PinnedHTTPSConnection(_Connection):
-    """HTTPS to a checked address; SNI and the certificate check use the URL's host name."""
+def _read_head(connection: HTTPConnection, deadline: float) -> _Response:
+    """Status line and headers of the final response (interim 1xx responses are skipped)."""
+    first = True
+    while True:
+        line = connection.read_line(deadline)
+        if line is None:
+            if first:
+                raise _ClosedBeforeResponse("the server closed the connection without a response")
+            raise ProtocolError("the response ended in its head")
+        first = False
+        version, _, rest = line.rstrip(b"\r\n").partition(b" ")
+        code = rest[:3]
+        if (
+            not version.startswith(b"HTTP/1.")
+            or len(code) != 3
+            or not code.isdigit()
+            or rest[3:4] not in (b"", b" ")
+        ):
+            raise ProtocolError(f"not an HTTP/1.x status line: {line[:100]!r}")
+        headers: list[tuple[str, str]] = []
+        while True:
+            line = connection.read_line(deadline)
+            if line is None:
+                raise ProtocolError("the response ended in its headers")
+            if line in (b"\r\n", b"\n"):
+                break
+            if len(headers) >= _MAX_HEADERS:
+                raise ProtocolError(f"more than {_MAX_HEADERS} response headers")
+            text = line.decode("latin-1").rstrip("\r\n")
+            if text[:1] in (" ", "\t") and headers:  # an obsolete folded line: part of the value
+                name, value = headers[-1]
+                headers[-1] = (name, f"{value} {text.strip()}")
+                continue
+            name, colon, value = text.partition(":")
+            if not colon or not _HEADER_NAME.fullmatch(name):
+                raise ProtocolError(f"not a header line: {line[:100]!r}")
+            headers.append((name, value.strip()))
+        status = int(code)
+        if 100 <= status < 200 and status != 101:
+            continue  # 100 Continue and other interim responses precede the real one
+        tokens = {t.strip().lower() for n, v in headers if n.lower() == "connection" for t in v.split(",")}
+        keep_alive = "close" not in tokens and (version != b"HTTP/1.0" or "keep-alive" in tokens)
+        return _Response(status, headers, keep_alive)
 
-    default_port = 443
 
-    def __init__(
-        self, address: str, port: int, *, server_hostname: str, context: ssl.SSLContext, timeout: float
-    ) -> None:
-        super().__init__(address, port, timeout=timeout)
-        self._server_hostname = server_hostname
-        self._tls_context = context
+def _framing(response: _Response, method: str) -> tuple[str, int]:
+    """How the body is delimited: ("none", 0), ("length", n), ("chunked", 0) or ("close", 0)."""
+    if method == "HEAD" or response.status in (204, 304) or 100 <= response.status < 200:
+        return "none", 0
+    coding = response.header("transfer-encoding")
+    if coding is not None:
+        if coding.split(",")[-1].strip().lower() == "chunked":
+            return "chunked", 0
+        return "close", 0
+    length = response.header("content-length")
+    if length is not None:
+        values = {v.strip() for v in length.split(",")}
+        if len(values) != 1 or not next(iter(values)).isdigit():
+            raise ProtocolError(f"an invalid Content-Length: {length!r}")
+        return "length", int(values.pop())
+    return "close", 0
 
-    def connect(self) -> None:
-        super().connect()
-        self.sock = self._tls_context.wrap_socket(self.sock, server_hostname=self._server_hostname)
+
+def _read_body(
+    connection: HTTPConnection, response: _Response, method: str, deadline: float
+) -> tuple[bytes, bool, bool]:
+    """The body (decompressed when the server compressed it), at most MAX_BODY_BYTES of it;
+    whether there was more; and whether the whole message was read (the connection is
+    then at the start of the next response)."""
+    framing, length = _framing(response, method)
+    encoding = (response.header("content-encoding") or "").strip().lower()
+    decoder = zlib.decompressobj(wbits=zlib.MAX_WBITS | 32) if encoding in _COMPRESSED else None
+    chunks: list[bytes] = []
+    size = 0
+
+    def take(data: bytes) -> bool:
+        """Keep `data`; True once more than MAX_BODY_BYTES are kept."""
+        nonlocal size
+        if decoder is not None:
+            data = decoder.decompress(data, MAX_BODY_BYTES + 1 - size)
+        chunks.append(data)
+        size += len(data)
+        return size > MAX_BODY_BYTES
+
+    def exactly(count: int) -> bool:
+        """Read `count` bytes of body; True when the cap was passed (the rest is left unread)."""
+        while count > 0:
+            data = connection.read(deadline, min(count, _READ_SIZE))
+            if not data:
+                raise ProtocolError(f"the connection closed {count} bytes before the end of the body")
+            count -= len(data)
+            if take(data):
+                return True
+        return False
+
+    capped = False
+    if framing == "length":
+        capped = exactly(length)
+    elif framing == "chunked":
+        while not capped:
+            line = connection.read_line(deadline)
+            size_field = (line or b"").split(b";", 1)[0].strip()
+            try:
+                chunk_size = int(size_field, 16)
+            except ValueError:
+                raise ProtocolError(f"an invalid chunk size: {(line or b'')[:100]!r}") from None
+            if chunk_size == 0:
+                while (line := connection.read_line(deadline)) not in (b"\r\n", b"\n"):
+                    if line is None:
+                        raise ProtocolError("the response ended in its trailer")
+                break
+            capped = exactly(chunk_size)
+            if not capped and connection.read_line(deadline) not in (b"\r\n", b"\n"):
+                raise ProtocolError("a chunk is not followed by a line break")
+    elif framing == "close":
+        while not capped and (data := connection.read(deadline, _READ_SIZE)):
+            capped = take(data)
+    if not capped and decoder is not None:
+        chunks.append(decoder.flush())
+    raw = b"".join(chunks)
+    truncated = capped or len(raw) > MAX_BODY_BYTES
+    return raw[:MAX_BODY_BYTES], truncated, framing != "close" and not capped
+
+
+def _request(method: str, target: Target, head: list[tuple[str, str]], body: bytes | None) -> bytes:
+    """The request's bytes: head and body in one write (one system call, one packet)."""
+    # the method is a token and the path quoted by netguard.pin: checked anyway, because
+    # a space or line break in either would change the request's framing
+    if (
+        not _HEADER_NAME.fullmatch(method)
+        or not target.path.isascii()
+        or not target.path.isprintable()
+        or " " in target.path
+    ):
+        raise ActionError(f"cannot send {method!r} {target.path!r}", retryable=False, kind="invalid_input")
+    lines = [f"{method} {target.path} HTTP/1.1", *(f"{name}: {value}" for name, value in head), "", ""]
+    data = "\r\n".join(lines).encode("ascii")
+    return data + body if body else data
+
+
+def _exchange(
+    env: Environment, target: Target, request: bytes, deadline: float
+) -> tuple[HTTPConnection, _Response]:
+    """Send the request and read the response's status and headers.
+
+    A kept-alive connection that fails before any byte of the response (the server closed
+    it while it was idle) is given up and the request sent once more on a new connection.
+    """
+    connection = env.take_connection(target.destination)
+    reused = connection is not None
+    while True:
+        if connection is None:
+            connection = HTTPConnection.open(env, target, deadline)
+        try:
+            connection.send(request, deadline)
+            return connection, _read_head(connection, deadline)
+        except _CLOSED_WHILE_IDLE:
+            connection.close()
+            if not reused:
+                raise
+            connection, reused = None, False
+        except BaseException:
+            connection.close()
+            raise
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -242,82 +427,6 @@ def _request_headers(
     return lines
 
 
-def _new_connection(env: Environment, target: Target, deadline: float) -> _Connection:
-    if target.scheme == "https":
-        return _PinnedHTTPSConnection(
-            target.address,
-            target.port,
-            server_hostname=target.host,
-            context=env.tls_context(),
-            timeout=_time_left(deadline),
-        )
-    return _Connection(target.address, target.port, timeout=_time_left(deadline))
-
-
-def _exchange(
-    env: Environment,
-    target: Target,
-    method: str,
-    head: list[tuple[str, str]],
-    body: bytes | None,
-    deadline: float,
-) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-    """Send the request and read the response's status and headers.
-
-    A kept-alive connection that fails before any byte of the response (the server closed
-    it while it was idle) is given up and the request sent once more on a new connection.
-    """
-    connection = env.take_connection(target.destination)
-    assert connection is None or isinstance(connection, _Connection)  # the pool holds only these
-    reused = connection is not None
-    while True:
-        if connection is None:
-            connection = _new_connection(env, target, deadline)  # connects on the first send
-        elif connection.sock is not None:
-            connection.sock.settimeout(_time_left(deadline))
-        try:
-            connection.putrequest(method, target.path, skip_host=True, skip_accept_encoding=True)
-            for name, value in head:
-                connection.putheader(name, value)
-            connection.end_request(body)
-            connection.response_class = _response_until(deadline)
-            return connection, connection.getresponse()
-        except _CLOSED_WHILE_IDLE:
-            connection.close()
-            if not reused:
-                raise
-            connection, reused = None, False
-        except BaseException:
-            connection.close()
-            raise
-
-
-def _read_body(response: http.client.HTTPResponse) -> tuple[bytes, bool]:
-    """The body (decompressed when the server compressed it), at most MAX_BODY_BYTES + 1
-    bytes of it, and whether there was more."""
-    encoding = (response.getheader("content-encoding") or "").strip().lower()
-    decoder = zlib.decompressobj(wbits=zlib.MAX_WBITS | 32) if encoding in _COMPRESSED else None
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = response.read1(_READ_SIZE if decoder else MAX_BODY_BYTES + 1 - size)
-        if not chunk:
-            break
-        if decoder is not None:
-            chunk = decoder.decompress(chunk, MAX_BODY_BYTES + 1 - size)
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            return b"".join(chunks)[:MAX_BODY_BYTES], True
-    if response.length:  # the server closed the connection before the end of the body
-        raise http.client.IncompleteRead(b"".join(chunks), response.length)
-    response.read()  # the end of the message: marks the response complete, frees the connection
-    if decoder is not None:
-        chunks.append(decoder.flush())
-    raw = b"".join(chunks)
-    return raw[:MAX_BODY_BYTES], len(raw) > MAX_BODY_BYTES
-
-
 def send(
     env: Environment,
     method: str,
@@ -345,33 +454,33 @@ def send(
         raise ActionError(f"invalid URL: {exc}", retryable=False, kind="invalid_input") from exc
     form = content is None and data is not None
     body = _form(data) if data is not None and content is None else content
-    head = _request_headers(target, method, headers, body, form=form, auth=auth)
+    request = _request(
+        method, target, _request_headers(target, method, headers, body, form=form, auth=auth), body
+    )
 
     try:
-        connection, response = _exchange(env, target, method, head, body, deadline)
+        connection, response = _exchange(env, target, request, deadline)
         try:
-            raw, truncated = _read_body(response)
+            raw, truncated, complete = _read_body(connection, response, method, deadline)
         except BaseException:
-            response.close()
             connection.close()
             raise
-        if not truncated and response.isclosed() and not response.will_close:
+        if complete and response.keep_alive and connection.idle:
             env.put_connection(target.destination, connection)
         else:  # the rest of the body is unread, or the server ends the connection
-            response.close()
             connection.close()
     except TimeoutError as exc:
         raise ActionError(
             f"{method} {url} timed out after {timeout_s:g}s", retryable=True, kind="timeout"
         ) from exc
-    except (OSError, http.client.HTTPException, zlib.error) as exc:
+    except (OSError, ProtocolError, zlib.error) as exc:
         raise ActionError(
             f"{method} {url} failed: {exc or type(exc).__name__}", retryable=True, kind="connection"
         ) from exc
 
     status = response.status
     response_headers: dict[str, str] = {}
-    for name, value in response.getheaders():
+    for name, value in response.headers:
         key = name.lower()
         response_headers[key] = f"{response_headers[key]}, {value}" if key in response_headers else value
     output: dict[str, Any] = {
