@@ -1,7 +1,7 @@
 """End to end against peers: Conveyor, DBOS Transact and Procrastinate doing the same work.
 
     .venv/bin/python -m bench.e2e_peers [--burst 5000] [--rate 200] [--seconds 20]
-        [--processes 2] [--concurrency 16] [--rounds 2] [--systems conveyor,dbos,procrastinate]
+        [--processes 2] [--concurrency 16] [--rounds 3] [--systems conveyor,dbos,procrastinate]
 
 (`make bench-e2e` installs the bench dependencies, requirements-bench.lock, and runs it.)
 
@@ -731,7 +731,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
     parser.add_argument(
         "--rounds",
         type=int,
-        default=2,
+        default=3,
         help="rounds of all systems, interleaved, each on fresh databases; the best round of each counts",
     )
     parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md and the plot")
