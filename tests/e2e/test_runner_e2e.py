@@ -53,6 +53,9 @@ class RunnerProcess:
     def lines(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.startswith("{")]
 
+    def ready(self) -> bool:
+        return any(line["msg"] == "runner ready" for line in self.lines())
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -297,7 +300,7 @@ def test_the_runner_reconnects_after_losing_its_database_connections(
     tenant = setup_tenant(conn)
     publish(conn, tenant, {"action": "webhook.send", "with": {"url": server.url("/after")}})
     runner = runners()
-    wait_for(lambda: any(line["msg"] == "runner ready" for line in runner.lines()))
+    wait_for(runner.ready)
     killed = conn.execute(
         "select count(pg_terminate_backend(pid)) as n from pg_stat_activity where application_name = 'conveyor-runner'"
     ).fetchone()
@@ -367,7 +370,7 @@ def test_notifications_wake_the_runner_without_waiting_for_the_poll(
     tenant = setup_tenant(conn)
     publish(conn, tenant, {"action": "webhook.send", "with": {"url": server.url("/event")}})
     runner = runners(CONVEYOR_POLL_INTERVAL="60")
-    wait_for(lambda: any(line["msg"] == "runner ready" for line in runner.lines()))
+    wait_for(runner.ready)
     time.sleep(1.0)  # past the first poll: from now on only notifications wake it
 
     # conveyor_wakeup (sent by emit) → tick → dispatch → action queued → performed
@@ -406,7 +409,7 @@ def test_an_event_committed_without_a_notification_is_dispatched_on_the_poll(
     tenant = setup_tenant(conn)
     publish(conn, tenant, {"action": "webhook.send", "with": {"url": server.url("/polled")}})
     runner = runners(CONVEYOR_POLL_INTERVAL="0.3")
-    wait_for(lambda: any(line["msg"] == "runner ready" for line in runner.lines()))
+    wait_for(runner.ready)
     time.sleep(0.5)
     conn.execute(
         "insert into conveyor.events (tenant_id, event_type, source, payload)"
@@ -432,7 +435,7 @@ def test_a_result_waiting_for_a_slow_write_back_keeps_its_message_invisible(
     publish(conn, tenant, step)
     # visibility: timeout 2 s + margin 2 s; renewed when less than 1 s is left
     runner = runners(CONVEYOR_VISIBILITY_MARGIN="2", CONVEYOR_POLL_INTERVAL="0.2")
-    wait_for(lambda: any(line["msg"] == "runner ready" for line in runner.lines()))
+    wait_for(runner.ready)
     with psycopg.connect(db_url) as blocker:
         emit(conn, tenant, {})
         wait_for(lambda: [e for e in executions(conn) if e["status"] == "waiting"], timeout=10)
@@ -523,9 +526,7 @@ def test_chaos_runners_killed_at_random_lose_nothing_and_complete_each_step_once
     )
     for runner in alive:
         # a runner started just now may not have installed its SIGTERM handler yet
-        wait_for(
-            lambda runner=runner: any(line["msg"] == "runner ready" for line in runner.lines()), timeout=30
-        )
+        wait_for(runner.ready, timeout=30)
         assert runner.stop() == 0
     assert [r["status"] for r in step_runs(conn)] == ["completed"] * 30
 

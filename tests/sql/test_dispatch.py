@@ -9,6 +9,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from tests.sql.table_stats import table_counters
+
 Conn = psycopg.Connection[dict[str, Any]]
 
 
@@ -340,18 +342,6 @@ def test_tick_without_dispatch_leaves_events_to_their_dispatcher(conn: Conn) -> 
     assert result is not None and result["r"]["dispatched"] == 1
 
 
-def executions_read(conn: Conn) -> int:
-    """Rows of conveyor.executions this database has read so far (by scans and index fetches)."""
-    conn.execute("select pg_stat_force_next_flush()")  # flushed as this statement ends
-    conn.execute("select pg_stat_clear_snapshot()")
-    row = conn.execute(
-        "select coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) as n"
-        " from pg_stat_user_tables where relid = 'conveyor.executions'::regclass"
-    ).fetchone()
-    assert row is not None
-    return int(row["n"])
-
-
 def test_dispatch_reads_executions_by_key_with_plans_cached_on_small_tables(conn: Conn) -> None:
     # A runner's listener dispatches small batches on one long-lived session: plpgsql's
     # generic plans are made after five calls, on tables never analyzed (a new install's
@@ -370,14 +360,14 @@ def test_dispatch_reads_executions_by_key_with_plans_cached_on_small_tables(conn
     )
     for _ in range(8):  # past the five custom plans
         conn.execute("select conveyor.dispatch(50)")
-    before = executions_read(conn)
+    before = table_counters(conn, "conveyor.executions")["read"]
     dispatched = 0
     for _ in range(8):
         row = conn.execute("select conveyor.dispatch(100) as n").fetchone()
         assert row is not None
         dispatched += int(row["n"])
     assert dispatched == 800
-    per_event = (executions_read(conn) - before) / dispatched
+    per_event = (table_counters(conn, "conveyor.executions")["read"] - before) / dispatched
     assert per_event <= 2, f"{per_event:.1f} executions read per dispatched event"
     assert conn.execute("select count(*) as n from pgmq.q_conveyor_actions").fetchone() == {"n": 1200}
 

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 
+from tests.sql.table_stats import table_counters
 from tests.sql.test_interpreter import (
     Conn,
     execution,
@@ -496,10 +497,5 @@ def test_an_action_step_run_is_written_once_and_updated_in_place(conn: Conn, ten
                 for m in messages[batch : batch + 20]
             ),
         )
-    conn.execute("select pg_stat_force_next_flush()")  # flushed as this statement ends
-    conn.execute("select pg_stat_clear_snapshot()")
-    row = conn.execute(
-        "select n_tup_ins as inserted, n_tup_upd as updated, n_tup_hot_upd as hot from pg_stat_user_tables"
-        " where relid = 'conveyor.step_runs'::regclass"
-    ).fetchone()
-    assert row == {"inserted": 300, "updated": 100, "hot": 100}
+    counters = table_counters(conn, "conveyor.step_runs")
+    assert (counters["inserted"], counters["updated"], counters["hot"]) == (300, 100, 100)
