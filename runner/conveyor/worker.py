@@ -24,10 +24,11 @@ process (its message simply becomes visible again).
 
 A third thread LISTENs on its own connection: NOTIFY `conveyor_wakeup` (new events) makes
 it run `conveyor.dispatch()` there and then, and wake the loop to read the actions that
-started; NOTIFY `conveyor_actions` only wakes the loop. While it dispatches (connected,
-last dispatch not failed), it alone does: on every notification, on (re)connecting, and
-after `poll_interval` without one; the loop's ticks leave events to it, so the loop never
-spends a burst's dispatch time not reading actions.
+started; NOTIFY `conveyor_actions` only wakes the loop. It dispatches on every
+notification, on (re)connecting, and after `poll_interval` without one; while it has done
+so within two poll intervals without failing, the loop's ticks leave events to it, so the
+loop never spends a burst's dispatch time not reading actions (and takes over when the
+listener is down, failing or stuck).
 SIGTERM / Ctrl-C: stop reading, let in-flight actions finish within `shutdown_grace`,
 write their results, exit 0. A lost database: reconnect with backoff; results not yet
 written are kept and written after reconnecting.
@@ -177,8 +178,9 @@ class Runner:
         self._tick_ready = False
         self._tick_can_skip_dispatch = False
         self._due_check_ready = False
-        # set while the listener dispatches new events (see _listen): ticks leave them to it
-        self._listener_dispatches = threading.Event()
+        # when the listener last dispatched without failing (None: not since it failed or
+        # lost its connection); while that is recent, ticks leave new events to it
+        self._listener_dispatched_at: float | None = None
         self._warned_no_write_back = False
         self._backlog = False
         self._low_water = max(1, min(self.config.batch_size, self.config.concurrency) // 2)
@@ -344,9 +346,9 @@ class Runner:
                 try:
                     due_in = q.tick(
                         conn,
-                        dispatch=None
-                        if not self._tick_can_skip_dispatch
-                        else not self._listener_dispatches.is_set(),
+                        dispatch=self._tick_dispatches(time.monotonic())
+                        if self._tick_can_skip_dispatch
+                        else None,
                     )
                     next_due = float("inf") if due_in is None else time.monotonic() + due_in
                     next_due_check = time.monotonic() + DUE_CHECK_INTERVAL
@@ -736,13 +738,21 @@ class Runner:
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
             finally:
-                self._listener_dispatches.clear()
+                self._listener_dispatched_at = None
+
+    def _tick_dispatches(self, now: float) -> bool:
+        """Whether the loop's tick dispatches new events too: unless the listener dispatched
+        within the last two poll intervals. A healthy listener dispatches at least once a
+        poll interval (on a notification, or after poll_interval without one), so an older
+        mark means it is down, failing or stuck, and the ticks take over."""
+        at = self._listener_dispatched_at
+        return at is None or now - at > 2 * self.config.poll_interval + 1.0
 
     def _dispatch(self, conn: psycopg.Connection[Any]) -> None:
         """Dispatch new events until none are left; wake the loop to read what they queued.
 
-        While this succeeds the loop's ticks leave new events to it; a failure hands them
-        back to the ticks until the next dispatch here succeeds."""
+        While this succeeds the loop's ticks leave new events to it (_tick_dispatches); a
+        failure hands them back to the ticks until the next dispatch here succeeds."""
         while not self.stopping.is_set():
             try:
                 dispatched = q.dispatch(conn)
@@ -750,14 +760,14 @@ class Runner:
                 log.info("dispatch rolled back; retrying", extra={"error": _first_line(exc)})
                 continue
             except psycopg.OperationalError:
-                self._listener_dispatches.clear()
+                self._listener_dispatched_at = None
                 raise
             except psycopg.Error as exc:  # the loop's tick dispatches then, and logs there
-                self._listener_dispatches.clear()
+                self._listener_dispatched_at = None
                 log.warning("dispatch failed; the next tick retries", extra={"error": _first_line(exc)})
                 self._notify(read=True, tick=True)
                 return
-            self._listener_dispatches.set()
+            self._listener_dispatched_at = time.monotonic()
             if dispatched > 0:
                 with self.lock:
                     self.flags.want_due_check = True
