@@ -37,14 +37,39 @@ begin
 end;
 $$;
 
--- Sends the messages of queued action step_runs (visible after p_delay_s seconds) and
--- records each message's msg_id on its step_run. Returns how many messages were sent.
--- (A new action's message is sent by the interpreter with its step run.)
+-- Puts messages into the action queue in the order given, visible after p_delay_s
+-- seconds; returns each one's msg_id with the step run it carries. Both senders write
+-- through here (the interpreter a new action's, with its step run; send_actions a retry's)
+-- and the runners are woken with one notification per transaction (a delayed message is
+-- found by their poll once it becomes visible).
 --
 -- The queue is pgmq's (conveyor_actions); the message rows go into its table with one
 -- static statement (what pgmq.send_batch does, without building its SQL per call and
 -- without a second pass to map msg_ids back): the runner's read, this send and the
 -- archive are the queue's hot path, each written once here (read_actions, archive_actions).
+create or replace function conveyor.queue_messages(p_messages jsonb[], p_delay_s integer default 0)
+returns table (msg_id bigint, step_run_id bigint)
+language plpgsql
+set search_path = ''
+as $$
+begin
+  return query
+  insert into pgmq.q_conveyor_actions (vt, message)
+  select
+    pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => greatest(coalesce(p_delay_s, 0), 0)),
+    m.message
+  from unnest(p_messages) with ordinality as m (message, n)
+  order by m.n
+  returning q_conveyor_actions.msg_id, (q_conveyor_actions.message ->> 'step_run_id')::bigint;
+  if found and coalesce(p_delay_s, 0) <= 0 then
+    perform pg_catalog.pg_notify('conveyor_actions', 'queued');
+  end if;
+end;
+$$;
+
+-- Sends the messages of queued action step_runs (visible after p_delay_s seconds) and
+-- records each message's msg_id on its step_run. Returns how many messages were sent.
+-- (A new action's message is sent by the interpreter with its step run.)
 create or replace function conveyor.send_actions(p_step_run_ids bigint[], p_delay_s integer default 0)
 returns integer
 language plpgsql
@@ -75,24 +100,14 @@ begin
     ) as r
   ),
   sent as (
-    insert into pgmq.q_conveyor_actions (vt, message)
-    select
-      pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => greatest(coalesce(p_delay_s, 0), 0)),
-      m.message
-    from messages as m
-    order by m.step_run_id
-    returning q_conveyor_actions.msg_id, (q_conveyor_actions.message ->> 'step_run_id')::bigint as step_run_id
+    select q.msg_id, q.step_run_id
+    from conveyor.queue_messages(array(select m.message from messages as m order by m.step_run_id), p_delay_s) as q
   )
   update conveyor.step_runs as r
   set msg_id = sent.msg_id
   from sent
   where r.step_run_id = sent.step_run_id;
   get diagnostics v_sent = row_count;
-  -- wake the runners (one notification per transaction; a delayed message is found by
-  -- their poll once it becomes visible)
-  if v_sent > 0 and coalesce(p_delay_s, 0) <= 0 then
-    perform pg_catalog.pg_notify('conveyor_actions', 'queued');
-  end if;
   return v_sent;
 end;
 $$;
@@ -502,6 +517,7 @@ $$;
 revoke all on function conveyor.enqueue_action(bigint, integer) from public;
 revoke all on function conveyor.send_actions(bigint[], integer) from public;
 revoke all on function conveyor.action_message(conveyor.step_runs, bigint, conveyor.workflow_steps) from public;
+revoke all on function conveyor.queue_messages(jsonb[], integer) from public;
 grant execute on function conveyor.enqueue_action(bigint, integer) to conveyor_service;
 revoke all on function conveyor.write_back(jsonb) from public;
 grant execute on function conveyor.write_back(jsonb) to conveyor_service;

@@ -871,11 +871,7 @@ begin
 
   if v_nruns > 0 then
     with sent as (
-      insert into pgmq.q_conveyor_actions (vt, message)
-      select pg_catalog.clock_timestamp(), m.message
-      from unnest(v_messages) with ordinality as m (message, n)
-      order by m.n
-      returning q_conveyor_actions.msg_id, (q_conveyor_actions.message ->> 'step_run_id')::bigint as step_run_id
+      select q.msg_id, q.step_run_id from conveyor.queue_messages(v_messages) as q
     )
     insert into conveyor.step_runs overriding system value
     select
@@ -884,10 +880,6 @@ begin
     from unnest(v_runs) with ordinality as r
     left join sent as s on s.step_run_id = r.step_run_id
     order by r.ordinality;
-    if pg_catalog.cardinality(v_messages) > 0 then
-      -- wake the runners: one notification per transaction (see send_actions)
-      perform pg_catalog.pg_notify('conveyor_actions', 'queued');
-    end if;
   end if;
   if pg_catalog.cardinality(v_logs) > 0 then
     insert into conveyor.execution_logs (tenant_id, execution_id, workflow_id, step_id, level, message, details)
