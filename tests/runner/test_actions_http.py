@@ -16,15 +16,7 @@ import pytest
 from conveyor.actions import ActionRequest, Environment, perform
 from conveyor.actions.http import MAX_BODY_BYTES, retry_after_seconds
 from conveyor.connections import Connection
-from conveyor.netguard import NetworkPolicy
 from tests.runner.helpers import LocalHTTP, Received, Reply, local_http
-
-
-@pytest.fixture
-def env() -> Iterator[Environment]:
-    environment = Environment.create(NetworkPolicy.parse("127.0.0.1/32"))
-    yield environment
-    environment.close()
 
 
 @pytest.fixture

@@ -81,13 +81,6 @@ def plain() -> Iterator[SmtpServer]:
     controller.stop()
 
 
-@pytest.fixture
-def env() -> Iterator[Environment]:
-    environment = Environment.create(NetworkPolicy.parse("127.0.0.1/32,::1/128"))
-    yield environment
-    environment.close()
-
-
 def smtp(port: int, **config: Any) -> Connection:
     secret = {"password": config.pop("password")} if "password" in config else {}
     return Connection(

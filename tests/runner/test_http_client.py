@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
-from conveyor.actions import ActionRequest, Environment, Outcome, perform
+from conveyor.actions import ActionRequest, Environment, Outcome, http, perform
+from conveyor.actions.base import ActionError
 from conveyor.actions.http import MAX_BODY_BYTES
-from conveyor.netguard import NetworkPolicy
+from conveyor.netguard import NetworkPolicy, Target
 from tests.runner.helpers import self_signed_certificate
 
 # An answer: the pieces to write (bytes) with pauses between them (seconds), and whether
@@ -109,13 +110,6 @@ class RawHTTP:
 
     def close(self) -> None:
         self.listener.close()
-
-
-@pytest.fixture
-def env() -> Iterator[Environment]:
-    environment = Environment.create(NetworkPolicy.parse("127.0.0.1/32,::1/128"))
-    yield environment
-    environment.close()
 
 
 @pytest.fixture
@@ -410,3 +404,23 @@ def test_a_malformed_or_cut_response_is_a_retryable_connection_error(
     assert outcome.error is not None and outcome.error["type"] == "connection"
     assert post(env, server.url()).retryable  # nothing of it was kept for the next request
     assert [len(requests) for requests in server.connections] == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET /x HTTP/1.1\r\nX-Smuggled:", "/"),
+        ("POST", "/a b"),
+        ("POST", "/a\r\nX-Smuggled: 1"),
+        ("POST", "/é"),
+    ],
+)
+def test_a_method_or_path_that_would_change_the_requests_framing_is_refused(method: str, path: str) -> None:
+    # netguard.pin quotes every path and the actions send fixed methods: this is the last check
+    target = Target("http", "127.0.0.1", "127.0.0.1", "127.0.0.1", 80, path)
+    with pytest.raises(ActionError) as refused:
+        http._request(method, target, [("Host", "127.0.0.1")], None)
+    assert not refused.value.retryable and "cannot send the request" in str(refused.value)
+    assert http._request("POST", Target("http", "h", "h", "127.0.0.1", 80, "/ok?a=1"), [], b"{}").startswith(
+        b"POST /ok?a=1 HTTP/1.1\r\n"
+    )

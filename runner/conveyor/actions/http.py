@@ -312,7 +312,12 @@ def _request(method: str, target: Target, head: list[tuple[str, str]], body: byt
         or not target.path.isprintable()
         or " " in target.path
     ):
-        raise ActionError(f"cannot send {method!r} {target.path!r}", retryable=False, kind="invalid_input")
+        raise ActionError(
+            f"cannot send the request: the method {method!r} must be a token and the path"
+            f" {target.path!r} printable ASCII without spaces",
+            retryable=False,
+            kind="invalid_input",
+        )
     lines = [f"{method} {target.path} HTTP/1.1", *(f"{name}: {value}" for name, value in head), "", ""]
     data = "\r\n".join(lines).encode("ascii")
     return data + body if body else data
