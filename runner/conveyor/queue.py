@@ -136,8 +136,9 @@ def next_due_in(conn: Conn) -> float | None:
 
 
 def tick(conn: Conn, *, dispatch: bool | None = None) -> float | None:
-    """Run conveyor.tick() (with p_dispatch => `dispatch` unless None); returns in how many seconds to tick again for time-driven work
-    (a delay or timeout falling due, a schedule slot, ...), or None to wait for the poll.
+    """Run conveyor.tick() (with p_dispatch => `dispatch` unless None); returns in how many
+    seconds to tick again for time-driven work (a delay or timeout falling due, a schedule
+    slot, ...), or None to wait for the poll.
 
     0 when work is due now: it fell due while the tick ran, or the tick left some (more
     than a batch). Work due that the tick could not take (another runner's tick holds it)

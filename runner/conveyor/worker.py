@@ -760,8 +760,7 @@ class Runner:
                 log.info("dispatch rolled back; retrying", extra={"error": _first_line(exc)})
                 continue
             except psycopg.OperationalError:
-                self._listener_dispatched_at = None
-                raise
+                raise  # the listener reconnects (and forgets its mark, see _listen)
             except psycopg.Error as exc:  # the loop's tick dispatches then, and logs there
                 self._listener_dispatched_at = None
                 log.warning("dispatch failed; the next tick retries", extra={"error": _first_line(exc)})
