@@ -454,6 +454,7 @@ declare
   v_runs conveyor.step_runs[] := '{}';
   v_nruns integer := 0;
   v_messages jsonb[] := '{}';
+  v_nmessages integer := 0;
   v_execs conveyor.executions[] := '{}';
   v_nexecs integer := 0;
   v_finals text[] := '{}';
@@ -463,6 +464,9 @@ declare
   -- "workflow:version", the tenant object by tenant id
   v_steps conveyor.workflow_steps[] := '{}';
   v_steps_use_state boolean[] := '{}';
+  -- each cached step's render plan (conveyor.render_plan of what its kind renders)
+  v_steps_render jsonb[] := '{}';
+  v_render jsonb;
   v_uses_state boolean;
   v_ctx_stale boolean;
   v_step_index jsonb := '{}';
@@ -584,8 +588,20 @@ begin
         v_uses_state := pg_catalog.strpos(coalesce(v_step.config::text, '') || coalesce(v_step.branches::text, ''), 'steps') > 0
           or pg_catalog.strpos(coalesce(v_step.config::text, '') || coalesce(v_step.branches::text, ''), 'vars') > 0;
         v_steps_use_state[v_step_pos] := v_uses_state;
+        -- what each kind renders (below), planned once for the batch
+        v_spec := conveyor.step_spec(v_step.kind, v_step.config);
+        v_steps_render[v_step_pos] := case v_step.kind
+          when 'action' then conveyor.render_plan(coalesce(v_spec -> 'with', '{}'), 'step "' || v_step.step_id || '".with')
+          when 'stop' then conveyor.render_plan(coalesce(v_spec, '{}'), 'step "' || v_step.step_id || '".stop')
+          when 'set_variable' then conveyor.render_plan(v_spec, 'step "' || v_step.step_id || '".set')
+          when 'emit' then conveyor.render_plan(v_spec, 'step "' || v_step.step_id || '".emit')
+          when 'data' then conveyor.render_plan(v_spec, 'step "' || v_step.step_id || '".data')
+          when 'delay' then conveyor.render_plan(v_spec, 'step "' || v_step.step_id || '".delay')
+          when 'wait_for_event' then conveyor.render_plan(v_spec, 'step "' || v_step.step_id || '".wait_for_event')
+        end;
         v_step_index := v_step_index || jsonb_build_object(v_step_key, v_step_pos);
       end if;
+      v_render := v_steps_render[v_step_pos];
 
       v_exec.steps_run := v_exec.steps_run + 1;
       v_visit := (v_visits ->> v_step.step_id)::integer;
@@ -654,7 +670,7 @@ begin
               v_output := jsonb_build_object('case', null, 'branch', 'default');
             end if;
           when 'set_variable' then
-            v_input := conveyor.render(v_spec, v_ctx, v_where || '.set');
+            v_input := conveyor.render_planned(v_render, v_ctx);
             if jsonb_typeof(v_input) is distinct from 'object' then
               raise exception using errcode = '22023', message = format('%s.set: expected an object', v_where);
             end if;
@@ -674,13 +690,13 @@ begin
               v_new_vars := jsonb_build_object(v_spec ->> 'into', v_output -> 'value');
             end if;
           when 'stop' then
-            v_input := conveyor.render(coalesce(v_spec, '{}'), v_ctx, v_where || '.stop');
+            v_input := conveyor.render_planned(v_render, v_ctx);
             v_output := jsonb_build_object(
               'status', coalesce(v_input ->> 'status', 'completed'), 'reason', v_input -> 'reason'
             );
             v_next := null;
           when 'emit' then
-            v_input := conveyor.render(v_spec, v_ctx, v_where || '.emit');
+            v_input := conveyor.render_planned(v_render, v_ctx);
             insert into conveyor.events (
               tenant_id, event_type, source, entity_type, entity_id, payload, depth, caused_by_execution_id
             )
@@ -693,13 +709,13 @@ begin
             perform pg_catalog.pg_notify('conveyor_wakeup', 'event');
             v_output := jsonb_build_object('event_id', v_event_id, 'event_type', v_input ->> 'event');
           when 'data' then
-            v_input := conveyor.render(v_spec, v_ctx, v_where || '.data');
+            v_input := conveyor.render_planned(v_render, v_ctx);
             if not v_input ? 'op' then
               v_input := v_input || jsonb_build_object('op', pg_catalog.split_part(v_step.action_type, '.', 2));
             end if;
             v_output := conveyor.data_step(v_exec.tenant_id, v_input, v_where || '.data');
           when 'delay' then
-            v_input := conveyor.render(v_spec, v_ctx, v_where || '.delay');
+            v_input := conveyor.render_planned(v_render, v_ctx);
             v_resume := p_now;
             if v_input ? 'for' then
               v_resume := v_resume + conveyor.parse_duration(v_input ->> 'for');
@@ -717,14 +733,14 @@ begin
               v_resume := null;
             end if;
           when 'wait_for_event' then
-            v_input := conveyor.render(v_spec, v_ctx, v_where || '.wait_for_event');
+            v_input := conveyor.render_planned(v_render, v_ctx);
             if v_input ? 'timeout' then
               v_resume := p_now + conveyor.parse_duration(v_input ->> 'timeout');
             end if;
             v_output := jsonb_build_object('timeout_at', v_resume);
             v_wait := 'event';
           when 'action' then
-            v_input := conveyor.render(coalesce(v_spec -> 'with', '{}'), v_ctx, v_where || '.with');
+            v_input := conveyor.render_planned(v_render, v_ctx);
             v_wait := 'action';
         end case;
       exception when others then
@@ -778,7 +794,8 @@ begin
           null, format('%s:%s:%s', v_exec.execution_id, v_step.step_id, v_visit), null, null, v_started, null
         )::conveyor.step_runs;
         -- sent with the other executions' at the end, the step run with its msg_id
-        v_messages := v_messages || conveyor.action_message(v_runs[v_nruns], v_exec.workflow_id, v_step);
+        v_nmessages := v_nmessages + 1;
+        v_messages[v_nmessages] := conveyor.action_message(v_runs[v_nruns], v_exec.workflow_id, v_step);
         v_exec.status := 'waiting';
         v_exec.wait_kind := 'action';
         v_exec.resume_at := null;

@@ -523,3 +523,122 @@ begin
   return v_result;
 end;
 $$;
+
+-- Render plans: what conveyor.render does to one value, worked out once per step instead
+-- of once per execution. A plan is {"value": <the value>, "slots": [...]}, one slot per
+-- string holding a template, in the order render visits them (keys in jsonb order, array
+-- elements in order, depth first): {"at": <text[] literal: where the string is>, "text":
+-- <the string>, "where": <its location for errors>} and, when the string is exactly one
+-- plain path (no filters, not `now`), "path": <that path as a text[] literal>. The
+-- interpreter plans each step once per batch (conveyor.render_plan) and renders each
+-- execution with conveyor.render_planned: same value, same errors as render, without
+-- re-scanning the value's JSON text and keys on every execution.
+create or replace function conveyor.render_plan(p_value jsonb, p_where text default null)
+returns jsonb
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+declare
+  v_slots jsonb := '[]';
+  -- the walk: containers still to visit as [value, path, where], depth first
+  v_todo jsonb := pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_array(p_value, '[]'::jsonb, p_where));
+  v_entry jsonb;
+  v_item jsonb;
+  v_path jsonb;
+  v_where text;
+  v_next jsonb;
+  v_key text;
+  v_text text;
+  v_expr text;
+  v_close integer;
+begin
+  if p_value is null or pg_catalog.strpos(p_value::text, '{{') = 0 then
+    return pg_catalog.jsonb_build_object('value', p_value, 'slots', v_slots);
+  end if;
+  while pg_catalog.jsonb_array_length(v_todo) > 0 loop
+    v_entry := v_todo -> 0;
+    v_todo := v_todo - 0;
+    v_item := v_entry -> 0;
+    v_path := v_entry -> 1;
+    v_where := v_entry ->> 2;
+    if pg_catalog.jsonb_typeof(v_item) = 'string' then
+      v_text := v_item #>> '{}';
+      v_entry := pg_catalog.jsonb_build_object(
+        'at', array(select pg_catalog.jsonb_array_elements_text(v_path))::text,
+        'text', v_text,
+        'where', v_where
+      );
+      -- render_string's whole-string case with its fast path (a plain path, not `now`)
+      v_close := pg_catalog.strpos(pg_catalog.substr(v_text, 3), '}}');
+      v_expr := pg_catalog.btrim(pg_catalog.substr(v_text, 3, greatest(v_close - 1, 0)));
+      if pg_catalog.left(v_text, 2) = '{{' and v_close > 0 and v_close + 3 = pg_catalog.length(v_text)
+        and pg_catalog.strpos(v_expr, '|') = 0 and v_expr ~ '^[^\s.{}]+(\.[^\s.{}]+)*$'
+        and pg_catalog.split_part(v_expr, '.', 1) <> 'now' then
+        v_entry := v_entry || pg_catalog.jsonb_build_object('path', pg_catalog.string_to_array(v_expr, '.')::text);
+      end if;
+      v_slots := v_slots || pg_catalog.jsonb_build_array(v_entry);
+      continue;
+    end if;
+    -- a container: its members holding a template, in render's order, before the rest
+    v_next := '[]';
+    if pg_catalog.jsonb_typeof(v_item) = 'object' then
+      for v_key in select k.key from pg_catalog.jsonb_each(v_item) with ordinality as k (key, value, n) order by k.n loop
+        continue when pg_catalog.strpos((v_item -> v_key)::text, '{{') = 0;
+        v_next := v_next || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_array(
+          v_item -> v_key,
+          v_path || pg_catalog.to_jsonb(v_key),
+          case
+            when v_key ~ '^[A-Za-z_][A-Za-z0-9_]*$' then pg_catalog.ltrim(coalesce(v_where, '') || '.' || v_key, '.')
+            else coalesce(v_where, '') || '[' || pg_catalog.to_jsonb(v_key)::text || ']'
+          end
+        ));
+      end loop;
+    elsif pg_catalog.jsonb_typeof(v_item) = 'array' then
+      select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(
+        a.value, v_path || pg_catalog.to_jsonb((a.n - 1)::text), coalesce(v_where, '') || '[' || (a.n - 1) || ']'
+      ) order by a.n), '[]')
+      into v_next
+      from pg_catalog.jsonb_array_elements(v_item) with ordinality as a (value, n)
+      where pg_catalog.strpos(a.value::text, '{{') > 0;
+    end if;
+    v_todo := v_next || v_todo;
+  end loop;
+  return pg_catalog.jsonb_build_object('value', p_value, 'slots', v_slots);
+end;
+$$;
+
+-- Renders a value by its plan (conveyor.render_plan): the same result and errors as
+-- conveyor.render(value, context, where) for the value and where the plan was made from.
+create or replace function conveyor.render_planned(p_plan jsonb, p_context jsonb)
+returns jsonb
+language plpgsql
+stable
+parallel safe
+set search_path = ''
+as $$
+declare
+  v_result jsonb := p_plan -> 'value';
+  v_slots jsonb := p_plan -> 'slots';
+  v_slot jsonb;
+  v_value jsonb;
+  v_at text[];
+begin
+  for v_index in 0 .. pg_catalog.jsonb_array_length(v_slots) - 1 loop
+    v_slot := v_slots -> v_index;
+    v_value := case when v_slot ? 'path' then p_context #> (v_slot ->> 'path')::text[] end;
+    if v_value is null then
+      -- the general case, and a missing value's error
+      v_value := conveyor.render_string(v_slot ->> 'text', p_context, v_slot ->> 'where');
+    end if;
+    v_at := (v_slot ->> 'at')::text[];
+    if pg_catalog.cardinality(v_at) = 0 then
+      -- the value is one string
+      return v_value;
+    end if;
+    v_result := pg_catalog.jsonb_set(v_result, v_at, coalesce(v_value, 'null'::jsonb));
+  end loop;
+  return v_result;
+end;
+$$;

@@ -435,3 +435,79 @@ def test_add_and_date_filters_match_python_datetime(
     template = "{{vars.t | add: '" + add + "' | date: 'YYYY-MM-DD HH24:MI:SS', '" + zone + "'}}"
     expected = (at + ADD[add]).astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M:%S")
     assert render(conn, template, {"vars": {"t": written}}) == expected
+
+
+# ---------------------------------------------------------------------------
+# Render plans (render_plan once per step, render_planned per execution) against render.
+
+TEMPLATE_STRINGS = st.sampled_from(
+    [
+        "{{vars.a}}",
+        "{{ vars.b }}",
+        "{{vars.missing}}",
+        "{{vars.a | upper}}",
+        "{{vars.missing | default: 'd'}}",
+        "{{vars.list.1}}",
+        "{{now}}",
+        "x {{vars.a}} y",
+        "{{vars.a}}{{vars.b}}",
+        "{{vars.missing}} and text",
+        "{{vars.a",
+        "plain",
+        "",
+    ]
+)
+TEMPLATE_KEYS = st.sampled_from(["a", "b", "x_1", "two words", 'q"uote', "1st", "{{k}}"])
+TEMPLATED = st.recursive(
+    st.one_of(TEMPLATE_STRINGS, st.integers(-3, 3), st.none(), st.booleans()),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(TEMPLATE_KEYS, children, max_size=3)
+    ),
+    max_leaves=8,
+)
+PLAN_CONTEXT = {"vars": {"a": "ada", "b": 7, "list": [1, {"k": "v"}]}, "now": "2026-03-01T10:00:00Z"}
+
+
+def render_outcome(conn: Conn, query: str, params: tuple[Any, ...]) -> tuple[str, Any]:
+    """("ok", value) or ("error", message): a failed render rolls back only its savepoint."""
+    try:
+        with conn.transaction():
+            row = conn.execute(query, params).fetchone()
+    except psycopg.errors.InvalidParameterValue as error:
+        return "error", str(error).splitlines()[0]
+    assert row is not None
+    return "ok", row["r"]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=TEMPLATED, where=st.sampled_from([None, 'step "notify".with']))
+def test_a_render_plan_renders_what_render_renders(conn: Conn, value: Any, where: str | None) -> None:
+    context = Jsonb(PLAN_CONTEXT)
+    expected = render_outcome(conn, "select conveyor.render(%s, %s, %s) as r", (Jsonb(value), context, where))
+    planned = render_outcome(
+        conn,
+        "select conveyor.render_planned(conveyor.render_plan(%s, %s), %s) as r",
+        (Jsonb(value), where, context),
+    )
+    assert planned == expected
+
+
+def test_a_render_plan_names_each_template_and_where_it_is(conn: Conn) -> None:
+    value = {"url": "https://x/{{vars.a}}", "body": {"seq": "{{vars.b}}", "n": 1, "list": ["{{ now }}", "z"]}}
+    row = conn.execute("select conveyor.render_plan(%s, 'step \"s\".with') as p", (Jsonb(value),)).fetchone()
+    assert row is not None
+    assert row["p"]["value"] == value
+    slots = {slot["where"]: slot for slot in row["p"]["slots"]}
+    assert set(slots) == {'step "s".with.url', 'step "s".with.body.seq', 'step "s".with.body.list[0]'}
+    # a whole-string plain path is looked up directly; the others go through render_string
+    assert slots['step "s".with.body.seq'] == {
+        "at": "{body,seq}",
+        "text": "{{vars.b}}",
+        "where": 'step "s".with.body.seq',
+        "path": "{vars,b}",
+    }
+    assert "path" not in slots['step "s".with.url']
+    # `now` is now() when a context has none: render_string decides
+    assert "path" not in slots['step "s".with.body.list[0]']
+    nothing = conn.execute("select conveyor.render_plan('{\"a\": 1}', null) as p").fetchone()
+    assert nothing is not None and nothing["p"] == {"value": {"a": 1}, "slots": []}
