@@ -588,8 +588,15 @@ begin
         v_uses_state := pg_catalog.strpos(coalesce(v_step.config::text, '') || coalesce(v_step.branches::text, ''), 'steps') > 0
           or pg_catalog.strpos(coalesce(v_step.config::text, '') || coalesce(v_step.branches::text, ''), 'vars') > 0;
         v_steps_use_state[v_step_pos] := v_uses_state;
-        -- what each kind renders (below), planned once for the batch
-        v_spec := conveyor.step_spec(v_step.kind, v_step.config);
+        -- what each kind renders (below), planned once for the batch; the spec as the
+        -- step runs below computes it (conveyor.step_spec, a SQL function, would be parsed
+        -- again in every transaction: every write-back)
+        v_spec := case
+          when v_step.kind = 'set_variable' and v_step.config ? 'set' then v_step.config -> 'set'
+          when v_step.kind in ('stop', 'emit', 'data', 'delay', 'wait_for_event')
+            and v_step.config ? v_step.kind then v_step.config -> v_step.kind
+          else v_step.config
+        end;
         v_steps_render[v_step_pos] := case v_step.kind
           when 'action' then conveyor.render_plan(coalesce(v_spec -> 'with', '{}'), 'step "' || v_step.step_id || '".with')
           when 'stop' then conveyor.render_plan(coalesce(v_spec, '{}'), 'step "' || v_step.step_id || '".stop')
