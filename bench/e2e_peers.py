@@ -64,7 +64,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from bench.harness import record, temporary_database
+from bench.harness import process_cpu_s, record, temporary_database
 from conveyor.migrate import migrate
 
 HERE = Path(__file__).resolve().parent
@@ -292,7 +292,9 @@ class System:
 
     def cpu(self) -> tuple[float, float]:
         """CPU seconds used so far by this system's worker processes, and by the cluster's."""
-        return sum(_cpu_s(w.pid) for w in self.workers), sum(map(_cpu_s, _children(self.postmaster)))
+        return sum(process_cpu_s(w.pid) for w in self.workers), sum(
+            map(process_cpu_s, _children(self.postmaster))
+        )
 
     def run(self, sink: Sink, burst: int, rate: float, seconds: float) -> dict[str, Phase]:
         self.setup()
@@ -325,15 +327,6 @@ class System:
             return phases
         finally:
             self.stop_workers()
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a live process (0 once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _children(ppid: int) -> list[int]:

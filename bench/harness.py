@@ -95,6 +95,15 @@ def best_of(runs: int, func: Callable[[], None]) -> float:
     return min(timings)
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (0 once it is gone), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def machine() -> str:
     memory_kb = 0
     with open("/proc/meminfo") as meminfo:
