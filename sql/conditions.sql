@@ -101,7 +101,15 @@ parallel safe
 set search_path = ''
 as $$
 begin
-  return coalesce(conveyor.json_compare(p_left, p_right) = 0, p_left = p_right, false);
+  -- Equal JSON values compare equal, and two numbers compare as JSON does (200 = 200.0):
+  -- the common cases answered without json_compare's call.
+  if p_left = p_right then
+    return true;
+  end if;
+  if pg_catalog.jsonb_typeof(p_left) = 'number' and pg_catalog.jsonb_typeof(p_right) = 'number' then
+    return false;
+  end if;
+  return coalesce(conveyor.json_compare(p_left, p_right) = 0, false);
 end;
 $$;
 
