@@ -279,6 +279,34 @@ begin
 end;
 $$;
 
+-- The one root of the context a condition reads, when it is a single leaf that reads
+-- nothing but its field, a plain path from trigger, steps or vars: no template in the
+-- field or the value, not a change operator (they read the event's old and new rows) nor
+-- a time window (it reads the context's now). The interpreter then evaluates the leaf
+-- against that root alone instead of building the whole context. Null otherwise.
+create or replace function conveyor.condition_field_root(p_condition jsonb) returns text
+language plpgsql
+immutable
+parallel safe
+set search_path = ''
+as $$
+declare
+  v_root text := pg_catalog.split_part(p_condition ->> 'field', '.', 1);
+begin
+  if pg_catalog.jsonb_typeof(p_condition) is distinct from 'object'
+    or p_condition ?| array['all', 'any', 'not']
+    or pg_catalog.jsonb_typeof(p_condition -> 'field') is distinct from 'string'
+    or coalesce(p_condition ->> 'op', '') in ('changed', 'changed_to', 'changed_from', 'within_last', 'within_next')
+    or pg_catalog.strpos(p_condition ->> 'field', '{{') > 0
+    or pg_catalog.strpos(coalesce((p_condition -> 'value')::text, ''), '{{') > 0
+    or v_root not in ('trigger', 'steps', 'vars')
+  then
+    return null;
+  end if;
+  return v_root;
+end;
+$$;
+
 -- Evaluates a condition tree against a context. An empty "all" is true, an empty "any"
 -- false. Raises 22023 for a malformed node.
 create or replace function conveyor.eval_condition(p_condition jsonb, p_context jsonb) returns boolean

@@ -464,9 +464,16 @@ declare
   -- "workflow:version", the tenant object by tenant id
   v_steps conveyor.workflow_steps[] := '{}';
   v_steps_use_state boolean[] := '{}';
-  -- each cached step's render plan (conveyor.render_plan of what its kind renders)
+  -- each cached step's render plan (conveyor.render_plan of what its kind renders), the
+  -- one root its condition reads (conveyor.condition_field_root) and whether it needs the
+  -- whole context object
   v_steps_render jsonb[] := '{}';
+  v_steps_root text[] := '{}';
+  v_steps_need_ctx boolean[] := '{}';
   v_render jsonb;
+  v_root text;
+  v_needs_ctx boolean;
+  v_step_ctx jsonb;
   v_uses_state boolean;
   v_ctx_stale boolean;
   v_step_index jsonb := '{}';
@@ -527,17 +534,8 @@ begin
     -- (the 'started' counter of workflow_stats is dispatch's: conveyor.record_started)
     v_exec.started_at := coalesce(v_exec.started_at, now());
     v_exec.status := 'running';
-    v_ctx := jsonb_build_object(
-      'trigger', v_exec.trigger,
-      'steps', v_exec.step_outputs,
-      'vars', v_exec.vars,
-      'execution', jsonb_build_object(
-        'id', v_exec.execution_id, 'workflow_id', v_exec.workflow_id, 'version', v_exec.version,
-        'started_at', v_exec.started_at
-      ),
-      'tenant', v_tenant,
-      'now', v_now_text
-    );
+    -- the context object is built when a step first needs it (below)
+    v_ctx := null;
     v_ctx_stale := false;
     v_final := null;
     v_error := null;
@@ -606,9 +604,19 @@ begin
           when 'delay' then conveyor.render_plan(v_spec, 'step "' || v_step.step_id || '".delay')
           when 'wait_for_event' then conveyor.render_plan(v_spec, 'step "' || v_step.step_id || '".wait_for_event')
         end;
+        v_steps_root[v_step_pos] := case
+          when v_step.kind = 'condition' then conveyor.condition_field_root(coalesce(v_step.config -> 'if', v_step.config))
+        end;
+        v_steps_need_ctx[v_step_pos] := case
+          when v_step.kind = 'condition' then v_steps_root[v_step_pos] is null
+          when v_step.kind in ('switch', 'transform') then true
+          else coalesce((v_steps_render[v_step_pos] ->> 'context')::boolean, false)
+        end;
         v_step_index := v_step_index || jsonb_build_object(v_step_key, v_step_pos);
       end if;
       v_render := v_steps_render[v_step_pos];
+      v_root := v_steps_root[v_step_pos];
+      v_needs_ctx := v_steps_need_ctx[v_step_pos];
 
       v_exec.steps_run := v_exec.steps_run + 1;
       v_visit := (v_visits ->> v_step.step_id)::integer;
@@ -619,12 +627,32 @@ begin
       end if;
       v_visit := coalesce(v_visit, 0) + 1;
       v_visits := v_visits || jsonb_build_object(v_step.step_id, v_visit);
-      -- only steps and vars change between steps, and only steps that refer to them need
-      -- them current; || copies the other members as they are
-      if v_uses_state and v_ctx_stale then
-        v_ctx := v_ctx || jsonb_build_object('steps', v_exec.step_outputs, 'vars', v_exec.vars);
-        v_ctx_stale := false;
+      -- The context object, for the steps that need it: a step whose templates and
+      -- condition read only trigger, steps or vars reads them from the execution instead
+      -- (building the object copies all three). Once built, only steps and vars change
+      -- between steps, and only steps that refer to them need them current; || copies the
+      -- other members as they are.
+      if v_needs_ctx then
+        if v_ctx is null then
+          v_ctx := jsonb_build_object(
+            'trigger', v_exec.trigger,
+            'steps', v_exec.step_outputs,
+            'vars', v_exec.vars,
+            'execution', jsonb_build_object(
+              'id', v_exec.execution_id, 'workflow_id', v_exec.workflow_id, 'version', v_exec.version,
+              'started_at', v_exec.started_at
+            ),
+            'tenant', v_tenant,
+            'now', v_now_text
+          );
+          v_ctx_stale := false;
+        elsif v_uses_state and v_ctx_stale then
+          v_ctx := v_ctx || jsonb_build_object('steps', v_exec.step_outputs, 'vars', v_exec.vars);
+          v_ctx_stale := false;
+        end if;
       end if;
+      -- (render_planned reads the execution's parts when it is not given a context)
+      v_step_ctx := case when v_needs_ctx then v_ctx end;
       -- conveyor.step_spec, inlined: this is the hot path
       v_spec := case
         when v_step.kind = 'condition' and v_step.config ? 'if' then v_step.config -> 'if'
@@ -650,6 +678,11 @@ begin
             -- a single leaf goes straight to eval_condition_leaf (what eval_condition would do)
             v_target := case
               when (case
+                -- a leaf that reads one root of the context gets just that root
+                when v_root is not null then conveyor.eval_condition_leaf(v_spec, jsonb_build_object(
+                  v_root,
+                  case v_root when 'trigger' then v_exec.trigger when 'steps' then v_exec.step_outputs else v_exec.vars end
+                ))
                 when jsonb_typeof(v_spec) = 'object' and not v_spec ?| array['all', 'any', 'not']
                   then conveyor.eval_condition_leaf(v_spec, v_ctx)
                 else conveyor.eval_condition(v_spec, v_ctx)
@@ -677,7 +710,7 @@ begin
               v_output := jsonb_build_object('case', null, 'branch', 'default');
             end if;
           when 'set_variable' then
-            v_input := conveyor.render_planned(v_render, v_ctx);
+            v_input := conveyor.render_planned(v_render, v_step_ctx, v_exec.trigger, v_exec.step_outputs, v_exec.vars);
             if jsonb_typeof(v_input) is distinct from 'object' then
               raise exception using errcode = '22023', message = format('%s.set: expected an object', v_where);
             end if;
@@ -697,13 +730,13 @@ begin
               v_new_vars := jsonb_build_object(v_spec ->> 'into', v_output -> 'value');
             end if;
           when 'stop' then
-            v_input := conveyor.render_planned(v_render, v_ctx);
+            v_input := conveyor.render_planned(v_render, v_step_ctx, v_exec.trigger, v_exec.step_outputs, v_exec.vars);
             v_output := jsonb_build_object(
               'status', coalesce(v_input ->> 'status', 'completed'), 'reason', v_input -> 'reason'
             );
             v_next := null;
           when 'emit' then
-            v_input := conveyor.render_planned(v_render, v_ctx);
+            v_input := conveyor.render_planned(v_render, v_step_ctx, v_exec.trigger, v_exec.step_outputs, v_exec.vars);
             insert into conveyor.events (
               tenant_id, event_type, source, entity_type, entity_id, payload, depth, caused_by_execution_id
             )
@@ -716,13 +749,13 @@ begin
             perform pg_catalog.pg_notify('conveyor_wakeup', 'event');
             v_output := jsonb_build_object('event_id', v_event_id, 'event_type', v_input ->> 'event');
           when 'data' then
-            v_input := conveyor.render_planned(v_render, v_ctx);
+            v_input := conveyor.render_planned(v_render, v_step_ctx, v_exec.trigger, v_exec.step_outputs, v_exec.vars);
             if not v_input ? 'op' then
               v_input := v_input || jsonb_build_object('op', pg_catalog.split_part(v_step.action_type, '.', 2));
             end if;
             v_output := conveyor.data_step(v_exec.tenant_id, v_input, v_where || '.data');
           when 'delay' then
-            v_input := conveyor.render_planned(v_render, v_ctx);
+            v_input := conveyor.render_planned(v_render, v_step_ctx, v_exec.trigger, v_exec.step_outputs, v_exec.vars);
             v_resume := p_now;
             if v_input ? 'for' then
               v_resume := v_resume + conveyor.parse_duration(v_input ->> 'for');
@@ -740,14 +773,14 @@ begin
               v_resume := null;
             end if;
           when 'wait_for_event' then
-            v_input := conveyor.render_planned(v_render, v_ctx);
+            v_input := conveyor.render_planned(v_render, v_step_ctx, v_exec.trigger, v_exec.step_outputs, v_exec.vars);
             if v_input ? 'timeout' then
               v_resume := p_now + conveyor.parse_duration(v_input ->> 'timeout');
             end if;
             v_output := jsonb_build_object('timeout_at', v_resume);
             v_wait := 'event';
           when 'action' then
-            v_input := conveyor.render_planned(v_render, v_ctx);
+            v_input := conveyor.render_planned(v_render, v_step_ctx, v_exec.trigger, v_exec.step_outputs, v_exec.vars);
             v_wait := 'action';
         end case;
       exception when others then

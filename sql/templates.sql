@@ -525,14 +525,17 @@ end;
 $$;
 
 -- Render plans: what conveyor.render does to one value, worked out once per step instead
--- of once per execution. A plan is {"value": <the value>, "slots": [...]}, one slot per
--- string holding a template, in the order render visits them (keys in jsonb order, array
--- elements in order, depth first): {"at": <text[] literal: where the string is>, "text":
--- <the string>, "where": <its location for errors>} and, when the string is exactly one
--- plain path (no filters, not `now`), "path": <that path as a text[] literal>. The
--- interpreter plans each step once per batch (conveyor.render_plan) and renders each
--- execution with conveyor.render_planned: same value, same errors as render, without
--- re-scanning the value's JSON text and keys on every execution.
+-- of once per execution. A plan is {"value": <the value>, "slots": [...], "context": <bool>},
+-- one slot per string holding a template, in the order render visits them (keys in jsonb
+-- order, array elements in order, depth first): {"at": <text[] literal: where the string
+-- is>, "text": <the string>, "where": <its location for errors>} and, when the string is
+-- exactly one plain path (no filters, not `now`), "path": <that path as a text[] literal>;
+-- when that path starts at trigger, steps or vars, also "root" and "rest" (the path after
+-- the root). "context" is false when every slot has a root: such a plan renders from the
+-- execution's trigger, step outputs and vars alone, with no context object built (see
+-- render_planned). The interpreter plans each step once per batch (conveyor.render_plan)
+-- and renders each execution with conveyor.render_planned: same value, same errors as
+-- render, without re-scanning the value's JSON text and keys on every execution.
 create or replace function conveyor.render_plan(p_value jsonb, p_where text default null)
 returns jsonb
 language plpgsql
@@ -553,9 +556,11 @@ declare
   v_text text;
   v_expr text;
   v_close integer;
+  v_parts text[];
+  v_context boolean := false;  -- whether a slot needs the whole context
 begin
   if p_value is null or pg_catalog.strpos(p_value::text, '{{') = 0 then
-    return pg_catalog.jsonb_build_object('value', p_value, 'slots', v_slots);
+    return pg_catalog.jsonb_build_object('value', p_value, 'slots', v_slots, 'context', false);
   end if;
   while pg_catalog.jsonb_array_length(v_todo) > 0 loop
     v_entry := v_todo -> 0;
@@ -576,8 +581,15 @@ begin
       if pg_catalog.left(v_text, 2) = '{{' and v_close > 0 and v_close + 3 = pg_catalog.length(v_text)
         and pg_catalog.strpos(v_expr, '|') = 0 and v_expr ~ '^[^\s.{}]+(\.[^\s.{}]+)*$'
         and pg_catalog.split_part(v_expr, '.', 1) <> 'now' then
-        v_entry := v_entry || pg_catalog.jsonb_build_object('path', pg_catalog.string_to_array(v_expr, '.')::text);
+        v_parts := pg_catalog.string_to_array(v_expr, '.');
+        v_entry := v_entry || pg_catalog.jsonb_build_object('path', v_parts::text);
+        if v_parts[1] in ('trigger', 'steps', 'vars') then
+          v_entry := v_entry || pg_catalog.jsonb_build_object(
+            'root', v_parts[1], 'rest', v_parts[2:pg_catalog.cardinality(v_parts)]::text
+          );
+        end if;
       end if;
+      v_context := v_context or not v_entry ? 'root';
       v_slots := v_slots || pg_catalog.jsonb_build_array(v_entry);
       continue;
     end if;
@@ -605,13 +617,23 @@ begin
     end if;
     v_todo := v_next || v_todo;
   end loop;
-  return pg_catalog.jsonb_build_object('value', p_value, 'slots', v_slots);
+  return pg_catalog.jsonb_build_object('value', p_value, 'slots', v_slots, 'context', v_context);
 end;
 $$;
 
 -- Renders a value by its plan (conveyor.render_plan): the same result and errors as
 -- conveyor.render(value, context, where) for the value and where the plan was made from.
-create or replace function conveyor.render_planned(p_plan jsonb, p_context jsonb)
+-- Either with the context, or (for a plan whose "context" is false) with p_context null
+-- and the execution's trigger, step outputs and vars, from which such a plan's paths read:
+-- the context object, which copies all three, is then never built.
+drop function if exists conveyor.render_planned(jsonb, jsonb);
+create or replace function conveyor.render_planned(
+  p_plan jsonb,
+  p_context jsonb,
+  p_trigger jsonb default null,
+  p_steps jsonb default null,
+  p_vars jsonb default null
+)
 returns jsonb
 language plpgsql
 stable
@@ -627,10 +649,20 @@ declare
 begin
   for v_index in 0 .. pg_catalog.jsonb_array_length(v_slots) - 1 loop
     v_slot := v_slots -> v_index;
-    v_value := case when v_slot ? 'path' then p_context #> (v_slot ->> 'path')::text[] end;
+    v_value := case
+      when p_context is not null then p_context #> (v_slot ->> 'path')::text[]
+      when v_slot ->> 'root' = 'trigger' then p_trigger #> (v_slot ->> 'rest')::text[]
+      when v_slot ->> 'root' = 'steps' then p_steps #> (v_slot ->> 'rest')::text[]
+      when v_slot ->> 'root' = 'vars' then p_vars #> (v_slot ->> 'rest')::text[]
+    end;
     if v_value is null then
-      -- the general case, and a missing value's error
-      v_value := conveyor.render_string(v_slot ->> 'text', p_context, v_slot ->> 'where');
+      -- the general case, and a missing value's error (a rooted path misses in the three
+      -- parts as it would in the whole context)
+      v_value := conveyor.render_string(
+        v_slot ->> 'text',
+        coalesce(p_context, pg_catalog.jsonb_build_object('trigger', p_trigger, 'steps', p_steps, 'vars', p_vars)),
+        v_slot ->> 'where'
+      );
     end if;
     v_at := (v_slot ->> 'at')::text[];
     if pg_catalog.cardinality(v_at) = 0 then

@@ -498,3 +498,45 @@ def test_eval_condition_matches_the_reference_evaluator(
 ) -> None:
     context = {"trigger": {"payload": payload}, "now": NOW}
     assert evaluate(conn, tree, context) is ref_eval(tree, payload)
+
+
+@pytest.mark.parametrize(
+    ("condition", "root"),
+    [
+        ({"field": "steps.notify.output.status", "op": "equals", "value": 200}, "steps"),
+        ({"field": "trigger.payload.amount", "op": "gt", "value": 5}, "trigger"),
+        ({"field": "vars.n", "op": "is_null"}, "vars"),
+        ({"field": "execution.id", "op": "equals", "value": 1}, None),
+        ({"field": "now", "op": "after", "value": "2026-01-01"}, None),
+        ({"field": "{{vars.n}}", "op": "equals", "value": 1}, None),
+        ({"field": "vars.n", "op": "equals", "value": "{{vars.m}}"}, None),
+        ({"field": "amount", "op": "changed"}, None),
+        ({"field": "trigger.payload.at", "op": "within_last", "value": "1 day"}, None),
+        ({"all": [{"field": "vars.n", "op": "is_null"}]}, None),
+        ({"op": "equals", "value": 1}, None),
+    ],
+)
+def test_condition_field_root_names_the_one_root_a_leaf_reads(
+    conn: Conn, condition: dict[str, Any], root: str | None
+) -> None:
+    row = conn.execute("select conveyor.condition_field_root(%s) as r", (Jsonb(condition),)).fetchone()
+    assert row is not None and row["r"] == root
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(condition=leaves(), payload=st.fixed_dictionaries({"k1": VALUES, "k2": VALUES, "k3": VALUES}))
+def test_a_leaf_reading_one_root_evaluates_alike_against_that_root_alone(
+    conn: Conn, condition: dict[str, Any], payload: dict[str, Any]
+) -> None:
+    """What the interpreter relies on when it passes such a leaf only the root it reads."""
+    context = {"trigger": {"payload": payload}, "vars": {"x": 1}, "now": NOW}
+    row = conn.execute(
+        "select conveyor.condition_field_root(%(c)s) as root,"
+        " conveyor.eval_condition_leaf(%(c)s, %(ctx)s) as whole,"
+        " conveyor.eval_condition_leaf(%(c)s, jsonb_build_object('trigger', %(ctx)s -> 'trigger')) as alone",
+        {"c": Jsonb(condition), "ctx": Jsonb(context)},
+    ).fetchone()
+    assert row is not None
+    if row["root"] is not None:
+        assert row["root"] == "trigger"
+        assert row["alone"] is row["whole"]

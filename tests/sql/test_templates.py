@@ -453,6 +453,10 @@ TEMPLATE_STRINGS = st.sampled_from(
         "{{vars.a}}{{vars.b}}",
         "{{vars.missing}} and text",
         "{{vars.a",
+        "{{trigger.id}}",
+        "{{ steps.s.output }}",
+        "{{steps.s.missing}}",
+        "{{execution.id}}",
         "plain",
         "",
     ]
@@ -465,7 +469,13 @@ TEMPLATED = st.recursive(
     ),
     max_leaves=8,
 )
-PLAN_CONTEXT = {"vars": {"a": "ada", "b": 7, "list": [1, {"k": "v"}]}, "now": "2026-03-01T10:00:00Z"}
+PLAN_CONTEXT = {
+    "trigger": {"id": 5},
+    "steps": {"s": {"output": {"ok": True}}},
+    "vars": {"a": "ada", "b": 7, "list": [1, {"k": "v"}]},
+    "execution": {"id": 42},
+    "now": "2026-03-01T10:00:00Z",
+}
 
 
 def render_outcome(conn: Conn, query: str, params: tuple[Any, ...]) -> tuple[str, Any]:
@@ -490,6 +500,24 @@ def test_a_render_plan_renders_what_render_renders(conn: Conn, value: Any, where
         (Jsonb(value), where, context),
     )
     assert planned == expected
+    # a plan reading only trigger, steps and vars renders alike from those three alone
+    row = conn.execute(
+        "select conveyor.render_plan(%s, %s) -> 'context' as c", (Jsonb(value), where)
+    ).fetchone()
+    assert row is not None
+    if row["c"] is False:
+        from_parts = render_outcome(
+            conn,
+            "select conveyor.render_planned(conveyor.render_plan(%s, %s), null, %s, %s, %s) as r",
+            (
+                Jsonb(value),
+                where,
+                Jsonb(PLAN_CONTEXT["trigger"]),
+                Jsonb(PLAN_CONTEXT["steps"]),
+                Jsonb(PLAN_CONTEXT["vars"]),
+            ),
+        )
+        assert from_parts == expected
 
 
 def test_a_render_plan_names_each_template_and_where_it_is(conn: Conn) -> None:
@@ -505,9 +533,13 @@ def test_a_render_plan_names_each_template_and_where_it_is(conn: Conn) -> None:
         "text": "{{vars.b}}",
         "where": 'step "s".with.body.seq',
         "path": "{vars,b}",
+        "root": "vars",
+        "rest": "{b}",
     }
     assert "path" not in slots['step "s".with.url']
     # `now` is now() when a context has none: render_string decides
     assert "path" not in slots['step "s".with.body.list[0]']
     nothing = conn.execute("select conveyor.render_plan('{\"a\": 1}', null) as p").fetchone()
-    assert nothing is not None and nothing["p"] == {"value": {"a": 1}, "slots": []}
+    assert nothing is not None and nothing["p"] == {"value": {"a": 1}, "slots": [], "context": False}
+    # `now` and the mixed string need the context object
+    assert row["p"]["context"] is True
