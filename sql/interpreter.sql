@@ -484,6 +484,10 @@ declare
   v_visits jsonb;
   v_now_text text := p_now::text;
   v_fresh boolean;
+  -- for executions that ran steps before this call: the latest visit of the step each
+  -- resumes at, read for the whole batch at once ({"<execution_id>": visit | null})
+  v_resume_visits jsonb := '{}';
+  v_resume_step text;
   v_max_steps integer;
   v_tenant jsonb;
   v_dry boolean := coalesce(pg_catalog.current_setting('conveyor.dry_run', true), '') = 'on';
@@ -512,6 +516,17 @@ declare
 begin
   if coalesce(pg_catalog.cardinality(p_execs), 0) = 0 then
     return;
+  end if;
+  if not p_new then
+    -- one statement for the batch rather than one query per resumed execution
+    select coalesce(pg_catalog.jsonb_object_agg(x.execution_id::text, m.visit), '{}') into v_resume_visits
+    from unnest(p_execs) as x
+    cross join lateral (
+      select max(r.visit) as visit
+      from conveyor.step_runs as r
+      where r.execution_id = x.execution_id and r.step_id = x.current_step
+    ) as m
+    where x.steps_run > 0 and x.current_step is not null;
   end if;
   foreach v_exec in array p_execs loop
     v_key := v_exec.workflow_id || ':' || v_exec.version;
@@ -542,6 +557,7 @@ begin
     -- visits of this call; an execution that has run no step yet has no earlier step_runs
     v_visits := '{}';
     v_fresh := v_exec.steps_run = 0;
+    v_resume_step := v_exec.current_step;
 
     loop
       if v_exec.current_step is null then
@@ -620,7 +636,10 @@ begin
 
       v_exec.steps_run := v_exec.steps_run + 1;
       v_visit := (v_visits ->> v_step.step_id)::integer;
-      if v_visit is null and not v_fresh then
+      if v_visit is null and not v_fresh and v_step.step_id = v_resume_step
+        and v_resume_visits ? v_exec.execution_id::text then
+        v_visit := (v_resume_visits ->> v_exec.execution_id::text)::integer;
+      elsif v_visit is null and not v_fresh then
         select max(r.visit) into v_visit
         from conveyor.step_runs as r
         where r.execution_id = v_exec.execution_id and r.step_id = v_step.step_id;

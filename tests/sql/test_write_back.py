@@ -499,3 +499,40 @@ def test_an_action_step_run_is_written_once_and_updated_in_place(conn: Conn, ten
         )
     counters = table_counters(conn, "conveyor.step_runs")
     assert (counters["inserted"], counters["updated"], counters["hot"]) == (300, 100, 100)
+
+
+def test_a_loop_through_an_action_numbers_each_round_of_its_steps(conn: Conn, tenant: str) -> None:
+    """Each write-back resumes the execution at a step it ran before: its visit counts on
+    from the earlier rounds (read for the batch's executions at once)."""
+    wf = install(
+        conn,
+        tenant,
+        {
+            "slug": "rounds",
+            "steps": [
+                {**WELCOME, "next": "tally"},
+                {"id": "tally", "set": {"round": "{{steps.welcome.output.round}}"}},
+                {
+                    "id": "done?",
+                    "if": {"field": "vars.round", "op": "gte", "value": 3},
+                    "then": None,
+                    "else": "welcome",
+                },
+            ],
+        },
+    )
+    eid = start(conn, tenant, wf, AMOUNT)
+    for round_ in (1, 2, 3):
+        run = next(r for r in step_runs(conn, eid) if r["status"] == "queued")
+        write_back(
+            conn,
+            {
+                "msg_id": run["msg_id"],
+                "step_run_id": run["step_run_id"],
+                "ok": True,
+                "output": {"round": round_},
+            },
+        )
+    assert execution(conn, eid)["status"] == "completed"
+    visits = sorted((r["step_id"], r["visit"]) for r in step_runs(conn, eid))
+    assert visits == sorted((step, visit) for step in ("welcome", "tally", "done?") for visit in (1, 2, 3))
