@@ -136,6 +136,77 @@ as $$
   select array['is_empty', 'is_not_empty', 'is_null', 'is_not_null', 'changed'];
 $$;
 
+-- A leaf's operator applied to the field's value and the condition's value (every
+-- operator but the change and time-window ones, which read the context): what
+-- eval_condition_leaf returns once it has both values, and what the interpreter calls
+-- directly for a condition it planned (conveyor.condition_plan).
+create or replace function conveyor.condition_compare(p_op text, p_left jsonb, p_right jsonb) returns boolean
+language plpgsql
+stable
+parallel safe
+set search_path = ''
+as $$
+begin
+  case p_op
+    when 'equals' then
+      return conveyor.json_equals(p_left, p_right);
+    when 'not_equals' then
+      return not conveyor.json_equals(p_left, p_right);
+    when 'gt' then
+      return coalesce(conveyor.json_compare(p_left, p_right) > 0, false);
+    when 'gte' then
+      return coalesce(conveyor.json_compare(p_left, p_right) >= 0, false);
+    when 'lt' then
+      return coalesce(conveyor.json_compare(p_left, p_right) < 0, false);
+    when 'lte' then
+      return coalesce(conveyor.json_compare(p_left, p_right) <= 0, false);
+    when 'contains', 'not_contains' then
+      return (p_op = 'not_contains') <> coalesce(case pg_catalog.jsonb_typeof(p_left)
+        when 'string' then pg_catalog.strpos(p_left #>> '{}', conveyor.json_scalar_text(p_right)) > 0
+        when 'array' then exists (
+          select 1 from pg_catalog.jsonb_array_elements(p_left) as e where conveyor.json_equals(e, p_right)
+        )
+        when 'object' then pg_catalog.jsonb_typeof(p_right) = 'string' and p_left ? (p_right #>> '{}')
+      end, false);
+    when 'starts_with' then
+      return coalesce(pg_catalog.starts_with(conveyor.json_scalar_text(p_left), conveyor.json_scalar_text(p_right)), false);
+    when 'ends_with' then
+      return coalesce(
+        pg_catalog.right(conveyor.json_scalar_text(p_left), pg_catalog.length(conveyor.json_scalar_text(p_right)))
+        = conveyor.json_scalar_text(p_right)
+        and pg_catalog.length(conveyor.json_scalar_text(p_left)) >= pg_catalog.length(conveyor.json_scalar_text(p_right)),
+        false
+      );
+    when 'matches' then
+      if pg_catalog.jsonb_typeof(p_right) is distinct from 'string' then
+        raise exception using errcode = '22023',
+          message = pg_catalog.format('condition.value: operator "matches" needs a regular expression string, got %s', p_right);
+      end if;
+      return coalesce(conveyor.json_scalar_text(p_left) ~ (p_right #>> '{}'), false);
+    when 'in', 'not_in' then
+      if pg_catalog.jsonb_typeof(p_right) is distinct from 'array' then
+        raise exception using errcode = '22023',
+          message = pg_catalog.format('condition.value: operator "%s" needs an array, got %s', p_op, p_right);
+      end if;
+      return (p_op = 'not_in') <> exists (
+        select 1 from pg_catalog.jsonb_array_elements(p_right) as e where conveyor.json_equals(p_left, e)
+      );
+    when 'is_empty', 'is_not_empty' then
+      return (p_op = 'is_not_empty') <> (p_left in ('null'::jsonb, '""'::jsonb, '[]'::jsonb, '{}'::jsonb));
+    when 'is_null' then
+      return p_left = 'null'::jsonb;
+    when 'is_not_null' then
+      return p_left <> 'null'::jsonb;
+    when 'before' then
+      return coalesce(conveyor.json_timestamp(p_left) < conveyor.json_timestamp(p_right), false);
+    when 'after' then
+      return coalesce(conveyor.json_timestamp(p_left) > conveyor.json_timestamp(p_right), false);
+    else
+      raise exception using errcode = '22023', message = pg_catalog.format('condition.op: unknown operator %s', p_op);
+  end case;
+end;
+$$;
+
 -- Evaluates one leaf {"field", "op", "value"}.
 create or replace function conveyor.eval_condition_leaf(p_condition jsonb, p_context jsonb) returns boolean
 language plpgsql
@@ -206,104 +277,58 @@ begin
     'null'::jsonb
   );
 
-  case v_op
-    when 'equals' then
-      return conveyor.json_equals(v_left, v_right);
-    when 'not_equals' then
-      return not conveyor.json_equals(v_left, v_right);
-    when 'gt' then
-      return coalesce(conveyor.json_compare(v_left, v_right) > 0, false);
-    when 'gte' then
-      return coalesce(conveyor.json_compare(v_left, v_right) >= 0, false);
-    when 'lt' then
-      return coalesce(conveyor.json_compare(v_left, v_right) < 0, false);
-    when 'lte' then
-      return coalesce(conveyor.json_compare(v_left, v_right) <= 0, false);
-    when 'contains', 'not_contains' then
-      return (v_op = 'not_contains') <> coalesce(case pg_catalog.jsonb_typeof(v_left)
-        when 'string' then pg_catalog.strpos(v_left #>> '{}', conveyor.json_scalar_text(v_right)) > 0
-        when 'array' then exists (
-          select 1 from pg_catalog.jsonb_array_elements(v_left) as e where conveyor.json_equals(e, v_right)
-        )
-        when 'object' then pg_catalog.jsonb_typeof(v_right) = 'string' and v_left ? (v_right #>> '{}')
-      end, false);
-    when 'starts_with' then
-      return coalesce(pg_catalog.starts_with(conveyor.json_scalar_text(v_left), conveyor.json_scalar_text(v_right)), false);
-    when 'ends_with' then
-      return coalesce(
-        pg_catalog.right(conveyor.json_scalar_text(v_left), pg_catalog.length(conveyor.json_scalar_text(v_right)))
-        = conveyor.json_scalar_text(v_right)
-        and pg_catalog.length(conveyor.json_scalar_text(v_left)) >= pg_catalog.length(conveyor.json_scalar_text(v_right)),
-        false
-      );
-    when 'matches' then
-      if pg_catalog.jsonb_typeof(v_right) is distinct from 'string' then
-        raise exception using errcode = '22023',
-          message = pg_catalog.format('condition.value: operator "matches" needs a regular expression string, got %s', v_right);
-      end if;
-      return coalesce(conveyor.json_scalar_text(v_left) ~ (v_right #>> '{}'), false);
-    when 'in', 'not_in' then
-      if pg_catalog.jsonb_typeof(v_right) is distinct from 'array' then
-        raise exception using errcode = '22023',
-          message = pg_catalog.format('condition.value: operator "%s" needs an array, got %s', v_op, v_right);
-      end if;
-      return (v_op = 'not_in') <> exists (
-        select 1 from pg_catalog.jsonb_array_elements(v_right) as e where conveyor.json_equals(v_left, e)
-      );
-    when 'is_empty', 'is_not_empty' then
-      return (v_op = 'is_not_empty') <> (v_left in ('null'::jsonb, '""'::jsonb, '[]'::jsonb, '{}'::jsonb));
-    when 'is_null' then
-      return v_left = 'null'::jsonb;
-    when 'is_not_null' then
-      return v_left <> 'null'::jsonb;
-    when 'before' then
-      return coalesce(conveyor.json_timestamp(v_left) < conveyor.json_timestamp(v_right), false);
-    when 'after' then
-      return coalesce(conveyor.json_timestamp(v_left) > conveyor.json_timestamp(v_right), false);
-    else
-      -- within_last / within_next
-      v_duration := conveyor.duration_or_null(conveyor.json_scalar_text(v_right));
-      if v_duration is null then
-        raise exception using errcode = '22023',
-          message = pg_catalog.format('condition.value: operator "%s" needs a duration such as "7 days", got %s', v_op, v_right);
-      end if;
-      v_now := coalesce(
-        conveyor.json_timestamp(p_context -> 'now'), pg_catalog.timezone('UTC', pg_catalog.now())
-      );
-      v_ts := conveyor.json_timestamp(v_left);
-      if v_op = 'within_last' then
-        return coalesce(v_ts between v_now - v_duration and v_now, false);
-      end if;
-      return coalesce(v_ts between v_now and v_now + v_duration, false);
-  end case;
+  if v_op in ('within_last', 'within_next') then
+    v_duration := conveyor.duration_or_null(conveyor.json_scalar_text(v_right));
+    if v_duration is null then
+      raise exception using errcode = '22023',
+        message = pg_catalog.format('condition.value: operator "%s" needs a duration such as "7 days", got %s', v_op, v_right);
+    end if;
+    v_now := coalesce(
+      conveyor.json_timestamp(p_context -> 'now'), pg_catalog.timezone('UTC', pg_catalog.now())
+    );
+    v_ts := conveyor.json_timestamp(v_left);
+    if v_op = 'within_last' then
+      return coalesce(v_ts between v_now - v_duration and v_now, false);
+    end if;
+    return coalesce(v_ts between v_now and v_now + v_duration, false);
+  end if;
+  return conveyor.condition_compare(v_op, v_left, v_right);
 end;
 $$;
 
--- The one root of the context a condition reads, when it is a single leaf that reads
--- nothing but its field, a plain path from trigger, steps or vars: no template in the
--- field or the value, not a change operator (they read the event's old and new rows) nor
--- a time window (it reads the context's now). The interpreter then evaluates the leaf
--- against that root alone instead of building the whole context. Null otherwise.
-create or replace function conveyor.condition_field_root(p_condition jsonb) returns text
+-- A plan for a condition that is a single leaf reading nothing but its field, a plain
+-- path from trigger, steps or vars (no template in the field or the value, not a change
+-- operator, which reads the event's old and new rows, nor a time window, which reads the
+-- context's now): {"root", "rest" (the path after the root, a text[] literal), "op",
+-- "value"}. The interpreter then applies condition_compare to the value at rest in that
+-- root of the execution, instead of evaluating the leaf against a whole context object.
+-- Null for every other condition (and for a malformed leaf: evaluating it raises).
+create or replace function conveyor.condition_plan(p_condition jsonb) returns jsonb
 language plpgsql
 immutable
 parallel safe
 set search_path = ''
 as $$
 declare
-  v_root text := pg_catalog.split_part(p_condition ->> 'field', '.', 1);
+  v_path text[] := pg_catalog.string_to_array(p_condition ->> 'field', '.');
 begin
   if pg_catalog.jsonb_typeof(p_condition) is distinct from 'object'
     or p_condition ?| array['all', 'any', 'not']
     or pg_catalog.jsonb_typeof(p_condition -> 'field') is distinct from 'string'
-    or coalesce(p_condition ->> 'op', '') in ('changed', 'changed_to', 'changed_from', 'within_last', 'within_next')
+    or not coalesce(p_condition ->> 'op', '') = any(conveyor.condition_operators())
+    or p_condition ->> 'op' in ('changed', 'changed_to', 'changed_from', 'within_last', 'within_next')
     or pg_catalog.strpos(p_condition ->> 'field', '{{') > 0
     or pg_catalog.strpos(coalesce((p_condition -> 'value')::text, ''), '{{') > 0
-    or v_root not in ('trigger', 'steps', 'vars')
+    or v_path[1] not in ('trigger', 'steps', 'vars')
   then
     return null;
   end if;
-  return v_root;
+  return pg_catalog.jsonb_build_object(
+    'root', v_path[1],
+    'rest', v_path[2:pg_catalog.cardinality(v_path)]::text,
+    'op', p_condition ->> 'op',
+    'value', coalesce(p_condition -> 'value', 'null'::jsonb)
+  );
 end;
 $$;
 

@@ -464,14 +464,14 @@ declare
   -- "workflow:version", the tenant object by tenant id
   v_steps conveyor.workflow_steps[] := '{}';
   v_steps_use_state boolean[] := '{}';
-  -- each cached step's render plan (conveyor.render_plan of what its kind renders), the
-  -- one root its condition reads (conveyor.condition_field_root) and whether it needs the
-  -- whole context object
+  -- each cached step's render plan (conveyor.render_plan of what its kind renders), its
+  -- condition's plan (conveyor.condition_plan) and whether it needs the whole context
+  -- object
   v_steps_render jsonb[] := '{}';
-  v_steps_root text[] := '{}';
+  v_steps_condition jsonb[] := '{}';
   v_steps_need_ctx boolean[] := '{}';
   v_render jsonb;
-  v_root text;
+  v_condition jsonb;
   v_needs_ctx boolean;
   v_step_ctx jsonb;
   v_uses_state boolean;
@@ -620,18 +620,18 @@ begin
           when 'delay' then conveyor.render_plan(v_spec, 'step "' || v_step.step_id || '".delay')
           when 'wait_for_event' then conveyor.render_plan(v_spec, 'step "' || v_step.step_id || '".wait_for_event')
         end;
-        v_steps_root[v_step_pos] := case
-          when v_step.kind = 'condition' then conveyor.condition_field_root(coalesce(v_step.config -> 'if', v_step.config))
+        v_steps_condition[v_step_pos] := case
+          when v_step.kind = 'condition' then conveyor.condition_plan(coalesce(v_step.config -> 'if', v_step.config))
         end;
         v_steps_need_ctx[v_step_pos] := case
-          when v_step.kind = 'condition' then v_steps_root[v_step_pos] is null
+          when v_step.kind = 'condition' then v_steps_condition[v_step_pos] is null
           when v_step.kind in ('switch', 'transform') then true
           else coalesce((v_steps_render[v_step_pos] ->> 'context')::boolean, false)
         end;
         v_step_index := v_step_index || jsonb_build_object(v_step_key, v_step_pos);
       end if;
       v_render := v_steps_render[v_step_pos];
-      v_root := v_steps_root[v_step_pos];
+      v_condition := v_steps_condition[v_step_pos];
       v_needs_ctx := v_steps_need_ctx[v_step_pos];
 
       v_exec.steps_run := v_exec.steps_run + 1;
@@ -697,11 +697,16 @@ begin
             -- a single leaf goes straight to eval_condition_leaf (what eval_condition would do)
             v_target := case
               when (case
-                -- a leaf that reads one root of the context gets just that root
-                when v_root is not null then conveyor.eval_condition_leaf(v_spec, jsonb_build_object(
-                  v_root,
-                  case v_root when 'trigger' then v_exec.trigger when 'steps' then v_exec.step_outputs else v_exec.vars end
-                ))
+                -- a planned leaf: its operator on the value at its path in the execution
+                when v_condition is not null then conveyor.condition_compare(
+                  v_condition ->> 'op',
+                  coalesce(case v_condition ->> 'root'
+                    when 'trigger' then v_exec.trigger
+                    when 'steps' then v_exec.step_outputs
+                    else v_exec.vars
+                  end #> (v_condition ->> 'rest')::text[], 'null'::jsonb),
+                  v_condition -> 'value'
+                )
                 when jsonb_typeof(v_spec) = 'object' and not v_spec ?| array['all', 'any', 'not']
                   then conveyor.eval_condition_leaf(v_spec, v_ctx)
                 else conveyor.eval_condition(v_spec, v_ctx)

@@ -501,42 +501,54 @@ def test_eval_condition_matches_the_reference_evaluator(
 
 
 @pytest.mark.parametrize(
-    ("condition", "root"),
+    ("condition", "plan"),
     [
-        ({"field": "steps.notify.output.status", "op": "equals", "value": 200}, "steps"),
-        ({"field": "trigger.payload.amount", "op": "gt", "value": 5}, "trigger"),
-        ({"field": "vars.n", "op": "is_null"}, "vars"),
+        (
+            {"field": "steps.notify.output.status", "op": "equals", "value": 200},
+            {"root": "steps", "rest": "{notify,output,status}", "op": "equals", "value": 200},
+        ),
+        (
+            {"field": "trigger.payload.amount", "op": "gt", "value": 5},
+            {"root": "trigger", "rest": "{payload,amount}", "op": "gt", "value": 5},
+        ),
+        (
+            {"field": "vars.n", "op": "is_null"},
+            {"root": "vars", "rest": "{n}", "op": "is_null", "value": None},
+        ),
         ({"field": "execution.id", "op": "equals", "value": 1}, None),
         ({"field": "now", "op": "after", "value": "2026-01-01"}, None),
         ({"field": "{{vars.n}}", "op": "equals", "value": 1}, None),
         ({"field": "vars.n", "op": "equals", "value": "{{vars.m}}"}, None),
         ({"field": "amount", "op": "changed"}, None),
         ({"field": "trigger.payload.at", "op": "within_last", "value": "1 day"}, None),
+        ({"field": "vars.n", "op": "resembles", "value": 1}, None),
         ({"all": [{"field": "vars.n", "op": "is_null"}]}, None),
         ({"op": "equals", "value": 1}, None),
     ],
 )
-def test_condition_field_root_names_the_one_root_a_leaf_reads(
-    conn: Conn, condition: dict[str, Any], root: str | None
+def test_condition_plan_covers_leaves_that_read_only_their_field(
+    conn: Conn, condition: dict[str, Any], plan: dict[str, Any] | None
 ) -> None:
-    row = conn.execute("select conveyor.condition_field_root(%s) as r", (Jsonb(condition),)).fetchone()
-    assert row is not None and row["r"] == root
+    row = conn.execute("select conveyor.condition_plan(%s) as r", (Jsonb(condition),)).fetchone()
+    assert row is not None and row["r"] == plan
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(condition=leaves(), payload=st.fixed_dictionaries({"k1": VALUES, "k2": VALUES, "k3": VALUES}))
-def test_a_leaf_reading_one_root_evaluates_alike_against_that_root_alone(
+def test_a_planned_leaf_evaluates_as_the_leaf_does(
     conn: Conn, condition: dict[str, Any], payload: dict[str, Any]
 ) -> None:
-    """What the interpreter relies on when it passes such a leaf only the root it reads."""
-    context = {"trigger": {"payload": payload}, "vars": {"x": 1}, "now": NOW}
+    """What the interpreter relies on when it applies a planned leaf's operator itself."""
+    context = {"trigger": {"payload": payload}, "now": NOW}
     row = conn.execute(
-        "select conveyor.condition_field_root(%(c)s) as root,"
+        "select p.plan,"
         " conveyor.eval_condition_leaf(%(c)s, %(ctx)s) as whole,"
-        " conveyor.eval_condition_leaf(%(c)s, jsonb_build_object('trigger', %(ctx)s -> 'trigger')) as alone",
+        " case when p.plan is not null then conveyor.condition_compare(p.plan ->> 'op',"
+        "   coalesce(%(ctx)s -> 'trigger' #> (p.plan ->> 'rest')::text[], 'null'), p.plan -> 'value') end as planned"
+        " from (select conveyor.condition_plan(%(c)s) as plan) as p",
         {"c": Jsonb(condition), "ctx": Jsonb(context)},
     ).fetchone()
     assert row is not None
-    if row["root"] is not None:
-        assert row["root"] == "trigger"
-        assert row["alone"] is row["whole"]
+    if row["plan"] is not None:
+        assert row["plan"]["root"] == "trigger"
+        assert row["planned"] is row["whole"]
