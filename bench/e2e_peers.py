@@ -73,6 +73,36 @@ PLOT = HERE / "e2e_peers.png"
 TENANT = "bench"
 
 
+def conveyor_workflow(url: str) -> dict[str, Any]:
+    """The end-to-end workflow: `set` -> `webhook.send` (a POST to `url`) -> `if` on its status."""
+    return {
+        "slug": "order-hook",
+        "name": "Order hook",
+        "trigger": {"event": "shop.order.created"},
+        "steps": [
+            {"id": "prepare", "set": {"seq": "{{trigger.payload.new.seq}}"}},
+            {
+                "id": "notify",
+                "action": "webhook.send",
+                "with": {
+                    "url": url,
+                    "body": {
+                        "system": "conveyor",
+                        "phase": "{{trigger.payload.new.phase}}",
+                        "seq": "{{vars.seq}}",
+                    },
+                },
+            },
+            {
+                "id": "check",
+                "if": {"field": "steps.notify.output.status", "op": "equals", "value": 200},
+                "then": None,
+                "else": None,
+            },
+        ],
+    }
+
+
 # --- the sink ------------------------------------------------------------------------
 
 
@@ -406,32 +436,7 @@ class Conveyor(System):
             " created_at timestamptz not null default now())"
         )
         conn.execute("select conveyor.watch('shop.orders', 'shop', 'order')")
-        document = {
-            "slug": "order-hook",
-            "name": "Order hook",
-            "trigger": {"event": "shop.order.created"},
-            "steps": [
-                {"id": "prepare", "set": {"seq": "{{trigger.payload.new.seq}}"}},
-                {
-                    "id": "notify",
-                    "action": "webhook.send",
-                    "with": {
-                        "url": f"{self.sink.url}/conveyor",
-                        "body": {
-                            "system": "conveyor",
-                            "phase": "{{trigger.payload.new.phase}}",
-                            "seq": "{{vars.seq}}",
-                        },
-                    },
-                },
-                {
-                    "id": "check",
-                    "if": {"field": "steps.notify.output.status", "op": "equals", "value": 200},
-                    "then": None,
-                    "else": None,
-                },
-            ],
-        }
+        document = conveyor_workflow(f"{self.sink.url}/conveyor")
         conn.execute("select conveyor.publish(%s, %s)", (TENANT, Jsonb(document)))
 
     def start_workers(self) -> None:

@@ -32,33 +32,14 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from bench.e2e_peers import conveyor_workflow
 from bench.harness import process_cpu_s, record, temporary_database
 
 TENANT = "bench"
 DISPATCH_BATCH = 200
 READ_BATCH = 16
 SINK_URL = "http://127.0.0.1:9/conveyor"  # never called: the results are made up
-WORKFLOW = {
-    "slug": "row-floor",
-    "name": "Row floor",
-    "trigger": {"event": "shop.order.created"},
-    "steps": [
-        {"id": "prepare", "set": {"seq": "{{trigger.payload.new.seq}}"}},
-        {
-            "id": "notify",
-            "action": "webhook.send",
-            "with": {
-                "url": SINK_URL,
-                "body": {
-                    "system": "conveyor",
-                    "phase": "{{trigger.payload.new.phase}}",
-                    "seq": "{{vars.seq}}",
-                },
-            },
-        },
-        {"id": "check", "if": {"field": "steps.notify.output.status", "op": "equals", "value": 200}},
-    ],
-}
+WORKFLOW = conveyor_workflow(SINK_URL)
 OUTPUT = {"status": 200, "headers": {"content-type": "text/plain"}, "body": "ok"}
 
 
