@@ -464,9 +464,10 @@ declare
   -- "workflow:version", the tenant object by tenant id
   v_steps conveyor.workflow_steps[] := '{}';
   v_steps_use_state boolean[] := '{}';
-  -- each cached step's render plan (conveyor.render_plan of what its kind renders), its
-  -- condition's plan (conveyor.condition_plan) and whether it needs the whole context
-  -- object
+  -- each cached step's spec (conveyor.step_spec), its render plan (conveyor.render_plan of
+  -- what its kind renders), its condition's plan (conveyor.condition_plan) and whether it
+  -- needs the whole context object
+  v_steps_spec jsonb[] := '{}';
   v_steps_render jsonb[] := '{}';
   v_steps_condition jsonb[] := '{}';
   v_steps_need_ctx boolean[] := '{}';
@@ -485,9 +486,8 @@ declare
   v_now_text text := p_now::text;
   v_fresh boolean;
   -- for executions that ran steps before this call: the latest visit of the step each
-  -- resumes at, read for the whole batch at once ({"<execution_id>": visit | null})
+  -- resumes at, read for the whole batch at once ({"<execution_id>": visit, 0 for none})
   v_resume_visits jsonb := '{}';
-  v_resume_step text;
   v_max_steps integer;
   v_tenant jsonb;
   v_dry boolean := coalesce(pg_catalog.current_setting('conveyor.dry_run', true), '') = 'on';
@@ -519,7 +519,7 @@ begin
   end if;
   if not p_new then
     -- one statement for the batch rather than one query per resumed execution
-    select coalesce(pg_catalog.jsonb_object_agg(x.execution_id::text, m.visit), '{}') into v_resume_visits
+    select coalesce(pg_catalog.jsonb_object_agg(x.execution_id::text, coalesce(m.visit, 0)), '{}') into v_resume_visits
     from unnest(p_execs) as x
     cross join lateral (
       select max(r.visit) as visit
@@ -554,10 +554,15 @@ begin
     v_ctx_stale := false;
     v_final := null;
     v_error := null;
-    -- visits of this call; an execution that has run no step yet has no earlier step_runs
-    v_visits := '{}';
+    -- the latest visit of each step met so far: of the step a resumed execution starts at,
+    -- from the batch's read above; others are looked up when met (an execution that has
+    -- run no step yet has no earlier step_runs)
+    v_visits := case
+      when v_resume_visits ? v_exec.execution_id::text
+        then jsonb_build_object(v_exec.current_step, v_resume_visits -> v_exec.execution_id::text)
+      else '{}'
+    end;
     v_fresh := v_exec.steps_run = 0;
-    v_resume_step := v_exec.current_step;
 
     loop
       if v_exec.current_step is null then
@@ -602,26 +607,32 @@ begin
         v_uses_state := pg_catalog.strpos(coalesce(v_step.config::text, '') || coalesce(v_step.branches::text, ''), 'steps') > 0
           or pg_catalog.strpos(coalesce(v_step.config::text, '') || coalesce(v_step.branches::text, ''), 'vars') > 0;
         v_steps_use_state[v_step_pos] := v_uses_state;
-        -- what each kind renders (below), planned once for the batch; the spec as the
-        -- step runs below computes it (conveyor.step_spec, a SQL function, would be parsed
-        -- again in every transaction: every write-back)
+        -- conveyor.step_spec, inlined (a SQL function called from plpgsql is parsed again
+        -- in every transaction: every write-back), once for the batch
         v_spec := case
+          when v_step.kind = 'condition' and v_step.config ? 'if' then v_step.config -> 'if'
           when v_step.kind = 'set_variable' and v_step.config ? 'set' then v_step.config -> 'set'
-          when v_step.kind in ('stop', 'emit', 'data', 'delay', 'wait_for_event')
+          when v_step.kind in ('transform', 'stop', 'emit', 'data', 'delay', 'wait_for_event')
             and v_step.config ? v_step.kind then v_step.config -> v_step.kind
           else v_step.config
         end;
-        v_steps_render[v_step_pos] := case v_step.kind
-          when 'action' then conveyor.render_plan(coalesce(v_spec -> 'with', '{}'), 'step "' || v_step.step_id || '".with')
-          when 'stop' then conveyor.render_plan(coalesce(v_spec, '{}'), 'step "' || v_step.step_id || '".stop')
-          when 'set_variable' then conveyor.render_plan(v_spec, 'step "' || v_step.step_id || '".set')
-          when 'emit' then conveyor.render_plan(v_spec, 'step "' || v_step.step_id || '".emit')
-          when 'data' then conveyor.render_plan(v_spec, 'step "' || v_step.step_id || '".data')
-          when 'delay' then conveyor.render_plan(v_spec, 'step "' || v_step.step_id || '".delay')
-          when 'wait_for_event' then conveyor.render_plan(v_spec, 'step "' || v_step.step_id || '".wait_for_event')
+        v_steps_spec[v_step_pos] := v_spec;
+        -- what the kinds that render render (an action its `with`), and where errors say
+        v_steps_render[v_step_pos] := case
+          when v_step.kind in ('action', 'stop', 'set_variable', 'emit', 'data', 'delay', 'wait_for_event')
+            then conveyor.render_plan(
+              case v_step.kind
+                when 'action' then coalesce(v_spec -> 'with', '{}')
+                when 'stop' then coalesce(v_spec, '{}')
+                else v_spec
+              end,
+              'step "' || v_step.step_id || '".' || case v_step.kind
+                when 'action' then 'with' when 'set_variable' then 'set' else v_step.kind
+              end
+            )
         end;
         v_steps_condition[v_step_pos] := case
-          when v_step.kind = 'condition' then conveyor.condition_plan(coalesce(v_step.config -> 'if', v_step.config))
+          when v_step.kind = 'condition' then conveyor.condition_plan(v_spec)
         end;
         v_steps_need_ctx[v_step_pos] := case
           when v_step.kind = 'condition' then v_steps_condition[v_step_pos] is null
@@ -630,16 +641,14 @@ begin
         end;
         v_step_index := v_step_index || jsonb_build_object(v_step_key, v_step_pos);
       end if;
+      v_spec := v_steps_spec[v_step_pos];
       v_render := v_steps_render[v_step_pos];
       v_condition := v_steps_condition[v_step_pos];
       v_needs_ctx := v_steps_need_ctx[v_step_pos];
 
       v_exec.steps_run := v_exec.steps_run + 1;
       v_visit := (v_visits ->> v_step.step_id)::integer;
-      if v_visit is null and not v_fresh and v_step.step_id = v_resume_step
-        and v_resume_visits ? v_exec.execution_id::text then
-        v_visit := (v_resume_visits ->> v_exec.execution_id::text)::integer;
-      elsif v_visit is null and not v_fresh then
+      if v_visit is null and not v_fresh then
         select max(r.visit) into v_visit
         from conveyor.step_runs as r
         where r.execution_id = v_exec.execution_id and r.step_id = v_step.step_id;
@@ -672,14 +681,6 @@ begin
       end if;
       -- (render_planned reads the execution's parts when it is not given a context)
       v_step_ctx := case when v_needs_ctx then v_ctx end;
-      -- conveyor.step_spec, inlined: this is the hot path
-      v_spec := case
-        when v_step.kind = 'condition' and v_step.config ? 'if' then v_step.config -> 'if'
-        when v_step.kind = 'set_variable' and v_step.config ? 'set' then v_step.config -> 'set'
-        when v_step.kind in ('transform', 'stop', 'emit', 'data', 'delay', 'wait_for_event')
-          and v_step.config ? v_step.kind then v_step.config -> v_step.kind
-        else v_step.config
-      end;
       v_where := 'step "' || v_step.step_id || '"';
       v_started := pg_catalog.clock_timestamp();
       v_input := null;
@@ -691,6 +692,10 @@ begin
       v_error := null;
 
       begin
+        -- the kinds that render: their input, by the step's plan
+        if v_render is not null then
+          v_input := conveyor.render_planned(v_render, v_step_ctx, v_exec.trigger, v_exec.step_outputs, v_exec.vars);
+        end if;
         case v_step.kind
           when 'condition' then
             v_input := v_spec;
@@ -734,7 +739,6 @@ begin
               v_output := jsonb_build_object('case', null, 'branch', 'default');
             end if;
           when 'set_variable' then
-            v_input := conveyor.render_planned(v_render, v_step_ctx, v_exec.trigger, v_exec.step_outputs, v_exec.vars);
             if jsonb_typeof(v_input) is distinct from 'object' then
               raise exception using errcode = '22023', message = format('%s.set: expected an object', v_where);
             end if;
@@ -754,13 +758,11 @@ begin
               v_new_vars := jsonb_build_object(v_spec ->> 'into', v_output -> 'value');
             end if;
           when 'stop' then
-            v_input := conveyor.render_planned(v_render, v_step_ctx, v_exec.trigger, v_exec.step_outputs, v_exec.vars);
             v_output := jsonb_build_object(
               'status', coalesce(v_input ->> 'status', 'completed'), 'reason', v_input -> 'reason'
             );
             v_next := null;
           when 'emit' then
-            v_input := conveyor.render_planned(v_render, v_step_ctx, v_exec.trigger, v_exec.step_outputs, v_exec.vars);
             insert into conveyor.events (
               tenant_id, event_type, source, entity_type, entity_id, payload, depth, caused_by_execution_id
             )
@@ -773,13 +775,11 @@ begin
             perform pg_catalog.pg_notify('conveyor_wakeup', 'event');
             v_output := jsonb_build_object('event_id', v_event_id, 'event_type', v_input ->> 'event');
           when 'data' then
-            v_input := conveyor.render_planned(v_render, v_step_ctx, v_exec.trigger, v_exec.step_outputs, v_exec.vars);
             if not v_input ? 'op' then
               v_input := v_input || jsonb_build_object('op', pg_catalog.split_part(v_step.action_type, '.', 2));
             end if;
             v_output := conveyor.data_step(v_exec.tenant_id, v_input, v_where || '.data');
           when 'delay' then
-            v_input := conveyor.render_planned(v_render, v_step_ctx, v_exec.trigger, v_exec.step_outputs, v_exec.vars);
             v_resume := p_now;
             if v_input ? 'for' then
               v_resume := v_resume + conveyor.parse_duration(v_input ->> 'for');
@@ -797,14 +797,12 @@ begin
               v_resume := null;
             end if;
           when 'wait_for_event' then
-            v_input := conveyor.render_planned(v_render, v_step_ctx, v_exec.trigger, v_exec.step_outputs, v_exec.vars);
             if v_input ? 'timeout' then
               v_resume := p_now + conveyor.parse_duration(v_input ->> 'timeout');
             end if;
             v_output := jsonb_build_object('timeout_at', v_resume);
             v_wait := 'event';
           when 'action' then
-            v_input := conveyor.render_planned(v_render, v_step_ctx, v_exec.trigger, v_exec.step_outputs, v_exec.vars);
             v_wait := 'action';
         end case;
       exception when others then
