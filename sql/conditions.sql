@@ -202,7 +202,8 @@ begin
     when 'after' then
       return coalesce(conveyor.json_timestamp(p_left) > conveyor.json_timestamp(p_right), false);
     else
-      raise exception using errcode = '22023', message = pg_catalog.format('condition.op: unknown operator %s', p_op);
+      raise exception using errcode = '22023',
+        message = pg_catalog.format('condition.op: unknown operator %s', pg_catalog.to_jsonb(p_op));
   end case;
 end;
 $$;

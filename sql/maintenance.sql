@@ -51,10 +51,10 @@ security definer
 set search_path = ''
 as $$
 declare
-  v_count integer := 0;
-  v_step_run_id bigint;
+  v_ids bigint[];
 begin
-  for v_step_run_id in
+  select pg_catalog.array_agg(c.step_run_id order by c.step_run_id) into v_ids
+  from (
     -- from the executions waiting for an action (executions_waiting_action_idx)
     select r.step_run_id from conveyor.executions as e
     join conveyor.step_runs as r on r.execution_id = e.execution_id
@@ -65,16 +65,20 @@ begin
     order by r.step_run_id
     limit p_limit
     for update of r skip locked
-  loop
-    perform conveyor.enqueue_action(v_step_run_id, 0);
-    insert into conveyor.execution_logs (tenant_id, execution_id, step_id, level, message, details)
-    select r.tenant_id, r.execution_id, r.step_id, 'warning',
-      format('action of step "%s" had no queue message; sent again', r.step_id),
-      jsonb_build_object('reason', 'requeued', 'step_run_id', r.step_run_id)
-    from conveyor.step_runs as r where r.step_run_id = v_step_run_id;
-    v_count := v_count + 1;
-  end loop;
-  return v_count;
+  ) as c;
+  if v_ids is null then
+    return 0;
+  end if;
+  -- one send for all of them (new messages, same idempotency keys), one log line each
+  perform conveyor.send_actions(v_ids, 0);
+  insert into conveyor.execution_logs (tenant_id, execution_id, step_id, level, message, details)
+  select r.tenant_id, r.execution_id, r.step_id, 'warning',
+    format('action of step "%s" had no queue message; sent again', r.step_id),
+    jsonb_build_object('reason', 'requeued', 'step_run_id', r.step_run_id)
+  from conveyor.step_runs as r
+  where r.step_run_id = any(v_ids)
+  order by r.step_run_id;
+  return pg_catalog.cardinality(v_ids);
 end;
 $$;
 

@@ -552,3 +552,10 @@ def test_a_planned_leaf_evaluates_as_the_leaf_does(
     if row["plan"] is not None:
         assert row["plan"]["root"] == "trigger"
         assert row["planned"] is row["whole"]
+
+
+def test_condition_compare_names_an_operator_it_does_not_know(conn: Conn) -> None:
+    with pytest.raises(
+        psycopg.errors.InvalidParameterValue, match=r'condition\.op: unknown operator "resembles"'
+    ):
+        conn.execute("select conveyor.condition_compare('resembles', '1', '1')")

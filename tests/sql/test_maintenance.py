@@ -85,6 +85,38 @@ def test_queued_action_without_message_is_sent_again(conn: Conn) -> None:
     assert conn.execute("select conveyor.recover_stalled_actions() as n").fetchone() == {"n": 0}
 
 
+def test_every_stalled_action_of_a_round_is_sent_again_and_logged(conn: Conn) -> None:
+    first, second = start(conn), start(conn)
+    runs = conn.execute(
+        "select step_run_id, msg_id, execution_id from conveyor.step_runs order by 1"
+    ).fetchall()
+    for run in runs:
+        conn.execute("select pgmq.delete('conveyor_actions', %s::bigint)", (run["msg_id"],))
+    conn.execute("update conveyor.step_runs set started_at = started_at - interval '5 minutes'")
+    assert conn.execute("select conveyor.recover_stalled_actions() as n").fetchone() == {"n": 2}
+    sent = conn.execute(
+        "select (message ->> 'step_run_id')::bigint as step_run_id from pgmq.q_conveyor_actions order by 1"
+    ).fetchall()
+    assert [r["step_run_id"] for r in sent] == [r["step_run_id"] for r in runs]
+    # each step run records its new message
+    assert conn.execute(
+        "select count(*) as n from conveyor.step_runs as r"
+        " join pgmq.q_conveyor_actions as q on q.msg_id = r.msg_id"
+    ).fetchone() == {"n": 2}
+    logs = conn.execute(
+        "select execution_id, message, details ->> 'reason' as reason from conveyor.execution_logs"
+        " where details ->> 'reason' = 'requeued' order by execution_id"
+    ).fetchall()
+    assert logs == [
+        {
+            "execution_id": eid,
+            "message": 'action of step "call" had no queue message; sent again',
+            "reason": "requeued",
+        }
+        for eid in sorted((first, second))
+    ]
+
+
 def test_retention_prunes_old_history_in_batches(conn: Conn) -> None:
     conn.execute("insert into conveyor.tenants (tenant_id, name, retention_days) values ('acme', 'Acme', 7)")
     document = {
