@@ -82,19 +82,24 @@ end;
 $$;
 
 drop function if exists conveyor.dispatch(integer);
+-- Claims up to p_limit pending events and dispatches them (conveyor.dispatch_events).
+-- Containment: when the batch fails on something in its data (any error but the transient
+-- ones, conveyor.error_is_transient), each event is dispatched again on its own, and an
+-- event that fails alone starts nothing, is logged with its error and is stamped
+-- dispatched like the others: one poison event never stops dispatch for anyone. The
+-- batch's subtransaction costs one entry per batch.
 create or replace function conveyor.dispatch(p_limit integer default 1000)
 returns integer
 language plpgsql
 set search_path = ''
--- The planner's default estimates for the set-returning calls here can cross
--- jit_above_cost; compiling then costs far more than the query.
 set jit = off
 as $$
 declare
   v_events bigint[];
-  v_new conveyor.executions[];
-  v_refused bigint;
-  v_max_depth integer := conveyor.max_event_depth();
+  v_event bigint;
+  v_state text;
+  v_msg text;
+  v_detail text;
 begin
   -- watched tables' captured rows become events first (sql/ingest.sql)
   perform conveyor.ingest_captures(p_limit);
@@ -110,6 +115,117 @@ begin
   ) as c;
   if v_events is null then
     return 0;
+  end if;
+
+  begin
+    perform conveyor.dispatch_events(v_events);
+  exception when others then
+    get stacked diagnostics v_state = returned_sqlstate;
+    if conveyor.error_is_transient(v_state) then
+      raise;
+    end if;
+    foreach v_event in array v_events loop
+      begin
+        perform conveyor.dispatch_events(array[v_event]);
+      exception when others then
+        get stacked diagnostics
+          v_state = returned_sqlstate, v_msg = message_text, v_detail = pg_exception_detail;
+        if conveyor.error_is_transient(v_state) then
+          raise;
+        end if;
+        insert into conveyor.execution_logs (tenant_id, event_id, level, message, details)
+        select e.tenant_id, e.event_id, 'error',
+          format('event %s (%s) started nothing: dispatching it failed: %s', e.event_id, e.event_type, v_msg),
+          jsonb_build_object('reason', 'dispatch_error', 'sqlstate', v_state, 'error', v_msg,
+            'detail', nullif(v_detail, ''))
+        from conveyor.events as e
+        where e.event_id = v_event;
+      end;
+    end loop;
+  end;
+
+  update conveyor.events
+  set dispatched_at = now()
+  where event_id = any(v_events);
+  return pg_catalog.cardinality(v_events);
+end;
+$$;
+
+-- Dispatches claimed events (the caller holds their row locks and stamps them): resumes
+-- the executions waiting for them, starts the executions their subscriptions call for
+-- within the workflows' limits and the work budgets (sql/budgets.sql), and runs those
+-- executions' first steps.
+create or replace function conveyor.dispatch_events(p_events bigint[])
+returns void
+language plpgsql
+set search_path = ''
+-- The planner's default estimates for the set-returning calls here can cross
+-- jit_above_cost; compiling then costs far more than the query.
+set jit = off
+as $$
+declare
+  v_events bigint[] := p_events;
+  v_new conveyor.executions[];
+  v_refused bigint;
+  v_max_depth integer := conveyor.max_event_depth();
+  v_rate_limit bigint := conveyor.limit_setting('max_tenant_events_per_minute', 60000);
+  v_active_limit bigint := conveyor.limit_setting('max_tenant_active_executions', 100000);
+  v_chain_limit bigint := conveyor.limit_setting('max_chain_executions', 1000);
+  -- per tenant of the batch: events counted this minute before the batch, active executions
+  v_rate_before jsonb;
+  v_active jsonb;
+  -- whether the batch holds emitted events (members of a chain), and per chain root the
+  -- executions it started before the batch, and those the batch starts
+  v_chained boolean;
+  v_chain_spent jsonb := '{}';
+  v_chain_new jsonb;
+  v_shard smallint := conveyor.stats_shard();
+begin
+  -- The tenants' event rates, counted for this batch, and their active executions (the
+  -- sharded counters of their workflows: started minus finished).
+  with batch as (
+    select e.tenant_id, count(*)::integer as n, bool_or(e.depth > 0) as chained
+    from conveyor.events as e
+    where e.event_id = any(v_events)
+    group by e.tenant_id
+  ),
+  counted as (
+    insert into conveyor.tenant_event_rates as r (tenant_id, minute, shard, events)
+    select b.tenant_id, pg_catalog.date_trunc('minute', now()), v_shard, b.n
+    from batch as b
+    order by b.tenant_id
+    on conflict (tenant_id, minute, shard) do update set events = r.events + excluded.events
+    returning r.tenant_id, r.events
+  )
+  select
+    -- this backend's shard as counted before the batch, and the other shards (the
+    -- statement's snapshot does not see the upsert above)
+    pg_catalog.jsonb_object_agg(b.tenant_id, c.events - b.n + o.events),
+    pg_catalog.jsonb_object_agg(b.tenant_id, a.active),
+    bool_or(b.chained)
+  into v_rate_before, v_active, v_chained
+  from batch as b
+  join counted as c on c.tenant_id = b.tenant_id
+  cross join lateral (
+    select coalesce(sum(r.events), 0) as events
+    from conveyor.tenant_event_rates as r
+    where r.tenant_id = b.tenant_id and r.minute = pg_catalog.date_trunc('minute', now()) and r.shard <> v_shard
+  ) as o
+  cross join lateral (
+    select coalesce(sum(s.started - s.completed - s.failed - s.cancelled - s.timed_out), 0) as active
+    from conveyor.workflow_stats as s
+    where s.tenant_id = b.tenant_id
+  ) as a;
+
+  if v_chained then
+    select coalesce(pg_catalog.jsonb_object_agg(c.root_event_id::text, c.executions), '{}')
+    into v_chain_spent
+    from conveyor.event_chains as c
+    where c.root_event_id in (
+      select coalesce(e.root_event_id, e.event_id)
+      from conveyor.events as e
+      where e.event_id = any(v_events) and e.depth > 0
+    );
   end if;
 
   -- Date-based triggers follow the dates their entities' rows carry, and executions
@@ -152,6 +268,7 @@ begin
   with matched as (
     select
       e.event_id, e.tenant_id, e.entity_type, e.entity_id, e.depth,
+      coalesce(e.root_event_id, e.event_id) as chain_root,
       s.workflow_id, s.version, v.timeout, v.max_executions_per_hour, v.max_concurrent,
       v.entry_step, t.trigger_object, c.error as condition_error,
       case when v.run_once_per_entity and e.entity_id is not null
@@ -197,7 +314,12 @@ begin
     select
       m.*,
       row_number() over (partition by m.workflow_id order by m.event_id) as nth_in_batch,
-      row_number() over (partition by m.workflow_id, m.once_key order by m.event_id) as nth_for_entity
+      row_number() over (partition by m.workflow_id, m.once_key order by m.event_id) as nth_for_entity,
+      -- for the budgets: the tenant's nth event and nth execution of the batch, the chain's
+      -- nth execution
+      dense_rank() over (partition by m.tenant_id order by m.event_id) as nth_event_of_tenant,
+      row_number() over (partition by m.tenant_id order by m.event_id, m.workflow_id) as nth_of_tenant,
+      row_number() over (partition by m.chain_root order by m.event_id, m.workflow_id) as nth_in_chain
     from matched as m
   ),
 
@@ -220,6 +342,11 @@ begin
       r.*,
       case
         when r.condition_error is not null then 'condition_error'
+        when (v_rate_before ->> r.tenant_id)::bigint + r.nth_event_of_tenant > v_rate_limit then 'tenant_event_rate'
+        when (v_active ->> r.tenant_id)::bigint + r.nth_of_tenant > v_active_limit then 'tenant_active_limit'
+        when r.depth > 0
+          and coalesce((v_chain_spent ->> r.chain_root::text)::bigint, 0) + r.nth_in_chain > v_chain_limit
+          then 'chain_budget'
         when r.once_key is not null and (r.nth_for_entity > 1 or exists (
           select from conveyor.executions as x
           where x.workflow_id = r.workflow_id and x.once_key = r.once_key
@@ -234,7 +361,7 @@ begin
   refused as (
     insert into conveyor.execution_logs (tenant_id, workflow_id, event_id, level, message, details)
     select j.tenant_id, j.workflow_id, j.event_id,
-      case when j.refusal = 'condition_error' then 'warning' else 'info' end,
+      case when j.refusal in ('run_once', 'rate_limit', 'concurrency_limit') then 'info' else 'warning' end,
       case j.refusal
         when 'condition_error' then format(
           'event %s started no execution: the trigger condition of workflow %s failed: %s',
@@ -245,11 +372,29 @@ begin
         when 'rate_limit' then format(
           'event %s started no execution: workflow %s reached its limit of %s executions per hour',
           j.event_id, j.workflow_id, j.max_executions_per_hour)
+        when 'tenant_event_rate' then format(
+          'event %s started no execution: tenant %s reached its limit of %s events per minute'
+          || ' (setting conveyor.max_tenant_events_per_minute)',
+          j.event_id, j.tenant_id, v_rate_limit)
+        when 'tenant_active_limit' then format(
+          'event %s started no execution: tenant %s reached its limit of %s active executions'
+          || ' (setting conveyor.max_tenant_active_executions)',
+          j.event_id, j.tenant_id, v_active_limit)
+        when 'chain_budget' then format(
+          'event %s started no execution: its event chain (root event %s) reached its limit of %s'
+          || ' executions (setting conveyor.max_chain_executions)',
+          j.event_id, j.chain_root, v_chain_limit)
         else format(
           'event %s started no execution: workflow %s reached its limit of %s concurrent executions',
           j.event_id, j.workflow_id, j.max_concurrent)
       end,
       jsonb_build_object('reason', j.refusal) || coalesce(jsonb_build_object('error', j.condition_error), '{}')
+        || case j.refusal
+          when 'tenant_event_rate' then jsonb_build_object('limit', v_rate_limit)
+          when 'tenant_active_limit' then jsonb_build_object('limit', v_active_limit)
+          when 'chain_budget' then jsonb_build_object('limit', v_chain_limit, 'root_event_id', j.chain_root)
+          else '{}'
+        end
     from judged as j
     where j.refusal is not null
     returning 1
@@ -276,12 +421,27 @@ begin
   -- Both branches are consumed here, so the data-modifying one cannot be skipped.
   select
     (select array_agg(c.x order by (c.x).execution_id) from created as c),
-    (select count(*) from refused)
-  into v_new, v_refused;
+    (select count(*) from refused),
+    (
+      select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('root', g.chain_root, 'tenant', g.tenant_id, 'n', g.n))
+      from (
+        select j.chain_root, j.tenant_id, count(*) as n
+        from judged as j
+        where j.refusal is null and j.depth > 0
+        group by j.chain_root, j.tenant_id
+      ) as g
+    )
+  into v_new, v_refused, v_chain_new;
 
-  update conveyor.events
-  set dispatched_at = now()
-  where event_id = any(v_events);
+  if v_chain_new is not null then
+    insert into conveyor.event_chains as c (root_event_id, tenant_id, executions)
+    select (g ->> 'root')::bigint, g ->> 'tenant', (g ->> 'n')::integer
+    from pg_catalog.jsonb_array_elements(v_chain_new) as g
+    order by 1
+    on conflict (root_event_id) do update
+      set executions = c.executions + excluded.executions, updated_at = now();
+  end if;
+
 
   if v_new is not null then
     -- A second execution of a run-once workflow for one entity cannot slip in between the
@@ -291,7 +451,6 @@ begin
     perform conveyor.interpret_executions(v_new, now(), true);
     perform conveyor.record_started(v_new);
   end if;
-  return pg_catalog.cardinality(v_events);
 end;
 $$;
 

@@ -434,7 +434,82 @@ $$;
 -- written a second time to record it (send_actions does that for retries). Step run ids
 -- are taken from their sequence as the runs happen, so they follow the order of the steps.
 drop function if exists conveyor.interpret_executions(conveyor.executions[], timestamptz, boolean);
+-- Runs a batch of executions (conveyor.interpret_batch). Containment: a step's own errors
+-- are handled by the step (its on_error); when anything else fails on an execution's data
+-- (an error that is not transient, conveyor.error_is_transient), the batch is run again one
+-- execution at a time, and an execution that fails alone ends failed with the error: what
+-- it did in this call is rolled back, the other executions of the batch go on. Nothing is
+-- performed twice: a step's effects are written only with the state that records them.
 create or replace function conveyor.interpret_executions(
+  p_execs conveyor.executions[],
+  p_now timestamptz,
+  p_new boolean
+)
+returns void
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_exec conveyor.executions;
+  v_state text;
+  v_msg text;
+  v_detail text;
+begin
+  perform conveyor.interpret_batch(p_execs, p_now, p_new);
+exception when others then
+  get stacked diagnostics v_state = returned_sqlstate;
+  if conveyor.error_is_transient(v_state) then
+    raise;
+  end if;
+  foreach v_exec in array p_execs loop
+    begin
+      perform conveyor.interpret_batch(array[v_exec], p_now, p_new);
+    exception when others then
+      get stacked diagnostics v_state = returned_sqlstate, v_msg = message_text, v_detail = pg_exception_detail;
+      if conveyor.error_is_transient(v_state) then
+        raise;
+      end if;
+      perform conveyor.fail_uninterpretable(v_exec, p_new, jsonb_build_object(
+        'step', v_exec.current_step,
+        'message', format('execution %s could not be run: %s', v_exec.execution_id, v_msg),
+        'detail', nullif(v_detail, ''),
+        'sqlstate', v_state
+      ));
+    end;
+  end loop;
+end;
+$$;
+
+-- Ends an execution that could not be run (conveyor.interpret_executions) failed with
+-- p_error. A new execution is written first, as it was when it was started.
+create or replace function conveyor.fail_uninterpretable(
+  p_exec conveyor.executions,
+  p_new boolean,
+  p_error jsonb
+)
+returns void
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_exec conveyor.executions := p_exec;
+begin
+  if p_new then
+    v_exec.status := 'pending';
+    v_exec.wait_kind := null;
+    v_exec.resume_at := null;
+    insert into conveyor.executions overriding system value
+    select (v_exec).*;
+  end if;
+  perform conveyor.finish_execution(p_exec.execution_id, 'failed', p_error);
+end;
+$$;
+
+-- Interprets a batch of executions (see the top of this file); conveyor.interpret_executions
+-- is its caller.
+create or replace function conveyor.interpret_batch(
   p_execs conveyor.executions[],
   p_now timestamptz,
   p_new boolean
@@ -491,6 +566,9 @@ declare
   v_max_steps integer;
   v_tenant jsonb;
   v_dry boolean := coalesce(pg_catalog.current_setting('conveyor.dry_run', true), '') = 'on';
+  -- the execution state budget: the bytes of an execution's step outputs and variables
+  v_max_state bigint := conveyor.limit_setting('max_execution_state_bytes', 8388608);
+  v_state_bytes bigint;
   v_ctx jsonb;
   v_spec jsonb;
   v_where text;
@@ -563,10 +641,24 @@ begin
       else '{}'
     end;
     v_fresh := v_exec.steps_run = 0;
+    v_state_bytes := pg_catalog.pg_column_size(v_exec.step_outputs) + pg_catalog.pg_column_size(v_exec.vars);
 
     loop
       if v_exec.current_step is null then
         v_final := 'completed';
+        exit;
+      end if;
+      if v_state_bytes > v_max_state then
+        v_final := 'failed';
+        v_error := jsonb_build_object(
+          'step', v_exec.current_step,
+          'message', format(
+            'execution state budget spent: the step outputs and variables of execution %s take %s bytes,'
+            ' over the limit of %s; stopped before step "%s"',
+            v_exec.execution_id, v_state_bytes, v_max_state, v_exec.current_step
+          ),
+          'detail', 'the limit is the setting conveyor.max_execution_state_bytes'
+        );
         exit;
       end if;
       if v_exec.steps_run >= v_max_steps then
@@ -763,17 +855,8 @@ begin
             );
             v_next := null;
           when 'emit' then
-            insert into conveyor.events (
-              tenant_id, event_type, source, entity_type, entity_id, payload, depth, caused_by_execution_id
-            )
-            values (
-              v_exec.tenant_id, v_input ->> 'event', 'workflow', v_input ->> 'entity_type',
-              v_input ->> 'entity_id', coalesce(v_input -> 'payload', '{}'), v_exec.depth + 1,
-              v_exec.execution_id
-            )
-            returning event_id into v_event_id;
-            perform pg_catalog.pg_notify('conveyor_wakeup', 'event');
-            v_output := jsonb_build_object('event_id', v_event_id, 'event_type', v_input ->> 'event');
+            -- the event, charged to the execution's and its chain's budgets (sql/budgets.sql)
+            v_output := conveyor.emit_from_execution(v_exec, v_input);
           when 'data' then
             if not v_input ? 'op' then
               v_input := v_input || jsonb_build_object('op', pg_catalog.split_part(v_step.action_type, '.', 2));
@@ -840,6 +923,7 @@ begin
           )::conveyor.execution_logs;
           v_exec.step_outputs := v_exec.step_outputs
             || jsonb_build_object(v_step.step_id, jsonb_build_object('output', null, 'error', v_error));
+          v_state_bytes := pg_catalog.pg_column_size(v_exec.step_outputs) + pg_catalog.pg_column_size(v_exec.vars);
           v_ctx_stale := true;
           v_exec.current_step := v_next;
           continue;
@@ -895,6 +979,8 @@ begin
       if v_new_vars is not null then
         v_exec.vars := v_exec.vars || v_new_vars;
       end if;
+      -- (both are flat values here: their sizes are read off their headers)
+      v_state_bytes := pg_catalog.pg_column_size(v_exec.step_outputs) + pg_catalog.pg_column_size(v_exec.vars);
       if v_step.kind = 'stop' then
         v_final := v_output ->> 'status';
         if v_final = 'failed' then
@@ -1232,6 +1318,8 @@ revoke all on function conveyor.data_step(text, jsonb, text) from public;
 revoke all on function conveyor.advance_execution(bigint, timestamptz) from public;
 revoke all on function conveyor.advance_executions(bigint[], timestamptz) from public;
 revoke all on function conveyor.interpret_executions(conveyor.executions[], timestamptz, boolean) from public;
+revoke all on function conveyor.interpret_batch(conveyor.executions[], timestamptz, boolean) from public;
+revoke all on function conveyor.fail_uninterpretable(conveyor.executions, boolean, jsonb) from public;
 revoke all on function conveyor.run_executions(bigint[]) from public;
 revoke all on function conveyor.abort_execution(bigint, text, jsonb) from public;
 grant execute on function conveyor.abort_execution(bigint, text, jsonb) to conveyor_service;

@@ -156,7 +156,8 @@ begin
 
   return jsonb_build_object(
     'executions', v_executions, 'logs', v_logs, 'events', v_events,
-    'webhook_deliveries', v_deliveries, 'archived_messages', v_archive
+    'webhook_deliveries', v_deliveries, 'archived_messages', v_archive,
+    'budgets', conveyor.prune_budgets(p_now)
   );
 end;
 $$;

@@ -74,6 +74,12 @@ SEEDS: dict[str, str] = {
         insert into conveyor.date_trigger_firings (workflow_id, entity_id, date_value, tenant_id, due_at)
         select workflow_id, '1', '2026-01-01', tenant_id, '2026-01-31' from conveyor.date_triggers
         where tenant_id = %(t)s""",
+    "event_chains": """
+        insert into conveyor.event_chains (root_event_id, tenant_id, events)
+        select event_id, tenant_id, 1 from conveyor.events where tenant_id = %(t)s""",
+    "tenant_event_rates": """
+        insert into conveyor.tenant_event_rates (tenant_id, minute, shard, events)
+        values (%(t)s, date_trunc('minute', now()), 0, 1)""",
 }
 # Platform-wide rows some seeds refer to (not tenant data).
 SHARED_SEEDS = [

@@ -1,0 +1,97 @@
+-- Work budgets (docs/limits.md, "Event chains, executions and tenants"). A workflow that
+-- emits events which start workflows that emit again is bounded in breadth as well as
+-- depth: per execution (the events it may emit), per event chain (the events and the
+-- executions descending from one platform event) and per tenant (events dispatched per
+-- minute, executions active at once). A spent budget fails the step that would exceed it
+-- (emit) or starts nothing for the event (dispatch), with a message naming the budget,
+-- what was spent and the setting; it never stops another tenant's or another chain's work.
+
+-- The emit step: a new event caused by p_exec, charged to the execution's and its chain's
+-- budgets. Raised errors fail the step; its subtransaction rolls the charge back with it.
+create or replace function conveyor.emit_from_execution(p_exec conveyor.executions, p_input jsonb)
+returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_max_emits bigint := conveyor.limit_setting('max_emits_per_execution', 100);
+  v_max_chain bigint := conveyor.limit_setting('max_chain_events', 1000);
+  v_emitted bigint;
+  v_root bigint;
+  v_event_id bigint;
+  v_spent integer;
+begin
+  select count(*) into v_emitted
+  from conveyor.events as e
+  where e.caused_by_execution_id = p_exec.execution_id;
+  if v_emitted >= v_max_emits then
+    raise exception using
+      errcode = '54000',
+      message = format(
+        'emit budget spent: execution %s has emitted %s events, its limit is %s',
+        p_exec.execution_id, v_emitted, v_max_emits),
+      hint = 'a loop through an emit step? the limit is the setting conveyor.max_emits_per_execution';
+  end if;
+
+  -- The chain is the trigger event's (an execution without one, a manual run, starts a
+  -- chain with each event it emits).
+  if p_exec.event_id is not null then
+    select coalesce(e.root_event_id, e.event_id) into v_root
+    from conveyor.events as e
+    where e.event_id = p_exec.event_id;
+  end if;
+
+  insert into conveyor.events (
+    tenant_id, event_type, source, entity_type, entity_id, payload, depth, caused_by_execution_id,
+    root_event_id
+  )
+  values (
+    p_exec.tenant_id, p_input ->> 'event', 'workflow', p_input ->> 'entity_type',
+    p_input ->> 'entity_id', coalesce(p_input -> 'payload', '{}'), p_exec.depth + 1,
+    p_exec.execution_id, v_root
+  )
+  returning event_id into v_event_id;
+
+  insert into conveyor.event_chains as c (root_event_id, tenant_id, events)
+  values (coalesce(v_root, v_event_id), p_exec.tenant_id, 1)
+  on conflict (root_event_id) do update
+    set events = c.events + 1, updated_at = now()
+  returning c.events into v_spent;
+  if v_spent > v_max_chain then
+    raise exception using
+      errcode = '54000',
+      message = format(
+        'event chain budget spent: the chain of event %s has emitted %s events, its limit is %s',
+        coalesce(v_root, v_event_id), v_spent - 1, v_max_chain),
+      hint = 'workflows that trigger each other? the limit is the setting conveyor.max_chain_events';
+  end if;
+
+  perform pg_catalog.pg_notify('conveyor_wakeup', 'event');
+  return jsonb_build_object('event_id', v_event_id, 'event_type', p_input ->> 'event');
+end;
+$$;
+
+-- Budget rows that can no longer refuse anything are forgotten: event chains that spent
+-- nothing for a week (their events are history by then; a chain resumed later, after a
+-- long delay, starts counting again) and past minutes' event rates. Called by
+-- conveyor.prune_history.
+create or replace function conveyor.prune_budgets(p_now timestamptz default now())
+returns integer
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_chains integer;
+  v_rates integer;
+begin
+  delete from conveyor.event_chains as c where c.updated_at < p_now - interval '7 days';
+  get diagnostics v_chains = row_count;
+  delete from conveyor.tenant_event_rates as r where r.minute < p_now - interval '1 hour';
+  get diagnostics v_rates = row_count;
+  return v_chains + v_rates;
+end;
+$$;
+
+revoke all on function conveyor.emit_from_execution(conveyor.executions, jsonb) from public;
+revoke all on function conveyor.prune_budgets(timestamptz) from public;
+grant execute on function conveyor.prune_budgets(timestamptz) to conveyor_service;
