@@ -168,8 +168,8 @@ declare
   v_new conveyor.executions[];
   v_refused bigint;
   v_max_depth integer := conveyor.max_event_depth();
-  v_rate_limit bigint := conveyor.limit_setting('max_tenant_events_per_minute', 60000);
-  v_active_limit bigint := conveyor.limit_setting('max_tenant_active_executions', 100000);
+  v_rate_limit bigint := conveyor.limit_setting('max_tenant_events_per_minute', 600000);
+  v_active_limit bigint := conveyor.limit_setting('max_tenant_active_executions', 1000000);
   v_chain_limit bigint := conveyor.limit_setting('max_chain_executions', 1000);
   -- per tenant of the batch: events counted this minute before the batch, active executions
   v_rate_before jsonb;
