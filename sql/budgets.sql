@@ -71,6 +71,67 @@ begin
 end;
 $$;
 
+-- The events of a dispatch batch (conveyor.dispatch_events) that a budget refuses, with
+-- the budget's name: {"<event_id>": "tenant_event_rate" | "tenant_active_limit" |
+-- "chain_budget"}. Called only when the batch holds emitted events or a tenant near a
+-- budget, after the batch's events were counted in the tenant's event rate. Each event
+-- counts as one execution against the active and chain budgets (an event that starts
+-- several executions may pass the budget by the others; the chain's count of executions is
+-- exact: dispatch adds what it started).
+create or replace function conveyor.budget_refusals(
+  p_events bigint[],
+  p_rate_limit bigint,
+  p_active_limit bigint,
+  p_chain_limit bigint
+)
+returns jsonb
+language sql
+stable
+set search_path = ''
+as $$
+  with ev as (
+    select
+      e.event_id, e.tenant_id, c.chain_root,
+      row_number() over (partition by e.tenant_id order by e.event_id) as nth_of_tenant,
+      count(*) over (partition by e.tenant_id) as batch_of_tenant,
+      row_number() over (partition by c.chain_root order by e.event_id) as nth_in_chain
+    from conveyor.events as e
+    cross join lateral (
+      select case when e.depth > 0 then coalesce(e.root_event_id, e.event_id) end as chain_root
+    ) as c
+    where e.event_id = any(p_events)
+  ),
+  tenants as (
+    select
+      t.tenant_id,
+      (
+        select coalesce(sum(r.events), 0) from conveyor.tenant_event_rates as r
+        where r.tenant_id = t.tenant_id and r.minute = pg_catalog.date_trunc('minute', now())
+      ) as counted,
+      (
+        select coalesce(sum(s.started - s.completed - s.failed - s.cancelled - s.timed_out), 0)
+        from conveyor.workflow_stats as s
+        where s.tenant_id = t.tenant_id
+      ) as active
+    from (select distinct ev.tenant_id from ev) as t
+  )
+  select pg_catalog.jsonb_object_agg(j.event_id::text, j.reason)
+  from (
+    select
+      ev.event_id,
+      case
+        when t.counted - ev.batch_of_tenant + ev.nth_of_tenant > p_rate_limit then 'tenant_event_rate'
+        when t.active + ev.nth_of_tenant > p_active_limit then 'tenant_active_limit'
+        when ev.chain_root is not null
+          and coalesce(ch.executions, 0) + ev.nth_in_chain > p_chain_limit then 'chain_budget'
+      end as reason
+    from ev
+    join tenants as t on t.tenant_id = ev.tenant_id
+    left join conveyor.event_chains as ch on ch.root_event_id = ev.chain_root
+  ) as j
+  where j.reason is not null;
+$$;
+
 -- Budget rows that can no longer refuse anything are forgotten: event chains that spent
 -- nothing for a week (their events are history by then; a chain resumed later, after a
 -- long delay, starts counting again) and past minutes' event rates. Called by
@@ -93,5 +154,6 @@ end;
 $$;
 
 revoke all on function conveyor.emit_from_execution(conveyor.executions, jsonb) from public;
+revoke all on function conveyor.budget_refusals(bigint[], bigint, bigint, bigint) from public;
 revoke all on function conveyor.prune_budgets(timestamptz) from public;
 grant execute on function conveyor.prune_budgets(timestamptz) to conveyor_service;

@@ -171,18 +171,19 @@ declare
   v_rate_limit bigint := conveyor.limit_setting('max_tenant_events_per_minute', 600000);
   v_active_limit bigint := conveyor.limit_setting('max_tenant_active_executions', 1000000);
   v_chain_limit bigint := conveyor.limit_setting('max_chain_executions', 1000);
-  -- per tenant of the batch: events counted this minute before the batch, active executions
-  v_rate_before jsonb;
-  v_active jsonb;
-  -- whether the batch holds emitted events (members of a chain), and per chain root the
-  -- executions it started before the batch, and those the batch starts
+  -- the batch's events the budgets refuse, with why: {"<event_id>": "<reason>"}, or null
+  -- (the common case: no budget is near, and nothing below looks at them)
+  v_budget_refusals jsonb;
+  -- whether the batch holds emitted events (members of a chain), and the executions it
+  -- starts per chain
   v_chained boolean;
-  v_chain_spent jsonb := '{}';
+  v_tight boolean;
   v_chain_new jsonb;
   v_shard smallint := conveyor.stats_shard();
 begin
-  -- The tenants' event rates, counted for this batch, and their active executions (the
-  -- sharded counters of their workflows: started minus finished).
+  -- The tenants' event rates are counted for this batch; whether any tenant of the batch is
+  -- near its event rate or active executions budget (its active executions are the sharded
+  -- counters of its workflows: started minus finished).
   with batch as (
     select e.tenant_id, count(*)::integer as n, bool_or(e.depth > 0) as chained
     from conveyor.events as e
@@ -198,12 +199,11 @@ begin
     returning r.tenant_id, r.events
   )
   select
-    -- this backend's shard as counted before the batch, and the other shards (the
-    -- statement's snapshot does not see the upsert above)
-    pg_catalog.jsonb_object_agg(b.tenant_id, c.events - b.n + o.events),
-    pg_catalog.jsonb_object_agg(b.tenant_id, a.active),
-    bool_or(b.chained)
-  into v_rate_before, v_active, v_chained
+    bool_or(b.chained),
+    -- this backend's shard after the batch plus the other shards (the statement's snapshot
+    -- does not see the upsert above)
+    bool_or(c.events + o.events > v_rate_limit or a.active + b.n > v_active_limit)
+  into v_chained, v_tight
   from batch as b
   join counted as c on c.tenant_id = b.tenant_id
   cross join lateral (
@@ -217,15 +217,8 @@ begin
     where s.tenant_id = b.tenant_id
   ) as a;
 
-  if v_chained then
-    select coalesce(pg_catalog.jsonb_object_agg(c.root_event_id::text, c.executions), '{}')
-    into v_chain_spent
-    from conveyor.event_chains as c
-    where c.root_event_id in (
-      select coalesce(e.root_event_id, e.event_id)
-      from conveyor.events as e
-      where e.event_id = any(v_events) and e.depth > 0
-    );
+  if v_tight or v_chained then
+    v_budget_refusals := conveyor.budget_refusals(v_events, v_rate_limit, v_active_limit, v_chain_limit);
   end if;
 
   -- Date-based triggers follow the dates their entities' rows carry, and executions
@@ -268,7 +261,7 @@ begin
   with matched as (
     select
       e.event_id, e.tenant_id, e.entity_type, e.entity_id, e.depth,
-      coalesce(e.root_event_id, e.event_id) as chain_root,
+      case when e.depth > 0 then coalesce(e.root_event_id, e.event_id) end as chain_root,
       s.workflow_id, s.version, v.timeout, v.max_executions_per_hour, v.max_concurrent,
       v.entry_step, t.trigger_object, c.error as condition_error,
       case when v.run_once_per_entity and e.entity_id is not null
@@ -314,12 +307,7 @@ begin
     select
       m.*,
       row_number() over (partition by m.workflow_id order by m.event_id) as nth_in_batch,
-      row_number() over (partition by m.workflow_id, m.once_key order by m.event_id) as nth_for_entity,
-      -- for the budgets: the tenant's nth event and nth execution of the batch, the chain's
-      -- nth execution
-      dense_rank() over (partition by m.tenant_id order by m.event_id) as nth_event_of_tenant,
-      row_number() over (partition by m.tenant_id order by m.event_id, m.workflow_id) as nth_of_tenant,
-      row_number() over (partition by m.chain_root order by m.event_id, m.workflow_id) as nth_in_chain
+      row_number() over (partition by m.workflow_id, m.once_key order by m.event_id) as nth_for_entity
     from matched as m
   ),
 
@@ -342,11 +330,7 @@ begin
       r.*,
       case
         when r.condition_error is not null then 'condition_error'
-        when (v_rate_before ->> r.tenant_id)::bigint + r.nth_event_of_tenant > v_rate_limit then 'tenant_event_rate'
-        when (v_active ->> r.tenant_id)::bigint + r.nth_of_tenant > v_active_limit then 'tenant_active_limit'
-        when r.depth > 0
-          and coalesce((v_chain_spent ->> r.chain_root::text)::bigint, 0) + r.nth_in_chain > v_chain_limit
-          then 'chain_budget'
+        when v_budget_refusals ? r.event_id::text then v_budget_refusals ->> r.event_id::text
         when r.once_key is not null and (r.nth_for_entity > 1 or exists (
           select from conveyor.executions as x
           where x.workflow_id = r.workflow_id and x.once_key = r.once_key
@@ -427,7 +411,7 @@ begin
       from (
         select j.chain_root, j.tenant_id, count(*) as n
         from judged as j
-        where j.refusal is null and j.depth > 0
+        where v_chained and j.refusal is null and j.chain_root is not null
         group by j.chain_root, j.tenant_id
       ) as g
     )
