@@ -82,12 +82,8 @@ end;
 $$;
 
 drop function if exists conveyor.dispatch(integer);
--- Claims up to p_limit pending events and dispatches them (conveyor.dispatch_events).
--- Containment: when the batch fails on something in its data (any error but the transient
--- ones, conveyor.error_is_transient), each event is dispatched again on its own, and an
--- event that fails alone starts nothing, is logged with its error and is stamped
--- dispatched like the others: one poison event never stops dispatch for anyone. The
--- batch's subtransaction costs one entry per batch.
+-- Claims up to p_limit pending events, dispatches them (conveyor.dispatch_contained) and
+-- stamps them dispatched.
 create or replace function conveyor.dispatch(p_limit integer default 1000)
 returns integer
 language plpgsql
@@ -96,10 +92,6 @@ set jit = off
 as $$
 declare
   v_events bigint[];
-  v_event bigint;
-  v_state text;
-  v_msg text;
-  v_detail text;
 begin
   -- watched tables' captured rows become events first (sql/ingest.sql)
   perform conveyor.ingest_captures(p_limit);
@@ -117,37 +109,53 @@ begin
     return 0;
   end if;
 
-  begin
-    perform conveyor.dispatch_events(v_events);
-  exception when others then
-    get stacked diagnostics v_state = returned_sqlstate;
-    if conveyor.error_is_transient(v_state) then
-      raise;
-    end if;
-    foreach v_event in array v_events loop
-      begin
-        perform conveyor.dispatch_events(array[v_event]);
-      exception when others then
-        get stacked diagnostics
-          v_state = returned_sqlstate, v_msg = message_text, v_detail = pg_exception_detail;
-        if conveyor.error_is_transient(v_state) then
-          raise;
-        end if;
-        insert into conveyor.execution_logs (tenant_id, event_id, level, message, details)
-        select e.tenant_id, e.event_id, 'error',
-          format('event %s (%s) started nothing: dispatching it failed: %s', e.event_id, e.event_type, v_msg),
-          jsonb_build_object('reason', 'dispatch_error', 'sqlstate', v_state, 'error', v_msg,
-            'detail', nullif(v_detail, ''))
-        from conveyor.events as e
-        where e.event_id = v_event;
-      end;
-    end loop;
-  end;
+  perform conveyor.dispatch_contained(v_events);
 
   update conveyor.events
   set dispatched_at = now()
   where event_id = any(v_events);
   return pg_catalog.cardinality(v_events);
+end;
+$$;
+
+-- Dispatches claimed events (conveyor.dispatch_events) in a subtransaction. Containment:
+-- when that fails on something in the events' data (any error but the transient ones,
+-- conveyor.error_is_transient), the events are halved and each half dispatched again,
+-- down to the event that fails alone: it starts nothing and is logged with its error
+-- (reason dispatch_error), and the caller stamps it dispatched like the others. One poison
+-- event never stops dispatch for anyone, and costs about 2 log2(n) retries in a batch of n.
+create or replace function conveyor.dispatch_contained(p_events bigint[])
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_n integer := pg_catalog.cardinality(p_events);
+  v_state text;
+  v_msg text;
+  v_detail text;
+begin
+  begin
+    perform conveyor.dispatch_events(p_events);
+    return;
+  exception when others then
+    get stacked diagnostics v_state = returned_sqlstate, v_msg = message_text, v_detail = pg_exception_detail;
+    if conveyor.error_is_transient(v_state) then
+      raise;
+    end if;
+  end;
+  if v_n = 1 then
+    insert into conveyor.execution_logs (tenant_id, event_id, level, message, details)
+    select e.tenant_id, e.event_id, 'error',
+      format('event %s (%s) started nothing: dispatching it failed: %s', e.event_id, e.event_type, v_msg),
+      jsonb_build_object('reason', 'dispatch_error', 'sqlstate', v_state, 'error', v_msg,
+        'detail', nullif(v_detail, ''))
+    from conveyor.events as e
+    where e.event_id = p_events[1];
+  elsif v_n > 1 then
+    perform conveyor.dispatch_contained(p_events[1:v_n / 2]);
+    perform conveyor.dispatch_contained(p_events[v_n / 2 + 1:v_n]);
+  end if;
 end;
 $$;
 

@@ -85,8 +85,9 @@ def test_an_event_that_cannot_be_dispatched_is_logged_and_the_others_are_dispatc
     poisoned = emit(conn, t, "crm.contact.created", {"name": "poison"})
     emit(conn, t, "crm.contact.created", {"name": "ada"})
     emit(conn, other, "crm.contact.created", {"name": "bob"})
+    also_poisoned = emit(conn, other, "crm.contact.created", {"name": "poison too"})
 
-    assert conn.execute("select conveyor.dispatch() as n").fetchone() == {"n": 3}
+    assert conn.execute("select conveyor.dispatch() as n").fetchone() == {"n": 4}
     assert conn.execute("select conveyor.dispatch() as n").fetchone() == {"n": 0}
 
     assert statuses(conn) == {"ada": "completed", "bob": "completed"}
@@ -98,6 +99,10 @@ def test_an_event_that_cannot_be_dispatched_is_logged_and_the_others_are_dispatc
     assert log["tenant_id"] == "acme" and log["level"] == "error"
     assert log["details"]["reason"] == "dispatch_error" and log["details"]["sqlstate"] == "22003"
     assert "dispatching it failed: poisoned row" in log["message"]
+    assert conn.execute(
+        "select count(*) as n from conveyor.execution_logs where details ->> 'reason' = 'dispatch_error'"
+    ).fetchone() == {"n": 2}
+    assert also_poisoned > poisoned
 
 
 def test_an_error_in_a_resumed_execution_fails_it_alone(conn: Conn) -> None:
@@ -170,3 +175,31 @@ def test_the_workflow_document_is_unchanged_by_containment(conn: Conn) -> None:
     row = conn.execute("select status, step_outputs from conveyor.executions").fetchone()
     assert row is not None and row["status"] == "completed"
     assert "ada" in row["step_outputs"]["bad"]["error"]["message"]
+
+
+def test_several_poisons_in_one_batch_each_fail_alone_in_order(conn: Conn) -> None:
+    t = tenant(conn, "acme")
+    publish(
+        conn,
+        t,
+        "once",
+        {"event": "crm.contact.created"},
+        steps=[{"id": "s", "set": {"n": "{{trigger.payload.name}}"}}],
+        settings={"run_once_per_entity": True},
+    )
+    poison_on(conn, "step_runs")
+    names = ["a", "poison-1", "b", "c", "poison-2", "d", "e", "poison-3", "f"]
+    for name in names:
+        emit(conn, t, "crm.contact.created", {"name": name}, entity_type="contact", entity_id=name)
+    # a second event for entity "b" later in the batch: run once per entity still holds
+    emit(conn, t, "crm.contact.created", {"name": "b-again"}, entity_type="contact", entity_id="b")
+
+    conn.execute("select conveyor.dispatch()")
+
+    expected = {n: ("failed" if n.startswith("poison") else "completed") for n in names}
+    assert statuses(conn) == expected
+    assert [
+        r
+        for r in conn.execute("select details ->> 'reason' as r from conveyor.execution_logs")
+        if r["r"] == "run_once"
+    ]
