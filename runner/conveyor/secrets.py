@@ -232,17 +232,17 @@ def _url_forms(value: str, forms: dict[str, str]) -> bool:
         parts = urlsplit(value)
     except ValueError:
         return False
+    if parts.password:  # https://user:password@host/...
+        _plain_forms(parts.password, forms)
     segments = [s for s in parts.path.split("/") if s]
     secret_path = "/".join(segments[1:] if len(segments) > 1 else segments)
     tail = f"{secret_path}?{parts.query}" if parts.query else secret_path
     if not tail or not parts.hostname:
-        return False
+        return False  # no path: the URL as a whole is the secret
     for form in (tail, secret_path, quote(tail, safe=""), quote(secret_path, safe=""), parts.query):
         if form:
             forms.setdefault(form, MASK)
     for segment in secret_path.split("/"):
         if len(segment) >= _MIN_SEGMENT_LEN:
             forms.setdefault(segment, MASK)
-    if parts.password:
-        _plain_forms(parts.password, forms)
     return True

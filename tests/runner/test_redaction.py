@@ -177,6 +177,15 @@ def test_an_smtp_plain_credential_is_redacted() -> None:
     )
 
 
+def test_a_secret_urls_password_is_redacted_with_or_without_a_path() -> None:
+    for url in (
+        "https://bot:pw-9x8y7z@hooks.example.com/",
+        "https://bot:pw-9x8y7z@hooks.example.com/in/T1/tok",
+    ):
+        redactor = Redactor(secret_forms({"webhook_url": url}))
+        assert "pw-9x8y7z" not in redactor.text(f"login failed for bot:pw-9x8y7z at {url}")
+
+
 def test_query_token_names() -> None:
     assert (
         mask_query_tokens("https://x/?monkey=1&key=2&apiKey=3&x=4")
