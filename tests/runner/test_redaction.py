@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conveyor.actions import ActionRequest, Environment, Outcome, perform
+from conveyor.actions import REGISTRY, ActionRequest, Environment, Outcome, perform
 from conveyor.connections import Connection
+from conveyor.logs import JsonFormatter
 from conveyor.secrets import MASK, REDACTED, Redactor, mask_query_tokens, secret_forms
 from tests.runner.helpers import LocalHTTP, Received, Reply, local_http
 
@@ -204,3 +205,27 @@ def test_every_derived_form_of_a_secret_is_redacted(secret: str, user: str, arou
     for form in (secret, quote(secret, safe=""), quote_plus(secret), json.dumps(secret)[1:-1], basic):
         text = redactor.text(f"{around}<{form}>{around}")
         assert form not in text or form in f"{REDACTED}{MASK}", (form, text)
+
+
+def test_an_actions_unexpected_exception_is_logged_and_reported_redacted(
+    env: Environment, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = "tok_bug_0a1b2c3d4e"
+
+    def broken(request: ActionRequest, env: Environment) -> dict[str, Any]:
+        raise RuntimeError(f"cannot use {request.connection.secret['headers']['Authorization']!r}")  # type: ignore[union-attr]
+
+    monkeypatch.setitem(REGISTRY, "broken.send", broken)
+    connection = Connection(
+        "acme",
+        "api",
+        "webhook",
+        {"url": "https://api.example.com/"},
+        {"headers": {"Authorization": f"Bearer {token}"}},
+    )
+    outcome = act(env, "broken.send", {}, connection)
+    assert outcome.error is not None and outcome.error["type"] == "internal" and outcome.retryable
+    [record] = [r for r in caplog.records if r.getMessage() == "action raised unexpectedly"]
+    line = JsonFormatter().format(record)
+    assert "RuntimeError" in line and "Traceback" in line
+    assert token not in line and token not in stored(outcome)

@@ -9,6 +9,7 @@ the outcome leaves this function.
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -56,7 +57,9 @@ def perform(request: ActionRequest, env: Environment) -> Outcome:
             error=errors(exc.as_error()),
         )
     except Exception as exc:  # a bug in an action: report it, never crash the runner
-        log.exception("action raised unexpectedly", extra={"action": request.action})
+        # the traceback is logged as redacted text: the exception's message may quote a secret
+        trace = errors.text("".join(traceback.format_exception(exc)))
+        log.error("action raised unexpectedly", extra={"action": request.action, "error": trace})
         return Outcome(
             ok=False,
             output=None,
