@@ -18,7 +18,6 @@ from conveyor.actions.sms import DEFAULT_BASE_URL
 from conveyor.connections import Connection
 from conveyor.errors import ConveyorError
 from conveyor.netguard import BlockedAddress, NetworkPolicy, ResolveError, connect_checked
-from conveyor.secrets import redact
 
 TIMEOUT_S = 10.0
 
@@ -28,9 +27,9 @@ def check(connection: Connection, policy: NetworkPolicy) -> str:
     try:
         return _check(connection, policy)
     except ActionError as exc:
-        raise ConveyorError(redact(f"{connection.name}: {exc.message}", connection.secret_values)) from None
+        raise ConveyorError(connection.redactor.text(f"{connection.name}: {exc.message}")) from None
     except (BlockedAddress, ResolveError, OSError, smtplib.SMTPException) as exc:
-        raise ConveyorError(redact(f"{connection.name}: {exc}", connection.secret_values)) from None
+        raise ConveyorError(connection.redactor.text(f"{connection.name}: {exc}")) from None
 
 
 def _tcp(policy: NetworkPolicy, url: str) -> str:
@@ -77,6 +76,7 @@ def _check(connection: Connection, policy: NetworkPolicy) -> str:
                 f"{base}/2010-04-01/Accounts/{quote(sid, safe='')}.json",
                 timeout_s=TIMEOUT_S,
                 auth=(sid, str(secret["auth_token"])),
+                credentials=connection,
             )
         finally:
             env.close()

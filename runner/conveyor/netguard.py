@@ -188,15 +188,19 @@ class Target:
         return (self.scheme, self.host_header, self.address, self.port)
 
 
-def pin(policy: NetworkPolicy, url: str) -> Target:
-    """Check `url` and resolve its host once: the target to connect to.
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
-    Raises BlockedAddress (not http(s), no host, a non-public address), ResolveError
-    (the name does not resolve) or ValueError (a malformed URL).
+
+def origin(url: str) -> tuple[str, str, int]:
+    """The (scheme, host, port) a request to `url` goes to: the scheme and host in lower
+    case, the host IDNA-encoded, the port explicit. `pin` connects to exactly this, so a
+    check of a URL's origin is a check of where its request goes.
+
+    Raises BlockedAddress (not http(s), no host) or ValueError (a malformed URL or port).
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
+    if scheme not in DEFAULT_PORTS:
         raise BlockedAddress(f"only http and https URLs are allowed, not {parts.scheme or 'none'!r}")
     host = parts.hostname
     if not host:
@@ -206,8 +210,18 @@ def pin(policy: NetworkPolicy, url: str) -> Target:
             host = host.encode("idna").decode("ascii")
         except UnicodeError as exc:
             raise ValueError(f"the host name {parts.hostname!r} is not a valid domain name") from exc
-    default_port = 443 if scheme == "https" else 80
-    port = parts.port or default_port
+    return scheme, host, parts.port or DEFAULT_PORTS[scheme]
+
+
+def pin(policy: NetworkPolicy, url: str) -> Target:
+    """Check `url` and resolve its host once: the target to connect to.
+
+    Raises BlockedAddress (not http(s), no host, a non-public address), ResolveError
+    (the name does not resolve) or ValueError (a malformed URL).
+    """
+    parts = urlsplit(url)
+    scheme, host, port = origin(url)
+    default_port = DEFAULT_PORTS[scheme]
     address = policy.resolve(host, port)[0]
     host_header = f"[{host}]" if ":" in host else host
     if port != default_port:

@@ -186,7 +186,7 @@ def test_secrets_reach_the_receiver_but_never_the_database_or_the_logs(
     token = "Bearer sk_live_e2e_0123456789"
     conns.add(
         conn, SecretBox(KEY), tenant_id=tenant, name="crm", kind="webhook",
-        config={}, secret={"headers": {"Authorization": token}},
+        config={"allowed_hosts": [server.url("")]}, secret={"headers": {"Authorization": token}},
     )  # fmt: skip
     # the receiver echoes the request (headers included) in its answer and then fails with it
     answers = iter([500, 200])
@@ -597,7 +597,7 @@ def test_the_runner_works_as_the_service_role_not_only_as_a_superuser(
     tenant = setup_tenant(conn)
     conns.add(
         conn, SecretBox(KEY), tenant_id=tenant, name="crm", kind="webhook",
-        config={}, secret={"signing_secret": "whsec_service_role"},
+        config={"allowed_hosts": [server.url("")]}, secret={"signing_secret": "whsec_service_role"},
     )  # fmt: skip
     publish(
         conn, tenant, {"action": "webhook.send", "connection": "crm", "with": {"url": server.url("/svc")}}

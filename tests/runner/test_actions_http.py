@@ -71,7 +71,9 @@ def test_webhook_sends_json_with_idempotency_key_and_returns_the_response(
 
 def test_webhook_signature_is_hmac_of_timestamp_and_body(env: Environment, server: LocalHTTP) -> None:
     secret = "whsec_0123456789abcdef"
-    connection = Connection("acme", "crm-hook", "webhook", {}, {"signing_secret": secret})
+    connection = Connection(
+        "acme", "crm-hook", "webhook", {"allowed_hosts": [server.url("")]}, {"signing_secret": secret}
+    )
     outcome = perform(
         request("webhook.send", {"url": server.url("/signed"), "body": {"x": 1}}, connection), env
     )
@@ -286,7 +288,11 @@ def test_secrets_never_appear_in_outputs_or_errors(env: Environment, server: Loc
     secret_header = "Bearer tok_live_abcdef123456"
     signing = "whsec_live_987654321"
     connection = Connection(
-        "acme", "api", "webhook", {}, {"headers": {"Authorization": secret_header}, "signing_secret": signing}
+        "acme",
+        "api",
+        "webhook",
+        {"allowed_hosts": [server.url("")]},
+        {"headers": {"Authorization": secret_header}, "signing_secret": signing},
     )
     ok = perform(request("webhook.send", {"url": server.url("/echo"), "body": {"k": "v"}}, connection), env)
     server.routes["/fail"] = lambda r: Reply(status=500, body={"echo": r.headers, "again": secret_header})

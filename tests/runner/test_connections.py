@@ -106,10 +106,9 @@ def test_cli_add_validates_the_kinds_fields(db_url: str, conn: psycopg.Connectio
     assert "config.account_sid is required" in result.output
     assert "secret.auth_token is required" in result.output
     assert "config.auth_token is not a twilio setting (it is a secret field" in result.output
-    duplicate = [
-        cli(db_url, KEY_A, "connections", "add", "--tenant", "acme", "--kind", "webhook", "hook")
-        for _ in range(2)
-    ]
+    add_hook = ("connections", "add", "--tenant", "acme", "--kind", "webhook", "hook")
+    config = ("--config", '{"url": "https://example.com/hook"}')
+    duplicate = [cli(db_url, KEY_A, *add_hook, *config) for _ in range(2)]
     assert [r.exit_code for r in duplicate] == [0, 1]
     assert "already has a connection named 'hook' (use --replace)" in duplicate[1].output
     no_key = cli(

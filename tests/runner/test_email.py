@@ -3,6 +3,7 @@ implicit TLS, refusals classified, passwords never reported."""
 
 from __future__ import annotations
 
+import datetime
 import email
 import email.policy
 import json
@@ -134,6 +135,21 @@ def test_email_is_delivered_with_headers_recipients_and_message_id(
     assert outcome.output["message_id"] == message["Message-ID"]
     assert outcome.output["message_id"].endswith("@acme.test>")
     assert outcome.output["refused"] == {}
+
+
+def test_every_message_has_an_rfc_5322_date_in_gmt_and_a_message_id(
+    env: Environment, plain: SmtpServer
+) -> None:
+    before = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    for text in ("first", "second"):
+        assert send(env, smtp(plain.port), to="ada@example.com", subject="s", text=text).ok
+    after = datetime.datetime.now(datetime.UTC)
+    messages = [m["message"] for m in plain.mailbox.messages]
+    for message in messages:
+        sent_at = message["Date"].datetime  # the parser read it as an RFC 5322 date-time
+        assert sent_at.utcoffset() == datetime.timedelta(0) and before <= sent_at <= after
+        assert len(message.get_all("Date")) == 1 and len(message.get_all("Message-ID")) == 1
+    assert messages[0]["Message-ID"] != messages[1]["Message-ID"]
 
 
 def test_login_uses_the_connections_password_and_never_reports_it(

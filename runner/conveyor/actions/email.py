@@ -18,7 +18,7 @@ import socket
 import ssl
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import formataddr, make_msgid
+from email.utils import formataddr, formatdate, make_msgid
 from typing import Any
 
 from conveyor.actions.base import ActionError, ActionRequest, Environment, InvalidInput, text_field
@@ -84,6 +84,8 @@ def build_message(request: ActionRequest, sender: str) -> EmailMessage:
             message["Reply-To"] = reply_to
     except (ValueError, IndexError) as exc:
         raise InvalidInput(f"invalid header: {exc}") from exc
+    # RFC 5322 requires Date (spam filters penalise its absence); smtplib adds neither header.
+    message["Date"] = formatdate(usegmt=True)
     domain = sender.rsplit("@", 1)[-1] or None
     message["Message-ID"] = make_msgid(domain=domain)
     message["X-Conveyor-Idempotency-Key"] = request.idempotency_key

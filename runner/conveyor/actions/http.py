@@ -50,6 +50,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from conveyor.actions.base import ActionError, Environment
+from conveyor.connections import Connection, HostNotAllowed
 from conveyor.netguard import BlockedAddress, ResolveError, Target, pin
 
 MAX_BODY_BYTES = 64 * 1024
@@ -442,15 +443,23 @@ def send(
     content: bytes | None = None,
     data: dict[str, Any] | None = None,
     auth: tuple[str, str] | None = None,
+    credentials: Connection | None = None,
 ) -> dict[str, Any]:
     """Perform one request; return {"status", "headers", "body"} for a 2xx, raise ActionError otherwise.
 
     The whole exchange is bounded by `timeout_s` (connect, send, and reading the body).
     `data` is sent form-encoded (when there is no `content`); `auth` is HTTP basic auth.
+    A request that carries the `credentials` of a connection goes only to an origin the
+    connection names (`Connection.check_url`): to any other nothing is sent, not even a DNS query.
+    Redirects are never followed, so they cannot take the credentials elsewhere either.
     """
     deadline = time.monotonic() + timeout_s
     try:
+        if credentials is not None:
+            credentials.check_url(url)
         target = pin(env.policy, url)
+    except HostNotAllowed as exc:
+        raise ActionError(str(exc), retryable=False, kind="host_not_allowed") from exc
     except BlockedAddress as exc:
         raise ActionError(str(exc), retryable=False, kind="blocked_address") from exc
     except ResolveError as exc:

@@ -24,5 +24,6 @@ def send(request: ActionRequest, env: Environment) -> dict[str, Any]:
         timeout_s=request.timeout_s,
         headers={"Content-Type": "application/json"},
         content=json.dumps(request.input, ensure_ascii=False).encode(),
+        credentials=connection,
     )
     return {"status": response["status"], "body": response["body"]}

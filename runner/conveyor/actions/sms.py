@@ -15,8 +15,9 @@ from urllib.parse import quote
 
 from conveyor.actions import http
 from conveyor.actions.base import ActionError, ActionRequest, Environment, InvalidInput, text_field
+from conveyor.connections import TWILIO_BASE_URL
 
-DEFAULT_BASE_URL = "https://api.twilio.com"
+DEFAULT_BASE_URL = TWILIO_BASE_URL
 
 
 def send(request: ActionRequest, env: Environment) -> dict[str, Any]:
@@ -37,6 +38,7 @@ def send(request: ActionRequest, env: Environment) -> dict[str, Any]:
         headers={"I-Twilio-Idempotency-Token": request.idempotency_key},
         data={"To": to, "From": str(sender), "Body": body},
         auth=(sid, str(connection.secret["auth_token"])),
+        credentials=connection,
     )
     answer = response["body"] if isinstance(response["body"], dict) else {}
     if not answer.get("sid"):

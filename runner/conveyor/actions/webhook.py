@@ -2,8 +2,9 @@
 
 input: {"url", "method": "POST", "headers": {...}, "body": <json>, "timeout": "10s"}
 (input.timeout can only shorten the step's timeout, which bounds the message's visibility)
-connection (optional, kind webhook): config.url (default URL), config.headers;
-secret.signing_secret (signs the body), secret.headers (e.g. Authorization).
+connection (optional, kind webhook): config.url (default URL), config.allowed_hosts (other
+origins a step's input.url may name: the connection's headers and signature go to no other),
+config.headers; secret.signing_secret (signs the body), secret.headers (e.g. Authorization).
 Signature header: `X-Conveyor-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
 output: {"status", "headers", "body"} (body capped at 64 KiB).
 """
@@ -44,6 +45,7 @@ def send(request: ActionRequest, env: Environment) -> dict[str, Any]:
     data = request.input
     config: dict[str, Any] = {}
     secret: dict[str, Any] = {}
+    connection = None
     if request.connection is not None:
         connection = request.require_connection("webhook")
         config, secret = connection.config, connection.secret
@@ -71,4 +73,6 @@ def send(request: ActionRequest, env: Environment) -> dict[str, Any]:
     timeout_s = request.timeout_s
     if data.get("timeout") is not None:
         timeout_s = min(timeout_s, duration_s(data["timeout"]))
-    return http.send(env, method, url, timeout_s=timeout_s, headers=headers, content=body)
+    return http.send(
+        env, method, url, timeout_s=timeout_s, headers=headers, content=body, credentials=connection
+    )

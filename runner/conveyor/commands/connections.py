@@ -67,7 +67,8 @@ def connections_keygen() -> None:
 @click.option(
     "--config",
     "config_json",
-    help='Non-secret settings as a JSON object, e.g. \'{"host": "smtp.example.com"}\'.',
+    help='Non-secret settings as a JSON object, e.g. \'{"host": "smtp.example.com"}\'. A webhook'
+    ' connection names where its credentials may go: "url" and/or "allowed_hosts" (docs/connections.md).',
 )
 @click.option(
     "--secret-file",
