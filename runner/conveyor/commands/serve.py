@@ -11,6 +11,7 @@ import click
 from conveyor import logs
 from conveyor.commands.common import database_option, fail_cleanly
 from conveyor.db import resolve_database_url
+from conveyor.serve import Limits, make_server
 
 
 @click.command("serve")
@@ -30,14 +31,56 @@ from conveyor.db import resolve_database_url
     help="Port to listen on [env CONVEYOR_HTTP_PORT].",
 )
 @click.option("--pool-size", default=8, show_default=True, help="Database connections (bounds concurrency).")
+@click.option(
+    "--max-body-bytes",
+    default=Limits.max_body_bytes,
+    show_default=True,
+    type=click.IntRange(min=1),
+    envvar="CONVEYOR_HTTP_MAX_BODY_BYTES",
+    help="Larger bodies are refused (413) before they are read [env CONVEYOR_HTTP_MAX_BODY_BYTES].",
+)
+@click.option(
+    "--max-connections",
+    default=Limits.max_connections,
+    show_default=True,
+    type=click.IntRange(min=1),
+    envvar="CONVEYOR_HTTP_MAX_CONNECTIONS",
+    help="Open connections served at once; more get 503 [env CONVEYOR_HTTP_MAX_CONNECTIONS].",
+)
+@click.option(
+    "--request-timeout",
+    default=Limits.request_timeout_s,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    envvar="CONVEYOR_HTTP_REQUEST_TIMEOUT",
+    help="Seconds a whole request (line, headers, body) may take to arrive; also the idle "
+    "keep-alive time [env CONVEYOR_HTTP_REQUEST_TIMEOUT].",
+)
+@click.option(
+    "--max-json-depth",
+    default=Limits.max_json_depth,
+    show_default=True,
+    type=click.IntRange(min=1),
+    envvar="CONVEYOR_HTTP_MAX_JSON_DEPTH",
+    help="JSON bodies nested deeper are refused (400) [env CONVEYOR_HTTP_MAX_JSON_DEPTH].",
+)
 @click.option("--log-level", default="INFO", envvar="CONVEYOR_LOG_LEVEL", show_default=True)
 @fail_cleanly
-def serve(database_url: str | None, host: str, port: int, pool_size: int, log_level: str) -> None:
+def serve(
+    database_url: str | None,
+    host: str,
+    port: int,
+    pool_size: int,
+    max_body_bytes: int,
+    max_connections: int,
+    request_timeout: float,
+    max_json_depth: int,
+    log_level: str,
+) -> None:
     """Serve inbound webhooks (/hooks/<path>), manual runs (POST /api/workflows/<slug>/runs) and /healthz."""
-    from conveyor.serve import make_server
-
     logs.setup(log_level)
-    server = make_server(resolve_database_url(database_url), host, port, pool_size)
+    limits = Limits(max_body_bytes, max_connections, request_timeout, max_json_depth)
+    server = make_server(resolve_database_url(database_url), host, port, pool_size, limits)
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
         # shutdown() waits for serve_forever to return, so it must run on another thread.

@@ -1,0 +1,321 @@
+"""`conveyor serve` against a hostile client, over raw sockets.
+
+The server runs as its own process (`conveyor serve` with small limits) and is spoken to
+byte by byte, so these tests hold whatever HTTP stack serves the routes: they check only
+what a client sees (answers, closed connections, timings) and what the server process
+holds (its peak memory and threads, from /proc).
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+
+from tests.conftest import free_port
+
+Conn = psycopg.Connection[dict[str, Any]]
+
+REQUEST_TIMEOUT_S = 1.5
+MAX_CONNECTIONS = 4
+MAX_BODY_BYTES = 65536
+
+
+@dataclass
+class Serve:
+    port: int
+    process: subprocess.Popen[bytes]
+
+    def connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        return sock
+
+    def exchange(self, raw: bytes, *, wait_s: float = 5) -> bytes:
+        """Send raw bytes (keeping the connection open for writing) and read until the
+        server closes it or wait_s passes."""
+        with self.connect() as sock:
+            sock.sendall(raw)
+            return read_until_closed(sock, wait_s)
+
+    def proc_status(self, field: str) -> int:
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        raise AssertionError(f"{field} not in /proc/{self.process.pid}/status")
+
+
+def read_until_closed(sock: socket.socket, wait_s: float) -> bytes:
+    deadline = time.monotonic() + wait_s
+    data = b""
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([sock], [], [], left)
+        if not ready:
+            break
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def statuses(raw: bytes) -> list[int]:
+    """The status codes of the HTTP answers in raw (bodies are JSON, so no false matches)."""
+    return [int(line.split()[1]) for line in raw.split(b"\r\n") if line.startswith(b"HTTP/1.")]
+
+
+def answer(raw: bytes) -> tuple[int, dict[str, str], Any]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, json.loads(body) if body else None
+
+
+@pytest.fixture
+def serve(db_url: str) -> Iterator[Serve]:
+    port = free_port()
+    command = [
+        sys.executable, "-m", "conveyor.cli", "serve", "--database-url", db_url, "--port", str(port),
+        "--pool-size", "2", "--request-timeout", str(REQUEST_TIMEOUT_S),
+        "--max-connections", str(MAX_CONNECTIONS), "--max-body-bytes", str(MAX_BODY_BYTES),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = Serve(port, process)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if statuses(server.exchange(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")) == [200]:
+                break
+        except OSError:
+            pass
+        assert process.poll() is None and time.monotonic() < deadline, "conveyor serve did not start"
+        time.sleep(0.1)
+    try:
+        yield server
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture
+def api_key(conn: Conn) -> str:
+    """A manual workflow `by-hand` of tenant acme and an API key that may run it."""
+    conn.execute("select conveyor.create_tenant('acme', 'Acme')")
+    document = {
+        "slug": "by-hand",
+        "name": "By hand",
+        "trigger": {"manual": True},
+        "steps": [{"id": "keep", "set": {"who": "{{trigger.payload.who}}"}}],
+    }
+    conn.execute("select conveyor.publish('acme', %s)", (Jsonb(document),))
+    row = conn.execute("select conveyor.create_api_key('acme', 'ci') as k").fetchone()
+    assert row is not None
+    return str(row["k"])
+
+
+def run_request(key: str, body: bytes, extra: str = "") -> bytes:
+    return (
+        f"POST /api/workflows/by-hand/runs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
+
+
+def executions(conn: Conn) -> int:
+    row = conn.execute("select count(*) as n from conveyor.executions").fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+def test_a_valid_run_is_served_over_raw_sockets(serve: Serve, conn: Conn, api_key: str) -> None:
+    raw = serve.exchange(run_request(api_key, b'{"who": "Ada"}', "Connection: close\r\n"))
+    status, _, body = answer(raw)
+    assert status == 202 and body["status"] == "accepted"
+    assert executions(conn) == 1
+
+
+def test_a_negative_content_length_is_answered_without_reading_the_rest(serve: Serve) -> None:
+    before = serve.proc_status("VmHWM")
+    with serve.connect() as sock:
+        sock.sendall(b"POST /api/workflows/by-hand/runs HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n")
+        # A reader that trusted the length would read until the end of the stream and never answer.
+        sent = 0
+        chunk = b"x" * 1024 * 1024
+        try:
+            for _ in range(32):
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except OSError:
+            pass  # the server answered and closed the connection
+        raw = read_until_closed(sock, 5)
+    status, headers, body = answer(raw)
+    assert status == 400 and "Content-Length must be a non-negative integer" in body["error"]
+    assert headers["connection"] == "close"
+    # Whatever was sent, the server's peak memory did not grow by it.
+    assert serve.proc_status("VmHWM") - before < 8 * 1024, f"sent {sent} bytes"
+
+
+@pytest.mark.parametrize(
+    ("length_header", "status", "error"),
+    [
+        ("Content-Length: abc\r\n", 400, "Content-Length must be a non-negative integer, not 'abc'"),
+        ("Content-Length: +5\r\n", 400, "Content-Length must be a non-negative integer"),
+        ("Content-Length: 99999999999999999999999\r\n", 413, f"larger than {MAX_BODY_BYTES} bytes"),
+        ("Content-Length: 2\r\nContent-Length: 2\r\n", 400, "more than one Content-Length"),
+        ("", 411, "POST needs a Content-Length header"),
+        (f"Content-Length: {MAX_BODY_BYTES + 1}\r\n", 413, f"larger than {MAX_BODY_BYTES} bytes"),
+    ],
+)
+def test_a_bad_or_missing_content_length_is_refused_and_the_connection_closed(
+    serve: Serve, length_header: str, status: int, error: str
+) -> None:
+    raw = serve.exchange(
+        f"POST /api/workflows/by-hand/runs HTTP/1.1\r\nHost: x\r\n{length_header}\r\n".encode()
+    )
+    got, headers, body = answer(raw)
+    assert (got, headers["connection"]) == (status, "close")
+    assert error in body["error"]
+    assert statuses(raw) == [status]  # answered once, then closed (read_until_closed saw the end)
+
+
+def test_a_request_smuggled_in_a_chunked_body_is_not_run(serve: Serve, conn: Conn, api_key: str) -> None:
+    smuggled = run_request(api_key, b'{"who": "smuggled"}')
+    size_line = f"{len(smuggled):x}\r\n".encode()
+    # Transfer-Encoding and a Content-Length covering only the chunk-size line: a proxy that
+    # reads the chunks sees one request; a server that read the length would see two.
+    raw = serve.exchange(
+        f"POST /api/workflows/nope/runs HTTP/1.1\r\nHost: x\r\nContent-Length: {len(size_line)}\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n".encode()
+        + size_line
+        + smuggled
+        + b"\r\n0\r\n\r\n"
+    )
+    assert statuses(raw) == [501]
+    _, headers, answer_body = answer(raw)
+    assert headers["connection"] == "close" and "Transfer-Encoding is not supported" in answer_body["error"]
+    assert executions(conn) == 0
+
+
+def test_a_slow_client_is_cut_off_while_another_is_served(serve: Serve) -> None:
+    slow = serve.connect()
+    started = time.monotonic()
+    served_meanwhile = None
+    closed_after = None
+    with slow:
+        slow.sendall(b"POST /api/workflows/by-hand/runs HTTP/1.1\r\n")
+        header = b"X-Slow: " + b"a" * 100
+        for i in range(100):  # a byte every 0.1 s: never idle long enough for a per-read timeout
+            try:
+                slow.sendall(header[i : i + 1])
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+            ready, _, _ = select.select([slow], [], [], 0.1)
+            if ready:
+                read_until_closed(slow, 1)
+                closed_after = time.monotonic() - started
+                break
+            if served_meanwhile is None and i == 3:
+                served_meanwhile = statuses(
+                    serve.exchange(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+                )
+    assert served_meanwhile == [200]
+    assert closed_after is not None, "the slow client was never cut off"
+    assert REQUEST_TIMEOUT_S - 0.2 < closed_after < REQUEST_TIMEOUT_S + 1.0
+
+
+def test_open_connections_are_bounded(serve: Serve) -> None:
+    threads_before = serve.proc_status("Threads")
+    idle = [serve.connect() for _ in range(MAX_CONNECTIONS)]
+    try:
+        time.sleep(0.2)  # let the server accept them all
+        refused = []
+        for _ in range(20):
+            started = time.monotonic()
+            with serve.connect() as extra:
+                raw = read_until_closed(extra, 2)
+            refused.append((statuses(raw), time.monotonic() - started < 1))
+        assert refused == [([503], True)] * 20
+        assert serve.proc_status("Threads") <= threads_before + MAX_CONNECTIONS
+    finally:
+        for sock in idle:
+            sock.close()
+    time.sleep(0.2)
+    assert statuses(serve.exchange(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")) == [200]
+
+
+def test_deep_json_is_refused_quickly(serve: Serve, conn: Conn, api_key: str) -> None:
+    depth = 30000  # within the body limit; json.loads would recurse past Python's limit
+    started = time.monotonic()
+    raw = serve.exchange(run_request(api_key, b"[" * depth + b"]" * depth, "Connection: close\r\n"))
+    status, _, body = answer(raw)
+    assert status == 400 and "nested deeper than 64 levels" in body["error"]
+    assert time.monotonic() - started < 2
+    nested = b'{"a": ' * 63 + b"1" + b"}" * 63  # with the outer object, the limit itself: fine
+    status, _, body = answer(
+        serve.exchange(run_request(api_key, b'{"who": ' + nested + b"}", "Connection: close\r\n"))
+    )
+    assert status == 202, body
+    assert executions(conn) == 1
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "error"),
+    [
+        (b'{"who": "\\u0000"}', "\\u0000"),
+        (b'{"who": "\\ud800"}', "unpaired UTF-16 surrogate"),
+        (b'{"who": "\xff"}', "not valid UTF-8"),
+        (b'{"who": "a\x00"}', "not valid JSON"),
+        (b'{"who": 1e999}', "out of range"),
+        (b'{"who": NaN}', "NaN is not JSON"),
+    ],
+)
+def test_nul_invalid_utf8_and_unstorable_json_get_400(
+    serve: Serve, conn: Conn, api_key: str, request_bytes: bytes, error: str
+) -> None:
+    status, _, body = answer(serve.exchange(run_request(api_key, request_bytes, "Connection: close\r\n")))
+    assert status == 400 and error in body["error"]
+    assert executions(conn) == 0
+
+
+@pytest.mark.parametrize(
+    ("header", "error"),
+    [
+        (b"X-Note: a\x00b\r\n", "header X-Note contains a NUL"),
+        (b"X-Note: \xff\xfe\r\n", "X-Note is not valid UTF-8"),
+    ],
+)
+def test_nul_or_invalid_utf8_in_a_header_gets_400(
+    serve: Serve, conn: Conn, api_key: str, header: bytes, error: str
+) -> None:
+    raw = serve.exchange(
+        run_request(api_key, b"{}", "Connection: close\r\n").replace(b"Host: x\r\n", b"Host: x\r\n" + header)
+    )
+    status, _, body = answer(raw)
+    assert status == 400 and error in body["error"]
+    assert executions(conn) == 0
+
+
+def test_malformed_request_lines_are_answered_and_the_server_lives_on(serve: Serve) -> None:
+    for raw in (
+        b"NOT A REQUEST\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"POST /\x00 HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        b"\x00\xff\r\n\r\n",
+    ):
+        got = statuses(serve.exchange(raw))
+        assert len(got) == 1 and got[0] in (400, 404, 505), (raw, got)
+    assert serve.process.poll() is None
+    assert statuses(serve.exchange(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")) == [200]
