@@ -5,6 +5,8 @@
 -- Signature (documented for senders): header
 --   X-Conveyor-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>
 -- Redeliveries carry the same X-Conveyor-Delivery id and are acknowledged without a run.
+-- The delivery id is not signed, so an accepted signature is remembered while its t= is
+-- within the tolerance (conveyor.webhook_signatures) and a request reusing it is refused.
 
 -- HMAC-SHA256 (RFC 2104) on the built-in sha256(), so no extension is needed.
 create or replace function conveyor.hmac_sha256(p_key bytea, p_message bytea)
@@ -161,6 +163,7 @@ declare
   v_timestamp text;
   v_given text;
   v_expected text;
+  v_text text;
   v_payload jsonb;
   v_execution_id bigint;
   v_status integer;
@@ -213,6 +216,16 @@ begin
     end if;
   end if;
 
+  -- The same signed request again under a new or no delivery id: a replay.
+  if v_status is null and exists (
+    select from conveyor.webhook_signatures as s
+    where s.endpoint_id = e.endpoint_id and s.signature = pg_catalog.decode(v_given, 'hex')
+  ) then
+    v_status := 409;
+    v_answer := jsonb_build_object('error', 'this signature was already used (a replayed request); '
+      || 'sign each new delivery anew, and send a redelivery with its original X-Conveyor-Delivery id');
+  end if;
+
   if v_status is null then
     select w.active into v_workflow_active from conveyor.workflows as w where w.workflow_id = e.workflow_id;
     if not v_workflow_active then
@@ -223,13 +236,22 @@ begin
 
   if v_status is null then
     begin
-      v_payload := pg_catalog.convert_from(coalesce(p_body, '\x'::bytea), 'UTF8')::jsonb;
-    exception when others then
+      v_text := pg_catalog.convert_from(coalesce(p_body, '\x'::bytea), 'UTF8');
+    exception when character_not_in_repertoire then
+      v_status := 400;
+      v_answer := jsonb_build_object('error', 'body is not valid UTF-8 text or contains a NUL byte');
+    end;
+  end if;
+
+  if v_status is null then
+    begin
+      v_payload := v_text::jsonb;
+    exception when data_exception or program_limit_exceeded then
       if coalesce(p_headers ->> 'content-type', '') like '%json%' then
         v_status := 400;
-        v_answer := jsonb_build_object('error', 'body is not valid JSON');
+        v_answer := jsonb_build_object('error', 'body is not valid JSON: ' || sqlerrm);
       else
-        v_payload := pg_catalog.to_jsonb(pg_catalog.convert_from(coalesce(p_body, '\x'::bytea), 'UTF8'));
+        v_payload := pg_catalog.to_jsonb(v_text);
       end if;
     end;
   end if;
@@ -249,6 +271,11 @@ begin
       insert into conveyor.webhook_deliveries (endpoint_id, delivery_id, tenant_id, execution_id)
       values (e.endpoint_id, v_delivery, e.tenant_id, v_execution_id);
     end if;
+    -- Remembered until its timestamp leaves the tolerance, when the clock check refuses it.
+    delete from conveyor.webhook_signatures as s
+    where s.endpoint_id = e.endpoint_id and s.signed_at < p_now - e.tolerance;
+    insert into conveyor.webhook_signatures (endpoint_id, signature, signed_at)
+    values (e.endpoint_id, pg_catalog.decode(v_given, 'hex'), pg_catalog.to_timestamp(v_timestamp::double precision));
     v_status := 202;
     v_answer := jsonb_build_object('status', 'accepted', 'execution_id', v_execution_id);
   end if;

@@ -186,3 +186,66 @@ def test_manual_run_over_http_needs_a_valid_api_key(server: str, conn: Conn) -> 
 
 def test_healthz(server: str) -> None:
     assert httpx.get(server + "/healthz").json() == {"status": "ok"}
+
+
+def test_a_replayed_signature_with_a_new_or_missing_delivery_id_is_refused(server: str, conn: Conn) -> None:
+    endpoint = publish_hook(conn)
+    url = server + endpoint["path"]
+    body = b'{"email": "a@b.c"}'
+    captured = signed(endpoint["secret"], body)
+    first = httpx.post(url, content=body, headers={**captured, "X-Conveyor-Delivery": "d-1"})
+    assert first.status_code == 202
+    for replay in ({**captured, "X-Conveyor-Delivery": "d-2"}, captured):
+        response = httpx.post(url, content=body, headers=replay)
+        assert response.status_code == 409, response.text
+        assert "this signature was already used" in response.json()["error"]
+    # The sender's own redelivery (same id) is still acknowledged as a duplicate.
+    again = httpx.post(url, content=body, headers={**captured, "X-Conveyor-Delivery": "d-1"})
+    assert again.status_code == 200 and again.json()["status"] == "duplicate"
+    # A new delivery is signed anew (another timestamp) and runs, with or without an id.
+    for delivery, at in (("d-2", time.time() - 1), (None, time.time() - 2)):
+        fresh = {
+            **signed(endpoint["secret"], body, at=at),
+            **({"X-Conveyor-Delivery": delivery} if delivery else {}),
+        }
+        assert httpx.post(url, content=body, headers=fresh).status_code == 202
+    assert len(executions(conn)) == 3
+
+
+def test_signatures_are_forgotten_once_their_timestamp_is_outside_the_tolerance(conn: Conn) -> None:
+    endpoint = publish_hook(conn)
+    token = endpoint["path"].removeprefix("/hooks/")
+    start = int(time.time())
+    for at in (start, start + 200, start + 400):
+        body = b'{"email": "a@b.c"}'
+        row = conn.execute(
+            "select status from conveyor.receive_webhook(%s, 'POST', %s, %s, '127.0.0.1', to_timestamp(%s))",
+            (
+                token,
+                Jsonb({k.lower(): v for k, v in signed(endpoint["secret"], body, at=at).items()}),
+                body,
+                at,
+            ),
+        ).fetchone()
+        assert row == {"status": 202}
+    kept = conn.execute("select extract(epoch from signed_at)::bigint as t from conveyor.webhook_signatures")
+    assert sorted(r["t"] for r in kept.fetchall()) == [start + 200, start + 400]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "error"),
+    [
+        (b"caf\xe9", "text/plain", "body is not valid UTF-8 text or contains a NUL byte"),
+        (b"a\x00b", "text/plain", "body is not valid UTF-8 text or contains a NUL byte"),
+        (b'{"email": "\\u0000"}', "application/json", "body is not valid JSON: unsupported Unicode escape"),
+        (b"[" * 1000 + b"]" * 1000, "application/json", "nested deeper than 64 levels"),
+    ],
+)
+def test_a_webhook_body_that_cannot_be_stored_gets_400(
+    server: str, conn: Conn, body: bytes, content_type: str, error: str
+) -> None:
+    endpoint = publish_hook(conn)
+    headers = {**signed(endpoint["secret"], body), "Content-Type": content_type}
+    response = httpx.post(server + endpoint["path"], content=body, headers=headers)
+    assert response.status_code == 400 and error in response.json()["error"]
+    assert executions(conn) == []
