@@ -37,8 +37,9 @@ log = logging.getLogger("conveyor.serve")
 _HOOK = re.compile(r"^/hooks/([A-Za-z0-9_-]{32,})/?$")
 _RUN = re.compile(r"^/api/workflows/([a-z0-9][a-z0-9-]*)/runs/?$")
 _LENGTH = re.compile(r"[0-9]+")
-# A JSON string (skipped whole, so brackets inside it do not count) or a bracket.
-_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"?|[\[\]{}]', re.DOTALL)
+# A JSON string (possibly unterminated), removed whole so the brackets inside do not count.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 LINGER_S = 1.0
 LINGER_BYTES = 1024 * 1024
@@ -334,16 +335,15 @@ class Handler(BaseHTTPRequestHandler):
 def json_too_deep(body: bytes, limit: int) -> bool:
     """Whether the body's arrays and objects nest deeper than limit, counted without
     recursion and without parsing (json.loads would recurse, PostgreSQL's parser too)."""
-    if body.lstrip()[:1] not in (b"[", b"{"):
+    if body.lstrip()[:1] not in (b"[", b"{") or body.count(b"[") + body.count(b"{") <= limit:
         return False
     depth = 0
-    for token in _JSON_TOKEN.finditer(body):
-        bracket = token.group()
-        if bracket in (b"[", b"{"):
+    for bracket in _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS):
+        if bracket in (0x5B, 0x7B):  # [ {
             depth += 1
             if depth > limit:
                 return True
-        elif bracket in (b"]", b"}"):
+        else:
             depth -= 1
     return False
 

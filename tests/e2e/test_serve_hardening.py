@@ -9,20 +9,23 @@ holds (its peak memory and threads, from /proc).
 from __future__ import annotations
 
 import json
+import re
 import select
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg.types.json import Jsonb
+from psycopg.rows import dict_row
 
-from tests.conftest import free_port
+from tests.conftest import Server, free_port
+from tests.e2e.test_webhooks_http import publish_by_hand
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -46,6 +49,12 @@ class Serve:
         with self.connect() as sock:
             sock.sendall(raw)
             return read_until_closed(sock, wait_s)
+
+    def healthy(self) -> bool:
+        try:
+            return statuses(self.exchange(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")) == [200]
+        except OSError:
+            return False
 
     def proc_status(self, field: str) -> int:
         with open(f"/proc/{self.process.pid}/status") as status:
@@ -74,7 +83,7 @@ def read_until_closed(sock: socket.socket, wait_s: float) -> bytes:
 
 def statuses(raw: bytes) -> list[int]:
     """The status codes of the HTTP answers in raw (bodies are JSON, so no false matches)."""
-    return [int(line.split()[1]) for line in raw.split(b"\r\n") if line.startswith(b"HTTP/1.")]
+    return [int(code) for code in re.findall(rb"HTTP/1\.[01] ([0-9]{3}) ", raw)]
 
 
 def answer(raw: bytes) -> tuple[int, dict[str, str], Any]:
@@ -84,8 +93,8 @@ def answer(raw: bytes) -> tuple[int, dict[str, str], Any]:
     return int(lines[0].split()[1]), headers, json.loads(body) if body else None
 
 
-@pytest.fixture
-def serve(db_url: str) -> Iterator[Serve]:
+@contextmanager
+def running_serve(db_url: str) -> Iterator[Serve]:
     port = free_port()
     command = [
         sys.executable, "-m", "conveyor.cli", "serve", "--database-url", db_url, "--port", str(port),
@@ -94,36 +103,48 @@ def serve(db_url: str) -> Iterator[Serve]:
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = Serve(port, process)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if statuses(server.exchange(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")) == [200]:
-                break
-        except OSError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, "conveyor serve did not start"
-        time.sleep(0.1)
     try:
+        deadline = time.monotonic() + 20
+        while not server.healthy():
+            assert process.poll() is None and time.monotonic() < deadline, "conveyor serve did not start"
+            time.sleep(0.1)
         yield server
     finally:
-        process.terminate()
+        process.kill()
         process.wait(10)
 
 
 @pytest.fixture
-def api_key(conn: Conn) -> str:
-    """A manual workflow `by-hand` of tenant acme and an API key that may run it."""
-    conn.execute("select conveyor.create_tenant('acme', 'Acme')")
-    document = {
-        "slug": "by-hand",
-        "name": "By hand",
-        "trigger": {"manual": True},
-        "steps": [{"id": "keep", "set": {"who": "{{trigger.payload.who}}"}}],
-    }
-    conn.execute("select conveyor.publish('acme', %s)", (Jsonb(document),))
-    row = conn.execute("select conveyor.create_api_key('acme', 'ci') as k").fetchone()
-    assert row is not None
-    return str(row["k"])
+def serve(db_url: str) -> Iterator[Serve]:
+    """A server of its own, for tests that watch the process (memory, threads, timings)."""
+    with running_serve(db_url) as server:
+        yield server
+
+
+@dataclass
+class Shared:
+    serve: Serve
+    conn: Conn
+    key: str
+
+    def executions(self) -> int:
+        row = self.conn.execute("select count(*) as n from conveyor.executions").fetchone()
+        assert row is not None
+        return int(row["n"])
+
+
+@pytest.fixture(scope="module")
+def shared(pg_server: Server, template_db: str) -> Iterator[Shared]:
+    """One server and database for the tests that only look at answers, with a manual
+    workflow `by-hand` of tenant acme and an API key that may run it."""
+    name = "serve_hardening"
+    with pg_server.janitor(name, template=template_db):
+        url = pg_server.url(name)
+        with (
+            psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn,
+            running_serve(url) as server,
+        ):
+            yield Shared(server, conn, publish_by_hand(conn))
 
 
 def run_request(key: str, body: bytes, extra: str = "") -> bytes:
@@ -133,17 +154,26 @@ def run_request(key: str, body: bytes, extra: str = "") -> bytes:
     ).encode() + body
 
 
-def executions(conn: Conn) -> int:
-    row = conn.execute("select count(*) as n from conveyor.executions").fetchone()
-    assert row is not None
-    return int(row["n"])
+def test_valid_requests_are_served_one_after_another_on_a_kept_alive_connection(shared: Shared) -> None:
+    before = shared.executions()
+    with shared.serve.connect() as sock:
+        sock.sendall(run_request(shared.key, b'{"who": "Ada"}'))
+        time.sleep(0.3)
+        sock.sendall(run_request(shared.key, b'{"who": "Grace"}', "Connection: close\r\n"))
+        raw = read_until_closed(sock, 5)
+    assert statuses(raw) == [202, 202]
+    assert shared.executions() == before + 2
 
 
-def test_a_valid_run_is_served_over_raw_sockets(serve: Serve, conn: Conn, api_key: str) -> None:
-    raw = serve.exchange(run_request(api_key, b'{"who": "Ada"}', "Connection: close\r\n"))
-    status, _, body = answer(raw)
-    assert status == 202 and body["status"] == "accepted"
-    assert executions(conn) == 1
+def test_a_body_too_large_is_refused_before_the_client_is_asked_to_send_it(shared: Shared) -> None:
+    with shared.serve.connect() as sock:
+        sock.sendall(
+            f"POST /api/workflows/by-hand/runs HTTP/1.1\r\nHost: x\r\nContent-Length: {MAX_BODY_BYTES + 1}\r\n"
+            "Expect: 100-continue\r\n\r\n".encode()
+        )
+        raw = read_until_closed(sock, 5)
+    assert statuses(raw) == [413]  # no "100 Continue" first
+    assert answer(raw)[1]["connection"] == "close"
 
 
 def test_a_negative_content_length_is_answered_without_reading_the_rest(serve: Serve) -> None:
@@ -179,9 +209,9 @@ def test_a_negative_content_length_is_answered_without_reading_the_rest(serve: S
     ],
 )
 def test_a_bad_or_missing_content_length_is_refused_and_the_connection_closed(
-    serve: Serve, length_header: str, status: int, error: str
+    shared: Shared, length_header: str, status: int, error: str
 ) -> None:
-    raw = serve.exchange(
+    raw = shared.serve.exchange(
         f"POST /api/workflows/by-hand/runs HTTP/1.1\r\nHost: x\r\n{length_header}\r\n".encode()
     )
     got, headers, body = answer(raw)
@@ -190,12 +220,13 @@ def test_a_bad_or_missing_content_length_is_refused_and_the_connection_closed(
     assert statuses(raw) == [status]  # answered once, then closed (read_until_closed saw the end)
 
 
-def test_a_request_smuggled_in_a_chunked_body_is_not_run(serve: Serve, conn: Conn, api_key: str) -> None:
-    smuggled = run_request(api_key, b'{"who": "smuggled"}')
+def test_a_request_smuggled_in_a_chunked_body_is_not_run(shared: Shared) -> None:
+    before = shared.executions()
+    smuggled = run_request(shared.key, b'{"who": "smuggled"}')
     size_line = f"{len(smuggled):x}\r\n".encode()
     # Transfer-Encoding and a Content-Length covering only the chunk-size line: a proxy that
     # reads the chunks sees one request; a server that read the length would see two.
-    raw = serve.exchange(
+    raw = shared.serve.exchange(
         f"POST /api/workflows/nope/runs HTTP/1.1\r\nHost: x\r\nContent-Length: {len(size_line)}\r\n"
         "Transfer-Encoding: chunked\r\n\r\n".encode()
         + size_line
@@ -205,7 +236,7 @@ def test_a_request_smuggled_in_a_chunked_body_is_not_run(serve: Serve, conn: Con
     assert statuses(raw) == [501]
     _, headers, answer_body = answer(raw)
     assert headers["connection"] == "close" and "Transfer-Encoding is not supported" in answer_body["error"]
-    assert executions(conn) == 0
+    assert shared.executions() == before
 
 
 def test_a_slow_client_is_cut_off_while_another_is_served(serve: Serve) -> None:
@@ -228,10 +259,8 @@ def test_a_slow_client_is_cut_off_while_another_is_served(serve: Serve) -> None:
                 closed_after = time.monotonic() - started
                 break
             if served_meanwhile is None and i == 3:
-                served_meanwhile = statuses(
-                    serve.exchange(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
-                )
-    assert served_meanwhile == [200]
+                served_meanwhile = serve.healthy()
+    assert served_meanwhile is True
     assert closed_after is not None, "the slow client was never cut off"
     assert REQUEST_TIMEOUT_S - 0.2 < closed_after < REQUEST_TIMEOUT_S + 1.0
 
@@ -253,22 +282,23 @@ def test_open_connections_are_bounded(serve: Serve) -> None:
         for sock in idle:
             sock.close()
     time.sleep(0.2)
-    assert statuses(serve.exchange(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")) == [200]
+    assert serve.healthy()
 
 
-def test_deep_json_is_refused_quickly(serve: Serve, conn: Conn, api_key: str) -> None:
+def test_deep_json_is_refused_quickly(shared: Shared) -> None:
+    before = shared.executions()
     depth = 30000  # within the body limit; json.loads would recurse past Python's limit
     started = time.monotonic()
-    raw = serve.exchange(run_request(api_key, b"[" * depth + b"]" * depth, "Connection: close\r\n"))
+    raw = shared.serve.exchange(run_request(shared.key, b"[" * depth + b"]" * depth, "Connection: close\r\n"))
     status, _, body = answer(raw)
     assert status == 400 and "nested deeper than 64 levels" in body["error"]
     assert time.monotonic() - started < 2
     nested = b'{"a": ' * 63 + b"1" + b"}" * 63  # with the outer object, the limit itself: fine
     status, _, body = answer(
-        serve.exchange(run_request(api_key, b'{"who": ' + nested + b"}", "Connection: close\r\n"))
+        shared.serve.exchange(run_request(shared.key, b'{"who": ' + nested + b"}", "Connection: close\r\n"))
     )
     assert status == 202, body
-    assert executions(conn) == 1
+    assert shared.executions() == before + 1
 
 
 @pytest.mark.parametrize(
@@ -283,11 +313,14 @@ def test_deep_json_is_refused_quickly(serve: Serve, conn: Conn, api_key: str) ->
     ],
 )
 def test_nul_invalid_utf8_and_unstorable_json_get_400(
-    serve: Serve, conn: Conn, api_key: str, request_bytes: bytes, error: str
+    shared: Shared, request_bytes: bytes, error: str
 ) -> None:
-    status, _, body = answer(serve.exchange(run_request(api_key, request_bytes, "Connection: close\r\n")))
+    before = shared.executions()
+    status, _, body = answer(
+        shared.serve.exchange(run_request(shared.key, request_bytes, "Connection: close\r\n"))
+    )
     assert status == 400 and error in body["error"]
-    assert executions(conn) == 0
+    assert shared.executions() == before
 
 
 @pytest.mark.parametrize(
@@ -297,25 +330,27 @@ def test_nul_invalid_utf8_and_unstorable_json_get_400(
         (b"X-Note: \xff\xfe\r\n", "X-Note is not valid UTF-8"),
     ],
 )
-def test_nul_or_invalid_utf8_in_a_header_gets_400(
-    serve: Serve, conn: Conn, api_key: str, header: bytes, error: str
-) -> None:
-    raw = serve.exchange(
-        run_request(api_key, b"{}", "Connection: close\r\n").replace(b"Host: x\r\n", b"Host: x\r\n" + header)
+def test_nul_or_invalid_utf8_in_a_header_gets_400(shared: Shared, header: bytes, error: str) -> None:
+    before = shared.executions()
+    raw = shared.serve.exchange(
+        run_request(shared.key, b"{}", "Connection: close\r\n").replace(
+            b"Host: x\r\n", b"Host: x\r\n" + header
+        )
     )
     status, _, body = answer(raw)
     assert status == 400 and error in body["error"]
-    assert executions(conn) == 0
+    assert shared.executions() == before
 
 
-def test_malformed_request_lines_are_answered_and_the_server_lives_on(serve: Serve) -> None:
+def test_malformed_request_lines_are_answered_and_the_server_lives_on(shared: Shared) -> None:
+    serve = shared.serve
     for raw in (
         b"NOT A REQUEST\r\n\r\n",
         b"GET / HTTP/9.9\r\n\r\n",
-        b"POST /\x00 HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        b"POST /\x00 HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         b"\x00\xff\r\n\r\n",
     ):
         got = statuses(serve.exchange(raw))
         assert len(got) == 1 and got[0] in (400, 404, 505), (raw, got)
     assert serve.process.poll() is None
-    assert statuses(serve.exchange(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")) == [200]
+    assert serve.healthy()

@@ -157,7 +157,8 @@ def test_rotated_secret_replaces_the_old_one(server: str, conn: Conn) -> None:
     )
 
 
-def test_manual_run_over_http_needs_a_valid_api_key(server: str, conn: Conn) -> None:
+def publish_by_hand(conn: Conn) -> str:
+    """Tenant acme, its manual workflow `by-hand` (keeps trigger.payload.who) and an API key for it."""
     conn.execute("insert into conveyor.tenants (tenant_id, name) values ('acme', 'Acme')")
     document = {
         "slug": "by-hand",
@@ -166,8 +167,13 @@ def test_manual_run_over_http_needs_a_valid_api_key(server: str, conn: Conn) -> 
         "steps": [{"id": "keep", "set": {"who": "{{trigger.payload.who}}"}}],
     }
     conn.execute("select conveyor.publish('acme', %s)", (Jsonb(document),))
-    key = conn.execute("select conveyor.create_api_key('acme', 'ci') as k").fetchone()
-    assert key is not None
+    row = conn.execute("select conveyor.create_api_key('acme', 'ci') as k").fetchone()
+    assert row is not None
+    return str(row["k"])
+
+
+def test_manual_run_over_http_needs_a_valid_api_key(server: str, conn: Conn) -> None:
+    key = {"k": publish_by_hand(conn)}
     url = server + "/api/workflows/by-hand/runs"
     assert httpx.post(url, json={"who": "x"}).status_code == 401
     assert (
@@ -192,7 +198,8 @@ def test_a_replayed_signature_with_a_new_or_missing_delivery_id_is_refused(serve
     endpoint = publish_hook(conn)
     url = server + endpoint["path"]
     body = b'{"email": "a@b.c"}'
-    captured = signed(endpoint["secret"], body)
+    now = time.time()
+    captured = signed(endpoint["secret"], body, at=now - 10)
     first = httpx.post(url, content=body, headers={**captured, "X-Conveyor-Delivery": "d-1"})
     assert first.status_code == 202
     for replay in ({**captured, "X-Conveyor-Delivery": "d-2"}, captured):
@@ -203,7 +210,7 @@ def test_a_replayed_signature_with_a_new_or_missing_delivery_id_is_refused(serve
     again = httpx.post(url, content=body, headers={**captured, "X-Conveyor-Delivery": "d-1"})
     assert again.status_code == 200 and again.json()["status"] == "duplicate"
     # A new delivery is signed anew (another timestamp) and runs, with or without an id.
-    for delivery, at in (("d-2", time.time() - 1), (None, time.time() - 2)):
+    for delivery, at in (("d-2", now - 5), (None, now - 4)):
         fresh = {
             **signed(endpoint["secret"], body, at=at),
             **({"X-Conveyor-Delivery": delivery} if delivery else {}),
