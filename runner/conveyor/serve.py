@@ -71,7 +71,11 @@ class ConveyorHTTPServer(ThreadingHTTPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
             log.warning("connection refused: too many open connections", extra={"client": client_address[0]})
-            answer_raw(request, 503, f"too many open connections (limit {self.limits.max_connections})")
+            answer_raw(
+                request,
+                503,
+                f"too many open connections (limit {self.limits.max_connections}, --max-connections)",
+            )
             self.shutdown_request(request)
             return
         try:
@@ -184,7 +188,11 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             if self._reader.received:
                 timeout = self.server.limits.request_timeout_s
-                answer_raw(self.connection, 408, f"the request did not arrive within {timeout:g} s")
+                answer_raw(
+                    self.connection,
+                    408,
+                    f"the request did not arrive within {timeout:g} s (--request-timeout)",
+                )
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         # The standard library's answers to a malformed request line or headers, as JSON,
@@ -241,7 +249,12 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if (hook or run) and json_too_deep(body, self.server.limits.max_json_depth):
                 limit = self.server.limits.max_json_depth
-                status, answer = 400, {"error": f"body is JSON nested deeper than {limit} levels (the limit)"}
+                status, answer = (
+                    400,
+                    {
+                        "error": f"body is JSON nested deeper than {limit} levels (the limit, --max-json-depth)"
+                    },
+                )
             elif hook:
                 status, answer = self._call(
                     "select status, body from conveyor.receive_webhook(%s, %s, %s, %s, %s)",
@@ -276,7 +289,7 @@ class Handler(BaseHTTPRequestHandler):
             raise BadRequest(400, f"Content-Length must be a non-negative integer, not {value[:40]!r}")
         limit = self.server.limits.max_body_bytes
         if len(value.lstrip("0")) > 18 or int(value) > limit:
-            raise BadRequest(413, f"body is larger than {limit} bytes (the server's limit)")
+            raise BadRequest(413, f"body is larger than {limit} bytes (the server's limit, --max-body-bytes)")
         return int(value)
 
     def _read_body(self, length: int) -> bytes | None:
