@@ -171,6 +171,7 @@ class Handler(BaseHTTPRequestHandler):
         self._reader = _DeadlineReader(self.connection)
         self.rfile = io.BufferedReader(self._reader)
         self._unread_body = False
+        self._length = 0
 
     def finish(self) -> None:
         super().finish()
@@ -201,17 +202,28 @@ class Handler(BaseHTTPRequestHandler):
             self.request_version = "HTTP/1.1"
         self._answer(code, {"error": message or HTTPStatus(code).phrase}, close=True)
 
+    def parse_request(self) -> bool:
+        # Every request's framing is checked, whatever its route: one that reached no route
+        # must not leave a body behind to be read as the next request.
+        return super().parse_request() and self._framing_is_valid()
+
     def handle_expect_100(self) -> bool:
         # Refuse a body that would be refused anyway before asking the client to send it.
+        return self._framing_is_valid() and super().handle_expect_100()
+
+    def _framing_is_valid(self) -> bool:
         try:
-            self._body_length()
+            self._length = self._body_length()
         except BadRequest as exc:
             self._answer(exc.status, {"error": exc.error}, close=True)
             return False
-        return super().handle_expect_100()
+        return True
 
     def do_GET(self) -> None:
         if self.path == "/healthz":
+            if self._read_body(self._length) is None:
+                self.close_connection = True
+                return
             try:
                 with self.server.pool.connection(timeout=5) as conn:
                     conn.execute("select 1")
@@ -235,26 +247,22 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         path = self.path.split("?", 1)[0]
+        body = self._read_body(self._length)
+        if body is None:  # the client went away mid-body
+            self.close_connection = True
+            return
         try:
-            body = self._read_body(self._body_length())
             headers = self._header_map()
         except BadRequest as exc:
             self._answer(exc.status, {"error": exc.error}, close=True)
             return
-        if body is None:  # the client went away mid-body
-            self.close_connection = True
-            return
         hook = _HOOK.match(path)
         run = _RUN.match(path)
         try:
-            if (hook or run) and json_too_deep(body, self.server.limits.max_json_depth):
-                limit = self.server.limits.max_json_depth
-                status, answer = (
-                    400,
-                    {
-                        "error": f"body is JSON nested deeper than {limit} levels (the limit, --max-json-depth)"
-                    },
-                )
+            depth = self.server.limits.max_json_depth
+            if (hook or run) and json_too_deep(body, depth):
+                error = f"body is JSON nested deeper than {depth} levels (the limit, --max-json-depth)"
+                status, answer = 400, {"error": error}
             elif hook:
                 status, answer = self._call(
                     "select status, body from conveyor.receive_webhook(%s, %s, %s, %s, %s)",

@@ -242,6 +242,25 @@ def test_a_request_smuggled_in_a_chunked_body_is_not_run(shared: Shared) -> None
     assert shared.executions() == before
 
 
+def test_a_request_smuggled_behind_a_route_that_reads_no_body_is_not_run(shared: Shared) -> None:
+    before = shared.executions()
+    smuggled = run_request(shared.key, b'{"who": "smuggled"}')
+    size_line = f"{len(smuggled):x}\r\n".encode()
+    raw = shared.serve.exchange(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + size_line
+        + smuggled
+        + b"\r\n0\r\n\r\n"
+    )
+    assert statuses(raw) == [501]
+    # A body sent with Content-Length to a route that ignores it is still read, not run.
+    raw = shared.serve.exchange(
+        f"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: {len(smuggled)}\r\n\r\n".encode() + smuggled
+    )
+    assert statuses(raw) == [200]
+    assert shared.executions() == before
+
+
 def test_a_slow_client_is_cut_off_while_another_is_served(serve: Serve) -> None:
     slow = serve.connect()
     started = time.monotonic()
