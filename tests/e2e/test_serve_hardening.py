@@ -223,18 +223,22 @@ def test_a_bad_or_missing_content_length_is_refused_and_the_connection_closed(
     assert statuses(raw) == [status]  # answered once, then closed (read_until_closed saw the end)
 
 
+def smuggling(key: str) -> tuple[bytes, bytes]:
+    """A manual run with key, and the same as one chunk of a chunked body: (run, chunks)."""
+    smuggled = run_request(key, b'{"who": "smuggled"}')
+    return smuggled, f"{len(smuggled):x}\r\n".encode() + smuggled + b"\r\n0\r\n\r\n"
+
+
 def test_a_request_smuggled_in_a_chunked_body_is_not_run(shared: Shared) -> None:
     before = shared.executions()
-    smuggled = run_request(shared.key, b'{"who": "smuggled"}')
-    size_line = f"{len(smuggled):x}\r\n".encode()
+    _, chunks = smuggling(shared.key)
     # Transfer-Encoding and a Content-Length covering only the chunk-size line: a proxy that
     # reads the chunks sees one request; a server that read the length would see two.
+    size_line = chunks.index(b"\r\n") + 2
     raw = shared.serve.exchange(
-        f"POST /api/workflows/nope/runs HTTP/1.1\r\nHost: x\r\nContent-Length: {len(size_line)}\r\n"
+        f"POST /api/workflows/nope/runs HTTP/1.1\r\nHost: x\r\nContent-Length: {size_line}\r\n"
         "Transfer-Encoding: chunked\r\n\r\n".encode()
-        + size_line
-        + smuggled
-        + b"\r\n0\r\n\r\n"
+        + chunks
     )
     assert statuses(raw) == [501]
     _, headers, answer_body = answer(raw)
@@ -244,13 +248,9 @@ def test_a_request_smuggled_in_a_chunked_body_is_not_run(shared: Shared) -> None
 
 def test_a_request_smuggled_behind_a_route_that_reads_no_body_is_not_run(shared: Shared) -> None:
     before = shared.executions()
-    smuggled = run_request(shared.key, b'{"who": "smuggled"}')
-    size_line = f"{len(smuggled):x}\r\n".encode()
+    smuggled, chunks = smuggling(shared.key)
     raw = shared.serve.exchange(
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-        + size_line
-        + smuggled
-        + b"\r\n0\r\n\r\n"
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks
     )
     assert statuses(raw) == [501]
     # A body sent with Content-Length to a route that ignores it is still read, not run.
