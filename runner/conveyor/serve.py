@@ -53,6 +53,7 @@ class Limits:
     max_connections: int = 64
     request_timeout_s: float = 10.0
     max_json_depth: int = 64
+    max_header_bytes: int = 64 * 1024
 
 
 class ConveyorHTTPServer(ThreadingHTTPServer):
@@ -95,15 +96,21 @@ class RequestTimeout(Exception):
     """The request did not arrive within the request timeout."""
 
 
+class HeadersTooLarge(Exception):
+    """The request line and headers are longer than max_header_bytes."""
+
+
 class _DeadlineReader(io.RawIOBase):
     """The socket's bytes; every read waits at most until the current request's deadline,
-    so a client sending a byte a second is cut off too, not only one that sends nothing."""
+    so a client sending a byte a second is cut off too, not only one that sends nothing.
+    While `allowance` is set (the request line and headers), at most that many bytes more."""
 
     def __init__(self, sock: socket.socket) -> None:
         super().__init__()
         self._sock = sock
         self.deadline = math.inf
         self.received = 0
+        self.allowance: int | None = None
 
     def readable(self) -> bool:
         return True
@@ -112,12 +119,18 @@ class _DeadlineReader(io.RawIOBase):
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise RequestTimeout
+        if self.allowance is not None:
+            if self.allowance <= 0:
+                raise HeadersTooLarge
+            buffer = memoryview(buffer)[: self.allowance]
         self._sock.settimeout(left)
         try:
             n = self._sock.recv_into(buffer)
         except TimeoutError:
             raise RequestTimeout from None
         self.received += n
+        if self.allowance is not None:
+            self.allowance -= n
         return n
 
 
@@ -183,8 +196,16 @@ class Handler(BaseHTTPRequestHandler):
         # kept-alive connection is closed when it runs out.
         self._reader.deadline = time.monotonic() + self.server.limits.request_timeout_s
         self._reader.received = 0
+        self._reader.allowance = self.server.limits.max_header_bytes
         try:
             super().handle_one_request()
+        except HeadersTooLarge:
+            limit = self.server.limits.max_header_bytes
+            answer_raw(
+                self.connection, 431, f"request line and headers exceed {limit} bytes (--max-header-bytes)"
+            )
+            self.close_connection = True
+            self._unread_body = True
         except RequestTimeout:
             self.close_connection = True
             if self._reader.received:
@@ -205,7 +226,10 @@ class Handler(BaseHTTPRequestHandler):
     def parse_request(self) -> bool:
         # Every request's framing is checked, whatever its route: one that reached no route
         # must not leave a body behind to be read as the next request.
-        return super().parse_request() and self._framing_is_valid()
+        if not super().parse_request():
+            return False
+        self._reader.allowance = None  # what follows is the body, bounded by its own limit
+        return self._framing_is_valid()
 
     def handle_expect_100(self) -> bool:
         # Refuse a body that would be refused anyway before asking the client to send it.

@@ -223,6 +223,17 @@ def test_a_bad_or_missing_content_length_is_refused_and_the_connection_closed(
     assert statuses(raw) == [status]  # answered once, then closed (read_until_closed saw the end)
 
 
+def test_headers_beyond_the_limit_get_431_before_they_are_all_read(shared: Shared) -> None:
+    def request(headers: int) -> bytes:
+        padding = "".join(f"X-Pad-{i}: {'a' * 4000}\r\n" for i in range(headers))
+        return f"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{padding}\r\n".encode()
+
+    assert statuses(shared.serve.exchange(request(14))) == [200]  # 56 KB: within 64 KiB
+    status, headers, body = answer(shared.serve.exchange(request(40)))  # 160 KB
+    assert (status, headers["connection"]) == (431, "close")
+    assert body["error"] == "request line and headers exceed 65536 bytes (--max-header-bytes)"
+
+
 def smuggling(key: str) -> tuple[bytes, bytes]:
     """A manual run with key, and the same as one chunk of a chunked body: (run, chunks)."""
     smuggled = run_request(key, b'{"who": "smuggled"}')

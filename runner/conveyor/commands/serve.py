@@ -64,6 +64,14 @@ from conveyor.serve import Limits, make_server
     envvar="CONVEYOR_HTTP_MAX_JSON_DEPTH",
     help="JSON bodies nested deeper are refused (400) [env CONVEYOR_HTTP_MAX_JSON_DEPTH].",
 )
+@click.option(
+    "--max-header-bytes",
+    default=Limits.max_header_bytes,
+    show_default=True,
+    type=click.IntRange(min=1024),
+    envvar="CONVEYOR_HTTP_MAX_HEADER_BYTES",
+    help="Request line and headers together; longer gets 431 [env CONVEYOR_HTTP_MAX_HEADER_BYTES].",
+)
 @click.option("--log-level", default="INFO", envvar="CONVEYOR_LOG_LEVEL", show_default=True)
 @fail_cleanly
 def serve(
@@ -75,11 +83,12 @@ def serve(
     max_connections: int,
     request_timeout: float,
     max_json_depth: int,
+    max_header_bytes: int,
     log_level: str,
 ) -> None:
     """Serve inbound webhooks (/hooks/<path>), manual runs (POST /api/workflows/<slug>/runs) and /healthz."""
     logs.setup(log_level)
-    limits = Limits(max_body_bytes, max_connections, request_timeout, max_json_depth)
+    limits = Limits(max_body_bytes, max_connections, request_timeout, max_json_depth, max_header_bytes)
     server = make_server(resolve_database_url(database_url), host, port, pool_size, limits)
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
