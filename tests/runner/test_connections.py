@@ -19,6 +19,7 @@ from conveyor.cli import main
 from conveyor.errors import ConveyorError
 from conveyor.secrets import REDACTED, SecretBox, redact
 from tests.conftest import free_port
+from tests.sql.tenant_context import acting_for, mint_token
 
 KEY_A = Fernet.generate_key().decode()
 KEY_B = Fernet.generate_key().decode()
@@ -207,12 +208,13 @@ def test_a_tenant_sees_only_its_own_connections_and_never_the_secret_column(
             config={},
             secret={"webhook_url": "https://x"},
         )
+    acme = mint_token(conn, "acme")
     with psycopg.connect(db_url, autocommit=True) as app:
         app.execute("set role conveyor_app")
-        app.execute("select set_config('conveyor.tenant_id', 'acme', false)")
-        rows = app.execute("select tenant_id, name from conveyor.connections").fetchall()
-        assert rows == [("acme", "team")]
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with acting_for(app, acme):
+            rows = app.execute("select tenant_id, name from conveyor.connections").fetchall()
+            assert rows == [("acme", "team")]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), acting_for(app, acme):
             app.execute("select secret from conveyor.connections")
 
 

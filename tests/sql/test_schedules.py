@@ -12,6 +12,8 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from tests.sql.tenant_context import acting_for, mint_token
+
 Conn = psycopg.Connection[dict[str, Any]]
 
 
@@ -212,9 +214,10 @@ def test_manual_run_for_another_tenant_is_refused(db_url: str, conn: Conn) -> No
     setup_tenant(conn)
     setup_tenant(conn, "globex")
     publish(conn, "by-hand", {"manual": True})
+    globex = mint_token(conn, "globex")
     with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as app:
         app.execute("set role conveyor_app")
-        app.execute("set conveyor.tenant_id = 'globex'")
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        refused = pytest.raises(psycopg.errors.InsufficientPrivilege, match="is not this session's tenant")
+        with refused, acting_for(app, globex):
             app.execute("select conveyor.trigger_workflow('acme', 'by-hand')")
     assert conn.execute("select count(*) as n from conveyor.executions").fetchone() == {"n": 0}

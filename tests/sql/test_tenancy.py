@@ -1,8 +1,9 @@
-"""Tenancy: tenants, the session's tenant, require_tenant, and row-level security isolation."""
+"""Tenancy: tenants, the verified tenant context, require_tenant, and row-level security isolation."""
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+
+from tests.sql.tenant_context import acting_for, mint_token, platform_token
 
 Conn = psycopg.Connection[dict[str, object]]
 
@@ -94,7 +97,8 @@ select c.relname::text as table_name, c.relrowsecurity as rls, c.relforcerowsecu
                where a.attrelid = c.oid and a.attname = 'tenant_id' and not a.attisdropped) as has_tenant_id,
        exists (select from pg_policy as p
                where p.polrelid = c.oid and p.polcmd = '*' and p.polpermissive
-                 and pg_get_expr(p.polqual, p.polrelid) like '%%tenant_id = current_setting(''conveyor.tenant_id''%%')
+                 and pg_get_expr(p.polqual, p.polrelid)
+                     = '(tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant))')
          as has_policy
 from pg_class as c
 join pg_namespace as n on n.oid = c.relnamespace and n.nspname = 'conveyor'
@@ -136,6 +140,12 @@ def app(db_url: str, two_tenants: Conn) -> Iterator[Conn]:
         yield session
 
 
+@pytest.fixture
+def acme(two_tenants: Conn) -> str:
+    """A token for tenant acme, minted by the privileged fixture connection."""
+    return mint_token(two_tenants, "acme")
+
+
 def count(conn: Conn, table: str, where: str = "true") -> int:
     row = conn.execute(
         sql.SQL("select count(*) as n from conveyor.{} where ").format(sql.Identifier(table)) + sql.SQL(where)
@@ -144,10 +154,16 @@ def count(conn: Conn, table: str, where: str = "true") -> int:
     return int(str(row["n"]))
 
 
+def token_secret(conn: Conn) -> bytes:
+    row = conn.execute("select token_secret from conveyor.tenancy_config").fetchone()
+    assert row is not None
+    return bytes(row["token_secret"])  # type: ignore[arg-type]
+
+
 # --- the catalog: every tenant table is protected, and covered by this file -------------------
 
 
-def test_every_tenant_table_has_forced_row_level_security_on_the_session_tenant(conn: Conn) -> None:
+def test_every_tenant_table_has_forced_row_level_security_on_the_verified_tenant(conn: Conn) -> None:
     rows = conn.execute(TENANT_TABLES).fetchall()
     assert len(rows) >= 10
     unprotected = [
@@ -190,34 +206,93 @@ def test_the_application_role_has_no_write_privilege_on_tenant_tables(conn: Conn
 # --- isolation ----------------------------------------------------------------------------
 
 
-def test_a_tenant_session_reads_only_its_own_rows_in_every_table(app: Conn, two_tenants: Conn) -> None:
-    app.execute("set conveyor.tenant_id = 'acme'")
-    for table in seeded_tables(two_tenants):
-        seen = count(app, table)
-        assert seen == count(two_tenants, table, "tenant_id = 'acme'"), table
-        assert seen >= 1, table
-        assert count(app, table, "tenant_id = 'globex'") == 0, table
-        assert count(two_tenants, table, "tenant_id = 'globex'") >= 1, table
+def test_a_tenant_session_reads_only_its_own_rows_in_every_table(
+    app: Conn, two_tenants: Conn, acme: str
+) -> None:
+    with acting_for(app, acme):
+        for table in seeded_tables(two_tenants):
+            seen = count(app, table)
+            assert seen == count(two_tenants, table, "tenant_id = 'acme'"), table
+            assert seen >= 1, table
+            assert count(app, table, "tenant_id = 'globex'") == 0, table
+            assert count(two_tenants, table, "tenant_id = 'globex'") >= 1, table
 
 
 def test_a_session_without_a_tenant_sees_nothing(app: Conn, two_tenants: Conn) -> None:
     for table in seeded_tables(two_tenants):
         assert count(app, table) == 0, table
+
+
+def test_the_plain_setting_alone_names_no_tenant_for_the_application_role(
+    app: Conn, two_tenants: Conn
+) -> None:
+    # What a hostile client tried: name tenant acme itself, per session or per transaction.
     app.execute("set conveyor.tenant_id = 'acme'")
-    app.execute("reset conveyor.tenant_id")
-    for table in seeded_tables(two_tenants):
-        assert count(app, table) == 0, table
-
-
-def test_a_transaction_local_tenant_ends_with_the_transaction(app: Conn, two_tenants: Conn) -> None:
     with app.transaction():
         app.execute("select set_config('conveyor.tenant_id', 'acme', true)")
+        for table in seeded_tables(two_tenants):
+            assert count(app, table) == 0, table
+        assert app.execute("select conveyor.current_tenant() as t").fetchone() == {"t": None}
+    for call in (
+        "select conveyor.create_api_key('acme', 'stolen')",
+        "select conveyor.emit('acme', 'crm.contact.created')",
+        "select conveyor.rotate_webhook_secret('acme', 'follow-up')",
+    ):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as error:
+            app.execute(call)
+        assert "no tenant is set for this session" in str(error.value)
+        assert "conveyor.tenant_id is not trusted" in str(error.value.diag.message_detail)
+    assert count(two_tenants, "api_keys") == 2
+    assert count(two_tenants, "events") == 2
+
+
+def test_a_verified_tenant_ends_with_its_transaction(app: Conn, two_tenants: Conn, acme: str) -> None:
+    # A pooled connection (PgBouncer in transaction mode): the next transaction on it may
+    # be another client's, and must not inherit the tenant.
+    with acting_for(app, acme):
         assert count(app, "events") == 1
+    assert count(app, "events") == 0
+    with app.transaction():
+        assert count(app, "events") == 0
+        assert app.execute("select conveyor.current_tenant() as t").fetchone() == {"t": None}
+    # A rolled-back transaction takes its context with it too.
+    with pytest.raises(psycopg.errors.DivisionByZero), acting_for(app, acme):
+        app.execute("select 1 / 0")
     assert count(app, "events") == 0
 
 
-def test_writes_to_another_tenants_rows_are_refused_or_change_nothing(app: Conn, two_tenants: Conn) -> None:
-    app.execute("set conveyor.tenant_id = 'acme'")
+def test_set_tenant_null_clears_the_context(app: Conn, acme: str) -> None:
+    with acting_for(app, acme):
+        assert count(app, "events") == 1
+        assert app.execute("select conveyor.set_tenant(null) as t").fetchone() == {"t": None}
+        assert count(app, "events") == 0
+        app.execute("select conveyor.set_tenant(%s)", (acme,))
+        assert app.execute("select conveyor.set_tenant('') as t").fetchone() == {"t": None}
+        assert count(app, "events") == 0
+
+
+def test_the_policies_ask_for_the_tenant_once_per_statement(app: Conn, two_tenants: Conn, acme: str) -> None:
+    two_tenants.execute("select conveyor.emit('acme', 'crm.contact.created') from generate_series(1, 200)")
+    app.execute("reset role")
+    app.execute("set track_functions = 'all'")  # a superuser setting: before set role
+    app.execute("set role conveyor_app")
+    # A sequential scan: a per-row policy would call the function for each of the rows.
+    app.execute("set enable_indexscan = off; set enable_bitmapscan = off; set enable_indexonlyscan = off")
+    calls = (
+        "select coalesce(sum(calls), 0) as n from pg_stat_xact_user_functions"
+        " where funcid = 'conveyor.current_tenant()'::regprocedure"
+    )
+    with acting_for(app, acme):
+        before = app.execute(calls).fetchone()
+        assert count(app, "events") == 201
+        after = app.execute(calls).fetchone()
+    assert before is not None and after is not None
+    assert int(str(after["n"])) - int(str(before["n"])) == 1
+
+
+def test_writes_to_another_tenants_rows_are_refused_or_change_nothing(
+    app: Conn, two_tenants: Conn, acme: str
+) -> None:
     before = {
         t: two_tenants.execute(
             sql.SQL("select to_jsonb(x) as r from conveyor.{} as x where tenant_id = 'globex'").format(
@@ -236,7 +311,7 @@ def test_writes_to_another_tenants_rows_are_refused_or_change_nothing(app: Conn,
         ]
         for statement in attempts:
             try:
-                with app.transaction():
+                with acting_for(app, acme):
                     cursor = app.execute(statement)
                     assert cursor.rowcount in (0, -1), (table, statement.as_string(app))
             except psycopg.errors.InsufficientPrivilege:
@@ -248,7 +323,7 @@ def test_writes_to_another_tenants_rows_are_refused_or_change_nothing(app: Conn,
             ).format(ident)
         ).fetchone()
         assert row is not None
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), acting_for(app, acme):
             app.execute(
                 sql.SQL(
                     "insert into conveyor.{} overriding system value select * from jsonb_populate_record(null::conveyor.{}, %s)"
@@ -266,21 +341,34 @@ def test_writes_to_another_tenants_rows_are_refused_or_change_nothing(app: Conn,
     assert after == before
 
 
-def test_the_action_queue_is_closed_to_the_application_role(app: Conn) -> None:
-    app.execute("set conveyor.tenant_id = 'acme'")
-    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+def test_the_action_queue_is_closed_to_the_application_role(app: Conn, acme: str) -> None:
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), acting_for(app, acme):
         app.execute("select * from pgmq.q_conveyor_actions")
 
 
-def test_emit_for_another_tenant_is_refused(app: Conn, two_tenants: Conn) -> None:
-    app.execute("set conveyor.tenant_id = 'acme'")
-    with pytest.raises(psycopg.errors.InsufficientPrivilege) as error:
+def test_emit_for_another_tenant_is_refused(app: Conn, two_tenants: Conn, acme: str) -> None:
+    with pytest.raises(psycopg.errors.InsufficientPrivilege) as error, acting_for(app, acme):
         app.execute("select conveyor.emit('globex', 'crm.contact.created')")
     assert "tenant 'globex' is not this session's tenant" in str(error.value)
-    own = app.execute("select conveyor.emit('acme', 'crm.contact.created') as id").fetchone()
+    with acting_for(app, acme):
+        own = app.execute("select conveyor.emit('acme', 'crm.contact.created') as id").fetchone()
     assert own is not None and own["id"] is not None
     assert count(two_tenants, "events", "tenant_id = 'globex'") == 1
     assert count(two_tenants, "events", "tenant_id = 'acme'") == 2
+
+
+def test_an_api_key_for_another_tenant_is_refused(app: Conn, two_tenants: Conn, acme: str) -> None:
+    with pytest.raises(psycopg.errors.InsufficientPrivilege) as error, acting_for(app, acme):
+        app.execute("select conveyor.create_api_key('globex', 'stolen')")
+    assert "tenant 'globex' is not this session's tenant" in str(error.value)
+    with acting_for(app, acme):
+        key = app.execute("select conveyor.create_api_key('acme', 'ci') as k").fetchone()
+    assert key is not None and str(key["k"]).startswith("cvk_")
+    assert two_tenants.execute("select tenant_id, name from conveyor.api_keys order by 1, 2").fetchall() == [
+        {"tenant_id": "acme", "name": "ci"},
+        {"tenant_id": "acme", "name": "default"},
+        {"tenant_id": "globex", "name": "default"},
+    ]
 
 
 def test_emit_without_a_session_tenant_is_refused_for_the_application_role(
@@ -289,64 +377,211 @@ def test_emit_without_a_session_tenant_is_refused_for_the_application_role(
     with pytest.raises(psycopg.errors.InsufficientPrivilege) as error:
         app.execute("select conveyor.emit('acme', 'crm.contact.created')")
     assert "no tenant is set for this session" in str(error.value)
-    assert error.value.diag.message_hint == "Run: set conveyor.tenant_id = 'acme'"
+    assert error.value.diag.message_hint == (
+        "Call conveyor.set_tenant(<a token for 'acme'>) in the same transaction first."
+    )
     assert count(two_tenants, "events") == 2
 
 
-def test_dedupe_keys_do_not_reveal_another_tenants_events(app: Conn, two_tenants: Conn) -> None:
+def test_dedupe_keys_do_not_reveal_another_tenants_events(app: Conn, two_tenants: Conn, acme: str) -> None:
     two_tenants.execute("select conveyor.emit('globex', 'shop.order.placed', p_dedupe_key => 'k-1')")
-    app.execute("set conveyor.tenant_id = 'acme'")
-    row = app.execute(
-        "select conveyor.emit('acme', 'shop.order.placed', p_dedupe_key => 'k-1') as id"
-    ).fetchone()
-    assert row is not None
-    mine = app.execute("select event_id, tenant_id from conveyor.events where dedupe_key = 'k-1'").fetchall()
+    with acting_for(app, acme):
+        row = app.execute(
+            "select conveyor.emit('acme', 'shop.order.placed', p_dedupe_key => 'k-1') as id"
+        ).fetchone()
+        assert row is not None
+        mine = app.execute(
+            "select event_id, tenant_id from conveyor.events where dedupe_key = 'k-1'"
+        ).fetchall()
     assert mine == [{"event_id": row["id"], "tenant_id": "acme"}]
 
 
 def test_a_platform_login_role_granted_conveyor_app_is_isolated(db_url: str, two_tenants: Conn) -> None:
-    # What a platform does: grant conveyor_app to its own login role, then name the tenant.
+    # What a platform does: grant conveyor_app to its own login role, then prove the tenant.
     two_tenants.execute(
         "do $$ begin if not exists (select from pg_roles where rolname = 'platform_app') then "
         "create role platform_app login; end if; end $$"
     )
     two_tenants.execute("grant conveyor_app to platform_app")
+    globex = mint_token(two_tenants, "globex")
     with psycopg.connect(db_url, user="platform_app", autocommit=True, row_factory=dict_row) as platform:
         assert count(platform, "events") == 0
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             platform.execute("select conveyor.emit('acme', 'crm.contact.created')")
-        platform.execute("set conveyor.tenant_id = 'globex'")
-        assert platform.execute("select tenant_id from conveyor.events").fetchall() == [
-            {"tenant_id": "globex"}
-        ]
-        assert platform.execute("select tenant_id from conveyor.tenants").fetchall() == [
-            {"tenant_id": "globex"}
-        ]
-        platform.execute("select conveyor.emit('globex', 'crm.contact.updated')")
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        platform.execute("set conveyor.tenant_id = 'acme'")
+        assert count(platform, "events") == 0
+        with acting_for(platform, globex):
+            assert platform.execute("select tenant_id from conveyor.events").fetchall() == [
+                {"tenant_id": "globex"}
+            ]
+            assert platform.execute("select tenant_id from conveyor.tenants").fetchall() == [
+                {"tenant_id": "globex"}
+            ]
+            platform.execute("select conveyor.emit('globex', 'crm.contact.updated')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), acting_for(platform, globex):
             platform.execute("select conveyor.emit('acme', 'crm.contact.created')")
     assert count(two_tenants, "events", "tenant_id = 'globex'") == 2
+    assert count(two_tenants, "events", "tenant_id = 'acme'") == 1
     two_tenants.execute("revoke conveyor_app from platform_app")
+
+
+# --- tokens and the tenant context ------------------------------------------------------------
+
+
+def test_a_token_the_platform_mints_in_its_own_code_is_accepted(app: Conn, two_tenants: Conn) -> None:
+    token = platform_token(token_secret(two_tenants), "globex", int(time.time()) + 60)
+    with acting_for(app, token):
+        assert app.execute("select conveyor.current_tenant() as t").fetchone() == {"t": "globex"}
+        assert count(app, "events") == 1
+
+
+def test_a_minted_token_names_its_tenant_and_expiry(two_tenants: Conn) -> None:
+    before = int(time.time())
+    token = mint_token(two_tenants, "acme", "10 minutes")
+    match = re.fullmatch(r"(v1)\.(\d+)\.(.+)\.([0-9a-f]{64})", token)
+    assert match is not None
+    version, expires, tenant, _ = match.groups()
+    assert (version, tenant) == ("v1", "acme")
+    assert before + 600 <= int(expires) <= int(time.time()) + 601
+    assert token == platform_token(token_secret(two_tenants), "acme", int(expires))
+
+
+def forged_tokens(secret: bytes, acme: str) -> list[tuple[str, str]]:
+    expires, signature = acme.split(".")[1], acme.split(".")[-1]
+    later = int(time.time()) + 3600
+    return [
+        (f"v1.{expires}.globex.{signature}", "its signature does not match"),  # another tenant, same MAC
+        (f"v1.{later}.acme.{signature}", "its signature does not match"),  # a longer life, same MAC
+        (platform_token(b"not the installation's secret!!", "acme", later), "its signature does not match"),
+        (platform_token(secret, "acme", int(time.time()) - 1), "the token for tenant 'acme' expired at"),
+        (platform_token(secret, "initech", later), "tenant 'initech' does not exist"),
+        ("acme", "it is malformed"),
+        (acme.upper(), "it is malformed"),
+        (acme + "0", "it is malformed"),
+    ]
+
+
+def test_forged_expired_and_malformed_tokens_are_refused(app: Conn, two_tenants: Conn, acme: str) -> None:
+    for token, message in forged_tokens(token_secret(two_tenants), acme):
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification) as error, app.transaction():
+            app.execute("select conveyor.set_tenant(%s)", (token,))
+        assert message in str(error.value), token
+        assert count(app, "events") == 0
+
+
+def test_a_context_carried_to_another_connection_or_transaction_is_refused(
+    db_url: str, app: Conn, acme: str
+) -> None:
+    with acting_for(app, acme):
+        row = app.execute("select current_setting('conveyor.tenant_context') as c").fetchone()
+    assert row is not None
+    context = str(row["c"])
+    with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as other:
+        other.execute("set role conveyor_app")
+        for session in (other, app):  # another backend; a later transaction of the same one
+            with (
+                pytest.raises(psycopg.errors.InvalidAuthorizationSpecification) as error,
+                session.transaction(),
+            ):
+                session.execute("select set_config('conveyor.tenant_context', %s, true)", (context,))
+                count(session, "events")
+            assert "the tenant context was not set by conveyor.set_tenant in this transaction" in str(
+                error.value
+            )
+    # Written directly, or set for the whole session: every statement is refused, loudly.
+    app.execute("select set_config('conveyor.tenant_context', %s, false)", ("0" * 64 + ".acme",))
+    with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+        count(app, "events")
+    with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+        app.execute("select conveyor.emit('acme', 'crm.contact.created')")
+    app.execute("reset conveyor.tenant_context")
+    assert count(app, "events") == 0
+
+
+def test_rotating_the_keys_refuses_every_earlier_token(app: Conn, two_tenants: Conn, acme: str) -> None:
+    secret = token_secret(two_tenants)
+    two_tenants.execute("select conveyor.rotate_tenant_keys()")
+    assert token_secret(two_tenants) != secret
+    with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="signature does not match"):
+        app.execute("select conveyor.set_tenant(%s)", (acme,))
+    with acting_for(app, mint_token(two_tenants, "acme")):
+        assert count(app, "events") == 1
+
+
+def test_the_application_role_can_neither_read_the_keys_nor_trust_the_plain_setting(app: Conn) -> None:
+    for statement in (
+        "select token_secret from conveyor.tenancy_config",
+        "update conveyor.tenancy_config set trust_tenant_setting = true",
+        "select conveyor.rotate_tenant_keys()",
+        "select conveyor.mint_tenant_token('acme')",
+    ):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute(statement)
+
+
+def test_the_installation_may_opt_in_to_the_plain_setting(app: Conn, two_tenants: Conn) -> None:
+    two_tenants.execute("update conveyor.tenancy_config set trust_tenant_setting = true")
+    app.execute("set conveyor.tenant_id = 'acme'")
+    for table in seeded_tables(two_tenants):
+        assert count(app, table) == count(two_tenants, table, "tenant_id = 'acme'"), table
+    app.execute("select conveyor.emit('acme', 'crm.contact.created')")
+    with pytest.raises(
+        psycopg.errors.InsufficientPrivilege, match="tenant 'globex' is not this session's tenant"
+    ):
+        app.execute("select conveyor.create_api_key('globex', 'stolen')")
+    # A verified context still takes precedence over the setting.
+    with acting_for(app, mint_token(two_tenants, "globex")):
+        assert count(app, "events") == 1
+        assert count(app, "events", "tenant_id = 'acme'") == 0
+    two_tenants.execute("update conveyor.tenancy_config set trust_tenant_setting = false")
+    assert count(app, "events") == 0
+
+
+def test_tokens_are_minted_by_the_service_role_and_the_issuer_role(db_url: str, two_tenants: Conn) -> None:
+    two_tenants.execute(
+        "do $$ begin if not exists (select from pg_roles where rolname = 'platform_auth') then "
+        "create role platform_auth login; end if; end $$"
+    )
+    two_tenants.execute("grant conveyor_tenant_issuer to platform_auth")
+    with psycopg.connect(db_url, user="platform_auth", autocommit=True, row_factory=dict_row) as issuer:
+        token = mint_token(issuer, "globex")
+        # Minting tokens is all the issuer may do.
+        for statement in ("select conveyor.emit('globex', 'x.y.z')", "select * from conveyor.events"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                issuer.execute(statement)
+    two_tenants.execute("revoke conveyor_tenant_issuer from platform_auth")
+    with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as service:
+        service.execute("set role conveyor_service")
+        assert mint_token(service, "globex").split(".")[2] == "globex"
+    assert token.split(".")[2] == "globex"
+
+
+@pytest.mark.parametrize(
+    ("tenant", "valid_for", "message"),
+    [
+        ("initech", "1 hour", "tenant 'initech' does not exist"),
+        ("acme", "0 seconds", "a tenant token must be valid for a positive interval, not 00:00:00"),
+        ("acme", "-5 minutes", "a tenant token must be valid for a positive interval, not -00:05:00"),
+    ],
+)
+def test_mint_tenant_token_refuses_bad_input(
+    two_tenants: Conn, tenant: str, valid_for: str, message: str
+) -> None:
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as error:
+        mint_token(two_tenants, tenant, valid_for)
+    assert message in str(error.value)
 
 
 # --- require_tenant / current_tenant --------------------------------------------------------
 
 
 def test_current_tenant_is_the_session_setting_or_null(conn: Conn) -> None:
+    # For a role outside row-level security the plain setting names the tenant.
     assert conn.execute("select conveyor.current_tenant() as t").fetchone() == {"t": None}
     conn.execute("set conveyor.tenant_id = 'acme'")
     assert conn.execute("select conveyor.current_tenant() as t").fetchone() == {"t": "acme"}
     conn.execute("set conveyor.tenant_id = ''")
     assert conn.execute("select conveyor.current_tenant() as t").fetchone() == {"t": None}
-
-
-def test_require_tenant_for_the_application_role(app: Conn) -> None:
-    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="no tenant is set"):
-        app.execute("select conveyor.require_tenant('acme')")
-    app.execute("set conveyor.tenant_id = 'acme'")
-    app.execute("select conveyor.require_tenant('acme')")
-    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="session acts for tenant 'acme'"):
-        app.execute("select conveyor.require_tenant('globex')")
 
 
 def test_require_tenant_lets_roles_outside_rls_act_for_any_tenant_unless_they_set_one(
@@ -410,7 +645,6 @@ def test_create_tenant_refuses_bad_input(conn: Conn, args: tuple[str | None, ...
 def test_only_the_service_role_creates_tenants(db_url: str, conn: Conn) -> None:
     with psycopg.connect(db_url, autocommit=True) as session:
         session.execute("set role conveyor_app")
-        session.execute("set conveyor.tenant_id = 'acme'")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             session.execute("select conveyor.create_tenant('acme', 'Acme')")
         session.execute("set role conveyor_service")
@@ -418,12 +652,13 @@ def test_only_the_service_role_creates_tenants(db_url: str, conn: Conn) -> None:
     assert conn.execute("select tenant_id from conveyor.tenants").fetchall() == [{"tenant_id": "acme"}]
 
 
-def test_watch_and_unwatch_are_closed_to_the_application_role(app: Conn, two_tenants: Conn) -> None:
+def test_watch_and_unwatch_are_closed_to_the_application_role(
+    app: Conn, two_tenants: Conn, acme: str
+) -> None:
     two_tenants.execute("create table public.notes (id int primary key, tenant_id text)")
     two_tenants.execute("grant select, insert on public.notes to conveyor_app")
-    app.execute("set conveyor.tenant_id = 'acme'")
     for call in ("select conveyor.watch('public.notes', 'crm')", "select conveyor.unwatch('public.notes')"):
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), acting_for(app, acme):
             app.execute(call)
     assert two_tenants.execute("select count(*) as n from conveyor.watched_tables").fetchone() == {"n": 0}
 
@@ -443,12 +678,37 @@ def test_every_security_definer_function_pins_its_search_path(conn: Conn) -> Non
 
 def test_security_definer_functions_open_to_the_application_role_check_the_tenant(conn: Conn) -> None:
     # A function that runs as its owner bypasses row-level security: if the application
-    # role may call it, it must call require_tenant (or be revoked from public).
+    # role may call it, it must call require_tenant. The two that establish the tenant are
+    # the exception: set_tenant proves it from a token, current_tenant reads it.
     unchecked = conn.execute("""
         select p.oid::regprocedure::text as function
         from pg_proc as p join pg_namespace as n on n.oid = p.pronamespace and n.nspname = 'conveyor'
         where p.prosecdef and p.prorettype <> 'trigger'::regtype
           and has_function_privilege('conveyor_app', p.oid, 'execute')
           and p.prosrc not like '%%conveyor.require_tenant(%%'
+        order by 1
+        """).fetchall()
+    assert unchecked == [{"function": "conveyor.current_tenant()"}, {"function": "conveyor.set_tenant(text)"}]
+
+
+def test_every_function_of_the_application_role_that_takes_a_tenant_checks_it(conn: Conn) -> None:
+    unchecked = conn.execute("""
+        select p.oid::regprocedure::text as function
+        from pg_proc as p join pg_namespace as n on n.oid = p.pronamespace and n.nspname = 'conveyor'
+        where 'p_tenant_id' = any(p.proargnames)
+          and has_function_privilege('conveyor_app', p.oid, 'execute')
+          and p.prosrc not like '%%perform conveyor.require_tenant(p_tenant_id);%%'
         """).fetchall()
     assert unchecked == []
+
+
+def test_no_policy_reads_a_setting_directly(conn: Conn) -> None:
+    # Any client may set a setting; policies read the verified tenant only.
+    direct = conn.execute("""
+        select c.relname::text as table_name, pg_get_expr(p.polqual, p.polrelid) as using
+        from pg_policy as p join pg_class as c on c.oid = p.polrelid
+        where c.relnamespace = 'conveyor'::regnamespace
+          and (pg_get_expr(p.polqual, p.polrelid) like '%%current_setting%%'
+               or coalesce(pg_get_expr(p.polwithcheck, p.polrelid), '') like '%%current_setting%%')
+        """).fetchall()
+    assert direct == []

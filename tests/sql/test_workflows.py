@@ -12,6 +12,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 
+from tests.sql.tenant_context import acting_for, mint_token
+
 Conn = psycopg.Connection[dict[str, Any]]
 
 
@@ -983,18 +985,20 @@ def test_slugs_are_unique_per_tenant_not_globally(conn: Conn) -> None:
 def test_another_tenant_cannot_publish_into_a_tenant(conn: Conn) -> None:
     make_tenant(conn, "acme")
     make_tenant(conn, "globex")
+    globex = mint_token(conn, "globex")
     conn.execute("set role conveyor_app")
-    conn.execute("set conveyor.tenant_id = 'globex'")
-    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), acting_for(conn, globex):
         publish(conn, "acme", lead_document())
     # The application role publishes for its own tenant through the same function.
-    workflow_id, version = publish(conn, "globex", lead_document())
-    assert version == 1
-    assert conn.execute("select tenant_id from conveyor.workflows").fetchall() == [{"tenant_id": "globex"}]
-    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+    with acting_for(conn, globex):
+        workflow_id, version = publish(conn, "globex", lead_document())
+        assert version == 1
+        assert conn.execute("select tenant_id from conveyor.workflows").fetchall() == [
+            {"tenant_id": "globex"}
+        ]
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), acting_for(conn, globex):
         conn.execute("select conveyor.set_workflow_active('acme', 'new-lead-follow-up', false)")
     conn.execute("reset role")
-    conn.execute("reset conveyor.tenant_id")
     owners = conn.execute("select tenant_id from conveyor.workflows where workflow_id = %s", (workflow_id,))
     assert owners.fetchall() == [{"tenant_id": "globex"}]
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 
 from tests.sql.table_stats import table_counters
+from tests.sql.tenant_context import acting_for, mint_token
 from tests.sql.test_interpreter import (
     Conn,
     execution,
@@ -323,14 +324,14 @@ def test_a_write_back_for_an_unknown_step_run_is_ignored(conn: Conn, tenant: str
 def test_cancel_checks_the_sessions_tenant(conn: Conn, tenant: str) -> None:
     make_tenant(conn, "other")
     eid = start(conn, tenant, flow(conn, tenant), AMOUNT)
-    conn.execute("set conveyor.tenant_id = 'other'")
+    other, acme = mint_token(conn, "other"), mint_token(conn, "acme")
     conn.execute("set role conveyor_app")
-    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), acting_for(conn, other):
         conn.execute("select conveyor.cancel_execution('acme', %s)", (eid,))
-    conn.execute("set conveyor.tenant_id = 'acme'")
-    assert conn.execute("select conveyor.cancel_execution('acme', %s) as s", (eid,)).fetchone() == {
-        "s": "cancelled"
-    }
+    with acting_for(conn, acme):
+        assert conn.execute("select conveyor.cancel_execution('acme', %s) as s", (eid,)).fetchone() == {
+            "s": "cancelled"
+        }
     conn.execute("reset role")
     assert execution(conn, eid)["status"] == "cancelled"
 

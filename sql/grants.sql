@@ -1,0 +1,79 @@
+-- Who may execute which function: the one place that says it, applied last (sql/ORDER).
+--
+-- PostgreSQL lets PUBLIC execute every new function. Here, on every migrate and after
+-- every other file, PUBLIC loses that in the conveyor and pgmq schemas, so a function
+-- added to any file later is executable by nobody but the owner until a line below
+-- grants it. (ALTER DEFAULT PRIVILEGES cannot do this per schema: the per-schema form
+-- only adds privileges, and the global form would also close the functions the platform
+-- creates in its own schemas.)
+--
+--   conveyor_app      exactly the documented application API below: a new function is
+--                     added here, and to tests/sql/test_grants.py, on purpose.
+--   conveyor_service  the runner, `conveyor serve` and the CLI: every function, except the
+--                     owner's and the internals of security definer functions below.
+--   owner             everything (migrate runs as the owner or a superuser).
+
+revoke execute on all functions in schema conveyor from public;
+revoke execute on all functions in schema pgmq from public;
+
+-- The application role: its API, and nothing else (grants made in other files included).
+revoke execute on all functions in schema conveyor from conveyor_app;
+revoke execute on all functions in schema pgmq from conveyor_app;
+grant execute on function
+-- the tenant context (current_tenant is called by every row-level security policy)
+conveyor.set_tenant(text),
+conveyor.current_tenant(),
+-- events
+conveyor.emit(text, text, jsonb, text, text, text, text),
+-- workflows
+conveyor.publish(text, jsonb),
+conveyor.set_workflow_active(text, text, boolean),
+conveyor.export_workflow(text, text, integer),
+conveyor.delete_workflow(text, text),
+conveyor.dry_run(text, jsonb, jsonb),
+-- executions
+conveyor.trigger_workflow(text, text, jsonb, text, text),
+conveyor.cancel_execution(text, bigint, text),
+conveyor.retry_execution(text, bigint, boolean),
+conveyor.pause_execution(text, bigint),
+conveyor.resume_execution(text, bigint),
+-- inbound HTTP
+conveyor.webhook_endpoint(text, text),
+conveyor.rotate_webhook_secret(text, text),
+conveyor.create_api_key(text, text),
+conveyor.revoke_api_key(text, text),
+-- statistics
+conveyor.workflow_summary(text, text, timestamptz),
+conveyor.top_errors(text, timestamptz, integer),
+conveyor.slowest_steps(text, timestamptz, integer)
+to conveyor_app;
+
+-- The service role: what the engine runs (tick, dispatch, read_actions, write_back, the
+-- heartbeats, receive_webhook, http_trigger, ...) and pgmq's API.
+grant execute on all functions in schema conveyor to conveyor_service;
+grant execute on all functions in schema pgmq to conveyor_service;
+revoke execute on function
+-- the owner's: installation changes
+conveyor.rotate_tenant_keys(),
+conveyor.watch(regclass, text, text, name, name),
+conveyor.unwatch(regclass),
+conveyor.install_capture(regclass, text),
+conveyor.install_ingest(regclass),
+conveyor.ingest_table(regclass, integer),
+conveyor.rewatch_altered_tables(),
+-- internals of security definer functions, which act beyond the service role's own
+-- privileges (queue messages, lock rows of a tenant's workflow)
+conveyor.send_actions(bigint[], integer),
+conveyor.queue_messages(jsonb[], integer),
+conveyor.action_message(conveyor.step_runs, bigint, conveyor.workflow_steps),
+conveyor.archive_actions(bigint[]),
+conveyor.lock_tenant_execution(text, bigint),
+conveyor.lock_workflow(text, text),
+conveyor.data_step(text, jsonb, text)
+from conveyor_service;
+
+-- Platform code that mints tenant tokens through SQL (migration 0021).
+grant execute on function conveyor.mint_tenant_token(text, interval) to conveyor_tenant_issuer;
+
+-- pgmq's own monitoring grant (usage and select to pg_monitor) keeps its read-only functions.
+grant execute on function pgmq.metrics(text), pgmq.metrics_all(), pgmq.list_queues() to pg_monitor;
