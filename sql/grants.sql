@@ -75,5 +75,16 @@ from conveyor_service;
 -- Platform code that mints tenant tokens through SQL (migration 0021).
 grant execute on function conveyor.mint_tenant_token(text, interval) to conveyor_tenant_issuer;
 
--- pgmq's own monitoring grant (usage and select to pg_monitor) keeps its read-only functions.
-grant execute on function pgmq.metrics(text), pgmq.metrics_all(), pgmq.list_queues() to pg_monitor;
+-- pgmq's own monitoring grant (usage and select to pg_monitor) keeps its read-only
+-- functions, those of them the installed pgmq has.
+do $$
+declare
+  v_name text;
+begin
+  foreach v_name in array array['pgmq.metrics(text)', 'pgmq.metrics_all()', 'pgmq.list_queues()'] loop
+    if pg_catalog.to_regprocedure(v_name) is not null then
+      execute format('grant execute on function %s to pg_monitor', pg_catalog.to_regprocedure(v_name));
+    end if;
+  end loop;
+end
+$$;

@@ -72,7 +72,7 @@ def test_public_executes_no_conveyor_or_pgmq_function(conn: Conn) -> None:
     open_to_public = conn.execute("""
         select p.oid::regprocedure::text as function
         from pg_proc as p join pg_namespace as n on n.oid = p.pronamespace
-        where n.nspname in ('conveyor', 'pgmq', 'conveyor_capture')
+        where n.nspname in ('conveyor', 'pgmq')
           and has_function_privilege('public', p.oid, 'execute')
         """).fetchall()
     assert open_to_public == []

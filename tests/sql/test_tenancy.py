@@ -446,6 +446,16 @@ def test_a_minted_token_names_its_tenant_and_expiry(two_tenants: Conn) -> None:
     assert token == platform_token(token_secret(two_tenants), "acme", int(expires))
 
 
+def test_a_tenant_id_with_dots_and_colons_round_trips(app: Conn, two_tenants: Conn) -> None:
+    two_tenants.execute("select conveyor.create_tenant('acme.eu:1', 'Acme Europe')")
+    token = mint_token(two_tenants, "acme.eu:1")
+    with acting_for(app, token):
+        assert app.execute("select conveyor.current_tenant() as t").fetchone() == {"t": "acme.eu:1"}
+        assert app.execute("select tenant_id from conveyor.tenants").fetchall() == [
+            {"tenant_id": "acme.eu:1"}
+        ]
+
+
 def forged_tokens(secret: bytes, acme: str) -> list[tuple[str, str]]:
     expires, signature = acme.split(".")[1], acme.split(".")[-1]
     later = int(time.time()) + 3600
