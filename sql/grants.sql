@@ -69,7 +69,9 @@ conveyor.action_message(conveyor.step_runs, bigint, conveyor.workflow_steps),
 conveyor.archive_actions(bigint[]),
 conveyor.lock_tenant_execution(text, bigint),
 conveyor.lock_workflow(text, text),
-conveyor.data_step(text, jsonb, text)
+conveyor.data_step(text, jsonb, text),
+conveyor.interpret_batch(conveyor.executions[], timestamptz, boolean),
+conveyor.fail_uninterpretable(conveyor.executions, boolean, jsonb)
 from conveyor_service;
 
 -- Platform code that mints tenant tokens through SQL (migration 0021).
