@@ -72,10 +72,12 @@ $$;
 -- this transaction; else the plain setting conveyor.tenant_id where it is trusted (roles
 -- outside row-level security, or the installation's opt-in). A context that set_tenant did
 -- not write in this transaction on this connection is an error, not a silent null.
--- Policies call it as `(select conveyor.current_tenant())`: once per statement.
+-- Policies call it as `(select conveyor.current_tenant())`: once per statement. Parallel
+-- restricted: a worker has its own pid, so only the leader can check the context.
 create or replace function conveyor.current_tenant() returns text
 language plpgsql
 stable
+parallel restricted
 security definer
 set search_path = ''
 as $$

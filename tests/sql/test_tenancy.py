@@ -290,6 +290,25 @@ def test_the_policies_ask_for_the_tenant_once_per_statement(app: Conn, two_tenan
     assert int(str(after["n"])) - int(str(before["n"])) == 1
 
 
+def test_the_application_roles_queries_may_still_run_in_parallel(
+    app: Conn, two_tenants: Conn, acme: str
+) -> None:
+    # current_tenant is parallel restricted (a worker has a pid of its own, so the leader
+    # checks the context), not unsafe: a large scan of the tenant's rows may use workers.
+    two_tenants.execute("select conveyor.emit('acme', 'crm.contact.created') from generate_series(1, 2000)")
+    two_tenants.execute("analyze conveyor.events")
+    app.execute(
+        "set parallel_setup_cost = 0; set parallel_tuple_cost = 0; set min_parallel_table_scan_size = 0;"
+        " set enable_indexscan = off; set enable_bitmapscan = off; set enable_indexonlyscan = off"
+    )
+    with acting_for(app, acme):
+        plan = "\n".join(
+            str(r["QUERY PLAN"]) for r in app.execute("explain select count(*) from conveyor.events")
+        )
+        assert "Parallel Seq Scan on events" in plan
+        assert count(app, "events") == 2001
+
+
 def test_writes_to_another_tenants_rows_are_refused_or_change_nothing(
     app: Conn, two_tenants: Conn, acme: str
 ) -> None:
