@@ -1,0 +1,371 @@
+"""Waits for events never miss their event: every interleaving of trigger, reply, dispatchers
+and ticks (sql/waits.sql), and the look-back ("since").
+
+A trial is lost when its execution took the timeout branch although its reply committed
+before the timeout; the suite also checks that no execution is resumed twice. The large
+version is bench/wait_races.py (make bench-wait-races).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+Conn = psycopg.Connection[dict[str, Any]]
+
+TENANT = "acme"
+
+
+def ask_workflow(
+    slug: str = "ask", steps_before: list[dict[str, Any]] | None = None, **wait: Any
+) -> dict[str, Any]:
+    """Trigger chat.question.asked (payload.q), wait for chat.answer.given with the same q."""
+    return {
+        "slug": slug,
+        "name": slug,
+        "trigger": {"event": "chat.question.asked"},
+        "steps": [
+            *(steps_before or []),
+            {
+                "id": "reply",
+                "wait_for_event": {
+                    "event": "chat.answer.given",
+                    "match": {"payload.q": "{{trigger.payload.q}}"},
+                    "timeout": "1h",
+                    **wait,
+                },
+                "on_event": "answered",
+                "on_timeout": "unanswered",
+            },
+            {
+                "id": "answered",
+                "set": {"r": "event", "a": "{{steps.reply.output.event.payload.a}}"},
+                "next": None,
+            },
+            {"id": "unanswered", "set": {"r": "timeout"}},
+        ],
+    }
+
+
+@pytest.fixture
+def tenant(conn: Conn) -> str:
+    conn.execute("select conveyor.create_tenant(%s, 'Acme')", (TENANT,))
+    return TENANT
+
+
+def publish(conn: Conn, tenant: str, doc: dict[str, Any]) -> None:
+    conn.execute("select conveyor.publish(%s, %s)", (tenant, Jsonb(doc)))
+
+
+def emit(conn: Conn, event_type: str, payload: dict[str, Any], tenant: str = TENANT) -> int:
+    row = conn.execute(
+        "select conveyor.emit(%s, %s, %s) as id", (tenant, event_type, Jsonb(payload))
+    ).fetchone()
+    assert row is not None
+    return int(row["id"])
+
+
+def ask(conn: Conn, q: str) -> int:
+    return emit(conn, "chat.question.asked", {"q": q})
+
+
+def answer(conn: Conn, q: str, a: str = "yes") -> int:
+    return emit(conn, "chat.answer.given", {"q": q, "a": a})
+
+
+def dispatch(conn: Conn) -> int:
+    row = conn.execute("select conveyor.dispatch() as n").fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+def tick(conn: Conn, at: str = "now()") -> int:
+    row = conn.execute(f"select conveyor.resume_due({at}) as n").fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+def settle_without_timeouts(conn: Conn) -> None:
+    """Dispatch and confirm until nothing is left."""
+    for _ in range(100):
+        if dispatch(conn) == 0 and tick(conn) == 0:
+            return
+
+
+def settle(conn: Conn) -> None:
+    """Dispatch and confirm until nothing is left, then time out whatever still waits."""
+    for _ in range(100):
+        if dispatch(conn) == 0 and tick(conn) == 0:
+            break
+    tick(conn, "now() + interval '2 hours'")
+
+
+def outcomes(conn: Conn) -> dict[str, dict[str, Any]]:
+    """Per question: the execution's status, its branch and how often its wait completed."""
+    rows = conn.execute("""
+        select x.trigger -> 'payload' ->> 'q' as q, x.status, x.vars,
+          (select count(*) from conveyor.step_runs as r
+            where r.execution_id = x.execution_id and r.step_id = 'reply' and r.status = 'completed') as waits_done
+        from conveyor.executions as x
+        """).fetchall()
+    return {r["q"]: r for r in rows}
+
+
+def assert_all_answered(conn: Conn, questions: list[str]) -> None:
+    result = outcomes(conn)
+    lost = sorted(q for q in questions if result[q]["vars"].get("r") != "event")
+    twice = sorted(q for q in questions if result[q]["waits_done"] != 1)
+    assert (lost, twice) == ([], [])
+    assert all(result[q]["status"] == "completed" for q in questions)
+
+
+def test_trigger_and_reply_in_the_same_statement(conn: Conn, tenant: str) -> None:
+    publish(conn, tenant, ask_workflow())
+    conn.execute(
+        "select conveyor.emit(%(t)s, 'chat.question.asked', '{\"q\": \"q1\"}'),"
+        ' conveyor.emit(%(t)s, \'chat.answer.given\', \'{"q": "q1", "a": "same statement"}\')',
+        {"t": tenant},
+    )
+    settle(conn)
+    assert_all_answered(conn, ["q1"])
+    assert outcomes(conn)["q1"]["vars"]["a"] == "same statement"
+
+
+def test_trigger_and_reply_in_the_same_transaction_and_batch(conn: Conn, tenant: str) -> None:
+    publish(conn, tenant, ask_workflow())
+    with conn.transaction():
+        ask(conn, "q1")
+        answer(conn, "q1")
+    ask(conn, "q2")
+    answer(conn, "q2")
+    # one dispatch takes all four: the replies are in their triggers' batch
+    assert dispatch(conn) == 4
+    assert {q: o["vars"]["r"] for q, o in outcomes(conn).items()} == {"q1": "event", "q2": "event"}
+    settle(conn)
+    assert_all_answered(conn, ["q1", "q2"])
+
+
+def test_a_reply_dispatched_while_the_wait_is_uncommitted_is_not_lost(
+    db_url: str, conn: Conn, tenant: str
+) -> None:
+    # The registering dispatch has not committed when another dispatcher claims the reply:
+    # the reply's dispatch cannot see the wait, the wait's look-back could not see the reply.
+    publish(conn, tenant, ask_workflow())
+    ask(conn, "q1")
+    with psycopg.connect(db_url, row_factory=dict_row) as registering:
+        assert dispatch(registering) == 1  # not committed yet
+        answer(conn, "q1")
+        assert dispatch(conn) == 1
+        registering.commit()
+    # the confirmation (every tick) looks back once more, in a transaction that sees both
+    assert outcomes(conn)["q1"]["status"] == "waiting"
+    assert tick(conn) == 1
+    assert_all_answered(conn, ["q1"])
+
+
+def test_a_dispatch_locks_only_the_waits_its_events_answer(db_url: str, conn: Conn, tenant: str) -> None:
+    # Another dispatch of the same tenant is in progress (it resumed q1 and holds it): the
+    # reply to q2 still finds q2, which nothing else holds.
+    publish(conn, tenant, ask_workflow())
+    ask(conn, "q1")
+    ask(conn, "q2")
+    settle_without_timeouts(conn)
+    answer(conn, "q1")
+    with psycopg.connect(db_url, row_factory=dict_row) as first:
+        assert dispatch(first) == 1
+        answer(conn, "q2")
+        assert dispatch(conn) == 1
+        assert outcomes(conn)["q2"]["vars"] == {"r": "event", "a": "yes"}
+        first.commit()
+    assert_all_answered(conn, ["q1", "q2"])
+
+
+def test_a_reply_committed_before_the_timeout_but_not_dispatched_wins(conn: Conn, tenant: str) -> None:
+    publish(conn, tenant, ask_workflow())
+    ask(conn, "q1")
+    settle_without_timeouts(conn)
+    answer(conn, "q1")  # a backlog: not dispatched when the timeout falls due
+    assert tick(conn, "now() + interval '2 hours'") == 1
+    assert_all_answered(conn, ["q1"])
+    assert dispatch(conn) == 1  # the reply's own dispatch finds nothing left to resume
+    assert_all_answered(conn, ["q1"])
+
+
+def test_two_replies_at_once_resume_the_wait_once(conn: Conn, tenant: str) -> None:
+    publish(conn, tenant, ask_workflow())
+    ask(conn, "q1")
+    settle_without_timeouts(conn)
+    first = answer(conn, "q1", "first")
+    answer(conn, "q1", "second")
+    assert dispatch(conn) == 2
+    settle(conn)
+    assert_all_answered(conn, ["q1"])
+    out = conn.execute("""
+        select r.output -> 'event' ->> 'event_id' as event_id from conveyor.step_runs as r where r.step_id = 'reply'
+        """).fetchone()
+    assert out == {"event_id": str(first)}
+
+
+def test_a_reply_that_matches_no_wait_is_logged(conn: Conn, tenant: str) -> None:
+    publish(conn, tenant, ask_workflow())
+    ask(conn, "q1")
+    settle_without_timeouts(conn)
+    stray = answer(conn, "q-unknown")
+    dispatch(conn)
+    logs = conn.execute(
+        "select level, message, details from conveyor.execution_logs where event_id = %s", (stray,)
+    ).fetchall()
+    assert logs == [
+        {
+            "level": "info",
+            "message": f"event {stray} (chat.answer.given) resumed no execution:"
+            " none of the 1 waits for it matched its correlation",
+            "details": {"reason": "no_wait_matched", "waits": 1},
+        }
+    ]
+    assert outcomes(conn)["q1"]["status"] == "waiting"
+
+
+# --- the look-back ------------------------------------------------------------------------
+
+
+def delayed_ask(**wait: Any) -> dict[str, Any]:
+    return ask_workflow(steps_before=[{"id": "pause", "delay": {"for": "1s"}}], **wait)
+
+
+def test_by_default_a_reply_sent_during_an_earlier_delay_counts(conn: Conn, tenant: str) -> None:
+    # trigger -> 1 s delay -> wait; the reply arrives during the delay
+    publish(conn, tenant, delayed_ask())
+    ask(conn, "q1")
+    settle_without_timeouts(conn)
+    answer(conn, "q1")
+    settle_without_timeouts(conn)
+    assert outcomes(conn)["q1"]["status"] == "waiting"  # still in the delay
+    tick(conn, "now() + interval '2 seconds'")  # the wait begins and looks back
+    assert_all_answered(conn, ["q1"])
+
+
+def test_a_reply_from_before_the_trigger_does_not_count(conn: Conn, tenant: str) -> None:
+    publish(conn, tenant, ask_workflow())
+    answer(conn, "q1", "old")
+    settle_without_timeouts(conn)
+    time.sleep(0.01)
+    ask(conn, "q1")
+    settle(conn)
+    assert outcomes(conn)["q1"]["vars"] == {"r": "timeout"}
+
+
+def test_since_wait_ignores_replies_before_the_wait_began(conn: Conn, tenant: str) -> None:
+    publish(conn, tenant, delayed_ask(since="wait"))
+    ask(conn, "q1")
+    ask(conn, "q2")
+    settle_without_timeouts(conn)
+    answer(conn, "q1", "during the delay")
+    settle_without_timeouts(conn)
+    time.sleep(0.01)
+    tick(conn, "now() + interval '2 seconds'")
+    time.sleep(0.01)
+    answer(conn, "q2", "after the wait began")
+    settle(conn)
+    result = outcomes(conn)
+    assert result["q1"]["vars"] == {"r": "timeout"}
+    assert result["q2"]["vars"] == {"r": "event", "a": "after the wait began"}
+
+
+def test_since_a_template_timestamp(conn: Conn, tenant: str) -> None:
+    publish(conn, tenant, ask_workflow(since="{{trigger.payload.since}}"))
+    answer(conn, "q1", "old")
+    settle_without_timeouts(conn)
+    row = conn.execute("select now() - interval '1 hour' as t").fetchone()
+    assert row is not None
+    emit(conn, "chat.question.asked", {"q": "q1", "since": row["t"].isoformat()})
+    settle(conn)
+    # the reply came before the trigger, but after the trigger's "since"
+    assert outcomes(conn)["q1"]["vars"] == {"r": "event", "a": "old"}
+
+
+def test_since_is_validated(conn: Conn, tenant: str) -> None:
+    rows = conn.execute(
+        "select conveyor.validate_workflow(%s) as problem", (Jsonb(ask_workflow(since="yesterday-ish")),)
+    ).fetchall()
+    assert [r["problem"] for r in rows] == [
+        'steps[0].wait_for_event.since: "yesterday-ish" is not "execution", "wait", a timestamp or a template'
+    ]
+
+
+# --- interleavings at random ---------------------------------------------------------------
+
+
+def run_races(db_url: str, trials: int, *, burst: int = 0, seed: int = 7) -> None:
+    """Triggers and replies from two connections at random 0-50 ms gaps, two dispatch loops
+    and two tick loops racing, unrelated events of the same tenant flowing every ~5 ms."""
+    rng = random.Random(seed)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def loop(body: Any) -> None:
+        try:
+            with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as c:
+                while not stop.is_set():
+                    body(c)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    def noise(c: Conn) -> None:
+        emit(c, "chat.typing.started", {"q": "noise"})
+        time.sleep(0.005)
+
+    def dispatcher(c: Conn) -> None:
+        if dispatch(c) == 0:
+            time.sleep(0.002)
+
+    def ticker(c: Conn) -> None:
+        tick(c)
+        time.sleep(0.003)
+
+    threads = [
+        threading.Thread(target=loop, args=(f,)) for f in (noise, dispatcher, dispatcher, ticker, ticker)
+    ]
+    with (
+        psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as asker,
+        psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as answerer,
+    ):
+        if burst:
+            asker.execute(
+                "select conveyor.emit(%s, 'chat.typing.started', '{}') from generate_series(1, %s)",
+                (TENANT, burst),
+            )
+        for t in threads:
+            t.start()
+        try:
+            for i in range(trials):
+                ask(asker, f"q{i}")
+                time.sleep(rng.uniform(0, 0.05))
+                answer(answerer, f"q{i}")
+        finally:
+            time.sleep(0.2)
+            stop.set()
+            for t in threads:
+                t.join()
+    assert errors == []
+
+
+def test_random_interleavings_lose_nothing(db_url: str, conn: Conn, tenant: str) -> None:
+    publish(conn, tenant, ask_workflow())
+    run_races(db_url, 40)
+    settle(conn)
+    assert_all_answered(conn, [f"q{i}" for i in range(40)])
+
+
+def test_random_interleavings_during_a_burst_lose_nothing(db_url: str, conn: Conn, tenant: str) -> None:
+    publish(conn, tenant, ask_workflow())
+    run_races(db_url, 20, burst=400, seed=11)
+    settle(conn)
+    assert_all_answered(conn, [f"q{i}" for i in range(20)])
