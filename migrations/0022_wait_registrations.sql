@@ -25,6 +25,8 @@ create table conveyor.waits (
   condition jsonb,
   step_id text not null,
   registered_at timestamptz not null default now(),
+  -- the registering transaction: its own confirmation would not prove anything
+  registered_by xid8 not null default pg_catalog.pg_current_xact_id(),
   -- false until a transaction that began after the registration committed has looked
   -- back once more (conveyor.confirm_waits)
   confirmed boolean not null default false,

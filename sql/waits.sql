@@ -205,6 +205,8 @@ begin
   v_wait.tenant_id := p_exec.tenant_id;
   v_wait.step_id := p_step_id;
   v_wait.registered_at := now();
+  -- the top-level transaction (the row's xmin may be a step's subtransaction)
+  v_wait.registered_by := pg_catalog.pg_current_xact_id();
   v_wait.confirmed := false;
   if p_kind = 'wait_until' then
     if jsonb_typeof(p_input -> 'id') not in ('string', 'number') then
@@ -239,7 +241,7 @@ begin
     set tenant_id = excluded.tenant_id, event_key = excluded.event_key, match_paths = excluded.match_paths,
       match_values = excluded.match_values, since = excluded.since, entity = excluded.entity,
       entity_id = excluded.entity_id, condition = excluded.condition, step_id = excluded.step_id,
-      registered_at = excluded.registered_at, confirmed = false;
+      registered_at = excluded.registered_at, registered_by = excluded.registered_by, confirmed = false;
   return v_output;
 end;
 $$;
@@ -498,7 +500,10 @@ begin
     )
       and x.status = 'waiting' and x.wait_kind = 'event'
     for update skip locked
-  ) and not w.confirmed;
+  ) and not w.confirmed
+    -- not a wait this transaction registered (a tick's dispatch, say): its confirmation
+    -- must see it committed
+    and w.registered_by operator(pg_catalog.<>) coalesce(pg_catalog.pg_current_xact_id_if_assigned(), '0'::xid8);
 
   foreach v_wait in array coalesce(v_waits, '{}') loop
     v_hit := conveyor.wait_hit(v_wait, null, false);

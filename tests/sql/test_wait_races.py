@@ -170,6 +170,23 @@ def test_a_reply_dispatched_while_the_wait_is_uncommitted_is_not_lost(
     assert_all_answered(conn, ["q1"])
 
 
+def test_a_tick_does_not_confirm_the_waits_its_own_dispatch_registered(
+    db_url: str, conn: Conn, tenant: str
+) -> None:
+    # conveyor.tick() dispatches and then confirms, in one transaction: the waits its
+    # dispatch began are not committed yet, so it must leave them to the next tick.
+    publish(conn, tenant, ask_workflow())
+    ask(conn, "q1")
+    with psycopg.connect(db_url, row_factory=dict_row) as ticking:
+        ticking.execute("select conveyor.tick()")
+        answer(conn, "q1")
+        assert dispatch(conn) == 1
+        ticking.commit()
+    assert outcomes(conn)["q1"]["status"] == "waiting"
+    assert tick(conn) == 1
+    assert_all_answered(conn, ["q1"])
+
+
 def test_a_dispatch_locks_only_the_waits_its_events_answer(db_url: str, conn: Conn, tenant: str) -> None:
     # Another dispatch of the same tenant is in progress (it resumed q1 and holds it): the
     # reply to q2 still finds q2, which nothing else holds.
