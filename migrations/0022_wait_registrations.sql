@@ -33,8 +33,12 @@ create table conveyor.waits (
   check ((entity is null) = (condition is null))
 );
 
-create index waits_key_idx on conveyor.waits (tenant_id, event_key);
+create index waits_key_idx on conveyor.waits (tenant_id, event_key, match_values);
 create index waits_unconfirmed_idx on conveyor.waits (registered_at) where not confirmed;
+
+-- The wait steps of a tenant, read by dispatch for the correlations its waits can have.
+create index workflow_steps_waits_idx on conveyor.workflow_steps (tenant_id)
+where kind in ('wait_for_event', 'wait_until');
 
 -- The look-back of a wait: a tenant's events of one type since a point in time.
 create index events_tenant_type_time_idx on conveyor.events (tenant_id, event_type, occurred_at);
@@ -67,8 +71,8 @@ inner join conveyor.step_runs as r
 cross join
   lateral (
     select
-      coalesce(array_agg(k.key order by k.key), '{}') as paths,
-      coalesce(array_agg(k.value #>> '{}' order by k.key), '{}') as vals
+      coalesce(array_agg(k.key order by k.key collate "C"), '{}') as paths,
+      coalesce(array_agg(k.value #>> '{}' order by k.key collate "C"), '{}') as vals
     from jsonb_each(coalesce(r.input -> 'match', '{}')) as k
   ) as m
 where x.status = 'waiting' and x.wait_kind = 'event' and r.input ? 'event';

@@ -224,7 +224,10 @@ begin
     v_wait.condition := p_input -> 'condition';
   else
     v_wait.event_key := p_input ->> 'event';
-    select coalesce(array_agg(k.key order by k.key), '{}'), coalesce(array_agg(k.value #>> '{}' order by k.key), '{}')
+    -- in the order the matcher lists a step's match keys (see shapes there)
+    select
+      coalesce(array_agg(k.key order by k.key collate "C"), '{}'),
+      coalesce(array_agg(k.value #>> '{}' order by k.key collate "C"), '{}')
     into v_wait.match_paths, v_wait.match_values
     from jsonb_each(coalesce(p_input -> 'match', '{}')) as k;
     v_wait.since := conveyor.wait_since(p_exec, p_input -> 'since', p_now, p_where || '.wait_for_event');
@@ -381,24 +384,48 @@ begin
     where ev.event_id = any(p_event_ids)
   ),
 
-  -- every wait of an event's type (or patterns); for a wait_until its row, when the event
-  -- is a change of that row
+  -- the correlations waits for these events can have (type or pattern, and match paths):
+  -- read from the wait steps of the tenants' workflows, a handful of rows, so that waits
+  -- are then found by their key and values (waits_key_idx), not scanned
+  shapes as (
+    select distinct
+      st.tenant_id,
+      case when st.kind = 'wait_until' then 'entity:' || (sp.spec ->> 'entity') else sp.spec ->> 'event' end
+        as event_key,
+      case when st.kind = 'wait_until' then array['entity_id']
+        else array(
+          select k.k from jsonb_object_keys(coalesce(sp.spec -> 'match', '{}')) as k (k) order by k.k collate "C"
+        )
+      end as match_paths
+    from conveyor.workflow_steps as st
+    cross join lateral (
+      select case when st.config ? st.kind then st.config -> st.kind else st.config end as spec
+    ) as sp
+    where st.tenant_id = any(v_tenants) and st.kind in ('wait_for_event', 'wait_until')
+  ),
+
+  -- the waits with an event's key and values; for a wait_until its row
   candidates as (
     select
-      ev.event_id, ev.tenant_id, ev.event_type, ev.occurred_at, ev.obj, w.execution_id, w.since,
-      w.match_paths, w.match_values, w.entity, w.condition,
-      case when w.entity is not null and ev.obj ->> 'entity_id' = w.entity_id
-        then conveyor.wait_row(w.tenant_id, w.entity, w.entity_id) end as row
+      ev.event_id, ev.tenant_id, ev.event_type, ev.occurred_at, ev.obj, sh.event_key, w.execution_id, w.since,
+      w.entity, w.condition,
+      case when w.entity is not null then conveyor.wait_row(w.tenant_id, w.entity, w.entity_id) end as row
     from events as ev
-    join conveyor.waits as w on w.tenant_id = ev.tenant_id and w.event_key = any(ev.keys)
+    join shapes as sh on sh.tenant_id = ev.tenant_id and sh.event_key = any(ev.keys)
+    left join conveyor.waits as w
+      on w.tenant_id = ev.tenant_id and w.event_key = sh.event_key and w.match_paths = sh.match_paths
+      and w.match_values = array(
+        select ev.obj #>> pg_catalog.string_to_array(u.path, '.')
+        from unnest(sh.match_paths) with ordinality as u (path, n)
+        order by u.n
+      )
   ),
 
   -- and whether the event answers it
   checked as (
     select
-      c.event_id, c.tenant_id, c.event_type, c.occurred_at, c.obj, c.execution_id, c.row,
-      c.occurred_at >= c.since
-      and conveyor.wait_matches(c.match_paths, c.match_values, c.obj)
+      c.event_id, c.tenant_id, c.event_type, c.occurred_at, c.obj, c.event_key, c.execution_id, c.row,
+      c.execution_id is not null and c.occurred_at >= c.since
       and (c.entity is null or c.row is not null and coalesce((
         select t.holds from conveyor.try_eval_condition(c.condition, jsonb_build_object('row', c.row)) as t
       ), false)) as answers
@@ -416,17 +443,19 @@ begin
     order by c.execution_id, c.occurred_at, c.event_id
   ),
 
+  -- an event of a type some workflow waits for that answered no wait (a reply to nothing,
+  -- or to a wait that has not begun yet); captured changes checked for wait_until are not
+  -- logged (most changes of a row answer nothing)
   logged as (
     insert into conveyor.execution_logs (tenant_id, event_id, level, message, details)
     select u.tenant_id, u.event_id, 'info',
-      format('event %s (%s) resumed no execution: none of the %s waits for it matched its correlation',
-        u.event_id, u.event_type, u.waits),
-      jsonb_build_object('reason', 'no_wait_matched', 'waits', u.waits)
+      format('event %s (%s) resumed no execution: no wait for it matched its correlation', u.event_id, u.event_type),
+      '{"reason": "no_wait_matched"}'::jsonb
     from (
-      select c.event_id, c.tenant_id, c.event_type, count(*) as waits
+      select c.event_id, c.tenant_id, c.event_type
       from checked as c
       group by c.event_id, c.tenant_id, c.event_type
-      having not bool_or(c.answers)
+      having not bool_or(c.answers) and bool_or(not starts_with(c.event_key, 'entity:'))
     ) as u
     order by u.event_id
     returning 1
