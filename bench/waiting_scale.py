@@ -57,38 +57,21 @@ SHORT = {
     "trigger": {"event": "bench.short.started"},
     "steps": [{"id": "pause", "delay": {"for": "10m"}}, {"id": "after", "set": {"done": True}}],
 }
-REPLY = {
-    "slug": "wait-for-a-reply",
-    "name": "Wait for a reply",
-    "trigger": {"event": "bench.reply.started"},
-    "steps": [
-        {
-            "id": "reply",
-            "wait_for_event": {
-                "event": "bench.reply.given",
-                "match": {"payload.i": "{{trigger.payload.i}}"},
-                "timeout": "30d",
-            },
-        },
-        {"id": "after", "set": {"done": True}},
-    ],
-}
-OTHER = {
-    "slug": "wait-for-another-event",
-    "name": "Wait for another event",
-    "trigger": {"event": "bench.other.started"},
-    "steps": [
-        {
-            "id": "other",
-            "wait_for_event": {
-                "event": "bench.other.given",
-                "match": {"payload.i": "{{trigger.payload.i}}"},
-                "timeout": "30d",
-            },
-        },
-        {"id": "after", "set": {"done": True}},
-    ],
-}
+
+
+def waiting_for(slug: str, started: str, given: str) -> dict[str, Any]:
+    """Started by `started` (payload.i); waits 30 days for `given` with the same payload.i."""
+    wait = {"event": given, "match": {"payload.i": "{{trigger.payload.i}}"}, "timeout": "30d"}
+    return {
+        "slug": slug,
+        "name": slug,
+        "trigger": {"event": started},
+        "steps": [{"id": "wait", "wait_for_event": wait}, {"id": "after", "set": {"done": True}}],
+    }
+
+
+REPLY = waiting_for("wait-for-a-reply", "bench.reply.started", "bench.reply.given")
+OTHER = waiting_for("wait-for-another-event", "bench.other.started", "bench.other.given")
 SHORT_COUNT = 100
 REPLY_COUNT = 100
 NEW_EVENTS = 1_000

@@ -13,11 +13,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from bench.wait_races import TENANT, answer, ask, ask_workflow, emit, outcomes, publish
 from psycopg.rows import dict_row
 
 from tests.e2e.test_runner_e2e import runners  # noqa: F401 (fixture)
 from tests.runner.helpers import wait_for
-from tests.sql.test_wait_races import TENANT, answer, ask, ask_workflow, emit, outcomes, publish
 
 Conn = psycopg.Connection[dict[str, Any]]
 

@@ -9,113 +9,41 @@ version is bench/wait_races.py (make bench-wait-races).
 from __future__ import annotations
 
 import random
-import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
+from bench.wait_races import (
+    TENANT,
+    Racers,
+    after_waiting,
+    answer,
+    ask,
+    ask_workflow,
+    dispatch,
+    during_burst,
+    emit,
+    outcomes,
+    publish,
+    same_statement,
+    same_transaction,
+    settle,
+    settle_without_timeouts,
+    tick,
+    two_connections,
+)
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 Conn = psycopg.Connection[dict[str, Any]]
-
-TENANT = "acme"
-
-
-def ask_workflow(
-    slug: str = "ask", steps_before: list[dict[str, Any]] | None = None, **wait: Any
-) -> dict[str, Any]:
-    """Trigger chat.question.asked (payload.q), wait for chat.answer.given with the same q."""
-    return {
-        "slug": slug,
-        "name": slug,
-        "trigger": {"event": "chat.question.asked"},
-        "steps": [
-            *(steps_before or []),
-            {
-                "id": "reply",
-                "wait_for_event": {
-                    "event": "chat.answer.given",
-                    "match": {"payload.q": "{{trigger.payload.q}}"},
-                    "timeout": "1h",
-                    **wait,
-                },
-                "on_event": "answered",
-                "on_timeout": "unanswered",
-            },
-            {
-                "id": "answered",
-                "set": {"r": "event", "a": "{{steps.reply.output.event.payload.a}}"},
-                "next": None,
-            },
-            {"id": "unanswered", "set": {"r": "timeout"}},
-        ],
-    }
 
 
 @pytest.fixture
 def tenant(conn: Conn) -> str:
     conn.execute("select conveyor.create_tenant(%s, 'Acme')", (TENANT,))
     return TENANT
-
-
-def publish(conn: Conn, tenant: str, doc: dict[str, Any]) -> None:
-    conn.execute("select conveyor.publish(%s, %s)", (tenant, Jsonb(doc)))
-
-
-def emit(conn: Conn, event_type: str, payload: dict[str, Any], tenant: str = TENANT) -> int:
-    row = conn.execute(
-        "select conveyor.emit(%s, %s, %s) as id", (tenant, event_type, Jsonb(payload))
-    ).fetchone()
-    assert row is not None
-    return int(row["id"])
-
-
-def ask(conn: Conn, q: str) -> int:
-    return emit(conn, "chat.question.asked", {"q": q})
-
-
-def answer(conn: Conn, q: str, a: str = "yes") -> int:
-    return emit(conn, "chat.answer.given", {"q": q, "a": a})
-
-
-def dispatch(conn: Conn) -> int:
-    row = conn.execute("select conveyor.dispatch() as n").fetchone()
-    assert row is not None
-    return int(row["n"])
-
-
-def tick(conn: Conn, at: str = "now()") -> int:
-    row = conn.execute(f"select conveyor.resume_due({at}) as n").fetchone()
-    assert row is not None
-    return int(row["n"])
-
-
-def settle_without_timeouts(conn: Conn) -> None:
-    """Dispatch and confirm until nothing is left."""
-    for _ in range(100):
-        if dispatch(conn) == 0 and tick(conn) == 0:
-            return
-
-
-def settle(conn: Conn) -> None:
-    """Dispatch and confirm until nothing is left, then time out whatever still waits."""
-    for _ in range(100):
-        if dispatch(conn) == 0 and tick(conn) == 0:
-            break
-    tick(conn, "now() + interval '2 hours'")
-
-
-def outcomes(conn: Conn) -> dict[str, dict[str, Any]]:
-    """Per question: the execution's status, its branch and how often its wait completed."""
-    rows = conn.execute("""
-        select x.trigger -> 'payload' ->> 'q' as q, x.status, x.vars,
-          (select count(*) from conveyor.step_runs as r
-            where r.execution_id = x.execution_id and r.step_id = 'reply' and r.status = 'completed') as waits_done
-        from conveyor.executions as x
-        """).fetchall()
-    return {r["q"]: r for r in rows}
 
 
 def assert_all_answered(conn: Conn, questions: list[str]) -> None:
@@ -319,69 +247,26 @@ def test_since_is_validated(conn: Conn, tenant: str) -> None:
 # --- interleavings at random ---------------------------------------------------------------
 
 
-def run_races(db_url: str, trials: int, *, burst: int = 0, seed: int = 7) -> None:
-    """Triggers and replies from two connections at random 0-50 ms gaps, two dispatch loops
-    and two tick loops racing, unrelated events of the same tenant flowing every ~5 ms."""
-    rng = random.Random(seed)
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def loop(body: Any) -> None:
-        try:
-            with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as c:
-                while not stop.is_set():
-                    body(c)
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
-
-    def noise(c: Conn) -> None:
-        emit(c, "chat.typing.started", {"q": "noise"})
-        time.sleep(0.005)
-
-    def dispatcher(c: Conn) -> None:
-        if dispatch(c) == 0:
-            time.sleep(0.002)
-
-    def ticker(c: Conn) -> None:
-        tick(c)
-        time.sleep(0.003)
-
-    threads = [
-        threading.Thread(target=loop, args=(f,)) for f in (noise, dispatcher, dispatcher, ticker, ticker)
-    ]
-    with (
-        psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as asker,
-        psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as answerer,
-    ):
-        if burst:
-            asker.execute(
-                "select conveyor.emit(%s, 'chat.typing.started', '{}') from generate_series(1, %s)",
-                (TENANT, burst),
-            )
-        for t in threads:
-            t.start()
-        try:
-            for i in range(trials):
-                ask(asker, f"q{i}")
-                time.sleep(rng.uniform(0, 0.05))
-                answer(answerer, f"q{i}")
-        finally:
-            time.sleep(0.2)
-            stop.set()
-            for t in threads:
-                t.join()
-    assert errors == []
-
-
-def test_random_interleavings_lose_nothing(db_url: str, conn: Conn, tenant: str) -> None:
+@pytest.mark.parametrize(
+    ("scenario", "trials"),
+    [
+        (same_statement, 30),
+        (same_transaction, 30),
+        (two_connections, 40),
+        (during_burst, 20),
+        (after_waiting, 30),
+    ],
+)
+def test_random_interleavings_lose_nothing(
+    db_url: str,
+    conn: Conn,
+    tenant: str,
+    scenario: Callable[[str, str, int, random.Random], None],
+    trials: int,
+) -> None:
+    # two dispatch loops and two tick loops racing, unrelated events of the tenant flowing
     publish(conn, tenant, ask_workflow())
-    run_races(db_url, 40)
+    with Racers(db_url):
+        scenario(db_url, "q", trials, random.Random(7))
     settle(conn)
-    assert_all_answered(conn, [f"q{i}" for i in range(40)])
-
-
-def test_random_interleavings_during_a_burst_lose_nothing(db_url: str, conn: Conn, tenant: str) -> None:
-    publish(conn, tenant, ask_workflow())
-    run_races(db_url, 20, burst=400, seed=11)
-    settle(conn)
-    assert_all_answered(conn, [f"q{i}" for i in range(20)])
+    assert_all_answered(conn, [f"q{i}" for i in range(trials)])

@@ -8,10 +8,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from bench.wait_races import dispatch, settle, settle_without_timeouts, tick
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-
-from tests.sql.test_wait_races import dispatch, settle, settle_without_timeouts, tick
 
 Conn = psycopg.Connection[dict[str, Any]]
 
