@@ -7,7 +7,10 @@
 -- and read each one's step run to learn what it waited for, so the cost of an event and
 -- the rows it locked grew with the tenant's waits on other events.
 create table conveyor.waits (
-  execution_id bigint primary key,
+  -- deferred: the interpreter registers a new execution's wait before it inserts the
+  -- execution (each new execution is written once, in the state it reached)
+  execution_id bigint primary key references conveyor.executions (execution_id) on delete cascade
+  deferrable initially deferred,
   tenant_id text not null,
   -- what answers the wait: an event type or pattern ('email.message.replied', 'email.*',
   -- '*') of wait_for_event, or 'entity:<entity>' (a captured change of that entity) of
@@ -71,8 +74,8 @@ inner join conveyor.step_runs as r
 cross join
   lateral (
     select
-      coalesce(array_agg(k.key order by k.key collate "C"), '{}') as paths,
-      coalesce(array_agg(k.value #>> '{}' order by k.key collate "C"), '{}') as vals
+      coalesce(array_agg(k.key order by pg_catalog.convert_to(k.key, 'UTF8')), '{}') as paths,
+      coalesce(array_agg(k.value #>> '{}' order by pg_catalog.convert_to(k.key, 'UTF8')), '{}') as vals
     from jsonb_each(coalesce(r.input -> 'match', '{}')) as k
   ) as m
 where x.status = 'waiting' and x.wait_kind = 'event' and r.input ? 'event';

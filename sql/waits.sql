@@ -67,6 +67,8 @@ set search_path = ''
 as $$
 declare
   v_entity conveyor.entities;
+  v_tenant_type text;
+  v_id_type text;
   v_row jsonb;
 begin
   select e.* into v_entity from conveyor.entities as e where e.entity = p_entity;
@@ -76,10 +78,22 @@ begin
       message = format('wait_until.entity: unknown entity "%s"', p_entity),
       hint = 'register platform entities in conveyor.entities';
   end if;
-  execute format(
-    'select pg_catalog.to_jsonb(t) from %s as t where t.%I::text = $1 and t.%I::text = $2',
-    v_entity.table_name, v_entity.tenant_column, v_entity.id_column
-  ) into v_row using p_tenant_id, p_id;
+  -- compared in the columns' own types, so the platform's indexes serve the lookup
+  select pg_catalog.format_type(a.atttypid, a.atttypmod) into v_tenant_type
+  from pg_catalog.pg_attribute as a
+  where a.attrelid = v_entity.table_name and a.attname = v_entity.tenant_column;
+  select pg_catalog.format_type(a.atttypid, a.atttypmod) into v_id_type
+  from pg_catalog.pg_attribute as a
+  where a.attrelid = v_entity.table_name and a.attname = v_entity.id_column;
+  begin
+    execute format(
+      'select pg_catalog.to_jsonb(t) from %s as t where t.%I = $1::%s and t.%I = $2::%s',
+      v_entity.table_name, v_entity.tenant_column, v_tenant_type, v_entity.id_column, v_id_type
+    ) into v_row using p_tenant_id, p_id;
+  exception when invalid_text_representation then
+    -- an id that is no value of the id column's type names no row
+    return null;
+  end;
   return v_row;
 end;
 $$;
@@ -226,8 +240,8 @@ begin
     v_wait.event_key := p_input ->> 'event';
     -- in the order the matcher lists a step's match keys (see shapes there)
     select
-      coalesce(array_agg(k.key order by k.key collate "C"), '{}'),
-      coalesce(array_agg(k.value #>> '{}' order by k.key collate "C"), '{}')
+      coalesce(array_agg(k.key order by pg_catalog.convert_to(k.key, 'UTF8')), '{}'),
+      coalesce(array_agg(k.value #>> '{}' order by pg_catalog.convert_to(k.key, 'UTF8')), '{}')
     into v_wait.match_paths, v_wait.match_values
     from jsonb_each(coalesce(p_input -> 'match', '{}')) as k;
     v_wait.since := conveyor.wait_since(p_exec, p_input -> 'since', p_now, p_where || '.wait_for_event');
@@ -394,7 +408,9 @@ begin
         as event_key,
       case when st.kind = 'wait_until' then array['entity_id']
         else array(
-          select k.k from jsonb_object_keys(coalesce(sp.spec -> 'match', '{}')) as k (k) order by k.k collate "C"
+          select k.k
+          from jsonb_object_keys(coalesce(sp.spec -> 'match', '{}')) as k (k)
+          order by pg_catalog.convert_to(k.k, 'UTF8')
         )
       end as match_paths
     from conveyor.workflow_steps as st
@@ -412,7 +428,13 @@ begin
       case when w.entity is not null then conveyor.wait_row(w.tenant_id, w.entity, w.entity_id) end as row
     from events as ev
     join shapes as sh on sh.tenant_id = ev.tenant_id and sh.event_key = any(ev.keys)
-    left join conveyor.waits as w
+    left join (
+      conveyor.waits as w
+      -- only waits still waiting at their step (a cancelled execution's stays until retention)
+      join conveyor.executions as x
+        on x.execution_id = w.execution_id and x.status = 'waiting' and x.wait_kind = 'event'
+        and x.current_step = w.step_id
+    )
       on w.tenant_id = ev.tenant_id and w.event_key = sh.event_key and w.match_paths = sh.match_paths
       and w.match_values = array(
         select ev.obj #>> pg_catalog.string_to_array(u.path, '.')
