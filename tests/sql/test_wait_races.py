@@ -158,6 +158,20 @@ def test_two_replies_at_once_resume_the_wait_once(conn: Conn, tenant: str) -> No
     assert out == {"event_id": str(first)}
 
 
+def test_a_wait_for_a_pattern_is_answered_by_any_type_it_covers(conn: Conn, tenant: str) -> None:
+    doc = ask_workflow()
+    doc["steps"][0]["wait_for_event"]["event"] = "chat.answer.*"
+    publish(conn, tenant, doc)
+    ask(conn, "q1")
+    ask(conn, "q2")
+    settle_without_timeouts(conn)
+    emit(conn, "chat.answer.given", {"q": "q1", "a": "given"})
+    emit(conn, "chat.typing.started", {"q": "q2", "a": "not an answer"})
+    settle(conn)
+    result = outcomes(conn)
+    assert (result["q1"]["vars"], result["q2"]["vars"]) == ({"r": "event", "a": "given"}, {"r": "timeout"})
+
+
 def test_a_reply_that_matches_no_wait_is_logged(conn: Conn, tenant: str) -> None:
     publish(conn, tenant, ask_workflow())
     ask(conn, "q1")
