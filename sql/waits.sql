@@ -27,6 +27,11 @@
 --      matched by their dispatcher, which then sees W (case 2). A confirmation that rolls
 --      back leaves W unconfirmed, and a wait the confirmation finds locked is left for the
 --      next tick.
+--      One kind of event is not committed before its dispatcher's statement: a captured
+--      change, which the dispatcher itself turns into an event (sql/ingest.sql) and commits
+--      with its dispatch. So a confirmation first waits for no ingest to be in progress
+--      (conveyor.ingest_idle; when one is, it confirms nothing this time): a dispatcher that
+--      ingested before it has committed, and one that ingests after it sees W.
 --   And before a wait times out (conveyor.resume_due_waits) it looks back once more: an
 --   event committed before the timeout but not dispatched yet (a backlog) still wins.
 -- Event ids are not commit-ordered (concurrent transactions, captured tables ingested table
@@ -513,10 +518,29 @@ $$;
 revoke all on function conveyor.resume_waiting_for_events(bigint[]) from public;
 grant execute on function conveyor.resume_waiting_for_events(bigint[]) to conveyor_service;
 
+-- Whether no transaction is turning p_table's captured rows into events right now: takes
+-- and at once releases, in shared mode, the lock conveyor.ingest_table holds for that until
+-- its transaction ends (the same key). Holds nothing afterwards, so it cannot deadlock.
+create or replace function conveyor.ingest_idle(p_table regclass)
+returns boolean
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_lock bigint := (1132::bigint << 32) | p_table::oid::bigint;
+begin
+  if pg_catalog.pg_try_advisory_lock_shared(v_lock) then
+    perform pg_catalog.pg_advisory_unlock_shared(v_lock);
+    return true;
+  end if;
+  return false;
+end;
+$$;
+
 -- Confirms waits registered by transactions that have committed since (case 3 above):
 -- each looks back once more and is resumed if something answers it, else marked
 -- confirmed. Up to p_limit waits, oldest first; a wait whose execution is locked is left
--- for the next call, the registrations of finished executions are removed. Returns how
+-- for the next call, and so is every wait while a captured table is being ingested, the registrations of finished executions are removed. Returns how
 -- many executions were resumed.
 create or replace function conveyor.confirm_waits(p_limit integer default 1000)
 returns integer
@@ -534,6 +558,10 @@ declare
 begin
   -- the runner ticks often and usually nothing is unconfirmed: one probe of the partial index
   if not exists (select from conveyor.waits as w where not w.confirmed) then
+    return 0;
+  end if;
+  -- a dispatcher ingesting captured rows may be matching events no one else sees yet
+  if exists (select from conveyor.watched_tables as t where not conveyor.ingest_idle(t.table_name)) then
     return 0;
   end if;
   delete from conveyor.waits as w

@@ -115,6 +115,39 @@ def test_a_tick_does_not_confirm_the_waits_its_own_dispatch_registered(
     assert_all_answered(conn, ["q1"])
 
 
+def test_a_captured_change_ingested_while_the_wait_is_uncommitted_is_not_lost(
+    db_url: str, conn: Conn, tenant: str
+) -> None:
+    # A captured change becomes an event inside the dispatch that matches it, so it is
+    # committed only with that dispatch: the wait's confirmation must not run in between.
+    conn.execute("create table public.tickets (tenant_id text, id text primary key, state text)")
+    conn.execute("select conveyor.watch('public.tickets', 'help', 'ticket')")
+    doc = ask_workflow()
+    doc["steps"][0]["wait_for_event"] = {
+        "event": "help.ticket.updated",
+        "match": {"entity_id": "{{trigger.payload.q}}"},
+        "timeout": "1h",
+    }
+    doc["steps"][1]["set"] = {"r": "event", "state": "{{steps.reply.output.event.payload.new.state}}"}
+    publish(conn, tenant, doc)
+    conn.execute("insert into public.tickets values (%s, 't1', 'open')", (tenant,))
+    settle_without_timeouts(conn)
+    ask(conn, "t1")
+    with (
+        psycopg.connect(db_url, row_factory=dict_row) as registering,
+        psycopg.connect(db_url, row_factory=dict_row) as ingesting,
+    ):
+        assert dispatch(registering) == 1  # the wait began; not committed
+        conn.execute("update public.tickets set state = 'solved'")
+        assert dispatch(ingesting) == 1  # ingested, claimed, cannot see the wait; not committed
+        registering.commit()
+        assert tick(conn) == 0  # would confirm the wait without seeing the change
+        ingesting.commit()
+    assert outcomes(conn)["t1"]["status"] == "waiting"
+    assert tick(conn) == 1
+    assert outcomes(conn)["t1"]["vars"] == {"r": "event", "state": "solved"}
+
+
 def test_a_dispatch_locks_only_the_waits_its_events_answer(db_url: str, conn: Conn, tenant: str) -> None:
     # Another dispatch of the same tenant is in progress (it resumed q1 and holds it): the
     # reply to q2 still finds q2, which nothing else holds.
