@@ -19,8 +19,8 @@
 --      E, so Te committed before D's matching statement. If Tw also committed before it, D
 --      sees W's row and takes W.
 --   3. The confirmation (conveyor.confirm_waits, run by every tick): W stays unconfirmed
---      until a transaction that can see it (so one that began after Tw committed) has
---      looked back once more and found nothing. If neither 1 nor 2 saw the pair, Te
+--      until another transaction, in statements after Tw committed (it sees W), has looked
+--      back once more and found nothing (Tw itself, a tick that dispatched, leaves it). If neither 1 nor 2 saw the pair, Te
 --      committed after Tw's look-back and D's statement ran before Tw committed; Te
 --      committed before D's statement, so before Tw's commit, so before the confirmation's
 --      statement: the confirmation sees E. Events committed after the confirmation are
@@ -34,6 +34,9 @@
 --      ingested before it has committed, and one that ingests after it sees W.
 --   And before a wait times out (conveyor.resume_due_waits) it looks back once more: an
 --   event committed before the timeout but not dispatched yet (a backlog) still wins.
+-- A wait_until's truth is its row, which the platform committed before its change was
+-- captured: the three places read the row itself, so the same argument holds with "E" the
+-- change (a change reverted before any place reads the row is not seen).
 -- Event ids are not commit-ordered (concurrent transactions, captured tables ingested table
 -- by table), so no side ever reasons "events after id N": the look-back is by time
 -- (occurred_at, the time the event's transaction began) and by visibility, and each place
@@ -43,8 +46,9 @@
 -- still waits (under READ COMMITTED a `for update` that waited re-reads the row), and the
 -- dispatcher locks only the executions whose waits match its events, in id order.
 --
--- Locks: a dispatcher locks the executions its events answer (index waits_key_idx: the
--- tenant and the event's type or patterns), never a tenant's whole set of waits.
+-- Locks: a dispatcher locks only the executions its events answer, found through
+-- waits_key_idx by tenant, type or pattern, and match values (the correlations a tenant's
+-- waits can have come from its wait steps), never a tenant's whole set of waits.
 
 -- Whether an event's trigger object has the values a wait correlates on.
 create or replace function conveyor.wait_matches(p_paths text[], p_values text[], p_event jsonb)
