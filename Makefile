@@ -3,7 +3,7 @@ SHELL := /bin/bash
 BIN := .venv/bin
 
 .PHONY: bootstrap run test lint pytest migrate db-start db-stop db-status clean-db \
-	bench bench-capture bench-dispatch bench-runner bench-waiting bench-delays bench-burst bench-floor bench-e2e chaos
+	bench bench-capture bench-dispatch bench-runner bench-waiting bench-wait-races bench-delays bench-burst bench-floor bench-e2e chaos
 
 bootstrap:  ## install the PostgreSQL server packages (as root) and the locked virtualenv
 	@bash scripts/bootstrap.sh
@@ -55,6 +55,9 @@ bench-delays: bootstrap  ## 1,000 delays due in the same second: lateness p50/p9
 bench-waiting: bootstrap  ## due-scan and dispatch cost with 100,000 waiting executions vs none (bench/RESULTS.md)
 	$(BIN)/python -m bench.waiting_scale
 
+bench-wait-races: bootstrap  ## waits for events under racing dispatchers and ticks, thousands of trials: 0 lost (bench/RESULTS.md)
+	$(BIN)/python -m bench.wait_races
+
 chaos: bootstrap  ## chaos at full scale: kills, restarts, terminations, outages, schedule race (bench/RESULTS.md)
 	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
@@ -64,7 +67,7 @@ bench-runner: bootstrap  ## one runner's action throughput, concurrency 16 vs 1 
 bench-floor: bootstrap  ## PostgreSQL CPU per workflow: the engine vs the same rows written by plain statements (bench/RESULTS.md)
 	$(BIN)/python -m bench.row_floor
 
-bench: bench-capture bench-dispatch bench-runner bench-waiting bench-delays bench-burst bench-floor bench-e2e chaos  ## every benchmark and the chaos runs, one after another: every number in bench/RESULTS.md
+bench: bench-capture bench-dispatch bench-runner bench-waiting bench-wait-races bench-delays bench-burst bench-floor bench-e2e chaos  ## every benchmark and the chaos runs, one after another: every number in bench/RESULTS.md
 
 bench-e2e:  ## end to end vs DBOS and Procrastinate: burst + steady rate (bench/RESULTS.md, bench/e2e_peers.png)
 	@CONVEYOR_BENCH=1 bash scripts/bootstrap.sh

@@ -1,4 +1,5 @@
-"""Many waiting executions: does the due-scan or dispatch slow down when 100,000 executions wait?
+"""Many waiting executions: does the due-scan, dispatch or event matching slow down when 100,000
+executions wait?
 
     .venv/bin/python -m bench.waiting_scale [--waiting 100000] [--rounds 10]
 
@@ -6,7 +7,10 @@ Two databases in the same cluster, migrated alike: `empty` and `loaded`. Into `l
 100,000 executions are started through the engine (events emitted in bulk and dispatched
 by `conveyor.dispatch`) by a workflow whose first step is a 30-day delay, so they all sit
 in status `waiting` with a `resume_at` a month away. Both databases also hold 100
-executions of a second workflow waiting on a 10-minute delay. Then, alternating
+executions of a second workflow waiting on a 10-minute delay, and 100 executions waiting
+for a reply (`wait_for_event` bench.reply.given, matched on payload.i); `loaded` also holds
+100,000 executions of the same tenant waiting for another event (bench.other.given, each its
+own payload.i). Then, alternating
 between the two databases (same server, same moment, so machine noise hits both):
 
 1. idle tick: `conveyor.tick()` with nothing to do (the due-scan the runner and pg_cron
@@ -14,7 +18,10 @@ between the two databases (same server, same moment, so machine noise hits both)
 2. resume 100 due: `conveyor.resume_due(now() + 1 hour)` finds the 100 short delays due
    (and none of the 30-day ones), resumes them and runs them to completion; rolled back;
 3. dispatch 1,000 new events: 1,000 events emitted, then `conveyor.dispatch(1000)` starts
-   1,000 more waiting executions (timed: dispatch only); rolled back.
+   1,000 more waiting executions (timed: dispatch only); rolled back;
+4. match 100 replies: 100 bench.reply.given events emitted, then `conveyor.dispatch(100)`
+   matches them to the 100 waits for a reply and runs those executions to their end
+   (timed: dispatch only; per event); rolled back.
 
 Every sample is taken from both databases back to back (the order alternating); each
 measure reports the median per database and the median of the pairs' ratios loaded / empty
@@ -50,7 +57,23 @@ SHORT = {
     "trigger": {"event": "bench.short.started"},
     "steps": [{"id": "pause", "delay": {"for": "10m"}}, {"id": "after", "set": {"done": True}}],
 }
+
+
+def waiting_for(slug: str, started: str, given: str) -> dict[str, Any]:
+    """Started by `started` (payload.i); waits 30 days for `given` with the same payload.i."""
+    wait = {"event": given, "match": {"payload.i": "{{trigger.payload.i}}"}, "timeout": "30d"}
+    return {
+        "slug": slug,
+        "name": slug,
+        "trigger": {"event": started},
+        "steps": [{"id": "wait", "wait_for_event": wait}, {"id": "after", "set": {"done": True}}],
+    }
+
+
+REPLY = waiting_for("wait-for-a-reply", "bench.reply.started", "bench.reply.given")
+OTHER = waiting_for("wait-for-another-event", "bench.other.started", "bench.other.given")
 SHORT_COUNT = 100
+REPLY_COUNT = 100
 NEW_EVENTS = 1_000
 
 
@@ -58,7 +81,10 @@ def prepare(conn: Conn) -> None:
     conn.execute("select conveyor.create_tenant('bench', 'Bench')")
     conn.execute("select conveyor.publish('bench', %s)", (Jsonb(LONG),))
     conn.execute("select conveyor.publish('bench', %s)", (Jsonb(SHORT),))
+    conn.execute("select conveyor.publish('bench', %s)", (Jsonb(REPLY),))
+    conn.execute("select conveyor.publish('bench', %s)", (Jsonb(OTHER),))
     start_executions(conn, "bench.short.started", SHORT_COUNT)
+    start_executions(conn, "bench.reply.started", REPLY_COUNT)
 
 
 def start_executions(conn: Conn, event_type: str, count: int, chunk: int = 20_000) -> None:
@@ -109,11 +135,30 @@ def dispatch_new(conn: Conn) -> float:
     return elapsed
 
 
+def match_replies(conn: Conn) -> float:
+    with conn.transaction(force_rollback=True):
+        conn.execute(
+            "select conveyor.emit('bench', 'bench.reply.given', jsonb_build_object('i', i))"
+            " from generate_series(1, %s) as i",
+            (REPLY_COUNT,),
+        )
+        start = time.perf_counter()
+        row = conn.execute("select conveyor.dispatch(%s)", (REPLY_COUNT,)).fetchone()
+        elapsed = time.perf_counter() - start
+        done = conn.execute(
+            "select count(*) from conveyor.executions as x join conveyor.workflows as w using (workflow_id)"
+            " where w.slug = 'wait-for-a-reply' and x.status = 'completed'"
+        ).fetchone()
+    assert row == (REPLY_COUNT,) and done == (REPLY_COUNT,), (row, done)
+    return elapsed / REPLY_COUNT
+
+
 # (name, measure, samples per round): each sample is taken from both databases back to back
 MEASURES: list[tuple[str, Callable[[Conn], float], int]] = [
     ("idle tick (`conveyor.tick()`, nothing due)", idle_tick, 40),
     (f"resume {SHORT_COUNT} due executions (`conveyor.resume_due`) and run them on", resume_due, 8),
     (f"dispatch {NEW_EVENTS:,} new events (`conveyor.dispatch`) into waiting executions", dispatch_new, 2),
+    (f"match {REPLY_COUNT} replies to their waits (`conveyor.dispatch`), per event", match_replies, 4),
 ]
 
 
@@ -135,11 +180,19 @@ def main() -> None:
                 prepare(conn)
             started = time.perf_counter()
             start_executions(loaded, "bench.wait.started", args.waiting)
+            start_executions(loaded, "bench.other.started", args.waiting)
             load_s = time.perf_counter() - started
             for conn in (empty, loaded):
+                # the steady state: a wait is confirmed by the tick after its registration (here
+                # 200,000 registered at once: 1,000 per tick)
+                while conn.execute(
+                    "select exists (select from conveyor.waits where not confirmed)"
+                ).fetchone() == (True,):
+                    conn.execute("select conveyor.tick()")
                 conn.execute("vacuum analyze")
             counts = {"empty": waiting(empty), "loaded": waiting(loaded)}
-            assert counts == {"empty": SHORT_COUNT, "loaded": SHORT_COUNT + args.waiting}, counts
+            base = SHORT_COUNT + REPLY_COUNT
+            assert counts == {"empty": base, "loaded": base + 2 * args.waiting}, counts
             print(
                 f"waiting executions: empty {counts['empty']:,}, loaded {counts['loaded']:,}"
                 f" (created through emit + dispatch in {load_s:.0f} s)"
@@ -169,8 +222,9 @@ def main() -> None:
 
     body = (
         f"Two databases in one cluster; `loaded` holds {args.waiting:,} executions waiting on a 30-day delay\n"
-        f"(started through `conveyor.emit` + `conveyor.dispatch`, {load_s:.0f} s), both hold {SHORT_COUNT}\n"
-        f"executions waiting on a 10-minute delay. Samples alternate between the databases\n"
+        f"and {args.waiting:,} waiting for another event of the same tenant (started through `conveyor.emit`\n"
+        f"+ `conveyor.dispatch`, {load_s:.0f} s), both hold {SHORT_COUNT} executions waiting on a 10-minute\n"
+        f"delay and {REPLY_COUNT} waiting for a reply. Samples alternate between the databases\n"
         f"({args.rounds} rounds: {', '.join(str(r * args.rounds) for _, _, r in MEASURES)} samples each);\n"
         "medians. Ratio = median over the back-to-back pairs of loaded / empty.\n\n"
         "| measure | empty | loaded | ratio | target |\n|---|---|---|---|---|\n" + "\n".join(rows)

@@ -229,10 +229,8 @@ begin
     v_budget_refusals := conveyor.budget_refusals(v_events, v_rate_limit, v_active_limit, v_chain_limit);
   end if;
 
-  -- Date-based triggers follow the dates their entities' rows carry, and executions
-  -- waiting for a correlated event take their event branch.
+  -- Date-based triggers follow the dates their entities' rows carry.
   perform conveyor.track_date_triggers(v_events);
-  perform conveyor.resume_waiting_for_events(v_events);
 
   -- Events past the chain depth limit start nothing; say so once per event.
   insert into conveyor.execution_logs (tenant_id, event_id, level, message, details)
@@ -443,6 +441,9 @@ begin
     perform conveyor.interpret_executions(v_new, now(), true);
     perform conveyor.record_started(v_new);
   end if;
+  -- Executions waiting for a correlated event take their event branch (sql/waits.sql);
+  -- after the batch's new executions, whose waits looked back at this batch already.
+  perform conveyor.resume_waiting_for_events(v_events);
 end;
 $$;
 

@@ -41,6 +41,7 @@ as $$
         when 'data' then 'data'
         when 'delay' then 'delay'
         when 'wait_for_event' then 'wait_for_event'
+        when 'wait_until' then 'wait_until'
       end as key
   ) as k;
 $$;
@@ -703,14 +704,14 @@ begin
         v_spec := case
           when v_step.kind = 'condition' and v_step.config ? 'if' then v_step.config -> 'if'
           when v_step.kind = 'set_variable' and v_step.config ? 'set' then v_step.config -> 'set'
-          when v_step.kind in ('transform', 'stop', 'emit', 'data', 'delay', 'wait_for_event')
+          when v_step.kind in ('transform', 'stop', 'emit', 'data', 'delay', 'wait_for_event', 'wait_until')
             and v_step.config ? v_step.kind then v_step.config -> v_step.kind
           else v_step.config
         end;
         v_steps_spec[v_step_pos] := v_spec;
         -- what the kinds that render render (an action its `with`), and where errors say
         v_steps_render[v_step_pos] := case
-          when v_step.kind in ('action', 'stop', 'set_variable', 'emit', 'data', 'delay', 'wait_for_event')
+          when v_step.kind in ('action', 'stop', 'set_variable', 'emit', 'data', 'delay', 'wait_for_event', 'wait_until')
             then conveyor.render_plan(
               case v_step.kind
                 when 'action' then coalesce(v_spec -> 'with', '{}')
@@ -878,12 +879,17 @@ begin
             else
               v_resume := null;
             end if;
-          when 'wait_for_event' then
+          when 'wait_for_event', 'wait_until' then
             if v_input ? 'timeout' then
               v_resume := p_now + conveyor.parse_duration(v_input ->> 'timeout');
             end if;
-            v_output := jsonb_build_object('timeout_at', v_resume);
-            v_wait := 'event';
+            -- looks back for what already answers the wait, else registers it (sql/waits.sql)
+            v_output := conveyor.wait_begin(v_exec, v_step.kind, v_step.step_id, v_input, v_resume, p_now, not v_dry, v_where);
+            if v_output ? 'timed_out' then
+              v_next := case when v_step.branches ? 'event' then v_step.branches ->> 'event' else v_step.next_step end;
+            else
+              v_wait := 'event';
+            end if;
           when 'action' then
             v_wait := 'action';
         end case;
@@ -1277,6 +1283,10 @@ begin
               when s.kind = 'wait_for_event' then format(
                 'would wait for %s until %s; dry run follows the timeout branch',
                 r.input ->> 'event', coalesce(r.output ->> 'timeout_at', 'forever')
+              )
+              when s.kind = 'wait_until' then format(
+                'would wait until %s %s satisfies the condition, until %s; dry run follows the timeout branch',
+                r.input ->> 'entity', r.input ->> 'id', coalesce(r.output ->> 'timeout_at', 'forever')
               )
               when s.kind = 'stop' then 'stop: ' || (r.output ->> 'status')
               else 'ran'

@@ -934,7 +934,7 @@ begin
 end;
 $$;
 
--- wait_for_event: {"event", "match"?, "timeout"}.
+-- wait_for_event: {"event", "match"?, "since"?, "timeout"}.
 create or replace function conveyor.document_wait_errors(p_wait jsonb, p_path text, p_step_ids text[])
 returns setof text
 language plpgsql
@@ -950,7 +950,7 @@ begin
   end if;
   return query
   select k.message
-  from conveyor.document_key_errors(p_wait, v_path, array['event', 'timeout'], array['match']) as k (message);
+  from conveyor.document_key_errors(p_wait, v_path, array['event', 'timeout'], array['match', 'since']) as k (message);
   if p_wait ? 'event' and (jsonb_typeof(p_wait -> 'event') <> 'string'
     or (p_wait ->> 'event') !~ '^(\*|[a-z][a-z0-9_]*\.\*|[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*\.(\*|[a-z][a-z0-9_]*))$') then
     return next format(
@@ -980,6 +980,85 @@ begin
       from conveyor.document_template_errors(p_wait -> 'match', v_path || '.match', p_step_ids) as t (message);
     end if;
   end if;
+  if p_wait ? 'since' then
+    if jsonb_typeof(p_wait -> 'since') <> 'string' then
+      return next format(
+        '%s.since: expected "execution", "wait", a timestamp or a template, got %s', v_path, (p_wait -> 'since')::text
+      );
+    elsif strpos(p_wait ->> 'since', '{{') > 0 then
+      return query
+      select t.message
+      from conveyor.document_template_errors(p_wait -> 'since', v_path || '.since', p_step_ids) as t (message);
+    elsif (p_wait ->> 'since') not in ('execution', 'wait') and not conveyor.is_timestamp(p_wait ->> 'since') then
+      return next format(
+        '%s.since: %s is not "execution", "wait", a timestamp or a template', v_path, (p_wait -> 'since')::text
+      );
+    end if;
+  end if;
+end;
+$$;
+
+-- Whether a text is a timestamp PostgreSQL reads.
+create or replace function conveyor.is_timestamp(p_text text)
+returns boolean
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  perform p_text::timestamptz;
+  return true;
+exception when others then
+  return false;
+end;
+$$;
+
+-- wait_until: {"entity", "id", "condition", "timeout"}; the condition's fields are paths into
+-- the entity's row ("row.status").
+create or replace function conveyor.document_wait_until_errors(p_wait jsonb, p_path text, p_step_ids text[])
+returns setof text
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_path text := p_path || '.wait_until';
+begin
+  if jsonb_typeof(p_wait) is distinct from 'object' then
+    return next format('%s: expected an object with "entity", "id", "condition" and "timeout"', v_path);
+    return;
+  end if;
+  return query
+  select k.message
+  from conveyor.document_key_errors(p_wait, v_path, array['entity', 'id', 'condition', 'timeout'], '{}') as k (message);
+  if p_wait ? 'entity' and (jsonb_typeof(p_wait -> 'entity') <> 'string'
+    or not exists (select from conveyor.entities as e where e.entity = p_wait ->> 'entity')) then
+    return next format(
+      '%s.entity: %s is not a registered entity (see conveyor.entities)', v_path, (p_wait -> 'entity')::text
+    );
+  end if;
+  if p_wait ? 'id' then
+    if jsonb_typeof(p_wait -> 'id') not in ('string', 'number') then
+      return next format('%s.id: expected the row id or a template such as "{{trigger.entity_id}}"', v_path);
+    else
+      return query
+      select t.message
+      from conveyor.document_template_errors(p_wait -> 'id', v_path || '.id', p_step_ids) as t (message);
+    end if;
+  end if;
+  if p_wait ? 'condition' then
+    return query
+    select c.message
+    from conveyor.condition_errors(
+      p_wait -> 'condition', v_path || '.condition', conveyor.step_template_roots(false) || array['row']
+    ) as c (message);
+  end if;
+  if p_wait ? 'timeout' then
+    return query
+    select d.message
+    from (select conveyor.document_duration_error(p_wait -> 'timeout', v_path || '.timeout') as message) as d
+    where d.message is not null;
+  end if;
 end;
 $$;
 
@@ -995,7 +1074,7 @@ declare
   v_kind text;
   v_allowed text[];
   v_kind_keys constant text[] := array[
-    'action', 'if', 'switch', 'set', 'transform', 'stop', 'emit', 'data', 'delay', 'wait_for_event'
+    'action', 'if', 'switch', 'set', 'transform', 'stop', 'emit', 'data', 'delay', 'wait_for_event', 'wait_until'
   ];
 begin
   if jsonb_typeof(p_step) is distinct from 'object' then
@@ -1028,6 +1107,7 @@ begin
     when 'if' then array['then', 'else']
     when 'switch' then array['default']
     when 'wait_for_event' then array['on_event', 'on_timeout']
+    when 'wait_until' then array['on_met', 'on_timeout']
     when 'stop' then '{}'::text[]
     else array['next']
   end;
@@ -1043,7 +1123,7 @@ begin
   select t.message
   from (
     select r.ord, conveyor.document_target_error(p_step -> r.k, p_path || '.' || r.k, p_step_ids) as message
-    from unnest(array['next', 'then', 'else', 'default', 'on_event', 'on_timeout']) with ordinality as r (k, ord)
+    from unnest(array['next', 'then', 'else', 'default', 'on_event', 'on_met', 'on_timeout']) with ordinality as r (k, ord)
     where p_step ? r.k and r.k = any(v_allowed)
   ) as t
   where t.message is not null
@@ -1190,6 +1270,10 @@ begin
   elsif v_kind = 'wait_for_event' then
     return query
     select w.message from conveyor.document_wait_errors(p_step -> 'wait_for_event', p_path, p_step_ids) as w (message);
+
+  elsif v_kind = 'wait_until' then
+    return query
+    select w.message from conveyor.document_wait_until_errors(p_step -> 'wait_until', p_path, p_step_ids) as w (message);
   end if;
 end;
 $$;
@@ -1247,6 +1331,7 @@ as $$
         when el.step ? 'data' then 'data'
         when el.step ? 'delay' then 'delay'
         when el.step ? 'wait_for_event' then 'wait_for_event'
+        when el.step ? 'wait_until' then 'wait_until'
       end as kind,
       case
         when jsonb_typeof(el.step -> 'on_error') = 'object' then 'goto'
@@ -1266,7 +1351,7 @@ as $$
     s.step ->> 'id',
     s.kind,
     case s.kind when 'action' then s.step ->> 'action' when 'data' then 'data.' || (s.step -> 'data' ->> 'op') end,
-    s.step - array['id', 'next', 'then', 'else', 'default', 'on_event', 'on_timeout', 'on_error', 'retry', 'timeout'],
+    s.step - array['id', 'next', 'then', 'else', 'default', 'on_event', 'on_met', 'on_timeout', 'on_error', 'retry', 'timeout'],
     case
       when s.kind = 'stop' then null
       when s.step ? 'next' then s.step ->> 'next'
@@ -1288,6 +1373,10 @@ as $$
       )
       when 'wait_for_event' then jsonb_build_object(
         'event', case when s.step ? 'on_event' then s.step ->> 'on_event' else s.fall_through end,
+        'timeout', case when s.step ? 'on_timeout' then s.step ->> 'on_timeout' else s.fall_through end
+      )
+      when 'wait_until' then jsonb_build_object(
+        'event', case when s.step ? 'on_met' then s.step ->> 'on_met' else s.fall_through end,
         'timeout', case when s.step ? 'on_timeout' then s.step ->> 'on_timeout' else s.fall_through end
       )
     end,
@@ -1386,7 +1475,7 @@ begin
     from compiled as c
     cross join lateral (
       select c.next_step
-      where coalesce(c.kind, '') not in ('condition', 'switch', 'wait_for_event') or c.on_error = 'continue'
+      where coalesce(c.kind, '') not in ('condition', 'switch', 'wait_for_event', 'wait_until') or c.on_error = 'continue'
       union all
       select c.error_step
       union all

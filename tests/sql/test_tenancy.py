@@ -73,6 +73,10 @@ SEEDS: dict[str, str] = {
         )
         select workflow_id, tenant_id, 'contact', 'joined_at', '30 days', 'crm', 'contact'
         from conveyor.workflows where tenant_id = %(t)s""",
+    "waits": """
+        insert into conveyor.waits (execution_id, tenant_id, event_key, match_paths, match_values, since, step_id)
+        select execution_id, tenant_id, 'email.message.replied', '{}', '{}', now(), 'a'
+        from conveyor.executions where tenant_id = %(t)s""",
     "date_trigger_firings": """
         insert into conveyor.date_trigger_firings (workflow_id, entity_id, date_value, tenant_id, due_at)
         select workflow_id, '1', '2026-01-01', tenant_id, '2026-01-31' from conveyor.date_triggers
