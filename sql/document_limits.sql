@@ -5,14 +5,14 @@
 -- takes minutes). The walk below is a recursive CTE, i.e. a loop over levels that stops
 -- at the depth limit, never a recursive function call. docs/limits.md lists them.
 
--- Each limit: an engine-wide setting with a default (as conveyor.max_event_depth).
+-- Each limit: an engine-wide setting with a default (conveyor.limit_setting, sql/limits.sql).
 create or replace function conveyor.max_document_bytes()
 returns integer
 language sql
 stable
 set search_path = ''
 as $$
-  select coalesce(nullif(pg_catalog.current_setting('conveyor.max_document_bytes', true), '')::integer, 262144);
+  select conveyor.limit_setting('max_document_bytes', 262144)::integer;
 $$;
 
 create or replace function conveyor.max_workflow_steps()
@@ -21,7 +21,7 @@ language sql
 stable
 set search_path = ''
 as $$
-  select coalesce(nullif(pg_catalog.current_setting('conveyor.max_workflow_steps', true), '')::integer, 500);
+  select conveyor.limit_setting('max_workflow_steps', 500)::integer;
 $$;
 
 create or replace function conveyor.max_document_depth()
@@ -30,7 +30,7 @@ language sql
 stable
 set search_path = ''
 as $$
-  select coalesce(nullif(pg_catalog.current_setting('conveyor.max_document_depth', true), '')::integer, 32);
+  select conveyor.limit_setting('max_document_depth', 32)::integer;
 $$;
 
 create or replace function conveyor.max_document_string()
@@ -39,7 +39,7 @@ language sql
 stable
 set search_path = ''
 as $$
-  select coalesce(nullif(pg_catalog.current_setting('conveyor.max_document_string', true), '')::integer, 65536);
+  select conveyor.limit_setting('max_document_string', 65536)::integer;
 $$;
 
 -- The limits a document exceeds, as "<path>: <message>" (empty when it is within all of

@@ -11,13 +11,42 @@
 -- the engine accepts anywhere (delays, waits, execution timeouts, retry delays, date
 -- trigger offsets; a delay's `until` at most this far ahead), and the longest an action
 -- may take (a step's `timeout`, webhook.send's `with.timeout`).
+-- The interval value of setting conveyor.<p_name>, or p_default when it is unset or '';
+-- a value that is not a positive duration is a configuration error, named as such.
+create or replace function conveyor.duration_setting(p_name text, p_default interval)
+returns interval
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_text text := nullif(pg_catalog.current_setting('conveyor.' || p_name, true), '');
+  v_value interval;
+begin
+  if v_text is null then
+    return p_default;
+  end if;
+  v_value := coalesce(conveyor.duration_or_null(v_text), v_text::interval);
+  if v_value <= interval '0' then
+    raise invalid_datetime_format;
+  end if;
+  return v_value;
+exception
+  when data_exception then
+    raise exception using
+      errcode = '22023',
+      message = pg_catalog.format('setting conveyor.%s = %L is not a positive duration', p_name, v_text),
+      hint = pg_catalog.format('reset it (the default is %s) or set a duration such as 1 year', p_default);
+end;
+$$;
+
 create or replace function conveyor.max_duration()
 returns interval
 language sql
 stable
 set search_path = ''
 as $$
-  select coalesce(nullif(pg_catalog.current_setting('conveyor.max_duration', true), '')::interval, interval '1 year');
+  select conveyor.duration_setting('max_duration', interval '1 year');
 $$;
 
 create or replace function conveyor.max_action_timeout()
@@ -26,9 +55,7 @@ language sql
 stable
 set search_path = ''
 as $$
-  select coalesce(
-    nullif(pg_catalog.current_setting('conveyor.max_action_timeout', true), '')::interval, interval '1 hour'
-  );
+  select conveyor.duration_setting('max_action_timeout', interval '1 hour');
 $$;
 
 -- A duration as a text the parser reads back, for messages: '1 year', '1 hour 30 minutes'.

@@ -309,3 +309,13 @@ def test_next_window_start_matches_a_minute_scan(
     if days is not None:
         window["days"] = days
     assert next_start(conn, at, window) == ref_next_start(at, days, start, end, ZoneInfo(zone))
+
+
+def test_a_bad_duration_setting_is_named(conn: Conn) -> None:
+    conn.execute("set conveyor.max_duration = 'forever'")
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as err:
+        duration(conn, "1d")
+    assert (
+        err.value.diag.message_primary
+        == "setting conveyor.max_duration = 'forever' is not a positive duration"
+    )
