@@ -7,8 +7,88 @@
 -- minute(s); h hr(s) hour(s); d day(s); w week(s); mon month(s); y year(s).
 -- Numbers may have a fraction ('1.5h'). Signs are not accepted: durations are >= 0.
 
--- The duration, or null when the text is not a valid duration (used by validators).
-create or replace function conveyor.duration_or_null(p_text text) returns interval
+-- Bounds (docs/limits.md, "Durations, timestamps and timeouts"): the longest duration
+-- the engine accepts anywhere (delays, waits, execution timeouts, retry delays, date
+-- trigger offsets; a delay's `until` at most this far ahead), and the longest an action
+-- may take (a step's `timeout`, webhook.send's `with.timeout`).
+-- The interval value of setting conveyor.<p_name>, or p_default when it is unset or '';
+-- a value that is not a positive duration is a configuration error, named as such.
+create or replace function conveyor.duration_setting(p_name text, p_default interval)
+returns interval
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_text text := nullif(pg_catalog.current_setting('conveyor.' || p_name, true), '');
+  v_value interval;
+begin
+  if v_text is null then
+    return p_default;
+  end if;
+  v_value := coalesce(conveyor.duration_or_null(v_text), v_text::interval);
+  if v_value <= interval '0' then
+    raise invalid_datetime_format;
+  end if;
+  return v_value;
+exception
+  when data_exception then
+    raise exception using
+      errcode = '22023',
+      message = pg_catalog.format('setting conveyor.%s = %L is not a positive duration', p_name, v_text),
+      hint = pg_catalog.format('reset it (the default is %s) or set a duration such as 1 year', p_default);
+end;
+$$;
+
+create or replace function conveyor.max_duration()
+returns interval
+language sql
+stable
+set search_path = ''
+as $$
+  select conveyor.duration_setting('max_duration', interval '1 year');
+$$;
+
+create or replace function conveyor.max_action_timeout()
+returns interval
+language sql
+stable
+set search_path = ''
+as $$
+  select conveyor.duration_setting('max_action_timeout', interval '1 hour');
+$$;
+
+-- A duration as a text the parser reads back, for messages: '1 year', '1 hour 30 minutes'.
+create or replace function conveyor.duration_text(p_duration interval)
+returns text
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select coalesce(
+    pg_catalog.string_agg(
+      pg_catalog.format('%s %s%s', pg_catalog.trim_scale(v.n), v.unit, case when v.n = 1 then '' else 's' end),
+      ' ' order by v.ord
+    ),
+    '0 seconds'
+  )
+  from (values
+    (1, pg_catalog.date_part('year', p_duration)::numeric, 'year'),
+    (2, pg_catalog.date_part('month', p_duration)::numeric, 'month'),
+    (3, pg_catalog.date_part('day', p_duration)::numeric, 'day'),
+    (4, pg_catalog.date_part('hour', p_duration)::numeric, 'hour'),
+    (5, pg_catalog.date_part('minute', p_duration)::numeric, 'minute'),
+    (6, pg_catalog.round(pg_catalog.date_part('second', p_duration)::numeric, 3), 'second')
+  ) as v (ord, n, unit)
+  where v.n <> 0;
+$$;
+
+-- A duration text's length in seconds and its interval. seconds is numeric, so it never
+-- overflows (a month counts 30 days and a year 365.25, as extract(epoch) does); both are
+-- null when the text is not a duration. value is also null past 10,000 years, where
+-- interval arithmetic would overflow ('999999999 years'); no limit comes near it.
+create or replace function conveyor.duration_parse(p_text text, out seconds numeric, out value interval)
 language sql
 immutable
 strict
@@ -53,36 +133,123 @@ as $$
         when 'years' then interval '1 year'
       end as unit
     from pg_catalog.regexp_matches(p_text, '([0-9]{1,9}(?:\.[0-9]{1,9})?)\s*([A-Za-z]+)', 'g') as m
+  ),
+
+  total as (
+    select case
+      when p_text ~ '^\s*([0-9]{1,9}(\.[0-9]{1,9})?\s*[A-Za-z]+[\s,]*)+$' and pg_catalog.count(*) = pg_catalog.count(p.unit)
+        then pg_catalog.sum(p.amount * pg_catalog.date_part('epoch', p.unit)::numeric)
+    end as seconds
+    from parts as p
   )
-  select case
-    when p_text ~ '^\s*([0-9]{1,9}(\.[0-9]{1,9})?\s*[A-Za-z]+[\s,]*)+$' and pg_catalog.count(*) = pg_catalog.count(unit)
-      then pg_catalog.sum(amount * unit)
-  end
-  from parts;
+
+  -- the scalar subquery runs only when its branch is taken, so it never overflows
+  select t.seconds, case when t.seconds <= 315576000000 then (select pg_catalog.sum(p.amount * p.unit) from parts as p) end
+  from total as t;
 $$;
 
--- The duration; raises 22023 naming the text when it is not a valid duration.
-create or replace function conveyor.parse_duration(p_text text) returns interval
+-- The duration, or null when the text is not a valid duration (used by validators and
+-- by conditions and templates, which must never raise on a bad value).
+create or replace function conveyor.duration_or_null(p_text text) returns interval
+language sql
+immutable
+strict
+parallel safe
+set search_path = ''
+as $$
+  select (conveyor.duration_parse(p_text)).value;
+$$;
+
+-- The duration, at most p_max; raises 22023 naming the text when it is not a valid
+-- duration or is longer.
+create or replace function conveyor.parse_duration(p_text text, p_max interval) returns interval
 language plpgsql
 immutable
 parallel safe
 set search_path = ''
 as $$
 declare
+  v_seconds numeric;
   v_result interval;
 begin
   if p_text is null then
     return null;
   end if;
-  v_result := conveyor.duration_or_null(p_text);
-  if v_result is null then
+  select d.seconds, d.value into v_seconds, v_result from conveyor.duration_parse(p_text) as d;
+  if v_seconds is null then
     raise exception using
       errcode = '22023',
       message = pg_catalog.format('invalid duration "%s"', p_text),
       detail = 'A duration is a non-negative number followed by a unit, e.g. 500ms, 90s, 5m, 2h, 3d, 1w, 7 days.',
       hint = 'Units: ms, s, m, h, d, w (or their long names: seconds, minutes, hours, days, weeks, months, years).';
   end if;
+  if v_result is null or v_seconds > pg_catalog.date_part('epoch', p_max)::numeric then
+    raise exception using
+      errcode = '22023',
+      message = pg_catalog.format('duration "%s" exceeds the maximum %s', p_text, conveyor.duration_text(p_max)),
+      hint = 'The engine accepts durations up to conveyor.max_duration (default 1 year), action timeouts up to '
+      'conveyor.max_action_timeout (default 1 hour); see docs/limits.md.';
+  end if;
   return v_result;
+end;
+$$;
+
+-- The duration, at most conveyor.max_duration: what the engine uses at run time (delays,
+-- waits, retries), so a value no validator saw (an older version's) fails its step.
+create or replace function conveyor.parse_duration(p_text text) returns interval
+language sql
+stable
+parallel safe
+set search_path = ''
+as $$
+  select conveyor.parse_duration(p_text, conveyor.max_duration());
+$$;
+
+-- Why a delay's `until` cannot be used, or null: it must be an ISO 8601 timestamp (or
+-- anything timestamptz reads), not before 1970 and at most conveyor.max_duration ahead.
+create or replace function conveyor.until_error(p_text text, p_now timestamptz default pg_catalog.now())
+returns text
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_at timestamptz;
+begin
+  v_at := p_text::timestamptz;
+  if not pg_catalog.isfinite(v_at) or v_at < timestamptz '1970-01-01 00:00:00+00' then
+    return pg_catalog.format('timestamp "%s" is out of range (from 1970-01-01 to %s ahead)', p_text,
+      conveyor.duration_text(conveyor.max_duration()));
+  elsif v_at > p_now + conveyor.max_duration() then
+    return pg_catalog.format('timestamp "%s" is more than the maximum %s ahead (setting conveyor.max_duration)',
+      p_text, conveyor.duration_text(conveyor.max_duration()));
+  end if;
+  return null;
+exception
+  when data_exception then
+    return pg_catalog.format('invalid timestamp "%s"', p_text);
+end;
+$$;
+
+-- A delay's `until` as a timestamp; raises 22023 with until_error's message otherwise
+-- (the interpreter's parse of a rendered `until`, so a templated value out of range fails
+-- its step).
+create or replace function conveyor.parse_until(p_text text, p_now timestamptz default pg_catalog.now())
+returns timestamptz
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_problem text := conveyor.until_error(p_text, p_now);
+begin
+  if v_problem is not null then
+    raise exception using
+      errcode = '22023',
+      message = v_problem,
+      hint = 'until is an ISO 8601 timestamp such as 2026-12-24T09:00:00+01:00.';
+  end if;
+  return p_text::timestamptz;
 end;
 $$;
 

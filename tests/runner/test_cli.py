@@ -201,3 +201,100 @@ def test_apply_several_files_at_once(cli: Any, tmp_path: Path) -> None:
         ("first-flow", 1),
         ("second-flow", 1),
     ]
+
+
+# ---------------------------------------------------------------------------------------
+# documents too deep or too large to load: one line naming the file and the limit
+
+
+def deep_condition_document(levels: int) -> str:
+    """JSON text of WORKFLOW whose first condition is wrapped in `levels` "not"s
+    (json.dumps itself cannot write one this deep)."""
+    head = json.dumps({**WORKFLOW, "steps": [{**WORKFLOW["steps"][0], "if": None}, WORKFLOW["steps"][1]]})
+    leaf = json.dumps(WORKFLOW["steps"][0]["if"])
+    return head.replace('"if": null', '"if": ' + '{"not": ' * levels + leaf + "}" * levels)
+
+
+def one_error_line(result: Result) -> str:
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", [["workflows", "apply", "-f"], ["workflows", "apply", "--dry-run", "-f"]])
+def test_a_document_too_deep_to_load_is_one_line_naming_file_and_limit(
+    cli: Any, tmp_path: Path, conn: Conn, command: list[str]
+) -> None:
+    # Before: depth 500 ended in PyYAML's RecursionError traceback.
+    path = tmp_path / "deep.json"
+    path.write_text(deep_condition_document(500))
+    line = one_error_line(cli(*command, str(path)))
+    assert (
+        line == f"error: {path}: line 1: nesting depth 65 exceeds the limit 64 (CONVEYOR_MAX_DOCUMENT_DEPTH)"
+    )
+    assert conn.execute("select count(*) as n from conveyor.workflows").fetchone() == {"n": 0}
+
+
+def test_deep_yaml_is_refused_with_its_line(cli: Any, tmp_path: Path) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text("slug: x\nnested:\n" + "".join("  " * i + "- \n" for i in range(1, 100)))
+    line = one_error_line(cli("workflows", "apply", "-f", str(path)))
+    assert line.startswith(f"error: {path}: line ") and line.endswith(
+        "nesting depth 65 exceeds the limit 64 (CONVEYOR_MAX_DOCUMENT_DEPTH)"
+    )
+
+
+def test_within_the_cli_limit_the_engine_names_the_path(cli: Any, tmp_path: Path) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text(deep_condition_document(40))
+    result = cli("workflows", "apply", "-f", str(path))
+    assert result.exit_code == 1
+    assert "steps[0].if" + ".not" * 29 + ": nesting depth 33 exceeds the limit 32" in result.output
+
+
+def test_a_file_over_the_size_limit_is_not_parsed(cli: Any, tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump({**WORKFLOW, "description": "x" * 2_000_000}))
+    size = path.stat().st_size
+    line = one_error_line(cli("workflows", "apply", "-f", str(path)))
+    assert line == f"error: {path}: {size} bytes exceeds the limit 1048576 (CONVEYOR_MAX_DOCUMENT_BYTES)"
+
+
+def test_aliases_that_expand_past_the_limit_are_refused(cli: Any, tmp_path: Path) -> None:
+    laughs = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    laughs += [f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]" for p, c in zip("abcdef", "bcdefg", strict=True)]
+    path = tmp_path / "laughs.yaml"
+    path.write_text("\n".join(laughs) + "\n")
+    line = one_error_line(cli("workflows", "apply", "-f", str(path)))
+    assert "the document expands to more than 1048576 values" in line and line.startswith(
+        f"error: {path}: line "
+    )
+
+
+def test_dry_run_event_file_and_emit_payload_are_depth_safe(
+    cli: Any, tmp_path: Path, workflow_file: Path
+) -> None:
+    event = tmp_path / "event.json"
+    event.write_text('{"payload": ' + "[" * 5000 + "]" * 5000 + "}")
+    line = one_error_line(cli("dry-run", "-f", str(workflow_file), "--event", str(event)))
+    assert (
+        line == f"error: {event}: line 1: nesting depth 65 exceeds the limit 64 (CONVEYOR_MAX_DOCUMENT_DEPTH)"
+    )
+    line = one_error_line(
+        cli("events", "emit", "crm.contact.created", "--payload", "[" * 100_000 + "]" * 100_000)
+    )
+    assert line == "error: --payload is nested too deeply to read"
+
+
+def test_the_cli_document_limits_are_settings(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text(deep_condition_document(70))
+    monkeypatch.setenv("CONVEYOR_MAX_DOCUMENT_DEPTH", "100")
+    result = cli("workflows", "apply", "-f", str(path))
+    assert "nesting depth 33 exceeds the limit 32" in result.output  # the engine's limit now speaks
+    monkeypatch.setenv("CONVEYOR_MAX_DOCUMENT_BYTES", "100")
+    line = one_error_line(cli("workflows", "apply", "-f", str(path)))
+    assert line.endswith("bytes exceeds the limit 100 (CONVEYOR_MAX_DOCUMENT_BYTES)")

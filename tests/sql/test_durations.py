@@ -74,7 +74,72 @@ UNITS = {
 )
 def test_parse_duration_sums_its_parts(conn: Conn, parts: list[tuple[int, str]], sep: str) -> None:
     text = sep.join(f"{n}{unit}" for n, unit in parts)
-    assert duration(conn, text) == sum((n * UNITS[u] for n, u in parts), timedelta())
+    row = conn.execute("select conveyor.parse_duration(%s, interval '1000 years') as d", (text,)).fetchone()
+    assert row is not None and row["d"] == sum((n * UNITS[u] for n, u in parts), timedelta())
+
+
+@pytest.mark.parametrize(
+    ("text", "maximum"),
+    [
+        ("366 days", "1 year"),
+        ("100 years", "1 year"),
+        ("999999999 years", "1 year"),
+        ("999999999 weeks", "1 year"),
+    ],
+)
+def test_parse_duration_refuses_durations_over_the_engine_maximum(
+    conn: Conn, text: str, maximum: str
+) -> None:
+    # A run-time value past conveyor.max_duration (a templated or older version's delay)
+    # fails its step with this message; before, "100 years" was a valid delay and
+    # "999999999 years" raised "interval out of range".
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as err:
+        duration(conn, text)
+    assert err.value.diag.message_primary == f'duration "{text}" exceeds the maximum {maximum}'
+    assert duration(conn, "365 days") == timedelta(days=365)
+
+
+def test_the_engine_maximum_is_a_setting(conn: Conn) -> None:
+    conn.execute("set conveyor.max_duration = '2 years'")
+    assert duration(conn, "700 days") == timedelta(days=700)
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="exceeds the maximum 2 years"):
+        duration(conn, "3 years")
+
+
+def test_duration_or_null_never_raises_on_huge_values(conn: Conn) -> None:
+    row = conn.execute(
+        "select conveyor.duration_or_null('999999999 years') as huge, conveyor.duration_or_null('5 years') = interval '5 years' as five"
+    ).fetchone()
+    assert row == {"huge": None, "five": True}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2001-01-01T00:00:00Z", None),
+        (
+            "294276-12-31",
+            'timestamp "294276-12-31" is more than the maximum 1 year ahead (setting conveyor.max_duration)',
+        ),
+        ("infinity", 'timestamp "infinity" is out of range (from 1970-01-01 to 1 year ahead)'),
+        (
+            "1969-12-31T23:59:59Z",
+            'timestamp "1969-12-31T23:59:59Z" is out of range (from 1970-01-01 to 1 year ahead)',
+        ),
+        ("not a date", 'invalid timestamp "not a date"'),
+    ],
+)
+def test_parse_until_accepts_timestamps_from_1970_to_the_maximum_ahead(
+    conn: Conn, value: str, expected: str | None
+) -> None:
+    if expected is None:
+        row = conn.execute("select conveyor.parse_until(%s) as t", (value,)).fetchone()
+        assert row is not None and row["t"] == datetime(2001, 1, 1, tzinfo=UTC)
+    else:
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as err:
+            conn.execute("select conveyor.parse_until(%s)", (value,))
+        assert err.value.diag.message_primary == expected
+        conn.rollback()
 
 
 # ---------------------------------------------------------------------------
@@ -244,3 +309,13 @@ def test_next_window_start_matches_a_minute_scan(
     if days is not None:
         window["days"] = days
     assert next_start(conn, at, window) == ref_next_start(at, days, start, end, ZoneInfo(zone))
+
+
+def test_a_bad_duration_setting_is_named(conn: Conn) -> None:
+    conn.execute("set conveyor.max_duration = 'forever'")
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as err:
+        duration(conn, "1d")
+    assert (
+        err.value.diag.message_primary
+        == "setting conveyor.max_duration = 'forever' is not a positive duration"
+    )

@@ -8,7 +8,13 @@ from typing import Any
 import click
 
 from conveyor import output
-from conveyor.commands.common import database_option, fail_cleanly, json_option, tenant_option
+from conveyor.commands.common import (
+    database_option,
+    fail_cleanly,
+    json_option,
+    load_json_option,
+    tenant_option,
+)
 from conveyor.db import resolve_database_url
 from conveyor.errors import ConveyorError
 
@@ -30,10 +36,7 @@ def _secret_box(required: bool) -> Any:
 def _json_object(text: str | None, what: str) -> dict[str, Any]:
     if not text:
         return {}
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise ConveyorError(f"{what} is not valid JSON: {exc}") from exc
+    value = load_json_option(text, what)
     if not isinstance(value, dict):
         raise ConveyorError(f"{what} must be a JSON object")
     return value

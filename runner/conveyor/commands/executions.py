@@ -10,7 +10,14 @@ import click
 from psycopg.types.json import Jsonb
 
 from conveyor import output
-from conveyor.commands.common import database_option, fail_cleanly, json_option, read_document, tenant_option
+from conveyor.commands.common import (
+    database_option,
+    fail_cleanly,
+    json_option,
+    load_json_option,
+    read_document,
+    tenant_option,
+)
 from conveyor.db import connect
 from conveyor.errors import ConveyorError
 
@@ -265,10 +272,7 @@ def emit(
     as_json: bool,
 ) -> None:
     """Emit an event (it is dispatched by the next tick of a runner or pg_cron)."""
-    try:
-        data = json.loads(payload)
-    except ValueError as exc:
-        raise ConveyorError(f"--payload is not valid JSON: {exc}") from exc
+    data = load_json_option(payload, "--payload")
     with connect(database_url) as conn:
         row = conn.execute(
             "select conveyor.emit(%s, %s, %s, %s, %s, %s) as id",
