@@ -171,7 +171,7 @@ def test_template_errors_name_the_path_of_each_problem(conn: Conn) -> None:
             "steps[2].with.cc[1]: empty template expression",
             'steps[2].with.cc[2]: unclosed "{{" (expected "}}")',
             'steps[2].with.subject: unknown filter "shout" (expected one of default, upper, lower, date, '
-            "currency, json, length, add)",
+            "currency, json, length, add, escape, raw)",
             'steps[2].with.body: filter "default" takes exactly one argument',
             'steps[2].with.body: filter "add": invalid duration "3 parsecs"',
             'steps[2].with.body: filter "date": unknown time zone "Mars/Base"',
