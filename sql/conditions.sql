@@ -48,6 +48,67 @@ begin
 end;
 $$;
 
+-- A pattern's size with its bounded repetitions expanded, as PostgreSQL's compiler
+-- expands them into automaton states: each atom (a character, an escape, a bracket
+-- expression) counts 1, `x{m,n}` counts x n times (m + 1 for `{m,}`), nested bounds
+-- multiply. Matching costs time proportional to the text's length times this size (at
+-- worst: the automaton's state cache missing at every character), so it is what the
+-- pattern limit bounds. An estimate that errs high (it counts `(?:` groups' contents like
+-- any other); an unbalanced pattern does not compile anyway.
+create or replace function conveyor.regex_size(p_pattern text) returns bigint
+language plpgsql
+immutable
+strict
+parallel safe
+set search_path = ''
+as $$
+declare
+  -- what is being summed at each open group (1: the whole pattern), and the size of the
+  -- last atom or group: what a following bound repeats
+  v_sums bigint[] := array[0];
+  v_depth integer := 1;
+  v_last bigint := 0;
+  v_token text;
+  v_bound text[];
+  v_times bigint;
+begin
+  for v_token in
+    select m[1]
+    from pg_catalog.regexp_matches(
+      p_pattern, '(\\.|\[\^?\]?(?:\[[:.=][^]]*[:.=]\]|[^]])*\]|\{[0-9]+(?:,[0-9]*)?\}|\(\?[:=!<]*|.)', 'g'
+    ) as m
+  loop
+    if pg_catalog.left(v_token, 1) = '{' then
+      v_bound := pg_catalog.regexp_match(v_token, '^\{([0-9]+)(,([0-9]*))?\}$');
+      v_times := case
+        when v_bound[2] is null then v_bound[1]::bigint
+        when v_bound[3] = '' then v_bound[1]::bigint + 1
+        else greatest(v_bound[1]::bigint, v_bound[3]::bigint)
+      end;
+      v_sums[v_depth] := least(v_sums[v_depth] + v_last * (v_times - 1), 1000000000);
+      v_last := least(v_last * v_times, 1000000000);
+    elsif pg_catalog.left(v_token, 1) = '(' then
+      v_depth := v_depth + 1;
+      v_sums[v_depth] := 0;
+      v_last := 0;
+    elsif v_token = ')' and v_depth > 1 then
+      v_last := v_sums[v_depth];
+      v_depth := v_depth - 1;
+      v_sums[v_depth] := least(v_sums[v_depth] + v_last, 1000000000);
+    elsif v_token in ('*', '+', '?', '|', '^', '$') then
+      if v_token = '|' then
+        v_last := 0;
+      end if;
+    else
+      v_last := 1;
+      v_sums[v_depth] := v_sums[v_depth] + 1;
+    end if;
+  end loop;
+  -- groups left open count too
+  return (select pg_catalog.sum(x)::bigint from pg_catalog.unnest(v_sums[1:v_depth]) as x);
+end;
+$$;
+
 -- Why a tenant's regular expression is refused, or null. Back-references (\1 .. \9) make
 -- matching exponential in the text (PostgreSQL supports no named ones, \k<...>), and
 -- lookahead / lookbehind constraints polynomial or worse (a nested lookahead took over a
@@ -67,6 +128,13 @@ begin
       pg_catalog.length(p_pattern), conveyor.max_regex_pattern()
     );
   end if;
+  if pg_catalog.strpos(p_pattern, '{') > 0 and conveyor.regex_size(p_pattern) > conveyor.max_regex_pattern() then
+    return pg_catalog.format(
+      'the pattern expands to %s states with its repetition bounds ({n}), over the limit of %s '
+      || '(setting conveyor.max_regex_pattern)',
+      conveyor.regex_size(p_pattern), conveyor.max_regex_pattern()
+    );
+  end if;
   if pg_catalog.strpos(p_pattern, '\') > 0 and p_pattern ~ '(^|[^\\])(\\\\)*\\[1-9]' then
     return 'back-references (\1 .. \9) are not allowed: they can take time exponential in the text';
   end if;
@@ -76,6 +144,20 @@ begin
   end if;
   return null;
 end;
+$$;
+
+-- A pattern as an error message shows it: JSON, its first 60 characters when longer.
+create or replace function conveyor.regex_shown(p_pattern text) returns text
+language sql
+immutable
+strict
+parallel safe
+set search_path = ''
+as $$
+  select case
+    when pg_catalog.length(p_pattern) <= 60 then pg_catalog.to_jsonb(p_pattern)::text
+    else pg_catalog.to_jsonb(pg_catalog.left(p_pattern, 60))::text || '...'
+  end;
 $$;
 
 -- A JSON number, or a string holding a plain decimal number ("42", " -1.5 "), as numeric.
@@ -252,7 +334,9 @@ begin
       v_refusal := conveyor.regex_refusal(p_right #>> '{}');
       if v_refusal is not null then
         raise exception using errcode = '2201B',
-          message = pg_catalog.format('condition.value: regular expression %s refused: %s', p_right, v_refusal);
+          message = pg_catalog.format(
+            'condition.value: regular expression %s refused: %s', conveyor.regex_shown(p_right #>> '{}'), v_refusal
+          );
       end if;
       v_text := conveyor.json_scalar_text(p_left);
       if pg_catalog.length(v_text) > conveyor.max_regex_subject() then
@@ -584,7 +668,8 @@ begin
     return next pg_catalog.format('%s.value: operator "matches" needs a regular expression string, got %s', p_path, v_value);
   elsif v_op = 'matches' and not v_templated and conveyor.regex_refusal(v_value #>> '{}') is not null then
     return next pg_catalog.format(
-      '%s.value: regular expression %s refused: %s', p_path, v_value, conveyor.regex_refusal(v_value #>> '{}')
+      '%s.value: regular expression %s refused: %s',
+      p_path, conveyor.regex_shown(v_value #>> '{}'), conveyor.regex_refusal(v_value #>> '{}')
     );
   elsif v_op = 'matches' and not v_templated and conveyor.regex_error(v_value #>> '{}') is not null then
     return next pg_catalog.format(

@@ -485,7 +485,8 @@ begin
   if v_open = 0 then
     return pg_catalog.to_jsonb(p_text);
   end if;
-  v_max := conveyor.max_rendered_bytes();
+  -- conveyor.max_rendered_bytes(), inlined: this is the hot path
+  v_max := coalesce(nullif(pg_catalog.current_setting('conveyor.max_rendered_bytes', true), '')::integer, 1048576);
   loop
     v_close := pg_catalog.strpos(pg_catalog.substr(v_rest, v_open + 2), '}}');
     if v_close = 0 then
@@ -581,13 +582,16 @@ declare
   v_index integer;
   v_where text;
   v_keys jsonb;
+  v_max integer;
 begin
   if p_value is null or pg_catalog.strpos(p_value::text, '{{') = 0 then
     return p_value;
   end if;
+  if pg_catalog.jsonb_typeof(p_value) = 'string' then
+    return conveyor.render_string(p_value #>> '{}', p_context, p_where, p_item);
+  end if;
+  v_max := conveyor.max_rendered_bytes();
   case pg_catalog.jsonb_typeof(p_value)
-    when 'string' then
-      return conveyor.render_string(p_value #>> '{}', p_context, p_where, p_item);
     when 'object' then
       -- only members holding a template are rendered and replaced
       -- the keys come from a plain function call (no query per call: this is the hot path)
@@ -607,7 +611,7 @@ begin
           v_item := conveyor.render(v_item, p_context, v_where, p_item);
         end if;
         v_result := pg_catalog.jsonb_set(v_result, array[v_key], coalesce(v_item, 'null'::jsonb));
-        if pg_catalog.pg_column_size(v_result) > conveyor.max_rendered_bytes() then
+        if pg_catalog.pg_column_size(v_result) > v_max then
           return conveyor.render_too_large(p_where, pg_catalog.pg_column_size(v_result));
         end if;
       end loop;
@@ -620,7 +624,7 @@ begin
         v_result := pg_catalog.jsonb_set(v_result, array[v_index::text], coalesce(conveyor.render(
           v_item, p_context, coalesce(p_where, '') || '[' || v_index || ']', p_item
         ), 'null'::jsonb));
-        if pg_catalog.pg_column_size(v_result) > conveyor.max_rendered_bytes() then
+        if pg_catalog.pg_column_size(v_result) > v_max then
           return conveyor.render_too_large(p_where, pg_catalog.pg_column_size(v_result));
         end if;
       end loop;
@@ -766,7 +770,8 @@ begin
   if v_slots = '[]'::jsonb then
     return v_result;
   end if;
-  v_max := conveyor.max_rendered_bytes();
+  -- conveyor.max_rendered_bytes(), inlined: this is the hot path
+  v_max := coalesce(nullif(pg_catalog.current_setting('conveyor.max_rendered_bytes', true), '')::integer, 1048576);
   for v_index in 0 .. pg_catalog.jsonb_array_length(v_slots) - 1 loop
     v_slot := v_slots -> v_index;
     v_value := case

@@ -60,6 +60,11 @@ def matches_doc(value: str) -> dict[str, Any]:
             "a" * 1001,
             "the pattern is 1001 characters, over the limit of 1000 (setting conveyor.max_regex_pattern)",
         ),
+        (
+            "[ab]*a" + "[ab]{255}" * 4 + "c",
+            "the pattern expands to 1023 states with its repetition bounds ({n}), over the limit of 1000",
+        ),
+        (r"(?:(?:\d{11}){10}){10}", "expands to 1100 states"),
     ],
 )
 def test_an_unbounded_pattern_is_refused_at_publish_with_its_path(conn: Conn, pattern: str, why: str) -> None:
@@ -68,8 +73,34 @@ def test_an_unbounded_pattern_is_refused_at_publish_with_its_path(conn: Conn, pa
     assert "refused" in problem and why in problem
 
 
+def test_regex_size_counts_bounded_repetitions_expanded(conn: Conn) -> None:
+    sizes = {
+        r"^\d{3}-\d{4}$": 8,
+        "abc": 3,
+        "(?:ab){16}": 32,
+        "((a{10}){10}){10}": 1000,
+        "[[:alpha:]]{5}x": 6,
+        "[]a]{3}": 3,
+        "(a|bc){2}": 6,
+        "a{2,}": 3,
+        "a{2,5}": 5,
+        r"a\{3}": 4,
+    }
+    rows = conn.execute(
+        "select p, conveyor.regex_size(p) as n from unnest(%s::text[]) as p", (list(sizes),)
+    ).fetchall()
+    assert {r["p"]: r["n"] for r in rows} == sizes
+
+
 def test_bounded_patterns_are_accepted(conn: Conn) -> None:
-    for pattern in [r"^\d{3}-\d{4}$", r"a\\1", r"(?:ab)+c", r"^[^@]+@[^@]+$", "a" * 1000]:
+    for pattern in [
+        r"^\d{3}-\d{4}$",
+        r"a\\1",
+        r"(?:ab)+c",
+        r"^[^@]+@[^@]+$",
+        "a" * 1000,
+        "((a{10}){10}){10}",
+    ]:
         assert problems(conn, matches_doc(pattern)) == [], pattern
 
 
