@@ -330,6 +330,11 @@ def ref_apply(value: Any, found: bool, name: str, arg: Any) -> tuple[bool, Any]:
         return True, len(ref_text(value))
     if name == "json":
         return True, pg_json_text(value)
+    if name == "escape":
+        entities = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}
+        return True, "".join(entities.get(c, c) for c in ref_text(value))
+    if name == "raw":
+        return True, value
     raise AssertionError(name)
 
 
@@ -350,7 +355,7 @@ def expressions(draw: st.DrawFn, context: Any) -> tuple[str, list[str], list[tup
     filters = draw(
         st.lists(
             st.tuples(
-                st.sampled_from(["default", "upper", "lower", "length", "json"]),
+                st.sampled_from(["default", "upper", "lower", "length", "json", "escape", "raw"]),
                 st.one_of(st.text(alphabet="xyz |,:", max_size=4), st.integers(-5, 5)),
             ),
             max_size=2,
