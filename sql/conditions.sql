@@ -114,25 +114,30 @@ $$;
 -- lookahead / lookbehind constraints polynomial or worse (a nested lookahead took over a
 -- minute on 1,000 characters); without them the engine runs a DFA over the text once.
 -- Recognised by their syntax, escaped backslashes aside: one inside a bracket expression
--- ([(?=]) is refused as well, which costs nothing real.
-create or replace function conveyor.regex_refusal(p_pattern text) returns text
+-- ([(?=]) is refused as well, which costs nothing real. p_expanded false skips the size
+-- check (regex_size, a scan of the pattern) where a pattern was checked at publish.
+drop function if exists conveyor.regex_refusal(text);
+create or replace function conveyor.regex_refusal(p_pattern text, p_expanded boolean default true) returns text
 language plpgsql
 stable
 parallel safe
 set search_path = ''
 as $$
+declare
+  -- conveyor.max_regex_pattern(), inlined: this runs for every `matches`
+  v_max integer := coalesce(nullif(pg_catalog.current_setting('conveyor.max_regex_pattern', true), '')::integer, 1000);
 begin
-  if pg_catalog.length(p_pattern) > conveyor.max_regex_pattern() then
+  if pg_catalog.length(p_pattern) > v_max then
     return pg_catalog.format(
       'the pattern is %s characters, over the limit of %s (setting conveyor.max_regex_pattern)',
-      pg_catalog.length(p_pattern), conveyor.max_regex_pattern()
+      pg_catalog.length(p_pattern), v_max
     );
   end if;
-  if pg_catalog.strpos(p_pattern, '{') > 0 and conveyor.regex_size(p_pattern) > conveyor.max_regex_pattern() then
+  if p_expanded and pg_catalog.strpos(p_pattern, '{') > 0 and conveyor.regex_size(p_pattern) > v_max then
     return pg_catalog.format(
       'the pattern expands to %s states with its repetition bounds ({n}), over the limit of %s '
       || '(setting conveyor.max_regex_pattern)',
-      conveyor.regex_size(p_pattern), conveyor.max_regex_pattern()
+      conveyor.regex_size(p_pattern), v_max
     );
   end if;
   if pg_catalog.strpos(p_pattern, '\') > 0 and p_pattern ~ '(^|[^\\])(\\\\)*\\[1-9]' then
@@ -158,6 +163,25 @@ as $$
     when pg_catalog.length(p_pattern) <= 60 then pg_catalog.to_jsonb(p_pattern)::text
     else pg_catalog.to_jsonb(pg_catalog.left(p_pattern, 60))::text || '...'
   end;
+$$;
+
+-- Raises 2201B for a pattern regex_refusal refuses (at run time: see condition_compare).
+create or replace function conveyor.regex_check(p_pattern text, p_expanded boolean) returns void
+language plpgsql
+stable
+parallel safe
+set search_path = ''
+as $$
+declare
+  v_refusal text := conveyor.regex_refusal(p_pattern, p_expanded);
+begin
+  if v_refusal is not null then
+    raise exception using errcode = '2201B',
+      message = pg_catalog.format(
+        'condition.value: regular expression %s refused: %s', conveyor.regex_shown(p_pattern), v_refusal
+      );
+  end if;
+end;
 $$;
 
 -- A JSON number, or a string holding a plain decimal number ("42", " -1.5 "), as numeric.
@@ -292,7 +316,6 @@ set search_path = ''
 as $$
 declare
   v_text text;
-  v_refusal text;
 begin
   case p_op
     when 'equals' then
@@ -329,17 +352,16 @@ begin
         raise exception using errcode = '22023',
           message = pg_catalog.format('condition.value: operator "matches" needs a regular expression string, got %s', p_right);
       end if;
-      -- bounded (see conveyor.regex_refusal): a published pattern was checked already, but
-      -- one from a template, or published before the rule, is checked here
-      v_refusal := conveyor.regex_refusal(p_right #>> '{}');
-      if v_refusal is not null then
-        raise exception using errcode = '2201B',
-          message = pg_catalog.format(
-            'condition.value: regular expression %s refused: %s', conveyor.regex_shown(p_right #>> '{}'), v_refusal
-          );
+      -- bounded (see conveyor.regex_refusal): a literal pattern was checked in full at
+      -- publish, and one from a template by eval_condition_leaf once rendered; the cheap
+      -- checks run here for every pattern (one published before them, too)
+      if conveyor.regex_refusal(p_right #>> '{}', false) is not null then
+        perform conveyor.regex_check(p_right #>> '{}', false);
       end if;
       v_text := conveyor.json_scalar_text(p_left);
-      if pg_catalog.length(v_text) > conveyor.max_regex_subject() then
+      -- conveyor.max_regex_subject(), inlined: this runs for every `matches`
+      if pg_catalog.length(v_text)
+        > coalesce(nullif(pg_catalog.current_setting('conveyor.max_regex_subject', true), '')::integer, 10000) then
         raise exception using errcode = '54000',
           message = pg_catalog.format(
             'condition.field%s: operator "matches": the text is %s characters, over the limit of %s '
@@ -416,6 +438,9 @@ begin
   v_right := p_condition -> 'value';
   if pg_catalog.strpos(v_right::text, '{{') > 0 then
     v_right := conveyor.render(v_right, p_context, 'condition.value', p_item);
+    if v_op = 'matches' and pg_catalog.jsonb_typeof(v_right) = 'string' then
+      perform conveyor.regex_check(v_right #>> '{}', true);
+    end if;
   end if;
   v_right := coalesce(v_right, 'null'::jsonb);
 
