@@ -15,9 +15,174 @@
 -- * contains: substring of a string (the value rendered as text), an element of an array,
 --   a key of an object. starts_with / ends_with / matches (POSIX regex) work on the text of
 --   strings, numbers and booleans (false for null, arrays, objects).
+-- * matches is bounded (conveyor.regex_refusal): a pattern has no back-references or
+--   lookaround and at most conveyor.max_regex_pattern() characters, the text at most
+--   conveyor.max_regex_subject(); PostgreSQL's engine then matches in time linear in the text.
 -- * is_empty: null, missing, "", [] and {}. before / after compare timestamps (false if either
 --   is not one); within_last / within_next take a duration ('7 days') relative to context.now
 --   (or now()).
+
+-- The longest text `matches` applies a pattern to, in characters (setting
+-- conveyor.max_regex_subject, default 10000), and the longest pattern (setting
+-- conveyor.max_regex_pattern, default 1000). See docs/limits.md for what they bound.
+-- (plpgsql: a SQL function called from plpgsql is planned again in every transaction)
+create or replace function conveyor.max_regex_subject() returns integer
+language plpgsql
+stable
+parallel safe
+set search_path = ''
+as $$
+begin
+  return coalesce(nullif(pg_catalog.current_setting('conveyor.max_regex_subject', true), '')::integer, 10000);
+end;
+$$;
+
+create or replace function conveyor.max_regex_pattern() returns integer
+language plpgsql
+stable
+parallel safe
+set search_path = ''
+as $$
+begin
+  return coalesce(nullif(pg_catalog.current_setting('conveyor.max_regex_pattern', true), '')::integer, 1000);
+end;
+$$;
+
+-- A pattern's size with its bounded repetitions expanded, as PostgreSQL's compiler
+-- expands them into automaton states: each atom (a character, an escape, a bracket
+-- expression) counts 1, `x{m,n}` counts x n times (m + 1 for `{m,}`), nested bounds
+-- multiply. Matching costs time proportional to the text's length times this size (at
+-- worst: the automaton's state cache missing at every character), so it is what the
+-- pattern limit bounds. An estimate that errs high (it counts `(?:` groups' contents like
+-- any other); an unbalanced pattern does not compile anyway.
+create or replace function conveyor.regex_size(p_pattern text) returns bigint
+language plpgsql
+immutable
+strict
+parallel safe
+set search_path = ''
+as $$
+declare
+  -- what is being summed at each open group (1: the whole pattern), and the size of the
+  -- last atom or group: what a following bound repeats
+  v_sums bigint[] := array[0];
+  v_depth integer := 1;
+  v_last bigint := 0;
+  v_token text;
+  v_bound text[];
+  v_times bigint;
+begin
+  for v_token in
+    select m[1]
+    from pg_catalog.regexp_matches(
+      p_pattern, '(\\.|\[\^?\]?(?:\[[:.=][^]]*[:.=]\]|[^]])*\]|\{[0-9]+(?:,[0-9]*)?\}|\(\?[:=!<]*|.)', 'g'
+    ) as m
+  loop
+    if pg_catalog.left(v_token, 1) = '{' then
+      v_bound := pg_catalog.regexp_match(v_token, '^\{([0-9]+)(,([0-9]*))?\}$');
+      v_times := case
+        when v_bound[2] is null then v_bound[1]::bigint
+        when v_bound[3] = '' then v_bound[1]::bigint + 1
+        else greatest(v_bound[1]::bigint, v_bound[3]::bigint)
+      end;
+      v_sums[v_depth] := least(v_sums[v_depth] + v_last * (v_times - 1), 1000000000);
+      v_last := least(v_last * v_times, 1000000000);
+    elsif pg_catalog.left(v_token, 1) = '(' then
+      v_depth := v_depth + 1;
+      v_sums[v_depth] := 0;
+      v_last := 0;
+    elsif v_token = ')' and v_depth > 1 then
+      v_last := v_sums[v_depth];
+      v_depth := v_depth - 1;
+      v_sums[v_depth] := least(v_sums[v_depth] + v_last, 1000000000);
+    elsif v_token in ('*', '+', '?', '|', '^', '$') then
+      if v_token = '|' then
+        v_last := 0;
+      end if;
+    else
+      v_last := 1;
+      v_sums[v_depth] := v_sums[v_depth] + 1;
+    end if;
+  end loop;
+  -- groups left open count too
+  return (select pg_catalog.sum(x)::bigint from pg_catalog.unnest(v_sums[1:v_depth]) as x);
+end;
+$$;
+
+-- Why a tenant's regular expression is refused, or null. Back-references (\1 .. \9) make
+-- matching exponential in the text (PostgreSQL supports no named ones, \k<...>), and
+-- lookahead / lookbehind constraints polynomial or worse (a nested lookahead took over a
+-- minute on 1,000 characters); without them the engine runs a DFA over the text once.
+-- Recognised by their syntax, escaped backslashes aside: one inside a bracket expression
+-- ([(?=]) is refused as well, which costs nothing real. p_expanded false skips the size
+-- check (regex_size, a scan of the pattern) where a pattern was checked at publish.
+drop function if exists conveyor.regex_refusal(text);
+create or replace function conveyor.regex_refusal(p_pattern text, p_expanded boolean default true) returns text
+language plpgsql
+stable
+parallel safe
+set search_path = ''
+as $$
+declare
+  -- conveyor.max_regex_pattern(), inlined: this runs for every `matches`
+  v_max integer := coalesce(nullif(pg_catalog.current_setting('conveyor.max_regex_pattern', true), '')::integer, 1000);
+begin
+  if pg_catalog.length(p_pattern) > v_max then
+    return pg_catalog.format(
+      'the pattern is %s characters, over the limit of %s (setting conveyor.max_regex_pattern)',
+      pg_catalog.length(p_pattern), v_max
+    );
+  end if;
+  if p_expanded and pg_catalog.strpos(p_pattern, '{') > 0 and conveyor.regex_size(p_pattern) > v_max then
+    return pg_catalog.format(
+      'the pattern expands to %s states with its repetition bounds ({n}), over the limit of %s '
+      || '(setting conveyor.max_regex_pattern)',
+      conveyor.regex_size(p_pattern), v_max
+    );
+  end if;
+  if pg_catalog.strpos(p_pattern, '\') > 0 and p_pattern ~ '(^|[^\\])(\\\\)*\\[1-9]' then
+    return 'back-references (\1 .. \9) are not allowed: they can take time exponential in the text';
+  end if;
+  if pg_catalog.strpos(p_pattern, '(?') > 0 and p_pattern ~ '(^|[^\\])(\\\\)*\(\?<?[=!]' then
+    return 'lookahead and lookbehind constraints ((?= (?! (?<= (?<!) are not allowed: '
+      || 'they can take time polynomial or worse in the text';
+  end if;
+  return null;
+end;
+$$;
+
+-- A pattern as an error message shows it: JSON, its first 60 characters when longer.
+create or replace function conveyor.regex_shown(p_pattern text) returns text
+language sql
+immutable
+strict
+parallel safe
+set search_path = ''
+as $$
+  select case
+    when pg_catalog.length(p_pattern) <= 60 then pg_catalog.to_jsonb(p_pattern)::text
+    else pg_catalog.to_jsonb(pg_catalog.left(p_pattern, 60))::text || '...'
+  end;
+$$;
+
+-- Raises 2201B for a pattern regex_refusal refuses (at run time: see condition_compare).
+create or replace function conveyor.regex_check(p_pattern text, p_expanded boolean) returns void
+language plpgsql
+stable
+parallel safe
+set search_path = ''
+as $$
+declare
+  v_refusal text := conveyor.regex_refusal(p_pattern, p_expanded);
+begin
+  if v_refusal is not null then
+    raise exception using errcode = '2201B',
+      message = pg_catalog.format(
+        'condition.value: regular expression %s refused: %s', conveyor.regex_shown(p_pattern), v_refusal
+      );
+  end if;
+end;
+$$;
 
 -- A JSON number, or a string holding a plain decimal number ("42", " -1.5 "), as numeric.
 create or replace function conveyor.json_number(p_value jsonb) returns numeric
@@ -139,13 +304,18 @@ $$;
 -- A leaf's operator applied to the field's value and the condition's value (every
 -- operator but the change and time-window ones, which read the context): what
 -- eval_condition_leaf returns once it has both values, and what the interpreter calls
--- directly for a condition it planned (conveyor.condition_plan).
-create or replace function conveyor.condition_compare(p_op text, p_left jsonb, p_right jsonb) returns boolean
+-- directly for a condition it planned (conveyor.condition_plan). p_field, when given, is
+-- the leaf's field, for errors.
+drop function if exists conveyor.condition_compare(text, jsonb, jsonb);
+create or replace function conveyor.condition_compare(p_op text, p_left jsonb, p_right jsonb, p_field text default null)
+returns boolean
 language plpgsql
 stable
 parallel safe
 set search_path = ''
 as $$
+declare
+  v_text text;
 begin
   case p_op
     when 'equals' then
@@ -182,7 +352,25 @@ begin
         raise exception using errcode = '22023',
           message = pg_catalog.format('condition.value: operator "matches" needs a regular expression string, got %s', p_right);
       end if;
-      return coalesce(conveyor.json_scalar_text(p_left) ~ (p_right #>> '{}'), false);
+      -- bounded (see conveyor.regex_refusal): a literal pattern was checked in full at
+      -- publish, and one from a template by eval_condition_leaf once rendered; the cheap
+      -- checks run here for every pattern (one published before them, too)
+      if conveyor.regex_refusal(p_right #>> '{}', false) is not null then
+        perform conveyor.regex_check(p_right #>> '{}', false);
+      end if;
+      v_text := conveyor.json_scalar_text(p_left);
+      -- conveyor.max_regex_subject(), inlined: this runs for every `matches`
+      if pg_catalog.length(v_text)
+        > coalesce(nullif(pg_catalog.current_setting('conveyor.max_regex_subject', true), '')::integer, 10000) then
+        raise exception using errcode = '54000',
+          message = pg_catalog.format(
+            'condition.field%s: operator "matches": the text is %s characters, over the limit of %s '
+            || '(setting conveyor.max_regex_subject)',
+            coalesce(' ' || pg_catalog.to_jsonb(p_field)::text, ''), pg_catalog.length(v_text), conveyor.max_regex_subject()
+          ),
+          hint = 'Match a shorter part of the value (a field of it, or | default / a transform first).';
+      end if;
+      return coalesce(v_text ~ (p_right #>> '{}'), false);
     when 'in', 'not_in' then
       if pg_catalog.jsonb_typeof(p_right) is distinct from 'array' then
         raise exception using errcode = '22023',
@@ -208,8 +396,11 @@ begin
 end;
 $$;
 
--- Evaluates one leaf {"field", "op", "value"}.
-create or replace function conveyor.eval_condition_leaf(p_condition jsonb, p_context jsonb) returns boolean
+-- Evaluates one leaf {"field", "op", "value"}. p_item: the value of the root `item`
+-- (conveyor.template_eval), for a filter transform's elements.
+drop function if exists conveyor.eval_condition_leaf(jsonb, jsonb);
+create or replace function conveyor.eval_condition_leaf(p_condition jsonb, p_context jsonb, p_item jsonb default null)
+returns boolean
 language plpgsql
 stable
 parallel safe
@@ -246,7 +437,10 @@ begin
   end if;
   v_right := p_condition -> 'value';
   if pg_catalog.strpos(v_right::text, '{{') > 0 then
-    v_right := conveyor.render(v_right, p_context, 'condition.value');
+    v_right := conveyor.render(v_right, p_context, 'condition.value', p_item);
+    if v_op = 'matches' and pg_catalog.jsonb_typeof(v_right) = 'string' then
+      perform conveyor.regex_check(v_right #>> '{}', true);
+    end if;
   end if;
   v_right := coalesce(v_right, 'null'::jsonb);
 
@@ -270,7 +464,9 @@ begin
   end if;
   v_left := coalesce(
     case
-      when v_whole is not null then conveyor.template_eval(v_whole[1], p_context, 'condition.field')
+      when v_whole is not null then conveyor.template_eval(v_whole[1], p_context, 'condition.field', p_item)
+      when p_item is not null and pg_catalog.split_part(v_field, '.', 1) = 'item'
+        then p_item #> (pg_catalog.string_to_array(v_field, '.'))[2:]
       when pg_catalog.split_part(v_field, '.', 1) = 'now' and not p_context ? 'now'
         then conveyor.context_value(p_context, pg_catalog.string_to_array(v_field, '.'))
       else p_context #> pg_catalog.string_to_array(v_field, '.')
@@ -293,7 +489,7 @@ begin
     end if;
     return coalesce(v_ts between v_now and v_now + v_duration, false);
   end if;
-  return conveyor.condition_compare(v_op, v_left, v_right);
+  return conveyor.condition_compare(v_op, v_left, v_right, v_field);
 end;
 $$;
 
@@ -334,8 +530,10 @@ end;
 $$;
 
 -- Evaluates a condition tree against a context. An empty "all" is true, an empty "any"
--- false. Raises 22023 for a malformed node.
-create or replace function conveyor.eval_condition(p_condition jsonb, p_context jsonb) returns boolean
+-- false. Raises 22023 for a malformed node. p_item: as for eval_condition_leaf.
+drop function if exists conveyor.eval_condition(jsonb, jsonb);
+create or replace function conveyor.eval_condition(p_condition jsonb, p_context jsonb, p_item jsonb default null)
+returns boolean
 language plpgsql
 stable
 parallel safe
@@ -352,7 +550,7 @@ begin
       raise exception using errcode = '22023', message = 'condition.all: must be an array of conditions';
     end if;
     return coalesce((
-      select pg_catalog.bool_and(conveyor.eval_condition(e, p_context))
+      select pg_catalog.bool_and(conveyor.eval_condition(e, p_context, p_item))
       from pg_catalog.jsonb_array_elements(p_condition -> 'all') as e
     ), true);
   elsif p_condition ? 'any' then
@@ -360,24 +558,30 @@ begin
       raise exception using errcode = '22023', message = 'condition.any: must be an array of conditions';
     end if;
     return coalesce((
-      select pg_catalog.bool_or(conveyor.eval_condition(e, p_context))
+      select pg_catalog.bool_or(conveyor.eval_condition(e, p_context, p_item))
       from pg_catalog.jsonb_array_elements(p_condition -> 'any') as e
     ), false);
   elsif p_condition ? 'not' then
-    return not conveyor.eval_condition(p_condition -> 'not', p_context);
+    return not conveyor.eval_condition(p_condition -> 'not', p_context, p_item);
   end if;
-  return conveyor.eval_condition_leaf(p_condition, p_context);
+  return conveyor.eval_condition_leaf(p_condition, p_context, p_item);
 end;
 $$;
 
--- Whether a POSIX regular expression compiles (null when it does, else the error).
+-- Whether a POSIX regular expression is allowed (regex_refusal) and compiles: null when
+-- it does, else what is wrong.
 create or replace function conveyor.regex_error(p_pattern text) returns text
 language plpgsql
-immutable
+stable
 parallel safe
 set search_path = ''
 as $$
+declare
+  v_refusal text := conveyor.regex_refusal(p_pattern);
 begin
+  if v_refusal is not null then
+    return v_refusal;
+  end if;
   perform '' ~ p_pattern;
   return null;
 exception when invalid_regular_expression then
@@ -487,6 +691,11 @@ begin
     return next pg_catalog.format('%s.value: operator "%s" needs a duration such as "7 days", got %s', p_path, v_op, v_value);
   elsif v_op = 'matches' and pg_catalog.jsonb_typeof(v_value) <> 'string' then
     return next pg_catalog.format('%s.value: operator "matches" needs a regular expression string, got %s', p_path, v_value);
+  elsif v_op = 'matches' and not v_templated and conveyor.regex_refusal(v_value #>> '{}') is not null then
+    return next pg_catalog.format(
+      '%s.value: regular expression %s refused: %s',
+      p_path, conveyor.regex_shown(v_value #>> '{}'), conveyor.regex_refusal(v_value #>> '{}')
+    );
   elsif v_op = 'matches' and not v_templated and conveyor.regex_error(v_value #>> '{}') is not null then
     return next pg_catalog.format(
       '%s.value: invalid regular expression %s (%s)', p_path, v_value, conveyor.regex_error(v_value #>> '{}')

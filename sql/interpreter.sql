@@ -138,7 +138,26 @@ begin
 end;
 $$;
 
+-- The most elements a map or filter transform takes (setting conveyor.max_transform_items,
+-- default 10000): each element renders a template or evaluates a condition.
+-- (plpgsql: a SQL function called from plpgsql is planned again in every transaction)
+create or replace function conveyor.max_transform_items() returns integer
+language plpgsql
+stable
+parallel safe
+set search_path = ''
+as $$
+begin
+  return coalesce(nullif(pg_catalog.current_setting('conveyor.max_transform_items', true), '')::integer, 10000);
+end;
+$$;
+
 -- A transform step's value: map / filter / aggregate over an array, format_date, render.
+-- map and filter pass each element to render / eval_condition as the `item` root (p_item)
+-- rather than a copy of the context per element (which made them quadratic in the list's
+-- length when the list is in the context, as it usually is), and collect the results in
+-- one aggregate or array: linear in the list. A map's result is bounded like a rendered
+-- value (conveyor.max_rendered_bytes), checked as it grows.
 create or replace function conveyor.transform_value(p_spec jsonb, p_context jsonb, p_where text)
 returns jsonb
 language plpgsql
@@ -153,6 +172,11 @@ declare
   v_function text := p_spec ->> 'function';
   v_bad jsonb;
   v_tz text;
+  v_items jsonb[] := '{}';
+  v_item jsonb;
+  v_count integer := 0;
+  v_bytes bigint := 0;
+  v_max_bytes integer;
 begin
   if v_op in ('map', 'filter', 'aggregate') then
     v_source := conveyor.render(p_spec -> 'source', p_context, p_where || '.source');
@@ -162,21 +186,34 @@ begin
         message = format('%s.source: expected an array, got %s', p_where, coalesce(jsonb_typeof(v_source), 'nothing')),
         hint = 'source is one {{...}} reference to an array, e.g. "{{trigger.payload.items}}"';
     end if;
+    if v_op in ('map', 'filter') and jsonb_array_length(v_source) > conveyor.max_transform_items() then
+      raise exception using
+        errcode = '54000',
+        message = format(
+          '%s.source: %s has %s items, over the limit of %s (setting conveyor.max_transform_items)',
+          p_where, v_op, jsonb_array_length(v_source), conveyor.max_transform_items()
+        ),
+        hint = 'Split the list (a filter first, or the event) into smaller ones.';
+    end if;
   end if;
 
   case v_op
     when 'map' then
-      select coalesce(jsonb_agg(
-        conveyor.render(p_spec -> 'template', p_context || jsonb_build_object('item', i.item), p_where || '.template')
-        order by i.n
-      ), '[]')
-      into v_result
-      from jsonb_array_elements(v_source) with ordinality as i (item, n);
+      v_max_bytes := conveyor.max_rendered_bytes();
+      for v_item in select i.item from jsonb_array_elements(v_source) as i (item) loop
+        v_count := v_count + 1;
+        v_items[v_count] := conveyor.render(p_spec -> 'template', p_context, p_where || '.template', v_item);
+        v_bytes := v_bytes + coalesce(pg_catalog.pg_column_size(v_items[v_count]), 0);
+        if v_bytes > v_max_bytes then
+          perform conveyor.render_too_large(p_where || '.template', v_bytes, format('map (after %s items)', v_count));
+        end if;
+      end loop;
+      v_result := to_jsonb(v_items);
     when 'filter' then
       select coalesce(jsonb_agg(i.item order by i.n), '[]')
       into v_result
       from jsonb_array_elements(v_source) with ordinality as i (item, n)
-      where conveyor.eval_condition(p_spec -> 'where', p_context || jsonb_build_object('item', i.item));
+      where conveyor.eval_condition(p_spec -> 'where', p_context, i.item);
     when 'aggregate' then
       if v_function in ('sum', 'avg') then
         select v.value into v_bad
@@ -720,7 +757,8 @@ begin
               end,
               'step "' || v_step.step_id || '".' || case v_step.kind
                 when 'action' then 'with' when 'set_variable' then 'set' else v_step.kind
-              end
+              end,
+              v_step.action_type = 'email.send'  -- the values an email's html takes in are HTML-escaped
             )
         end;
         v_steps_condition[v_step_pos] := case

@@ -17,9 +17,58 @@
 --   suffix: "1234.50 EUR"; numbers or numeric strings), json (JSON
 --   text), length (characters of a string, elements of an array, keys of an object,
 --   0 for null), add: '<duration>' (a timestamp plus a duration, computed in UTC, rendered
---   as ISO 8601 with Z).
+--   as ISO 8601 with Z), escape (the text with & < > " ' as HTML entities), raw (the value
+--   as is: opts out of the automatic escaping of an email's html, see render_plan).
+-- * A rendered value larger than conveyor.max_rendered_bytes() raises 54000 naming where:
+--   each string's length is checked as it is built, so memory stays bounded by the limit.
 -- * A path with no value and no `default` raises 22023
 --   `<where>: {{<expr>}}: no value at "<path>"`: never a silent literal.
+
+-- The largest value one template may render, and one step's whole rendered input, in bytes
+-- (setting conveyor.max_rendered_bytes, default 1 MiB: 16 times the largest body an HTTP
+-- action or a webhook takes in, far above any email; rendering that much takes milliseconds).
+-- (plpgsql: a SQL function called from plpgsql is planned again in every transaction)
+create or replace function conveyor.max_rendered_bytes() returns integer
+language plpgsql
+stable
+parallel safe
+set search_path = ''
+as $$
+begin
+  return coalesce(nullif(pg_catalog.current_setting('conveyor.max_rendered_bytes', true), '')::integer, 1048576);
+end;
+$$;
+
+-- Raises the "rendered value too large" error (declared jsonb to fit in expressions).
+create or replace function conveyor.render_too_large(p_where text, p_bytes bigint, p_what text default 'value')
+returns jsonb
+language plpgsql
+stable
+parallel safe
+set search_path = ''
+as $$
+begin
+  raise exception using
+    errcode = '54000',
+    message = pg_catalog.format(
+      '%sthe rendered %s is %s bytes or more, over the limit of %s bytes (setting conveyor.max_rendered_bytes)',
+      coalesce(p_where || ': ', ''), p_what, p_bytes, conveyor.max_rendered_bytes()
+    ),
+    hint = 'A template that repeats a value (in a loop, say) grows it each time; render a part of it instead.';
+end;
+$$;
+
+-- Text with the five characters HTML gives meaning to as entities (& first).
+create or replace function conveyor.html_escape(p_text text) returns text
+language sql
+immutable
+strict
+parallel safe
+set search_path = ''
+as $$
+  select pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(
+    p_text, '&', '&amp;'), '<', '&lt;'), '>', '&gt;'), '"', '&quot;'), '''', '&#39;');
+$$;
 
 -- A `{{ ... }}` expression in a string (group 1 is the expression).
 create or replace function conveyor.template_pattern() returns text
@@ -165,12 +214,13 @@ as $$
   ) as x
   cross join lateral (
     select case
-      when x.name not in ('default', 'upper', 'lower', 'date', 'currency', 'json', 'length', 'add')
+      when x.name not in ('default', 'upper', 'lower', 'date', 'currency', 'json', 'length', 'add', 'escape', 'raw')
         then pg_catalog.format(
-          'unknown filter "%s" (expected one of default, upper, lower, date, currency, json, length, add)', x.name
+          'unknown filter "%s" (expected one of default, upper, lower, date, currency, json, length, add, escape, raw)',
+          x.name
         )
       when x.name = 'default' and x.n <> 1 then 'filter "default" takes exactly one argument'
-      when x.name in ('upper', 'lower', 'json', 'length') and x.n <> 0
+      when x.name in ('upper', 'lower', 'json', 'length', 'escape', 'raw') and x.n <> 0
         then pg_catalog.format('filter "%s" takes no arguments', x.name)
       when x.name = 'date' and (x.n not between 1 and 2 or exists (
         select 1 from pg_catalog.jsonb_array_elements(x.args) as a where pg_catalog.jsonb_typeof(a) <> 'string'
@@ -268,8 +318,13 @@ $$;
 
 -- Evaluates one expression against a context. SQL null when the path has no value
 -- (and no `default` supplied one); raises 22023 for a malformed expression or a filter
--- that cannot apply to its value.
-create or replace function conveyor.template_eval(p_expr text, p_context jsonb, p_where text default null)
+-- that cannot apply to its value. p_item, when given, is the value of the root `item`
+-- (a map or filter transform passes each element so, instead of a copy of the context
+-- per element, which made those transforms quadratic).
+drop function if exists conveyor.template_eval(text, jsonb, text);
+create or replace function conveyor.template_eval(
+  p_expr text, p_context jsonb, p_where text default null, p_item jsonb default null
+)
 returns jsonb
 language plpgsql
 stable
@@ -292,6 +347,9 @@ begin
   if pg_catalog.strpos(p_expr, '|') = 0 and pg_catalog.btrim(p_expr) ~ '^[^\s.{}]+(\.[^\s.{}]+)*$' then
     -- fast path: a plain path without filters
     v_path := pg_catalog.string_to_array(pg_catalog.btrim(p_expr), '.');
+    if v_path[1] = 'item' and p_item is not null then
+      return p_item #> v_path[2:];
+    end if;
     if v_path[1] = 'now' and not p_context ? 'now' then
       return pg_catalog.jsonb_build_object('now', pg_catalog.now()) #> v_path;
     end if;
@@ -305,6 +363,7 @@ begin
   -- roots are checked by template_errors at publish; at run time any root of the context works
   v_path := pg_catalog.string_to_array(v_parsed ->> 'path_text', '.');
   v_value := case
+    when v_path[1] = 'item' and p_item is not null then p_item #> v_path[2:]
     when v_path[1] = 'now' and not p_context ? 'now' then pg_catalog.jsonb_build_object('now', pg_catalog.now()) #> v_path
     else p_context #> v_path
   end;
@@ -315,13 +374,15 @@ begin
     v_filter := v_parsed -> 'filters' -> v_index;
     v_name := v_filter ->> 'name';
     v_args := v_filter -> 'args';
-    if v_name not in ('default', 'upper', 'lower', 'date', 'currency', 'json', 'length', 'add') then
+    if v_name not in ('default', 'upper', 'lower', 'date', 'currency', 'json', 'length', 'add', 'escape', 'raw') then
       raise exception using errcode = '22023',
         message = pg_catalog.format(
-          '%s{{%s}}: unknown filter "%s" (expected one of default, upper, lower, date, currency, json, length, add)',
+          '%s{{%s}}: unknown filter "%s" (expected one of default, upper, lower, date, currency, json, length, add, '
+          || 'escape, raw)',
           coalesce(p_where || ': ', ''), p_expr, v_name
         );
     end if;
+    continue when v_name = 'raw';  -- marks the expression for render_string; the value is unchanged
     if v_name = 'default' then
       if v_value is null or v_value = 'null'::jsonb then
         v_value := v_args -> 0;
@@ -342,6 +403,8 @@ begin
         v_value := pg_catalog.to_jsonb(pg_catalog.lower(conveyor.json_text(v_value)));
       when 'json' then
         v_value := pg_catalog.to_jsonb(v_value::text);
+      when 'escape' then
+        v_value := pg_catalog.to_jsonb(conveyor.html_escape(conveyor.json_text(v_value)));
       when 'length' then
         v_value := pg_catalog.to_jsonb(case pg_catalog.jsonb_typeof(v_value)
           when 'array' then pg_catalog.jsonb_array_length(v_value)
@@ -388,8 +451,19 @@ begin
 end;
 $$;
 
--- Renders the templates in one string (see the top of this file).
-create or replace function conveyor.render_string(p_text text, p_context jsonb, p_where text default null)
+-- Renders the templates in one string (see the top of this file). p_item: the value of
+-- the root `item` (see template_eval). p_escape: HTML-escape each expression's value (an
+-- email's html; the literal text around the expressions stays as written), except an
+-- expression that says `| raw` (the tenant vouches for it) or `| escape` (already done).
+-- The text is split once at each `{{` and the output built as a list of parts whose total
+-- length is checked before each one is added: linear in the text (re-slicing the rest of
+-- it after each expression made a 300 KB template of 30,000 expressions take minutes), and
+-- a template that doubles a string stops at conveyor.max_rendered_bytes() instead of at
+-- jsonb's 256 MB.
+drop function if exists conveyor.render_string(text, jsonb, text);
+create or replace function conveyor.render_string(
+  p_text text, p_context jsonb, p_where text default null, p_item jsonb default null, p_escape boolean default false
+)
 returns jsonb
 language plpgsql
 stable
@@ -397,53 +471,90 @@ parallel safe
 set search_path = ''
 as $$
 declare
-  -- scans for `{{` and the first `}}` after it: the same split as conveyor.template_pattern()
-  v_rest text := p_text;
-  v_out text := '';
-  v_open integer;
+  -- an expression runs from a `{{` to the first `}}` after it (a `{{` inside it included):
+  -- the same split as conveyor.template_pattern()
+  v_chunks text[];
+  v_chunk_count integer;
+  v_index integer := 2;
+  v_first integer;
+  v_parts text[];
+  v_count integer := 1;
+  v_bytes bigint;
+  v_max integer;
   v_close integer;
   v_expr text;
   v_value jsonb;
+  v_text text;
 begin
-  v_open := pg_catalog.strpos(v_rest, '{{');
-  if v_open = 0 then
+  if pg_catalog.strpos(p_text, '{{') = 0 then
     return pg_catalog.to_jsonb(p_text);
   end if;
-  loop
-    v_close := pg_catalog.strpos(pg_catalog.substr(v_rest, v_open + 2), '}}');
-    if v_close = 0 then
-      raise exception using
-        errcode = '22023',
-        message = pg_catalog.format('%sunclosed "{{" in %s', coalesce(p_where || ': ', ''), pg_catalog.to_jsonb(p_text)),
-        hint = 'Every {{ needs a matching }}.';
+  -- conveyor.max_rendered_bytes(), inlined: this is the hot path
+  v_max := coalesce(nullif(pg_catalog.current_setting('conveyor.max_rendered_bytes', true), '')::integer, 1048576);
+  -- chunk 1 is the text before the first `{{`; each other chunk starts after a `{{`
+  v_chunks := pg_catalog.string_to_array(p_text, '{{');
+  v_chunk_count := pg_catalog.cardinality(v_chunks);
+  v_parts := array[v_chunks[1]];
+  v_bytes := pg_catalog.octet_length(v_chunks[1]);
+  while v_index <= v_chunk_count loop
+    v_close := pg_catalog.strpos(v_chunks[v_index], '}}');
+    if v_close > 0 then
+      v_expr := pg_catalog.left(v_chunks[v_index], v_close - 1);
+    else
+      -- a `{{` inside the expression: it goes on in the next chunks
+      v_first := v_index;
+      while v_close = 0 loop
+        v_index := v_index + 1;
+        if v_index > v_chunk_count then
+          raise exception using
+            errcode = '22023',
+            message = pg_catalog.format('%sunclosed "{{" in %s', coalesce(p_where || ': ', ''), pg_catalog.to_jsonb(p_text)),
+            hint = 'Every {{ needs a matching }}.';
+        end if;
+        v_close := pg_catalog.strpos(v_chunks[v_index], '}}');
+      end loop;
+      v_expr := pg_catalog.array_to_string(v_chunks[v_first:v_index - 1], '{{') || '{{'
+        || pg_catalog.left(v_chunks[v_index], v_close - 1);
     end if;
-    v_expr := pg_catalog.substr(v_rest, v_open + 2, v_close - 1);
     if pg_catalog.strpos(v_expr, '|') = 0 and pg_catalog.btrim(v_expr) ~ '^[^\s.{}]+(\.[^\s.{}]+)*$'
-      and pg_catalog.split_part(pg_catalog.btrim(v_expr), '.', 1) <> 'now' then
-      -- template_eval's fast path, inlined: a plain path without filters (not `now`)
+      and pg_catalog.split_part(pg_catalog.btrim(v_expr), '.', 1) not in ('now', 'item') then
+      -- template_eval's fast path, inlined: a plain path without filters (not `now` or `item`)
       v_value := p_context #> pg_catalog.string_to_array(pg_catalog.btrim(v_expr), '.');
     else
-      v_value := conveyor.template_eval(v_expr, p_context, p_where);
+      v_value := conveyor.template_eval(v_expr, p_context, p_where, p_item);
     end if;
-    if v_open = 1 and v_close + 3 = pg_catalog.length(p_text) then
-      -- the whole string is one expression: keep the value's JSON type
+    if p_escape and pg_catalog.jsonb_typeof(v_value) in ('string', 'array', 'object')
+      and v_expr !~ '\|\s*(raw|escape)\s*($|\|)' then
+      v_value := pg_catalog.to_jsonb(conveyor.html_escape(conveyor.json_text(v_value)));
+    end if;
+    if v_count = 1 and v_index = v_chunk_count and v_chunks[1] = ''
+      and v_close + 1 = pg_catalog.length(v_chunks[v_index]) then
+      -- the whole string is one expression: keep the value's JSON type (a copy of a value
+      -- of the context, measured as jsonb)
+      if pg_catalog.pg_column_size(v_value) > v_max then
+        return conveyor.render_too_large(p_where, pg_catalog.pg_column_size(v_value));
+      end if;
       return coalesce(v_value, conveyor.template_missing(v_expr, p_where));
     end if;
     if v_value is null then
       perform conveyor.template_missing(v_expr, p_where);
     end if;
     -- conveyor.json_text, inlined: this is the hot path
-    v_out := v_out || pg_catalog.substr(v_rest, 1, v_open - 1) || case pg_catalog.jsonb_typeof(v_value)
+    v_text := case pg_catalog.jsonb_typeof(v_value)
       when 'string' then v_value #>> '{}'
       when 'number' then pg_catalog.trim_scale((v_value #>> '{}')::numeric)::text
       when 'null' then ''
       else v_value::text
-    end;
-    v_rest := pg_catalog.substr(v_rest, v_open + v_close + 3);
-    v_open := pg_catalog.strpos(v_rest, '{{');
-    exit when v_open = 0;
+    end || pg_catalog.substr(v_chunks[v_index], v_close + 2);
+    v_bytes := v_bytes + pg_catalog.octet_length(v_text);
+    if v_bytes > v_max then
+      return conveyor.render_too_large(p_where, v_bytes);
+    end if;
+    v_count := v_count + 1;
+    v_parts[v_count] := v_text;
+    v_index := v_index + 1;
   end loop;
-  return pg_catalog.to_jsonb(v_out || v_rest);
+  return pg_catalog.to_jsonb(pg_catalog.array_to_string(v_parts, ''));
 end;
 $$;
 
@@ -467,8 +578,11 @@ end;
 $$;
 
 -- Renders every string in any JSON value. p_where names the location for errors
--- (e.g. 'steps[2].with'); nested values extend it (`.to`, `[0]`).
-create or replace function conveyor.render(p_value jsonb, p_context jsonb, p_where text default null)
+-- (e.g. 'steps[2].with'); nested values extend it (`.to`, `[0]`). p_item: the value of the
+-- root `item` (see template_eval). The result may not grow past conveyor.max_rendered_bytes()
+-- (its size is checked after each member is rendered into it).
+drop function if exists conveyor.render(jsonb, jsonb, text);
+create or replace function conveyor.render(p_value jsonb, p_context jsonb, p_where text default null, p_item jsonb default null)
 returns jsonb
 language plpgsql
 stable
@@ -482,13 +596,16 @@ declare
   v_index integer;
   v_where text;
   v_keys jsonb;
+  v_max integer;
 begin
   if p_value is null or pg_catalog.strpos(p_value::text, '{{') = 0 then
     return p_value;
   end if;
+  if pg_catalog.jsonb_typeof(p_value) = 'string' then
+    return conveyor.render_string(p_value #>> '{}', p_context, p_where, p_item);
+  end if;
+  v_max := conveyor.max_rendered_bytes();
   case pg_catalog.jsonb_typeof(p_value)
-    when 'string' then
-      return conveyor.render_string(p_value #>> '{}', p_context, p_where);
     when 'object' then
       -- only members holding a template are rendered and replaced
       -- the keys come from a plain function call (no query per call: this is the hot path)
@@ -503,11 +620,14 @@ begin
         end;
         -- strings (the common case) go straight to render_string
         if pg_catalog.jsonb_typeof(v_item) = 'string' then
-          v_item := conveyor.render_string(v_item #>> '{}', p_context, v_where);
+          v_item := conveyor.render_string(v_item #>> '{}', p_context, v_where, p_item);
         else
-          v_item := conveyor.render(v_item, p_context, v_where);
+          v_item := conveyor.render(v_item, p_context, v_where, p_item);
         end if;
         v_result := pg_catalog.jsonb_set(v_result, array[v_key], coalesce(v_item, 'null'::jsonb));
+        if pg_catalog.pg_column_size(v_result) > v_max then
+          return conveyor.render_too_large(p_where, pg_catalog.pg_column_size(v_result));
+        end if;
       end loop;
     else
       for v_index, v_item in
@@ -516,8 +636,11 @@ begin
         where pg_catalog.strpos(a.value::text, '{{') > 0
       loop
         v_result := pg_catalog.jsonb_set(v_result, array[v_index::text], coalesce(conveyor.render(
-          v_item, p_context, coalesce(p_where, '') || '[' || v_index || ']'
+          v_item, p_context, coalesce(p_where, '') || '[' || v_index || ']', p_item
         ), 'null'::jsonb));
+        if pg_catalog.pg_column_size(v_result) > v_max then
+          return conveyor.render_too_large(p_where, pg_catalog.pg_column_size(v_result));
+        end if;
       end loop;
   end case;
   return v_result;
@@ -525,7 +648,8 @@ end;
 $$;
 
 -- Render plans: what conveyor.render does to one value, worked out once per step instead
--- of once per execution. A plan is {"value": <the value>, "slots": [...], "context": <bool>},
+-- of once per execution. A plan is {"value": <the value>, "slots": [...], "context": <bool>,
+-- "where": <p_where>},
 -- one slot per string holding a template, in the order render visits them (keys in jsonb
 -- order, array elements in order, depth first): {"at": <text[] literal: where the string
 -- is>, "text": <the string>, "where": <its location for errors>} and, when the string is
@@ -536,7 +660,11 @@ $$;
 -- render_planned). The interpreter plans each step once per batch (conveyor.render_plan)
 -- and renders each execution with conveyor.render_planned: same value, same errors as
 -- render, without re-scanning the value's JSON text and keys on every execution.
-create or replace function conveyor.render_plan(p_value jsonb, p_where text default null)
+-- p_escape_html (an email.send action's `with`): the slots under the value's `html` key
+-- get "escape": true, and render_planned HTML-escapes the values their expressions insert
+-- (render_string's p_escape), so a trigger value cannot inject markup into the email.
+drop function if exists conveyor.render_plan(jsonb, text);
+create or replace function conveyor.render_plan(p_value jsonb, p_where text default null, p_escape_html boolean default false)
 returns jsonb
 language plpgsql
 immutable
@@ -589,6 +717,9 @@ begin
           );
         end if;
       end if;
+      if p_escape_html and v_path ->> 0 = 'html' then
+        v_entry := v_entry || '{"escape": true}';
+      end if;
       v_context := v_context or not v_entry ? 'root';
       v_slots := v_slots || pg_catalog.jsonb_build_array(v_entry);
       continue;
@@ -617,12 +748,14 @@ begin
     end if;
     v_todo := v_next || v_todo;
   end loop;
-  return pg_catalog.jsonb_build_object('value', p_value, 'slots', v_slots, 'context', v_context);
+  return pg_catalog.jsonb_build_object('value', p_value, 'slots', v_slots, 'context', v_context, 'where', p_where);
 end;
 $$;
 
 -- Renders a value by its plan (conveyor.render_plan): the same result and errors as
--- conveyor.render(value, context, where) for the value and where the plan was made from.
+-- conveyor.render(value, context, where) for the value and where the plan was made from
+-- (and a slot marked "escape" rendered HTML-escaped). The whole value may not grow past
+-- conveyor.max_rendered_bytes(): its size is checked after each slot is set.
 -- Either with the context, or (for a plan whose "context" is false) with p_context null
 -- and the execution's trigger, step outputs and vars, from which such a plan's paths read:
 -- the context object, which copies all three, is then never built.
@@ -646,10 +779,17 @@ declare
   v_slot jsonb;
   v_value jsonb;
   v_at text[];
+  v_max integer;
 begin
+  if v_slots = '[]'::jsonb then
+    return v_result;
+  end if;
+  -- conveyor.max_rendered_bytes(), inlined: this is the hot path
+  v_max := coalesce(nullif(pg_catalog.current_setting('conveyor.max_rendered_bytes', true), '')::integer, 1048576);
   for v_index in 0 .. pg_catalog.jsonb_array_length(v_slots) - 1 loop
     v_slot := v_slots -> v_index;
     v_value := case
+      when v_slot ? 'escape' then null  -- always rendered by render_string, which escapes
       when p_context is not null then p_context #> (v_slot ->> 'path')::text[]
       when v_slot ->> 'root' = 'trigger' then p_trigger #> (v_slot ->> 'rest')::text[]
       when v_slot ->> 'root' = 'steps' then p_steps #> (v_slot ->> 'rest')::text[]
@@ -661,15 +801,23 @@ begin
       v_value := conveyor.render_string(
         v_slot ->> 'text',
         coalesce(p_context, pg_catalog.jsonb_build_object('trigger', p_trigger, 'steps', p_steps, 'vars', p_vars)),
-        v_slot ->> 'where'
+        v_slot ->> 'where',
+        null,
+        v_slot ? 'escape'
       );
     end if;
     v_at := (v_slot ->> 'at')::text[];
     if pg_catalog.cardinality(v_at) = 0 then
       -- the value is one string
+      if pg_catalog.pg_column_size(v_value) > v_max then
+        return conveyor.render_too_large(v_slot ->> 'where', pg_catalog.pg_column_size(v_value));
+      end if;
       return v_value;
     end if;
     v_result := pg_catalog.jsonb_set(v_result, v_at, coalesce(v_value, 'null'::jsonb));
+    if pg_catalog.pg_column_size(v_result) > v_max then
+      return conveyor.render_too_large(p_plan ->> 'where', pg_catalog.pg_column_size(v_result), 'input');
+    end if;
   end loop;
   return v_result;
 end;

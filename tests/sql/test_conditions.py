@@ -227,7 +227,7 @@ def test_condition_errors_report_each_problem_with_its_path(conn: Conn) -> None:
         "(invalid regular expression: parentheses () not balanced)",
         'steps[1].if.all[7].value: operator "before" needs an ISO 8601 timestamp or a {{template}}, got "yesterday"',
         'steps[1].if.all[8].field: unknown filter "shout" (expected one of default, upper, lower, date, '
-        "currency, json, length, add)",
+        "currency, json, length, add, escape, raw)",
         'steps[1].if.all[9].value: filter "default" takes exactly one argument',
         'steps[1].if.all[10].not: a condition must be an object with "all", "any", "not" or "field" and "op"',
         "steps[1].if.all[11].any: must be an array of conditions",

@@ -171,7 +171,7 @@ def test_template_errors_name_the_path_of_each_problem(conn: Conn) -> None:
             "steps[2].with.cc[1]: empty template expression",
             'steps[2].with.cc[2]: unclosed "{{" (expected "}}")',
             'steps[2].with.subject: unknown filter "shout" (expected one of default, upper, lower, date, '
-            "currency, json, length, add)",
+            "currency, json, length, add, escape, raw)",
             'steps[2].with.body: filter "default" takes exactly one argument',
             'steps[2].with.body: filter "add": invalid duration "3 parsecs"',
             'steps[2].with.body: filter "date": unknown time zone "Mars/Base"',
@@ -330,6 +330,11 @@ def ref_apply(value: Any, found: bool, name: str, arg: Any) -> tuple[bool, Any]:
         return True, len(ref_text(value))
     if name == "json":
         return True, pg_json_text(value)
+    if name == "escape":
+        entities = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}
+        return True, "".join(entities.get(c, c) for c in ref_text(value))
+    if name == "raw":
+        return True, value
     raise AssertionError(name)
 
 
@@ -350,7 +355,7 @@ def expressions(draw: st.DrawFn, context: Any) -> tuple[str, list[str], list[tup
     filters = draw(
         st.lists(
             st.tuples(
-                st.sampled_from(["default", "upper", "lower", "length", "json"]),
+                st.sampled_from(["default", "upper", "lower", "length", "json", "escape", "raw"]),
                 st.one_of(st.text(alphabet="xyz |,:", max_size=4), st.integers(-5, 5)),
             ),
             max_size=2,
