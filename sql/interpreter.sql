@@ -906,7 +906,7 @@ begin
               v_resume := v_resume + conveyor.parse_duration(v_input ->> 'for');
             end if;
             if v_input ? 'until' then
-              v_resume := (v_input ->> 'until')::timestamptz;
+              v_resume := conveyor.parse_until(v_input ->> 'until', p_now);
             end if;
             if v_input ? 'window' then
               v_resume := conveyor.next_window_start(v_resume, v_input -> 'window');
