@@ -49,7 +49,7 @@ create index events_tenant_type_time_idx on conveyor.events (tenant_id, event_ty
 alter table conveyor.waits enable row level security;
 alter table conveyor.waits force row level security;
 create policy waits_isolation on conveyor.waits
-using (tenant_id = pg_catalog.current_setting('conveyor.tenant_id', true));
+using (tenant_id = (select conveyor.current_tenant()));
 
 grant select on conveyor.waits to conveyor_app;
 grant select, insert, update, delete on conveyor.waits to conveyor_service;
