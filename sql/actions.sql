@@ -1,10 +1,30 @@
--- The hand-off to the runner and the write-back of its results.
+-- The hand-off to the runner: action messages, their queue, and the retry delays.
 --
 -- An external action is a step_run in status 'queued' plus one message in the pgmq queue
--- conveyor_actions carrying the fully rendered input. The runner performs it and calls
--- conveyor.write_back, which (guards first) applies the result exactly once, decides
--- retries and error policies in SQL, archives the message and continues the execution,
--- all in the runner's one transaction.
+-- conveyor_actions carrying the fully rendered input. The runner reads it here
+-- (read_actions), performs it and calls conveyor.write_back (sql/write_back.sql), which
+-- (guards first) applies the result exactly once, decides retries and error policies in
+-- SQL, archives the message and continues the execution, all in the runner's one
+-- transaction.
+
+-- The JSON value as a bigint when it is a whole number within bigint's range, else null:
+-- a message or a result names its step run and message by such numbers, and a malformed
+-- one (`"abc"`, `1e300`, `1.5`) must not fail the statement that reads it. No SET clause,
+-- unlike the house rule: it is inlined into read_actions' statement (a function with one is
+-- never inlined); it names only pg_catalog.
+create or replace function conveyor.jsonb_bigint(p_value jsonb)
+returns bigint
+language sql
+immutable
+parallel safe
+as $$
+  select case
+    when pg_catalog.jsonb_typeof(p_value) = 'number'
+      and (p_value #>> '{}')::numeric between -9223372036854775808 and 9223372036854775807
+      and (p_value #>> '{}')::numeric = pg_catalog.trunc((p_value #>> '{}')::numeric)
+      then (p_value #>> '{}')::numeric::bigint
+  end;
+$$;
 
 -- An action's queue message: what the runner needs to perform it, fully rendered. Built
 -- here for both senders: the interpreter (a new action, with its step run) and
@@ -32,7 +52,11 @@ begin
     'input', p_run.input,
     'idempotency_key', p_run.idempotency_key,
     'attempt', p_run.attempt,
-    'timeout_s', ceil(extract(epoch from p_step.timeout))::integer
+    -- clamped to the queue's ceiling (conveyor.read_actions): a version stored before the
+    -- timeout limits, or a step written by hand, must not overflow the integer
+    'timeout_s', case
+      when p_step.timeout is not null then ceil(least(greatest(extract(epoch from p_step.timeout), 0), 86400))::integer
+    end
   );
 end;
 $$;
@@ -142,6 +166,29 @@ $$;
 -- timeout per message in the same statement (pgmq.read takes one for the whole batch,
 -- and builds its SQL per call). Written against the queue table's layout: the DO block
 -- also sets last_read_at where the installed pgmq has that column (pgmq >= 1.5).
+--
+-- Both numbers are clamped (timeout and margin at most 86,400 s each): one message with a
+-- timeout_s of 1e300 made every read fail with "timestamp out of range", which blocked the
+-- queue for every tenant.
+--
+-- dead_letter says when the message must not be performed (the runner writes it back as a
+-- dead letter instead, docs/queue.md): 'max_deliveries' once it has been delivered more
+-- than conveyor.max_action_deliveries times without a result, 'step_run_gone' when the
+-- step run it names does not wait for it (gone, finished, or waiting for another
+-- message); null otherwise. The check is a primary-key probe per message read.
+-- (its result gained dead_letter in 0023: a function's result type changes by drop and create)
+do $do$
+begin
+  if exists (
+    select from pg_catalog.pg_proc
+    where oid = pg_catalog.to_regprocedure('conveyor.read_actions(integer, numeric, numeric)')
+      and not 'dead_letter' = any(proargnames)
+  ) then
+    drop function conveyor.read_actions(integer, numeric, numeric);
+  end if;
+end;
+$do$;
+
 do $do$
 declare
   v_last_read text := case
@@ -158,7 +205,7 @@ create or replace function conveyor.read_actions(
   p_margin_s numeric,
   p_default_timeout_s numeric default 30
 )
-returns table (msg_id bigint, read_ct integer, message jsonb)
+returns table (msg_id bigint, read_ct integer, message jsonb, dead_letter text)
 language plpgsql
 security definer
 set search_path = ''
@@ -169,6 +216,9 @@ set plan_cache_mode = force_generic_plan
 set enable_seqscan = off
 as $$
 #variable_conflict use_column
+declare
+  -- conveyor.max_action_deliveries(), read here without the extra call
+  v_max_deliveries bigint := conveyor.limit_setting('max_action_deliveries', 5);
 begin
   return query
   with next as (
@@ -186,13 +236,21 @@ begin
     vt = pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => greatest(1, ceil(
       case
         when jsonb_typeof(m.message -> 'timeout_s') = 'number' and (m.message ->> 'timeout_s')::numeric > 0
-          then (m.message ->> 'timeout_s')::numeric
-        else p_default_timeout_s
-      end + p_margin_s
+          then least((m.message ->> 'timeout_s')::numeric, 86400)
+        else least(p_default_timeout_s, 86400)
+      end + least(greatest(p_margin_s, 0), 86400)
     ))::double precision)
   from next
   where m.msg_id = next.msg_id
-  returning m.msg_id, m.read_ct, m.message;
+  returning m.msg_id, m.read_ct, m.message,
+    case
+      when m.read_ct > v_max_deliveries then 'max_deliveries'
+      when jsonb_typeof(m.message -> 'step_run_id') = 'number' and not exists (
+        select from conveyor.step_runs as r
+        where r.step_run_id = conveyor.jsonb_bigint(m.message -> 'step_run_id')
+          and r.status = 'queued' and r.msg_id = m.msg_id
+      ) then 'step_run_gone'
+    end;
 end;
 $$
 $fn$, v_last_read);
@@ -243,7 +301,9 @@ revoke all on function conveyor.archive_actions(bigint[]) from public;
 
 -- Seconds to wait before attempt p_attempt + 1 after attempt p_attempt failed:
 -- exponential (initial * 2^(attempt-1)) or fixed (initial), ±20% jitter when the policy
--- says jitter, capped at max; a larger Retry-After from the receiver wins.
+-- says jitter, capped at max; a larger Retry-After from the receiver wins, up to
+-- conveyor.max_duration (the exponent is clamped too: no number a policy or a receiver
+-- gives overflows the integer, or numeric's range).
 create or replace function conveyor.retry_delay_s(
   p_policy jsonb,
   p_attempt integer,
@@ -260,257 +320,18 @@ declare
 begin
   v_delay := case
     when coalesce(p_policy ->> 'backoff', 'exponential') = 'fixed' then v_initial
-    else v_initial * power(2::numeric, greatest(p_attempt, 1) - 1)
+    -- 2^40 times any initial is past any max a policy can name
+    else v_initial * power(2::numeric, least(greatest(p_attempt, 1) - 1, 40))
   end;
   if coalesce((p_policy ->> 'jitter')::boolean, false) then
     v_delay := v_delay * (0.8 + 0.4 * random()::numeric);
   end if;
   v_delay := least(v_delay, v_max);
-  return ceil(greatest(v_delay, coalesce(p_retry_after_s, 0)))::integer;
-end;
-$$;
-
--- Applies the runner's results. p_results: [{"msg_id", "step_run_id", "ok": true, "output"}
--- | {"msg_id", "step_run_id", "ok": false, "retryable", "retry_after_s", "error", "output"}].
--- Outcome 'applied', or 'ignored' for a late, duplicate or cancelled result (which changes
--- nothing). Every message named is archived.
---
--- Set-based on the hot path: the batch's executions and step runs are locked with one
--- statement each (executions first, then step runs, each in id order: the order every
--- writer uses), read with one join, and a successful result changes its execution in
--- memory only; the interpreter continues those executions and writes each one once. Only
--- failures (retries, error policies: the rare path) write row by row.
-create or replace function conveyor.write_back(p_results jsonb)
-returns table (msg_id bigint, step_run_id bigint, outcome text)
-language plpgsql
-security definer
-set search_path = ''
--- Every statement here (and in what it calls) reaches a batch's rows by their keys. A
--- runner's session keeps its statements' generic plans; planned while the tables were
--- small (a new install, the start of a burst), a join may be a hash join over a seq scan,
--- which stays cached while the tables grow (measured: 32 ms per write-back after a burst
--- of 5,000 workflows, instead of 1 ms). Index lookups are right at every size. So the
--- generic plans are used from the first call (for what it calls too): a custom plan per
--- call planned five statements again each time, ~0.25 ms per write-back of one result.
-set enable_seqscan = off
-set enable_hashjoin = off
-set enable_mergejoin = off
-set plan_cache_mode = force_generic_plan
-set jit = off
-as $$
-#variable_conflict use_column
-declare
-  v_ids bigint[];
-  v_item record;
-  v_result jsonb;
-  v_exec conveyor.executions;
-  v_run conveyor.step_runs;
-  v_step conveyor.workflow_steps;
-  v_error jsonb;
-  v_next text;
-  v_new_id bigint;
-  v_delay integer;
-  v_moves boolean;  -- the result moves its execution on (not a retry, not the end)
-  v_applied_execs bigint[] := '{}';  -- one applied result per execution and batch
-  v_continued conveyor.executions[] := '{}';  -- their new state, to be interpreted on
-  v_paused conveyor.executions[] := '{}';  -- new state, written as is (a paused execution takes no step)
-  v_done_ids bigint[] := '{}';
-  v_done_status text[] := '{}';
-  v_done_output jsonb[] := '{}';
-  v_done_error jsonb[] := '{}';
-  v_done_next text[] := '{}';
-  v_archived bigint[] := '{}';
-  v_retry_ids bigint[] := '{}';
-  v_retry_delays integer[] := '{}';
-begin
-  if jsonb_typeof(p_results) is distinct from 'array' then
-    raise exception using
-      errcode = '22023',
-      message = 'write_back: results must be a JSON array',
-      hint = '[{"msg_id": .., "step_run_id": .., "ok": true, "output": {...}}]';
-  end if;
-
-  v_ids := array(select (x.value ->> 'step_run_id')::bigint from jsonb_array_elements(p_results) as x (value));
-  perform
-  from conveyor.executions as e
-  where e.execution_id = any(array(
-    select r.execution_id from conveyor.step_runs as r where r.step_run_id = any(v_ids)
-  ))
-  order by e.execution_id
-  for update;
-  perform
-  from conveyor.step_runs as r
-  where r.step_run_id = any(v_ids)
-  order by r.step_run_id
-  for update;
-
-  for v_item in
-    select x.value as result, j.run, j.exec, j.step
-    from jsonb_array_elements(p_results) with ordinality as x (value, n)
-    -- lateral: three primary-key lookups per result, whatever the tables' sizes
-    left join lateral (
-      select r as run, e as exec, s as step
-      from conveyor.step_runs as r
-      join conveyor.executions as e on e.execution_id = r.execution_id
-      left join conveyor.workflow_steps as s
-        on s.workflow_id = e.workflow_id and s.version = e.version and s.step_id = r.step_id
-      where r.step_run_id = (x.value ->> 'step_run_id')::bigint
-    ) as j on true
-    order by (x.value ->> 'step_run_id')::bigint, x.n
-  loop
-    v_result := v_item.result;
-    v_run := v_item.run;
-    v_exec := v_item.exec;
-    v_step := v_item.step;
-    msg_id := (v_result ->> 'msg_id')::bigint;
-    step_run_id := (v_result ->> 'step_run_id')::bigint;
-    outcome := 'ignored';
-
-    -- the step run and its execution still wait on exactly this message (and no earlier
-    -- result of this batch was applied to the execution: a duplicate in the same batch)
-    if v_run.status = 'queued'
-      and (write_back.msg_id is null or v_run.msg_id = write_back.msg_id)
-      and v_exec.status = 'waiting' and v_exec.wait_kind = 'action' and v_exec.current_step = v_run.step_id
-      and not v_exec.execution_id = any(v_applied_execs)
-    then
-      outcome := 'applied';
-      v_applied_execs := v_applied_execs || v_exec.execution_id;
-      v_next := null;
-      v_error := null;
-      v_moves := true;
-
-      if coalesce((v_result ->> 'ok')::boolean, false) then
-        v_next := v_step.next_step;
-      else
-        v_error := case
-          when jsonb_typeof(v_result -> 'error') = 'object' then v_result -> 'error'
-          else jsonb_build_object('message', coalesce(v_result ->> 'error', 'action failed'))
-        end || jsonb_build_object('attempt', v_run.attempt, 'retryable', coalesce((v_result ->> 'retryable')::boolean, false));
-
-        if coalesce((v_result ->> 'retryable')::boolean, false)
-          and v_run.attempt < coalesce((v_step.retry_policy ->> 'attempts')::integer, 1)
-        then
-          -- the next attempt: a new queued step run with the same idempotency key; the
-          -- execution keeps waiting on this step
-          v_delay := conveyor.retry_delay_s(v_step.retry_policy, v_run.attempt, (v_result ->> 'retry_after_s')::numeric);
-          update conveyor.step_runs as r
-          set status = 'failed', output = v_result -> 'output', error = v_error, finished_at = now()
-          where r.step_run_id = v_run.step_run_id;
-          insert into conveyor.step_runs (
-            execution_id, tenant_id, step_id, visit, attempt, status, input, idempotency_key
-          )
-          values (
-            v_run.execution_id, v_run.tenant_id, v_run.step_id, v_run.visit, v_run.attempt + 1, 'queued', v_run.input,
-            v_run.idempotency_key
-          )
-          returning step_runs.step_run_id into v_new_id;
-          v_retry_ids := v_retry_ids || v_new_id;
-          v_retry_delays := v_retry_delays || v_delay;
-          insert into conveyor.execution_logs (tenant_id, execution_id, workflow_id, step_id, level, message, details)
-          values (
-            v_exec.tenant_id, v_exec.execution_id, v_exec.workflow_id, v_run.step_id, 'info',
-            format(
-              'step "%s" attempt %s failed (%s); attempt %s in %s s', v_run.step_id, v_run.attempt,
-              coalesce(v_error ->> 'message', 'error'), v_run.attempt + 1, v_delay
-            ),
-            v_error || jsonb_build_object('retry_in_s', v_delay)
-          );
-          v_moves := false;
-        elsif v_step.on_error in ('continue', 'goto') then
-          v_next := case v_step.on_error when 'continue' then v_step.next_step else v_step.error_step end;
-          insert into conveyor.execution_logs (
-            tenant_id, execution_id, workflow_id, step_id, level, message, details
-          )
-          values (
-            v_exec.tenant_id, v_exec.execution_id, v_exec.workflow_id, v_run.step_id, 'warning',
-            format(
-              'step "%s" failed (%s); on_error %s → %s', v_run.step_id, coalesce(v_error ->> 'message', 'error'),
-              v_step.on_error, coalesce('"' || v_next || '"', 'end')
-            ),
-            v_error
-          );
-        else
-          -- the error policy ends the execution, with the context an operator needs
-          update conveyor.step_runs as r
-          set status = 'failed', output = v_result -> 'output', error = v_error, finished_at = now()
-          where r.step_run_id = v_run.step_run_id;
-          perform conveyor.finish_execution(
-            v_exec.execution_id, 'failed',
-            jsonb_build_object(
-              'step', v_run.step_id,
-              'message', format(
-                'step "%s" (%s) failed after %s attempt(s): %s', v_run.step_id, v_step.action_type, v_run.attempt,
-                coalesce(v_error ->> 'message', 'error')
-              ),
-              'detail', v_error,
-              'input', v_run.input,
-              'output', v_result -> 'output'
-            )
-          );
-          v_moves := false;
-        end if;
-      end if;
-
-      if v_moves then
-        -- the step is done (succeeded, or failed with on_error continue/goto): record it
-        -- and move the execution on, in memory; both are written once below
-        v_done_ids := v_done_ids || v_run.step_run_id;
-        v_done_status := v_done_status || case when v_error is null then 'completed' else 'failed' end;
-        v_done_output := v_done_output || (v_result -> 'output');
-        v_done_error := v_done_error || v_error;
-        v_done_next := v_done_next || v_next;
-        v_exec.status := 'running';
-        v_exec.wait_kind := null;
-        v_exec.resume_at := null;
-        v_exec.current_step := v_next;
-        v_exec.step_outputs := v_exec.step_outputs || jsonb_build_object(
-          v_run.step_id,
-          case
-            when v_error is null then jsonb_build_object('output', v_result -> 'output')
-            else jsonb_build_object('output', v_result -> 'output', 'error', v_error)
-          end
-        );
-        if v_exec.paused_at is null then
-          v_continued := v_continued || v_exec;
-        else
-          v_paused := v_paused || v_exec;
-        end if;
-      end if;
-    end if;
-
-    if write_back.msg_id is not null then
-      v_archived := v_archived || write_back.msg_id;
-    end if;
-    return next;
-  end loop;
-
-  if pg_catalog.cardinality(v_done_ids) > 0 then
-    update conveyor.step_runs as r
-    set status = d.status, output = d.output, error = d.error, next_step = d.next_step, finished_at = now()
-    from unnest(v_done_ids, v_done_status, v_done_output, v_done_error, v_done_next)
-      as d (step_run_id, status, output, error, next_step)
-    where r.step_run_id = d.step_run_id;
-  end if;
-  if pg_catalog.cardinality(v_paused) > 0 then
-    update conveyor.executions as e
-    set
-      status = x.status, wait_kind = x.wait_kind, resume_at = x.resume_at, current_step = x.current_step,
-      step_outputs = x.step_outputs
-    from unnest(v_paused) as x
-    where e.execution_id = x.execution_id;
-  end if;
-  -- The continued executions run on to their next stopping point together (each written
-  -- once, in the state it reached), and the actions they reached are sent in one batch.
-  if pg_catalog.cardinality(v_continued) > 0 then
-    perform conveyor.interpret_executions(v_continued, now(), false);
-  end if;
-  if pg_catalog.cardinality(v_archived) > 0 then
-    perform conveyor.archive_actions(v_archived);
-  end if;
-  -- the next attempts, one send per distinct delay
-  perform conveyor.send_actions(pg_catalog.array_agg(r.step_run_id), r.delay_s)
-  from unnest(v_retry_ids, v_retry_delays) as r (step_run_id, delay_s)
-  group by r.delay_s;
+  return ceil(least(
+    greatest(v_delay, coalesce(p_retry_after_s, 0)),
+    extract(epoch from conveyor.max_duration()),
+    2147483647
+  ))::integer;
 end;
 $$;
 
@@ -519,5 +340,3 @@ revoke all on function conveyor.send_actions(bigint[], integer) from public;
 revoke all on function conveyor.action_message(conveyor.step_runs, bigint, conveyor.workflow_steps) from public;
 revoke all on function conveyor.queue_messages(jsonb[], integer) from public;
 grant execute on function conveyor.enqueue_action(bigint, integer) to conveyor_service;
-revoke all on function conveyor.write_back(jsonb) from public;
-grant execute on function conveyor.write_back(jsonb) to conveyor_service;

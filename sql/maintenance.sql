@@ -62,6 +62,8 @@ begin
       and r.status = 'queued'
       and r.started_at < now() - interval '1 minute'
       and not exists (select from pgmq.q_conveyor_actions as q where q.msg_id = r.msg_id)
+      -- a dead-lettered message is not lost: it waits for an operator (requeue_dead_letter)
+      and not exists (select from conveyor.dead_letters as d where d.step_run_id = r.step_run_id)
     order by r.step_run_id
     limit p_limit
     for update of r skip locked
@@ -98,6 +100,7 @@ declare
   v_events integer;
   v_deliveries integer;
   v_archive integer;
+  v_dead integer;
 begin
   -- Step runs go with their execution in the same statement (no foreign key does it: see
   -- migrations/0012); attached log lines by their key's on delete cascade.
@@ -154,9 +157,19 @@ begin
   gone as (delete from pgmq.a_conveyor_actions as a using old where a.msg_id = old.msg_id returning 1)
   select count(*) into v_archive from gone;
 
+  -- Dead letters an operator did not requeue; those naming no tenant after 30 days.
+  with old as (
+    select d.dead_letter_id from conveyor.dead_letters as d
+    left join conveyor.tenants as t on t.tenant_id = d.tenant_id
+    where d.dead_at < p_now - pg_catalog.make_interval(days => coalesce(t.retention_days, 30))
+    limit p_batch
+  ),
+  gone as (delete from conveyor.dead_letters as d using old where d.dead_letter_id = old.dead_letter_id returning 1)
+  select count(*) into v_dead from gone;
+
   return jsonb_build_object(
     'executions', v_executions, 'logs', v_logs, 'events', v_events,
-    'webhook_deliveries', v_deliveries, 'archived_messages', v_archive,
+    'webhook_deliveries', v_deliveries, 'archived_messages', v_archive, 'dead_letters', v_dead,
     'budgets', conveyor.prune_budgets(p_now)
   );
 end;

@@ -21,8 +21,11 @@ revoke all on function conveyor.next_timeout_at() from public;
 grant execute on function conveyor.next_timeout_at() to conveyor_service;
 
 -- When the next time-driven work falls due: a delay or wait timeout, an execution's
--- timeout, a schedule slot, a date trigger. tick() reports it; a runner that saw work move
--- on elsewhere (a dispatch, a write-back) asks only this, not for a whole tick.
+-- timeout, a schedule slot, a date trigger, or an action message becoming visible (a
+-- retry's backoff ending, a lease running out). tick() reports it; a runner that saw work
+-- move on elsewhere (a dispatch, a write-back) asks only this, not for a whole tick. The
+-- runner reads the queue when it wakes then: a retry starts when its backoff ends, not at
+-- the runner's next poll (a message sent with a delay wakes no one).
 create or replace function conveyor.next_work_due_at()
 returns timestamptz
 language plpgsql
@@ -34,7 +37,9 @@ begin
     conveyor.next_due_at(),
     conveyor.next_timeout_at(),
     (select min(sc.next_run_at) from conveyor.schedules as sc where sc.active),
-    (select min(df.due_at) from conveyor.date_trigger_firings as df where df.fired_at is null)
+    (select min(df.due_at) from conveyor.date_trigger_firings as df where df.fired_at is null),
+    -- the vt index: the first message not visible yet
+    (select min(q.vt) from pgmq.q_conveyor_actions as q where q.vt > pg_catalog.clock_timestamp())
   );
 end;
 $$;

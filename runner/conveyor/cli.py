@@ -12,6 +12,7 @@ import click
 
 from conveyor import output
 from conveyor.cluster import Cluster
+from conveyor.commands.actions import actions
 from conveyor.commands.common import database_option, fail_cleanly, json_option
 from conveyor.commands.connections import connections
 from conveyor.commands.demo import demo
@@ -143,6 +144,7 @@ for command in (
     executions,
     events,
     trigger,
+    actions,
     status,
     stats,
 ):

@@ -4,8 +4,13 @@
   a visibility timeout of its own `timeout_s` plus a margin: while the runner performs
   the action, no other runner sees the message; if this runner dies, the message
   becomes visible again after that and another runner performs it (same idempotency key).
+* each message is checked before it is performed (`Message.verdict`): a body the runner
+  cannot use, or one read_actions says must not be performed (delivered too often, its
+  step run no longer waiting for it), is written back as a dead letter instead
+  (docs/queue.md);
 * `write_back` hands results to `conveyor.write_back`, which applies
-  them, archives the messages and advances the executions, all in one transaction.
+  them, archives the messages and advances the executions, all in one transaction; what
+  it sends is made storable and bounded first (conveyor.results).
 * `dispatch` calls `conveyor.dispatch()` (new events), `tick` calls `conveyor.tick()`
   (dispatch + resume due delays + schedules) when it exists.
 """
@@ -18,46 +23,133 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
+
+from conveyor.results import MAX_OUTPUT_BYTES, encode_results
 
 QUEUE = "conveyor_actions"
 # conveyor.send_actions notifies here when it queues actions (migrations/0016)
 INSERT_CHANNEL = "conveyor_actions"
 WAKEUP_CHANNEL = "conveyor_wakeup"
 DEFAULT_TIMEOUT_S = 30.0
+# The most seconds a message's timeout_s may say: conveyor.read_actions clamps the
+# visibility timeout to it, and conveyor.action_message the timeout.
+MAX_TIMEOUT_S = 86_400
+_MAX_BIGINT = 2**63 - 1
 
 Conn = psycopg.Connection[Any]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_id(value: Any) -> bool:
+    return _is_int(value) and 0 < value <= _MAX_BIGINT
 
 
 @dataclass(frozen=True)
 class Message:
     msg_id: int
     read_ct: int
-    body: dict[str, Any]
+    # the message as stored: an object when the engine wrote it, anything when not
+    raw: Any
+    # read_actions' verdict: 'max_deliveries', 'step_run_gone', or None (perform it)
+    dead_letter: str | None = None
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return self.raw if isinstance(self.raw, dict) else {}
 
     @property
     def timeout_s(self) -> float:
         value = self.body.get("timeout_s")
-        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= MAX_TIMEOUT_S:
             return float(value)
         return DEFAULT_TIMEOUT_S
 
     @property
-    def step_run_id(self) -> Any:
-        return self.body.get("step_run_id")
+    def step_run_id(self) -> int | None:
+        """The step run the message names, when it names one (a valid id), else None."""
+        value = self.body.get("step_run_id")
+        return value if _is_id(value) else None
+
+    def problem(self) -> str | None:
+        """What makes the body unusable (a message the engine did not write), or None."""
+        if not isinstance(self.raw, dict):
+            return f"the message is {_json_type(self.raw)}, not a JSON object"
+        body = self.raw
+        if not _is_id(body.get("step_run_id")):
+            return (
+                f"step_run_id {_show(body.get('step_run_id'))} is not a step run id (a positive whole number)"
+            )
+        for key in ("action", "tenant_id"):
+            if not isinstance(body.get(key), str) or not body[key]:
+                return f"{key} {_show(body.get(key))} is not a non-empty string"
+        for key in ("connection", "idempotency_key", "step_id"):
+            if body.get(key) is not None and not isinstance(body[key], str):
+                return f"{key} {_show(body[key])} is not a string"
+        for key in ("execution_id", "workflow_id", "attempt"):
+            if body.get(key) is not None and not _is_id(body[key]):
+                return f"{key} {_show(body[key])} is not a positive whole number"
+        timeout = body.get("timeout_s")
+        if timeout is not None and (
+            not isinstance(timeout, int | float)
+            or isinstance(timeout, bool)
+            or not 0 <= timeout <= MAX_TIMEOUT_S
+        ):
+            return f"timeout_s {_show(timeout)} is not a number of seconds from 0 to {MAX_TIMEOUT_S}"
+        return None
+
+    def verdict(self) -> tuple[str, str] | None:
+        """(reason, error) when the message must be dead-lettered rather than performed."""
+        problem = self.problem()
+        if problem is not None:
+            return "malformed_message", f"malformed action message: {problem}; dead-lettered, not performed"
+        if self.dead_letter == "max_deliveries":
+            return self.dead_letter, (
+                f"the message was delivered {self.read_ct - 1} times without a result, more than"
+                " conveyor.max_action_deliveries allows; dead-lettered, not performed again"
+            )
+        if self.dead_letter == "step_run_gone":
+            return self.dead_letter, (
+                f"step run {self.step_run_id} no longer waits for this message (it is finished, gone,"
+                " or waits for another message); dead-lettered, not performed"
+            )
+        if self.dead_letter is not None:
+            return self.dead_letter, f"dead-lettered by the database ({self.dead_letter}), not performed"
+        return None
 
     def log_fields(self) -> dict[str, Any]:
+        body = self.body
         return {
             "msg_id": self.msg_id,
-            "tenant": self.body.get("tenant_id"),
-            "execution": self.body.get("execution_id"),
-            "workflow": self.body.get("workflow_id"),
-            "step": self.body.get("step_id"),
-            "step_run": self.body.get("step_run_id"),
-            "action": self.body.get("action"),
-            "attempt": self.body.get("attempt"),
+            "tenant": body.get("tenant_id"),
+            "execution": body.get("execution_id"),
+            "workflow": body.get("workflow_id"),
+            "step": body.get("step_id"),
+            "step_run": body.get("step_run_id"),
+            "action": body.get("action"),
+            "attempt": body.get("attempt"),
             "delivery": self.read_ct,
         }
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "not JSON"
+
+
+def _show(value: Any) -> str:
+    """A short rendering of a value for an error message."""
+    text = "missing" if value is None else json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def visibility_timeout(timeout_s: float, margin_s: float) -> int:
@@ -73,14 +165,20 @@ def read_batch(conn: Conn, qty: int, margin_s: float) -> list[Message]:
     """
     if qty <= 0:
         return []
+    # `*`: a database migrated before 0023 returns no dead_letter column
     rows = conn.execute(
-        "select msg_id, read_ct, message from conveyor.read_actions(%s::integer, %s::numeric, %s::numeric)",
+        "select * from conveyor.read_actions(%s::integer, %s::numeric, %s::numeric)",
         (qty, margin_s, DEFAULT_TIMEOUT_S),
     ).fetchall()
-    messages = []
-    for row in rows:
-        body = row[2] if isinstance(row[2], dict) else json.loads(row[2]) if row[2] else {}
-        messages.append(Message(msg_id=int(row[0]), read_ct=int(row[1]), body=body))
+    messages = [
+        Message(
+            msg_id=int(row[0]),
+            read_ct=int(row[1]),
+            raw=row[2],
+            dead_letter=str(row[3]) if len(row) > 3 and row[3] is not None else None,
+        )
+        for row in rows
+    ]
     messages.sort(key=lambda m: m.msg_id)
     return messages
 
@@ -102,12 +200,16 @@ def has_function(conn: Conn, name: str, *, argument: str | None = None) -> bool:
     return bool(row and row[0])
 
 
-def write_back(conn: Conn, results: list[dict[str, Any]]) -> list[tuple[int, Any, str]]:
-    """Apply results through conveyor.write_back; returns (msg_id, step_run_id, outcome) rows."""
+def write_back(
+    conn: Conn, results: list[dict[str, Any]], max_output_bytes: int = MAX_OUTPUT_BYTES
+) -> list[tuple[int, Any, str]]:
+    """Apply results through conveyor.write_back; returns (msg_id, step_run_id, outcome) rows.
+    The results are made storable and bounded first (conveyor.results.encode_results)."""
     if not results:
         return []
     rows = conn.execute(
-        "select msg_id, step_run_id, outcome from conveyor.write_back(%s)", (Jsonb(results),)
+        "select msg_id, step_run_id, outcome from conveyor.write_back(%s::jsonb)",
+        (encode_results(results, max_output_bytes),),
     ).fetchall()
     return [(int(r[0]), r[1], str(r[2])) for r in rows]
 

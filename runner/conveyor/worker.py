@@ -29,9 +29,16 @@ notification, on (re)connecting, and after `poll_interval` without one; while it
 so within two poll intervals without failing, the loop's ticks leave events to it, so the
 loop never spends a burst's dispatch time not reading actions (and takes over when the
 listener is down, failing or stuck).
+A message the runner must not perform (a malformed body, or one read_actions marks: too
+many deliveries, its step run no longer waiting) is written back as a dead letter instead
+of being performed; a result the database still refuses is written back as one too
+(docs/queue.md), so no action is performed again and again for want of a result.
+
 SIGTERM / Ctrl-C: stop reading, let in-flight actions finish within `shutdown_grace`,
-write their results, exit 0. A lost database: reconnect with backoff; results not yet
-written are kept and written after reconnecting.
+write their results, exit 0. A lost database, or any error of the database or of the
+loop: log it, reconnect with backoff, go on; results not yet written are kept and written
+after reconnecting. The runner exits on its own only for configuration it cannot use (an
+invalid setting or connection string, a database that is not migrated).
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from types import FrameType
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from conveyor import __version__
 from conveyor import queue as q
@@ -58,6 +66,7 @@ from conveyor.errors import ConveyorError
 from conveyor.metrics import Metrics, MetricsServer
 from conveyor.migrate import schema_version
 from conveyor.netguard import NetworkPolicy
+from conveyor.results import MAX_OUTPUT_BYTES, MIN_OUTPUT_BYTES
 from conveyor.secrets import SecretBox
 
 log = logging.getLogger("conveyor.runner")
@@ -83,6 +92,7 @@ class RunnerConfig:
     secret_key: str = ""  # CONVEYOR_SECRET_KEY
     allow_private_networks: str = ""  # CONVEYOR_ALLOW_PRIVATE_NETWORKS
     metrics_address: str = ""  # CONVEYOR_METRICS_ADDRESS (host:port; empty: off)
+    max_output_bytes: int = MAX_OUTPUT_BYTES  # CONVEYOR_MAX_OUTPUT_BYTES
 
     def validate(self) -> None:
         if self.concurrency < 1:
@@ -93,6 +103,14 @@ class RunnerConfig:
             raise ConveyorError("CONVEYOR_POLL_INTERVAL and CONVEYOR_HEARTBEAT_INTERVAL must be positive")
         if self.visibility_margin < 0 or self.shutdown_grace < 0:
             raise ConveyorError("CONVEYOR_VISIBILITY_MARGIN and CONVEYOR_SHUTDOWN_GRACE must not be negative")
+        if self.max_output_bytes < MIN_OUTPUT_BYTES:
+            raise ConveyorError(f"CONVEYOR_MAX_OUTPUT_BYTES must be at least {MIN_OUTPUT_BYTES}")
+        try:
+            conninfo_to_dict(self.database_url)
+        except psycopg.ProgrammingError as exc:
+            raise ConveyorError(
+                f"the database URL is not a valid connection string: {_first_line(exc)}"
+            ) from exc
 
 
 @dataclass
@@ -119,6 +137,8 @@ class _Finished:
     message: q.Message
     outcome: Outcome
     duration_ms: int
+    # the reason the message is dead-lettered instead of performed (docs/queue.md), or None
+    dead_letter: str | None = None
 
 
 @dataclass
@@ -199,8 +219,12 @@ class Runner:
     # --- the loop --------------------------------------------------------------------
 
     def run(self) -> None:
-        """Perform actions until stopped; reconnect with backoff when the database goes away."""
+        """Perform actions until stopped; reconnect with backoff when the database goes away
+        or fails. Raises ConveyorError only for configuration it cannot use."""
         backoff = 0.5
+        # after other errors (a statement failing, a bug of the loop): grows while they
+        # repeat, whatever the connection does, and starts again after a quiet while
+        error_backoff, served_since = 0.5, 0.0
         announced = False
         listener = threading.Thread(target=self._listen, name="conveyor-listen", daemon=True)
         writer = threading.Thread(target=self._write_loop, name="conveyor-write-back", daemon=True)
@@ -231,10 +255,13 @@ class Runner:
                         else:
                             log.info("reconnected", extra={"runner": str(self.runner_id)})
                         backoff = 0.5
+                        served_since = time.monotonic()
                         self._serve(conn)
                         conn.execute("select conveyor.runner_stopped(%s)", (self.runner_id,))
                         break
-                except psycopg.OperationalError as exc:
+                except ConveyorError:
+                    raise  # configuration it cannot use (the database is not migrated)
+                except Exception as exc:
                     self.metrics.connected = False
                     if self.stopping.is_set() and self._past_deadline():
                         log.warning(
@@ -243,15 +270,35 @@ class Runner:
                             extra={"results": len(self.state.finished)},
                         )
                         break
-                    log.warning(
-                        "database unavailable; retrying",
-                        extra={"error": _first_line(exc), "retry_in_s": backoff},
-                    )
-                    if self.stopping.is_set():
-                        time.sleep(min(backoff, 1.0))
+                    if isinstance(exc, psycopg.OperationalError):
+                        wait = backoff
+                        log.warning(
+                            "database unavailable; retrying",
+                            extra={"error": _first_line(exc), "retry_in_s": wait},
+                        )
+                        backoff = min(backoff * 2, 10.0)
                     else:
-                        self.stopping.wait(backoff)
-                    backoff = min(backoff * 2, 10.0)
+                        if served_since and time.monotonic() - served_since > 30.0:
+                            error_backoff = 0.5
+                        wait = error_backoff
+                        error_backoff = min(error_backoff * 2, 10.0)
+                        if isinstance(exc, psycopg.Error):
+                            log.warning(
+                                "database error; retrying",
+                                extra={
+                                    "error": _first_line(exc),
+                                    "sqlstate": exc.sqlstate,
+                                    "retry_in_s": wait,
+                                },
+                            )
+                        else:
+                            log.exception(
+                                "the runner's loop failed unexpectedly; retrying", extra={"retry_in_s": wait}
+                            )
+                    if self.stopping.is_set():
+                        time.sleep(min(wait, 1.0))
+                    else:
+                        self.stopping.wait(wait)
         finally:
             self._writer_stop.set()
             self._results.set()
@@ -332,8 +379,10 @@ class Runner:
                 due_check_pending = self.flags.want_due_check and not due_check
                 if due_check:
                     self.flags.want_due_check = False
-            # Read first: actions the listener's dispatch queued go out before any tick.
-            if want_read or poll_due or self._backlog:
+            # Read first: actions the listener's dispatch queued go out before any tick. A
+            # due time may be a message becoming visible (a retry's backoff ending), which no
+            # notification announces: read then too.
+            if want_read or poll_due or self._backlog or now >= next_due:
                 self._read_and_start(conn)
             if self._tick_ready and due_check and not (want_tick or poll_due or now >= next_due):
                 # work moved on elsewhere: only ask when the next time-driven work falls due
@@ -432,12 +481,31 @@ class Runner:
                 log.info("read rolled back; retrying", extra={"error": _first_line(exc)})
                 self._backlog = True
                 return
-            if messages:
-                connections = self._load_connections(conn, messages)
-                for message in messages:
+            runnable = []
+            for message in messages:
+                verdict = message.verdict()
+                if verdict is None:
+                    runnable.append(message)
+                else:
+                    self._dead_letter(message, *verdict)
+            if runnable:
+                connections = self._load_connections(conn, runnable)
+                for message in runnable:
                     self._start(message, connections)
             if len(messages) < wanted:
                 return
+
+    def _dead_letter(self, message: q.Message, reason: str, error: str) -> None:
+        """Hand the writer a dead letter for a message that is not performed: the database
+        fails its step with `error` (when the step still waits for it) and keeps it."""
+        log.warning("message dead-lettered", extra={**message.log_fields(), "reason": reason, "error": error})
+        outcome = Outcome(ok=False, output=None, retryable=False, error={"message": error, "type": reason})
+        now = time.monotonic()
+        lease = _Lease(now, now + q.visibility_timeout(message.timeout_s, self.config.visibility_margin), 0.0)
+        with self.lock:
+            self.state.finished.append(_Finished(message, outcome, 0, dead_letter=reason))
+            self.state.unwritten[message.msg_id] = lease
+        self._results.set()
 
     def _load_connections(
         self, conn: psycopg.Connection[Any], messages: list[q.Message]
@@ -664,21 +732,29 @@ class Runner:
 
     def _write(self, conn: psycopg.Connection[Any], batch: list[_Finished]) -> None:
         try:
-            rows = q.write_back(conn, [_result(f) for f in batch])
-        except psycopg.OperationalError:
-            raise
+            rows = q.write_back(conn, [_result(f) for f in batch], self.config.max_output_bytes)
         except psycopg.Error as exc:
-            if len(batch) == 1:
-                log.error(
-                    "write_back refused a result; its action will be performed again after"
-                    " the visibility timeout",
-                    extra={**batch[0].message.log_fields(), "error": _first_line(exc)},
-                )
-                with self.lock:  # stop renewing: let the message come back
-                    self.state.unwritten.pop(batch[0].message.msg_id, None)
+            # conveyor.write_back contains what it refuses to one result; what reaches here
+            # was refused before it ran (the parameter itself), or is transient (raised: the
+            # batch is written again, after a reconnect when the connection is lost)
+            if _is_transient(exc):
+                raise
+            if len(batch) > 1:
+                for single in batch:  # isolate the result the database refuses
+                    self._write(conn, [single])
                 return
-            for single in batch:  # isolate the result the database refuses
-                self._write(conn, [single])
+            refused = batch[0]
+            if refused.dead_letter == "result_refused":
+                raise  # even the dead letter: the database cannot take results; kept, retried
+            error = f"the database refused the action's result ({exc.sqlstate}: {_first_line(exc)})"
+            log.error(
+                "the database refused a result; writing a dead letter instead (the action is not performed again)",
+                extra={**refused.message.log_fields(), "error": error},
+            )
+            substitute = Outcome(
+                ok=False, output=None, retryable=False, error={"message": error, "type": "result_refused"}
+            )
+            self._write(conn, [_Finished(refused.message, substitute, refused.duration_ms, "result_refused")])
             return
         by_msg = {f.message.msg_id: f for f in batch}
         with self.lock:  # written (and archived): nothing left to renew
@@ -689,7 +765,9 @@ class Runner:
         for msg_id, _step_run_id, outcome in rows:
             self.metrics.written(outcome)
             finished = by_msg.get(msg_id)
-            if finished is not None and outcome != "applied":
+            if finished is not None and outcome == "dead_lettered":
+                log.warning("dead letter kept", extra={**finished.message.log_fields(), "outcome": outcome})
+            elif finished is not None and outcome != "applied":
                 log.info(
                     "result ignored by the database (late, duplicate or cancelled)",
                     extra={**finished.message.log_fields(), "outcome": outcome},
@@ -734,7 +812,12 @@ class Runner:
                             self._dispatch(conn)
                         elif events:
                             self._notify(read=True, tick=True)
-            except psycopg.OperationalError:
+            except Exception as exc:  # never lose the listener: the loop dispatches meanwhile
+                if not isinstance(exc, psycopg.OperationalError):
+                    log.warning(
+                        "the listener failed; retrying",
+                        extra={"error": _first_line(exc), "retry_in_s": backoff},
+                    )
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
             finally:
@@ -806,7 +889,21 @@ def _result(finished: _Finished) -> dict[str, Any]:
         result["retryable"] = outcome.retryable
         result["retry_after_s"] = outcome.retry_after_s
         result["error"] = outcome.error
+    if finished.dead_letter is not None:
+        result["dead_letter"] = finished.dead_letter
     return result
+
+
+def _is_transient(exc: psycopg.Error) -> bool:
+    """Whether the error says nothing about the data written (conveyor.error_is_transient's
+    classes, and errors without a SQLSTATE: the connection's own)."""
+    state = exc.sqlstate
+    return (
+        isinstance(exc, psycopg.OperationalError)
+        or state is None
+        or state[:2] in ("08", "40", "53", "57", "58", "XX")
+        or state == "55P03"
+    )
 
 
 def _act_as_service_role(conn: psycopg.Connection[Any]) -> None:

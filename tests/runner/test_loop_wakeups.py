@@ -16,7 +16,7 @@ def test_the_loop_is_woken_once_half_a_batch_of_slots_is_free() -> None:
     def finish(msg_id: int) -> tuple[bool, bool]:
         runner.wake.clear()
         runner._results.clear()
-        message = q.Message(msg_id=msg_id, read_ct=1, body={"action": "webhook.send", "connection": "gone"})
+        message = q.Message(msg_id=msg_id, read_ct=1, raw={"action": "webhook.send", "connection": "gone"})
         # a connection that cannot be used: the action fails at once, without the network
         runner._perform(message, "connection 'gone' does not exist")
         return runner.wake.is_set(), runner._results.is_set()
@@ -32,5 +32,5 @@ def test_a_stopping_runner_is_woken_by_every_finished_action() -> None:
     for msg_id in range(1, 5):
         runner.state.leases[msg_id] = _Lease(started=0.0, until=60.0, timeout_s=30.0)
     runner.stopping.set()
-    runner._perform(q.Message(msg_id=1, read_ct=1, body={}), "connection 'gone' does not exist")
+    runner._perform(q.Message(msg_id=1, read_ct=1, raw={}), "connection 'gone' does not exist")
     assert runner.wake.is_set()  # it waits for in-flight actions to drain

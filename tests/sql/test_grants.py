@@ -150,11 +150,11 @@ def test_a_function_added_later_is_executable_by_no_one_until_granted(
 ) -> None:
     sql_dir = tmp_path / "sql"
     shutil.copytree(settings.SQL_DIR, sql_dir)
-    (sql_dir / "dead_letters.sql").write_text(
+    (sql_dir / "added_later.sql").write_text(
         "create or replace function conveyor.requeue_everything() returns integer\n"
         "language sql set search_path = '' as $$ select 1 $$;\n"
     )
-    order = (sql_dir / "ORDER").read_text().replace("grants.sql", "dead_letters.sql\ngrants.sql")
+    order = (sql_dir / "ORDER").read_text().replace("grants.sql", "added_later.sql\ngrants.sql")
     (sql_dir / "ORDER").write_text(order)
     migrate(db_url, sql_dir=sql_dir)
     privileges = conn.execute("""

@@ -76,6 +76,9 @@ SEEDS: dict[str, str] = {
         insert into conveyor.waits (execution_id, tenant_id, event_key, match_paths, match_values, since, step_id)
         select execution_id, tenant_id, 'email.message.replied', '{}', '{}', now(), 'a'
         from conveyor.executions where tenant_id = %(t)s""",
+    "dead_letters": """
+        insert into conveyor.dead_letters (tenant_id, msg_id, message, reason, last_error, attempts)
+        values (%(t)s, 1, jsonb_build_object('tenant_id', %(t)s::text), 'max_deliveries', 'delivered 5 times', 6)""",
     "date_trigger_firings": """
         insert into conveyor.date_trigger_firings (workflow_id, entity_id, date_value, tenant_id, due_at)
         select workflow_id, '1', '2026-01-01', tenant_id, '2026-01-31' from conveyor.date_triggers

@@ -9,6 +9,7 @@ import click
 from conveyor import logs
 from conveyor.commands.common import database_option, fail_cleanly
 from conveyor.db import resolve_database_url
+from conveyor.results import MAX_OUTPUT_BYTES
 
 
 @click.command()
@@ -76,6 +77,15 @@ from conveyor.db import resolve_database_url
     help="Serve /metrics (Prometheus) and /healthz on host:port, e.g. 127.0.0.1:9464; off when empty"
     " [env CONVEYOR_METRICS_ADDRESS].",
 )
+@click.option(
+    "--max-output-bytes",
+    type=int,
+    default=MAX_OUTPUT_BYTES,
+    show_default=True,
+    envvar="CONVEYOR_MAX_OUTPUT_BYTES",
+    help="Largest action output (and error) written back, in bytes of JSON; a larger one is truncated"
+    " with a marker [env CONVEYOR_MAX_OUTPUT_BYTES].",
+)
 @click.option("--log-level", default="INFO", envvar="CONVEYOR_LOG_LEVEL", show_default=True)
 @fail_cleanly
 def run(
@@ -88,6 +98,7 @@ def run(
     shutdown_grace: float,
     allow_private_networks: str,
     metrics_address: str,
+    max_output_bytes: int,
     log_level: str,
 ) -> None:
     """Run the runner in the foreground until Ctrl-C or SIGTERM.
@@ -110,6 +121,7 @@ def run(
         secret_key=os.environ.get("CONVEYOR_SECRET_KEY", ""),
         allow_private_networks=allow_private_networks,
         metrics_address=metrics_address,
+        max_output_bytes=max_output_bytes,
     )
     runner = Runner(config)
     signal.signal(signal.SIGINT, runner.request_stop)

@@ -1,0 +1,122 @@
+"""The queue's hot path, A/B: conveyor.read_actions and conveyor.write_back of this checkout
+against those of a git revision (default `main`), in the same database and the same run.
+
+    .venv/bin/python -m bench.queue_hot_path [--messages 10000] [--baseline main]
+
+The baseline's sql/actions.sql is installed beside the current one with every function of
+that file renamed (`conveyor.write_back` -> `conveyor.write_back_base`, ...), so both read
+the same queue and write back into the same tables. Each round takes 100 queued actions
+with one version and then 100 with the other (the order alternates), as a runner does:
+read_actions(10) then write_back of the 10 ok results, one autocommit statement each. The
+workflow is a webhook step then a `set` step, so each write-back runs its execution to
+the end. Reported: the median client-side time per call, per version, and new / base.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from bench.harness import temporary_database
+
+ROOT = Path(__file__).resolve().parents[1]
+# the functions of sql/actions.sql, renamed in the baseline's copy
+RENAMED = (
+    "action_message",
+    "queue_messages",
+    "send_actions",
+    "enqueue_action",
+    "read_actions",
+    "archive_actions",
+    "retry_delay_s",
+    "write_back",
+    "apply_action_results",
+    "dead_letter_messages",
+)
+BATCH = 10
+ROUND = 100
+WORKFLOW = {
+    "slug": "hot",
+    "name": "hot path",
+    "trigger": {"event": "bench.hot.path"},
+    "steps": [
+        {"id": "hook", "action": "webhook.send", "with": {"url": "https://example.test/x", "body": {"n": 1}}},
+        {"id": "after", "set": {"status": "{{steps.hook.output.status}}"}},
+    ],
+}
+
+
+def baseline_sql(revision: str) -> str:
+    text = subprocess.run(
+        ["git", "show", f"{revision}:sql/actions.sql"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    for name in RENAMED:
+        text = re.sub(rf"\bconveyor\.{name}\(", f"conveyor.{name}_base(", text)
+        # a function's OUT parameters are qualified by its name (write_back.msg_id)
+        text = re.sub(rf"\b{name}\.(msg_id|step_run_id|outcome)\b", rf"{name}_base.\1", text)
+    return re.sub(r"^drop function .*$", "", text, flags=re.M)
+
+
+def queue(conn: psycopg.Connection[Any], count: int) -> None:
+    conn.execute(
+        "select conveyor.emit('bench', 'bench.hot.path', jsonb_build_object('n', n)) from generate_series(1, %s) as n",
+        (count,),
+    )
+    while True:
+        row = conn.execute("select conveyor.dispatch(1000)").fetchone()
+        if not row or not row[0]:
+            break
+
+
+def round_of(conn: psycopg.Connection[Any], suffix: str, reads: list[float], writes: list[float]) -> None:
+    for _ in range(ROUND // BATCH):
+        start = time.perf_counter()
+        rows = conn.execute(
+            f"select msg_id, read_ct, message from conveyor.read_actions{suffix}(%s, 30, 30)", (BATCH,)
+        ).fetchall()
+        reads.append(time.perf_counter() - start)
+        results = [
+            {"msg_id": r[0], "step_run_id": r[2]["step_run_id"], "ok": True, "output": {"status": 200}}
+            for r in rows
+        ]
+        start = time.perf_counter()
+        conn.execute(f"select * from conveyor.write_back{suffix}(%s)", (Jsonb(results),)).fetchall()
+        writes.append(time.perf_counter() - start)
+        assert len(rows) == BATCH, "the queue ran dry"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--messages", type=int, default=10_000, help="messages per version")
+    parser.add_argument("--baseline", default="main", help="git revision of the baseline")
+    args = parser.parse_args()
+    rounds = max(1, args.messages // ROUND)
+    with temporary_database() as url, psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(baseline_sql(args.baseline))
+        conn.execute("select conveyor.create_tenant('bench', 'Bench')")
+        conn.execute("select conveyor.publish('bench', %s)", (Jsonb(WORKFLOW),))
+        queue(conn, 2 * rounds * ROUND + ROUND)
+        timings: dict[str, tuple[list[float], list[float]]] = {"": ([], []), "_base": ([], [])}
+        round_of(conn, "", [], [])  # warm-up: plans, caches
+        for n in range(rounds):
+            for suffix in ("", "_base") if n % 2 else ("_base", ""):
+                round_of(conn, suffix, *timings[suffix])
+    print(f"{rounds * ROUND} messages per version, batches of {BATCH}, baseline {args.baseline}")
+    print("| call | base median | new median | new / base |")
+    print("|---|---|---|---|")
+    for index, call in enumerate(("read_actions", "write_back")):
+        base = statistics.median(timings["_base"][index]) * 1000
+        new = statistics.median(timings[""][index]) * 1000
+        print(f"| {call} | {base:.3f} ms | {new:.3f} ms | {new / base:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
