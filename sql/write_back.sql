@@ -15,6 +15,7 @@
 -- A dead letter (a message the runner did not perform, docs/queue.md) fails its step
 -- without a retry, whatever the retry policy (its error policy applies), when the step
 -- still waits for that message; the message is kept in conveyor.dead_letters either way.
+-- So is the message of a result whose step run does not exist (reason step_run_gone).
 --
 -- Set-based on the hot path: the batch's executions and step runs are locked with one
 -- statement each (executions first, then step runs, each in id order: the order every
@@ -228,6 +229,16 @@ begin
       and conveyor.keep_dead_letter(
         apply_action_results.msg_id, v_dead,
         coalesce(v_result -> 'error' ->> 'message', v_result ->> 'error', 'dead-lettered')
+      )
+    then
+      outcome := 'dead_lettered';
+    elsif v_run.step_run_id is null and apply_action_results.msg_id is not null
+      and not apply_action_results.msg_id = any(v_archived)
+      -- a message no step run exists for (read_actions checks a redelivery only): kept
+      and conveyor.keep_dead_letter(
+        apply_action_results.msg_id, 'step_run_gone',
+        format('step run %s does not exist; the action was performed for a message nothing waits for',
+          coalesce(apply_action_results.step_run_id::text, 'null'))
       )
     then
       outcome := 'dead_lettered';

@@ -379,8 +379,8 @@ def test_notifications_wake_the_runner_without_waiting_for_the_poll(
     assert execution["status"] == "completed"
 
     # the actions channel alone (what conveyor.send_actions notifies): a message sent
-    # straight to the queue is read at once; no step run waits for it, so it is
-    # dead-lettered (docs/queue.md) rather than performed, and archived
+    # straight to the queue is performed; no step run exists for it, so the write-back
+    # keeps it as a dead letter (docs/queue.md) and archives it
     message = {
         "step_run_id": 999999, "execution_id": 999999, "tenant_id": tenant, "workflow_id": 1,
         "step_id": "direct", "action": "webhook.send", "connection": None,
@@ -389,15 +389,17 @@ def test_notifications_wake_the_runner_without_waiting_for_the_poll(
     with conn.transaction():
         conn.execute("select pgmq.send('conveyor_actions', %s)", (Jsonb(message),))
         conn.execute("select pg_notify('conveyor_actions', 'queued')")
+    [received] = wait_for(lambda: server.requests_to("/direct"), timeout=10)
+    assert received.headers["idempotency-key"] == "999999:direct:1"
     wait_for(
         lambda: conn.execute("select count(*) as n from pgmq.q_conveyor_actions").fetchone() == {"n": 0},
         timeout=10,
     )
-    assert conn.execute("select reason from conveyor.dead_letters").fetchall() == [{"reason": "step_run_gone"}]
-    assert server.requests_to("/direct") == []
+    dead = conn.execute("select reason, step_run_id from conveyor.dead_letters").fetchall()
+    assert dead == [{"reason": "step_run_gone", "step_run_id": None}]
     assert runner.stop() == 0
-    dead = [line for line in runner.lines() if line["msg"] == "message dead-lettered"]
-    assert [(line["step_run"], line["reason"]) for line in dead] == [(999999, "step_run_gone")]
+    kept = [line for line in runner.lines() if line["msg"] == "dead letter kept"]
+    assert [line["step_run"] for line in kept] == [999999]
 
 
 def test_an_event_committed_without_a_notification_is_dispatched_on_the_poll(
