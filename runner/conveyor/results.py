@@ -1,25 +1,28 @@
 """The results the runner writes back, made storable in jsonb and bounded in size.
 
 PostgreSQL's jsonb refuses a NUL character (`\\u0000`: "unsupported Unicode escape
-sequence") and a lone UTF-16 surrogate (`\\ud800`), and both arrive in what receivers
-answer (a webhook's JSON body, a text body). A result the database refuses cannot be
-written, so before writing:
+sequence"), a lone UTF-16 surrogate (`\\ud800`) and the numbers JSON has not (NaN,
+Infinity, which Python's json reads and writes), and all arrive in what receivers answer
+(a webhook's JSON body, a text body). A result the database refuses cannot be written,
+so before writing:
 
 * NUL and lone surrogates become U+FFFD (the replacement character), in keys and values;
+  NaN and infinities become null;
 * an output or error larger than `max_output_bytes` (CONVEYOR_MAX_OUTPUT_BYTES, default
   262,144: the bytes of its JSON text in UTF-8) is truncated with a marker: an object
   keeps its keys and loses its largest values first (a string to a prefix ending in
   "[truncated ...]", anything else to `{"truncated": true, "bytes": n, ...}`); any other
   value becomes that marker.
 
-The common case costs one `json.dumps` of the batch, as writing it did before, and two
-substring searches: only a batch whose JSON text holds a `\\u0000` or `\\ud...` escape, or
-is longer than the cap, is walked.
+The common case costs one `json.dumps` of the batch, as writing it did before, and a few
+substring searches: only a batch whose JSON text holds a `\\u0000` or `\\ud...` escape,
+`NaN` or `Infinity`, or is longer than the cap, is walked.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -38,16 +41,29 @@ def encode_results(results: list[dict[str, Any]], max_output_bytes: int = MAX_OU
     at most `max_output_bytes`. ASCII with escapes, as psycopg's Jsonb writes it: every
     non-ASCII character is at least as long escaped as in UTF-8, so a text within the cap
     holds no value over it."""
-    text = json.dumps(results)
-    if "\\u0000" not in text and "\\ud" not in text and len(text) <= max_output_bytes:
+    try:
+        text = json.dumps(results)
+    except (RecursionError, TypeError, ValueError):  # nested too deeply, or not JSON at all
+        text = ""
+    if (
+        text
+        and len(text) <= max_output_bytes
+        and "\\u0000" not in text
+        and "\\ud" not in text
+        and "NaN" not in text
+        and "Infinity" not in text
+    ):
         return text
     return json.dumps([_bounded(result, max_output_bytes) for result in results])
 
 
 def storable(value: Any) -> Any:
-    """`value` with NUL and lone surrogates replaced by U+FFFD in every string and key."""
+    """`value` with NUL and lone surrogates replaced by U+FFFD in every string and key, and
+    NaN and infinities by None."""
     if isinstance(value, str):
         return _clean(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, dict):
         return {_clean(str(key)): storable(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
@@ -66,10 +82,12 @@ def _bounded(result: dict[str, Any], max_bytes: int) -> dict[str, Any]:
     for key, value in result.items():
         try:
             value = storable(value)
+            if key in BOUNDED:
+                value = truncate(value, max_bytes)
         except RecursionError:
             value = {"truncated": True, "reason": "nested too deeply to store"}
-        if key in BOUNDED:
-            value = truncate(value, max_bytes)
+        except (TypeError, ValueError) as exc:
+            value = {"truncated": True, "reason": f"not JSON: {exc}"}
         bounded[key] = value
     return bounded
 

@@ -895,15 +895,11 @@ def _result(finished: _Finished) -> dict[str, Any]:
 
 
 def _is_transient(exc: psycopg.Error) -> bool:
-    """Whether the error says nothing about the data written (conveyor.error_is_transient's
-    classes, and errors without a SQLSTATE: the connection's own)."""
+    """Whether the error says nothing about the data written: conveyor.error_is_transient's
+    classes, and errors without a SQLSTATE (the connection's own). By SQLSTATE, not by
+    psycopg's class: OperationalError covers program limits too (54001, a value too deep)."""
     state = exc.sqlstate
-    return (
-        isinstance(exc, psycopg.OperationalError)
-        or state is None
-        or state[:2] in ("08", "40", "53", "57", "58", "XX")
-        or state == "55P03"
-    )
+    return state is None or state[:2] in ("08", "40", "53", "57", "58", "XX") or state == "55P03"
 
 
 def _act_as_service_role(conn: psycopg.Connection[Any]) -> None:
