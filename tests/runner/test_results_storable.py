@@ -41,7 +41,8 @@ def test_what_jsonb_refuses_is_replaced_and_the_database_takes_it(
 
 def test_an_ordinary_batch_is_written_as_json_dumps_writes_it(conn: Conn) -> None:
     results = [
-        {"msg_id": n, "ok": True, "output": {"status": 200, "body": "caf\u00e9 \U0001f600"}} for n in range(10)
+        {"msg_id": n, "ok": True, "output": {"status": 200, "body": "caf\u00e9 \U0001f600"}}
+        for n in range(10)
     ]
     assert encode_results(results) == json.dumps(results)
     assert stored(conn, encode_results(results)) == results
