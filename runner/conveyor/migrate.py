@@ -84,7 +84,8 @@ def load_functions(directory: Path) -> list[SqlFile]:
         raise ConveyorError(f"{order_file} is missing: it lists the sql/ files in the order to apply")
     names = [line.split("#", 1)[0].strip() for line in order_file.read_text().splitlines()]
     names = [n for n in names if n]
-    present = {p.name for p in directory.glob("*.sql")}
+    # a concern with many parts has a folder of its own (sql/steps/: one file per step kind)
+    present = {p.relative_to(directory).as_posix() for p in directory.rglob("*.sql")}
     unlisted = sorted(present - set(names))
     if unlisted:
         raise ConveyorError(f"sql/ORDER does not list {', '.join(unlisted)}")
