@@ -10,6 +10,7 @@ from psycopg.rows import dict_row
 
 from tests.sql.table_stats import table_counters
 from tests.sql.tenant_context import acting_for
+from tests.sql.test_containment import poison_on
 from tests.sql.test_dispatch import emit, publish, tenant
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -222,6 +223,32 @@ def test_an_event_refused_by_a_tenant_budget(conn: Conn) -> None:
     assert shown["started"] == []
     assert [(r["reason"], r["details"]["limit"]) for r in shown["reasons"]] == [("tenant_event_rate", 1)]
     assert shown["outcome"] == "nothing: tenant_event_rate"
+
+
+def test_an_event_that_could_not_be_dispatched_and_one_past_the_depth_limit(conn: Conn) -> None:
+    tenant(conn, "acme")
+    publish(conn, "acme", "greet", {"event": "crm.contact.created"})
+    poison_on(conn, "executions")
+    poisoned = emit(conn, "acme", "crm.contact.created", {"name": "poison"})
+    conn.execute("set conveyor.max_event_depth = 0")
+    conn.execute(
+        "insert into conveyor.events (tenant_id, event_type, depth) values ('acme', 'crm.contact.created', 1)"
+    )
+    deep = conn.execute("select max(event_id) as id from conveyor.events").fetchone()
+    assert deep is not None
+    dispatch(conn)
+
+    shown = explain(conn, poisoned)
+    assert [(r["reason"], r["level"], r["details"]["sqlstate"]) for r in shown["reasons"]] == [
+        ("dispatch_error", "error", "22003")
+    ]
+    assert "dispatching it failed: poisoned row" in shown["reasons"][0]["message"]
+    assert shown["outcome"] == "nothing: dispatch_error"
+    shown = explain(conn, deep["id"])
+    assert [(r["reason"], r["details"]["depth"], r["details"]["limit"]) for r in shown["reasons"]] == [
+        ("depth_limit", 1, 0)
+    ]
+    assert shown["outcome"] == "nothing: depth_limit"
 
 
 def test_an_event_no_trigger_matched_and_one_not_dispatched_yet(conn: Conn) -> None:
