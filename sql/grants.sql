@@ -25,6 +25,8 @@ conveyor.set_tenant(text),
 conveyor.current_tenant(),
 -- events
 conveyor.emit(text, text, jsonb, text, text, text, text),
+conveyor.list_events(text, text, integer),
+conveyor.explain_event(text, bigint),
 -- workflows
 conveyor.publish(text, jsonb),
 conveyor.set_workflow_active(text, text, boolean),

@@ -15,7 +15,8 @@ from conveyor.cluster import Cluster
 from conveyor.commands.common import database_option, fail_cleanly, json_option
 from conveyor.commands.connections import connections
 from conveyor.commands.demo import demo
-from conveyor.commands.executions import events, executions, trigger
+from conveyor.commands.events import events
+from conveyor.commands.executions import executions, trigger
 from conveyor.commands.run import run as run_command
 from conveyor.commands.serve import serve
 from conveyor.commands.status import stats, status

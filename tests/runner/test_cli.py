@@ -33,24 +33,6 @@ WORKFLOW = {
 
 
 @pytest.fixture
-def cli(db_url: str, conn: Conn) -> Any:
-    conn.execute(
-        "insert into conveyor.tenants (tenant_id, name) values ('acme', 'Acme'), ('globex', 'Globex')"
-    )
-    runner = CliRunner()
-
-    def invoke(*args: str) -> Result:
-        return runner.invoke(
-            main,
-            [*args],
-            env={"CONVEYOR_DATABASE_URL": db_url, "CONVEYOR_TENANT": "acme"},
-            catch_exceptions=False,
-        )
-
-    return invoke
-
-
-@pytest.fixture
 def workflow_file(tmp_path: Path) -> Path:
     path = tmp_path / "greet.yaml"
     path.write_text(yaml.safe_dump(WORKFLOW, sort_keys=False))

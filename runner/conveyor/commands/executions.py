@@ -1,4 +1,4 @@
-"""`conveyor executions ...`, `conveyor events ...` and `conveyor trigger`: what ran and why."""
+"""`conveyor executions ...` and `conveyor trigger`: what ran and why."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from conveyor.commands.common import (
     database_option,
     fail_cleanly,
     json_option,
-    load_json_option,
     read_document,
     tenant_option,
 )
@@ -214,104 +213,6 @@ def resume(execution_id: int, tenant: str, database_url: str | None, as_json: bo
     resumed = row is not None and row["done"]
     click.echo(
         f"execution {execution_id}: {'resumed, ' + state['status'] if resumed and state else 'was not paused'}"
-    )
-
-
-@click.group()
-def events() -> None:
-    """Emit and inspect events."""
-
-
-@events.command("list")
-@click.option("--type", "event_type", help="Only this event type.")
-@click.option("--limit", default=50, show_default=True)
-@tenant_option
-@database_option
-@json_option
-@fail_cleanly
-def list_events(
-    event_type: str | None, limit: int, tenant: str, database_url: str | None, as_json: bool
-) -> None:
-    """List recent events, newest first, with how many executions each started."""
-    with connect(database_url) as conn:
-        rows = conn.execute(
-            """
-            select e.event_id as id, e.event_type as type, e.entity_id, e.depth, e.occurred_at, e.dispatched_at,
-              (select count(*) from conveyor.executions as x where x.event_id = e.event_id) as executions
-            from conveyor.events as e
-            where e.tenant_id = %s and (%s::text is null or e.event_type = %s)
-            order by e.event_id desc limit %s
-            """,
-            (tenant, event_type, event_type, limit),
-        ).fetchall()
-    output.show(
-        rows,
-        ["id", "type", "entity_id", "depth", "occurred_at", "dispatched_at", "executions"],
-        as_json=as_json,
-    )
-
-
-@events.command("emit")
-@click.argument("event_type")
-@click.option("--payload", default="{}", help="The payload as JSON.")
-@click.option("--entity-type")
-@click.option("--entity-id")
-@click.option("--dedupe-key")
-@tenant_option
-@database_option
-@json_option
-@fail_cleanly
-def emit(
-    event_type: str,
-    payload: str,
-    entity_type: str | None,
-    entity_id: str | None,
-    dedupe_key: str | None,
-    tenant: str,
-    database_url: str | None,
-    as_json: bool,
-) -> None:
-    """Emit an event (it is dispatched by the next tick of a runner or pg_cron)."""
-    data = load_json_option(payload, "--payload")
-    with connect(database_url) as conn:
-        row = conn.execute(
-            "select conveyor.emit(%s, %s, %s, %s, %s, %s) as id",
-            (tenant, event_type, Jsonb(data), entity_type, entity_id, dedupe_key),
-        ).fetchone()
-    event_id = row["id"] if row else None
-    output.result(
-        f"event {event_id}: {event_type}", {"event_id": event_id, "event_type": event_type}, as_json=as_json
-    )
-
-
-@events.command("replay")
-@click.argument("event_id", type=int)
-@tenant_option
-@database_option
-@json_option
-@fail_cleanly
-def replay(event_id: int, tenant: str, database_url: str | None, as_json: bool) -> None:
-    """Emit a copy of an event so its workflows run again (run-once settings still apply)."""
-    with connect(database_url) as conn:
-        original = conn.execute(
-            "select * from conveyor.events where event_id = %s and tenant_id = %s", (event_id, tenant)
-        ).fetchone()
-        if original is None:
-            raise ConveyorError(f'event {event_id} does not exist for tenant "{tenant}"')
-        row = conn.execute(
-            "select conveyor.emit(%s, %s, %s, %s, %s, null, %s) as id",
-            (
-                tenant,
-                original["event_type"],
-                Jsonb(original["payload"]),
-                original["entity_type"],
-                original["entity_id"],
-                original["source"],
-            ),
-        ).fetchone()
-    new_id = row["id"] if row else None
-    output.result(
-        f"event {new_id}: replay of {event_id}", {"event_id": new_id, "replay_of": event_id}, as_json=as_json
     )
 
 
