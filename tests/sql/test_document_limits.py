@@ -353,4 +353,3 @@ def test_a_stored_action_timeout_past_the_maximum_fails_its_step_and_queues_noth
     e = execution(conn, start(conn, tenant, version))
     assert e["status"] == "waiting"
     assert [m["message"]["timeout_s"] for m in queued_messages(conn)] == [315_576_000]
-
