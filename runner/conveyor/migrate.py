@@ -1,7 +1,9 @@
 """The migrator: versioned DDL once each, then the engine's functions, in one transaction.
 
 * `migrations/NNNN_name.sql` are applied once each, in order, and recorded with a
-  checksum in `conveyor.schema_migrations`. Editing an applied file is refused.
+  checksum in `conveyor.schema_migrations`. Editing an applied file is refused; a note
+  at its top that starts with `-- Later:` (see `_LATER_NOTE`) may be added, to point a
+  reader at the migration that changes what it declares.
 * `sql/*.sql` hold the engine's functions (`create or replace`). They are re-applied,
   in the order `sql/ORDER` gives, whenever any of them changed or a migration ran.
   A function of schema `conveyor` that no file defines any more (removed, renamed, or
@@ -29,6 +31,11 @@ from conveyor.extensions import ExtensionStatus, ensure_extensions
 # An arbitrary but fixed key: every Conveyor migrator in this database takes this lock.
 MIGRATION_LOCK_KEY = 0x636F6E76_6579  # "convey"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+# A note added to an applied migration afterwards: comment lines at the very top, the
+# first starting with "-- Later:", ended by a blank line. It is not part of the checksum
+# (adding one does not make the file "edited"); a change anywhere below it still is, and
+# a block with anything but comment lines before its blank line is no note.
+_LATER_NOTE = re.compile(r"\A-- Later:[^\n]*\n(?:--[^\n]*\n)*\n")
 
 _BOOKKEEPING = """
 create schema if not exists conveyor;
@@ -50,7 +57,7 @@ class SqlFile:
 
     @property
     def checksum(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()
+        return hashlib.sha256(_LATER_NOTE.sub("", self.text, count=1).encode()).hexdigest()
 
 
 @dataclass

@@ -94,6 +94,25 @@ def test_edited_applied_migration_is_refused_and_nothing_changes(empty_db_url: s
     assert not relation_exists(empty_db_url, "conveyor.newer")
 
 
+def test_a_later_note_atop_an_applied_migration_is_not_an_edit(empty_db_url: str, tmp_path: Path) -> None:
+    mig_dir, sql_dir = write_project(tmp_path, BASIC_MIGRATIONS, BASIC_FUNCTIONS)
+    migrate(empty_db_url, migrations_dir=mig_dir, sql_dir=sql_dir)
+    path = mig_dir / "0001_things.sql"
+    original = path.read_text()
+    note = "-- Later: 0002_more.sql adds a column to conveyor.things\n--   (weight).\n\n"
+    path.write_text(note + original)
+    assert not migrate(empty_db_url, migrations_dir=mig_dir, sql_dir=sql_dir).changed_anything
+    edited_below = note + original.replace("label text not null", "label text")
+    smuggled = "-- Later: see 0002.\ndrop table conveyor.things;\n\n" + original
+    for text in (edited_below, smuggled):
+        path.write_text(text)
+        with pytest.raises(
+            ConveyorError, match=r"migrations/0001_things.sql was edited after it was applied"
+        ):
+            migrate(empty_db_url, migrations_dir=mig_dir, sql_dir=sql_dir)
+    assert relation_exists(empty_db_url, "conveyor.things")
+
+
 def test_failing_migration_leaves_nothing_behind(empty_db_url: str, tmp_path: Path) -> None:
     migrations = {
         **BASIC_MIGRATIONS,
