@@ -2,7 +2,7 @@
 -- What the catalog holds, in name order (runner/conveyor/schema_snapshot.py says what is
 -- left out). Function bodies are in sql/; here their signatures, attributes and grants.
 -- tests/runner/test_schema_snapshot.py fails when a fresh install, or an upgrade from the
--- first release, differs from this file.
+-- first release, differs from this file. Catalog text as PostgreSQL 15 writes it.
 
 -- roles (cluster-wide; the migrations create them)
 create role conveyor_app nologin;

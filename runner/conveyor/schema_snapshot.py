@@ -38,7 +38,7 @@ HEADER = """\
 -- What the catalog holds, in name order (runner/conveyor/schema_snapshot.py says what is
 -- left out). Function bodies are in sql/; here their signatures, attributes and grants.
 -- tests/runner/test_schema_snapshot.py fails when a fresh install, or an upgrade from the
--- first release, differs from this file.
+-- first release, differs from this file. Catalog text as PostgreSQL {major} writes it.
 """
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -70,7 +70,7 @@ def describe(conn: Conn) -> str:
     """The snapshot text of the database `conn` is connected to."""
     conn.execute("set search_path = ''")  # every name in the output qualified
     sections = [
-        HEADER,
+        HEADER.format(major=server_major(conn)),
         _roles(conn),
         _schemas(conn),
         _types(conn),
@@ -82,6 +82,10 @@ def describe(conn: Conn) -> str:
         _pgmq(conn),
     ]
     return "\n".join(s.rstrip("\n") + "\n" for s in sections if s.strip())
+
+
+def server_major(conn: Conn) -> int:
+    return int(conn.info.server_version) // 10000
 
 
 def _rows(conn: Conn, query: str, params: Any = None) -> list[dict[str, Any]]:
