@@ -51,19 +51,8 @@ def list_executions(
     """List recent executions, newest first."""
     with connect(database_url) as conn:
         rows = conn.execute(
-            """
-            select x.execution_id as id, w.slug as workflow, x.version, x.status, x.current_step as step,
-              x.entity_id, x.created_at,
-              round(extract(epoch from coalesce(x.finished_at, now()) - x.created_at) * 1000) as ms,
-              x.error ->> 'message' as error
-            from conveyor.executions as x
-            join conveyor.workflows as w on w.workflow_id = x.workflow_id
-            where x.tenant_id = %s and x.created_at > now() - %s::interval
-              and (%s::text is null or x.status = %s) and (%s::text is null or w.slug = %s)
-            order by x.execution_id desc
-            limit %s
-            """,
-            (tenant, since, status, status, workflow, workflow, limit),
+            "select * from conveyor.list_executions(%s, %s, %s, now() - %s::interval, %s)",
+            (tenant, status, workflow, since, limit),
         ).fetchall()
     output.show(
         rows,
@@ -82,22 +71,14 @@ def show_execution(execution_id: int, tenant: str, database_url: str | None, as_
     """A timeline: every step with status, timings, rendered input and output, errors in full."""
     with connect(database_url) as conn:
         execution = conn.execute(
-            "select x.*, w.slug from conveyor.executions as x join conveyor.workflows as w using (workflow_id)"
-            " where x.execution_id = %s and x.tenant_id = %s",
-            (execution_id, tenant),
+            "select * from conveyor.execution_detail(%s, %s)", (tenant, execution_id)
         ).fetchone()
         if execution is None:
             raise ConveyorError(f'execution {execution_id} does not exist for tenant "{tenant}"')
         steps = conn.execute(
-            "select step_id as step, visit, attempt, status, started_at,"
-            " round(extract(epoch from finished_at - started_at) * 1000) as ms, input, output, error"
-            " from conveyor.step_runs where execution_id = %s order by step_run_id",
-            (execution_id,),
+            "select * from conveyor.execution_timeline(%s, %s)", (tenant, execution_id)
         ).fetchall()
-        logs = conn.execute(
-            "select logged_at, level, message from conveyor.execution_logs where execution_id = %s order by log_id",
-            (execution_id,),
-        ).fetchall()
+        logs = conn.execute("select * from conveyor.execution_log(%s, %s)", (tenant, execution_id)).fetchall()
     if as_json:
         output.emit_json({"execution": execution, "steps": steps, "logs": logs})
         return
@@ -162,8 +143,8 @@ def retry(execution_id: int, from_start: bool, tenant: str, database_url: str | 
         ).fetchone()
         assert row is not None
         new = conn.execute(
-            "select execution_id, status, current_step from conveyor.executions where execution_id = %s",
-            (row["id"],),
+            "select execution_id, status, current_step from conveyor.execution_detail(%s, %s)",
+            (tenant, row["id"]),
         ).fetchone()
     assert new is not None
     if as_json:
@@ -206,10 +187,9 @@ def resume(execution_id: int, tenant: str, database_url: str | None, as_json: bo
         row = conn.execute(
             "select conveyor.resume_execution(%s, %s) as done", (tenant, execution_id)
         ).fetchone()
-        status = conn.execute(
-            "select status from conveyor.executions where execution_id = %s", (execution_id,)
-        )
-        state = status.fetchone()
+        state = conn.execute(
+            "select status from conveyor.execution_detail(%s, %s)", (tenant, execution_id)
+        ).fetchone()
     resumed = row is not None and row["done"]
     click.echo(
         f"execution {execution_id}: {'resumed, ' + state['status'] if resumed and state else 'was not paused'}"
@@ -243,7 +223,7 @@ def trigger(
         ).fetchone()
         assert row is not None
         status = conn.execute(
-            "select status from conveyor.executions where execution_id = %s", (row["id"],)
+            "select status from conveyor.execution_detail(%s, %s)", (tenant, row["id"])
         ).fetchone()
     if as_json:
         output.emit_json({"execution_id": row["id"], "status": status["status"] if status else None})
