@@ -661,7 +661,7 @@ create function conveyor.compile_filter(p_filter jsonb) returns jsonpath
   language plpgsql immutable parallel safe set search_path = '';
 grant execute on function conveyor.compile_filter(jsonb) to conveyor_service;
 create function conveyor.compile_steps(p_document jsonb) returns TABLE(step_position integer, step_id text, kind text, action_type text, config jsonb, next_step text, branches jsonb, on_error text, error_step text, retry_policy jsonb, timeout_text text)
-  language sql immutable parallel safe set search_path = '';
+  language plpgsql stable set search_path = '';
 grant execute on function conveyor.compile_steps(jsonb) to conveyor_service;
 create function conveyor.compiled_steps(p_tenant_id text, p_slug text, p_version integer DEFAULT NULL::integer) returns TABLE(step_id text, kind text, action text, next_step text, branches jsonb, on_error text)
   language plpgsql stable security definer set search_path = '';
@@ -749,24 +749,15 @@ grant execute on function conveyor.dispatch_contained(bigint[],boolean) to conve
 create function conveyor.dispatch_events(p_events bigint[], p_weigh_budgets boolean DEFAULT true) returns void
   language plpgsql volatile set search_path = '' set jit = off;
 grant execute on function conveyor.dispatch_events(bigint[],boolean) to conveyor_service;
-create function conveyor.document_action_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
-  language plpgsql stable set search_path = '';
-grant execute on function conveyor.document_action_errors(jsonb,text,jsonb) to conveyor_service;
 create function conveyor.document_condition_errors(p_condition jsonb, p_path text, p_step_ids jsonb, p_item boolean DEFAULT false) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.document_condition_errors(jsonb,text,jsonb,boolean) to conveyor_service;
 create function conveyor.document_condition_errors(p_condition jsonb, p_path text, p_step_ids text[], p_item boolean DEFAULT false) returns SETOF text
   language sql stable set search_path = '';
 grant execute on function conveyor.document_condition_errors(jsonb,text,text[],boolean) to conveyor_service;
-create function conveyor.document_data_errors(p_data jsonb, p_path text, p_step_ids jsonb) returns SETOF text
-  language plpgsql stable set search_path = '';
-grant execute on function conveyor.document_data_errors(jsonb,text,jsonb) to conveyor_service;
 create function conveyor.document_date_errors(p_date jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.document_date_errors(jsonb) to conveyor_service;
-create function conveyor.document_delay_errors(p_delay jsonb, p_path text, p_step_ids jsonb) returns SETOF text
-  language plpgsql stable set search_path = '';
-grant execute on function conveyor.document_delay_errors(jsonb,text,jsonb) to conveyor_service;
 create function conveyor.document_duration_error(p_value jsonb, p_path text, p_max interval DEFAULT conveyor.max_duration(), p_setting text DEFAULT 'conveyor.max_duration'::text) returns text
   language sql stable set search_path = '';
 grant execute on function conveyor.document_duration_error(jsonb,text,interval,text) to conveyor_service;
@@ -812,21 +803,12 @@ grant execute on function conveyor.document_timestamp_error(jsonb,text) to conve
 create function conveyor.document_timezone_error(p_value jsonb, p_path text) returns text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.document_timezone_error(jsonb,text) to conveyor_service;
-create function conveyor.document_transform_errors(p_transform jsonb, p_path text, p_step_ids jsonb) returns SETOF text
-  language plpgsql stable set search_path = '';
-grant execute on function conveyor.document_transform_errors(jsonb,text,jsonb) to conveyor_service;
 create function conveyor.document_trigger_errors(p_trigger jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.document_trigger_errors(jsonb) to conveyor_service;
 create function conveyor.document_var_error(p_name text, p_path text) returns text
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.document_var_error(text,text) to conveyor_service;
-create function conveyor.document_wait_errors(p_wait jsonb, p_path text, p_step_ids text[]) returns SETOF text
-  language plpgsql stable set search_path = '';
-grant execute on function conveyor.document_wait_errors(jsonb,text,text[]) to conveyor_service;
-create function conveyor.document_wait_until_errors(p_wait jsonb, p_path text, p_step_ids text[]) returns SETOF text
-  language plpgsql stable set search_path = '';
-grant execute on function conveyor.document_wait_until_errors(jsonb,text,text[]) to conveyor_service;
 create function conveyor.document_webhook_errors(p_webhook jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.document_webhook_errors(jsonb) to conveyor_service;
@@ -863,9 +845,15 @@ grant execute on function conveyor.eval_condition(jsonb,jsonb,jsonb) to conveyor
 create function conveyor.eval_condition_leaf(p_condition jsonb, p_context jsonb, p_item jsonb DEFAULT NULL::jsonb) returns boolean
   language plpgsql stable parallel safe set search_path = '';
 grant execute on function conveyor.eval_condition_leaf(jsonb,jsonb,jsonb) to conveyor_service;
+create function conveyor.event_effects(p_tenant_id text, p_event_ids bigint[]) returns TABLE(event_id bigint, started jsonb, resumed jsonb, reasons jsonb, reason_names text[], outcome text)
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.event_effects(text,bigint[]) to conveyor_service;
 create function conveyor.event_match_keys(p_event_type text) returns text[]
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.event_match_keys(text) to conveyor_service;
+create function conveyor.event_outcome(p_dispatched_at timestamp with time zone, p_started integer, p_resumed integer, p_reasons text[]) returns text
+  language sql immutable set search_path = '';
+grant execute on function conveyor.event_outcome(timestamp with time zone,integer,integer,text[]) to conveyor_service;
 create function conveyor.event_trigger_object(p_event conveyor.events) returns jsonb
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.event_trigger_object(conveyor.events) to conveyor_service;
@@ -881,6 +869,9 @@ grant execute on function conveyor.execution_timeline(text,bigint) to conveyor_a
 create function conveyor.expire_timeouts(p_now timestamp with time zone DEFAULT now(), p_limit integer DEFAULT 1000) returns integer
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.expire_timeouts(timestamp with time zone,integer) to conveyor_service;
+create function conveyor.explain_event(p_tenant_id text, p_event_id bigint) returns jsonb
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.explain_event(text,bigint) to conveyor_app, conveyor_service;
 create function conveyor.export_workflow(p_tenant_id text, p_slug text, p_version integer DEFAULT NULL::integer) returns jsonb
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.export_workflow(text,text,integer) to conveyor_app, conveyor_service;
@@ -957,6 +948,9 @@ grant execute on function conveyor.json_timestamp(jsonb) to conveyor_service;
 create function conveyor.limit_setting(p_name text, p_default bigint) returns bigint
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.limit_setting(text,bigint) to conveyor_service;
+create function conveyor.list_events(p_tenant_id text, p_type text DEFAULT NULL::text, p_limit integer DEFAULT 50) returns TABLE(event_id bigint, event_type text, source text, entity_type text, entity_id text, depth integer, occurred_at timestamp with time zone, dispatched_at timestamp with time zone, started integer, resumed integer, reasons text[], outcome text)
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.list_events(text,text,integer) to conveyor_app, conveyor_service;
 create function conveyor.list_executions(p_tenant_id text, p_status text DEFAULT NULL::text, p_workflow text DEFAULT NULL::text, p_since timestamp with time zone DEFAULT (now() - '24:00:00'::interval), p_limit integer DEFAULT 50) returns TABLE(id bigint, workflow text, version integer, status text, step text, entity_id text, created_at timestamp with time zone, ms numeric, error text)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.list_executions(text,text,text,timestamp with time zone,integer) to conveyor_app, conveyor_service;
@@ -1161,15 +1155,63 @@ grant execute on function conveyor.start_workflow(bigint,jsonb,text,text) to con
 create function conveyor.stats_shard() returns smallint
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.stats_shard() to conveyor_service;
+create function conveyor.step_action_compiled(p_step jsonb, p_fall_through text) returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_action_compiled(jsonb,text) to conveyor_service;
+create function conveyor.step_action_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.step_action_errors(jsonb,text,jsonb) to conveyor_service;
+create function conveyor.step_action_with_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.step_action_with_errors(jsonb,text,jsonb) to conveyor_service;
+create function conveyor.step_condition_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
+  language sql stable set search_path = '';
+grant execute on function conveyor.step_condition_errors(jsonb,text,jsonb) to conveyor_service;
+create function conveyor.step_data_compiled(p_step jsonb, p_fall_through text) returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_data_compiled(jsonb,text) to conveyor_service;
+create function conveyor.step_data_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.step_data_errors(jsonb,text,jsonb) to conveyor_service;
+create function conveyor.step_delay_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.step_delay_errors(jsonb,text,jsonb) to conveyor_service;
+create function conveyor.step_emit_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.step_emit_errors(jsonb,text,jsonb) to conveyor_service;
 create function conveyor.step_id_set(p_step_ids text[]) returns jsonb
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.step_id_set(text[]) to conveyor_service;
+create function conveyor.step_kinds() returns TABLE(kind text, doc_key text, keys text[], routes text[], branches jsonb, ends boolean, retries boolean, errors_function text, compiled_function text)
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_kinds() to conveyor_service;
+create function conveyor.step_set_variable_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.step_set_variable_errors(jsonb,text,jsonb) to conveyor_service;
 create function conveyor.step_spec(p_kind text, p_config jsonb) returns jsonb
   language sql immutable set search_path = '';
 grant execute on function conveyor.step_spec(text,jsonb) to conveyor_service;
+create function conveyor.step_stop_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.step_stop_errors(jsonb,text,jsonb) to conveyor_service;
+create function conveyor.step_switch_compiled(p_step jsonb, p_fall_through text) returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_switch_compiled(jsonb,text) to conveyor_service;
+create function conveyor.step_switch_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.step_switch_errors(jsonb,text,jsonb) to conveyor_service;
 create function conveyor.step_template_roots(p_item boolean) returns text[]
   language sql immutable set search_path = '';
 grant execute on function conveyor.step_template_roots(boolean) to conveyor_service;
+create function conveyor.step_transform_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.step_transform_errors(jsonb,text,jsonb) to conveyor_service;
+create function conveyor.step_wait_for_event_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.step_wait_for_event_errors(jsonb,text,jsonb) to conveyor_service;
+create function conveyor.step_wait_until_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.step_wait_until_errors(jsonb,text,jsonb) to conveyor_service;
 create function conveyor.sync_date_trigger(p_workflow_id bigint, p_date jsonb) returns void
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.sync_date_trigger(bigint,jsonb) to conveyor_service;
@@ -1256,6 +1298,9 @@ grant execute on function conveyor.wait_since(conveyor.executions,jsonb,timestam
 create function conveyor.wait_take(p_ids bigint[], p_hits jsonb[], p_now timestamp with time zone) returns integer
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.wait_take(bigint[],jsonb[],timestamp with time zone) to conveyor_service;
+create function conveyor.waits_resumed_by(p_tenant_id text, p_event_ids bigint[]) returns TABLE(event_id bigint, execution_id bigint, workflow text, version integer, step_id text, visit integer, resumed_at timestamp with time zone, status text)
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.waits_resumed_by(text,bigint[]) to conveyor_service;
 create function conveyor.watch(p_table regclass, p_module text, p_entity text DEFAULT NULL::text, p_tenant_column name DEFAULT 'tenant_id'::name, p_id_column name DEFAULT 'id'::name) returns void
   language plpgsql volatile set search_path = '';
 create function conveyor.webhook_endpoint(p_tenant_id text, p_slug text) returns TABLE(path text, secret text, allowed_methods text[], call_count bigint, last_called_at timestamp with time zone)
