@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 BIN := .venv/bin
 
-.PHONY: bootstrap run test lint pytest migrate db-start db-stop db-status clean-db \
+.PHONY: bootstrap run test lint pytest migrate schema db-start db-stop db-status clean-db \
 	bench bench-capture bench-dispatch bench-runner bench-waiting bench-wait-races bench-delays bench-burst bench-floor bench-e2e chaos
 
 bootstrap:  ## install the PostgreSQL server packages (as root) and the locked virtualenv
@@ -26,6 +26,9 @@ pytest: bootstrap
 
 migrate: bootstrap
 	$(BIN)/conveyor migrate
+
+schema: bootstrap  ## schema/conveyor.sql from a fresh install in a throwaway cluster: commit it with any schema change
+	$(BIN)/python -m conveyor.schema_snapshot
 
 db-start: bootstrap
 	$(BIN)/conveyor db start

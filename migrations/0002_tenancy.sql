@@ -1,3 +1,8 @@
+-- Later: 0021_verified_tenant.sql rewrites the policy below to compare tenant_id with
+-- (select conveyor.current_tenant()), the tenant conveyor.set_tenant verified in the
+-- transaction; the setting conveyor.tenant_id is trusted only for roles outside row-level
+-- security (docs/tenancy.md). 0021 also adds the role conveyor_tenant_issuer.
+
 -- Tenancy: every tenant-owned row carries tenant_id, and row-level security limits the
 -- application role to the tenant named by the session setting `conveyor.tenant_id`.
 --

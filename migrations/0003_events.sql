@@ -1,3 +1,7 @@
+-- Later: 0021_verified_tenant.sql rewrites the policy below to compare tenant_id with
+-- (select conveyor.current_tenant()), the tenant conveyor.set_tenant verified, not the
+-- setting conveyor.tenant_id. 0019_work_budgets.sql adds events.root_event_id.
+
 -- The event log: what platforms emit (conveyor.emit) and what watched tables capture.
 -- An event is dispatched exactly once: dispatch claims pending rows with
 -- `for update skip locked` and stamps dispatched_at in the same transaction that

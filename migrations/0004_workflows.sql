@@ -1,3 +1,8 @@
+-- Later: 0022_wait_registrations.sql replaces workflow_steps_kind_check below (adding the
+-- kind wait_until). 0021_verified_tenant.sql rewrites the policies below to compare
+-- tenant_id with (select conveyor.current_tenant()), the tenant conveyor.set_tenant
+-- verified, not the setting conveyor.tenant_id.
+
 -- Workflows, their immutable versions, the compiled step graph, and subscriptions.
 -- conveyor.publish() validates a definition document and writes one new version:
 -- a workflow_versions row, one workflow_steps row per step and (for event triggers)

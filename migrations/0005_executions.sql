@@ -1,3 +1,14 @@
+-- Later: 0012_hot_path_foreign_keys.sql drops four foreign keys declared below:
+-- step_runs' execution_id and tenant_id, executions' event_id and tenant_id.
+-- 0015_due_scan_index.sql replaces executions_due_idx with executions_due_scan_idx;
+-- 0017_step_run_hot_updates.sql drops step_runs_msg_idx and sets step_runs' fill factor
+-- to 60; 0022_wait_registrations.sql drops executions_waiting_event_idx (waits are found
+-- through conveyor.waits). 0011_execution_control.sql adds executions.retry_of and
+-- paused_at. workflow_stats' shard is the writing backend's (conveyor.stats_shard in
+-- sql/interpreter.sql), not execution_id % 16. 0021_verified_tenant.sql rewrites the
+-- policies below to compare tenant_id with (select conveyor.current_tenant()), the tenant
+-- conveyor.set_tenant verified, not the setting conveyor.tenant_id.
+
 -- Executions, their step runs, operator log lines and per-workflow statistics.
 create table conveyor.executions (
   execution_id bigint generated always as identity primary key,

@@ -1,3 +1,7 @@
+-- Later: 0021_verified_tenant.sql rewrites the policies below to compare tenant_id with
+-- (select conveyor.current_tenant()), the tenant conveyor.set_tenant verified, not the
+-- setting conveyor.tenant_id.
+
 -- Connections: the credentials and endpoints actions use (an SMTP server, a webhook
 -- signing secret, a Slack or Discord incoming-webhook URL, an SMS provider account).
 -- A step names a connection; the runner loads it by (tenant_id, name).

@@ -1,3 +1,7 @@
+-- Later: 0021_verified_tenant.sql rewrites the policies below to compare tenant_id with
+-- (select conveyor.current_tenant()), the tenant conveyor.set_tenant verified, not the
+-- setting conveyor.tenant_id.
+
 -- Cron-triggered workflows. Each workflow has at most one schedule (its trigger).
 -- A scheduled slot fires exactly once: schedule_firings' primary key (schedule, slot)
 -- refuses a second firing whatever races (runners' ticks, pg_cron's tick).

@@ -1,3 +1,7 @@
+-- Later: 0021_verified_tenant.sql rewrites the policies below to compare tenant_id with
+-- (select conveyor.current_tenant()), the tenant conveyor.set_tenant verified, not the
+-- setting conveyor.tenant_id.
+
 -- Inbound webhooks: a generated, unguessable path and secret per endpoint. Requests reach
 -- conveyor.receive_webhook() through `conveyor serve`, which only forwards them.
 create table conveyor.webhook_endpoints (

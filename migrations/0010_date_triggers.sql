@@ -1,3 +1,7 @@
+-- Later: 0021_verified_tenant.sql rewrites the policies below to compare tenant_id with
+-- (select conveyor.current_tenant()), the tenant conveyor.set_tenant verified, not the
+-- setting conveyor.tenant_id.
+
 -- Date-based triggers: "30 days after contact.joined_at at 09:00 in the tenant's zone".
 -- One pending firing per (workflow, entity) is kept up to date from the watched table's
 -- events (dispatch maintains it), and a due-scan fires it once per date value.

@@ -1,3 +1,8 @@
+-- Later: 0021_verified_tenant.sql rewrites the policies below to compare tenant_id with
+-- (select conveyor.current_tenant()), the tenant conveyor.set_tenant verified, not the
+-- setting conveyor.tenant_id.
+-- 0026_tenant_budget_checks.sql adds tenant_event_rates.near_budget.
+
 -- Work budgets (docs/limits.md, "Event chains, executions and tenants"): what one event
 -- chain and one tenant may start, counted in the transactions that spend them.
 

@@ -71,6 +71,69 @@ begin
 end;
 $$;
 
+-- Counts a claimed batch's events in their tenants' event rates (this backend's shard of
+-- this minute; p_tenants holds each event's tenant) and says whether any of those tenants
+-- is near its event rate or active executions budget, so that dispatch must weigh the
+-- batch event by event (conveyor.budget_refusals). Reading a tenant's other shards and its
+-- workflows' counters costs more than the count itself, so that check runs only when the
+-- previous one found the tenant near (within 16 steps of a limit: one per shard), at a
+-- shard's first batch of a minute, and whenever the shard's count crosses a step of a
+-- thousandth of the smaller limit. Between checks a tenant gains less than a step per
+-- shard, less than the margin, so no budget is passed between two checks (each event
+-- counted as one execution, as budget_refusals counts them).
+create or replace function conveyor.count_tenant_events(
+  p_tenants text[],
+  p_rate_limit bigint,
+  p_active_limit bigint
+)
+returns boolean
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_shard smallint := conveyor.stats_shard();
+  v_minute timestamptz := pg_catalog.date_trunc('minute', now());
+  v_step bigint := greatest(1, least(p_rate_limit, p_active_limit) / 1000);
+  v_tenant text;
+  v_n integer;
+  v_events integer;
+  v_was_near boolean;
+  v_near boolean;
+  v_any_near boolean := false;
+begin
+  for v_tenant, v_n in
+    select u.tenant_id, count(*)::integer
+    from pg_catalog.unnest(p_tenants) as u (tenant_id)
+    group by u.tenant_id
+    order by u.tenant_id  -- the rows are locked in one order by every dispatcher
+  loop
+    insert into conveyor.tenant_event_rates as r (tenant_id, minute, shard, events)
+    values (v_tenant, v_minute, v_shard, v_n)
+    on conflict (tenant_id, minute, shard) do update set events = r.events + excluded.events
+    returning r.events, r.near_budget into v_events, v_was_near;
+    continue when not v_was_near and v_events > v_n and (v_events - v_n) / v_step = v_events / v_step;
+
+    select
+      p_rate_limit - v_events - coalesce((
+        select sum(r.events) from conveyor.tenant_event_rates as r
+        where r.tenant_id = v_tenant and r.minute = v_minute and r.shard <> v_shard
+      ), 0) <= 16 * v_step
+      or p_active_limit - coalesce((
+        select sum(s.started - s.completed - s.failed - s.cancelled - s.timed_out)
+        from conveyor.workflow_stats as s
+        where s.tenant_id = v_tenant
+      ), 0) <= 16 * v_step
+    into v_near;
+    if v_near <> v_was_near then
+      update conveyor.tenant_event_rates as r set near_budget = v_near
+      where r.tenant_id = v_tenant and r.minute = v_minute and r.shard = v_shard;
+    end if;
+    v_any_near := v_any_near or v_near;
+  end loop;
+  return v_any_near;
+end;
+$$;
+
 -- The events of a dispatch batch (conveyor.dispatch_events) that a budget refuses, with
 -- the budget's name: {"<event_id>": "tenant_event_rate" | "tenant_active_limit" |
 -- "chain_budget"}. Called only when the batch holds emitted events or a tenant near a
@@ -154,6 +217,7 @@ end;
 $$;
 
 revoke all on function conveyor.emit_from_execution(conveyor.executions, jsonb) from public;
+revoke all on function conveyor.count_tenant_events(text[], bigint, bigint) from public;
 revoke all on function conveyor.budget_refusals(bigint[], bigint, bigint, bigint) from public;
 revoke all on function conveyor.prune_budgets(timestamptz) from public;
 grant execute on function conveyor.prune_budgets(timestamptz) to conveyor_service;

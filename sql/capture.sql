@@ -73,6 +73,16 @@ begin
         coalesce(jsonb_typeof(p_payload), 'null')),
       hint = 'Wrap the value in an object, e.g. {"value": ...}.';
   end if;
+  -- every workflow the event starts copies it into its context: bounded like a document
+  if pg_catalog.pg_column_size(p_payload) > conveyor.limit_setting('max_event_payload_bytes', 1048576) then
+    raise exception using
+      errcode = '54000',
+      message = format(
+        'event %s: the payload takes %s bytes, over the limit of %s (setting conveyor.max_event_payload_bytes)',
+        p_event_type, pg_catalog.pg_column_size(p_payload), conveyor.limit_setting('max_event_payload_bytes', 1048576)
+      ),
+      hint = 'Send the entity''s id and let workflows look the rest up (a data step), or store large content elsewhere.';
+  end if;
   if not exists (select from conveyor.tenants as t where t.tenant_id = p_tenant_id) then
     raise exception using
       errcode = '22023',

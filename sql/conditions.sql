@@ -23,6 +23,8 @@
 --   (or now()).
 
 -- A JSON number, or a string holding a plain decimal number ("42", " -1.5 "), as numeric.
+-- The spaces around it are the ASCII ones numeric input skips (\s would also take Unicode
+-- spaces, which the cast then refuses: a condition error on a payload string).
 create or replace function conveyor.json_number(p_value jsonb) returns numeric
 language sql
 immutable
@@ -32,7 +34,7 @@ set search_path = ''
 as $$
   select case
     when pg_catalog.jsonb_typeof(p_value) = 'number' then (p_value #>> '{}')::numeric
-    when pg_catalog.jsonb_typeof(p_value) = 'string' and (p_value #>> '{}') ~ '^\s*-?[0-9]+(\.[0-9]+)?\s*$'
+    when pg_catalog.jsonb_typeof(p_value) = 'string' and (p_value #>> '{}') ~ '^[ \t\n\r\f\v]*-?[0-9]+(\.[0-9]+)?[ \t\n\r\f\v]*$'
       then (p_value #>> '{}')::numeric
   end;
 $$;
@@ -64,12 +66,12 @@ declare
   -- conveyor.json_number, inlined: this is the hot path of every comparison
   v_left_number numeric := case
     when pg_catalog.jsonb_typeof(p_left) = 'number' then (p_left #>> '{}')::numeric
-    when pg_catalog.jsonb_typeof(p_left) = 'string' and (p_left #>> '{}') ~ '^\s*-?[0-9]+(\.[0-9]+)?\s*$'
+    when pg_catalog.jsonb_typeof(p_left) = 'string' and (p_left #>> '{}') ~ '^[ \t\n\r\f\v]*-?[0-9]+(\.[0-9]+)?[ \t\n\r\f\v]*$'
       then (p_left #>> '{}')::numeric
   end;
   v_right_number numeric := case
     when pg_catalog.jsonb_typeof(p_right) = 'number' then (p_right #>> '{}')::numeric
-    when pg_catalog.jsonb_typeof(p_right) = 'string' and (p_right #>> '{}') ~ '^\s*-?[0-9]+(\.[0-9]+)?\s*$'
+    when pg_catalog.jsonb_typeof(p_right) = 'string' and (p_right #>> '{}') ~ '^[ \t\n\r\f\v]*-?[0-9]+(\.[0-9]+)?[ \t\n\r\f\v]*$'
       then (p_right #>> '{}')::numeric
   end;
   v_left_ts timestamp;

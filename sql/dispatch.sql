@@ -92,13 +92,17 @@ set jit = off
 as $$
 declare
   v_events bigint[];
+  v_tenants text[];
+  v_chained boolean;
+  v_near_budget boolean;
 begin
   -- watched tables' captured rows become events first (sql/ingest.sql)
   perform conveyor.ingest_captures(p_limit);
 
-  select array_agg(c.event_id order by c.event_id) into v_events
+  select array_agg(c.event_id order by c.event_id), array_agg(c.tenant_id), bool_or(c.depth > 0)
+  into v_events, v_tenants, v_chained
   from (
-    select e.event_id
+    select e.event_id, e.tenant_id, e.depth
     from conveyor.events as e
     where e.dispatched_at is null
     order by e.event_id
@@ -109,7 +113,15 @@ begin
     return 0;
   end if;
 
-  perform conveyor.dispatch_contained(v_events);
+  -- The batch counts in its tenants' event rates (once, whatever containment retries). Its
+  -- events are weighed against the tenant and chain budgets one by one only when it holds
+  -- emitted events (members of a chain) or a tenant near a budget (sql/budgets.sql).
+  v_near_budget := conveyor.count_tenant_events(
+    v_tenants,
+    conveyor.limit_setting('max_tenant_events_per_minute', 600000),
+    conveyor.limit_setting('max_tenant_active_executions', 1000000)
+  );
+  perform conveyor.dispatch_contained(v_events, v_chained or v_near_budget);
 
   update conveyor.events
   set dispatched_at = now()
@@ -124,7 +136,8 @@ $$;
 -- down to the event that fails alone: it starts nothing and is logged with its error
 -- (reason dispatch_error), and the caller stamps it dispatched like the others. One poison
 -- event never stops dispatch for anyone, and costs about 2 log2(n) retries in a batch of n.
-create or replace function conveyor.dispatch_contained(p_events bigint[])
+drop function if exists conveyor.dispatch_contained(bigint[]);
+create or replace function conveyor.dispatch_contained(p_events bigint[], p_weigh_budgets boolean)
 returns void
 language plpgsql
 set search_path = ''
@@ -136,7 +149,7 @@ declare
   v_detail text;
 begin
   begin
-    perform conveyor.dispatch_events(p_events);
+    perform conveyor.dispatch_events(p_events, p_weigh_budgets);
     return;
   exception when others then
     get stacked diagnostics v_state = returned_sqlstate, v_msg = message_text, v_detail = pg_exception_detail;
@@ -153,17 +166,18 @@ begin
     from conveyor.events as e
     where e.event_id = p_events[1];
   elsif v_n > 1 then
-    perform conveyor.dispatch_contained(p_events[1:v_n / 2]);
-    perform conveyor.dispatch_contained(p_events[v_n / 2 + 1:v_n]);
+    perform conveyor.dispatch_contained(p_events[1:v_n / 2], p_weigh_budgets);
+    perform conveyor.dispatch_contained(p_events[v_n / 2 + 1:v_n], p_weigh_budgets);
   end if;
 end;
 $$;
 
 -- Dispatches claimed events (the caller holds their row locks and stamps them): resumes
 -- the executions waiting for them, starts the executions their subscriptions call for
--- within the workflows' limits and the work budgets (sql/budgets.sql), and runs those
--- executions' first steps.
-create or replace function conveyor.dispatch_events(p_events bigint[])
+-- within the workflows' limits and, when p_weigh_budgets, the work budgets event by event
+-- (sql/budgets.sql), and runs those executions' first steps.
+drop function if exists conveyor.dispatch_events(bigint[]);
+create or replace function conveyor.dispatch_events(p_events bigint[], p_weigh_budgets boolean default true)
 returns void
 language plpgsql
 set search_path = ''
@@ -176,56 +190,20 @@ declare
   v_new conveyor.executions[];
   v_refused bigint;
   v_max_depth integer := conveyor.max_event_depth();
-  v_rate_limit bigint := conveyor.limit_setting('max_tenant_events_per_minute', 600000);
-  v_active_limit bigint := conveyor.limit_setting('max_tenant_active_executions', 1000000);
-  v_chain_limit bigint := conveyor.limit_setting('max_chain_executions', 1000);
+  -- the budgets, read only when the batch is weighed against them
+  v_rate_limit bigint;
+  v_active_limit bigint;
+  v_chain_limit bigint;
   -- the batch's events the budgets refuse, with why: {"<event_id>": "<reason>"}, or null
   -- (the common case: no budget is near, and nothing below looks at them)
   v_budget_refusals jsonb;
-  -- whether the batch holds emitted events (members of a chain), and the executions it
-  -- starts per chain
-  v_chained boolean;
-  v_tight boolean;
+  -- the executions the batch starts per event chain
   v_chain_new jsonb;
-  v_shard smallint := conveyor.stats_shard();
 begin
-  -- The tenants' event rates are counted for this batch; whether any tenant of the batch is
-  -- near its event rate or active executions budget (its active executions are the sharded
-  -- counters of its workflows: started minus finished).
-  with batch as (
-    select e.tenant_id, count(*)::integer as n, bool_or(e.depth > 0) as chained
-    from conveyor.events as e
-    where e.event_id = any(v_events)
-    group by e.tenant_id
-  ),
-  counted as (
-    insert into conveyor.tenant_event_rates as r (tenant_id, minute, shard, events)
-    select b.tenant_id, pg_catalog.date_trunc('minute', now()), v_shard, b.n
-    from batch as b
-    order by b.tenant_id
-    on conflict (tenant_id, minute, shard) do update set events = r.events + excluded.events
-    returning r.tenant_id, r.events
-  )
-  select
-    bool_or(b.chained),
-    -- this backend's shard after the batch plus the other shards (the statement's snapshot
-    -- does not see the upsert above)
-    bool_or(c.events + o.events > v_rate_limit or a.active + b.n > v_active_limit)
-  into v_chained, v_tight
-  from batch as b
-  join counted as c on c.tenant_id = b.tenant_id
-  cross join lateral (
-    select coalesce(sum(r.events), 0) as events
-    from conveyor.tenant_event_rates as r
-    where r.tenant_id = b.tenant_id and r.minute = pg_catalog.date_trunc('minute', now()) and r.shard <> v_shard
-  ) as o
-  cross join lateral (
-    select coalesce(sum(s.started - s.completed - s.failed - s.cancelled - s.timed_out), 0) as active
-    from conveyor.workflow_stats as s
-    where s.tenant_id = b.tenant_id
-  ) as a;
-
-  if v_tight or v_chained then
+  if p_weigh_budgets then
+    v_rate_limit := conveyor.limit_setting('max_tenant_events_per_minute', 600000);
+    v_active_limit := conveyor.limit_setting('max_tenant_active_executions', 1000000);
+    v_chain_limit := conveyor.limit_setting('max_chain_executions', 1000);
     v_budget_refusals := conveyor.budget_refusals(v_events, v_rate_limit, v_active_limit, v_chain_limit);
   end if;
 
@@ -417,7 +395,7 @@ begin
       from (
         select j.chain_root, j.tenant_id, count(*) as n
         from judged as j
-        where v_chained and j.refusal is null and j.chain_root is not null
+        where p_weigh_budgets and j.refusal is null and j.chain_root is not null
         group by j.chain_root, j.tenant_id
       ) as g
     )

@@ -25,6 +25,8 @@ conveyor.set_tenant(text),
 conveyor.current_tenant(),
 -- events
 conveyor.emit(text, text, jsonb, text, text, text, text),
+conveyor.list_events(text, text, integer),
+conveyor.explain_event(text, bigint),
 -- workflows
 conveyor.publish(text, jsonb),
 conveyor.set_workflow_active(text, text, boolean),
@@ -45,7 +47,16 @@ conveyor.revoke_api_key(text, text),
 -- statistics
 conveyor.workflow_summary(text, text, timestamptz),
 conveyor.top_errors(text, timestamptz, integer),
-conveyor.slowest_steps(text, timestamptz, integer)
+conveyor.slowest_steps(text, timestamptz, integer),
+-- what the CLI shows of executions and workflows (sql/inspection.sql)
+conveyor.list_executions(text, text, text, timestamptz, integer),
+conveyor.execution_detail(text, bigint),
+conveyor.execution_timeline(text, bigint),
+conveyor.execution_log(text, bigint),
+conveyor.list_workflows(text),
+conveyor.workflow_detail(text, text),
+conveyor.compiled_steps(text, text, integer),
+conveyor.published_versions(text, text)
 to conveyor_app;
 
 -- The service role: what the engine runs (tick, dispatch, read_actions, write_back, the

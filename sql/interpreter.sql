@@ -606,6 +606,8 @@ declare
   -- the execution state budget: the bytes of an execution's step outputs and variables
   v_max_state bigint := conveyor.limit_setting('max_execution_state_bytes', 8388608);
   v_state_bytes bigint;
+  -- conveyor.max_action_timeout(), read when the batch's first action step runs
+  v_max_action_timeout interval;
   v_ctx jsonb;
   v_spec jsonb;
   v_where text;
@@ -691,7 +693,7 @@ begin
           'step', v_exec.current_step,
           'message', format(
             'execution state budget spent: the step outputs and variables of execution %s take %s bytes,'
-            ' over the limit of %s; stopped before step "%s"',
+            ' over the limit of %s (setting conveyor.max_execution_state_bytes); stopped before step "%s"',
             v_exec.execution_id, v_state_bytes, v_max_state, v_exec.current_step
           ),
           'detail', 'the limit is the setting conveyor.max_execution_state_bytes'
@@ -840,7 +842,8 @@ begin
                     when 'steps' then v_exec.step_outputs
                     else v_exec.vars
                   end #> (v_condition ->> 'rest')::text[], 'null'::jsonb),
-                  v_condition -> 'value'
+                  v_condition -> 'value',
+                  v_spec ->> 'field'  -- for errors
                 )
                 when jsonb_typeof(v_spec) = 'object' and not v_spec ?| array['all', 'any', 'not']
                   then conveyor.eval_condition_leaf(v_spec, v_ctx)
@@ -929,6 +932,19 @@ begin
               v_wait := 'event';
             end if;
           when 'action' then
+            -- publish refuses a timeout over the maximum; one stored before the maximum
+            -- existed fails here rather than hold a runner's slot (and hide its message)
+            -- for that long
+            v_max_action_timeout := coalesce(v_max_action_timeout, conveyor.max_action_timeout());
+            if v_step.timeout > v_max_action_timeout then
+              raise exception using
+                errcode = '22023',
+                message = format(
+                  '%s.timeout: duration "%s" exceeds the maximum %s (setting conveyor.max_action_timeout)',
+                  v_where, conveyor.duration_text(v_step.timeout), conveyor.duration_text(v_max_action_timeout)
+                ),
+                hint = 'Publish the workflow again with a timeout of at most the maximum.';
+            end if;
             v_wait := 'action';
         end case;
       exception when others then

@@ -259,6 +259,16 @@ begin
 
   v_hit := conveyor.wait_hit(v_wait, null, true);
   if v_hit is not null then
+    -- an event of this dispatch's own batch, taken here before the batch's waits are
+    -- matched, is not "no wait matched" there (resume_waiting_for_events reads this list)
+    if v_hit -> 'event' ->> 'event_id' is not null then
+      perform pg_catalog.set_config(
+        'conveyor.events_taken_by_waits',
+        coalesce(pg_catalog.current_setting('conveyor.events_taken_by_waits', true), '')
+        || (v_hit -> 'event' ->> 'event_id') || ',',
+        true
+      );
+    end if;
     return v_output || '{"timed_out": false}' || v_hit;
   end if;
   insert into conveyor.waits as w
@@ -485,6 +495,9 @@ begin
     from (
       select c.event_id, c.tenant_id, c.event_type
       from checked as c
+      where c.event_id::text <> all(pg_catalog.string_to_array(
+        coalesce(pg_catalog.current_setting('conveyor.events_taken_by_waits', true), ''), ','
+      ))
       group by c.event_id, c.tenant_id, c.event_type
       having not bool_or(c.answers) and bool_or(not starts_with(c.event_key, 'entity:'))
     ) as u

@@ -16,7 +16,8 @@ from conveyor.commands.actions import actions
 from conveyor.commands.common import database_option, fail_cleanly, json_option
 from conveyor.commands.connections import connections
 from conveyor.commands.demo import demo
-from conveyor.commands.executions import events, executions, trigger
+from conveyor.commands.events import events
+from conveyor.commands.executions import executions, trigger
 from conveyor.commands.run import run as run_command
 from conveyor.commands.serve import serve
 from conveyor.commands.status import stats, status
@@ -116,6 +117,7 @@ def migrate(database_url: str | None, as_json: bool) -> None:
                 {
                     "applied": report.applied,
                     "functions_applied": report.functions_applied,
+                    "functions_dropped": report.functions_dropped,
                     "extensions": [e.__dict__ for e in report.extensions],
                 },
                 indent=2,
@@ -128,6 +130,8 @@ def migrate(database_url: str | None, as_json: bool) -> None:
         click.echo(f"applied    migrations/{name}")
     if report.functions_applied:
         click.echo(f"functions  {len(report.functions_applied)} files from sql/ applied")
+    for signature in report.functions_dropped:
+        click.echo(f"dropped    {signature} (no file in sql/ defines it any more)")
     if not report.changed_anything:
         click.echo("up to date: nothing to apply")
 

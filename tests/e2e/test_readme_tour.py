@@ -50,11 +50,15 @@ def test_every_tour_command_and_statement_works(db_url: str, conn: Conn, monkeyp
     )
     row = execution.fetchone()
     assert row is not None and row["id"] is not None, "the tour's SQL started no execution"
+    event = conn.execute(
+        "select max(event_id) as id from conveyor.events where tenant_id = 'acme' and dispatched_at is not null"
+    ).fetchone()
+    assert event is not None and event["id"] is not None
     monkeypatch.chdir(PROJECT_DIR)
     runner = CliRunner()
     env = {**os.environ, "CONVEYOR_DATABASE_URL": db_url, "CONVEYOR_TENANT": "acme"}
     for args in tour_commands():
-        args = [str(row["id"]) if a == "<id>" else a for a in args]
+        args = [{"<id>": str(row["id"]), "<event-id>": str(event["id"])}.get(a, a) for a in args]
         result = runner.invoke(main, args, env=env)
         assert result.exit_code == 0, f"conveyor {' '.join(args)} failed:\n{result.output}"
         assert result.output.strip(), f"conveyor {' '.join(args)} printed nothing"

@@ -94,6 +94,25 @@ def test_edited_applied_migration_is_refused_and_nothing_changes(empty_db_url: s
     assert not relation_exists(empty_db_url, "conveyor.newer")
 
 
+def test_a_later_note_atop_an_applied_migration_is_not_an_edit(empty_db_url: str, tmp_path: Path) -> None:
+    mig_dir, sql_dir = write_project(tmp_path, BASIC_MIGRATIONS, BASIC_FUNCTIONS)
+    migrate(empty_db_url, migrations_dir=mig_dir, sql_dir=sql_dir)
+    path = mig_dir / "0001_things.sql"
+    original = path.read_text()
+    note = "-- Later: 0002_more.sql adds a column to conveyor.things\n--   (weight).\n\n"
+    path.write_text(note + original)
+    assert not migrate(empty_db_url, migrations_dir=mig_dir, sql_dir=sql_dir).changed_anything
+    edited_below = note + original.replace("label text not null", "label text")
+    smuggled = "-- Later: see 0002.\ndrop table conveyor.things;\n\n" + original
+    for text in (edited_below, smuggled):
+        path.write_text(text)
+        with pytest.raises(
+            ConveyorError, match=r"migrations/0001_things.sql was edited after it was applied"
+        ):
+            migrate(empty_db_url, migrations_dir=mig_dir, sql_dir=sql_dir)
+    assert relation_exists(empty_db_url, "conveyor.things")
+
+
 def test_failing_migration_leaves_nothing_behind(empty_db_url: str, tmp_path: Path) -> None:
     migrations = {
         **BASIC_MIGRATIONS,
@@ -167,6 +186,86 @@ def test_sql_order_must_list_every_function_file(tmp_path: Path) -> None:
 
 def test_project_migrations_apply_cleanly_twice(empty_db_url: str) -> None:
     first = migrate(empty_db_url)
-    assert first.applied and first.functions_applied
+    assert first.applied and first.functions_applied and first.functions_dropped == []
     second = migrate(empty_db_url)
     assert not second.changed_anything
+
+
+def functions_in_conveyor(url: str) -> dict[str, float]:
+    """Every function of schema conveyor with its cost, by signature."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "select oid::regprocedure::text, procost from pg_proc"
+            " where pronamespace = 'conveyor'::regnamespace order by 1"
+        ).fetchall()
+    return {str(r[0]): float(str(r[1])) for r in rows}
+
+
+THINGS_FUNCTIONS = {
+    "things.sql": (
+        "create or replace function conveyor.count_things() returns bigint\n"
+        "language sql set search_path = '' as $$ select count(*) from conveyor.things $$;\n"
+        "create or replace function conveyor.weigh(p_id bigint) returns integer\n"
+        "language sql set search_path = '' as $$ select weight from conveyor.things where id = p_id $$;\n"
+        "create or replace function conveyor.label(p_id bigint) returns text\n"
+        "language sql cost 5 set search_path = '' as $$ select label from conveyor.things where id = p_id $$;\n"
+    ),
+}
+
+
+def test_functions_no_file_defines_any_more_are_dropped(empty_db_url: str, tmp_path: Path) -> None:
+    mig_dir, sql_dir = write_project(tmp_path, BASIC_MIGRATIONS, THINGS_FUNCTIONS)
+    assert migrate(empty_db_url, migrations_dir=mig_dir, sql_dir=sql_dir).functions_dropped == []
+    # count_things is gone from sql/; weigh's argument changed type (a new overload).
+    (sql_dir / "things.sql").write_text(
+        THINGS_FUNCTIONS["things.sql"]
+        .replace(
+            "create or replace function conveyor.count_things", "create or replace function conveyor.n_things"
+        )
+        .replace("weigh(p_id bigint)", "weigh(p_id integer)")
+    )
+    report = migrate(empty_db_url, migrations_dir=mig_dir, sql_dir=sql_dir)
+    assert report.functions_dropped == ["conveyor.count_things()", "conveyor.weigh(bigint)"]
+    # The functions the files define keep the cost they declare (or the default).
+    assert functions_in_conveyor(empty_db_url) == {
+        "conveyor.label(bigint)": 5.0,
+        "conveyor.n_things()": 100.0,
+        "conveyor.weigh(integer)": 100.0,
+    }
+    assert not migrate(empty_db_url, migrations_dir=mig_dir, sql_dir=sql_dir).changed_anything
+
+
+def test_functions_of_extensions_and_those_tables_depend_on_are_never_dropped(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    migrations = {
+        **BASIC_MIGRATIONS,
+        "0003_dependents.sql": (
+            "create extension tablefunc with schema conveyor;\n"
+            "create function conveyor.default_weight() returns integer language sql as 'select 1';\n"
+            "alter table conveyor.things alter column weight set default conveyor.default_weight();\n"
+            "create function conveyor.touch() returns trigger language plpgsql as\n"
+            "  $$ begin new.label := upper(new.label); return new; end $$;\n"
+            "create trigger things_touch before insert on conveyor.things\n"
+            "  for each row execute function conveyor.touch();\n"
+            "create function conveyor.visible_label() returns text language sql as 'select null::text';\n"
+            "alter table conveyor.things enable row level security;\n"
+            "create policy things_visible on conveyor.things using (label = conveyor.visible_label());\n"
+            "create function conveyor.scratch() returns integer language sql as 'select 1';\n"
+        ),
+    }
+    mig_dir, sql_dir = write_project(tmp_path, migrations, BASIC_FUNCTIONS)
+    report = migrate(empty_db_url, migrations_dir=mig_dir, sql_dir=sql_dir)
+    # scratch (a migration's helper that nothing uses, which no file defines) goes, as on
+    # every fresh install; the default's, the trigger's and the policy's functions stay.
+    assert report.functions_dropped == ["conveyor.scratch()"]
+    kept = functions_in_conveyor(empty_db_url)
+    assert {"conveyor.default_weight()", "conveyor.touch()", "conveyor.visible_label()"} <= set(kept)
+    with psycopg.connect(empty_db_url) as conn:
+        extensions_functions = conn.execute(
+            "select count(*) from pg_depend where deptype = 'e' and classid = 'pg_proc'::regclass"
+            " and refobjid = (select oid from pg_extension where extname = 'tablefunc')"
+        ).fetchone()
+    assert extensions_functions is not None and extensions_functions[0] > 0
+    assert "conveyor.normal_rand(integer,double precision,double precision)" in kept
+    assert 7_777_777.0 not in kept.values(), "no function keeps the mark"

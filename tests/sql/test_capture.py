@@ -125,6 +125,22 @@ def test_emit_refuses_a_payload_that_is_not_an_object(tenants: Conn) -> None:
         tenants.execute("select conveyor.emit('acme', 'crm.contact.created', '[1, 2]')")
 
 
+def test_emit_refuses_a_payload_over_its_size_limit_and_stores_nothing(tenants: Conn) -> None:
+    tenants.execute("set conveyor.max_event_payload_bytes = 10000")
+    tenants.execute(
+        "select conveyor.emit('acme', 'crm.note.added', jsonb_build_object('text', repeat('x', 9000)))"
+    )
+    with pytest.raises(psycopg.errors.ProgramLimitExceeded) as refused:
+        tenants.execute(
+            "select conveyor.emit('acme', 'crm.note.added', jsonb_build_object('text', repeat('x', 20000)))"
+        )
+    assert "event crm.note.added: the payload takes" in str(refused.value)
+    assert "over the limit of 10000 (setting conveyor.max_event_payload_bytes)" in str(refused.value)
+    tenants.rollback()
+    # only the payload under the limit was stored
+    assert tenants.execute("select count(*) as n from conveyor.events").fetchone() == {"n": 1}
+
+
 def test_emit_refuses_an_unknown_tenant(tenants: Conn) -> None:
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="unknown tenant 'initech'"):
         tenants.execute("select conveyor.emit('initech', 'crm.contact.created')")

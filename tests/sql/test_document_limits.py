@@ -328,3 +328,28 @@ def test_a_stored_delay_past_the_maximum_fails_its_step_at_run_time(conn: Conn) 
     eid = start(conn, tenant, version)
     assert execution(conn, eid)["status"] == "failed"
     assert 'duration "100 years" exceeds the maximum 1 year' in str(step_runs(conn, eid)[0]["error"])
+
+
+def test_a_stored_action_timeout_past_the_maximum_fails_its_step_and_queues_nothing(conn: Conn) -> None:
+    # A step's timeout is compiled at publish, never parsed again: the interpreter checks a
+    # stored one (from before conveyor.max_action_timeout) before queueing its action, which
+    # would otherwise stay invisible in the queue, and hold a runner's slot, that long.
+    from tests.sql.test_interpreter import execution, install, make_tenant, queued_messages, start
+
+    tenant = make_tenant(conn)
+    hook = {"id": "hook", "action": "webhook.send", "with": {"url": "https://example.com/h"}}
+    version = install(conn, tenant, {"slug": "old", "steps": [hook]})
+    conn.execute("set session_replication_role = replica")  # past workflow_steps' immutability
+    conn.execute("update conveyor.workflow_steps set timeout = interval '10 years'")
+    conn.execute("set session_replication_role = origin")
+    e = execution(conn, start(conn, tenant, version))
+    assert e["status"] == "failed"
+    assert e["error"]["message"] == (
+        'step "hook".timeout: duration "10 years" exceeds the maximum 1 hour (setting conveyor.max_action_timeout)'
+    )
+    assert queued_messages(conn) == []
+
+    conn.execute("set conveyor.max_action_timeout = '20 years'")  # the maximum is the setting's
+    e = execution(conn, start(conn, tenant, version))
+    assert e["status"] == "waiting"
+    assert [m["message"]["timeout_s"] for m in queued_messages(conn)] == [315_576_000]

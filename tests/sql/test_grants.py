@@ -21,14 +21,23 @@ Conn = psycopg.Connection[dict[str, Any]]
 # reviewed change of the application's API: it must check the tenant (test_tenancy.py).
 APPLICATION_API = {
     "conveyor.cancel_execution(text,bigint,text)",
+    "conveyor.compiled_steps(text,text,integer)",
     "conveyor.create_api_key(text,text)",
     "conveyor.current_tenant()",
     "conveyor.delete_workflow(text,text)",
     "conveyor.dry_run(text,jsonb,jsonb)",
     "conveyor.emit(text,text,jsonb,text,text,text,text)",
+    "conveyor.execution_detail(text,bigint)",
+    "conveyor.execution_log(text,bigint)",
+    "conveyor.execution_timeline(text,bigint)",
+    "conveyor.explain_event(text,bigint)",
     "conveyor.export_workflow(text,text,integer)",
+    "conveyor.list_events(text,text,integer)",
+    "conveyor.list_executions(text,text,text,timestamp with time zone,integer)",
+    "conveyor.list_workflows(text)",
     "conveyor.pause_execution(text,bigint)",
     "conveyor.publish(text,jsonb)",
+    "conveyor.published_versions(text,text)",
     "conveyor.resume_execution(text,bigint)",
     "conveyor.retry_execution(text,bigint,boolean)",
     "conveyor.revoke_api_key(text,text)",
@@ -39,6 +48,7 @@ APPLICATION_API = {
     "conveyor.top_errors(text,timestamp with time zone,integer)",
     "conveyor.trigger_workflow(text,text,jsonb,text,text)",
     "conveyor.webhook_endpoint(text,text)",
+    "conveyor.workflow_detail(text,text)",
     "conveyor.workflow_summary(text,text,timestamp with time zone)",
 }
 

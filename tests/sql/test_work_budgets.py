@@ -144,6 +144,62 @@ def test_a_tenant_is_bounded_in_events_per_minute(conn: Conn) -> None:
     assert count(conn, "select sum(events) from conveyor.tenant_event_rates where tenant_id = 'acme'") == 8
 
 
+def other_dispatchers_counted(conn: Conn, tenant_id: str, events: int) -> None:
+    """Sets what the other dispatching backends (the shards but this one's) counted this minute."""
+    conn.execute(
+        "delete from conveyor.tenant_event_rates where tenant_id = %s and shard <> conveyor.stats_shard()",
+        (tenant_id,),
+    )
+    conn.execute(
+        "insert into conveyor.tenant_event_rates (tenant_id, minute, shard, events)"
+        " select %s, date_trunc('minute', now()), (conveyor.stats_shard() + 1) %% 16, %s",
+        (tenant_id, events),
+    )
+
+
+def dispatch_in_batches(conn: Conn, batch: int) -> None:
+    while count(conn, "select conveyor.dispatch(%s)", batch) > 0:
+        pass
+
+
+def test_a_tenant_near_its_event_rate_is_weighed_event_by_event(conn: Conn) -> None:
+    """Near the limit (within 16 steps of a thousandth of it) every batch is weighed: exact."""
+    t = tenant(conn, "acme")
+    conn.execute("set conveyor.max_tenant_events_per_minute = 20000")  # a step of 20 events
+    publish(conn, t, "note", {"event": "crm.contact.created"})
+    other_dispatchers_counted(conn, t, 19_700)
+    for _ in range(310):
+        emit(conn, t, "crm.contact.created")
+
+    dispatch_in_batches(conn, 50)
+
+    assert count(conn, "select count(*) from conveyor.executions") == 300
+    assert log_reasons(conn) == ["tenant_event_rate"] * 10
+    assert count(conn, "select count(*) from conveyor.tenant_event_rates where near_budget") == 1
+
+
+def test_a_tenant_that_nears_its_event_rate_between_checks_is_caught_at_the_next_step(conn: Conn) -> None:
+    """Far from the limit only step crossings are checked; the margin covers what others add meanwhile."""
+    t = tenant(conn, "acme")
+    conn.execute("set conveyor.max_tenant_events_per_minute = 20000")  # a step of 20, a margin of 320
+    publish(conn, t, "note", {"event": "crm.contact.created"})
+    other_dispatchers_counted(conn, t, 10_000)
+    for _ in range(10):
+        emit(conn, t, "crm.contact.created")
+    dispatch_in_batches(conn, 10)  # the minute's first batch here: checked, far
+    assert count(conn, "select count(*) from conveyor.tenant_event_rates where near_budget") == 0
+
+    # meanwhile the other dispatchers reach 19,600 (each would have checked at its own steps)
+    other_dispatchers_counted(conn, t, 19_600)
+    for _ in range(500):
+        emit(conn, t, "crm.contact.created")
+    dispatch_in_batches(conn, 5)
+
+    # 19,600 + 10 + 390 = 20,000: the rest started nothing, exactly
+    assert count(conn, "select count(*) from conveyor.executions") == 400
+    assert log_reasons(conn) == ["tenant_event_rate"] * 110
+
+
 def test_a_tenant_is_bounded_in_active_executions(conn: Conn) -> None:
     t = tenant(conn, "acme")
     conn.execute("set conveyor.max_tenant_active_executions = 3")

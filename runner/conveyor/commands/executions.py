@@ -1,4 +1,4 @@
-"""`conveyor executions ...`, `conveyor events ...` and `conveyor trigger`: what ran and why."""
+"""`conveyor executions ...` and `conveyor trigger`: what ran and why."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from conveyor.commands.common import (
     database_option,
     fail_cleanly,
     json_option,
-    load_json_option,
     read_document,
     tenant_option,
 )
@@ -52,19 +51,8 @@ def list_executions(
     """List recent executions, newest first."""
     with connect(database_url) as conn:
         rows = conn.execute(
-            """
-            select x.execution_id as id, w.slug as workflow, x.version, x.status, x.current_step as step,
-              x.entity_id, x.created_at,
-              round(extract(epoch from coalesce(x.finished_at, now()) - x.created_at) * 1000) as ms,
-              x.error ->> 'message' as error
-            from conveyor.executions as x
-            join conveyor.workflows as w on w.workflow_id = x.workflow_id
-            where x.tenant_id = %s and x.created_at > now() - %s::interval
-              and (%s::text is null or x.status = %s) and (%s::text is null or w.slug = %s)
-            order by x.execution_id desc
-            limit %s
-            """,
-            (tenant, since, status, status, workflow, workflow, limit),
+            "select * from conveyor.list_executions(%s, %s, %s, now() - %s::interval, %s)",
+            (tenant, status, workflow, since, limit),
         ).fetchall()
     output.show(
         rows,
@@ -83,22 +71,14 @@ def show_execution(execution_id: int, tenant: str, database_url: str | None, as_
     """A timeline: every step with status, timings, rendered input and output, errors in full."""
     with connect(database_url) as conn:
         execution = conn.execute(
-            "select x.*, w.slug from conveyor.executions as x join conveyor.workflows as w using (workflow_id)"
-            " where x.execution_id = %s and x.tenant_id = %s",
-            (execution_id, tenant),
+            "select * from conveyor.execution_detail(%s, %s)", (tenant, execution_id)
         ).fetchone()
         if execution is None:
             raise ConveyorError(f'execution {execution_id} does not exist for tenant "{tenant}"')
         steps = conn.execute(
-            "select step_id as step, visit, attempt, status, started_at,"
-            " round(extract(epoch from finished_at - started_at) * 1000) as ms, input, output, error"
-            " from conveyor.step_runs where execution_id = %s order by step_run_id",
-            (execution_id,),
+            "select * from conveyor.execution_timeline(%s, %s)", (tenant, execution_id)
         ).fetchall()
-        logs = conn.execute(
-            "select logged_at, level, message from conveyor.execution_logs where execution_id = %s order by log_id",
-            (execution_id,),
-        ).fetchall()
+        logs = conn.execute("select * from conveyor.execution_log(%s, %s)", (tenant, execution_id)).fetchall()
     if as_json:
         output.emit_json({"execution": execution, "steps": steps, "logs": logs})
         return
@@ -163,8 +143,8 @@ def retry(execution_id: int, from_start: bool, tenant: str, database_url: str | 
         ).fetchone()
         assert row is not None
         new = conn.execute(
-            "select execution_id, status, current_step from conveyor.executions where execution_id = %s",
-            (row["id"],),
+            "select execution_id, status, current_step from conveyor.execution_detail(%s, %s)",
+            (tenant, row["id"]),
         ).fetchone()
     assert new is not None
     if as_json:
@@ -207,111 +187,12 @@ def resume(execution_id: int, tenant: str, database_url: str | None, as_json: bo
         row = conn.execute(
             "select conveyor.resume_execution(%s, %s) as done", (tenant, execution_id)
         ).fetchone()
-        status = conn.execute(
-            "select status from conveyor.executions where execution_id = %s", (execution_id,)
-        )
-        state = status.fetchone()
+        state = conn.execute(
+            "select status from conveyor.execution_detail(%s, %s)", (tenant, execution_id)
+        ).fetchone()
     resumed = row is not None and row["done"]
     click.echo(
         f"execution {execution_id}: {'resumed, ' + state['status'] if resumed and state else 'was not paused'}"
-    )
-
-
-@click.group()
-def events() -> None:
-    """Emit and inspect events."""
-
-
-@events.command("list")
-@click.option("--type", "event_type", help="Only this event type.")
-@click.option("--limit", default=50, show_default=True)
-@tenant_option
-@database_option
-@json_option
-@fail_cleanly
-def list_events(
-    event_type: str | None, limit: int, tenant: str, database_url: str | None, as_json: bool
-) -> None:
-    """List recent events, newest first, with how many executions each started."""
-    with connect(database_url) as conn:
-        rows = conn.execute(
-            """
-            select e.event_id as id, e.event_type as type, e.entity_id, e.depth, e.occurred_at, e.dispatched_at,
-              (select count(*) from conveyor.executions as x where x.event_id = e.event_id) as executions
-            from conveyor.events as e
-            where e.tenant_id = %s and (%s::text is null or e.event_type = %s)
-            order by e.event_id desc limit %s
-            """,
-            (tenant, event_type, event_type, limit),
-        ).fetchall()
-    output.show(
-        rows,
-        ["id", "type", "entity_id", "depth", "occurred_at", "dispatched_at", "executions"],
-        as_json=as_json,
-    )
-
-
-@events.command("emit")
-@click.argument("event_type")
-@click.option("--payload", default="{}", help="The payload as JSON.")
-@click.option("--entity-type")
-@click.option("--entity-id")
-@click.option("--dedupe-key")
-@tenant_option
-@database_option
-@json_option
-@fail_cleanly
-def emit(
-    event_type: str,
-    payload: str,
-    entity_type: str | None,
-    entity_id: str | None,
-    dedupe_key: str | None,
-    tenant: str,
-    database_url: str | None,
-    as_json: bool,
-) -> None:
-    """Emit an event (it is dispatched by the next tick of a runner or pg_cron)."""
-    data = load_json_option(payload, "--payload")
-    with connect(database_url) as conn:
-        row = conn.execute(
-            "select conveyor.emit(%s, %s, %s, %s, %s, %s) as id",
-            (tenant, event_type, Jsonb(data), entity_type, entity_id, dedupe_key),
-        ).fetchone()
-    event_id = row["id"] if row else None
-    output.result(
-        f"event {event_id}: {event_type}", {"event_id": event_id, "event_type": event_type}, as_json=as_json
-    )
-
-
-@events.command("replay")
-@click.argument("event_id", type=int)
-@tenant_option
-@database_option
-@json_option
-@fail_cleanly
-def replay(event_id: int, tenant: str, database_url: str | None, as_json: bool) -> None:
-    """Emit a copy of an event so its workflows run again (run-once settings still apply)."""
-    with connect(database_url) as conn:
-        original = conn.execute(
-            "select * from conveyor.events where event_id = %s and tenant_id = %s", (event_id, tenant)
-        ).fetchone()
-        if original is None:
-            raise ConveyorError(f'event {event_id} does not exist for tenant "{tenant}"')
-        row = conn.execute(
-            "select conveyor.emit(%s, %s, %s, %s, %s, null, %s) as id",
-            (
-                tenant,
-                original["event_type"],
-                Jsonb(original["payload"]),
-                original["entity_type"],
-                original["entity_id"],
-                original["source"],
-            ),
-        ).fetchone()
-    new_id = row["id"] if row else None
-    output.result(
-        f"event {new_id}: replay of {event_id}", {"event_id": new_id, "replay_of": event_id}, as_json=as_json
     )
 
 
@@ -342,7 +223,7 @@ def trigger(
         ).fetchone()
         assert row is not None
         status = conn.execute(
-            "select status from conveyor.executions where execution_id = %s", (row["id"],)
+            "select status from conveyor.execution_detail(%s, %s)", (tenant, row["id"])
         ).fetchone()
     if as_json:
         output.emit_json({"execution_id": row["id"], "status": status["status"] if status else None})

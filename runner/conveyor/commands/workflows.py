@@ -83,24 +83,7 @@ def apply(
 def list_workflows(tenant: str, database_url: str | None, as_json: bool) -> None:
     """List the tenant's workflows."""
     with connect(database_url) as conn:
-        rows = conn.execute(
-            """
-            select w.slug, w.name, w.active, w.current_version as version, w.category,
-              coalesce(s.match_key, case when sc.cron is not null then 'cron ' || sc.cron end,
-                case when wh.endpoint_id is not null then 'webhook' end,
-                case when dt.workflow_id is not null then 'date ' || dt.entity || '.' || dt.date_column end,
-                'manual') as trigger,
-              w.updated_at
-            from conveyor.workflows as w
-            left join conveyor.subscriptions as s on s.workflow_id = w.workflow_id and s.version = w.current_version
-            left join conveyor.schedules as sc on sc.workflow_id = w.workflow_id
-            left join conveyor.webhook_endpoints as wh on wh.workflow_id = w.workflow_id
-            left join conveyor.date_triggers as dt on dt.workflow_id = w.workflow_id
-            where w.tenant_id = %s
-            order by w.slug
-            """,
-            (tenant,),
-        ).fetchall()
+        rows = conn.execute("select * from conveyor.list_workflows(%s)", (tenant,)).fetchall()
     output.show(rows, ["slug", "name", "active", "version", "trigger", "updated_at"], as_json=as_json)
 
 
@@ -113,19 +96,14 @@ def list_workflows(tenant: str, database_url: str | None, as_json: bool) -> None
 def show_workflow(slug: str, tenant: str, database_url: str | None, as_json: bool) -> None:
     """Show a workflow: settings, versions, compiled steps and recent numbers."""
     with connect(database_url) as conn:
-        workflow = conn.execute(
-            "select * from conveyor.workflows where tenant_id = %s and slug = %s", (tenant, slug)
-        ).fetchone()
+        workflow = conn.execute("select * from conveyor.workflow_detail(%s, %s)", (tenant, slug)).fetchone()
         if workflow is None:
             raise ConveyorError(f'workflow "{slug}" does not exist for tenant "{tenant}"')
         steps = conn.execute(
-            "select step_id, kind, coalesce(action_type, '') as action, next_step, branches, on_error"
-            " from conveyor.workflow_steps where workflow_id = %s and version = %s order by position",
-            (workflow["workflow_id"], workflow["current_version"]),
+            "select * from conveyor.compiled_steps(%s, %s, %s)", (tenant, slug, workflow["current_version"])
         ).fetchall()
         versions = conn.execute(
-            "select version, published_at from conveyor.workflow_versions where workflow_id = %s order by version",
-            (workflow["workflow_id"],),
+            "select * from conveyor.published_versions(%s, %s)", (tenant, slug)
         ).fetchall()
         summary = conn.execute("select * from conveyor.workflow_summary(%s, %s)", (tenant, slug)).fetchone()
     if as_json:

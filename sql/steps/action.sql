@@ -1,0 +1,133 @@
+-- The action step: {"id", "action": "<type>", "connection"?, "with", "next"?, "retry"?,
+-- "timeout"?, "on_error"?}. The interpreter queues it for the runner (sql/actions.sql),
+-- which performs it (runner/conveyor/actions/) and writes the result back.
+
+-- An action step: its retry policy, its timeout and its `with`.
+create or replace function conveyor.step_action_errors(p_step jsonb, p_path text, p_step_ids jsonb)
+returns setof text
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  if p_step ? 'retry' then
+    return query
+    select r.message from conveyor.document_retry_errors(p_step -> 'retry', p_path || '.retry') as r (message);
+  end if;
+  if p_step ? 'timeout' then
+    return query
+    select d.message
+    from (
+      select conveyor.document_duration_error(
+        p_step -> 'timeout', p_path || '.timeout', conveyor.max_action_timeout(), 'conveyor.max_action_timeout'
+      ) as message
+    ) as d
+    where d.message is not null;
+  end if;
+  return query select a.message from conveyor.step_action_with_errors(p_step, p_path, p_step_ids) as a (message);
+end;
+$$;
+
+-- What compiling adds for an action step: its type.
+create or replace function conveyor.step_action_compiled(p_step jsonb, p_fall_through text)
+returns jsonb
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select pg_catalog.jsonb_build_object('action_type', p_step ->> 'action');
+$$;
+drop function if exists conveyor.document_action_errors(jsonb, text, text[]);
+drop function if exists conveyor.document_action_errors(jsonb, text, jsonb);
+
+-- An action step's `with`, checked against its action type's keys.
+create or replace function conveyor.step_action_with_errors(p_step jsonb, p_path text, p_step_ids jsonb)
+returns setof text
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_action text := p_step ->> 'action';
+  v_with jsonb := p_step -> 'with';
+  v_required text[];
+  v_optional text[];
+begin
+  case v_action
+    when 'email.send' then
+      v_required := array['to', 'subject'];
+      v_optional := array['text', 'html', 'cc', 'bcc', 'from_name', 'reply_to'];
+    when 'webhook.send' then
+      v_required := array['url'];
+      v_optional := array['method', 'headers', 'body', 'timeout'];
+    when 'slack.send' then
+      v_required := array['text'];
+      v_optional := array['blocks', 'username', 'icon_emoji', 'icon_url', 'channel'];
+    when 'discord.send' then
+      v_required := array['text'];
+      v_optional := array['username', 'avatar_url', 'embeds'];
+    when 'sms.send' then
+      v_required := array['to', 'body'];
+      v_optional := array['from'];
+    else
+      return next format(
+        '%s.action: unknown action type %s (expected one of: email.send, webhook.send, slack.send, '
+        'discord.send, sms.send)',
+        p_path, (p_step -> 'action')::text
+      );
+  end case;
+
+  if p_step ? 'connection' and jsonb_typeof(p_step -> 'connection') <> 'null'
+    and (jsonb_typeof(p_step -> 'connection') <> 'string' or p_step ->> 'connection' = '') then
+    return next format('%s.connection: expected a connection name (got %s)', p_path, (p_step -> 'connection')::text);
+  end if;
+
+  if not p_step ? 'with' then
+    return next format('%s.with: required key is missing', p_path);
+    return;
+  end if;
+  if jsonb_typeof(v_with) <> 'object' then
+    return next format('%s.with: expected an object', p_path);
+    return;
+  end if;
+
+  if v_required is not null then
+    return query
+    select k.message from conveyor.document_key_errors(v_with, p_path || '.with', v_required, v_optional) as k (message);
+    if v_action = 'email.send' and not (v_with ? 'text' or v_with ? 'html') then
+      return next format('%s.with: needs "text" or "html" (the body of the email)', p_path);
+    end if;
+    if v_action = 'webhook.send' then
+      if jsonb_typeof(v_with -> 'url') = 'string' and strpos(v_with ->> 'url', '{{') = 0
+        and v_with ->> 'url' !~* '^https?://[^/]+' then
+        return next format('%s.with.url: expected an http:// or https:// URL (got %s)', p_path, (v_with -> 'url')::text);
+      end if;
+      if v_with ? 'method' and (jsonb_typeof(v_with -> 'method') <> 'string' or (
+        strpos(v_with ->> 'method', '{{') = 0
+        and upper(v_with ->> 'method') not in ('GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'HEAD'))) then
+        return next format(
+          '%s.with.method: expected one of GET, POST, PUT, PATCH, DELETE, HEAD (got %s)',
+          p_path, (v_with -> 'method')::text
+        );
+      end if;
+      if v_with ? 'headers' and jsonb_typeof(v_with -> 'headers') <> 'object' then
+        return next format('%s.with.headers: expected an object of header names and values', p_path);
+      end if;
+      if v_with ? 'timeout' then
+        return query
+        select d.message
+        from (
+          select conveyor.document_duration_error(
+            v_with -> 'timeout', p_path || '.with.timeout', conveyor.max_action_timeout(), 'conveyor.max_action_timeout'
+          ) as message
+        ) as d
+        where d.message is not null;
+      end if;
+    end if;
+  end if;
+
+  return query
+  select t.message from conveyor.document_template_errors(v_with, p_path || '.with', p_step_ids) as t (message);
+end;
+$$;

@@ -1,0 +1,123 @@
+-- The data step: {"id", "data": {"op": lookup | create | update | delete | add_tag |
+-- remove_tag, "entity", ...}, "next"?}: a change to (or a read of) a registered entity's
+-- rows, always scoped to the tenant (conveyor.data_step, sql/interpreter.sql).
+
+drop function if exists conveyor.document_data_errors(jsonb, text, text[]);
+drop function if exists conveyor.document_data_errors(jsonb, text, jsonb);
+
+-- A data step: {"op", "entity", "id"?, "where"?, "values"?, "tag"?} against conveyor.entities
+-- and the columns of the entity's table (so a typo is caught at publish, not at run time).
+create or replace function conveyor.step_data_errors(p_step jsonb, p_path text, p_step_ids jsonb)
+returns setof text
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_data jsonb := p_step -> 'data';
+  v_op text := v_data ->> 'op';
+  v_path text := p_path || '.data';
+  v_entity conveyor.entities;
+  v_optional text[];
+begin
+  if jsonb_typeof(v_data) is distinct from 'object' then
+    return next format('%s: expected an object with "op" and "entity"', v_path);
+    return;
+  end if;
+
+  v_optional := case v_op
+    when 'lookup' then array['id', 'where']
+    when 'create' then array['values']
+    when 'update' then array['id', 'where', 'values']
+    when 'delete' then array['id', 'where']
+    when 'add_tag' then array['id', 'where', 'tag']
+    when 'remove_tag' then array['id', 'where', 'tag']
+  end;
+  if v_optional is null then
+    if v_data ? 'op' then
+      return next format(
+        '%s.op: unknown data operation %s (expected one of: lookup, create, update, delete, add_tag, remove_tag)',
+        v_path, (v_data -> 'op')::text
+      );
+    end if;
+    v_optional := array['id', 'where', 'values', 'tag'];
+  end if;
+  return query
+  select k.message from conveyor.document_key_errors(v_data, v_path, array['op', 'entity'], v_optional) as k (message);
+
+  if v_op = 'create' and not v_data ? 'values' then
+    return next format('%s.values: required key is missing (the columns of the new row)', v_path);
+  end if;
+  if v_op = 'update' and not v_data ? 'values' then
+    return next format('%s.values: required key is missing (the columns to change)', v_path);
+  end if;
+  if v_op in ('update', 'delete', 'lookup', 'add_tag', 'remove_tag') and not (v_data ? 'id' or v_data ? 'where') then
+    return next format('%s: needs "id" or "where" to find the row', v_path);
+  end if;
+  if v_op in ('add_tag', 'remove_tag') and not v_data ? 'tag' then
+    return next format('%s.tag: required key is missing', v_path);
+  end if;
+  if v_data ? 'where' and jsonb_typeof(v_data -> 'where') <> 'object' then
+    return next format('%s.where: expected an object of column names and values', v_path);
+  end if;
+  if v_data ? 'values' and jsonb_typeof(v_data -> 'values') <> 'object' then
+    return next format('%s.values: expected an object of column names and values', v_path);
+  end if;
+
+  if v_data ? 'entity' then
+    select e.* into v_entity from conveyor.entities as e where e.entity = v_data ->> 'entity';
+    if not found then
+      return next format(
+        '%s.entity: unknown entity %s (registered: %s)',
+        v_path, (v_data -> 'entity')::text,
+        coalesce((select string_agg(e.entity, ', ' order by e.entity) from conveyor.entities as e), 'none')
+      );
+    else
+      if v_op in ('add_tag', 'remove_tag') and v_entity.tags_column is null then
+        return next format('%s.op: entity "%s" has no tags column, so %s is not possible', v_path, v_entity.entity, v_op);
+      end if;
+      -- Columns named in where / values must exist; the engine owns the tenant column.
+      return query
+      select case
+        when c.column_name = v_entity.tenant_column::text then
+          format('%s.%s.%s: the tenant column is set by the engine', v_path, c.part, c.column_name)
+        else format('%s.%s.%s: table %s has no column "%s"', v_path, c.part, c.column_name,
+          v_entity.table_name::text, c.column_name)
+      end
+      from (
+        select p.part, p.ord, k.k as column_name
+        from (values ('where', 1), ('values', 2)) as p (part, ord)
+        cross join lateral jsonb_object_keys(
+          case when jsonb_typeof(v_data -> p.part) = 'object' then v_data -> p.part else '{}' end
+        ) as k (k)
+      ) as c
+      where c.column_name = v_entity.tenant_column::text
+        or not exists (
+          select from pg_catalog.pg_attribute as a
+          where a.attrelid = v_entity.table_name and a.attname = c.column_name and a.attnum > 0
+            and not a.attisdropped
+        )
+      order by c.ord, c.column_name;
+    end if;
+  end if;
+
+  return query
+  select t.message
+  from (values ('id', 1), ('where', 2), ('values', 3), ('tag', 4)) as p (part, ord)
+  cross join lateral conveyor.document_template_errors(v_data -> p.part, v_path || '.' || p.part, p_step_ids)
+    as t (message)
+  where v_data ? p.part
+  order by p.ord;
+end;
+$$;
+
+-- What compiling adds for a data step: its type (data.<op>).
+create or replace function conveyor.step_data_compiled(p_step jsonb, p_fall_through text)
+returns jsonb
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select pg_catalog.jsonb_build_object('action_type', 'data.' || (p_step -> 'data' ->> 'op'));
+$$;
