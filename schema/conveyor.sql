@@ -96,6 +96,31 @@ create policy date_triggers_isolation on conveyor.date_triggers as permissive fo
 grant select on conveyor.date_triggers to conveyor_app;
 grant select, insert, update, delete on conveyor.date_triggers to conveyor_service;
 
+create table conveyor.dead_letters (
+  dead_letter_id bigint generated always as identity not null,
+  tenant_id text,
+  msg_id bigint not null,
+  step_run_id bigint,
+  execution_id bigint,
+  step_id text,
+  message jsonb,
+  reason text not null,
+  last_error text not null,
+  attempts integer not null,
+  enqueued_at timestamp with time zone,
+  dead_at timestamp with time zone default now() not null
+);
+alter table conveyor.dead_letters add constraint dead_letters_pkey PRIMARY KEY (dead_letter_id);
+alter table conveyor.dead_letters add constraint dead_letters_reason_check CHECK ((reason = ANY (ARRAY['malformed_message'::text, 'max_deliveries'::text, 'step_run_gone'::text, 'result_refused'::text])));
+CREATE INDEX dead_letters_dead_at_idx ON conveyor.dead_letters USING btree (dead_at);
+CREATE INDEX dead_letters_step_run_idx ON conveyor.dead_letters USING btree (step_run_id) WHERE (step_run_id IS NOT NULL);
+CREATE INDEX dead_letters_tenant_idx ON conveyor.dead_letters USING btree (tenant_id, dead_letter_id);
+alter table conveyor.dead_letters enable row level security;
+alter table conveyor.dead_letters force row level security;
+create policy dead_letters_isolation on conveyor.dead_letters as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.dead_letters to conveyor_app;
+grant select, insert, update, delete on conveyor.dead_letters to conveyor_service;
+
 create table conveyor.entities (
   entity text not null,
   table_name regclass not null,
@@ -643,6 +668,8 @@ grant execute on function conveyor.advance_execution(bigint,timestamp with time 
 create function conveyor.advance_executions(p_execution_ids bigint[], p_now timestamp with time zone DEFAULT now()) returns void
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.advance_executions(bigint[],timestamp with time zone) to conveyor_service;
+create function conveyor.apply_action_results(p_results jsonb) returns TABLE(msg_id bigint, step_run_id bigint, outcome text)
+  language plpgsql volatile security definer set search_path = '' set enable_seqscan = off set enable_hashjoin = off set enable_mergejoin = off set plan_cache_mode = force_generic_plan set jit = off;
 create function conveyor.archive_actions(p_msg_ids bigint[]) returns integer
   language plpgsql volatile security definer set search_path = '';
 create function conveyor.budget_refusals(p_events bigint[], p_rate_limit bigint, p_active_limit bigint, p_chain_limit bigint) returns jsonb
@@ -945,9 +972,17 @@ grant execute on function conveyor.json_text(jsonb) to conveyor_service;
 create function conveyor.json_timestamp(p_value jsonb) returns timestamp without time zone
   language plpgsql stable strict parallel safe set search_path = '';
 grant execute on function conveyor.json_timestamp(jsonb) to conveyor_service;
+create function conveyor.jsonb_bigint(p_value jsonb) returns bigint
+  language sql immutable parallel safe;
+grant execute on function conveyor.jsonb_bigint(jsonb) to conveyor_service;
+create function conveyor.keep_dead_letter(p_msg_id bigint, p_reason text, p_error text) returns boolean
+  language plpgsql volatile security definer set search_path = '';
 create function conveyor.limit_setting(p_name text, p_default bigint) returns bigint
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.limit_setting(text,bigint) to conveyor_service;
+create function conveyor.list_dead_letters(p_tenant_id text, p_limit integer DEFAULT 50) returns TABLE(dead_letter_id bigint, msg_id bigint, execution_id bigint, step_id text, step_run_id bigint, reason text, last_error text, attempts integer, enqueued_at timestamp with time zone, dead_at timestamp with time zone, message jsonb)
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.list_dead_letters(text,integer) to conveyor_app, conveyor_service;
 create function conveyor.list_events(p_tenant_id text, p_type text DEFAULT NULL::text, p_limit integer DEFAULT 50) returns TABLE(event_id bigint, event_type text, source text, entity_type text, entity_id text, depth integer, occurred_at timestamp with time zone, dispatched_at timestamp with time zone, started integer, resumed integer, reasons text[], outcome text)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.list_events(text,text,integer) to conveyor_app, conveyor_service;
@@ -970,6 +1005,9 @@ create function conveyor.lock_workflow(p_tenant_id text, p_slug text) returns co
 create function conveyor.match_filter(p_filter jsonb, p_trigger jsonb) returns boolean
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.match_filter(jsonb,jsonb) to conveyor_service;
+create function conveyor.max_action_deliveries() returns bigint
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.max_action_deliveries() to conveyor_service;
 create function conveyor.max_action_timeout() returns interval
   language sql stable set search_path = '';
 grant execute on function conveyor.max_action_timeout() to conveyor_service;
@@ -1003,6 +1041,8 @@ grant execute on function conveyor.max_transform_items() to conveyor_service;
 create function conveyor.max_workflow_steps() returns integer
   language sql stable set search_path = '';
 grant execute on function conveyor.max_workflow_steps() to conveyor_service;
+create function conveyor.message_awaited(p_msg_id bigint, p_message jsonb) returns boolean
+  language plpgsql stable security definer set search_path = '';
 create function conveyor.mint_tenant_token(p_tenant_id text, p_valid_for interval DEFAULT '00:15:00'::interval) returns text
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.mint_tenant_token(text,interval) to conveyor_service, conveyor_tenant_issuer;
@@ -1050,7 +1090,7 @@ grant execute on function conveyor.random_key() to conveyor_service;
 create function conveyor.random_token() returns text
   language sql volatile set search_path = '';
 grant execute on function conveyor.random_token() to conveyor_service;
-create function conveyor.read_actions(p_qty integer, p_margin_s numeric, p_default_timeout_s numeric DEFAULT 30) returns TABLE(msg_id bigint, read_ct integer, message jsonb)
+create function conveyor.read_actions(p_qty integer, p_margin_s numeric, p_default_timeout_s numeric DEFAULT 30) returns TABLE(msg_id bigint, read_ct integer, message jsonb, dead_letter text)
   language plpgsql volatile security definer set search_path = '' set plan_cache_mode = force_generic_plan set enable_seqscan = off;
 grant execute on function conveyor.read_actions(integer,numeric,numeric) to conveyor_service;
 create function conveyor.receive_webhook(p_path_token text, p_method text, p_headers jsonb, p_body bytea, p_source inet, p_now timestamp with time zone DEFAULT now()) returns TABLE(status integer, body jsonb)
@@ -1065,6 +1105,8 @@ grant execute on function conveyor.record_started(conveyor.executions[]) to conv
 create function conveyor.recover_stalled_actions(p_limit integer DEFAULT 1000) returns integer
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.recover_stalled_actions(integer) to conveyor_service;
+create function conveyor.refuse_action_result(p_result jsonb, p_state text, p_error text) returns TABLE(msg_id bigint, step_run_id bigint, outcome text)
+  language plpgsql volatile security definer set search_path = '';
 create function conveyor.refuse_update() returns trigger
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.refuse_update() to conveyor_service;
@@ -1098,6 +1140,9 @@ grant execute on function conveyor.render_string(text,jsonb,text,jsonb,boolean) 
 create function conveyor.render_too_large(p_where text, p_bytes bigint, p_what text DEFAULT 'value'::text) returns jsonb
   language plpgsql stable parallel safe set search_path = '';
 grant execute on function conveyor.render_too_large(text,bigint,text) to conveyor_service;
+create function conveyor.requeue_dead_letter(p_tenant_id text, p_dead_letter_id bigint) returns bigint
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.requeue_dead_letter(text,bigint) to conveyor_service;
 create function conveyor.require_tenant(p_tenant_id text) returns void
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.require_tenant(text) to conveyor_service;
@@ -1316,7 +1361,7 @@ create function conveyor.workflow_summary(p_tenant_id text, p_slug text DEFAULT 
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.workflow_summary(text,text,timestamp with time zone) to conveyor_app, conveyor_service;
 create function conveyor.write_back(p_results jsonb) returns TABLE(msg_id bigint, step_run_id bigint, outcome text)
-  language plpgsql volatile security definer set search_path = '' set enable_seqscan = off set enable_hashjoin = off set enable_mergejoin = off set plan_cache_mode = force_generic_plan set jit = off;
+  language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.write_back(jsonb) to conveyor_service;
 
 create event trigger conveyor_rewatch_altered_tables on ddl_command_end when tag in ('ALTER TABLE') execute function conveyor.rewatch_altered_tables();

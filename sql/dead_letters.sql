@@ -42,7 +42,9 @@ begin
 end;
 $$;
 
--- The tenant's dead letters, newest first (at most p_limit).
+-- The tenant's dead letters, newest first (at most p_limit): what `conveyor actions dead`
+-- prints. Tenant-checked; the application role may call it (it shows nothing beyond what
+-- row-level security lets it select), so a platform's console can show them too.
 create or replace function conveyor.list_dead_letters(p_tenant_id text, p_limit integer default 50)
 returns table (
   dead_letter_id bigint,
@@ -64,13 +66,18 @@ set search_path = ''
 as $$
 begin
   perform conveyor.require_tenant(p_tenant_id);
+  if p_limit is null or p_limit < 0 then
+    raise exception using
+      errcode = '22023',
+      message = format('p_limit: %s is not a number of dead letters (0 or more)', coalesce(p_limit::text, 'null'));
+  end if;
   return query
   select d.dead_letter_id, d.msg_id, d.execution_id, d.step_id, d.step_run_id, d.reason, d.last_error, d.attempts,
     d.enqueued_at, d.dead_at, d.message
   from conveyor.dead_letters as d
   where d.tenant_id = p_tenant_id
   order by d.dead_letter_id desc
-  limit greatest(coalesce(p_limit, 50), 0);
+  limit p_limit;
 end;
 $$;
 
@@ -179,5 +186,5 @@ $$;
 revoke all on function conveyor.keep_dead_letter(bigint, text, text) from public;
 revoke all on function conveyor.list_dead_letters(text, integer) from public;
 revoke all on function conveyor.requeue_dead_letter(text, bigint) from public;
-grant execute on function conveyor.list_dead_letters(text, integer) to conveyor_service;
+grant execute on function conveyor.list_dead_letters(text, integer) to conveyor_app, conveyor_service;
 grant execute on function conveyor.requeue_dead_letter(text, bigint) to conveyor_service;

@@ -56,7 +56,9 @@ conveyor.execution_log(text, bigint),
 conveyor.list_workflows(text),
 conveyor.workflow_detail(text, text),
 conveyor.compiled_steps(text, text, integer),
-conveyor.published_versions(text, text)
+conveyor.published_versions(text, text),
+-- the tenant's dead letters (sql/dead_letters.sql); requeueing is the operator's
+conveyor.list_dead_letters(text, integer)
 to conveyor_app;
 
 -- The service role: what the engine runs (tick, dispatch, read_actions, write_back, the

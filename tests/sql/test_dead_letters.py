@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from tests.sql.tenant_context import acting_for, mint_token
 from tests.sql.test_interpreter import (
     Conn,
     execution,
@@ -249,25 +250,25 @@ def test_a_huge_timeout_neither_blocks_the_queue_nor_overflows(conn: Conn, tenan
 # --- clamps: values no validation let through, given to the functions directly ----------------
 
 
-def test_action_message_clamps_a_stored_timeout_no_validation_allows(conn: Conn, tenant: str) -> None:
-    wf = flow(conn, tenant)
-    with conn.transaction():  # a version stored before the limits: no validation sees it
-        conn.execute("alter table conveyor.workflow_steps disable trigger user")
-        conn.execute(
-            "update conveyor.workflow_steps set timeout = interval '1000 years' where step_id = 'welcome'"
-        )
-        conn.execute("alter table conveyor.workflow_steps enable trigger user")
-    eid = start(conn, tenant, wf, AMOUNT)
-    assert execution(conn, eid)["status"] == "waiting"
-    [msg] = queued_messages(conn)
-    assert msg["message"]["timeout_s"] == 86400
+@pytest.mark.parametrize(
+    ("timeout", "timeout_s"),
+    [("20 seconds", 20), ("1000 years", 86400), ("-1000 years", 0), ("0.2 seconds", 1)],
+)
+def test_action_message_clamps_a_timeout_no_validation_allows(
+    conn: Conn, tenant: str, timeout: str, timeout_s: int
+) -> None:
+    # Given straight to the function: the interpreter refuses a stored timeout past
+    # conveyor.max_action_timeout before it builds a message, but this one must not
+    # overflow whatever it is given (ceil(epoch)::integer did past 68 years).
+    eid = start(conn, tenant, flow(conn, tenant), AMOUNT)
     row = conn.execute(
-        "select conveyor.action_message(r, 1, s) ->> 'timeout_s' as t"
+        "select conveyor.action_message(r, 1, jsonb_populate_record(s, jsonb_build_object('timeout', %s::text)))"
+        " ->> 'timeout_s' as t"
         " from conveyor.step_runs as r, conveyor.workflow_steps as s"
         " where s.step_id = 'welcome' and r.execution_id = %s",
-        (eid,),
+        (timeout, eid),
     ).fetchone()
-    assert row == {"t": "86400"}
+    assert row == {"t": str(timeout_s)}
 
 
 @pytest.mark.parametrize(
@@ -458,20 +459,31 @@ def test_old_dead_letters_are_pruned_with_the_tenants_history(conn: Conn, tenant
     assert len(dead_letters(conn)) == 1
 
 
-def test_the_application_role_reads_its_tenants_dead_letters_and_calls_no_dead_letter_function(
+def test_the_application_role_lists_its_verified_tenants_dead_letters_and_requeues_none(
     conn: Conn, db_url: str, tenant: str
 ) -> None:
     make_tenant(conn, "globex")
-    dead_lettered(conn, tenant)
+    eid, _ = dead_lettered(conn, tenant)
     dead_lettered(conn, "globex")
-    token = conn.execute("select conveyor.mint_tenant_token('acme') as t").fetchone()
-    assert token is not None
     with psycopg.connect(db_url, autocommit=True) as app:
         app.execute("set role conveyor_app")
-        with app.transaction():
-            app.execute("select conveyor.set_tenant(%s)", (token["t"],))
-            rows = app.execute("select tenant_id from conveyor.dead_letters").fetchall()
-            assert rows == [("acme",)]
-        for call in ("conveyor.list_dead_letters('acme', 5)", "conveyor.requeue_dead_letter('acme', 1)"):
-            with pytest.raises(psycopg.errors.InsufficientPrivilege), app.transaction():
-                app.execute(f"select {call}")
+        with acting_for(app, mint_token(conn, "acme")):
+            assert app.execute("select tenant_id from conveyor.dead_letters").fetchall() == [("acme",)]
+            rows = app.execute("select execution_id from conveyor.list_dead_letters('acme', 5)").fetchall()
+            assert rows == [(eid,)]
+        with (
+            pytest.raises(
+                psycopg.errors.InsufficientPrivilege, match="'globex' is not this session's tenant"
+            ),
+            acting_for(app, mint_token(conn, "acme")),
+        ):
+            app.execute("select * from conveyor.list_dead_letters('globex', 5)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), acting_for(app, mint_token(conn, "acme")):
+            app.execute("select conveyor.requeue_dead_letter('acme', 1)")
+
+
+def test_list_dead_letters_refuses_a_limit_that_is_not_a_count(conn: Conn, tenant: str) -> None:
+    with pytest.raises(
+        psycopg.errors.InvalidParameterValue, match="p_limit: -1 is not a number of dead letters"
+    ):
+        conn.execute("select * from conveyor.list_dead_letters('acme', -1)")

@@ -32,6 +32,7 @@ APPLICATION_API = {
     "conveyor.execution_timeline(text,bigint)",
     "conveyor.explain_event(text,bigint)",
     "conveyor.export_workflow(text,text,integer)",
+    "conveyor.list_dead_letters(text,integer)",
     "conveyor.list_events(text,text,integer)",
     "conveyor.list_executions(text,text,text,timestamp with time zone,integer)",
     "conveyor.list_workflows(text)",
