@@ -121,3 +121,24 @@ set search_path = ''
 as $$
   select pg_catalog.jsonb_build_object('action_type', 'data.' || (p_step -> 'data' ->> 'op'));
 $$;
+
+-- How a data step runs: its code in conveyor.interpret_batch (prepare: once per batch for each
+-- step of this kind; run: each time an execution reaches one; decision: what a dry run says
+-- it decided), put in place by conveyor.generate_interpreter (sql/step_kinds.sql lists
+-- the variables this code may use).
+create or replace function conveyor.step_data_code()
+returns jsonb
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select pg_catalog.jsonb_build_object(
+    'run', $code$
+if not v_input ? 'op' then
+  v_input := v_input || jsonb_build_object('op', pg_catalog.split_part(v_step.action_type, '.', 2));
+end if;
+v_output := conveyor.data_step(v_exec.tenant_id, v_input, v_where || '.data');
+$code$
+  );
+$$;

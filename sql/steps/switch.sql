@@ -58,3 +58,41 @@ as $$
     ) with ordinality as c (case_, n)
   ), '[]')));
 $$;
+
+-- How a switch step runs: its code in conveyor.interpret_batch (prepare: once per batch for each
+-- step of this kind; run: each time an execution reaches one; decision: what a dry run says
+-- it decided), put in place by conveyor.generate_interpreter (sql/step_kinds.sql lists
+-- the variables this code may use).
+create or replace function conveyor.step_switch_code()
+returns jsonb
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select pg_catalog.jsonb_build_object(
+    'prepare', $code$
+v_steps_need_ctx[v_step_pos] := true;
+$code$,
+    'run', $code$
+select (c.n - 1)::integer, c.item ->> 'goto'
+into v_case, v_target
+from jsonb_array_elements(coalesce(v_step.branches -> 'cases', v_spec -> 'switch', '[]')) with ordinality
+  as c (item, n)
+where conveyor.eval_condition(c.item -> 'when', v_ctx)
+order by c.n
+limit 1;
+if found then
+  v_next := v_target;
+  v_output := jsonb_build_object('case', v_case, 'branch', format('cases[%s]', v_case));
+else
+  v_next := case
+    when v_step.branches ? 'default' then v_step.branches ->> 'default'
+    else v_step.next_step
+  end;
+  v_output := jsonb_build_object('case', null, 'branch', 'default');
+end if;
+$code$,
+    'decision', $code$p_output ->> 'branch'$code$
+  );
+$$;
