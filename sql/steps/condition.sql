@@ -10,10 +10,7 @@ as $$
   select c.message from conveyor.document_condition_errors(p_step -> 'if', p_path || '.if', p_step_ids) as c (message);
 $$;
 
--- How a condition step runs: its code in conveyor.interpret_batch (prepare: once per batch for each
--- step of this kind; run: each time an execution reaches one; decision: what a dry run says
--- it decided), put in place by conveyor.generate_interpreter (sql/step_kinds.sql lists
--- the variables this code may use).
+-- How a condition step runs (put into the interpreter by conveyor.generate_interpreter, sql/step_kinds.sql).
 create or replace function conveyor.step_condition_code()
 returns jsonb
 language sql

@@ -64,10 +64,7 @@ begin
 end;
 $$;
 
--- How a delay step runs: its code in conveyor.interpret_batch (prepare: once per batch for each
--- step of this kind; run: each time an execution reaches one; decision: what a dry run says
--- it decided), put in place by conveyor.generate_interpreter (sql/step_kinds.sql lists
--- the variables this code may use).
+-- How a delay step runs (put into the interpreter by conveyor.generate_interpreter, sql/step_kinds.sql).
 create or replace function conveyor.step_delay_code()
 returns jsonb
 language sql

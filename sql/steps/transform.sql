@@ -96,10 +96,7 @@ begin
 end;
 $$;
 
--- How a transform step runs: its code in conveyor.interpret_batch (prepare: once per batch for each
--- step of this kind; run: each time an execution reaches one; decision: what a dry run says
--- it decided), put in place by conveyor.generate_interpreter (sql/step_kinds.sql lists
--- the variables this code may use).
+-- How a transform step runs (put into the interpreter by conveyor.generate_interpreter, sql/step_kinds.sql).
 create or replace function conveyor.step_transform_code()
 returns jsonb
 language sql

@@ -69,10 +69,7 @@ begin
 end;
 $$;
 
--- How a wait_for_event step runs: its code in conveyor.interpret_batch (prepare: once per batch for each
--- step of this kind; run: each time an execution reaches one; decision: what a dry run says
--- it decided), put in place by conveyor.generate_interpreter (sql/step_kinds.sql lists
--- the variables this code may use).
+-- How a wait_for_event step runs (put into the interpreter by conveyor.generate_interpreter, sql/step_kinds.sql).
 create or replace function conveyor.step_wait_for_event_code()
 returns jsonb
 language sql
