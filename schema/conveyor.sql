@@ -922,6 +922,9 @@ grant execute on function conveyor.fire_date_triggers(timestamp with time zone,i
 create function conveyor.fire_schedules(p_now timestamp with time zone DEFAULT now(), p_limit integer DEFAULT 100) returns integer
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.fire_schedules(timestamp with time zone,integer) to conveyor_service;
+create function conveyor.generate_interpreter() returns void
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.generate_interpreter() to conveyor_service;
 create function conveyor.hmac_sha256(p_key bytea, p_message bytea) returns bytea
   language plpgsql immutable strict set search_path = '';
 grant execute on function conveyor.hmac_sha256(bytea,bytea) to conveyor_service;
@@ -1200,6 +1203,9 @@ grant execute on function conveyor.start_workflow(bigint,jsonb,text,text) to con
 create function conveyor.stats_shard() returns smallint
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.stats_shard() to conveyor_service;
+create function conveyor.step_action_code() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_action_code() to conveyor_service;
 create function conveyor.step_action_compiled(p_step jsonb, p_fall_through text) returns jsonb
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.step_action_compiled(jsonb,text) to conveyor_service;
@@ -1209,36 +1215,60 @@ grant execute on function conveyor.step_action_errors(jsonb,text,jsonb) to conve
 create function conveyor.step_action_with_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.step_action_with_errors(jsonb,text,jsonb) to conveyor_service;
+create function conveyor.step_condition_code() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_condition_code() to conveyor_service;
 create function conveyor.step_condition_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
   language sql stable set search_path = '';
 grant execute on function conveyor.step_condition_errors(jsonb,text,jsonb) to conveyor_service;
+create function conveyor.step_data_code() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_data_code() to conveyor_service;
 create function conveyor.step_data_compiled(p_step jsonb, p_fall_through text) returns jsonb
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.step_data_compiled(jsonb,text) to conveyor_service;
 create function conveyor.step_data_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.step_data_errors(jsonb,text,jsonb) to conveyor_service;
+create function conveyor.step_decision(p_kind text, p_input jsonb, p_output jsonb, p_action_type text) returns text
+  language plpgsql stable parallel safe set search_path = '';
+grant execute on function conveyor.step_decision(text,jsonb,jsonb,text) to conveyor_service;
+create function conveyor.step_delay_code() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_delay_code() to conveyor_service;
 create function conveyor.step_delay_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.step_delay_errors(jsonb,text,jsonb) to conveyor_service;
+create function conveyor.step_emit_code() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_emit_code() to conveyor_service;
 create function conveyor.step_emit_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.step_emit_errors(jsonb,text,jsonb) to conveyor_service;
 create function conveyor.step_id_set(p_step_ids text[]) returns jsonb
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.step_id_set(text[]) to conveyor_service;
-create function conveyor.step_kinds() returns TABLE(kind text, doc_key text, keys text[], routes text[], branches jsonb, ends boolean, retries boolean, errors_function text, compiled_function text)
+create function conveyor.step_kinds() returns TABLE(kind text, doc_key text, spec_key text, keys text[], routes text[], branches jsonb, ends boolean, retries boolean, renders boolean, errors_function text, compiled_function text, code_function text)
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.step_kinds() to conveyor_service;
+create function conveyor.step_set_variable_code() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_set_variable_code() to conveyor_service;
 create function conveyor.step_set_variable_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.step_set_variable_errors(jsonb,text,jsonb) to conveyor_service;
 create function conveyor.step_spec(p_kind text, p_config jsonb) returns jsonb
-  language sql immutable set search_path = '';
+  language plpgsql immutable parallel safe set search_path = '';
 grant execute on function conveyor.step_spec(text,jsonb) to conveyor_service;
+create function conveyor.step_stop_code() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_stop_code() to conveyor_service;
 create function conveyor.step_stop_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.step_stop_errors(jsonb,text,jsonb) to conveyor_service;
+create function conveyor.step_switch_code() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_switch_code() to conveyor_service;
 create function conveyor.step_switch_compiled(p_step jsonb, p_fall_through text) returns jsonb
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.step_switch_compiled(jsonb,text) to conveyor_service;
@@ -1248,12 +1278,21 @@ grant execute on function conveyor.step_switch_errors(jsonb,text,jsonb) to conve
 create function conveyor.step_template_roots(p_item boolean) returns text[]
   language sql immutable set search_path = '';
 grant execute on function conveyor.step_template_roots(boolean) to conveyor_service;
+create function conveyor.step_transform_code() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_transform_code() to conveyor_service;
 create function conveyor.step_transform_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.step_transform_errors(jsonb,text,jsonb) to conveyor_service;
+create function conveyor.step_wait_for_event_code() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_wait_for_event_code() to conveyor_service;
 create function conveyor.step_wait_for_event_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.step_wait_for_event_errors(jsonb,text,jsonb) to conveyor_service;
+create function conveyor.step_wait_until_code() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_wait_until_code() to conveyor_service;
 create function conveyor.step_wait_until_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.step_wait_until_errors(jsonb,text,jsonb) to conveyor_service;

@@ -18,33 +18,10 @@
 -- actions are recorded as "would send" and continue with a null output, delays continue
 -- without waiting, waits for events follow their timeout branch.
 
--- The kind-specific part of a compiled step's config: publish may store either the whole
--- step document ({"id": .., "set": {...}}) or only the part under the kind's key.
-create or replace function conveyor.step_spec(p_kind text, p_config jsonb) returns jsonb
-language sql
-immutable
-set search_path = ''
-as $$
-  select
-    case
-      when k.key is not null and p_config ? k.key then p_config -> k.key
-      else p_config
-    end
-  from (
-    select
-      case p_kind
-        when 'condition' then 'if'
-        when 'set_variable' then 'set'
-        when 'transform' then 'transform'
-        when 'stop' then 'stop'
-        when 'emit' then 'emit'
-        when 'data' then 'data'
-        when 'delay' then 'delay'
-        when 'wait_for_event' then 'wait_for_event'
-        when 'wait_until' then 'wait_until'
-      end as key
-  ) as k;
-$$;
+-- The kind-specific part of a compiled step's config (conveyor.step_spec: publish may store
+-- either the whole step document or only the part under the kind's key) and how each kind
+-- runs are written from the step kinds (sql/step_kinds.sql, sql/steps/) by
+-- conveyor.generate_interpreter, at the end of this file.
 
 -- The workflow_stats shard a transaction writes: its backend's. Each writing transaction
 -- adds all its counts for a workflow to one row, and concurrent writers (dispatchers,
@@ -738,39 +715,17 @@ begin
         v_uses_state := pg_catalog.strpos(coalesce(v_step.config::text, '') || coalesce(v_step.branches::text, ''), 'steps') > 0
           or pg_catalog.strpos(coalesce(v_step.config::text, '') || coalesce(v_step.branches::text, ''), 'vars') > 0;
         v_steps_use_state[v_step_pos] := v_uses_state;
-        -- conveyor.step_spec, inlined (a SQL function called from plpgsql is parsed again
-        -- in every transaction: every write-back), once for the batch
-        v_spec := case
-          when v_step.kind = 'condition' and v_step.config ? 'if' then v_step.config -> 'if'
-          when v_step.kind = 'set_variable' and v_step.config ? 'set' then v_step.config -> 'set'
-          when v_step.kind in ('transform', 'stop', 'emit', 'data', 'delay', 'wait_for_event', 'wait_until')
-            and v_step.config ? v_step.kind then v_step.config -> v_step.kind
-          else v_step.config
-        end;
+        v_spec := conveyor.step_spec(v_step.kind, v_step.config);
         v_steps_spec[v_step_pos] := v_spec;
-        -- what the kinds that render render (an action its `with`), and where errors say
-        v_steps_render[v_step_pos] := case
-          when v_step.kind in ('action', 'stop', 'set_variable', 'emit', 'data', 'delay', 'wait_for_event', 'wait_until')
-            then conveyor.render_plan(
-              case v_step.kind
-                when 'action' then coalesce(v_spec -> 'with', '{}')
-                when 'stop' then coalesce(v_spec, '{}')
-                else v_spec
-              end,
-              'step "' || v_step.step_id || '".' || case v_step.kind
-                when 'action' then 'with' when 'set_variable' then 'set' else v_step.kind
-              end,
-              v_step.action_type = 'email.send'  -- the values an email's html takes in are HTML-escaped
-            )
-        end;
-        v_steps_condition[v_step_pos] := case
-          when v_step.kind = 'condition' then conveyor.condition_plan(v_spec)
-        end;
-        v_steps_need_ctx[v_step_pos] := case
-          when v_step.kind = 'condition' then v_steps_condition[v_step_pos] is null
-          when v_step.kind in ('switch', 'transform') then true
-          else coalesce((v_steps_render[v_step_pos] ->> 'context')::boolean, false)
-        end;
+        -- what the step renders (its render plan), its condition's plan, whether it needs
+        -- the context object: its kind's preparation
+        case v_step.kind
+          -- @step-kinds prepare
+          when '' then null;
+          else
+            raise exception 'conveyor.generate_interpreter has not run';
+          -- @end
+        end case;
         v_step_index := v_step_index || jsonb_build_object(v_step_key, v_step_pos);
       end if;
       v_spec := v_steps_spec[v_step_pos];
@@ -828,124 +783,13 @@ begin
         if v_render is not null then
           v_input := conveyor.render_planned(v_render, v_step_ctx, v_exec.trigger, v_exec.step_outputs, v_exec.vars);
         end if;
+        -- the kind's run code
         case v_step.kind
-          when 'condition' then
-            v_input := v_spec;
-            -- a single leaf goes straight to eval_condition_leaf (what eval_condition would do)
-            v_target := case
-              when (case
-                -- a planned leaf: its operator on the value at its path in the execution
-                when v_condition is not null then conveyor.condition_compare(
-                  v_condition ->> 'op',
-                  coalesce(case v_condition ->> 'root'
-                    when 'trigger' then v_exec.trigger
-                    when 'steps' then v_exec.step_outputs
-                    else v_exec.vars
-                  end #> (v_condition ->> 'rest')::text[], 'null'::jsonb),
-                  v_condition -> 'value',
-                  v_spec ->> 'field'  -- for errors
-                )
-                when jsonb_typeof(v_spec) = 'object' and not v_spec ?| array['all', 'any', 'not']
-                  then conveyor.eval_condition_leaf(v_spec, v_ctx)
-                else conveyor.eval_condition(v_spec, v_ctx)
-              end) then 'then'
-              else 'else'
-            end;
-            v_next := case when v_step.branches ? v_target then v_step.branches ->> v_target else v_step.next_step end;
-            v_output := jsonb_build_object('result', v_target = 'then', 'branch', v_target);
-          when 'switch' then
-            select (c.n - 1)::integer, c.item ->> 'goto'
-            into v_case, v_target
-            from jsonb_array_elements(coalesce(v_step.branches -> 'cases', v_spec -> 'switch', '[]')) with ordinality
-              as c (item, n)
-            where conveyor.eval_condition(c.item -> 'when', v_ctx)
-            order by c.n
-            limit 1;
-            if found then
-              v_next := v_target;
-              v_output := jsonb_build_object('case', v_case, 'branch', format('cases[%s]', v_case));
-            else
-              v_next := case
-                when v_step.branches ? 'default' then v_step.branches ->> 'default'
-                else v_step.next_step
-              end;
-              v_output := jsonb_build_object('case', null, 'branch', 'default');
-            end if;
-          when 'set_variable' then
-            if jsonb_typeof(v_input) is distinct from 'object' then
-              raise exception using errcode = '22023', message = format('%s.set: expected an object', v_where);
-            end if;
-            v_output := v_input;
-            v_new_vars := v_input;
-          when 'transform' then
-            v_input := v_spec;
-            -- a render of one string goes straight to render_string (what transform_value would do)
-            v_output := jsonb_build_object(
-              'value', case
-                when v_spec ->> 'op' = 'render' and jsonb_typeof(v_spec -> 'template') = 'string'
-                  then conveyor.render_string(v_spec ->> 'template', v_ctx, v_where || '.transform.template')
-                else conveyor.transform_value(v_spec, v_ctx, v_where || '.transform')
-              end
-            );
-            if v_spec ? 'into' then
-              v_new_vars := jsonb_build_object(v_spec ->> 'into', v_output -> 'value');
-            end if;
-          when 'stop' then
-            v_output := jsonb_build_object(
-              'status', coalesce(v_input ->> 'status', 'completed'), 'reason', v_input -> 'reason'
-            );
-            v_next := null;
-          when 'emit' then
-            -- the event, charged to the execution's and its chain's budgets (sql/budgets.sql)
-            v_output := conveyor.emit_from_execution(v_exec, v_input);
-          when 'data' then
-            if not v_input ? 'op' then
-              v_input := v_input || jsonb_build_object('op', pg_catalog.split_part(v_step.action_type, '.', 2));
-            end if;
-            v_output := conveyor.data_step(v_exec.tenant_id, v_input, v_where || '.data');
-          when 'delay' then
-            v_resume := p_now;
-            if v_input ? 'for' then
-              v_resume := v_resume + conveyor.parse_duration(v_input ->> 'for');
-            end if;
-            if v_input ? 'until' then
-              v_resume := conveyor.parse_until(v_input ->> 'until', p_now);
-            end if;
-            if v_input ? 'window' then
-              v_resume := conveyor.next_window_start(v_resume, v_input -> 'window');
-            end if;
-            v_output := jsonb_build_object('resume_at', v_resume, 'waited', v_resume > p_now);
-            if v_resume > p_now then
-              v_wait := 'delay';
-            else
-              v_resume := null;
-            end if;
-          when 'wait_for_event', 'wait_until' then
-            if v_input ? 'timeout' then
-              v_resume := p_now + conveyor.parse_duration(v_input ->> 'timeout');
-            end if;
-            -- looks back for what already answers the wait, else registers it (sql/waits.sql)
-            v_output := conveyor.wait_begin(v_exec, v_step.kind, v_step.step_id, v_input, v_resume, p_now, not v_dry, v_where);
-            if v_output ? 'timed_out' then
-              v_next := case when v_step.branches ? 'event' then v_step.branches ->> 'event' else v_step.next_step end;
-            else
-              v_wait := 'event';
-            end if;
-          when 'action' then
-            -- publish refuses a timeout over the maximum; one stored before the maximum
-            -- existed fails here rather than hold a runner's slot (and hide its message)
-            -- for that long
-            v_max_action_timeout := coalesce(v_max_action_timeout, conveyor.max_action_timeout());
-            if v_step.timeout > v_max_action_timeout then
-              raise exception using
-                errcode = '22023',
-                message = format(
-                  '%s.timeout: duration "%s" exceeds the maximum %s (setting conveyor.max_action_timeout)',
-                  v_where, conveyor.duration_text(v_step.timeout), conveyor.duration_text(v_max_action_timeout)
-                ),
-                hint = 'Publish the workflow again with a timeout of at most the maximum.';
-            end if;
-            v_wait := 'action';
+          -- @step-kinds run
+          when '' then null;
+          else
+            raise exception 'conveyor.generate_interpreter has not run';
+          -- @end
         end case;
       exception when others then
         get stacked diagnostics
@@ -1329,21 +1173,7 @@ begin
             'status', r.status,
             'decision', case
               when r.status = 'failed' then 'failed: ' || (r.error ->> 'message')
-              when s.kind in ('condition', 'switch') then r.output ->> 'branch'
-              when s.kind = 'action' then 'would send ' || s.action_type
-              when s.kind = 'delay' and (r.output ->> 'waited')::boolean
-                then 'would wait until ' || (r.output ->> 'resume_at')
-              when s.kind = 'delay' then 'no wait (time already passed)'
-              when s.kind = 'wait_for_event' then format(
-                'would wait for %s until %s; dry run follows the timeout branch',
-                r.input ->> 'event', coalesce(r.output ->> 'timeout_at', 'forever')
-              )
-              when s.kind = 'wait_until' then format(
-                'would wait until %s %s satisfies the condition, until %s; dry run follows the timeout branch',
-                r.input ->> 'entity', r.input ->> 'id', coalesce(r.output ->> 'timeout_at', 'forever')
-              )
-              when s.kind = 'stop' then 'stop: ' || (r.output ->> 'status')
-              else 'ran'
+              else conveyor.step_decision(s.kind, r.input, r.output, s.action_type)
             end,
             'next', r.next_step,
             'input', r.input,
@@ -1394,3 +1224,6 @@ to conveyor_service;
 grant execute on function conveyor.run_executions(bigint[]) to conveyor_service;
 grant execute on function conveyor.cancel_execution(text, bigint, text) to conveyor_app, conveyor_service;
 grant execute on function conveyor.dry_run(text, jsonb, jsonb) to conveyor_app, conveyor_service;
+
+-- each step kind's code into interpret_batch, step_spec and step_decision (sql/step_kinds.sql)
+select conveyor.generate_interpreter();

@@ -5,52 +5,64 @@
 
 -- One row per kind, in the order error messages list them:
 --   kind: the compiled name (workflow_steps.kind); doc_key: the key that names the kind in
---   a document and holds its spec; keys: the other keys the step may have besides id,
---   doc_key and on_error, in the order messages list them; routes: those of keys that
---   name a step to go to (a step id, or null for the end); branches: the compiled
---   branches, {"<branch>": "<route>"} (null: the kind goes on to its next step; with
---   branches, next_step is only the fall-through of on_error "continue"); ends: the kind
---   has no next step; retries: on_error "retry" is possible; errors_function:
---   conveyor.<name>(p_step jsonb, p_path text, p_step_ids jsonb) returns setof text, the
---   kind's own problems; compiled_function (or null): conveyor.<name>(p_step jsonb,
---   p_fall_through text) returns jsonb, what compiling adds ({"action_type", "branches"}).
+--   a document; spec_key: the key that holds its spec (null: the spec is the step itself,
+--   as an action's `with`, `connection` ... are); keys: the other keys the step may have
+--   besides id, doc_key and on_error, in the order messages list them; routes: those of
+--   keys that name a step to go to (a step id, or null for the end); branches: the
+--   compiled branches, {"<branch>": "<route>"} (null: the kind goes on to its next step;
+--   with branches, next_step is only the fall-through of on_error "continue"); ends: the
+--   kind has no next step; retries: on_error "retry" is possible; renders: its spec's
+--   templates are rendered before it runs (the step's input); then the names of its
+--   functions in its file under sql/steps/:
+--   errors_function  (p_step jsonb, p_path text, p_step_ids jsonb) returns setof text: the
+--                    kind's own problems in a document;
+--   compiled_function (p_step jsonb, p_fall_through text) returns jsonb, or null: what
+--                    compiling adds ({"action_type", "branches"});
+--   code_function    () returns jsonb: how it runs, {"run", "prepare"?, "decision"?}
+--                    (conveyor.generate_interpreter).
 create or replace function conveyor.step_kinds()
 returns table (
   kind text,
   doc_key text,
+  spec_key text,
   keys text[],
   routes text[],
   branches jsonb,
   ends boolean,
   retries boolean,
+  renders boolean,
   errors_function text,
-  compiled_function text
+  compiled_function text,
+  code_function text
 )
 language sql
 immutable
 parallel safe
 set search_path = ''
 as $$
-  select k.kind, k.doc_key, k.keys, k.routes, k.branches, k.ends, k.retries, k.errors_function, k.compiled_function
+  select
+    k.kind, k.doc_key, k.spec_key, k.keys, k.routes, k.branches, k.ends, k.retries, k.renders,
+    'step_' || k.kind || '_errors', k.compiled_function, 'step_' || k.kind || '_code'
   from (
     values
-      (1, 'action', 'action', array['connection', 'with', 'next', 'retry', 'timeout'], array['next'], null::jsonb,
-        false, true, 'step_action_errors', 'step_action_compiled'),
-      (2, 'condition', 'if', array['then', 'else'], array['then', 'else'], '{"then": "then", "else": "else"}',
-        false, false, 'step_condition_errors', null),
-      (3, 'switch', 'switch', array['default'], array['default'], '{"default": "default"}',
-        false, false, 'step_switch_errors', 'step_switch_compiled'),
-      (4, 'set_variable', 'set', array['next'], array['next'], null, false, false, 'step_set_variable_errors', null),
-      (5, 'transform', 'transform', array['next'], array['next'], null, false, false, 'step_transform_errors', null),
-      (6, 'stop', 'stop', '{}', '{}', null, true, false, 'step_stop_errors', null),
-      (7, 'emit', 'emit', array['next'], array['next'], null, false, false, 'step_emit_errors', null),
-      (8, 'data', 'data', array['next'], array['next'], null, false, false, 'step_data_errors', 'step_data_compiled'),
-      (9, 'delay', 'delay', array['next'], array['next'], null, false, false, 'step_delay_errors', null),
-      (10, 'wait_for_event', 'wait_for_event', array['on_event', 'on_timeout'], array['on_event', 'on_timeout'],
-        '{"event": "on_event", "timeout": "on_timeout"}', false, false, 'step_wait_for_event_errors', null),
-      (11, 'wait_until', 'wait_until', array['on_met', 'on_timeout'], array['on_met', 'on_timeout'],
-        '{"event": "on_met", "timeout": "on_timeout"}', false, false, 'step_wait_until_errors', null)
-  ) as k (ord, kind, doc_key, keys, routes, branches, ends, retries, errors_function, compiled_function)
+      (1, 'action', 'action', null, array['connection', 'with', 'next', 'retry', 'timeout'], array['next'],
+        null::jsonb, false, true, true, 'step_action_compiled'),
+      (2, 'condition', 'if', 'if', array['then', 'else'], array['then', 'else'], '{"then": "then", "else": "else"}',
+        false, false, false, null),
+      -- (a switch's spec is the step itself: its cases are compiled into its branches)
+      (3, 'switch', 'switch', null, array['default'], array['default'], '{"default": "default"}',
+        false, false, false, 'step_switch_compiled'),
+      (4, 'set_variable', 'set', 'set', array['next'], array['next'], null, false, false, true, null),
+      (5, 'transform', 'transform', 'transform', array['next'], array['next'], null, false, false, false, null),
+      (6, 'stop', 'stop', 'stop', '{}', '{}', null, true, false, true, null),
+      (7, 'emit', 'emit', 'emit', array['next'], array['next'], null, false, false, true, null),
+      (8, 'data', 'data', 'data', array['next'], array['next'], null, false, false, true, 'step_data_compiled'),
+      (9, 'delay', 'delay', 'delay', array['next'], array['next'], null, false, false, true, null),
+      (10, 'wait_for_event', 'wait_for_event', 'wait_for_event', array['on_event', 'on_timeout'],
+        array['on_event', 'on_timeout'], '{"event": "on_event", "timeout": "on_timeout"}', false, false, true, null),
+      (11, 'wait_until', 'wait_until', 'wait_until', array['on_met', 'on_timeout'], array['on_met', 'on_timeout'],
+        '{"event": "on_met", "timeout": "on_timeout"}', false, false, true, null)
+  ) as k (ord, kind, doc_key, spec_key, keys, routes, branches, ends, retries, renders, compiled_function)
   order by k.ord;
 $$;
 
@@ -238,3 +250,112 @@ end;
 $$;
 
 revoke all on function conveyor.step_kinds() from public;
+
+-- What each kind's code (its code_function) may use in conveyor.interpret_batch:
+--   read:  v_step (conveyor.workflow_steps: kind, config, next_step, branches, action_type,
+--          timeout ...), v_spec (the spec: conveyor.step_spec), v_exec (the execution:
+--          trigger, step_outputs, vars ...), v_ctx (the context object, when the kind needs
+--          it), v_condition (a condition's plan), v_where ('step "<id>"', for errors), p_now,
+--          v_dry (a dry run);
+--   prepare (once per batch per step) sets v_steps_render[v_step_pos] (a render plan, or
+--          leaves it null), v_steps_condition[v_step_pos], v_steps_need_ctx[v_step_pos]; a
+--          kind that renders and has no prepare gets its spec's plan, and the context object
+--          when its templates need one;
+--   run sets v_input (what the step run records; rendered already for a kind that renders),
+--          v_output, v_next (preset to the step's next_step), v_wait ('action' | 'delay' |
+--          'event': the execution stops here), v_resume (when it is due again), v_new_vars
+--          (merged into the execution's variables); it may use v_target, v_case and
+--          v_max_action_timeout as scratch. An error it raises fails the step (its
+--          subtransaction), which then follows its on_error;
+--   decision: a text expression over p_input, p_output, p_action_type (conveyor.step_decision).
+-- Puts the step kinds' code in place: conveyor.step_spec and conveyor.step_decision are
+-- written from the declaration, and interpret_batch's two marked regions ("@step-kinds
+-- prepare" and "@step-kinds run") from each kind's code. Run by sql/interpreter.sql after it
+-- defines interpret_batch, on every migrate; the hot path then runs static code (a call
+-- per step to a kind's own function would cost ~5 us each).
+create or replace function conveyor.generate_interpreter()
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_kind record;
+  v_code jsonb;
+  v_spec text := '';
+  v_decision text := '';
+  v_prepare text := '';
+  v_run text := '';
+  v_def text;
+  v_from integer;
+  v_to integer;
+  v_marker text;
+  v_target constant text := 'conveyor.interpret_batch(conveyor.executions[], timestamptz, boolean)';
+begin
+  for v_kind in select * from conveyor.step_kinds() loop
+    execute format('select conveyor.%I()', v_kind.code_function) into v_code;
+    if v_code ->> 'run' is null then
+      raise exception 'step kind %: %() gives no "run" code', v_kind.kind, v_kind.code_function;
+    end if;
+    v_spec := v_spec || format(E'\n    when %L then %s', v_kind.kind,
+      case when v_kind.spec_key is null then 'p_config' else format('coalesce(p_config -> %L, p_config)', v_kind.spec_key) end);
+    v_decision := v_decision || format(E'\n    when %L then %s', v_kind.kind, coalesce(v_code ->> 'decision', '''ran'''));
+    v_prepare := v_prepare || format(E'\n          when %L then', v_kind.kind) || regexp_replace(
+      E'\n' || coalesce(btrim(v_code ->> 'prepare', E'\n'), case when v_kind.renders then format(
+        E'v_steps_render[v_step_pos] := conveyor.render_plan(coalesce(v_spec, %L), %s, false);\n'
+        || 'v_steps_need_ctx[v_step_pos] := coalesce((v_steps_render[v_step_pos] ->> %L)::boolean, false);',
+        '{}', format('''step "'' || v_step.step_id || ''".%s''', v_kind.doc_key), 'context'
+      ) else 'v_steps_need_ctx[v_step_pos] := false;' end),
+      E'\n', E'\n            ', 'g'
+    );
+    v_run := v_run || format(E'\n          when %L then', v_kind.kind)
+      || regexp_replace(E'\n' || btrim(v_code ->> 'run', E'\n'), E'\n', E'\n            ', 'g');
+  end loop;
+
+  execute format($f$
+    create or replace function conveyor.step_spec(p_kind text, p_config jsonb) returns jsonb
+    language plpgsql immutable parallel safe set search_path = ''
+    as $body$
+    begin
+      -- written by conveyor.generate_interpreter from conveyor.step_kinds()
+      return case p_kind%s
+        else p_config
+      end;
+    end;
+    $body$
+  $f$, v_spec);
+  execute format($f$
+    create or replace function conveyor.step_decision(p_kind text, p_input jsonb, p_output jsonb, p_action_type text)
+    returns text
+    language plpgsql stable parallel safe set search_path = ''
+    as $body$
+    begin
+      -- written by conveyor.generate_interpreter from the step kinds' code
+      return case p_kind%s
+        else 'ran'
+      end;
+    end;
+    $body$
+  $f$, v_decision);
+
+  v_def := pg_catalog.pg_get_functiondef(v_target::regprocedure);
+  foreach v_marker in array array['prepare', 'run'] loop
+    v_from := strpos(v_def, '-- @step-kinds ' || v_marker);
+    v_to := strpos(substr(v_def, v_from), '-- @end');
+    if v_from = 0 or v_to = 0 then
+      raise exception '%: the region "-- @step-kinds %" ... "-- @end" is missing', v_target, v_marker;
+    end if;
+    v_def := substr(v_def, 1, v_from - 1)
+      || '-- step kinds (sql/steps/), written by conveyor.generate_interpreter'
+      || case v_marker when 'prepare' then v_prepare else v_run end
+      || E'\n          else\n            '
+      || case v_marker
+        when 'prepare' then 'v_steps_need_ctx[v_step_pos] := false;'
+        else 'raise exception using errcode = ''22023'', message = format(''%s: unknown step kind %s'', v_where, v_step.kind);'
+      end
+      || substr(v_def, v_from + v_to - 1 + length('-- @end'));
+  end loop;
+  execute v_def;
+end;
+$$;
+
+revoke all on function conveyor.generate_interpreter() from public;

@@ -131,3 +131,39 @@ begin
   select t.message from conveyor.document_template_errors(v_with, p_path || '.with', p_step_ids) as t (message);
 end;
 $$;
+
+-- How an action step runs (put into the interpreter by conveyor.generate_interpreter, sql/step_kinds.sql).
+create or replace function conveyor.step_action_code()
+returns jsonb
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select pg_catalog.jsonb_build_object(
+    'prepare', $code$
+-- what it renders is its `with`; the values an email's html takes in are HTML-escaped
+v_steps_render[v_step_pos] := conveyor.render_plan(
+  coalesce(v_spec -> 'with', '{}'), 'step "' || v_step.step_id || '".with', v_step.action_type = 'email.send'
+);
+v_steps_need_ctx[v_step_pos] := coalesce((v_steps_render[v_step_pos] ->> 'context')::boolean, false);
+$code$,
+    'run', $code$
+-- publish refuses a timeout over the maximum; one stored before the maximum
+-- existed fails here rather than hold a runner's slot (and hide its message)
+-- for that long
+v_max_action_timeout := coalesce(v_max_action_timeout, conveyor.max_action_timeout());
+if v_step.timeout > v_max_action_timeout then
+  raise exception using
+    errcode = '22023',
+    message = format(
+      '%s.timeout: duration "%s" exceeds the maximum %s (setting conveyor.max_action_timeout)',
+      v_where, conveyor.duration_text(v_step.timeout), conveyor.duration_text(v_max_action_timeout)
+    ),
+    hint = 'Publish the workflow again with a timeout of at most the maximum.';
+end if;
+v_wait := 'action';
+$code$,
+    'decision', $code$'would send ' || p_action_type$code$
+  );
+$$;

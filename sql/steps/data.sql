@@ -121,3 +121,21 @@ set search_path = ''
 as $$
   select pg_catalog.jsonb_build_object('action_type', 'data.' || (p_step -> 'data' ->> 'op'));
 $$;
+
+-- How a data step runs (put into the interpreter by conveyor.generate_interpreter, sql/step_kinds.sql).
+create or replace function conveyor.step_data_code()
+returns jsonb
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select pg_catalog.jsonb_build_object(
+    'run', $code$
+if not v_input ? 'op' then
+  v_input := v_input || jsonb_build_object('op', pg_catalog.split_part(v_step.action_type, '.', 2));
+end if;
+v_output := conveyor.data_step(v_exec.tenant_id, v_input, v_where || '.data');
+$code$
+  );
+$$;

@@ -63,3 +63,34 @@ begin
   end if;
 end;
 $$;
+
+-- How a delay step runs (put into the interpreter by conveyor.generate_interpreter, sql/step_kinds.sql).
+create or replace function conveyor.step_delay_code()
+returns jsonb
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select pg_catalog.jsonb_build_object(
+    'run', $code$
+v_resume := p_now;
+if v_input ? 'for' then
+  v_resume := v_resume + conveyor.parse_duration(v_input ->> 'for');
+end if;
+if v_input ? 'until' then
+  v_resume := conveyor.parse_until(v_input ->> 'until', p_now);
+end if;
+if v_input ? 'window' then
+  v_resume := conveyor.next_window_start(v_resume, v_input -> 'window');
+end if;
+v_output := jsonb_build_object('resume_at', v_resume, 'waited', v_resume > p_now);
+if v_resume > p_now then
+  v_wait := 'delay';
+else
+  v_resume := null;
+end if;
+$code$,
+    'decision', $code$case when (p_output ->> 'waited')::boolean then 'would wait until ' || (p_output ->> 'resume_at') else 'no wait (time already passed)' end$code$
+  );
+$$;

@@ -30,3 +30,19 @@ begin
   from conveyor.document_template_errors((p_step -> 'emit') - 'event', p_path || '.emit', p_step_ids) as t (message);
 end;
 $$;
+
+-- How an emit step runs (put into the interpreter by conveyor.generate_interpreter, sql/step_kinds.sql).
+create or replace function conveyor.step_emit_code()
+returns jsonb
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select pg_catalog.jsonb_build_object(
+    'run', $code$
+-- the event, charged to the execution's and its chain's budgets (sql/budgets.sql)
+v_output := conveyor.emit_from_execution(v_exec, v_input);
+$code$
+  );
+$$;

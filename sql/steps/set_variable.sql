@@ -24,3 +24,22 @@ begin
   select t.message from conveyor.document_template_errors(p_step -> 'set', p_path || '.set', p_step_ids) as t (message);
 end;
 $$;
+
+-- How a set step runs (put into the interpreter by conveyor.generate_interpreter, sql/step_kinds.sql).
+create or replace function conveyor.step_set_variable_code()
+returns jsonb
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select pg_catalog.jsonb_build_object(
+    'run', $code$
+if jsonb_typeof(v_input) is distinct from 'object' then
+  raise exception using errcode = '22023', message = format('%s.set: expected an object', v_where);
+end if;
+v_output := v_input;
+v_new_vars := v_input;
+$code$
+  );
+$$;

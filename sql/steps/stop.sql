@@ -27,3 +27,22 @@ begin
   end if;
 end;
 $$;
+
+-- How a stop step runs (put into the interpreter by conveyor.generate_interpreter, sql/step_kinds.sql).
+create or replace function conveyor.step_stop_code()
+returns jsonb
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select pg_catalog.jsonb_build_object(
+    'run', $code$
+v_output := jsonb_build_object(
+  'status', coalesce(v_input ->> 'status', 'completed'), 'reason', v_input -> 'reason'
+);
+v_next := null;
+$code$,
+    'decision', $code$'stop: ' || (p_output ->> 'status')$code$
+  );
+$$;

@@ -58,3 +58,38 @@ as $$
     ) with ordinality as c (case_, n)
   ), '[]')));
 $$;
+
+-- How a switch step runs (put into the interpreter by conveyor.generate_interpreter, sql/step_kinds.sql).
+create or replace function conveyor.step_switch_code()
+returns jsonb
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select pg_catalog.jsonb_build_object(
+    'prepare', $code$
+v_steps_need_ctx[v_step_pos] := true;
+$code$,
+    'run', $code$
+select (c.n - 1)::integer, c.item ->> 'goto'
+into v_case, v_target
+from jsonb_array_elements(coalesce(v_step.branches -> 'cases', v_spec -> 'switch', '[]')) with ordinality
+  as c (item, n)
+where conveyor.eval_condition(c.item -> 'when', v_ctx)
+order by c.n
+limit 1;
+if found then
+  v_next := v_target;
+  v_output := jsonb_build_object('case', v_case, 'branch', format('cases[%s]', v_case));
+else
+  v_next := case
+    when v_step.branches ? 'default' then v_step.branches ->> 'default'
+    else v_step.next_step
+  end;
+  v_output := jsonb_build_object('case', null, 'branch', 'default');
+end if;
+$code$,
+    'decision', $code$p_output ->> 'branch'$code$
+  );
+$$;

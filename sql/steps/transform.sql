@@ -95,3 +95,32 @@ begin
   end if;
 end;
 $$;
+
+-- How a transform step runs (put into the interpreter by conveyor.generate_interpreter, sql/step_kinds.sql).
+create or replace function conveyor.step_transform_code()
+returns jsonb
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select pg_catalog.jsonb_build_object(
+    'prepare', $code$
+v_steps_need_ctx[v_step_pos] := true;
+$code$,
+    'run', $code$
+v_input := v_spec;
+-- a render of one string goes straight to render_string (what transform_value would do)
+v_output := jsonb_build_object(
+  'value', case
+    when v_spec ->> 'op' = 'render' and jsonb_typeof(v_spec -> 'template') = 'string'
+      then conveyor.render_string(v_spec ->> 'template', v_ctx, v_where || '.transform.template')
+    else conveyor.transform_value(v_spec, v_ctx, v_where || '.transform')
+  end
+);
+if v_spec ? 'into' then
+  v_new_vars := jsonb_build_object(v_spec ->> 'into', v_output -> 'value');
+end if;
+$code$
+  );
+$$;

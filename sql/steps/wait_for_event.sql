@@ -68,3 +68,28 @@ begin
   end if;
 end;
 $$;
+
+-- How a wait_for_event step runs (put into the interpreter by conveyor.generate_interpreter, sql/step_kinds.sql).
+create or replace function conveyor.step_wait_for_event_code()
+returns jsonb
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select pg_catalog.jsonb_build_object(
+    'run', $code$
+if v_input ? 'timeout' then
+  v_resume := p_now + conveyor.parse_duration(v_input ->> 'timeout');
+end if;
+-- looks back for what already answers the wait, else registers it (sql/waits.sql)
+v_output := conveyor.wait_begin(v_exec, v_step.kind, v_step.step_id, v_input, v_resume, p_now, not v_dry, v_where);
+if v_output ? 'timed_out' then
+  v_next := case when v_step.branches ? 'event' then v_step.branches ->> 'event' else v_step.next_step end;
+else
+  v_wait := 'event';
+end if;
+$code$,
+    'decision', $code$pg_catalog.format('would wait for %s until %s; dry run follows the timeout branch', p_input ->> 'event', coalesce(p_output ->> 'timeout_at', 'forever'))$code$
+  );
+$$;

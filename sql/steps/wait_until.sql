@@ -53,3 +53,17 @@ begin
   end if;
 end;
 $$;
+
+-- How a wait_until step runs: as a wait_for_event does (conveyor.wait_begin tells the two
+-- apart by the step's kind), with its own dry-run decision.
+create or replace function conveyor.step_wait_until_code()
+returns jsonb
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select conveyor.step_wait_for_event_code() || pg_catalog.jsonb_build_object(
+    'decision', $code$pg_catalog.format('would wait until %s %s satisfies the condition, until %s; dry run follows the timeout branch', p_input ->> 'entity', p_input ->> 'id', coalesce(p_output ->> 'timeout_at', 'forever'))$code$
+  );
+$$;
