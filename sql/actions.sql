@@ -52,10 +52,10 @@ begin
     'input', p_run.input,
     'idempotency_key', p_run.idempotency_key,
     'attempt', p_run.attempt,
-    -- clamped to the queue's ceiling (conveyor.read_actions): a version stored before the
-    -- timeout limits, or a step written by hand, must not overflow the integer
+    -- clamped to the integer's range: a version stored before the timeout limits (the
+    -- interpreter refuses it, but not every caller is the interpreter) must not overflow
     'timeout_s', case
-      when p_step.timeout is not null then ceil(least(greatest(extract(epoch from p_step.timeout), 0), 86400))::integer
+      when p_step.timeout is not null then ceil(least(greatest(extract(epoch from p_step.timeout), 0), 2147483647))::integer
     end
   );
 end;
@@ -184,9 +184,10 @@ $$;
 -- and builds its SQL per call). Written against the queue table's layout: the DO block
 -- also sets last_read_at where the installed pgmq has that column (pgmq >= 1.5).
 --
--- Both numbers are clamped (timeout and margin at most 86,400 s each): one message with a
--- timeout_s of 1e300 made every read fail with "timestamp out of range", which blocked the
--- queue for every tenant.
+-- Both numbers are clamped to 2^31 - 1 s each (the largest timeout_s action_message
+-- writes, whatever conveyor.max_action_timeout allows): one message with a timeout_s of
+-- 1e300 made every read fail with "timestamp out of range", which blocked the queue for
+-- every tenant.
 --
 -- dead_letter says when the message must not be performed (the runner writes it back as a
 -- dead letter instead, docs/queue.md): 'max_deliveries' once it has been delivered more
@@ -250,9 +251,9 @@ begin
     vt = pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => greatest(1, ceil(
       case
         when jsonb_typeof(m.message -> 'timeout_s') = 'number' and (m.message ->> 'timeout_s')::numeric > 0
-          then least((m.message ->> 'timeout_s')::numeric, 86400)
-        else least(p_default_timeout_s, 86400)
-      end + least(greatest(p_margin_s, 0), 86400)
+          then least((m.message ->> 'timeout_s')::numeric, 2147483647)
+        else least(p_default_timeout_s, 2147483647)
+      end + least(greatest(p_margin_s, 0), 2147483647)
     ))::double precision)
   from next
   where m.msg_id = next.msg_id

@@ -31,9 +31,9 @@ QUEUE = "conveyor_actions"
 INSERT_CHANNEL = "conveyor_actions"
 WAKEUP_CHANNEL = "conveyor_wakeup"
 DEFAULT_TIMEOUT_S = 30.0
-# The most seconds a message's timeout_s may say: conveyor.read_actions clamps the
-# visibility timeout to it, and conveyor.action_message the timeout.
-MAX_TIMEOUT_S = 86_400
+# The most seconds a message's timeout_s may say (2^31 - 1): conveyor.action_message
+# writes no more, whatever conveyor.max_action_timeout allows; read_actions clamps to it.
+MAX_TIMEOUT_S = 2_147_483_647
 _MAX_BIGINT = 2**63 - 1
 
 Conn = psycopg.Connection[Any]
