@@ -3,7 +3,7 @@ SHELL := /bin/bash
 BIN := .venv/bin
 
 .PHONY: bootstrap run test lint pytest migrate schema db-start db-stop db-status clean-db \
-	bench bench-capture bench-dispatch bench-runner bench-waiting bench-wait-races bench-delays bench-burst bench-floor bench-e2e chaos
+	bench bench-capture bench-dispatch bench-runner bench-waiting bench-wait-races bench-delays bench-burst bench-floor bench-queue bench-e2e chaos
 
 bootstrap:  ## install the PostgreSQL server packages (as root) and the locked virtualenv
 	@bash scripts/bootstrap.sh
@@ -66,6 +66,9 @@ chaos: bootstrap  ## chaos at full scale: kills, restarts, terminations, outages
 
 bench-runner: bootstrap  ## one runner's action throughput, concurrency 16 vs 1 (bench/RESULTS.md)
 	$(BIN)/python -m bench.runner_throughput --actions 400
+
+bench-queue: bootstrap  ## read_actions and write_back A/B against the same functions of BASELINE (default main) (bench/RESULTS.md)
+	$(BIN)/python -m bench.queue_hot_path --baseline $(or $(BASELINE),main) --record
 
 bench-floor: bootstrap  ## PostgreSQL CPU per workflow: the engine vs the same rows written by plain statements (bench/RESULTS.md)
 	$(BIN)/python -m bench.row_floor

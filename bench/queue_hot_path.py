@@ -3,8 +3,9 @@ against those of a git revision (default `main`), in the same database and the s
 
     .venv/bin/python -m bench.queue_hot_path [--messages 10000] [--baseline main]
 
-The baseline's sql/actions.sql is installed beside the current one with every function of
-that file renamed (`conveyor.write_back` -> `conveyor.write_back_base`, ...), so both read
+The baseline's queue files (sql/actions.sql, and sql/write_back.sql and dead_letters.sql
+where it has them) are installed beside the current ones with every function they define
+renamed (`conveyor.write_back` -> `conveyor.write_back_base`, ...), so both read
 the same queue and write back into the same tables. Each round takes 100 queued actions
 with one version and then 100 with the other (the order alternates), as a runner does:
 read_actions(10) then write_back of the 10 ok results, one autocommit statement each. The
@@ -27,22 +28,11 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from bench.harness import temporary_database
+from bench.harness import record, temporary_database
 
 ROOT = Path(__file__).resolve().parents[1]
-# the functions of sql/actions.sql, renamed in the baseline's copy
-RENAMED = (
-    "action_message",
-    "queue_messages",
-    "send_actions",
-    "enqueue_action",
-    "read_actions",
-    "archive_actions",
-    "retry_delay_s",
-    "write_back",
-    "apply_action_results",
-    "dead_letter_messages",
-)
+# the baseline's files that hold the queue's functions (those it has)
+QUEUE_FILES = ("sql/actions.sql", "sql/dead_letters.sql", "sql/write_back.sql")
 BATCH = 10
 ROUND = 100
 WORKFLOW = {
@@ -57,10 +47,16 @@ WORKFLOW = {
 
 
 def baseline_sql(revision: str) -> str:
-    text = subprocess.run(
-        ["git", "show", f"{revision}:sql/actions.sql"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout
-    for name in RENAMED:
+    """The baseline's queue files, every function they define renamed `<name>_base`."""
+    texts = []
+    for path in QUEUE_FILES:
+        shown = subprocess.run(
+            ["git", "show", f"{revision}:{path}"], cwd=ROOT, capture_output=True, text=True
+        )
+        if shown.returncode == 0:
+            texts.append(shown.stdout)
+    text = "\n".join(texts)
+    for name in sorted(set(re.findall(r"create or replace function conveyor\.(\w+)\(", text))):
         text = re.sub(rf"\bconveyor\.{name}\(", f"conveyor.{name}_base(", text)
         # a function's OUT parameters are qualified by its name (write_back.msg_id)
         text = re.sub(rf"\b{name}\.(msg_id|step_run_id|outcome)\b", rf"{name}_base.\1", text)
@@ -114,6 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=10_000, help="messages per version")
     parser.add_argument("--baseline", default="main", help="git revision of the baseline")
+    parser.add_argument("--record", action="store_true", help="write the results to bench/RESULTS.md")
     args = parser.parse_args()
     rounds = max(1, args.messages // ROUND)
     with temporary_database() as url, psycopg.connect(url, autocommit=True) as conn:
@@ -132,16 +129,27 @@ def main() -> None:
                 # otherwise make every read slower than the one before, whichever version
                 conn.execute("vacuum pgmq.q_conveyor_actions")
                 round_of(conn, suffix, *timings[suffix])
-    print(f"{rounds * ROUND} messages per version, batches of {BATCH}, baseline {args.baseline}")
-    print("| call | backend CPU per call: base / new / ratio | wall median: base / new / ratio |")
-    print("|---|---|---|")
+    lines = [
+        f"{rounds * ROUND} messages per version, batches of {BATCH}, baseline `{args.baseline}`"
+        " (its queue functions, renamed), the two interleaved in rounds of 100 messages.",
+        "",
+        "| call | backend CPU per call: base / new / ratio | wall median: base / new / ratio |",
+        "|---|---|---|",
+    ]
     for index, call in enumerate(("read_actions", "write_back")):
         base, new = timings["_base"][index], timings[""][index]
         cpu = [statistics.fmean(t.cpu) * 1e6 for t in (base, new)]
         wall = [statistics.median(t.wall) * 1e3 for t in (base, new)]
-        print(
+        lines.append(
             f"| {call} | {cpu[0]:.0f} us / {cpu[1]:.0f} us / {cpu[1] / cpu[0]:.3f}"
             f" | {wall[0]:.3f} ms / {wall[1]:.3f} ms / {wall[1] / wall[0]:.3f} |"
+        )
+    print("\n".join(lines))
+    if args.record:
+        record(
+            "Queue hot path (A/B)",
+            f".venv/bin/python -m bench.queue_hot_path --messages {args.messages} --baseline {args.baseline} --record",
+            "\n".join(lines),
         )
 
 
