@@ -166,25 +166,16 @@ def report(samples: dict[tuple[str, int], list[float]], names: list[str], reques
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=5000)
-    parser.add_argument("--blocks", type=int, default=10, help="alternating blocks the requests go in")
-    parser.add_argument("--baseline", default=HAND_PARSED, help="git revision of the baseline client")
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve:
-        serve()
-        return
-
+def run(requests: int, blocks: int, baseline: str) -> tuple[dict[tuple[str, int], list[float]], list[str]]:
+    """Both clients against one sink process: the samples by (client, threads), the clients' names."""
     from conveyor.actions import http
     from conveyor.actions.base import Environment
     from conveyor.netguard import NetworkPolicy
 
-    old_http, old_environment = load_revision(args.baseline)
+    old_http, old_environment = load_revision(baseline)
     policy = NetworkPolicy.parse("127.0.0.1/32")
     clients: dict[str, tuple[ModuleType, Any]] = {
-        f"baseline ({args.baseline})": (old_http, old_environment.create(policy)),
+        f"baseline ({baseline})": (old_http, old_environment.create(policy)),
         "this checkout": (http, Environment.create(policy)),
     }
     server = subprocess.Popen(
@@ -197,16 +188,32 @@ def main() -> None:
     try:
         assert server.stdout is not None
         url = f"http://127.0.0.1:{int(server.stdout.readline())}/hook"
-        samples = measure(clients, url, args.requests, args.blocks)
+        return measure(clients, url, requests, blocks), list(clients)
     finally:
         for _, env in clients.values():
             env.close()
         assert server.stdin is not None
         server.stdin.close()
         server.wait(timeout=10)
-    body = report(samples, list(clients), args.requests, args.blocks)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--blocks", type=int, default=10, help="alternating blocks the requests go in")
+    parser.add_argument("--baseline", default=HAND_PARSED, help="git revision of the baseline client")
+    parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve()
+        return
+    samples, names = run(args.requests, args.blocks, args.baseline)
+    body = report(samples, names, args.requests, args.blocks)
     print("\n" + body)
-    record("HTTP client CPU per request", "make bench-http-client", body)
+    if not args.no_record:
+        command = f"python -m bench.http_client_cpu --requests {args.requests} --blocks {args.blocks} --baseline {args.baseline}"
+        record("HTTP client CPU per request", command, body)
 
 
 if __name__ == "__main__":
