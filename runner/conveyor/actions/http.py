@@ -28,11 +28,12 @@ What is the runner's own, on top of it:
 * No cookies, no redirects followed, no proxies from the environment,
   `User-Agent: Conveyor`.
 
-A client of our own on sockets, not httpx nor the standard library's `http.client`,
-because the runner's throughput is set by CPU per request: a burst of webhooks is 16
-threads making small requests to a few destinations. `make bench-http-client`
-(bench/http_client_cpu.py) measures CPU per request against the hand-parsed client
-this one replaced; bench/RESULTS.md has the numbers.
+Sockets and h11 rather than httpx or the standard library's `http.client`, because the
+runner's throughput is set by CPU per request: a burst of webhooks is 16 threads making
+small requests to a few destinations. h11 is pure Python: a small POST costs about twice
+the CPU of the hand-parsed client it replaced (still well under half of httpx's);
+`make bench-http-client` (bench/http_client_cpu.py) measures it, bench/RESULTS.md has
+the numbers.
 """
 
 from __future__ import annotations
