@@ -31,7 +31,7 @@ What is the runner's own, on top of it:
 Sockets and h11 rather than httpx or the standard library's `http.client`, because the
 runner's throughput is set by CPU per request: a burst of webhooks is 16 threads making
 small requests to a few destinations. h11 is pure Python: a small POST costs about twice
-the CPU of the hand-parsed client it replaced (still well under half of httpx's);
+the CPU of the hand-parsed client it replaced (under half of httpx's);
 `make bench-http-client` (bench/http_client_cpu.py) measures it, bench/RESULTS.md has
 the numbers.
 """
