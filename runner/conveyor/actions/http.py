@@ -1,12 +1,13 @@
 """HTTP for actions: SSRF-checked, time-bounded, response capped, failures classified.
 
-The protocol is h11's: it writes the request and parses the response (status line,
-headers with obsolete folding, interim 1xx responses, a body framed by Content-Length,
-chunked transfer coding or the end of the connection), and it says whether the
-connection may carry another request. Whatever it refuses — a chunk size such as `0x2`,
-`+2` or `-1`, a Content-Length that is not ASCII digits, a folded line before the first
-header, a body cut short — is a retryable connection failure (like a reset), and the
-connection is closed, never put back.
+The request is written here, in one piece (its method, path and headers checked first);
+the response is parsed by httptools, the binding of Node's llhttp (C), in
+`http_response.py`, which also says what llhttp is not told (a HEAD request, the end of
+the stream), what is refused (obsolete line folding among it) and when a connection may
+carry another request. Whatever the parser refuses — a chunk size such as `0x2`, `+2` or
+`-1`, a Content-Length that is not ASCII digits, a folded header line, a body cut short —
+is a retryable connection failure (like a reset), and the connection is closed, never
+put back.
 
 What is the runner's own, on top of it:
 
@@ -15,11 +16,11 @@ What is the runner's own, on top of it:
   the TLS server name (SNI and certificate check) are the URL's host name
   (`http_pool.HTTPConnection`).
 * Keep-alive: idle connections are kept per destination by the `HTTPPool` the actions'
-  `Environment` is; a connection is put back only when h11 says both sides are done
-  with the exchange and nothing was received beyond the response. A kept-alive
-  connection the server closed while it was idle fails before any byte of a response
-  arrives: the request is then sent once more on a new connection (only then: a new
-  connection's failure is reported).
+  `Environment` is; a connection is put back only when its response ended where its
+  framing says, the server keeps it alive and nothing was received beyond the response.
+  A kept-alive connection the server closed while it was idle fails before any byte of
+  a response arrives: the request is then sent once more on a new connection (only
+  then: a new connection's failure is reported).
 * The whole exchange (connect, TLS, send, every read) is bounded by `timeout_s`: each
   socket operation gets only the time that is left, so a response that trickles in
   (headers included) cannot hold an action thread past its timeout.
@@ -28,12 +29,12 @@ What is the runner's own, on top of it:
 * No cookies, no redirects followed, no proxies from the environment,
   `User-Agent: Conveyor`.
 
-Sockets and h11 rather than httpx or the standard library's `http.client`, because the
-runner's throughput is set by CPU per request: a burst of webhooks is 16 threads making
-small requests to a few destinations. h11 is pure Python: a small POST costs about twice
-the CPU of the hand-parsed client it replaced (under half of httpx's);
-`make bench-http-client` (bench/http_client_cpu.py) measures it, bench/RESULTS.md has
-the numbers.
+Sockets and llhttp rather than httpx, h11 or the standard library's `http.client`,
+because the runner's throughput is set by CPU per request: a burst of webhooks is 16
+threads making small requests to a few destinations. h11 (pure Python) cost twice the
+CPU per small POST of the hand-parsed client before it; llhttp costs about what that
+client did. `make bench-http-client` (bench/http_client_cpu.py) measures it,
+bench/RESULTS.md has the numbers.
 """
 
 from __future__ import annotations
@@ -43,19 +44,23 @@ import json
 import re
 import time
 import zlib
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlencode
 
-import h11
-
 from conveyor.actions.base import ActionError, Environment
 from conveyor.actions.http_pool import HTTPConnection
+from conveyor.actions.http_response import (
+    MAX_BODY_BYTES,
+    ProtocolError,
+    Response,
+    ResponseReader,
+)
 from conveyor.connections import Connection, HostNotAllowed
 from conveyor.netguard import BlockedAddress, ResolveError, Target, pin
 
-MAX_BODY_BYTES = 64 * 1024
+__all__ = ["MAX_BODY_BYTES", "ProtocolError", "retry_after_seconds", "send"]
+
 RETRYABLE_STATUS = {408, 429}
 USER_AGENT = "Conveyor"
 
@@ -64,39 +69,14 @@ _HEADER_VALUE = re.compile(r"[\x20-\x7e\t]*")  # printable ASCII: no line breaks
 # Set from the request itself: a caller's value could break the message's framing.
 _OWN_HEADERS = {"host", "content-length", "transfer-encoding"}
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
-_COMPRESSED = {"gzip", "x-gzip", "deflate"}
-_MAX_HEAD = 64 * 1024  # status line and headers together
-_MAX_HEADERS = 100
-
-
-class ProtocolError(Exception):
-    """The server's answer is not HTTP/1.1 as the runner reads it (a retryable failure)."""
-
-
-class _ClosedBeforeResponse(ConnectionResetError):
-    """The connection ended before any byte of a response: on a kept-alive connection, the
-    server closed it while it was idle."""
-
 
 # How a kept-alive connection fails when the server closed it while it was idle.
 _CLOSED_WHILE_IDLE = (ConnectionResetError, BrokenPipeError)
 
 
-@dataclass
-class _Response:
-    status: int
-    headers: dict[str, str]  # names in lower case; repeated headers' values joined with ", "
-
-
-def _request(
-    method: str,
-    target: Target,
-    head: list[tuple[str, str]],
-    body: bytes | None,
-    protocol: h11.Connection | None = None,
-) -> bytes:
-    """The request's bytes as `protocol` (h11, which then expects its response) writes them:
-    the Host header and the body's Content-Length from `target` and `body`, then `head`."""
+def _request(method: str, target: Target, head: list[tuple[str, str]], body: bytes | None) -> bytes:
+    """The request's bytes, head and body in one write (one system call, one packet): the
+    Host header and the body's Content-Length from `target` and `body`, then `head`."""
     # the method is a token and the path quoted by netguard.pin: checked anyway, because
     # a space or line break in either would change the request's framing
     if (
@@ -111,116 +91,42 @@ def _request(
             retryable=False,
             kind="invalid_input",
         )
-    # as bytes: h11 takes them as they are (ASCII, checked by _request_headers and above)
-    headers = [(b"Host", target.host_header.encode()), *((n.encode(), v.encode()) for n, v in head)]
+    lines = [f"{method} {target.path} HTTP/1.1", f"Host: {target.host_header}"]
+    lines += [f"{name}: {value}" for name, value in head]  # checked by _request_headers
     if body is not None or method in _BODY_METHODS:
-        headers.append((b"Content-Length", b"%d" % len(body or b"")))
-    protocol = protocol or h11.Connection(h11.CLIENT)
+        lines.append(f"Content-Length: {len(body or b'')}")
+    lines += ("", "")
     try:
-        request = h11.Request(method=method.encode(), target=target.path.encode(), headers=headers)
-        data = protocol.send(request)
-        if body:
-            data += protocol.send(h11.Data(data=body))
-        data += protocol.send(h11.EndOfMessage())
-    except h11.LocalProtocolError as exc:
-        raise ActionError(f"cannot send the request: {exc}", retryable=False, kind="invalid_input") from exc
-    return data
-
-
-def _read_head(connection: HTTPConnection, protocol: h11.Connection, deadline: float) -> _Response:
-    """Status and headers of the final response (interim 1xx responses are skipped)."""
-    received = False
-    event: Any = h11.NEED_DATA  # nothing can have arrived before the request was sent
-    while True:
-        if event is h11.NEED_DATA:
-            data = connection.recv(deadline)
-            if not data and not received:
-                raise _ClosedBeforeResponse("the server closed the connection without a response")
-            received = True
-            protocol.receive_data(data)
-        elif type(event) is h11.Response:
-            if not event.http_version.startswith(b"1."):
-                raise ProtocolError(f"not an HTTP/1.x response: HTTP/{event.http_version.decode()}")
-            if len(event.headers) > _MAX_HEADERS:
-                raise ProtocolError(f"more than {_MAX_HEADERS} response headers")
-            headers: dict[str, str] = {}
-            for raw_name, raw_value in event.headers.raw_items():
-                name, value = raw_name.decode("ascii").lower(), raw_value.decode("latin-1")
-                headers[name] = f"{headers[name]}, {value}" if name in headers else value
-            return _Response(event.status_code, headers)
-        elif type(event) is not h11.InformationalResponse:  # 100 Continue and the like precede the answer
-            raise ProtocolError(f"unexpected before the response's head: {event!r}")
-        event = protocol.next_event()
-
-
-def _read_body(
-    connection: HTTPConnection, protocol: h11.Connection, response: _Response, deadline: float
-) -> tuple[bytes, bool, bool]:
-    """The body (decompressed when the server compressed it), at most MAX_BODY_BYTES of it;
-    whether there was more; and whether the connection may carry another request (the whole
-    exchange done, the server not closing, nothing received beyond the response)."""
-    encoding = response.headers.get("content-encoding", "").strip().lower()
-    decoder = zlib.decompressobj(wbits=zlib.MAX_WBITS | 32) if encoding in _COMPRESSED else None
-    chunks: list[bytes] = []
-    size = 0
-    capped = False
-    while not capped:
-        event = protocol.next_event()
-        if event is h11.NEED_DATA:
-            protocol.receive_data(connection.recv(deadline))
-        elif type(event) is h11.Data:
-            data = event.data
-            if decoder is not None:
-                data = decoder.decompress(data, MAX_BODY_BYTES + 1 - size)
-            chunks.append(data)
-            size += len(data)
-            capped = size > MAX_BODY_BYTES  # the rest is left unread: the connection is closed
-        elif type(event) is h11.EndOfMessage:
-            break
-        else:
-            raise ProtocolError(f"unexpected in the response's body: {event!r}")
-    if not capped and decoder is not None:
-        chunks.append(decoder.flush())
-    raw = b"".join(chunks)
-    reusable = (
-        not capped
-        and protocol.our_state is h11.DONE
-        and protocol.their_state is h11.DONE
-        and not protocol.trailing_data[0]
-    )
-    return raw[:MAX_BODY_BYTES], capped or len(raw) > MAX_BODY_BYTES, reusable
+        data = "\r\n".join(lines).encode("ascii")
+    except UnicodeEncodeError as exc:
+        raise ActionError(
+            f"cannot send the request: its head is not ASCII: {exc}", retryable=False, kind="invalid_input"
+        ) from exc
+    return data + body if body else data
 
 
 def _exchange(
-    env: Environment,
-    target: Target,
-    method: str,
-    head: list[tuple[str, str]],
-    body: bytes | None,
-    deadline: float,
-) -> tuple[HTTPConnection, h11.Connection, _Response]:
+    env: Environment, target: Target, method: str, request: bytes, deadline: float
+) -> tuple[HTTPConnection, ResponseReader, Response]:
     """Send the request and read the response's status and headers.
 
     A kept-alive connection that fails before any byte of the response (the server closed
     it while it was idle) is given up and the request sent once more on a new connection.
     """
-    protocol = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
-    data = _request(method, target, head, body, protocol)  # before a connection is taken
     connection = env.take_connection(target.destination)
     reused = connection is not None
     while True:
         if connection is None:
             connection = HTTPConnection.open(env.tls_context(), target, deadline)
+        reader = ResponseReader(method)
         try:
-            connection.send(data, deadline)
-            return connection, protocol, _read_head(connection, protocol, deadline)
+            connection.send(request, deadline)
+            return connection, reader, reader.read_head(connection, deadline)
         except _CLOSED_WHILE_IDLE:
             connection.close()
             if not reused:
                 raise
             connection, reused = None, False
-            protocol = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
-            data = _request(method, target, head, body, protocol)
         except BaseException:
             connection.close()
             raise
@@ -338,12 +244,12 @@ def send(
         raise ActionError(f"invalid URL: {exc}", retryable=False, kind="invalid_input") from exc
     form = content is None and data is not None
     body = _form(data) if data is not None and content is None else content
-    head = _request_headers(headers, form=form, auth=auth)
+    request = _request(method, target, _request_headers(headers, form=form, auth=auth), body)
 
     try:
-        connection, protocol, response = _exchange(env, target, method, head, body, deadline)
+        connection, reader, response = _exchange(env, target, method, request, deadline)
         try:
-            raw, truncated, reusable = _read_body(connection, protocol, response, deadline)
+            raw, truncated, reusable = reader.read_body(connection, response, deadline)
         except BaseException:
             connection.close()
             raise
@@ -354,12 +260,6 @@ def send(
     except TimeoutError as exc:
         raise ActionError(
             f"{method} {url} timed out after {timeout_s:g}s", retryable=True, kind="timeout"
-        ) from exc
-    except h11.RemoteProtocolError as exc:
-        raise ActionError(
-            f"{method} {url} failed: the response is not valid HTTP/1.1: {exc}",
-            retryable=True,
-            kind="connection",
         ) from exc
     except (OSError, ProtocolError, zlib.error) as exc:
         raise ActionError(

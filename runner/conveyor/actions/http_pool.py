@@ -1,7 +1,7 @@
 """Connections for the runner's HTTP client: opened to a checked address (TLS with the URL's
 host name as server name), kept alive per destination, dropped when the server closed them.
 
-The protocol on a connection is `http.py`'s (h11); here is only what a socket needs: every
+The protocol on a connection is `http.py`'s and `http_response.py`'s (llhttp); here is only what a socket needs: every
 operation bounded by the exchange's deadline, and a pool that hands an idle connection only
 to a request for the same destination.
 """
