@@ -86,7 +86,7 @@ def load_revision(revision: str) -> tuple[ModuleType, Any]:
     folder = Path(tempfile.mkdtemp(prefix="http-client-cpu-")) / package
     folder.mkdir()
     (folder / "__init__.py").write_text("")
-    modules = ("base", "http", "http_pool")
+    modules = ("base", "http", "http_pool", "http_response")
     for name in modules:
         shown = subprocess.run(
             ["git", "-C", str(ROOT), "show", f"{revision}:runner/conveyor/actions/{name}.py"],
@@ -94,7 +94,7 @@ def load_revision(revision: str) -> tuple[ModuleType, Any]:
             text=True,
         )
         if shown.returncode != 0:
-            continue  # http_pool.py exists only from the h11 client on
+            continue  # http_pool.py exists only from the h11 client on, http_response.py from llhttp
         text = shown.stdout
         for module in modules:
             text = text.replace(f"conveyor.actions.{module}", f"{package}.{module}")

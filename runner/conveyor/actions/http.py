@@ -32,9 +32,10 @@ What is the runner's own, on top of it:
 Sockets and llhttp rather than httpx, h11 or the standard library's `http.client`,
 because the runner's throughput is set by CPU per request: a burst of webhooks is 16
 threads making small requests to a few destinations. h11 (pure Python) cost twice the
-CPU per small POST of the hand-parsed client before it; llhttp costs about what that
-client did. `make bench-http-client` (bench/http_client_cpu.py) measures it,
-bench/RESULTS.md has the numbers.
+CPU per small POST of the hand-parsed client before it; with llhttp a small POST costs
+somewhat less than with that client (0.8-0.95x, at 1 thread and at 16).
+`make bench-http-client` (bench/http_client_cpu.py) measures it, bench/RESULTS.md has
+the numbers.
 """
 
 from __future__ import annotations
