@@ -143,6 +143,8 @@ class ResponseReader:
             cause = exc.__context__  # what a callback raised
             if isinstance(cause, ProtocolError):
                 raise cause from None
+            if cause is not None:  # a fault of the callbacks', not of the server's answer
+                raise cause
             raise ProtocolError(f"the response is not valid HTTP/1.1: {exc}") from exc
 
     def read_head(self, connection: HTTPConnection, deadline: float) -> Response:
