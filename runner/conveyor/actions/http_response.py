@@ -140,11 +140,10 @@ class ResponseReader:
             if self.done:  # the response had ended: what does not parse is beyond it
                 self.beyond = True
                 return
-            cause = exc.__context__  # what a callback raised
-            if isinstance(cause, ProtocolError):
-                raise cause from None
-            if cause is not None:  # a fault of the callbacks', not of the server's answer
-                raise cause
+            # what a callback raised: a ProtocolError, or a fault of the callbacks' (raised
+            # as it is, not as a failure of the server's)
+            if exc.__context__ is not None:
+                raise exc.__context__ from None
             raise ProtocolError(f"the response is not valid HTTP/1.1: {exc}") from exc
 
     def read_head(self, connection: HTTPConnection, deadline: float) -> Response:
