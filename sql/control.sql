@@ -1,4 +1,5 @@
--- Operator control over executions that already ran (cancel lives with the interpreter).
+-- An execution's lifecycle outside its steps: its final bookkeeping (finish_execution), ending it
+-- from outside (abort, cancel), and operator control over executions that already ran.
 
 -- The tenant's execution, locked; a clear error when the tenant has no such execution.
 create or replace function conveyor.lock_tenant_execution(p_tenant_id text, p_execution_id bigint)
@@ -143,3 +144,179 @@ revoke all on function conveyor.pause_execution(text, bigint) from public;
 revoke all on function conveyor.resume_execution(text, bigint) from public;
 grant execute on function conveyor.pause_execution(text, bigint) to conveyor_app, conveyor_service;
 grant execute on function conveyor.resume_execution(text, bigint) to conveyor_app, conveyor_service;
+-- The workflow_stats shard a transaction writes: its backend's. Each writing transaction
+-- adds all its counts for a workflow to one row, and concurrent writers (dispatchers,
+-- runners' write-backs) mostly write different rows, so they do not queue on each other's
+-- row locks until commit (with shard = execution_id % 16, every batch touched most shards
+-- and two runners' write-backs waited on each other). Readers sum the shards.
+create or replace function conveyor.stats_shard() returns smallint
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  return (pg_catalog.pg_backend_pid() % 16)::smallint;
+end;
+$$;
+
+-- Final bookkeeping of an execution: final status, finished_at, error, the sharded stats
+-- row (conveyor.stats_shard) and an operator log line for failures.
+-- Returns false (and changes nothing) when the execution is already final.
+create or replace function conveyor.finish_execution(
+  p_execution_id bigint,
+  p_status text,
+  p_error jsonb default null
+) returns boolean
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_exec conveyor.executions;
+begin
+  if p_status not in ('completed', 'failed', 'cancelled', 'timed_out') then
+    raise exception using
+      errcode = '22023',
+      message = format('execution %s: "%s" is not a final status', p_execution_id, p_status),
+      hint = 'use completed, failed, cancelled or timed_out';
+  end if;
+
+  update conveyor.executions as e
+  set
+    status = p_status,
+    error = coalesce(p_error, e.error, case when p_status = 'failed' then '{"message": "failed"}'::jsonb end),
+    finished_at = greatest(now(), coalesce(e.started_at, e.created_at)),
+    started_at = coalesce(e.started_at, now()),
+    wait_kind = null,
+    resume_at = null
+  where e.execution_id = p_execution_id
+    and e.status not in ('completed', 'failed', 'cancelled', 'timed_out')
+  returning e.* into v_exec;
+
+  if not found then
+    return false;
+  end if;
+
+  insert into conveyor.workflow_stats as s (
+    workflow_id, shard, tenant_id, completed, failed, cancelled, timed_out, total_duration_ms,
+    last_run_at, last_error_at
+  )
+  values (
+    v_exec.workflow_id,
+    conveyor.stats_shard(),
+    v_exec.tenant_id,
+    (p_status = 'completed')::integer,
+    (p_status = 'failed')::integer,
+    (p_status = 'cancelled')::integer,
+    (p_status = 'timed_out')::integer,
+    (extract(epoch from v_exec.finished_at - v_exec.started_at) * 1000)::bigint,
+    v_exec.finished_at,
+    case when p_status in ('failed', 'timed_out') then v_exec.finished_at end
+  )
+  on conflict (workflow_id, shard) do update
+    set
+      completed = s.completed + excluded.completed,
+      failed = s.failed + excluded.failed,
+      cancelled = s.cancelled + excluded.cancelled,
+      timed_out = s.timed_out + excluded.timed_out,
+      total_duration_ms = s.total_duration_ms + excluded.total_duration_ms,
+      last_run_at = greatest(s.last_run_at, excluded.last_run_at),
+      last_error_at = greatest(s.last_error_at, excluded.last_error_at);
+
+  if p_status <> 'completed' then
+    insert into conveyor.execution_logs (tenant_id, execution_id, workflow_id, step_id, level, message, details)
+    values (
+      v_exec.tenant_id, v_exec.execution_id, v_exec.workflow_id, v_exec.error ->> 'step',
+      case when p_status = 'cancelled' then 'info' else 'error' end,
+      format('execution %s %s: %s', p_execution_id, p_status, coalesce(v_exec.error ->> 'message', p_status)),
+      v_exec.error
+    );
+  end if;
+  return true;
+end;
+$$;
+
+-- Ends a live execution from outside (cancellation, maintenance's timeouts): its open
+-- step_runs become 'skipped' with the reason, their queued action messages are archived
+-- (a later write-back for them is ignored), and the execution gets p_status ('cancelled'
+-- or 'timed_out'). The caller holds the execution's row lock or accepts waiting for it.
+-- Returns false when the execution was already final.
+create or replace function conveyor.abort_execution(p_execution_id bigint, p_status text, p_error jsonb)
+returns boolean
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_status text;
+  v_msg_ids bigint[];
+begin
+  if p_status not in ('cancelled', 'timed_out') then
+    raise exception using
+      errcode = '22023',
+      message = format('execution %s: cannot abort with status "%s"', p_execution_id, p_status),
+      hint = 'use cancelled or timed_out';
+  end if;
+  select e.status into v_status from conveyor.executions as e where e.execution_id = p_execution_id for update;
+  if v_status is null or v_status in ('completed', 'failed', 'cancelled', 'timed_out') then
+    return false;
+  end if;
+
+  with skipped as (
+    update conveyor.step_runs as r
+    set
+      status = 'skipped',
+      finished_at = now(),
+      error = jsonb_build_object('message', 'execution ' || p_status) || coalesce(p_error - 'step' - 'message', '{}')
+    where r.execution_id = p_execution_id and r.status in ('queued', 'running')
+    returning r.msg_id
+  )
+
+  select array_agg(s.msg_id) filter (where s.msg_id is not null) into v_msg_ids from skipped as s;
+  if v_msg_ids is not null then
+    perform pgmq.archive('conveyor_actions', v_msg_ids);
+  end if;
+  return conveyor.finish_execution(p_execution_id, p_status, p_error);
+end;
+$$;
+
+-- Cancels an execution of the tenant (see abort_execution). Returns the execution's status
+-- afterwards: 'cancelled', or the final status it already had.
+create or replace function conveyor.cancel_execution(
+  p_tenant_id text,
+  p_execution_id bigint,
+  p_reason text default null
+) returns text
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_exec conveyor.executions;
+begin
+  perform conveyor.require_tenant(p_tenant_id);
+  select e.* into v_exec
+  from conveyor.executions as e
+  where e.execution_id = p_execution_id and e.tenant_id = p_tenant_id
+  for update;
+  if not found then
+    raise exception using
+      errcode = '22023',
+      message = format('execution %s not found for tenant "%s"', p_execution_id, p_tenant_id);
+  end if;
+  if v_exec.status in ('completed', 'failed', 'cancelled', 'timed_out') then
+    return v_exec.status;
+  end if;
+  perform conveyor.abort_execution(
+    p_execution_id, 'cancelled',
+    jsonb_build_object('step', v_exec.current_step, 'message', coalesce(p_reason, 'cancelled'), 'reason', p_reason)
+  );
+  return 'cancelled';
+end;
+$$;
+
+revoke all on function conveyor.finish_execution(bigint, text, jsonb) from public;
+revoke all on function conveyor.abort_execution(bigint, text, jsonb) from public;
+grant execute on function conveyor.abort_execution(bigint, text, jsonb) to conveyor_service;
+grant execute on function conveyor.finish_execution(bigint, text, jsonb) to conveyor_service;
+grant execute on function conveyor.cancel_execution(text, bigint, text) to conveyor_app, conveyor_service;

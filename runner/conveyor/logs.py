@@ -50,5 +50,5 @@ def setup(level: str = "INFO", *, json_lines: bool | None = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Libraries that narrate every request or SMTP command at INFO: only their warnings.
-    for chatty in ("httpx", "httpcore", "mail.log", "psycopg.pool"):
+    for chatty in ("mail.log", "psycopg.pool"):
         logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -96,6 +96,141 @@ begin
 end;
 $$;
 
+
+-- The most elements a map or filter transform takes (setting conveyor.max_transform_items,
+-- default 10000): each element renders a template or evaluates a condition.
+-- (plpgsql: a SQL function called from plpgsql is planned again in every transaction)
+create or replace function conveyor.max_transform_items() returns integer
+language plpgsql
+stable
+parallel safe
+set search_path = ''
+as $$
+begin
+  return coalesce(nullif(pg_catalog.current_setting('conveyor.max_transform_items', true), '')::integer, 10000);
+end;
+$$;
+
+-- A transform step's value: map / filter / aggregate over an array, format_date, render.
+-- map and filter pass each element to render / eval_condition as the `item` root (p_item)
+-- rather than a copy of the context per element (which made them quadratic in the list's
+-- length when the list is in the context, as it usually is), and collect the results in
+-- one aggregate or array: linear in the list. A map's result is bounded like a rendered
+-- value (conveyor.max_rendered_bytes), checked as it grows.
+create or replace function conveyor.transform_value(p_spec jsonb, p_context jsonb, p_where text)
+returns jsonb
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_op text := p_spec ->> 'op';
+  v_source jsonb;
+  v_result jsonb;
+  v_field text[] := pg_catalog.string_to_array(p_spec ->> 'field', '.');
+  v_function text := p_spec ->> 'function';
+  v_bad jsonb;
+  v_tz text;
+  v_items jsonb[] := '{}';
+  v_item jsonb;
+  v_count integer := 0;
+  v_bytes bigint := 0;
+  v_max_bytes integer;
+begin
+  if v_op in ('map', 'filter', 'aggregate') then
+    v_source := conveyor.render(p_spec -> 'source', p_context, p_where || '.source');
+    if jsonb_typeof(v_source) is distinct from 'array' then
+      raise exception using
+        errcode = '22023',
+        message = format('%s.source: expected an array, got %s', p_where, coalesce(jsonb_typeof(v_source), 'nothing')),
+        hint = 'source is one {{...}} reference to an array, e.g. "{{trigger.payload.items}}"';
+    end if;
+    if v_op in ('map', 'filter') and jsonb_array_length(v_source) > conveyor.max_transform_items() then
+      raise exception using
+        errcode = '54000',
+        message = format(
+          '%s.source: %s has %s items, over the limit of %s (setting conveyor.max_transform_items)',
+          p_where, v_op, jsonb_array_length(v_source), conveyor.max_transform_items()
+        ),
+        hint = 'Split the list (a filter first, or the event) into smaller ones.';
+    end if;
+  end if;
+
+  case v_op
+    when 'map' then
+      v_max_bytes := conveyor.max_rendered_bytes();
+      for v_item in select i.item from jsonb_array_elements(v_source) as i (item) loop
+        v_count := v_count + 1;
+        v_items[v_count] := conveyor.render(p_spec -> 'template', p_context, p_where || '.template', v_item);
+        v_bytes := v_bytes + coalesce(pg_catalog.pg_column_size(v_items[v_count]), 0);
+        if v_bytes > v_max_bytes then
+          perform conveyor.render_too_large(p_where || '.template', v_bytes, format('map (after %s items)', v_count));
+        end if;
+      end loop;
+      v_result := to_jsonb(v_items);
+    when 'filter' then
+      select coalesce(jsonb_agg(i.item order by i.n), '[]')
+      into v_result
+      from jsonb_array_elements(v_source) with ordinality as i (item, n)
+      where conveyor.eval_condition(p_spec -> 'where', p_context, i.item);
+    when 'aggregate' then
+      if v_function in ('sum', 'avg') then
+        select v.value into v_bad
+        from (
+          select case when v_field is null then i.item else i.item #> v_field end as value
+          from jsonb_array_elements(v_source) as i (item)
+        ) as v
+        where jsonb_typeof(v.value) not in ('number', 'null')
+        limit 1;
+        if found then
+          raise exception using
+            errcode = '22023',
+            message = format('%s: %s needs numbers, got %s', p_where, v_function, v_bad),
+            hint = 'name the numeric field with "field"';
+        end if;
+      end if;
+      select
+        case v_function
+          when 'count' then to_jsonb(count(*) filter (where v.value is not null and v.value <> 'null'))
+          when 'sum' then to_jsonb(coalesce(sum((v.value #>> '{}')::numeric), 0))
+          when 'avg' then to_jsonb(avg((v.value #>> '{}')::numeric))
+          when 'min' then (array_agg(v.value order by v.value) filter (where v.value <> 'null'))[1]
+          when 'max' then (array_agg(v.value order by v.value desc) filter (where v.value <> 'null'))[1]
+        end
+      into v_result
+      from (
+        select case when v_field is null then i.item else i.item #> v_field end as value
+        from jsonb_array_elements(v_source) as i (item)
+      ) as v;
+      if v_function not in ('count', 'sum', 'avg', 'min', 'max') or v_function is null then
+        raise exception using
+          errcode = '22023',
+          message = format('%s.function: unknown aggregate "%s"', p_where, v_function),
+          hint = 'use sum, avg, count, min or max';
+      end if;
+    when 'format_date' then
+      v_tz := coalesce(
+        conveyor.render(p_spec -> 'timezone', p_context, p_where || '.timezone') #>> '{}',
+        p_context #>> '{tenant,timezone}',
+        'UTC'
+      );
+      v_result := to_jsonb(pg_catalog.to_char(
+        (conveyor.render(p_spec -> 'value', p_context, p_where || '.value') #>> '{}')::timestamptz
+        at time zone v_tz,
+        coalesce(p_spec ->> 'format', 'YYYY-MM-DD"T"HH24:MI:SS')
+      ));
+    when 'render' then
+      v_result := conveyor.render(p_spec -> 'template', p_context, p_where || '.template');
+    else
+      raise exception using
+        errcode = '22023',
+        message = format('%s.op: unknown transform "%s"', p_where, v_op),
+        hint = 'use map, filter, aggregate, format_date or render';
+  end case;
+  return v_result;
+end;
+$$;
+
 -- How a transform step runs (put into the interpreter by conveyor.generate_interpreter, sql/step_kinds.sql).
 create or replace function conveyor.step_transform_code()
 returns jsonb

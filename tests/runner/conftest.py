@@ -1,8 +1,9 @@
-"""Fixtures shared by the runner's tests: the actions' environment, the CLI against a database."""
+"""Fixtures shared by the runner's tests: the actions' environment, the CLI against a database,
+scripted raw HTTP servers."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -12,6 +13,7 @@ from click.testing import CliRunner, Result
 from conveyor.actions import Environment
 from conveyor.cli import main
 from conveyor.netguard import NetworkPolicy
+from tests.runner.raw_http import RawHTTP, Script
 
 
 @pytest.fixture
@@ -40,3 +42,17 @@ def cli(db_url: str, conn: psycopg.Connection[dict[str, Any]]) -> Any:
         )
 
     return invoke
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., RawHTTP]]:
+    """Starts scripted raw HTTP servers (`serve(script, tls=..., host=...)`); closes them afterwards."""
+    servers: list[RawHTTP] = []
+
+    def start(script: Script, **kwargs: Any) -> RawHTTP:
+        servers.append(RawHTTP(script, **kwargs))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()

@@ -10,125 +10,19 @@ import ipaddress
 import json
 import socket
 import ssl
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from conveyor.actions import ActionRequest, Environment, Outcome, http, perform
+from conveyor.actions import ActionRequest, Environment, http, perform
 from conveyor.actions.base import ActionError
 from conveyor.actions.http import MAX_BODY_BYTES
 from conveyor.netguard import NetworkPolicy, Target
 from tests.runner.helpers import self_signed_certificate
-
-# An answer: the pieces to write (bytes) with pauses between them (seconds), and whether
-# to close the connection afterwards. None: close the connection without answering.
-Answer = tuple[list[bytes | float], bool] | None
-Script = Callable[[int, int, bytes], Answer]
-
-
-def response(
-    body: bytes = b"ok", status: str = "200 OK", headers: tuple[str, ...] = ("Content-Type: text/plain",)
-) -> bytes:
-    head = [f"HTTP/1.1 {status}", *headers, f"Content-Length: {len(body)}", "", ""]
-    return "\r\n".join(head).encode() + body
-
-
-def answer(data: bytes) -> Answer:
-    return [data], False
-
-
-class RawHTTP:
-    """Answers the requests on each connection as `script(connection, request, raw)` says,
-    and records every connection with the requests read on it."""
-
-    def __init__(self, script: Script, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> None:
-        self.script = script
-        self.tls = tls
-        self.listener = socket.create_server((host, 0))
-        self.port = int(self.listener.getsockname()[1])
-        self.connections: list[list[bytes]] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            with self.lock:
-                index = len(self.connections)
-                self.connections.append([])
-            threading.Thread(target=self._serve, args=(conn, index), daemon=True).start()
-
-    def _serve(self, conn: socket.socket, index: int) -> None:
-        try:
-            if self.tls is not None:
-                conn = self.tls.wrap_socket(conn, server_side=True)
-            buffer = b""
-            while True:
-                while b"\r\n\r\n" not in buffer:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buffer += data
-                head, _, buffer = buffer.partition(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                while len(buffer) < length:
-                    buffer += conn.recv(65536)
-                request, buffer = head + b"\r\n\r\n" + buffer[:length], buffer[length:]
-                with self.lock:
-                    number = len(self.connections[index])
-                    self.connections[index].append(request)
-                reply = self.script(index, number, request)
-                if reply is None:
-                    return
-                pieces, close = reply
-                for piece in pieces:
-                    if isinstance(piece, float):
-                        time.sleep(piece)
-                    else:
-                        conn.sendall(piece)
-                if close:
-                    return
-        except OSError:
-            return
-        finally:
-            conn.close()
-
-    def url(self, path: str = "/", host: str = "127.0.0.1", scheme: str = "http") -> str:
-        return f"{scheme}://{host}:{self.port}{path}"
-
-    def close(self) -> None:
-        self.listener.close()
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[..., RawHTTP]]:
-    servers: list[RawHTTP] = []
-
-    def start(script: Script, **kwargs: Any) -> RawHTTP:
-        servers.append(RawHTTP(script, **kwargs))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.close()
-
-
-def post(env: Environment, url: str, timeout_s: float = 5.0, **data: Any) -> Outcome:
-    return perform(
-        ActionRequest("webhook.send", {"url": url, "body": {"n": 1}, **data}, "k:1", timeout_s), env
-    )
+from tests.runner.raw_http import RawHTTP, answer, post, response
 
 
 def test_sequential_requests_share_one_kept_alive_connection(
@@ -358,19 +252,35 @@ def test_https_goes_to_the_checked_address_and_verifies_the_certificate_for_the_
     assert all(f"\r\nHost: localhost:{server.port}\r\n".encode() in raw for raw in trusted[0])
 
 
-def test_interim_responses_and_folded_headers_are_read_on_a_kept_alive_connection(
+def test_interim_responses_are_skipped_on_a_kept_alive_connection(
     env: Environment, serve: Callable[..., RawHTTP]
 ) -> None:
-    # a 100 Continue before the answer; a header folded onto a second line (obsolete)
+    # a 100 Continue and a 103 Early Hints (with a header of its own) before the answer
     reply = (
-        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-Long: one\r\n two\r\nContent-Length: 2\r\n\r\nok"
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nX-Long: one two\r\nContent-Length: 2\r\n\r\nok"
     )
     server = serve(lambda c, r, raw: answer(reply))
     first = post(env, server.url("/a"))
     assert first.output is not None and first.output["headers"]["x-long"] == "one two"
+    assert "link" not in first.output["headers"]  # the interim response's, not the answer's
     assert first.output["body"] == "ok"
     assert post(env, server.url("/b")).ok
     assert [len(requests) for requests in server.connections] == [2]
+
+
+def test_a_folded_header_line_is_refused_and_its_connection_discarded(
+    env: Environment, serve: Callable[..., RawHTTP]
+) -> None:
+    # obsolete line folding: refused (strict llhttp), not read by a lenient mode that would
+    # also loosen the checks on header values
+    folded = b"HTTP/1.1 200 OK\r\nX-Long: one\r\n two\r\nContent-Length: 2\r\n\r\nok"
+    server = serve(lambda c, r, raw: answer(folded if (c, r) == (0, 0) else response()))
+    first = post(env, server.url("/a"))
+    assert not first.ok and first.retryable
+    assert first.error is not None and first.error["type"] == "connection"
+    assert post(env, server.url("/b")).ok
+    assert [len(requests) for requests in server.connections] == [1, 1]
 
 
 def test_a_body_without_a_length_runs_to_the_close_and_its_connection_is_not_kept(
