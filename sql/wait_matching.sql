@@ -1,35 +1,27 @@
 -- Waits, matched at an event's dispatch (place 2 of the argument at the top of
 -- sql/waits.sql): the waits the events a dispatcher just claimed answer are resumed.
 
--- Resumes the waits that p_event_ids (events dispatch just claimed) answer: same tenant,
--- the awaited type or pattern, the "match" values equal as text, occurred at or after
--- the wait's look-back point; for wait_until a captured change of the row, whose
--- condition is then checked on the row. Each execution takes its first matching event
--- (by occurred_at, then id) and sees it as {{steps.<id>.output.event}}. An event that
--- waits of its type exist for but that matched none of them is logged (reason
--- no_wait_matched), like the reasons an event started nothing. Returns how many
--- executions were resumed.
-create or replace function conveyor.resume_waiting_for_events(p_event_ids bigint[])
-returns integer
+-- The answers p_event_ids (events dispatch just claimed, of the tenants p_tenants) give
+-- to waits: same tenant, the awaited type or pattern, the "match" values equal as text,
+-- occurred at or after the wait's look-back point; for wait_until a captured change of
+-- the row, whose condition is then checked on the row. Each waiting execution takes its
+-- first answering event (by occurred_at, then id): execution_ids (in id order) and, at
+-- the same positions, hits (what conveyor.wait_take records). An event that waits of its
+-- type exist for but that answered none of them is logged (reason no_wait_matched), like
+-- the reasons an event started nothing. Locks nothing: the caller does.
+create or replace function conveyor.wait_answers(
+  p_event_ids bigint[],
+  p_tenants text[],
+  out execution_ids bigint[],
+  out hits jsonb[]
+)
 language plpgsql
 security definer
 set search_path = ''
 as $$
 declare
-  v_ids bigint[];
-  v_hits jsonb[];
-  v_locked bigint[];
   v_logged bigint;
-  -- the tenants of these events waits could belong to
-  v_tenants text[] := array(
-    select distinct ev.tenant_id from conveyor.events as ev where ev.event_id = any(p_event_ids)
-  );
 begin
-  -- most dispatches meet no wait of these tenants: one probe of waits_key_idx says so
-  if not exists (select from conveyor.waits as w where w.tenant_id = any(v_tenants)) then
-    return 0;
-  end if;
-
   with events as (
     select
       ev.event_id, ev.tenant_id, ev.event_type, ev.occurred_at,
@@ -69,7 +61,7 @@ begin
     cross join lateral (
       select case when st.config ? st.kind then st.config -> st.kind else st.config end as spec
     ) as sp
-    where st.tenant_id = any(v_tenants) and st.kind in ('wait_for_event', 'wait_until')
+    where st.tenant_id = any(p_tenants) and st.kind in ('wait_for_event', 'wait_until')
   ),
 
   -- the waits with an event's key and values; for a wait_until its row
@@ -142,7 +134,35 @@ begin
     (select array_agg(h.execution_id order by h.execution_id) from hits as h),
     (select array_agg(h.hit order by h.execution_id) from hits as h),
     (select count(*) from logged)
-  into v_ids, v_hits, v_logged;
+  into execution_ids, hits, v_logged;
+end;
+$$;
+
+revoke all on function conveyor.wait_answers(bigint[], text[]) from public;
+
+-- Resumes the waits that p_event_ids (events dispatch just claimed) answer (see
+-- conveyor.wait_answers): each execution sees its event as {{steps.<id>.output.event}}.
+-- Returns how many executions were resumed.
+create or replace function conveyor.resume_waiting_for_events(p_event_ids bigint[])
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_ids bigint[];
+  v_hits jsonb[];
+  v_locked bigint[];
+  -- the tenants of these events waits could belong to
+  v_tenants text[] := array(
+    select distinct ev.tenant_id from conveyor.events as ev where ev.event_id = any(p_event_ids)
+  );
+begin
+  -- most dispatches meet no wait of these tenants: one probe of waits_key_idx says so
+  if not exists (select from conveyor.waits as w where w.tenant_id = any(v_tenants)) then
+    return 0;
+  end if;
+  select a.execution_ids, a.hits into v_ids, v_hits from conveyor.wait_answers(p_event_ids, v_tenants) as a;
 
   if v_ids is null then
     return 0;

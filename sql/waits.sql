@@ -264,7 +264,7 @@ begin
   v_hit := conveyor.wait_hit(v_wait, null, true);
   if v_hit is not null then
     -- an event of this dispatch's own batch, taken here before the batch's waits are
-    -- matched, is not "no wait matched" there (resume_waiting_for_events reads this list)
+    -- matched, is not "no wait matched" there (conveyor.wait_answers reads this list)
     if v_hit -> 'event' ->> 'event_id' is not null then
       perform pg_catalog.set_config(
         'conveyor.events_taken_by_waits',
