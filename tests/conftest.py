@@ -10,6 +10,7 @@ per session, and every test that asks for `db_url` gets a fresh copy of it.
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import socket
 import tempfile
@@ -67,9 +68,17 @@ class Server:
         )
 
 
+def memory_backed_dir() -> str | None:
+    """/dev/shm where there is one, for the session cluster's data directory: every test creates
+    and drops a database, and on a disk those file creations and deletions took most of the
+    suite's time (about 0.4 s a test against 0.06 s in memory). None: the usual temp dir."""
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else None
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[Server]:
-    root = Path(tempfile.mkdtemp(prefix="conveyor-test-pg-"))
+    root = Path(tempfile.mkdtemp(prefix="conveyor-test-pg-", dir=memory_backed_dir()))
     root.chmod(0o755)  # as root, the server's unprivileged user must reach the cluster below
     cluster = Cluster(root=root / "pg", port=free_port(), dbname=CRON_DB)
     cluster.start()
