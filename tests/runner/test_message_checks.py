@@ -14,8 +14,7 @@ from conveyor import queue as q
 from conveyor.actions import Outcome
 from conveyor.results import encode_results
 from conveyor.worker import Runner, RunnerConfig, _Finished
-from tests.sql.test_interpreter import execution, make_tenant, start, step_runs
-from tests.sql.test_write_back import flow
+from tests.sql.interpreter_helpers import execution, flow, make_tenant, start, step_runs
 
 Conn = psycopg.Connection[dict[str, Any]]
 
