@@ -1001,7 +1001,7 @@ grant execute on function conveyor.live_runners(interval) to conveyor_service;
 create function conveyor.local_to_instant(p_local timestamp without time zone, p_timezone text) returns timestamp with time zone
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.local_to_instant(timestamp without time zone,text) to conveyor_service;
-create function conveyor.lock_tenant_execution(p_tenant_id text, p_execution_id bigint) returns conveyor.executions
+create function conveyor.lock_tenant_execution(p_tenant_id text, p_execution_id bigint, p_missing text DEFAULT 'does not exist'::text) returns conveyor.executions
   language plpgsql volatile set search_path = '';
 create function conveyor.lock_workflow(p_tenant_id text, p_slug text) returns conveyor.workflows
   language plpgsql volatile set search_path = '';
@@ -1143,6 +1143,9 @@ grant execute on function conveyor.render_string(text,jsonb,text,jsonb,boolean) 
 create function conveyor.render_too_large(p_where text, p_bytes bigint, p_what text DEFAULT 'value'::text) returns jsonb
   language plpgsql stable parallel safe set search_path = '';
 grant execute on function conveyor.render_too_large(text,bigint,text) to conveyor_service;
+create function conveyor.replay_event(p_tenant_id text, p_event_id bigint) returns bigint
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.replay_event(text,bigint) to conveyor_app, conveyor_service;
 create function conveyor.requeue_dead_letter(p_tenant_id text, p_dead_letter_id bigint) returns bigint
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.requeue_dead_letter(text,bigint) to conveyor_service;
@@ -1335,6 +1338,9 @@ grant execute on function conveyor.template_step_refs(jsonb) to conveyor_service
 create function conveyor.tenant_context_mac(p_tenant_id text, p_inner_key bytea, p_outer_key bytea) returns text
   language sql stable;
 grant execute on function conveyor.tenant_context_mac(text,bytea,bytea) to conveyor_service;
+create function conveyor.tenant_event(p_tenant_id text, p_event_id bigint) returns conveyor.events
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.tenant_event(text,bigint) to conveyor_service;
 create function conveyor.tick(p_now timestamp with time zone DEFAULT now(), p_batch integer DEFAULT 1000, p_dispatch boolean DEFAULT true) returns jsonb
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.tick(timestamp with time zone,integer,boolean) to conveyor_service;
@@ -1364,6 +1370,9 @@ create function conveyor.unwatch(p_table regclass) returns boolean
 create function conveyor.validate_workflow(p_document jsonb) returns SETOF text
   language plpgsql stable set search_path = '' set jit = off;
 grant execute on function conveyor.validate_workflow(jsonb) to conveyor_service;
+create function conveyor.wait_answers(p_event_ids bigint[], p_tenants text[], OUT execution_ids bigint[], OUT hits jsonb[]) returns record
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.wait_answers(bigint[],text[]) to conveyor_service;
 create function conveyor.wait_begin(p_exec conveyor.executions, p_kind text, p_step_id text, p_input jsonb, p_timeout_at timestamp with time zone, p_now timestamp with time zone, p_register boolean, p_where text) returns jsonb
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.wait_begin(conveyor.executions,text,text,jsonb,timestamp with time zone,timestamp with time zone,boolean,text) to conveyor_service;

@@ -1,8 +1,15 @@
 -- An execution's lifecycle outside its steps: its final bookkeeping (finish_execution), ending it
 -- from outside (abort, cancel), and operator control over executions that already ran.
 
--- The tenant's execution, locked; a clear error when the tenant has no such execution.
-create or replace function conveyor.lock_tenant_execution(p_tenant_id text, p_execution_id bigint)
+-- The tenant's execution, locked; a clear error when the tenant has no such execution
+-- ("execution <id> <p_missing> for tenant ..."). The callers check the tenant first
+-- (conveyor.require_tenant, in each function the application role may call: test_tenancy.py).
+drop function if exists conveyor.lock_tenant_execution(text, bigint);
+create or replace function conveyor.lock_tenant_execution(
+  p_tenant_id text,
+  p_execution_id bigint,
+  p_missing text default 'does not exist'
+)
 returns conveyor.executions
 language plpgsql
 set search_path = ''
@@ -15,13 +22,13 @@ begin
   for update;
   if not found then
     raise exception using errcode = '22023',
-      message = format('execution %s does not exist for tenant "%s"', p_execution_id, p_tenant_id);
+      message = format('execution %s %s for tenant "%s"', p_execution_id, p_missing, p_tenant_id);
   end if;
   return v_exec;
 end;
 $$;
 
-revoke all on function conveyor.lock_tenant_execution(text, bigint) from public;
+revoke all on function conveyor.lock_tenant_execution(text, bigint, text) from public;
 
 -- Retry a failed, timed-out or cancelled execution as a new execution of the same version,
 -- linked by retry_of: from the step that failed (keeping variables and earlier steps'
@@ -295,15 +302,7 @@ declare
   v_exec conveyor.executions;
 begin
   perform conveyor.require_tenant(p_tenant_id);
-  select e.* into v_exec
-  from conveyor.executions as e
-  where e.execution_id = p_execution_id and e.tenant_id = p_tenant_id
-  for update;
-  if not found then
-    raise exception using
-      errcode = '22023',
-      message = format('execution %s not found for tenant "%s"', p_execution_id, p_tenant_id);
-  end if;
+  v_exec := conveyor.lock_tenant_execution(p_tenant_id, p_execution_id, 'not found');
   if v_exec.status in ('completed', 'failed', 'cancelled', 'timed_out') then
     return v_exec.status;
   end if;

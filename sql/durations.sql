@@ -418,6 +418,27 @@ begin
           and pg_catalog.timezone(v_tz, t) < w.ends_at
           and t >= p_from
       ) as gap on true
+      union all
+      -- a fall-back transition turning the clock back into a window (its start passed an
+      -- hour ago, its local times come round again): the instant of the transition, found
+      -- by a minute scan only on a day whose UTC offset changes
+      select tr.at
+      from pg_catalog.generate_series(
+        v_local::date::timestamp - interval '1 day', v_local::date::timestamp + interval '8 days', interval '1 day'
+      ) as d (day)
+      cross join lateral (
+        select t as at
+        from pg_catalog.generate_series(
+          pg_catalog.timezone('UTC', d.day), pg_catalog.timezone('UTC', d.day) + interval '1 day', interval '1 minute'
+        ) as t
+        where pg_catalog.timezone(v_tz, pg_catalog.timezone('UTC', d.day)) - d.day
+          <> pg_catalog.timezone(v_tz, pg_catalog.timezone('UTC', d.day) + interval '1 day') - (d.day + interval '1 day')
+          and pg_catalog.timezone(v_tz, t) < pg_catalog.timezone(v_tz, t - interval '1 minute')
+      ) as tr
+      where tr.at >= p_from and exists (
+        select from windows as w
+        where pg_catalog.timezone(v_tz, tr.at) >= w.starts_at and pg_catalog.timezone(v_tz, tr.at) < w.ends_at
+      )
     )
     select pg_catalog.min(at) from candidates
   );

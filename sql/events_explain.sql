@@ -225,6 +225,30 @@ $$;
 
 revoke all on function conveyor.event_effects(text, bigint[]) from public;
 
+-- One event of the tenant, for the functions that read or replay one; a clear error when
+-- the tenant has no such event. The callers check the tenant first (conveyor.require_tenant).
+create or replace function conveyor.tenant_event(p_tenant_id text, p_event_id bigint)
+returns conveyor.events
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_event conveyor.events;
+begin
+  select * into v_event
+  from conveyor.events as e
+  where e.event_id = p_event_id and e.tenant_id = p_tenant_id;
+  if not found then
+    raise exception using errcode = '22023',
+      message = format('event %s does not exist for tenant "%s"', p_event_id, p_tenant_id);
+  end if;
+  return v_event;
+end;
+$$;
+
+revoke all on function conveyor.tenant_event(text, bigint) from public;
+
 -- One event of a tenant, explained: the event (its payload as it was captured or emitted),
 -- its outcome, the executions it started ({execution_id, workflow, version, status, ...}),
 -- the waits it resumed ({execution_id, workflow, version, step_id, visit, resumed_at,
@@ -244,13 +268,7 @@ declare
   v_effects record;
 begin
   perform conveyor.require_tenant(p_tenant_id);
-  select * into v_event
-  from conveyor.events as e
-  where e.event_id = p_event_id and e.tenant_id = p_tenant_id;
-  if not found then
-    raise exception using errcode = '22023',
-      message = format('event %s does not exist for tenant "%s"', p_event_id, p_tenant_id);
-  end if;
+  v_event := conveyor.tenant_event(p_tenant_id, p_event_id);
   select * into v_effects from conveyor.event_effects(p_tenant_id, array[p_event_id]);
   return jsonb_build_object(
     'event', to_jsonb(v_event) - 'tenant_id',

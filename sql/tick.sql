@@ -38,8 +38,16 @@ begin
     conveyor.next_timeout_at(),
     (select min(sc.next_run_at) from conveyor.schedules as sc where sc.active),
     (select min(df.due_at) from conveyor.date_trigger_firings as df where df.fired_at is null),
-    -- the vt index: the first message not visible yet
-    (select min(q.vt) from pgmq.q_conveyor_actions as q where q.vt > pg_catalog.clock_timestamp())
+    -- the vt index: the first message not visible yet (a retry's backoff ending), looked
+    -- for in the next 30 s only. Messages in flight and those archived meanwhile (dead
+    -- index entries, thousands during a burst) sit at their read time plus the action's
+    -- timeout and the runner's margin, mostly further out: a scan over all of them cost
+    -- more than the rest of this function. A later due time is found by a later call
+    -- (the runner asks at least every poll interval).
+    (
+      select min(q.vt) from pgmq.q_conveyor_actions as q
+      where q.vt > pg_catalog.clock_timestamp() and q.vt <= pg_catalog.clock_timestamp() + interval '30 seconds'
+    )
   );
 end;
 $$;

@@ -13,7 +13,8 @@ from psycopg.types.json import Jsonb
 from conveyor import queue as q
 from conveyor.actions import Outcome
 from conveyor.results import encode_results
-from conveyor.worker import Runner, RunnerConfig, _Finished
+from conveyor.runner import Runner, RunnerConfig
+from conveyor.runner.shared import Finished as _Finished
 from tests.sql.interpreter_helpers import execution, flow, make_tenant, start, step_runs
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -92,7 +93,7 @@ def send(conn: Conn, *messages: Any) -> list[int]:
 
 def runner_for(db_url: str) -> Runner:
     runner = Runner(RunnerConfig(db_url, visibility_margin=1.0))
-    runner._write_back_ready = True
+    runner.features.write_back = True
     return runner
 
 
@@ -100,10 +101,10 @@ def test_malformed_messages_are_dead_lettered_not_performed(conn: Conn, db_url: 
     bad = send(conn, [1, 2], "a string", {"timeout_s": 1e300}, {"step_run_id": "abc"})
     runner = runner_for(db_url)
     with psycopg.connect(db_url, autocommit=True) as runner_conn:
-        runner._read_and_start(runner_conn)
+        runner.read_and_start(runner_conn)
         assert runner.state.leases == {}  # none of them is performed
         assert [f.message.msg_id for f in runner.state.finished if f.dead_letter] == bad
-        runner._flush(runner_conn)
+        runner.writer.flush(runner_conn)
     dead = conn.execute(
         "select msg_id, reason, last_error from conveyor.dead_letters order by msg_id"
     ).fetchall()
@@ -124,9 +125,9 @@ def test_a_malformed_message_naming_a_waiting_step_run_fails_that_step(conn: Con
     )
     runner = runner_for(db_url)
     with psycopg.connect(db_url, autocommit=True) as runner_conn:
-        runner._read_and_start(runner_conn)
+        runner.read_and_start(runner_conn)
         assert runner.state.leases == {}
-        runner._flush(runner_conn)
+        runner.writer.flush(runner_conn)
     e = execution(conn, eid)
     assert e["status"] == "failed"
     assert e["error"]["message"] == (
@@ -157,7 +158,7 @@ def test_a_result_the_database_refuses_before_write_back_runs_is_written_as_a_de
         runner_conn.execute("set max_stack_depth = '100kB'")
         with pytest.raises(psycopg.errors.StatementTooComplex):  # what the parameter meets
             runner_conn.execute("select %s::jsonb", (encode_results([{"output": deep}]),))
-        runner._write(runner_conn, [finished])
+        runner.writer.write(runner_conn, [finished])
     [dead] = conn.execute("select * from conveyor.dead_letters").fetchall()
     assert (dead["reason"], dead["msg_id"], dead["step_run_id"]) == (
         "result_refused",

@@ -18,7 +18,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from conveyor import queue as q
-from conveyor.worker import Runner, RunnerConfig
+from conveyor.runner import Runner, RunnerConfig
+from conveyor.runner.listener import DispatchOwner
 from tests.runner.helpers import local_http, wait_for
 
 Conn = psycopg.Connection[Any]
@@ -145,19 +146,21 @@ def test_a_delay_reached_by_a_write_back_resumes_on_time_not_on_the_next_poll(db
 
 def test_ticks_leave_events_to_a_listener_that_dispatches_and_take_over_when_it_does_not(db_url: str) -> None:
     runner = Runner(RunnerConfig(db_url, poll_interval=0.2))
-    assert runner._tick_dispatches(time.monotonic())  # no listener yet: the ticks dispatch
-    listener = threading.Thread(target=runner._listen, daemon=True)
+    assert (
+        runner.listener.owner(time.monotonic()) is DispatchOwner.TICKS
+    )  # no listener yet: the ticks dispatch
+    listener = threading.Thread(target=runner.listener.loop, daemon=True)
     listener.start()
     try:
         # the listener dispatches as it connects, then at least once a poll interval
-        wait_for(lambda: runner._listener_dispatched_at is not None, timeout=10)
-        first = runner._listener_dispatched_at
-        wait_for(lambda: runner._listener_dispatched_at != first, timeout=10)
-        assert not runner._tick_dispatches(time.monotonic())
+        wait_for(lambda: runner.listener.dispatched_at is not None, timeout=10)
+        first = runner.listener.dispatched_at
+        wait_for(lambda: runner.listener.dispatched_at != first, timeout=10)
+        assert runner.listener.owner(time.monotonic()) is DispatchOwner.LISTENER
         # a listener that stopped dispatching (stuck, say) is taken over after two intervals
-        assert runner._tick_dispatches(time.monotonic() + 2 * 0.2 + 1.5)
+        assert runner.listener.owner(time.monotonic() + 2 * 0.2 + 1.5) is DispatchOwner.TICKS
     finally:
         runner.stopping.set()
         listener.join(timeout=10)
-    assert runner._listener_dispatched_at is None  # its connection is gone
-    assert runner._tick_dispatches(time.monotonic())
+    assert runner.listener.dispatched_at is None  # its connection is gone
+    assert runner.listener.owner(time.monotonic()) is DispatchOwner.TICKS

@@ -311,6 +311,17 @@ def test_next_window_start_matches_a_minute_scan(
     assert next_start(conn, at, window) == ref_next_start(at, days, start, end, ZoneInfo(zone))
 
 
+def test_a_window_re_entered_when_the_clock_falls_back_opens_at_the_transition(conn: Conn) -> None:
+    """02:15:07 CEST is past the window 00:00-02:15; at 03:00 CEST the clock turns back to
+    02:00 CET, inside the window again (found by the minute scan above)."""
+    at = datetime(2026, 10, 25, 0, 15, 7, tzinfo=UTC)
+    window = {"hours": "00:00-02:15", "timezone": "Europe/Berlin"}
+    assert next_start(conn, at, window) == datetime(2026, 10, 25, 1, 0, tzinfo=UTC)
+    assert ref_next_start(
+        at, None, timedelta(0), timedelta(hours=2, minutes=15), ZoneInfo("Europe/Berlin")
+    ) == (datetime(2026, 10, 25, 1, 0, tzinfo=UTC))
+
+
 def test_a_bad_duration_setting_is_named(conn: Conn) -> None:
     conn.execute("set conveyor.max_duration = 'forever'")
     with pytest.raises(psycopg.errors.InvalidParameterValue) as err:

@@ -39,6 +39,7 @@ APPLICATION_API = {
     "conveyor.pause_execution(text,bigint)",
     "conveyor.publish(text,jsonb)",
     "conveyor.published_versions(text,text)",
+    "conveyor.replay_event(text,bigint)",
     "conveyor.resume_execution(text,bigint)",
     "conveyor.retry_execution(text,bigint,boolean)",
     "conveyor.revoke_api_key(text,text)",

@@ -43,7 +43,7 @@ def load(database_url: str | None) -> None:
 def run(database_url: str | None, activity: bool, every: float, log_level: str) -> None:
     """Load the demo, start the sinks and the runner (and activity) until Ctrl-C."""
     from conveyor import demo as demo_module
-    from conveyor.worker import Runner, RunnerConfig
+    from conveyor.runner import Runner, RunnerConfig
 
     logs.setup(log_level)
     url = resolve_database_url(database_url)

@@ -18,7 +18,6 @@ from conveyor.commands.common import (
     tenant_option,
 )
 from conveyor.db import connect
-from conveyor.errors import ConveyorError
 
 
 @click.group()
@@ -151,22 +150,7 @@ def emit(
 def replay(event_id: int, tenant: str, database_url: str | None, as_json: bool) -> None:
     """Emit a copy of an event so its workflows run again (run-once settings still apply)."""
     with connect(database_url) as conn:
-        original = conn.execute(
-            "select * from conveyor.events where event_id = %s and tenant_id = %s", (event_id, tenant)
-        ).fetchone()
-        if original is None:
-            raise ConveyorError(f'event {event_id} does not exist for tenant "{tenant}"')
-        row = conn.execute(
-            "select conveyor.emit(%s, %s, %s, %s, %s, null, %s) as id",
-            (
-                tenant,
-                original["event_type"],
-                Jsonb(original["payload"]),
-                original["entity_type"],
-                original["entity_id"],
-                original["source"],
-            ),
-        ).fetchone()
+        row = conn.execute("select conveyor.replay_event(%s, %s) as id", (tenant, event_id)).fetchone()
     new_id = row["id"] if row else None
     output.result(
         f"event {new_id}: replay of {event_id}", {"event_id": new_id, "replay_of": event_id}, as_json=as_json

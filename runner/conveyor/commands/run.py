@@ -107,7 +107,7 @@ def run(
     """
     import os
 
-    from conveyor.worker import Runner, RunnerConfig
+    from conveyor.runner import Runner, RunnerConfig
 
     logs.setup(log_level)
     config = RunnerConfig(
