@@ -20,7 +20,7 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from tests.e2e.test_runner_e2e import RunnerProcess
+from tests.e2e.helpers import RunnerProcess
 from tests.runner.helpers import LocalHTTP, Reply, local_http, wait_for
 
 Conn = psycopg.Connection[dict[str, Any]]

@@ -15,8 +15,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.e2e.helpers import KEY
 from tests.e2e.hostile import VICTIM_BOUND_S, Conn, Platform
-from tests.e2e.test_runner_e2e import KEY
 
 pytestmark = pytest.mark.slow
 

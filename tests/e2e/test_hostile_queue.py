@@ -12,14 +12,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from tests.e2e.test_runner_e2e import RunnerProcess, all_final, emit, executions, publish, setup_tenant
+from tests.e2e.helpers import all_final, emit, executions, publish, setup_tenant
 from tests.runner.helpers import LocalHTTP, Received, Reply, local_http, wait_for
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -35,23 +34,6 @@ FAST_REDELIVERY = {"CONVEYOR_VISIBILITY_MARGIN": "1"}
 def server() -> Iterator[LocalHTTP]:
     with local_http() as s:
         yield s
-
-
-@pytest.fixture
-def runners(db_url: str, tmp_path: Path) -> Iterator[Any]:
-    started: list[RunnerProcess] = []
-
-    def start(**env: str) -> RunnerProcess:
-        runner = RunnerProcess(db_url, tmp_path / f"runner{len(started)}.log", **env)
-        started.append(runner)
-        wait_for(runner.ready, timeout=30)
-        return runner
-
-    yield start
-    for runner in started:
-        if runner.proc.poll() is None:
-            runner.proc.kill()
-            runner.proc.wait()
 
 
 def hook(server: LocalHTTP, path: str, **step: Any) -> dict[str, Any]:
@@ -73,12 +55,12 @@ def dead_letters(conn: Conn) -> list[dict[str, Any]]:
     ids=["json-nul", "text-nul", "lone-surrogate", "nan"],
 )
 def test_an_answer_jsonb_refuses_is_stored_sanitised_and_the_post_is_performed_once(
-    conn: Conn, server: LocalHTTP, runners: Any, answer: bytes, content_type: str, stored: Any
+    conn: Conn, server: LocalHTTP, ready_runners: Any, answer: bytes, content_type: str, stored: Any
 ) -> None:
     tenant = setup_tenant(conn)
     server.routes["/nul"] = Reply(status=200, body=answer, headers={"Content-Type": content_type})
     publish(conn, tenant, hook(server, "/nul"))
-    runner = runners(**FAST_REDELIVERY)
+    runner = ready_runners(**FAST_REDELIVERY)
     emit(conn, tenant, {})
     [execution] = wait_for(lambda: all_final(conn, 1))
     assert execution["status"] == "completed", execution["error"]
@@ -90,12 +72,12 @@ def test_an_answer_jsonb_refuses_is_stored_sanitised_and_the_post_is_performed_o
 
 
 def test_an_oversize_answer_is_stored_truncated_with_a_marker(
-    conn: Conn, server: LocalHTTP, runners: Any
+    conn: Conn, server: LocalHTTP, ready_runners: Any
 ) -> None:
     tenant = setup_tenant(conn)
     server.routes["/big"] = Reply(status=200, body="y" * 60_000, headers={"Content-Type": "text/plain"})
     publish(conn, tenant, hook(server, "/big"))
-    runners(CONVEYOR_MAX_OUTPUT_BYTES="8192")
+    ready_runners(CONVEYOR_MAX_OUTPUT_BYTES="8192")
     emit(conn, tenant, {})
     [execution] = wait_for(lambda: all_final(conn, 1))
     assert execution["status"] == "completed", execution["error"]
@@ -107,7 +89,7 @@ def test_an_oversize_answer_is_stored_truncated_with_a_marker(
 
 
 def test_malformed_messages_are_dead_lettered_and_the_runner_and_queue_go_on(
-    conn: Conn, server: LocalHTTP, runners: Any
+    conn: Conn, server: LocalHTTP, ready_runners: Any
 ) -> None:
     tenant = setup_tenant(conn)
     publish(conn, tenant, hook(server, "/real"))
@@ -123,7 +105,7 @@ def test_malformed_messages_are_dead_lettered_and_the_runner_and_queue_go_on(
     conn.execute("select pgmq.send('conveyor_actions', %s)", (Jsonb(ghost),))
     conn.execute("update pgmq.q_conveyor_actions set read_ct = 1 where message ->> 'step_id' = 'ghost'")
     emit(conn, tenant, {})
-    runner = runners()
+    runner = ready_runners()
     [execution] = wait_for(lambda: all_final(conn, 1))
     assert execution["status"] == "completed"
     assert len(server.requests_to("/real")) == 1
@@ -151,7 +133,7 @@ def cli(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_message_delivered_too_often_becomes_a_dead_letter_the_operator_requeues(
-    conn: Conn, db_url: str, server: LocalHTTP, runners: Any
+    conn: Conn, db_url: str, server: LocalHTTP, ready_runners: Any
 ) -> None:
     tenant = setup_tenant(conn)
     publish(conn, tenant, hook(server, "/flaky"))
@@ -159,7 +141,7 @@ def test_a_message_delivered_too_often_becomes_a_dead_letter_the_operator_requeu
     conn.execute("select conveyor.dispatch()")
     # five deliveries that never got a result (a runner killed while performing it, say)
     conn.execute("update pgmq.q_conveyor_actions set read_ct = 5")
-    runner = runners()
+    runner = ready_runners()
     [execution] = wait_for(lambda: all_final(conn, 1))
     assert execution["status"] == "failed"
     assert "delivered 5 times without a result" in execution["error"]["message"]
@@ -191,7 +173,7 @@ def test_a_message_delivered_too_often_becomes_a_dead_letter_the_operator_requeu
 
 
 def test_retries_start_when_their_backoff_ends_not_at_the_next_poll(
-    conn: Conn, server: LocalHTTP, runners: Any
+    conn: Conn, server: LocalHTTP, ready_runners: Any
 ) -> None:
     """Fixed backoff of 1 s; the runner polls every 10 s, so only its wake-up at the retry's
     due time (conveyor.next_work_due_at) can start the next attempt on time. The slack:
@@ -202,7 +184,7 @@ def test_retries_start_when_their_backoff_ends_not_at_the_next_poll(
     server.routes["/retry"] = lambda request: Reply(status=next(answers), body={"ok": True})
     retry = {"attempts": 3, "backoff": "fixed", "initial": "1s", "jitter": False}
     publish(conn, tenant, hook(server, "/retry", retry=retry))
-    runners(CONVEYOR_POLL_INTERVAL="10", CONVEYOR_HEARTBEAT_INTERVAL="10")
+    ready_runners(CONVEYOR_POLL_INTERVAL="10", CONVEYOR_HEARTBEAT_INTERVAL="10")
     emit(conn, tenant, {})
     [execution] = wait_for(lambda: all_final(conn, 1), timeout=30)
     assert execution["status"] == "completed", execution["error"]
@@ -213,11 +195,11 @@ def test_retries_start_when_their_backoff_ends_not_at_the_next_poll(
 
 
 def test_the_runner_rides_out_database_errors_and_lost_connections(
-    conn: Conn, server: LocalHTTP, runners: Any
+    conn: Conn, server: LocalHTTP, ready_runners: Any
 ) -> None:
     tenant = setup_tenant(conn)
     publish(conn, tenant, hook(server, "/alive"))
-    runner = runners()
+    runner = ready_runners()
     # a statement the database refuses on every turn of the loop (its heartbeat): before,
     # the runner exited with the error
     conn.execute(

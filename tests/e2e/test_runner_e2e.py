@@ -4,118 +4,29 @@ event → dispatch → queued action → runner → write-back → completed exe
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from cryptography.fernet import Fernet
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from conveyor import connections as conns
 from conveyor.secrets import SecretBox
+from tests.e2e.helpers import KEY, Conn, all_final, emit, executions, publish, setup_tenant
 from tests.runner.helpers import LocalHTTP, Received, Reply, local_http, wait_for
 
-Conn = psycopg.Connection[dict[str, Any]]
-KEY = Fernet.generate_key().decode()
-
 pytestmark = pytest.mark.slow
-
-
-class RunnerProcess:
-    def __init__(self, db_url: str, log_path: Path, **env: str) -> None:
-        self.log_path = log_path
-        self.log = log_path.open("w")
-        environment = {
-            **os.environ,
-            "CONVEYOR_DATABASE_URL": db_url,
-            "CONVEYOR_ALLOW_PRIVATE_NETWORKS": "127.0.0.1/32",
-            "CONVEYOR_POLL_INTERVAL": "0.2",
-            "CONVEYOR_HEARTBEAT_INTERVAL": "1",
-            "CONVEYOR_SECRET_KEY": KEY,
-            **env,
-        }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "conveyor.cli", "run"],
-            env=environment,
-            stdout=subprocess.DEVNULL,
-            stderr=self.log,
-        )
-
-    def lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.startswith("{")]
-
-    def ready(self) -> bool:
-        return any(line["msg"] == "runner ready" for line in self.lines())
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=timeout)
-        self.log.close()
-        return code
-
-
-@pytest.fixture
-def runners(db_url: str, tmp_path: Path) -> Iterator[Any]:
-    started: list[RunnerProcess] = []
-
-    def start(**env: str) -> RunnerProcess:
-        runner = RunnerProcess(db_url, tmp_path / f"runner{len(started)}.log", **env)
-        started.append(runner)
-        return runner
-
-    yield start
-    for runner in started:
-        if runner.proc.poll() is None:
-            runner.proc.kill()
-            runner.proc.wait()
 
 
 @pytest.fixture
 def server() -> Iterator[LocalHTTP]:
     with local_http() as s:
         yield s
-
-
-def setup_tenant(conn: Conn, tenant_id: str = "acme") -> str:
-    conn.execute("insert into conveyor.tenants (tenant_id, name) values (%s, %s)", (tenant_id, tenant_id))
-    return tenant_id
-
-
-def publish(conn: Conn, tenant_id: str, step: dict[str, Any], slug: str = "notify") -> int:
-    document = {
-        "slug": slug,
-        "name": slug,
-        "trigger": {"event": "crm.contact.created"},
-        "steps": [{"id": "notify", **step}],
-    }
-    row = conn.execute("select * from conveyor.publish(%s, %s)", (tenant_id, Jsonb(document))).fetchone()
-    assert row is not None
-    return int(row["workflow_id"])
-
-
-def emit(conn: Conn, tenant_id: str, payload: dict[str, Any]) -> None:
-    conn.execute("select conveyor.emit(%s, 'crm.contact.created', %s)", (tenant_id, Jsonb(payload)))
-
-
-def executions(conn: Conn) -> list[dict[str, Any]]:
-    return conn.execute("select * from conveyor.executions order by execution_id").fetchall()
-
-
-def all_final(conn: Conn, count: int) -> list[dict[str, Any]] | None:
-    rows = executions(conn)
-    if len(rows) == count and all(r["status"] in ("completed", "failed") for r in rows):
-        return rows
-    return None
 
 
 def step_runs(conn: Conn) -> list[dict[str, Any]]:

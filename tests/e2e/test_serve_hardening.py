@@ -25,7 +25,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from tests.conftest import Server, free_port
-from tests.e2e.test_webhooks_http import publish_by_hand
+from tests.e2e.helpers import publish_by_hand
 
 Conn = psycopg.Connection[dict[str, Any]]
 

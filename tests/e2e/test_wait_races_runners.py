@@ -16,7 +16,6 @@ import pytest
 from bench.wait_races import TENANT, answer, ask, ask_workflow, emit, outcomes, publish
 from psycopg.rows import dict_row
 
-from tests.e2e.test_runner_e2e import runners  # noqa: F401 (fixture)
 from tests.runner.helpers import wait_for
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -26,7 +25,7 @@ pytestmark = pytest.mark.slow
 TRIALS = 30
 
 
-def test_two_runners_lose_no_reply(db_url: str, conn: Conn, runners: Any) -> None:  # noqa: F811
+def test_two_runners_lose_no_reply(db_url: str, conn: Conn, runners: Any) -> None:
     conn.execute("select conveyor.create_tenant(%s, 'Acme')", (TENANT,))
     workflow = ask_workflow()
     workflow["steps"][0]["wait_for_event"]["timeout"] = "5s"

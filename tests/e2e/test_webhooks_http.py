@@ -16,6 +16,7 @@ from psycopg.types.json import Jsonb
 
 from conveyor.serve import make_server, serve_in_thread
 from tests.conftest import free_port
+from tests.e2e.helpers import publish_by_hand
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -155,21 +156,6 @@ def test_rotated_secret_replaces_the_old_one(server: str, conn: Conn) -> None:
         httpx.post(server + endpoint["path"], content=body, headers=signed(new_secret["s"], body)).status_code
         == 202
     )
-
-
-def publish_by_hand(conn: Conn) -> str:
-    """Tenant acme, its manual workflow `by-hand` (keeps trigger.payload.who) and an API key for it."""
-    conn.execute("insert into conveyor.tenants (tenant_id, name) values ('acme', 'Acme')")
-    document = {
-        "slug": "by-hand",
-        "name": "By hand",
-        "trigger": {"manual": True},
-        "steps": [{"id": "keep", "set": {"who": "{{trigger.payload.who}}"}}],
-    }
-    conn.execute("select conveyor.publish('acme', %s)", (Jsonb(document),))
-    row = conn.execute("select conveyor.create_api_key('acme', 'ci') as k").fetchone()
-    assert row is not None
-    return str(row["k"])
 
 
 def test_manual_run_over_http_needs_a_valid_api_key(server: str, conn: Conn) -> None:

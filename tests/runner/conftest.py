@@ -1,5 +1,5 @@
 """Fixtures shared by the runner's tests: the actions' environment, the CLI against a database,
-scripted raw HTTP servers."""
+scripted raw HTTP servers, two local HTTP servers (a connection's host and another)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from click.testing import CliRunner, Result
 from conveyor.actions import Environment
 from conveyor.cli import main
 from conveyor.netguard import NetworkPolicy
+from tests.runner.helpers import LocalHTTP, local_http
 from tests.runner.raw_http import RawHTTP, Script
 
 
@@ -56,3 +57,17 @@ def serve() -> Iterator[Callable[..., RawHTTP]]:
     yield start
     for server in servers:
         server.close()
+
+
+@pytest.fixture
+def allowed() -> Iterator[LocalHTTP]:
+    """A local HTTP server: the host a connection names."""
+    with local_http() as s:
+        yield s
+
+
+@pytest.fixture
+def other() -> Iterator[LocalHTTP]:
+    """Another local HTTP server, which a connection's credentials must never reach."""
+    with local_http() as s:
+        yield s

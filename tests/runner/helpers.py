@@ -42,6 +42,9 @@ class Reply:
 
 Route = Callable[[Received], Reply] | Reply
 
+# How often a local server's loop checks for shutdown (socketserver's default: 0.5 s).
+SHUTDOWN_POLL_S = 0.02
+
 
 class LocalHTTP:
     """A threaded HTTP server on 127.0.0.1; by default it echoes each request as JSON."""
@@ -101,7 +104,11 @@ class LocalHTTP:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = int(self.httpd.server_address[1])
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # shutdown() waits for serve_forever's next poll: the default 0.5 s was most of a
+        # short test's time, once per server.
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": SHUTDOWN_POLL_S}, daemon=True
+        )
 
     def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"

@@ -13,7 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from conveyor.cli import main
-from tests.sql.test_explain_event import AWAIT_REPLY
+from tests.sql.workflow_documents import AWAIT_REPLY
 
 Conn = psycopg.Connection[dict[str, Any]]
 

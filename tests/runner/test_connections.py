@@ -19,15 +19,12 @@ from conveyor.cli import main
 from conveyor.errors import ConveyorError
 from conveyor.secrets import REDACTED, SecretBox, redact
 from tests.conftest import free_port
+from tests.e2e.helpers import setup_tenant
 from tests.sql.tenant_context import acting_for, mint_token
 
 KEY_A = Fernet.generate_key().decode()
 KEY_B = Fernet.generate_key().decode()
 PASSWORD = "p4ss-word-Qx9"
-
-
-def tenant(conn: psycopg.Connection[Any], tenant_id: str) -> None:
-    conn.execute("insert into conveyor.tenants (tenant_id, name) values (%s, %s)", (tenant_id, tenant_id))
 
 
 def cli(db_url: str, key: str | None, *args: str, stdin: str | None = None, **env: str) -> Any:
@@ -72,7 +69,7 @@ def test_a_redacted_string_never_contains_the_secret(secret: str, before: str, a
 def test_cli_add_stores_the_secret_encrypted_and_never_prints_it(
     db_url: str, conn: psycopg.Connection[Any]
 ) -> None:
-    tenant(conn, "acme")
+    setup_tenant(conn, "acme")
     result = cli(
         db_url,
         KEY_A,
@@ -98,7 +95,7 @@ def test_cli_add_stores_the_secret_encrypted_and_never_prints_it(
 
 
 def test_cli_add_validates_the_kinds_fields(db_url: str, conn: psycopg.Connection[Any]) -> None:
-    tenant(conn, "acme")
+    setup_tenant(conn, "acme")
     result = cli(
         db_url, KEY_A, "connections", "add", "--tenant", "acme", "--kind", "twilio", "sms",
         "--config", '{"auth_token": "oops"}',
@@ -120,8 +117,8 @@ def test_cli_add_validates_the_kinds_fields(db_url: str, conn: psycopg.Connectio
 
 
 def test_rotation_re_encrypts_under_the_new_key(db_url: str, conn: psycopg.Connection[Any]) -> None:
-    tenant(conn, "acme")
-    tenant(conn, "globex")
+    setup_tenant(conn, "acme")
+    setup_tenant(conn, "globex")
     box_a = SecretBox(KEY_A)
     for tenant_id in ("acme", "globex"):
         conns.add(
@@ -141,7 +138,7 @@ def test_rotation_re_encrypts_under_the_new_key(db_url: str, conn: psycopg.Conne
 
 
 def test_remove(db_url: str, conn: psycopg.Connection[Any]) -> None:
-    tenant(conn, "acme")
+    setup_tenant(conn, "acme")
     conns.add(
         conn,
         None,
@@ -172,7 +169,7 @@ def smtp_port() -> Iterator[int]:
 def test_cli_test_reaches_the_smtp_server_and_respects_the_network_policy(
     db_url: str, conn: psycopg.Connection[Any], smtp_port: int
 ) -> None:
-    tenant(conn, "acme")
+    setup_tenant(conn, "acme")
     conns.add(
         conn, SecretBox(KEY_A), tenant_id="acme", name="mail", kind="smtp",
         config={"host": "127.0.0.1", "port": smtp_port, "security": "none"}, secret={"password": PASSWORD},
@@ -196,8 +193,8 @@ def test_cli_test_reaches_the_smtp_server_and_respects_the_network_policy(
 def test_a_tenant_sees_only_its_own_connections_and_never_the_secret_column(
     db_url: str, conn: psycopg.Connection[Any]
 ) -> None:
-    tenant(conn, "acme")
-    tenant(conn, "globex")
+    setup_tenant(conn, "acme")
+    setup_tenant(conn, "globex")
     for tenant_id in ("acme", "globex"):
         conns.add(
             conn,

@@ -4,7 +4,6 @@ Two real local HTTP servers: the one the connection names and another one."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,21 +11,9 @@ import pytest
 from conveyor.actions import ActionRequest, Environment, Outcome, perform
 from conveyor.connections import Connection, allowed_origins, parse_allowed_host, validate
 from conveyor.errors import ConveyorError
-from tests.runner.helpers import LocalHTTP, Reply, local_http
+from tests.runner.helpers import LocalHTTP, Reply
 
 TOKEN = "Bearer tok_live_7f3a9c0e5b1d"
-
-
-@pytest.fixture
-def allowed() -> Iterator[LocalHTTP]:
-    with local_http() as s:
-        yield s
-
-
-@pytest.fixture
-def other() -> Iterator[LocalHTTP]:
-    with local_http() as s:
-        yield s
 
 
 def webhook(config: dict[str, Any]) -> Connection:

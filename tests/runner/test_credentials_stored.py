@@ -15,12 +15,10 @@ from click.testing import CliRunner
 from conveyor import connections as conns
 from conveyor.cli import main
 from conveyor.secrets import SecretBox
-from tests.e2e.test_runner_e2e import KEY, Conn, all_final, emit, publish, runners, setup_tenant
+from tests.e2e.helpers import KEY, Conn, all_final, emit, publish, setup_tenant
 from tests.runner.helpers import LocalHTTP, Received, Reply, wait_for
-from tests.runner.test_credential_hosts import allowed, other
 
 pytestmark = pytest.mark.slow
-__all__ = ["allowed", "other", "runners"]  # fixtures: two local servers, the runner process
 
 SID, TOKEN = "AC" + "5" * 32, "tw-token-e2e-8c1f0a"
 SLACK_PATH = "/services/T0E2E0001/B0E2E0002/slackE2Esecret0123456"

@@ -13,6 +13,7 @@ import pytest
 
 from conveyor.actions import ActionRequest, Environment, perform
 from conveyor.netguard import NetworkPolicy
+from tests.runner.helpers import SHUTDOWN_POLL_S
 
 
 class _Server(ThreadingHTTPServer):
@@ -42,7 +43,9 @@ def server() -> Iterator[_Server]:
     httpd = _Server(("127.0.0.1", 0), Handler)
     httpd.seen = []
     httpd.cookies = []
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": SHUTDOWN_POLL_S}, daemon=True
+    ).start()
     try:
         yield httpd
     finally:

@@ -15,8 +15,7 @@ from conveyor.actions import Outcome
 from conveyor.results import encode_results
 from conveyor.runner import Runner, RunnerConfig
 from conveyor.runner.shared import Finished as _Finished
-from tests.sql.test_interpreter import execution, make_tenant, start, step_runs
-from tests.sql.test_write_back import flow
+from tests.sql.interpreter_helpers import execution, flow, make_tenant, start, step_runs
 
 Conn = psycopg.Connection[dict[str, Any]]
 

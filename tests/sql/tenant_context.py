@@ -30,3 +30,9 @@ def acting_for(app: psycopg.Connection[Any], token: str) -> Iterator[None]:
     with app.transaction():
         app.execute("select conveyor.set_tenant(%s)", (token,))
         yield
+
+
+def token_secret(conn: psycopg.Connection[Any]) -> bytes:
+    row = conn.execute("select token_secret from conveyor.tenancy_config").fetchone()
+    assert row is not None
+    return bytes(row["token_secret"])  # type: ignore[arg-type]

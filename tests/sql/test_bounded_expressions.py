@@ -10,9 +10,9 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from tests.sql.test_dry_run import dry_run
-from tests.sql.test_interpreter import (
+from tests.sql.interpreter_helpers import (
     Conn,
+    dry_run,
     execution,
     install,
     make_tenant,
@@ -20,18 +20,9 @@ from tests.sql.test_interpreter import (
     start,
     step_runs,
 )
+from tests.sql.workflow_documents import problems
 
 BACKREF = r"^(\w+)(\w+)\1\2$"
-
-
-@pytest.fixture
-def tenant(conn: Conn) -> str:
-    return make_tenant(conn)
-
-
-def problems(conn: Conn, document: Any) -> list[str]:
-    rows = conn.execute("select m from conveyor.validate_workflow(%s) as m", (Jsonb(document),)).fetchall()
-    return [r["m"] for r in rows]
 
 
 def matches_doc(value: str) -> dict[str, Any]:

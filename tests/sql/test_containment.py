@@ -13,27 +13,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.sql.test_dispatch import emit, publish, tenant
+from tests.sql.dispatch_helpers import add_tenant, emit, publish
+from tests.sql.poison import poison_on
 
 Conn = psycopg.Connection[dict[str, Any]]
-
-
-def poison_on(conn: Conn, table: str, *, sqlstate: str = "22003", when: str = "insert") -> None:
-    """Make writing a row of `table` whose trigger payload says poison fail with sqlstate."""
-    column = "trigger" if table == "executions" else "input"
-    conn.execute(
-        f"""
-        create function conveyor.test_poison() returns trigger language plpgsql as $$
-        begin
-          if new.{column}::text like '%%poison%%' then
-            raise exception using errcode = '{sqlstate}', message = 'poisoned row';
-          end if;
-          return new;
-        end $$;
-        create trigger test_poison before {when} on conveyor.{table}
-        for each row execute function conveyor.test_poison();
-        """
-    )
 
 
 def statuses(conn: Conn) -> dict[str, str]:
@@ -44,7 +27,7 @@ def statuses(conn: Conn) -> dict[str, str]:
 
 
 def test_an_execution_that_cannot_be_run_fails_alone_and_the_batch_goes_on(conn: Conn) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     publish(
         conn,
         t,
@@ -76,8 +59,8 @@ def test_an_execution_that_cannot_be_run_fails_alone_and_the_batch_goes_on(conn:
 
 
 def test_an_event_that_cannot_be_dispatched_is_logged_and_the_others_are_dispatched(conn: Conn) -> None:
-    t = tenant(conn, "acme")
-    other = tenant(conn, "globex")
+    t = add_tenant(conn, "acme")
+    other = add_tenant(conn, "globex")
     publish(conn, t, "note", {"event": "crm.contact.created"})
     publish(conn, other, "note", {"event": "crm.contact.created"})
     # the execution row itself cannot be written: even the failed record of it is refused
@@ -106,7 +89,7 @@ def test_an_event_that_cannot_be_dispatched_is_logged_and_the_others_are_dispatc
 
 
 def test_an_error_in_a_resumed_execution_fails_it_alone(conn: Conn) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     publish(
         conn,
         t,
@@ -130,7 +113,7 @@ def test_an_error_in_a_resumed_execution_fails_it_alone(conn: Conn) -> None:
 
 @pytest.mark.parametrize("sqlstate", ["40001", "40P01", "55P03"])
 def test_a_transient_error_rolls_the_batch_back_to_be_dispatched_again(conn: Conn, sqlstate: str) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     publish(conn, t, "note", {"event": "crm.contact.created"})
     poison_on(conn, "executions", sqlstate=sqlstate)
     emit(conn, t, "crm.contact.created", {"name": "poison"})
@@ -147,7 +130,7 @@ def test_a_transient_error_rolls_the_batch_back_to_be_dispatched_again(conn: Con
 
 
 def test_a_bad_limit_setting_is_named(conn: Conn) -> None:
-    tenant(conn, "acme")
+    add_tenant(conn, "acme")
     conn.execute("set conveyor.max_chain_events = 'lots'")
     with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"conveyor\.max_chain_events = 'lots'"):
         conn.execute("select conveyor.limit_setting('max_chain_events', 1000)")
@@ -159,7 +142,7 @@ def test_a_bad_limit_setting_is_named(conn: Conn) -> None:
 
 def test_the_workflow_document_is_unchanged_by_containment(conn: Conn) -> None:
     """A failing step still follows its own on_error: containment is for what is outside steps."""
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     publish(
         conn,
         t,
@@ -178,7 +161,7 @@ def test_the_workflow_document_is_unchanged_by_containment(conn: Conn) -> None:
 
 
 def test_several_poisons_in_one_batch_each_fail_alone_in_order(conn: Conn) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     publish(
         conn,
         t,

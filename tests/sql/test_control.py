@@ -10,19 +10,9 @@ from click.testing import CliRunner
 from psycopg.types.json import Jsonb
 
 from conveyor.cli import main
+from tests.sql.workflow_documents import NOTIFY
 
 Conn = psycopg.Connection[dict[str, Any]]
-
-WORKFLOW = {
-    "slug": "notify",
-    "name": "Notify",
-    "trigger": {"manual": True},
-    "steps": [
-        {"id": "prepare", "set": {"greeting": "hello {{trigger.payload.who}}"}},
-        {"id": "call", "action": "webhook.send", "with": {"url": "http://127.0.0.1:9/hook", "body": {}}},
-        {"id": "after", "set": {"done": True}},
-    ],
-}
 
 
 @pytest.fixture
@@ -31,7 +21,7 @@ def failed(conn: Conn) -> int:
     conn.execute(
         "insert into conveyor.tenants (tenant_id, name) values ('acme', 'Acme'), ('globex', 'Globex')"
     )
-    conn.execute("select conveyor.publish('acme', %s)", (Jsonb(WORKFLOW),))
+    conn.execute("select conveyor.publish('acme', %s)", (Jsonb(NOTIFY),))
     row = conn.execute(
         "select conveyor.trigger_workflow('acme', 'notify', '{\"who\": \"Ada\"}') as id"
     ).fetchone()

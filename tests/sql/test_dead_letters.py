@@ -12,24 +12,23 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from tests.sql.tenant_context import acting_for, mint_token
-from tests.sql.test_interpreter import (
+from tests.sql.interpreter_helpers import (
+    AMOUNT,
+    WELCOME,
     Conn,
+    archived,
     execution,
+    flow,
     install,
     make_tenant,
     queued_messages,
     start,
     step_runs,
+    write_back,
 )
-from tests.sql.test_write_back import AMOUNT, WELCOME, archived, flow, write_back
+from tests.sql.tenant_context import acting_for, mint_token
 
 RETRYING = WELCOME | {"retry": {"attempts": 5, "backoff": "fixed", "initial": "10s"}}
-
-
-@pytest.fixture
-def tenant(conn: Conn) -> str:
-    return make_tenant(conn)
 
 
 def then_done(conn: Conn, tenant: str, action: dict[str, Any]) -> tuple[int, int]:

@@ -6,40 +6,25 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import pytest
 from psycopg.types.json import Jsonb
 
-from tests.sql.test_interpreter import Conn, execution, install, make_tenant, start, step_runs, visited
-
-
-@pytest.fixture
-def tenant(conn: Conn) -> str:
-    return make_tenant(conn)
-
-
-def now(conn: Conn) -> datetime:
-    row = conn.execute("select now() as t").fetchone()
-    assert row is not None
-    value = row["t"]
-    assert isinstance(value, datetime)
-    return value
+from tests.sql.interpreter_helpers import (
+    Conn,
+    delayed,
+    execution,
+    install,
+    make_tenant,
+    now,
+    start,
+    step_runs,
+    visited,
+)
 
 
 def resume(conn: Conn, at: datetime, limit: int = 1000) -> int:
     row = conn.execute("select conveyor.resume_due(%s, %s) as n", (at, limit)).fetchone()
     assert row is not None
     return int(row["n"])
-
-
-def delayed(conn: Conn, tenant: str, delay: dict[str, Any], slug: str = "d") -> tuple[int, int]:
-    return install(
-        conn,
-        tenant,
-        {
-            "slug": slug,
-            "steps": [{"id": "wait", "delay": delay}, {"id": "after", "set": {"done": "{{now}}"}}],
-        },
-    )
 
 
 def test_fixed_delay_waits_until_due_then_continues(conn: Conn, tenant: str) -> None:

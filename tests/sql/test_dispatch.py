@@ -7,50 +7,12 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
+from tests.sql.dispatch_helpers import add_tenant, emit, log_reasons, publish
 from tests.sql.table_stats import table_counters
+from tests.sql.workflow_documents import AWAIT_REPLY
 
 Conn = psycopg.Connection[dict[str, Any]]
-
-
-def tenant(conn: Conn, tenant_id: str) -> str:
-    conn.execute(
-        "insert into conveyor.tenants (tenant_id, name) values (%s, %s) on conflict do nothing",
-        (tenant_id, tenant_id.upper()),
-    )
-    return tenant_id
-
-
-def publish(conn: Conn, tenant_id: str, slug: str, trigger: dict[str, Any], **extra: Any) -> int:
-    document = {
-        "slug": slug,
-        "name": slug,
-        "trigger": trigger,
-        "steps": extra.pop("steps", [{"id": "note", "set": {"seen": "{{trigger.event_type}}"}}]),
-        **extra,
-    }
-    row = conn.execute("select * from conveyor.publish(%s, %s)", (tenant_id, Jsonb(document))).fetchone()
-    assert row is not None
-    return int(row["workflow_id"])
-
-
-def emit(
-    conn: Conn, tenant_id: str, event_type: str, payload: dict[str, Any] | None = None, **kw: Any
-) -> int:
-    row = conn.execute(
-        "select conveyor.emit(%s, %s, %s, p_entity_type => %s, p_entity_id => %s, p_source => %s) as id",
-        (
-            tenant_id,
-            event_type,
-            Jsonb(payload or {}),
-            kw.get("entity_type"),
-            kw.get("entity_id"),
-            kw.get("source"),
-        ),
-    ).fetchone()
-    assert row is not None
-    return int(row["id"])
 
 
 def executions_by_workflow(conn: Conn) -> dict[int, int]:
@@ -58,13 +20,8 @@ def executions_by_workflow(conn: Conn) -> dict[int, int]:
     return {r["workflow_id"]: r["n"] for r in rows}
 
 
-def log_reasons(conn: Conn) -> list[str]:
-    rows = conn.execute("select details ->> 'reason' as reason from conveyor.execution_logs order by log_id")
-    return [r["reason"] for r in rows.fetchall() if r["reason"]]
-
-
 def test_committed_event_is_dispatched_exactly_once(conn: Conn) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     wf = publish(conn, t, "greet", {"event": "crm.contact.created"})
     event = emit(conn, t, "crm.contact.created", {"name": "Ada"})
     assert conn.execute("select conveyor.dispatch() as n").fetchone() == {"n": 1}
@@ -78,7 +35,7 @@ def test_committed_event_is_dispatched_exactly_once(conn: Conn) -> None:
 
 
 def test_rolled_back_dispatch_leaves_the_event_pending(db_url: str, conn: Conn) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     wf = publish(conn, t, "greet", {"event": "crm.contact.created"})
     emit(conn, t, "crm.contact.created")
     with psycopg.connect(db_url, row_factory=dict_row) as other:
@@ -90,7 +47,7 @@ def test_rolled_back_dispatch_leaves_the_event_pending(db_url: str, conn: Conn) 
 
 
 def test_concurrent_dispatchers_never_share_an_event(db_url: str, conn: Conn) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     publish(conn, t, "greet", {"event": "crm.contact.created"})
     conn.execute(
         "select conveyor.emit('acme', 'crm.contact.created', jsonb_build_object('i', i)) from generate_series(1, 3000) as i"
@@ -123,7 +80,7 @@ def test_concurrent_dispatchers_never_share_an_event(db_url: str, conn: Conn) ->
 
 
 def test_exact_and_wildcard_subscriptions_match_by_type(conn: Conn) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     exact = publish(conn, t, "exact", {"event": "crm.deal.won"})
     entity = publish(conn, t, "entity-wide", {"event": "crm.deal.*"})
     module = publish(conn, t, "module-wide", {"event": "crm.*"})
@@ -137,7 +94,7 @@ def test_exact_and_wildcard_subscriptions_match_by_type(conn: Conn) -> None:
 
 
 def test_source_and_payload_filter_select_events(conn: Conn) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     big = publish(
         conn,
         t,
@@ -156,7 +113,7 @@ def test_source_and_payload_filter_select_events(conn: Conn) -> None:
 
 
 def test_trigger_condition_on_changed_columns(conn: Conn) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     won = publish(
         conn,
         t,
@@ -181,7 +138,7 @@ def test_trigger_condition_on_changed_columns(conn: Conn) -> None:
 
 
 def test_other_tenants_workflows_are_not_triggered(conn: Conn) -> None:
-    a, b = tenant(conn, "acme"), tenant(conn, "globex")
+    a, b = add_tenant(conn, "acme"), add_tenant(conn, "globex")
     mine = publish(conn, a, "greet", {"event": "crm.contact.created"})
     publish(conn, b, "greet", {"event": "crm.contact.created"})
     emit(conn, a, "crm.contact.created")
@@ -190,7 +147,7 @@ def test_other_tenants_workflows_are_not_triggered(conn: Conn) -> None:
 
 
 def test_run_once_per_entity_refuses_second_run_with_reason(conn: Conn) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     wf = publish(conn, t, "welcome", {"event": "crm.contact.updated"}, settings={"run_once_per_entity": True})
     for _ in range(2):
         emit(conn, t, "crm.contact.updated", entity_type="contact", entity_id="42")
@@ -206,7 +163,7 @@ def test_two_dispatchers_start_a_run_once_workflow_once_per_entity(db_url: str, 
     # Two events for one entity, taken by two dispatchers at the same time: the second
     # waits for the first (dispatch's advisory lock per limited workflow), then sees its
     # execution and refuses with a reason; it neither starts a second run nor fails.
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     wf = publish(conn, t, "welcome", {"event": "crm.contact.updated"}, settings={"run_once_per_entity": True})
     for _ in range(2):
         emit(conn, t, "crm.contact.updated", entity_type="contact", entity_id="42")
@@ -233,7 +190,7 @@ def test_two_dispatchers_start_a_run_once_workflow_once_per_entity(db_url: str, 
 
 
 def test_rate_limit_refuses_with_reason(conn: Conn) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     wf = publish(
         conn, t, "limited", {"event": "crm.contact.created"}, settings={"max_executions_per_hour": 2}
     )
@@ -249,7 +206,7 @@ def test_rate_limit_refuses_with_reason(conn: Conn) -> None:
 
 
 def test_concurrency_limit_counts_waiting_executions(conn: Conn) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     wf = publish(
         conn,
         t,
@@ -266,7 +223,7 @@ def test_concurrency_limit_counts_waiting_executions(conn: Conn) -> None:
 
 
 def test_deactivated_workflow_starts_nothing(conn: Conn) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     publish(conn, t, "greet", {"event": "crm.contact.created"})
     conn.execute("select conveyor.set_workflow_active('acme', 'greet', false)")
     emit(conn, t, "crm.contact.created")
@@ -275,7 +232,7 @@ def test_deactivated_workflow_starts_nothing(conn: Conn) -> None:
 
 
 def test_event_past_depth_limit_is_refused_and_logged(conn: Conn) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     publish(conn, t, "greet", {"event": "crm.contact.created"})
     conn.execute(
         "insert into conveyor.events (tenant_id, event_type, depth) values ('acme', 'crm.contact.created', 11)"
@@ -286,7 +243,7 @@ def test_event_past_depth_limit_is_refused_and_logged(conn: Conn) -> None:
 
 
 def test_self_triggering_workflow_stops_at_depth_limit(conn: Conn) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     wf = publish(
         conn,
         t,
@@ -304,7 +261,7 @@ def test_self_triggering_workflow_stops_at_depth_limit(conn: Conn) -> None:
 
 
 def test_tick_dispatches_in_batches(conn: Conn) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     publish(conn, t, "greet", {"event": "crm.contact.created"})
     conn.execute(
         "select conveyor.emit('acme', 'crm.contact.created', '{}'::jsonb) from generate_series(1, 250)"
@@ -318,7 +275,7 @@ def test_tick_dispatches_in_batches(conn: Conn) -> None:
 
 def test_tick_without_dispatch_leaves_events_to_their_dispatcher(conn: Conn) -> None:
     # a runner whose listener dispatches ticks with p_dispatch => false: time-driven work only
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     publish(
         conn,
         t,
@@ -347,7 +304,7 @@ def test_dispatch_reads_executions_by_key_with_plans_cached_on_small_tables(conn
     # generic plans are made after five calls, on tables never analyzed (a new install's
     # first burst). Queuing the actions must still look each one up by key, not read every
     # execution of the workflow per call (once 100 ms per batch of 200 at 5,000 executions).
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     publish(
         conn,
         t,
@@ -373,7 +330,7 @@ def test_dispatch_reads_executions_by_key_with_plans_cached_on_small_tables(conn
 
 
 def test_started_counts_are_sharded(conn: Conn) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     wf = publish(conn, t, "greet", {"event": "crm.contact.created"})
     conn.execute(
         "select conveyor.emit('acme', 'crm.contact.created', '{}'::jsonb) from generate_series(1, 40)"
@@ -389,25 +346,13 @@ def test_started_counts_are_sharded(conn: Conn) -> None:
 
 
 def test_dispatch_resumes_executions_waiting_for_a_correlated_event(conn: Conn) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     publish(
         conn,
         t,
         "await-reply",
         {"event": "crm.contact.created"},
-        steps=[
-            {
-                "id": "wait",
-                "wait_for_event": {
-                    "event": "email.reply.received",
-                    "match": {"entity_id": "{{trigger.entity_id}}"},
-                    "timeout": "3d",
-                },
-                "on_event": "replied",
-                "on_timeout": None,
-            },
-            {"id": "replied", "set": {"replied": True}},
-        ],
+        steps=AWAIT_REPLY,
     )
     emit(conn, t, "crm.contact.created", entity_type="contact", entity_id="42")
     conn.execute("select conveyor.dispatch()")
@@ -421,7 +366,7 @@ def test_dispatch_resumes_executions_waiting_for_a_correlated_event(conn: Conn) 
 
 
 def test_a_failing_trigger_condition_is_logged_and_does_not_block_dispatch(conn: Conn) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     fragile = publish(
         conn,
         t,

@@ -13,6 +13,8 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from tests.sql.interpreter_helpers import execution, install, make_tenant, queued_messages, start, step_runs
+
 Conn = psycopg.Connection[dict[str, Any]]
 
 
@@ -89,12 +91,6 @@ def stored_versions(conn: Conn) -> int:
     row = conn.execute("select count(*) as n from conveyor.workflow_versions").fetchone()
     assert row is not None
     return int(row["n"])
-
-
-@pytest.fixture
-def tenant(conn: Conn) -> str:
-    conn.execute("insert into conveyor.tenants (tenant_id, name) values ('acme', 'Acme')")
-    return "acme"
 
 
 # ---------------------------------------------------------------------------------------
@@ -321,8 +317,6 @@ def test_the_duration_maxima_are_settings(conn: Conn) -> None:
 def test_a_stored_delay_past_the_maximum_fails_its_step_at_run_time(conn: Conn) -> None:
     # A version stored before the maximum existed (install compiles without validating):
     # the interpreter's parse refuses the duration, and only this execution's step fails.
-    from tests.sql.test_interpreter import execution, install, make_tenant, start, step_runs
-
     tenant = make_tenant(conn)
     version = install(conn, tenant, {"slug": "old", "steps": [{"id": "wait", "delay": {"for": "100 years"}}]})
     eid = start(conn, tenant, version)
@@ -334,8 +328,6 @@ def test_a_stored_action_timeout_past_the_maximum_fails_its_step_and_queues_noth
     # A step's timeout is compiled at publish, never parsed again: the interpreter checks a
     # stored one (from before conveyor.max_action_timeout) before queueing its action, which
     # would otherwise stay invisible in the queue, and hold a runner's slot, that long.
-    from tests.sql.test_interpreter import execution, install, make_tenant, queued_messages, start
-
     tenant = make_tenant(conn)
     hook = {"id": "hook", "action": "webhook.send", "with": {"url": "https://example.com/h"}}
     version = install(conn, tenant, {"slug": "old", "steps": [hook]})

@@ -9,7 +9,7 @@ import pytest
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from tests.sql.test_interpreter import Conn, make_tenant
+from tests.sql.interpreter_helpers import Conn, dry_run
 
 DOC: dict[str, Any] = {
     "slug": "deal-won",
@@ -62,21 +62,6 @@ def counts(conn: Conn) -> dict[str, int]:
         assert row is not None
         result[table] = int(row["n"])
     return result
-
-
-def dry_run(conn: Conn, doc: dict[str, Any], trigger: dict[str, Any]) -> dict[str, Any]:
-    row = conn.execute(
-        "select conveyor.dry_run('acme', %s, %s) as r", (Jsonb(doc), Jsonb(trigger))
-    ).fetchone()
-    assert row is not None
-    result = row["r"]
-    assert isinstance(result, dict)
-    return result
-
-
-@pytest.fixture
-def tenant(conn: Conn) -> str:
-    return make_tenant(conn)
 
 
 def test_dry_run_returns_decisions_and_keeps_nothing(conn: Conn, tenant: str) -> None:

@@ -6,16 +6,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-import pytest
 from psycopg.types.json import Jsonb
 
-from tests.sql.test_delays import delayed, now
-from tests.sql.test_interpreter import Conn, execution, install, make_tenant, start
-
-
-@pytest.fixture
-def tenant(conn: Conn) -> str:
-    return make_tenant(conn)
+from tests.sql.interpreter_helpers import Conn, delayed, execution, install, now, start
 
 
 def tick(conn: Conn, at: datetime, batch: int = 1000) -> dict[str, Any]:

@@ -317,9 +317,9 @@ def test_a_window_re_entered_when_the_clock_falls_back_opens_at_the_transition(c
     at = datetime(2026, 10, 25, 0, 15, 7, tzinfo=UTC)
     window = {"hours": "00:00-02:15", "timezone": "Europe/Berlin"}
     assert next_start(conn, at, window) == datetime(2026, 10, 25, 1, 0, tzinfo=UTC)
-    assert ref_next_start(at, None, timedelta(0), timedelta(hours=2, minutes=15), ZoneInfo("Europe/Berlin")) == (
-        datetime(2026, 10, 25, 1, 0, tzinfo=UTC)
-    )
+    assert ref_next_start(
+        at, None, timedelta(0), timedelta(hours=2, minutes=15), ZoneInfo("Europe/Berlin")
+    ) == (datetime(2026, 10, 25, 1, 0, tzinfo=UTC))
 
 
 def test_a_bad_duration_setting_is_named(conn: Conn) -> None:

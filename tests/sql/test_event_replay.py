@@ -7,8 +7,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.sql.dispatch_helpers import add_tenant, emit, publish
 from tests.sql.tenant_context import acting_for
-from tests.sql.test_dispatch import emit, publish, tenant
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -30,7 +30,7 @@ def event(conn: Conn, event_id: int) -> dict[str, Any]:
 
 
 def seeded_event(conn: Conn, tenant_id: str) -> int:
-    """The one event test_tenancy.py's two_tenants seeds for the tenant."""
+    """The one event the two_tenants fixture (tests/sql/tenant_seeds.py's SEEDS) seeds for the tenant."""
     row = conn.execute("select event_id from conveyor.events where tenant_id = %s", (tenant_id,)).fetchone()
     assert row is not None
     return int(row["event_id"])
@@ -45,7 +45,7 @@ def events_of(conn: Conn, tenant_id: str) -> int:
 
 
 def test_a_replay_emits_a_copy_that_runs_the_workflows_again(conn: Conn) -> None:
-    tenant(conn, "acme")
+    add_tenant(conn, "acme")
     publish(conn, "acme", "greet", {"event": "crm.contact.created"})
     original = emit(
         conn,
@@ -66,8 +66,8 @@ def test_a_replay_emits_a_copy_that_runs_the_workflows_again(conn: Conn) -> None
 
 
 def test_another_tenant_cannot_replay_an_event(conn: Conn) -> None:
-    tenant(conn, "acme")
-    tenant(conn, "globex")
+    add_tenant(conn, "acme")
+    add_tenant(conn, "globex")
     theirs = emit(conn, "acme", "crm.contact.created", {"secret": "of-acme"})
 
     with pytest.raises(

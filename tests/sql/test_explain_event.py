@@ -8,26 +8,13 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from tests.sql.dispatch_helpers import add_tenant, emit, publish
+from tests.sql.poison import poison_on
 from tests.sql.table_stats import table_counters
 from tests.sql.tenant_context import acting_for
-from tests.sql.test_containment import poison_on
-from tests.sql.test_dispatch import emit, publish, tenant
+from tests.sql.workflow_documents import AWAIT_REPLY
 
 Conn = psycopg.Connection[dict[str, Any]]
-
-AWAIT_REPLY = [
-    {
-        "id": "wait",
-        "wait_for_event": {
-            "event": "email.reply.received",
-            "match": {"entity_id": "{{trigger.entity_id}}"},
-            "timeout": "3d",
-        },
-        "on_event": "replied",
-        "on_timeout": None,
-    },
-    {"id": "replied", "set": {"replied": True}},
-]
 
 
 def explain(conn: Conn, event_id: int, tenant_id: str = "acme") -> dict[str, Any]:
@@ -49,12 +36,12 @@ def dispatch(conn: Conn) -> None:
 
 def awaiting_reply(conn: Conn) -> None:
     """acme's await-reply workflow: a new contact waits for a reply correlated by entity id."""
-    tenant(conn, "acme")
+    add_tenant(conn, "acme")
     publish(conn, "acme", "await-reply", {"event": "crm.contact.created"}, steps=AWAIT_REPLY)
 
 
 def test_an_event_that_started_an_execution(conn: Conn) -> None:
-    tenant(conn, "acme")
+    add_tenant(conn, "acme")
     publish(conn, "acme", "greet", {"event": "crm.contact.created"})
     event = emit(conn, "acme", "crm.contact.created", {"name": "Ada"}, entity_type="contact", entity_id="42")
     dispatch(conn)
@@ -90,7 +77,7 @@ def test_an_event_that_started_an_execution(conn: Conn) -> None:
 
 
 def test_a_retry_is_not_counted_as_started_by_the_event(conn: Conn) -> None:
-    tenant(conn, "acme")
+    add_tenant(conn, "acme")
     publish(
         conn, "acme", "greet", {"event": "crm.contact.created"}, steps=[{"id": "w", "delay": {"for": "1h"}}]
     )
@@ -191,7 +178,7 @@ def test_an_event_that_matched_no_wait(conn: Conn) -> None:
 
 
 def test_an_event_refused_by_a_workflows_rate_limit(conn: Conn) -> None:
-    tenant(conn, "acme")
+    add_tenant(conn, "acme")
     publish(
         conn, "acme", "limited", {"event": "crm.contact.created"}, settings={"max_executions_per_hour": 1}
     )
@@ -211,7 +198,7 @@ def test_an_event_refused_by_a_workflows_rate_limit(conn: Conn) -> None:
 
 
 def test_an_event_refused_by_a_tenant_budget(conn: Conn) -> None:
-    tenant(conn, "acme")
+    add_tenant(conn, "acme")
     conn.execute("set conveyor.max_tenant_events_per_minute = 1")
     publish(conn, "acme", "greet", {"event": "crm.contact.created"})
     allowed = emit(conn, "acme", "crm.contact.created")
@@ -226,7 +213,7 @@ def test_an_event_refused_by_a_tenant_budget(conn: Conn) -> None:
 
 
 def test_an_event_that_could_not_be_dispatched_and_one_past_the_depth_limit(conn: Conn) -> None:
-    tenant(conn, "acme")
+    add_tenant(conn, "acme")
     publish(conn, "acme", "greet", {"event": "crm.contact.created"})
     poison_on(conn, "executions")
     poisoned = emit(conn, "acme", "crm.contact.created", {"name": "poison"})
@@ -252,7 +239,7 @@ def test_an_event_that_could_not_be_dispatched_and_one_past_the_depth_limit(conn
 
 
 def test_an_event_no_trigger_matched_and_one_not_dispatched_yet(conn: Conn) -> None:
-    tenant(conn, "acme")
+    add_tenant(conn, "acme")
     publish(conn, "acme", "greet", {"event": "crm.contact.created"})
     ignored = emit(conn, "acme", "crm.deal.won")
     dispatch(conn)
@@ -265,8 +252,8 @@ def test_an_event_no_trigger_matched_and_one_not_dispatched_yet(conn: Conn) -> N
 
 
 def test_another_tenants_event_is_not_visible(conn: Conn) -> None:
-    tenant(conn, "acme")
-    tenant(conn, "globex")
+    add_tenant(conn, "acme")
+    add_tenant(conn, "globex")
     publish(conn, "acme", "greet", {"event": "crm.contact.created"})
     theirs = emit(conn, "acme", "crm.contact.created")
     ours = emit(conn, "globex", "crm.contact.created")
@@ -304,13 +291,13 @@ def test_the_application_role_explains_only_its_tenants_events(
 
 @pytest.mark.parametrize("limit", [0, 1001, None])
 def test_a_list_limit_out_of_range_is_refused(conn: Conn, limit: int | None) -> None:
-    tenant(conn, "acme")
+    add_tenant(conn, "acme")
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="out of range: list 1 to 1000 events"):
         conn.execute("select * from conveyor.list_events('acme', null, %s)", (limit,))
 
 
 def test_the_list_is_newest_first_limited_and_filtered_by_type(conn: Conn) -> None:
-    tenant(conn, "acme")
+    add_tenant(conn, "acme")
     ids = [emit(conn, "acme", t) for t in ("crm.contact.created", "crm.deal.won", "crm.contact.created")]
     rows = conn.execute("select event_id from conveyor.list_events('acme', null, 2)").fetchall()
     assert [r["event_id"] for r in rows] == [ids[2], ids[1]]
@@ -320,7 +307,7 @@ def test_the_list_is_newest_first_limited_and_filtered_by_type(conn: Conn) -> No
 def test_explaining_an_event_reads_only_its_own_rows(conn: Conn) -> None:
     # 3,000 earlier events started executions and were refused by a rate limit: explaining
     # a later one finds its executions and reasons by index, not by reading those.
-    tenant(conn, "acme")
+    add_tenant(conn, "acme")
     publish(conn, "acme", "greet", {"event": "crm.contact.created"})
     publish(
         conn, "acme", "limited", {"event": "crm.contact.created"}, settings={"max_executions_per_hour": 1}

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 
-from tests.sql.test_dispatch import emit, publish, tenant
+from tests.sql.dispatch_helpers import add_tenant, emit, publish
 
 Conn = psycopg.Connection[dict[str, Any]]
 SETTINGS = settings(
@@ -187,7 +187,7 @@ PAYLOADS = st.dictionaries(st.sampled_from(["id", "amount", "name", "tags"]), SC
 def test_an_execution_sees_its_event_as_event_trigger_object_builds_it(
     conn: Conn, payload: dict[str, Any], entity_id: str | None
 ) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     conn.execute("delete from conveyor.executions; delete from conveyor.events")
     if not one(conn, "select count(*) from conveyor.workflows"):
         publish(conn, t, "seen", {"event": "crm.deal.won"})
@@ -205,7 +205,7 @@ def test_an_execution_sees_its_event_as_event_trigger_object_builds_it(
 def test_dispatch_matches_an_event_by_exactly_the_keys_event_match_keys_lists(
     conn: Conn, event_type: str
 ) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     keys = one(conn, "select conveyor.event_match_keys(%s)", event_type)
     module, entity, _ = event_type.split(".")
     candidates = [event_type, f"{module}.{entity}.*", f"{module}.*", "*", f"{module}.other.*", "other.*"]
@@ -224,7 +224,7 @@ def test_dispatch_matches_an_event_by_exactly_the_keys_event_match_keys_lists(
 
 
 def test_a_wait_takes_its_event_as_event_trigger_object_builds_it(conn: Conn) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     publish(
         conn,
         t,

@@ -11,12 +11,9 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from tests.sql.tenant_context import acting_for, mint_token
-from tests.sql.test_control import WORKFLOW
+from tests.sql.workflow_documents import NOTIFY
 
 Conn = psycopg.Connection[dict[str, Any]]
-
-# A set step, a webhook (to a closed port) and a set step, triggered by hand.
-NOTIFY = WORKFLOW
 
 
 def trigger(conn: Conn, tenant: str, slug: str, who: str) -> int:

@@ -2,129 +2,24 @@
 
 Workflows are installed through `conveyor.compile_steps` (the publish compiler) without the
 validation step, so each test states the graph it needs in the document format.
-The helpers below are shared by the other interpreter test modules.
+The helpers are tests/sql/interpreter_helpers.py's; the `tenant` fixture (acme) is conftest's.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-Conn = psycopg.Connection[dict[str, Any]]
-
-
-def make_tenant(conn: Conn, tenant_id: str = "acme", timezone: str = "UTC") -> str:
-    conn.execute(
-        "insert into conveyor.tenants (tenant_id, name, timezone) values (%s, %s, %s)",
-        (tenant_id, tenant_id.title(), timezone),
-    )
-    return tenant_id
-
-
-def install(conn: Conn, tenant: str, doc: dict[str, Any], *, max_steps: int = 1000) -> tuple[int, int]:
-    """Install `doc` as the next version of its workflow (compiled like publish does)."""
-    row = conn.execute(
-        "select workflow_id from conveyor.workflows where tenant_id = %s and slug = %s", (tenant, doc["slug"])
-    ).fetchone()
-    if row is None:
-        row = conn.execute(
-            "insert into conveyor.workflows (tenant_id, slug, name) values (%s, %s, %s) returning workflow_id",
-            (tenant, doc["slug"], doc["slug"]),
-        ).fetchone()
-    assert row is not None
-    workflow_id = int(row["workflow_id"])
-    with conn.transaction():
-        version_row = conn.execute(
-            "select coalesce(max(version), 0) + 1 as v from conveyor.workflow_versions where workflow_id = %s",
-            (workflow_id,),
-        ).fetchone()
-        assert version_row is not None
-        version = int(version_row["v"])
-        conn.execute(
-            """insert into conveyor.workflow_versions
-                 (workflow_id, version, tenant_id, definition, entry_step, max_steps)
-               values (%s, %s, %s, %s, %s, %s)""",
-            (workflow_id, version, tenant, Jsonb(doc), doc["steps"][0]["id"], max_steps),
-        )
-        conn.execute(
-            """insert into conveyor.workflow_steps
-                 (workflow_id, version, step_id, tenant_id, position, kind, action_type, config, next_step,
-                  branches, on_error, error_step, retry_policy, timeout)
-               select %(w)s, %(v)s, c.step_id, %(t)s, c.step_position, c.kind, c.action_type, c.config,
-                      c.next_step, c.branches, c.on_error, c.error_step, c.retry_policy,
-                      coalesce(conveyor.parse_duration(c.timeout_text), interval '30 seconds')
-               from conveyor.compile_steps(%(doc)s) as c""",
-            {"w": workflow_id, "v": version, "t": tenant, "doc": Jsonb(doc)},
-        )
-        conn.execute(
-            "update conveyor.workflows set current_version = %s where workflow_id = %s",
-            (version, workflow_id),
-        )
-    return workflow_id, version
-
-
-def start(
-    conn: Conn,
-    tenant: str,
-    workflow: tuple[int, int],
-    trigger: dict[str, Any] | None = None,
-    *,
-    run: bool = True,
-) -> int:
-    """Create a pending execution at the version's entry step and (by default) run it."""
-    trigger_object = {
-        "event_id": None,
-        "event_type": "crm.contact.created",
-        "source": "crm",
-        "entity_type": "contact",
-        "entity_id": "c1",
-        "payload": {},
-        "changed_columns": None,
-        "occurred_at": "2026-01-01T00:00:00+00:00",
-        "depth": 0,
-    } | (trigger or {})
-    row = conn.execute(
-        """insert into conveyor.executions (tenant_id, workflow_id, version, current_step, trigger, entity_id)
-           select %s, v.workflow_id, v.version, v.entry_step, %s, %s
-           from conveyor.workflow_versions as v where v.workflow_id = %s and v.version = %s
-           returning execution_id""",
-        (tenant, Jsonb(trigger_object), trigger_object["entity_id"], workflow[0], workflow[1]),
-    ).fetchone()
-    assert row is not None
-    execution_id = int(row["execution_id"])
-    if run:
-        conn.execute("select conveyor.run_executions(array[%s]::bigint[])", (execution_id,))
-    return execution_id
-
-
-def execution(conn: Conn, execution_id: int) -> dict[str, Any]:
-    row = conn.execute(
-        "select * from conveyor.executions where execution_id = %s", (execution_id,)
-    ).fetchone()
-    assert row is not None
-    return row
-
-
-def step_runs(conn: Conn, execution_id: int) -> list[dict[str, Any]]:
-    return conn.execute(
-        "select * from conveyor.step_runs where execution_id = %s order by step_run_id", (execution_id,)
-    ).fetchall()
-
-
-def visited(conn: Conn, execution_id: int) -> list[str]:
-    return [r["step_id"] for r in step_runs(conn, execution_id)]
-
-
-def queued_messages(conn: Conn) -> list[dict[str, Any]]:
-    return conn.execute("select msg_id, message, vt from pgmq.q_conveyor_actions order by msg_id").fetchall()
-
-
-@pytest.fixture
-def tenant(conn: Conn) -> str:
-    return make_tenant(conn)
+from tests.sql.interpreter_helpers import (
+    Conn,
+    execution,
+    install,
+    make_tenant,
+    queued_messages,
+    start,
+    step_runs,
+    visited,
+)
 
 
 def test_variables_and_outputs_flow_between_steps(conn: Conn, tenant: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -13,158 +12,9 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from tests.sql.tenant_context import acting_for, mint_token
+from tests.sql.tenant_seeds import SEEDS, TENANT_TABLES, count, seeded_tables, tenant_tables
 
 Conn = psycopg.Connection[dict[str, object]]
-
-# Rows of one tenant per tenant-owned table, in foreign-key order. Every tenant table
-# must be here (test_every_tenant_table_is_seeded_for_the_isolation_tests): a new table
-# joins the isolation tests by getting a seed. The catalog tests below check every
-# tenant table's row-level security and privileges whether seeded or not.
-SEEDS: dict[str, str] = {
-    "tenants": "select 1",  # created by conveyor.create_tenant in the fixture
-    "events": "select conveyor.emit(%(t)s, 'crm.contact.created', jsonb_build_object('secret', 'of-' || %(t)s))",
-    "workflows": "insert into conveyor.workflows (tenant_id, slug, name) values (%(t)s, 'follow-up', 'Follow up')",
-    "workflow_versions": """
-        insert into conveyor.workflow_versions (workflow_id, version, tenant_id, definition, entry_step)
-        select workflow_id, 1, tenant_id, '{}', 'a' from conveyor.workflows where tenant_id = %(t)s""",
-    "workflow_steps": """
-        insert into conveyor.workflow_steps (workflow_id, version, step_id, tenant_id, position, kind)
-        select workflow_id, 1, 'a', tenant_id, 0, 'stop' from conveyor.workflows where tenant_id = %(t)s""",
-    "subscriptions": """
-        insert into conveyor.subscriptions (tenant_id, workflow_id, version, match_key)
-        select tenant_id, workflow_id, 1, 'crm.contact.created' from conveyor.workflows where tenant_id = %(t)s""",
-    "executions": """
-        insert into conveyor.executions (tenant_id, workflow_id, version, event_id, current_step)
-        select w.tenant_id, w.workflow_id, 1, e.event_id, 'a'
-        from conveyor.workflows as w join conveyor.events as e using (tenant_id)
-        where w.tenant_id = %(t)s""",
-    "step_runs": """
-        insert into conveyor.step_runs (execution_id, tenant_id, step_id, status)
-        select execution_id, tenant_id, 'a', 'running' from conveyor.executions where tenant_id = %(t)s""",
-    "execution_logs": """
-        insert into conveyor.execution_logs (tenant_id, execution_id, level, message)
-        select tenant_id, execution_id, 'info', 'started' from conveyor.executions where tenant_id = %(t)s""",
-    "workflow_stats": """
-        insert into conveyor.workflow_stats (workflow_id, shard, tenant_id, started)
-        select workflow_id, 0, tenant_id, 1 from conveyor.workflows where tenant_id = %(t)s""",
-    "connections": "insert into conveyor.connections (tenant_id, name, kind) values (%(t)s, 'smtp-main', 'smtp')",
-    "schedules": """
-        insert into conveyor.schedules (tenant_id, workflow_id, cron)
-        select tenant_id, workflow_id, '0 9 * * *' from conveyor.workflows where tenant_id = %(t)s""",
-    "schedule_firings": """
-        insert into conveyor.schedule_firings (schedule_id, slot, tenant_id, outcome, execution_id)
-        select s.schedule_id, '2026-01-01 09:00Z', s.tenant_id, 'started', e.execution_id
-        from conveyor.schedules as s join conveyor.executions as e using (tenant_id)
-        where s.tenant_id = %(t)s""",
-    "webhook_endpoints": """
-        insert into conveyor.webhook_endpoints (tenant_id, workflow_id, path_token, secret)
-        select tenant_id, workflow_id, md5(tenant_id) || md5(tenant_id), repeat('s', 32)
-        from conveyor.workflows where tenant_id = %(t)s""",
-    "webhook_deliveries": """
-        insert into conveyor.webhook_deliveries (endpoint_id, delivery_id, tenant_id)
-        select endpoint_id, 'delivery-1', tenant_id from conveyor.webhook_endpoints where tenant_id = %(t)s""",
-    "api_keys": """
-        insert into conveyor.api_keys (tenant_id, name, key_hash)
-        values (%(t)s, 'default', sha256(convert_to(%(t)s, 'UTF8')))""",
-    "date_triggers": """
-        insert into conveyor.date_triggers (
-          workflow_id, tenant_id, entity, date_column, offset_by, event_source, event_entity
-        )
-        select workflow_id, tenant_id, 'contact', 'joined_at', '30 days', 'crm', 'contact'
-        from conveyor.workflows where tenant_id = %(t)s""",
-    "waits": """
-        insert into conveyor.waits (execution_id, tenant_id, event_key, match_paths, match_values, since, step_id)
-        select execution_id, tenant_id, 'email.message.replied', '{}', '{}', now(), 'a'
-        from conveyor.executions where tenant_id = %(t)s""",
-    "dead_letters": """
-        insert into conveyor.dead_letters (tenant_id, msg_id, message, reason, last_error, attempts)
-        values (%(t)s, 1, jsonb_build_object('tenant_id', %(t)s::text), 'max_deliveries', 'delivered 5 times', 6)""",
-    "date_trigger_firings": """
-        insert into conveyor.date_trigger_firings (workflow_id, entity_id, date_value, tenant_id, due_at)
-        select workflow_id, '1', '2026-01-01', tenant_id, '2026-01-31' from conveyor.date_triggers
-        where tenant_id = %(t)s""",
-    "event_chains": """
-        insert into conveyor.event_chains (root_event_id, tenant_id, events)
-        select event_id, tenant_id, 1 from conveyor.events where tenant_id = %(t)s""",
-    "tenant_event_rates": """
-        insert into conveyor.tenant_event_rates (tenant_id, minute, shard, events)
-        values (%(t)s, date_trunc('minute', now()), 0, 1)""",
-}
-# Platform-wide rows some seeds refer to (not tenant data).
-SHARED_SEEDS = [
-    "insert into conveyor.entities (entity, table_name, id_column, tenant_column) "
-    "values ('contact', 'conveyor.tenants', 'tenant_id', 'tenant_id')",
-]
-
-# Every table in the conveyor schema that carries a tenant_id column or has RLS enabled.
-TENANT_TABLES = """
-select c.relname::text as table_name, c.relrowsecurity as rls, c.relforcerowsecurity as forced,
-       exists (select from pg_attribute as a
-               where a.attrelid = c.oid and a.attname = 'tenant_id' and not a.attisdropped) as has_tenant_id,
-       exists (select from pg_policy as p
-               where p.polrelid = c.oid and p.polcmd = '*' and p.polpermissive
-                 and pg_get_expr(p.polqual, p.polrelid)
-                     = '(tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant))')
-         as has_policy
-from pg_class as c
-join pg_namespace as n on n.oid = c.relnamespace and n.nspname = 'conveyor'
-where c.relkind in ('r', 'p')
-  and (c.relrowsecurity or exists (select from pg_attribute as a
-                                   where a.attrelid = c.oid and a.attname = 'tenant_id' and not a.attisdropped))
-order by 1
-"""
-
-
-def tenant_tables(conn: Conn) -> list[str]:
-    return [str(r["table_name"]) for r in conn.execute(TENANT_TABLES).fetchall()]
-
-
-@pytest.fixture
-def two_tenants(conn: Conn) -> Conn:
-    """Tenants acme and globex with a row of each in every tenant table."""
-    conn.execute(
-        "select conveyor.create_tenant('acme', 'Acme'), conveyor.create_tenant('globex', 'Globex', 'Europe/Berlin')"
-    )
-    for statement in SHARED_SEEDS:
-        conn.execute(statement)
-    for tenant in ("acme", "globex"):
-        for table in seeded_tables(conn):
-            conn.execute(SEEDS[table], {"t": tenant})
-    return conn
-
-
-def seeded_tables(conn: Conn) -> list[str]:
-    present = set(tenant_tables(conn))
-    return [t for t in SEEDS if t in present]
-
-
-@pytest.fixture
-def app(db_url: str, two_tenants: Conn) -> Iterator[Conn]:
-    """A session of the application role (RLS-limited) with no tenant set yet."""
-    with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as session:
-        session.execute("set role conveyor_app")
-        yield session
-
-
-@pytest.fixture
-def acme(two_tenants: Conn) -> str:
-    """A token for tenant acme, minted by the privileged fixture connection."""
-    return mint_token(two_tenants, "acme")
-
-
-def count(conn: Conn, table: str, where: str = "true") -> int:
-    row = conn.execute(
-        sql.SQL("select count(*) as n from conveyor.{} where ").format(sql.Identifier(table)) + sql.SQL(where)
-    ).fetchone()
-    assert row is not None
-    return int(str(row["n"]))
-
-
-def token_secret(conn: Conn) -> bytes:
-    row = conn.execute("select token_secret from conveyor.tenancy_config").fetchone()
-    assert row is not None
-    return bytes(row["token_secret"])  # type: ignore[arg-type]
-
 
 # --- the catalog: every tenant table is protected, and covered by this file -------------------
 
@@ -194,7 +44,7 @@ def test_isolation_seeds_cover_the_core_tables(conn: Conn) -> None:
 def test_every_tenant_table_is_seeded_for_the_isolation_tests(conn: Conn) -> None:
     unseeded = sorted(set(tenant_tables(conn)) - set(SEEDS))
     assert unseeded == [], (
-        "add a seed statement to SEEDS in tests/sql/test_tenancy.py for each of these tables"
+        "add a seed statement to SEEDS in tests/sql/tenant_seeds.py for each of these tables"
     )
 
 

@@ -1,8 +1,7 @@
 """The tenant context: tokens the platform mints and conveyor.set_tenant verifies, the
 context bound to one backend and transaction, key rotation and the plain-setting opt-in.
 
-The two-tenant fixtures (`two_tenants`, `app`, `acme`) are tests/sql/test_tenancy.py's,
-shared through tests/sql/conftest.py.
+The two-tenant fixtures (`two_tenants`, `app`, `acme`) are tests/sql/conftest.py's.
 """
 
 from __future__ import annotations
@@ -14,8 +13,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from tests.sql.tenant_context import acting_for, mint_token, platform_token
-from tests.sql.test_tenancy import count, seeded_tables, token_secret
+from tests.sql.tenant_context import acting_for, mint_token, platform_token, token_secret
+from tests.sql.tenant_seeds import count, seeded_tables
 
 Conn = psycopg.Connection[dict[str, object]]
 

@@ -16,7 +16,6 @@ from typing import Any
 import psycopg
 import pytest
 from bench.wait_races import (
-    TENANT,
     Racers,
     after_waiting,
     answer,
@@ -38,12 +37,6 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 Conn = psycopg.Connection[dict[str, Any]]
-
-
-@pytest.fixture
-def tenant(conn: Conn) -> str:
-    conn.execute("select conveyor.create_tenant(%s, 'Acme')", (TENANT,))
-    return TENANT
 
 
 def assert_all_answered(conn: Conn, questions: list[str]) -> None:

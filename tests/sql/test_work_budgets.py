@@ -6,7 +6,7 @@ from typing import Any
 
 import psycopg
 
-from tests.sql.test_dispatch import emit, log_reasons, publish, tenant
+from tests.sql.dispatch_helpers import add_tenant, emit, log_reasons, publish
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -33,8 +33,8 @@ def count(conn: Conn, sql: str, *params: Any) -> int:
 
 def test_a_fan_out_storm_is_bounded_by_its_chain_budget(conn: Conn) -> None:
     """The issue's storm: each execution emits 30 events that each start it again."""
-    b = tenant(conn, "tb")
-    a = tenant(conn, "ta")
+    b = add_tenant(conn, "tb")
+    a = add_tenant(conn, "ta")
     publish(conn, b, "storm", {"event": "b.fan.go"}, **STORM)
     publish(conn, a, "hello", {"event": "a.contact.created"})
     root = emit(conn, b, "b.fan.go")
@@ -78,7 +78,7 @@ def test_a_fan_out_storm_is_bounded_by_its_chain_budget(conn: Conn) -> None:
 
 
 def test_a_chain_is_bounded_in_the_executions_it_starts(conn: Conn) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     conn.execute("set conveyor.max_chain_executions = 3")
     publish(
         conn,
@@ -102,7 +102,7 @@ def test_a_chain_is_bounded_in_the_executions_it_starts(conn: Conn) -> None:
 
 
 def test_an_execution_is_bounded_in_the_events_it_emits(conn: Conn) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     publish(
         conn,
         t,
@@ -124,8 +124,8 @@ def test_an_execution_is_bounded_in_the_events_it_emits(conn: Conn) -> None:
 
 
 def test_a_tenant_is_bounded_in_events_per_minute(conn: Conn) -> None:
-    t = tenant(conn, "acme")
-    other = tenant(conn, "globex")
+    t = add_tenant(conn, "acme")
+    other = add_tenant(conn, "globex")
     conn.execute("set conveyor.max_tenant_events_per_minute = 5")
     publish(conn, t, "note", {"event": "crm.contact.created"})
     publish(conn, other, "note", {"event": "crm.contact.created"})
@@ -164,7 +164,7 @@ def dispatch_in_batches(conn: Conn, batch: int) -> None:
 
 def test_a_tenant_near_its_event_rate_is_weighed_event_by_event(conn: Conn) -> None:
     """Near the limit (within 16 steps of a thousandth of it) every batch is weighed: exact."""
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     conn.execute("set conveyor.max_tenant_events_per_minute = 20000")  # a step of 20 events
     publish(conn, t, "note", {"event": "crm.contact.created"})
     other_dispatchers_counted(conn, t, 19_700)
@@ -180,7 +180,7 @@ def test_a_tenant_near_its_event_rate_is_weighed_event_by_event(conn: Conn) -> N
 
 def test_a_tenant_that_nears_its_event_rate_between_checks_is_caught_at_the_next_step(conn: Conn) -> None:
     """Far from the limit only step crossings are checked; the margin covers what others add meanwhile."""
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     conn.execute("set conveyor.max_tenant_events_per_minute = 20000")  # a step of 20, a margin of 320
     publish(conn, t, "note", {"event": "crm.contact.created"})
     other_dispatchers_counted(conn, t, 10_000)
@@ -201,7 +201,7 @@ def test_a_tenant_that_nears_its_event_rate_between_checks_is_caught_at_the_next
 
 
 def test_a_tenant_is_bounded_in_active_executions(conn: Conn) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     conn.execute("set conveyor.max_tenant_active_executions = 3")
     publish(
         conn, t, "slow", {"event": "crm.contact.created"}, steps=[{"id": "w", "delay": {"for": "1 hour"}}]
@@ -221,7 +221,7 @@ def test_a_tenant_is_bounded_in_active_executions(conn: Conn) -> None:
 
 
 def test_an_execution_is_bounded_in_the_state_it_keeps(conn: Conn) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     conn.execute("set conveyor.max_execution_state_bytes = 20000")
     publish(
         conn,
@@ -245,7 +245,7 @@ def test_an_execution_is_bounded_in_the_state_it_keeps(conn: Conn) -> None:
 
 
 def test_spent_budgets_are_forgotten_with_the_history(conn: Conn) -> None:
-    t = tenant(conn, "acme")
+    t = add_tenant(conn, "acme")
     conn.execute(
         "insert into conveyor.event_chains (root_event_id, tenant_id, events, updated_at) values"
         " (1, %s, 5, now() - interval '8 days'), (2, %s, 5, now() - interval '1 day')",

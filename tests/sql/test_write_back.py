@@ -11,60 +11,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 
-from tests.sql.table_stats import table_counters
-from tests.sql.tenant_context import acting_for, mint_token
-from tests.sql.test_interpreter import (
+from tests.sql.interpreter_helpers import (
+    AMOUNT,
+    WELCOME,
     Conn,
+    archived,
     execution,
+    flow,
     install,
     make_tenant,
     queued_messages,
     start,
     step_runs,
     visited,
+    write_back,
 )
-
-WELCOME = {
-    "id": "welcome",
-    "action": "webhook.send",
-    "connection": "hooks",
-    "with": {
-        "url": "https://example.test/{{trigger.entity_id}}",
-        "body": {"amount": "{{trigger.payload.amount}}"},
-    },
-    "timeout": "20s",
-}
-AMOUNT = {"payload": {"amount": 1}}
-
-
-def flow(conn: Conn, tenant: str, action: dict[str, Any] | None = None, slug: str = "wb") -> tuple[int, int]:
-    return install(
-        conn,
-        tenant,
-        {
-            "slug": slug,
-            "steps": [
-                action or WELCOME,
-                {"id": "after", "set": {"status": "{{steps.welcome.output.status}}"}},
-            ],
-        },
-    )
-
-
-def write_back(conn: Conn, *results: dict[str, Any]) -> list[dict[str, Any]]:
-    return conn.execute(
-        "select * from conveyor.write_back(%s)",
-        (Jsonb(list(results)),),
-    ).fetchall()
-
-
-def archived(conn: Conn) -> list[int]:
-    return [r["msg_id"] for r in conn.execute("select msg_id from pgmq.a_conveyor_actions order by msg_id")]
-
-
-@pytest.fixture
-def tenant(conn: Conn) -> str:
-    return make_tenant(conn)
+from tests.sql.table_stats import table_counters
+from tests.sql.tenant_context import acting_for, mint_token
 
 
 def test_action_is_queued_with_rendered_input_and_a_stable_key(conn: Conn, tenant: str) -> None:
