@@ -19,7 +19,7 @@ def doc(slug: str, *steps: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"slug": slug, "name": slug, "trigger": TRIGGER, "steps": list(steps)} | extra
 
 
-def hook(step_id: str, url: str = "https://example.test/{{index}}", **extra: Any) -> dict[str, Any]:
+def hook(step_id: str, url: str = "https://example.test/x", **extra: Any) -> dict[str, Any]:
     """An action step: its message waits in the queue until a write-back answers it."""
     return {"id": step_id, "action": "webhook.send", "connection": "hooks", "with": {"url": url, "body": {}}} | extra
 
