@@ -56,6 +56,8 @@ begin
   where
     x.tenant_id = p_tenant_id and (p_since is null or x.created_at > p_since)
     and (p_status is null or x.status = p_status) and (p_workflow is null or w.slug = p_workflow)
+    -- a branch or an item of a fan-out is part of its parent's run (execution_children)
+    and x.item is null
   order by x.execution_id desc
   limit p_limit;
 end;

@@ -12,12 +12,22 @@ FAN_OUT = {
     "name": "Order lines",
     "trigger": {"manual": True},
     "steps": [
-        {"id": "each", "for_each": {"items": "{{trigger.payload.lines}}", "steps": [
-            {"id": "reserve", "set": {"sku": "{{item.sku}}"}}]}},
-        {"id": "tell", "parallel": {"branches": {
-            "warehouse": [{"id": "pick", "delay": {"for": "1d"}}],
-            "customer": [{"id": "mail", "set": {"sent": True}}],
-        }}},
+        {
+            "id": "each",
+            "for_each": {
+                "items": "{{trigger.payload.lines}}",
+                "steps": [{"id": "reserve", "set": {"sku": "{{item.sku}}"}}],
+            },
+        },
+        {
+            "id": "tell",
+            "parallel": {
+                "branches": {
+                    "warehouse": [{"id": "pick", "delay": {"for": "1d"}}],
+                    "customer": [{"id": "mail", "set": {"sent": True}}],
+                }
+            },
+        },
     ],
 }
 
@@ -26,7 +36,9 @@ def test_show_lists_the_children_under_their_steps(cli: Any, tmp_path: Path) -> 
     (tmp_path / "f.json").write_text(json.dumps(FAN_OUT))
     (tmp_path / "data.json").write_text(json.dumps({"lines": [{"sku": "a"}, {"sku": "b"}]}))
     assert cli("workflows", "apply", "-f", str(tmp_path / "f.json")).exit_code == 0
-    started = json.loads(cli("trigger", "order-lines", "--data", str(tmp_path / "data.json"), "--json").output)
+    started = json.loads(
+        cli("trigger", "order-lines", "--data", str(tmp_path / "data.json"), "--json").output
+    )
     parent = started["execution_id"]
     shown = json.loads(cli("executions", "show", str(parent), "--json").output)
     assert shown["execution"]["status"] == "waiting" and shown["execution"]["wait_kind"] == "children"

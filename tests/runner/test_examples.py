@@ -24,7 +24,10 @@ SAMPLE_TRIGGERS: dict[str, dict[str, Any]] = {
         "event_type": "shop.order.placed",
         "entity_type": "order",
         "entity_id": "o-1001",
-        "payload": {"email": "ada@example.com", "lines": [{"sku": "tea", "quantity": 2}, {"sku": "mug", "quantity": 1}]},
+        "payload": {
+            "email": "ada@example.com",
+            "lines": [{"sku": "tea", "quantity": 2}, {"sku": "mug", "quantity": 1}],
+        },
     },
     "new-lead-follow-up": {
         "event_type": "crm.contact.created",

@@ -17,18 +17,32 @@ Conn = psycopg.Connection[dict[str, Any]]
 
 
 def callee(version_mark: str) -> dict[str, Any]:
-    return doc("enrich", hook("lookup"), {"id": "done", "set": {"grade": "{{trigger.payload.score}}-" + version_mark}})
+    return doc(
+        "enrich",
+        hook("lookup"),
+        {"id": "done", "set": {"grade": "{{trigger.payload.score}}-" + version_mark}},
+    )
 
 
 def test_a_call_waits_for_the_callee_and_takes_its_output(conn: Conn, tenant: str) -> None:
     publish(conn, tenant, callee("v1"))
-    parent = run(conn, tenant, doc("caller", {"id": "ask", "call": {"workflow": "enrich", "input": {
-        "score": "{{trigger.payload.score}}"}}}, {"id": "after", "set": {"grade": "{{steps.ask.output.output.grade}}"}}),
-        {"score": 7})
+    parent = run(
+        conn,
+        tenant,
+        doc(
+            "caller",
+            {"id": "ask", "call": {"workflow": "enrich", "input": {"score": "{{trigger.payload.score}}"}}},
+            {"id": "after", "set": {"grade": "{{steps.ask.output.output.grade}}"}},
+        ),
+        {"score": 7},
+    )
     (child,) = children(conn, parent)
     assert child["trigger"]["payload"] == {"score": 7}
-    assert child["trigger"]["caller"] == {"execution_id": parent, "workflow_id": execution(conn, parent)["workflow_id"],
-                                          "step": "ask"}
+    assert child["trigger"]["caller"] == {
+        "execution_id": parent,
+        "workflow_id": execution(conn, parent)["workflow_id"],
+        "step": "ask",
+    }
     assert child["depth"] == 1 and child["item"] is None
     # a new version published while the call runs does not change the running callee
     publish(conn, tenant, callee("v2"))
@@ -48,8 +62,15 @@ def test_a_call_waits_for_the_callee_and_takes_its_output(conn: Conn, tenant: st
 
 def test_a_call_with_wait_false_does_not_wait(conn: Conn, tenant: str) -> None:
     publish(conn, tenant, callee("v1"))
-    parent = run(conn, tenant, doc("fire", {"id": "ask", "call": {"workflow": "enrich", "wait": False}},
-                                   {"id": "after", "set": {"started": "{{steps.ask.output.execution_id}}"}}))
+    parent = run(
+        conn,
+        tenant,
+        doc(
+            "fire",
+            {"id": "ask", "call": {"workflow": "enrich", "wait": False}},
+            {"id": "after", "set": {"started": "{{steps.ask.output.execution_id}}"}},
+        ),
+    )
     state = execution(conn, parent)
     assert state["status"] == "completed"
     started = state["vars"]["started"]
@@ -67,18 +88,36 @@ def test_a_failed_callee_fails_the_call_step(conn: Conn, tenant: str) -> None:
 
 
 def test_a_template_slug_is_checked_when_the_call_runs(conn: Conn, tenant: str) -> None:
-    state = execution(conn, run(conn, tenant, doc("dyn", {"id": "ask", "call": {"workflow": "{{trigger.payload.w}}"}}),
-                                {"w": "missing"}))
+    state = execution(
+        conn,
+        run(
+            conn,
+            tenant,
+            doc("dyn", {"id": "ask", "call": {"workflow": "{{trigger.payload.w}}"}}),
+            {"w": "missing"},
+        ),
+    )
     assert state["status"] == "failed"
-    assert state["error"]["message"] == 'step "ask": call.workflow: tenant "acme" has no published workflow "missing"'
+    assert (
+        state["error"]["message"]
+        == 'step "ask": call.workflow: tenant "acme" has no published workflow "missing"'
+    )
 
 
 def test_workflows_calling_each_other_stop_at_the_depth_limit(conn: Conn, tenant: str) -> None:
     conn.execute("set conveyor.max_event_depth = 4")
     publish(conn, tenant, doc("ping", {"id": "x", "set": {"v": 1}}))
-    publish(conn, tenant, doc("pong", {"id": "back", "call": {"workflow": "{{trigger.payload.next}}",
-                                                              "input": {"next": "pong"}}}))
-    root = run(conn, tenant, doc("start", {"id": "go", "call": {"workflow": "pong", "input": {"next": "pong"}}}))
+    publish(
+        conn,
+        tenant,
+        doc(
+            "pong",
+            {"id": "back", "call": {"workflow": "{{trigger.payload.next}}", "input": {"next": "pong"}}},
+        ),
+    )
+    root = run(
+        conn, tenant, doc("start", {"id": "go", "call": {"workflow": "pong", "input": {"next": "pong"}}})
+    )
     state = execution(conn, root)
     assert state["status"] == "failed"
     chain = [root]
@@ -87,17 +126,33 @@ def test_workflows_calling_each_other_stop_at_the_depth_limit(conn: Conn, tenant
     assert len(chain) == 5
     deepest = execution(conn, chain[-1])
     assert deepest["depth"] == 4 and deepest["status"] == "failed"
-    assert "depth 5 would exceed the limit 4 (setting conveyor.max_event_depth); workflows that call each other?" in (
-        deepest["error"]["message"])
+    assert (
+        "depth 5 would exceed the limit 4 (setting conveyor.max_event_depth); workflows that call each other?"
+        in (deepest["error"]["message"])
+    )
 
 
 def test_a_dry_run_shows_every_branch_item_and_call(conn: Conn, tenant: str) -> None:
     publish(conn, tenant, callee("v1"))
-    d = doc("order-fan-out",
-            {"id": "each", "for_each": {"items": "{{trigger.payload.lines}}", "steps": [
-                hook("reserve", url="https://stock.test/{{item.sku}}")]}},
-            {"id": "tell", "parallel": {"branches": {
-                "warehouse": [hook("pick")], "customer": [{"id": "ask", "call": {"workflow": "enrich"}}]}}})
+    d = doc(
+        "order-fan-out",
+        {
+            "id": "each",
+            "for_each": {
+                "items": "{{trigger.payload.lines}}",
+                "steps": [hook("reserve", url="https://stock.test/{{item.sku}}")],
+            },
+        },
+        {
+            "id": "tell",
+            "parallel": {
+                "branches": {
+                    "warehouse": [hook("pick")],
+                    "customer": [{"id": "ask", "call": {"workflow": "enrich"}}],
+                }
+            },
+        },
+    )
     result = dry_run(conn, d, {"payload": {"lines": [{"sku": "a"}, {"sku": "b"}]}})
     assert result["status"] == "completed", result
     each, tell = result["steps"]

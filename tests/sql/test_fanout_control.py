@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from tests.sql.fanout_helpers import answer, children, doc, execution, fanout, hook, pending_actions, run
 
@@ -15,8 +16,11 @@ Conn = psycopg.Connection[dict[str, Any]]
 
 
 def items_doc(slug: str, n: int = 3, **spec: Any) -> dict[str, Any]:
-    return doc(slug, {"id": "each", "for_each": {"items": list(range(n)), "steps": [hook("push")]} | spec},
-               {"id": "after", "set": {"done": True}})
+    return doc(
+        slug,
+        {"id": "each", "for_each": {"items": list(range(n)), "steps": [hook("push")]} | spec},
+        {"id": "after", "set": {"done": True}},
+    )
 
 
 def test_cancelling_a_parent_cancels_its_children_and_their_actions(conn: Conn, tenant: str) -> None:
@@ -83,28 +87,49 @@ def test_a_retry_runs_again_only_the_children_that_did_not_complete(conn: Conn, 
 
 
 def test_a_join_times_out_and_cancels_what_still_runs(conn: Conn, tenant: str) -> None:
-    d = doc("slow", {"id": "fan", "parallel": {"branches": {"a": [hook("a1")], "b": [hook("b1")]}, "timeout": "10m"},
-                     "on_error": "continue"},
-            {"id": "after", "set": {"went_on": True}})
+    d = doc(
+        "slow",
+        {
+            "id": "fan",
+            "parallel": {"branches": {"a": [hook("a1")], "b": [hook("b1")]}, "timeout": "10m"},
+            "on_error": "continue",
+        },
+        {"id": "after", "set": {"went_on": True}},
+    )
     parent = run(conn, tenant, d)
     kids = children(conn, parent)
     answer(conn, pending_actions(conn, [kids[0]["execution_id"]])[0])
     due = execution(conn, parent)["resume_at"]
     assert due is not None
-    assert conn.execute("select conveyor.resume_due(%s)", (due - timedelta(seconds=1),)).fetchone() is not None
+    assert (
+        conn.execute("select conveyor.resume_due(%s)", (due - timedelta(seconds=1),)).fetchone() is not None
+    )
     assert execution(conn, parent)["status"] == "waiting"
     conn.execute("select conveyor.resume_due(%s)", (due + timedelta(seconds=1),))
     state = execution(conn, parent)
     assert state["status"] == "completed" and state["vars"] == {"went_on": True}
     error = state["step_outputs"]["fan"]["error"]
-    assert error["outcome"] == "timed_out" and "the join timed out with 1 of 2 children finished" in error["message"]
+    assert (
+        error["outcome"] == "timed_out"
+        and "the join timed out with 1 of 2 children finished" in error["message"]
+    )
     assert [k["status"] for k in children(conn, parent)] == ["completed", "cancelled"]
 
 
 def test_fan_out_budgets_fail_the_step_with_the_setting_named(conn: Conn, tenant: str) -> None:
     conn.execute("set conveyor.max_fanout_children = 3")
-    parent = run(conn, tenant, doc("wide", {"id": "each", "for_each": {
-        "items": "{{trigger.payload.ids}}", "steps": [{"id": "x", "set": {"v": 1}}]}}), {"ids": [1, 2, 3, 4]})
+    parent = run(
+        conn,
+        tenant,
+        doc(
+            "wide",
+            {
+                "id": "each",
+                "for_each": {"items": "{{trigger.payload.ids}}", "steps": [{"id": "x", "set": {"v": 1}}]},
+            },
+        ),
+        {"ids": [1, 2, 3, 4]},
+    )
     state = execution(conn, parent)
     assert state["status"] == "failed"
     assert state["error"]["message"] == (
@@ -113,8 +138,11 @@ def test_fan_out_budgets_fail_the_step_with_the_setting_named(conn: Conn, tenant
     assert children(conn, parent) == []
     conn.execute("reset conveyor.max_fanout_children")
     conn.execute("set conveyor.max_fanout_children_per_execution = 5")
-    loop = doc("loop", {"id": "each", "for_each": {"items": [1, 2, 3], "steps": [{"id": "x", "set": {"v": 1}}]}},
-               {"id": "again", "set": {"round": 1}, "next": "each"})
+    loop = doc(
+        "loop",
+        {"id": "each", "for_each": {"items": [1, 2, 3], "steps": [{"id": "x", "set": {"v": 1}}]}},
+        {"id": "again", "set": {"round": 1}, "next": "each"},
+    )
     state = execution(conn, run(conn, tenant, loop))
     assert state["status"] == "failed"
     assert "fan-out budget spent" in state["error"]["message"]
@@ -122,10 +150,86 @@ def test_fan_out_budgets_fail_the_step_with_the_setting_named(conn: Conn, tenant
 
 
 def test_a_for_each_over_a_non_array_fails_the_step_clearly(conn: Conn, tenant: str) -> None:
-    state = execution(conn, run(conn, tenant, doc("bad", {"id": "each", "for_each": {
-        "items": "{{trigger.payload.lines}}", "steps": [{"id": "x", "set": {"v": 1}}]}}), {"lines": "abc"}))
+    state = execution(
+        conn,
+        run(
+            conn,
+            tenant,
+            doc(
+                "bad",
+                {
+                    "id": "each",
+                    "for_each": {
+                        "items": "{{trigger.payload.lines}}",
+                        "steps": [{"id": "x", "set": {"v": 1}}],
+                    },
+                },
+            ),
+            {"lines": "abc"},
+        ),
+    )
     assert state["status"] == "failed"
-    assert state["error"]["message"] == 'step "each": for_each.items is string, expected an array (from "{{trigger.payload.lines}}")'
-    empty = execution(conn, run(conn, tenant, doc("none", {"id": "each", "for_each": {
-        "items": "{{trigger.payload.lines}}", "steps": [{"id": "x", "set": {"v": 1}}]}}), {"lines": []}))
+    assert (
+        state["error"]["message"]
+        == 'step "each": for_each.items is string, expected an array (from "{{trigger.payload.lines}}")'
+    )
+    empty = execution(
+        conn,
+        run(
+            conn,
+            tenant,
+            doc(
+                "none",
+                {
+                    "id": "each",
+                    "for_each": {
+                        "items": "{{trigger.payload.lines}}",
+                        "steps": [{"id": "x", "set": {"v": 1}}],
+                    },
+                },
+            ),
+            {"lines": []},
+        ),
+    )
     assert empty["status"] == "completed" and empty["step_outputs"]["each"]["output"]["count"] == 0
+
+
+def test_a_dead_lettered_child_fails_by_its_parent_steps_policy(conn: Conn, tenant: str) -> None:
+    parent = run(conn, tenant, items_doc("dead", 2, on_item_error="continue"))
+    first, second = pending_actions(conn, [k["execution_id"] for k in children(conn, parent)])
+    conn.execute(
+        "select * from conveyor.write_back(%s)",
+        (
+            Jsonb(
+                [
+                    {
+                        "msg_id": first["msg_id"],
+                        "step_run_id": first["step_run_id"],
+                        "ok": False,
+                        "dead_letter": "max_deliveries",
+                        "error": "delivered 6 times",
+                    }
+                ]
+            ),
+        ),
+    )
+    answer(conn, second)
+    state = execution(conn, parent)
+    assert state["status"] == "completed" and state["vars"] == {"done": True}
+    out = state["step_outputs"]["each"]["output"]
+    assert (out["completed"], out["failed"]) == (1, 1)
+    assert out["items"][0]["error"]["detail"]["dead_letter"] == "max_deliveries"
+    assert conn.execute("select count(*) as n from conveyor.dead_letters").fetchone() == {"n": 1}
+
+
+def test_children_are_listed_under_their_parent_not_as_runs_of_their_own(conn: Conn, tenant: str) -> None:
+    parent = run(conn, tenant, items_doc("listed", 2))
+    listed = conn.execute("select id from conveyor.list_executions(%s)", (tenant,)).fetchall()
+    assert [r["id"] for r in listed] == [parent]
+    shown = conn.execute("select * from conveyor.execution_children(%s, %s)", (tenant, parent)).fetchall()
+    assert [(c["step"], c["label"], c["status"]) for c in shown] == [
+        ("each", "item 0", "waiting"),
+        ("each", "item 1", "waiting"),
+    ]
+    conn.execute("insert into conveyor.tenants (tenant_id, name) values ('globex', 'Globex')")
+    assert conn.execute("select * from conveyor.execution_children('globex', %s)", (parent,)).fetchall() == []

@@ -23,30 +23,74 @@ def one(step: dict[str, Any], *more: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("step", "expected"),
     [
-        ({"id": "p", "parallel": []}, ['steps[0].parallel: expected an object with "branches": {"<name>": [<steps>], ...}']),
-        ({"id": "p", "parallel": {"branches": {}}},
-         ["steps[0].parallel.branches: expected an object of named branches, each a list of steps"]),
-        ({"id": "p", "parallel": {"branches": {"a": [], "B c": [{"id": "x", "set": {"v": 1}}]}}},
-         ['steps[0].parallel.branches: invalid branch name "B c" (lowercase letters, digits, _ and -)',
-          "steps[0].parallel.branches.a: expected a non-empty array of steps"]),
-        ({"id": "p", "parallel": {"branches": {"a": [{"id": "x", "set": {"v": 1}}]}, "join": "most"}},
-         ['steps[0].parallel.join: expected "all", "any" or {"at_least": <n>} (got "most")']),
-        ({"id": "p", "parallel": {"branches": {"a": [{"id": "x", "set": {"v": 1}}]}, "join": {"at_least": 2}}},
-         ["steps[0].parallel.join.at_least: 2 cannot be reached with 1 branch(es)"]),
-        ({"id": "p", "parallel": {"branches": {"a": [{"id": "x", "set": {"v": 1}}]}, "join": {"at_least": 0.5}}},
-         ["steps[0].parallel.join.at_least: expected a whole number of at least 1 (got 0.5)"]),
-        ({"id": "f", "for_each": {"items": "lines", "steps": [{"id": "x", "set": {"v": 1}}]}},
-         ['steps[0].for_each.items: expected a template such as "{{trigger.payload.lines}}" or an array (got "lines")']),
-        ({"id": "f", "for_each": {"items": {"a": 1}, "steps": []}},
-         ['steps[0].for_each.items: expected a template such as "{{trigger.payload.lines}}" or an array (got {"a": 1})',
-          "steps[0].for_each.steps: expected a non-empty array of steps"]),
-        ({"id": "f", "for_each": {"items": [1], "steps": [{"id": "x", "set": {"v": 1}}], "concurrency": 0,
-                                  "on_item_error": "skip"}},
-         ["steps[0].for_each.concurrency: ...",
-          'steps[0].for_each.on_item_error: expected "fail", "continue" or "collect" (got "skip")']),
-        ({"id": "c", "call": {"workflow": "Not A Slug", "wait": "yes"}},
-         ['steps[0].call.workflow: invalid slug "Not A Slug" (lowercase letters, digits and -)',
-          "steps[0].call.wait: expected true or false"]),
+        (
+            {"id": "p", "parallel": []},
+            ['steps[0].parallel: expected an object with "branches": {"<name>": [<steps>], ...}'],
+        ),
+        (
+            {"id": "p", "parallel": {"branches": {}}},
+            ["steps[0].parallel.branches: expected an object of named branches, each a list of steps"],
+        ),
+        (
+            {"id": "p", "parallel": {"branches": {"a": [], "B c": [{"id": "x", "set": {"v": 1}}]}}},
+            [
+                'steps[0].parallel.branches: invalid branch name "B c" (lowercase letters, digits, _ and -)',
+                "steps[0].parallel.branches.a: expected a non-empty array of steps",
+            ],
+        ),
+        (
+            {"id": "p", "parallel": {"branches": {"a": [{"id": "x", "set": {"v": 1}}]}, "join": "most"}},
+            ['steps[0].parallel.join: expected "all", "any" or {"at_least": <n>} (got "most")'],
+        ),
+        (
+            {
+                "id": "p",
+                "parallel": {"branches": {"a": [{"id": "x", "set": {"v": 1}}]}, "join": {"at_least": 2}},
+            },
+            ["steps[0].parallel.join.at_least: 2 cannot be reached with 1 branch(es)"],
+        ),
+        (
+            {
+                "id": "p",
+                "parallel": {"branches": {"a": [{"id": "x", "set": {"v": 1}}]}, "join": {"at_least": 0.5}},
+            },
+            ["steps[0].parallel.join.at_least: expected a whole number of at least 1 (got 0.5)"],
+        ),
+        (
+            {"id": "f", "for_each": {"items": "lines", "steps": [{"id": "x", "set": {"v": 1}}]}},
+            [
+                'steps[0].for_each.items: expected a template such as "{{trigger.payload.lines}}" or an array (got "lines")'
+            ],
+        ),
+        (
+            {"id": "f", "for_each": {"items": {"a": 1}, "steps": []}},
+            [
+                'steps[0].for_each.items: expected a template such as "{{trigger.payload.lines}}" or an array (got {"a": 1})',
+                "steps[0].for_each.steps: expected a non-empty array of steps",
+            ],
+        ),
+        (
+            {
+                "id": "f",
+                "for_each": {
+                    "items": [1],
+                    "steps": [{"id": "x", "set": {"v": 1}}],
+                    "concurrency": 0,
+                    "on_item_error": "skip",
+                },
+            },
+            [
+                "steps[0].for_each.concurrency: ...",
+                'steps[0].for_each.on_item_error: expected "fail", "continue" or "collect" (got "skip")',
+            ],
+        ),
+        (
+            {"id": "c", "call": {"workflow": "Not A Slug", "wait": "yes"}},
+            [
+                'steps[0].call.workflow: invalid slug "Not A Slug" (lowercase letters, digits and -)',
+                "steps[0].call.wait: expected true or false",
+            ],
+        ),
         ({"id": "c", "call": {}}, ["steps[0].call.workflow: required key is missing"]),
     ],
 )
@@ -58,11 +102,29 @@ def test_fan_out_steps_name_each_problem(conn: Conn, step: dict[str, Any], expec
 
 
 def test_nested_steps_are_checked_with_their_paths(conn: Conn) -> None:
-    found = problems(conn, one({"id": "p", "parallel": {"branches": {
-        "a": [{"id": "x", "set": {"v": "{{nope.y}}"}}, {"id": "x2", "if": {"field": "vars.v", "op": "equals", "value": 1},
-                                                         "then": "start", "else": None}],
-        "b": [{"id": "x", "set": {"v": 1}}, {"id": "island", "set": {"v": 2}, "next": None}],
-    }}}, {"id": "start", "set": {"v": 0}}))
+    found = problems(
+        conn,
+        one(
+            {
+                "id": "p",
+                "parallel": {
+                    "branches": {
+                        "a": [
+                            {"id": "x", "set": {"v": "{{nope.y}}"}},
+                            {
+                                "id": "x2",
+                                "if": {"field": "vars.v", "op": "equals", "value": 1},
+                                "then": "start",
+                                "else": None,
+                            },
+                        ],
+                        "b": [{"id": "x", "set": {"v": 1}}, {"id": "island", "set": {"v": 2}, "next": None}],
+                    }
+                },
+            },
+            {"id": "start", "set": {"v": 0}},
+        ),
+    )
     assert found == [
         'steps[0].parallel.branches.a[0].set.v: unknown template root "nope" (expected one of trigger, steps, vars,'
         " execution, tenant, now)",
@@ -74,12 +136,24 @@ def test_nested_steps_are_checked_with_their_paths(conn: Conn) -> None:
 
 def test_item_and_index_exist_only_inside_a_for_each_body(conn: Conn) -> None:
     body = [{"id": "use", "set": {"sku": "{{item.sku}}", "at": "{{index}}"}}]
-    assert problems(conn, one({"id": "f", "for_each": {"items": "{{trigger.payload.lines}}", "steps": body}})) == []
+    assert (
+        problems(conn, one({"id": "f", "for_each": {"items": "{{trigger.payload.lines}}", "steps": body}}))
+        == []
+    )
     outside = problems(conn, one({"id": "use", "set": {"sku": "{{item.sku}}", "at": "{{index}}"}}))
     assert [p.split(":")[0] for p in outside] == ["steps[0].set.at", "steps[0].set.sku"] or len(outside) == 2
     # a parallel inside a for_each body still sees the item
-    nested = one({"id": "f", "for_each": {"items": [1, 2], "steps": [
-        {"id": "p", "parallel": {"branches": {"a": [{"id": "a1", "set": {"v": "{{item}}"}}]}}}]}})
+    nested = one(
+        {
+            "id": "f",
+            "for_each": {
+                "items": [1, 2],
+                "steps": [
+                    {"id": "p", "parallel": {"branches": {"a": [{"id": "a1", "set": {"v": "{{item}}"}}]}}}
+                ],
+            },
+        }
+    )
     assert problems(conn, nested) == []
 
 
@@ -105,8 +179,12 @@ def test_steps_in_bodies_count_towards_the_step_limit(conn: Conn) -> None:
 
 
 def test_a_call_to_an_unknown_slug_or_to_itself_is_refused_at_publish(conn: Conn, tenant: str) -> None:
-    caller = doc("caller", {"id": "c", "call": {"workflow": "callee"}}, {"id": "me", "call": {"workflow": "caller"}},
-                 {"id": "dyn", "call": {"workflow": "{{trigger.payload.slug}}"}})
+    caller = doc(
+        "caller",
+        {"id": "c", "call": {"workflow": "callee"}},
+        {"id": "me", "call": {"workflow": "caller"}},
+        {"id": "dyn", "call": {"workflow": "{{trigger.payload.slug}}"}},
+    )
     with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
         publish(conn, tenant, caller)
     assert refused.value.diag.message_detail == (
