@@ -233,3 +233,20 @@ def test_children_are_listed_under_their_parent_not_as_runs_of_their_own(conn: C
     ]
     conn.execute("insert into conveyor.tenants (tenant_id, name) values ('globex', 'Globex')")
     assert conn.execute("select * from conveyor.execution_children('globex', %s)", (parent,)).fetchall() == []
+
+
+def test_a_join_decided_while_its_parent_is_paused_waits_for_the_resume(conn: Conn, tenant: str) -> None:
+    parent = run(conn, tenant, items_doc("race", 1))
+    # as if the pause took the parent but not yet its child (a child held by a runner)
+    conn.execute("update conveyor.executions set paused_at = now() where execution_id = %s", (parent,))
+    answer(conn, pending_actions(conn, [children(conn, parent)[0]["execution_id"]])[0])
+    assert fanout(conn, parent)["state"] == "ready"
+    assert execution(conn, parent)["status"] == "waiting"
+    # the tick does not spin on it (nothing due) and does not apply it
+    due = conn.execute("select conveyor.fanout_next_due_at() as t").fetchone()
+    assert due == {"t": None}
+    conn.execute("select conveyor.resume_due()")
+    assert execution(conn, parent)["status"] == "waiting"
+    conn.execute("select conveyor.resume_execution(%s, %s)", (tenant, parent))
+    assert execution(conn, parent)["status"] == "completed"
+    assert fanout(conn, parent)["state"] == "joined"
