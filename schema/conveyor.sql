@@ -276,11 +276,13 @@ create table conveyor.fanouts (
   concurrency integer,
   total integer not null,
   started integer default 0 not null,
+  next_turn integer default 0 not null,
   open integer default 0 not null,
   succeeded integer default 0 not null,
   failed integer default 0 not null,
   state text default 'open'::text not null,
   outcome text,
+  context jsonb default '{}'::jsonb not null,
   parent_keys text[] default '{}'::text[] not null,
   created_at timestamp with time zone default now() not null
 );
@@ -997,9 +999,6 @@ create function conveyor.fanout_follow_up(p_run bigint[], p_done bigint[]) retur
 grant execute on function conveyor.fanout_follow_up(bigint[],bigint[]) to conveyor_service;
 create function conveyor.fanout_insert_children(p_exec conveyor.executions, p_fanout conveyor.fanouts, p_kind text, p_children jsonb, p_concurrency integer, p_reuse jsonb) returns bigint[]
   language plpgsql volatile set search_path = '';
-create function conveyor.fanout_is_open(p_fanout_id bigint) returns boolean
-  language sql stable set search_path = '';
-grant execute on function conveyor.fanout_is_open(bigint) to conveyor_service;
 create function conveyor.fanout_join_error(p_join jsonb, p_path text, p_branches bigint) returns text
   language sql immutable set search_path = '';
 grant execute on function conveyor.fanout_join_error(jsonb,text,bigint) to conveyor_service;

@@ -107,11 +107,15 @@ begin
   return query
   select
     x.execution_id, x.tenant_id, x.workflow_id, x.version, x.event_id, x.entity_type, x.entity_id,
-    x.once_key, x.status, x.current_step, x.wait_kind, x.resume_at, x.trigger, x.vars, x.step_outputs,
+    x.once_key, x.status, x.current_step, x.wait_kind, x.resume_at,
+    -- a branch's or an item's trigger is its fan-out's (sql/fanout.sql)
+    case when x.item is not null and f.fanout_id is not null then f.context -> 'trigger' else x.trigger end,
+    x.vars, x.step_outputs,
     x.depth, x.steps_run, x.error, x.created_at, x.started_at, x.finished_at, x.timeout_at, x.retry_of,
     x.paused_at, x.parent_execution_id, x.fanout_id, x.child_index, x.item, w.slug
   from conveyor.executions as x
   join conveyor.workflows as w on w.workflow_id = x.workflow_id
+  left join conveyor.fanouts as f on f.fanout_id = x.fanout_id
   where x.execution_id = p_execution_id and x.tenant_id = p_tenant_id;
 end;
 $$;

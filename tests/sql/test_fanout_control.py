@@ -250,3 +250,42 @@ def test_a_join_decided_while_its_parent_is_paused_waits_for_the_resume(conn: Co
     conn.execute("select conveyor.resume_execution(%s, %s)", (tenant, parent))
     assert execution(conn, parent)["status"] == "completed"
     assert fanout(conn, parent)["state"] == "joined"
+
+
+def test_children_read_the_parents_trigger_and_outputs_from_their_fan_out(conn: Conn, tenant: str) -> None:
+    lines = [{"sku": f"s{i}", "note": "x" * 200} for i in range(200)]
+    d = doc(
+        "shared",
+        {"id": "first", "set": {"order": "{{trigger.entity_id}}"}},
+        {
+            "id": "each",
+            "for_each": {
+                "items": "{{trigger.payload.lines}}",
+                "steps": [
+                    {
+                        "id": "line",
+                        "set": {
+                            "tag": "{{steps.first.output.order}}-{{item.sku}}-{{trigger.payload.lines.0.sku}}"
+                        },
+                    }
+                ],
+            },
+        },
+    )
+    parent = run(conn, tenant, d, {"lines": lines})
+    state = execution(conn, parent)
+    assert state["status"] == "completed"
+    assert state["step_outputs"]["each"]["output"]["items"][7]["output"] == {"tag": "o1-s7-s0"}
+    stored = conn.execute(
+        "select trigger, step_outputs, pg_column_size(trigger) as size from conveyor.executions"
+        " where parent_execution_id = %s order by child_index",
+        (parent,),
+    ).fetchall()
+    # the 60 kB trigger is kept once, in the fan-out, not in each of the 200 children
+    assert all(r["trigger"] == {} and r["size"] < 16 for r in stored)
+    assert stored[7]["step_outputs"] == {"line": {"output": {"tag": "o1-s7-s0"}}}
+    shown = conn.execute(
+        "select trigger from conveyor.execution_detail(%s, %s)",
+        (tenant, children(conn, parent)[7]["execution_id"]),
+    ).fetchone()
+    assert shown is not None and shown["trigger"]["payload"]["lines"][7]["sku"] == "s7"
