@@ -54,11 +54,10 @@ grant select, insert, update, delete on conveyor.fanouts to conveyor_service;
 -- linked), its fan-out and its place there, and for a for_each item {"item", "index"}.
 -- No foreign key on parent_execution_id: the check would be queued for every execution
 -- inserted, children or not, on the hot path.
-alter table conveyor.executions
-  add column parent_execution_id bigint,
-  add column fanout_id bigint,
-  add column child_index integer,
-  add column item jsonb;
+alter table conveyor.executions add column parent_execution_id bigint;
+alter table conveyor.executions add column fanout_id bigint;
+alter table conveyor.executions add column child_index integer;
+alter table conveyor.executions add column item jsonb;
 
 create index executions_parent_idx on conveyor.executions (parent_execution_id)
 where parent_execution_id is not null;

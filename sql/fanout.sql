@@ -501,8 +501,9 @@ as $$
 $$;
 
 revoke all on function conveyor.call_child(conveyor.executions, text, jsonb, text) from public;
-revoke all on function conveyor.fanout_begin(conveyor.executions, conveyor.workflow_steps, integer, text, jsonb, jsonb,
-  timestamptz, boolean, text) from public;
+revoke all on function conveyor.fanout_begin(
+  conveyor.executions, conveyor.workflow_steps, integer, text, jsonb, jsonb, timestamptz, boolean, text
+) from public;
 revoke all on function conveyor.fanout_insert_children(conveyor.executions, conveyor.fanouts, text, jsonb, integer, jsonb)
 from public;
 revoke all on function conveyor.fanout_dry_run(conveyor.executions, conveyor.workflow_steps, text, text, jsonb, jsonb)

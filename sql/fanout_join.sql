@@ -376,7 +376,12 @@ begin
     where f.execution_id = v_parent.execution_id and f.step_id = v_parent.current_step and f.state = 'open';
   end loop;
   for v_id in
-    select f.fanout_id from conveyor.fanouts as f where f.state = 'ready' order by f.fanout_id limit p_limit
+    select f.fanout_id
+    from conveyor.fanouts as f
+    join conveyor.executions as e on e.execution_id = f.execution_id
+    where f.state = 'ready' and e.paused_at is null
+    order by f.fanout_id
+    limit p_limit
   loop
     if conveyor.fanout_apply(v_id) then
       v_n := v_n + 1;
@@ -404,7 +409,14 @@ begin
       order by e.resume_at, e.execution_id
       limit 1
     ),
-    (select pg_catalog.now() from conveyor.fanouts as f where f.state = 'ready' limit 1)
+    -- (a paused parent's join waits for its resume, which applies it)
+    (
+      select pg_catalog.now()
+      from conveyor.fanouts as f
+      join conveyor.executions as e on e.execution_id = f.execution_id
+      where f.state = 'ready' and e.paused_at is null
+      limit 1
+    )
   );
 end;
 $$;
