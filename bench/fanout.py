@@ -355,7 +355,11 @@ completion, {args.small} vs {args.large} children, concurrency {CONCURRENCY}: th
 """
     print(body)
     if not args.no_record:
-        record("Fan-out", f".venv/bin/python -m bench.fanout --items {args.items} --large {args.large}", body)
+        record(
+            "Fan-out",
+            f".venv/bin/python -m bench.fanout --items {args.items} --large {args.large} --rounds {args.rounds}",
+            body,
+        )
 
 
 if __name__ == "__main__":
