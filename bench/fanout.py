@@ -86,13 +86,13 @@ def hook(url: str, body: Any) -> dict[str, Any]:
 # (a) throughput through runners
 
 
-def start_runners(url: str, count: int) -> list[subprocess.Popen[bytes]]:
+def start_runners(url: str, count: int, runner_concurrency: int) -> list[subprocess.Popen[bytes]]:
     env = {
         **os.environ,
         "CONVEYOR_DATABASE_URL": url,
         "CONVEYOR_ALLOW_PRIVATE_NETWORKS": "127.0.0.1/32",
-        "CONVEYOR_CONCURRENCY": str(CONCURRENCY),
-        "CONVEYOR_BATCH_SIZE": str(CONCURRENCY),
+        "CONVEYOR_CONCURRENCY": str(runner_concurrency),
+        "CONVEYOR_BATCH_SIZE": str(runner_concurrency),
         "CONVEYOR_POLL_INTERVAL": "0.05",
         "CONVEYOR_LOG_LEVEL": "WARNING",
     }
@@ -168,7 +168,7 @@ def fanout_rate(conn: Conn, runners: list[subprocess.Popen[bytes]], items: int) 
 
 
 def throughput(
-    url: str, items: int, rounds: int, runner_count: int, latency_ms: float
+    url: str, items: int, rounds: int, runner_count: int, latency_ms: float, runner_concurrency: int
 ) -> tuple[float, float]:
     server = receiver(latency_ms / 1000)
     sink = f"http://127.0.0.1:{server.server_address[1]}/hook"
@@ -201,7 +201,7 @@ def throughput(
                 ],
             },
         )
-        runners = start_runners(url, runner_count)
+        runners = start_runners(url, runner_count, runner_concurrency)
         try:
             separate_rate(conn, runners, 20)  # warm up: the runners connected, plans cached
             separate: list[float] = []
@@ -320,6 +320,14 @@ def main() -> None:
     )
     parser.add_argument("--runners", type=int, default=1)
     parser.add_argument("--latency-ms", type=float, default=10.0)
+    parser.add_argument(
+        "--runner-concurrency",
+        type=int,
+        default=16,
+        help="(a) each runner's CONVEYOR_CONCURRENCY (16, the runner's default; at the for_each's own 50 the"
+        " item window, not the engine, bounds the for_each: an item starts only when an earlier one's result"
+        " is written back)",
+    )
     parser.add_argument("--small", type=int, default=100, help="(b) children of the small fan-out")
     parser.add_argument("--large", type=int, default=10000, help="(b) children of the large fan-out")
     parser.add_argument("--rounds", type=int, default=2)
@@ -328,7 +336,9 @@ def main() -> None:
 
     with temporary_database() as url:
         create_tenant(url)
-        separate, fanned = throughput(url, args.items, args.rounds, args.runners, args.latency_ms)
+        separate, fanned = throughput(
+            url, args.items, args.rounds, args.runners, args.latency_ms, args.runner_concurrency
+        )
         costs = join_costs(url, args.small, args.large, args.rounds)
 
     ratio = fanned / separate
@@ -338,7 +348,7 @@ def main() -> None:
         for label, (top, s, g) in costs.items()
     )
     body = f"""
-(a) {args.runners} runner process(es), runner concurrency {CONCURRENCY}, receiver latency {args.latency_ms:g} ms,
+(a) {args.runners} runner process(es), runner concurrency {args.runner_concurrency}, receiver latency {args.latency_ms:g} ms,
 timed from emit to the last completion, best of {args.rounds} alternating rounds.
 
 | case | items/s | ratio |
@@ -357,7 +367,8 @@ completion, {args.small} vs {args.large} children, concurrency {CONCURRENCY}: th
     if not args.no_record:
         record(
             "Fan-out",
-            f".venv/bin/python -m bench.fanout --items {args.items} --large {args.large} --rounds {args.rounds}",
+            f".venv/bin/python -m bench.fanout --items {args.items} --large {args.large} --rounds {args.rounds}"
+            f" --runner-concurrency {args.runner_concurrency}",
             body,
         )
 

@@ -12,7 +12,9 @@ pytestmark = pytest.mark.slow
 
 def test_the_for_each_and_the_separate_executions_all_complete_through_a_runner(db_url: str) -> None:
     create_tenant(db_url)
-    separate, fanned = throughput(db_url, items=30, rounds=1, runner_count=1, latency_ms=1)
+    separate, fanned = throughput(
+        db_url, items=30, rounds=1, runner_count=1, latency_ms=1, runner_concurrency=16
+    )
     assert separate > 0 and fanned > 0
 
 
