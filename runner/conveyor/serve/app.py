@@ -134,6 +134,10 @@ async def manual_run(request: Request) -> Response:
     )
 
 
+def _unauthorized(message: str) -> JSONResponse:
+    return error(401, message, **{"WWW-Authenticate": 'Bearer realm="conveyor"'})
+
+
 @answers_errors
 async def me(request: Request) -> Response:
     secret: str | None = request.app.state.token_secret
@@ -142,12 +146,12 @@ async def me(request: Request) -> Response:
     try:
         principal = verify(secret, bearer(request.headers.get("authorization"), request.query_params.get("access_token")))
     except TokenError as exc:
-        return error(401, str(exc), **{"WWW-Authenticate": 'Bearer realm="conveyor"'})
+        return _unauthorized(str(exc))
     async with _pool(request).connection() as conn:
         cursor = await conn.execute("select 1 from conveyor.tenants where tenant_id = %s", (principal.tenant,))
         known = await cursor.fetchone()
     if known is None:
-        return error(401, f"token names tenant {principal.tenant!r}, which does not exist")
+        return _unauthorized(f"token names tenant {principal.tenant!r}, which does not exist")
     return JSONResponse(principal.as_json())
 
 
