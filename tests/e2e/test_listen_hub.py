@@ -15,7 +15,11 @@ from conveyor.serve.hub import APPLICATION_NAME, ListenHub, Notification, Reconn
 CHANNEL = "conveyor_notifications"
 
 
-def run(db_url: str, scenario: Callable[[ListenHub, psycopg.AsyncConnection[Any]], Awaitable[None]], **hub_options: Any) -> None:
+def run(
+    db_url: str,
+    scenario: Callable[[ListenHub, psycopg.AsyncConnection[Any]], Awaitable[None]],
+    **hub_options: Any,
+) -> None:
     """Run scenario(hub, conn) with a started hub and a connection to send NOTIFYs from."""
 
     async def main() -> None:

@@ -37,7 +37,12 @@ def test_a_user_token_is_verified_and_every_wrong_one_gets_401_naming_why(server
     good = tokens.sign(SECRET, "acme", "u-1", 60)
     me = httpx.get(server + "/api/me", headers={"Authorization": f"Bearer {good}"})
     assert me.status_code == 200
-    assert me.json() | {"expires_at": None} == {"tenant": "acme", "user": "u-1", "operator": False, "expires_at": None}
+    assert me.json() | {"expires_at": None} == {
+        "tenant": "acme",
+        "user": "u-1",
+        "operator": False,
+        "expires_at": None,
+    }
     # A browser's EventSource cannot send headers: the query parameter does as well.
     assert httpx.get(server + "/api/me", params={"access_token": good}).status_code == 200
     for token, error in (

@@ -36,14 +36,26 @@ def claims(**changes: Any) -> dict[str, Any]:
         ("", "missing token"),
         ("not-a-jwt", "token is malformed"),
         (tokens.sign(SECRET, "acme", "u-1", 60, now=time.time() - 3600), "token expired at 20"),
-        (tokens.sign("t" * 40, "acme", "u-1", 60), "token signature does not match (was it signed with CONVEYOR_TOKEN_SECRET?)"),
+        (
+            tokens.sign("t" * 40, "acme", "u-1", 60),
+            "token signature does not match (was it signed with CONVEYOR_TOKEN_SECRET?)",
+        ),
         (jwt.encode(claims(tenant=None), SECRET, algorithm="HS256"), "token lacks the 'tenant' claim"),
         (jwt.encode(claims(exp=None), SECRET, algorithm="HS256"), "token lacks the 'exp' claim"),
-        (jwt.encode(claims(aud="elsewhere"), SECRET, algorithm="HS256"), "token audience (aud) must be 'conveyor'"),
+        (
+            jwt.encode(claims(aud="elsewhere"), SECRET, algorithm="HS256"),
+            "token audience (aud) must be 'conveyor'",
+        ),
         (jwt.encode(claims(iat=int(time.time()) + 3600), SECRET, algorithm="HS256"), "issued in the future"),
         (jwt.encode(claims(sub=""), SECRET, algorithm="HS256"), "claim 'sub' must be a non-empty string"),
-        (jwt.encode(claims(operator="yes"), SECRET, algorithm="HS256"), "claim 'operator' must be true or false"),
-        (jwt.encode(claims(), "x" * 64, algorithm="HS512"), "token algorithm 'HS512' is not accepted (only HS256)"),
+        (
+            jwt.encode(claims(operator="yes"), SECRET, algorithm="HS256"),
+            "claim 'operator' must be true or false",
+        ),
+        (
+            jwt.encode(claims(), "x" * 64, algorithm="HS512"),
+            "token algorithm 'HS512' is not accepted (only HS256)",
+        ),
         (jwt.encode(claims(), None, algorithm="none"), "token algorithm 'none' is not accepted"),
     ],
 )
@@ -66,7 +78,9 @@ def test_ttl_forms(text: str, seconds: int) -> None:
     assert tokens.parse_ttl(text) == seconds
 
 
-@pytest.mark.parametrize(("text", "error"), [("7d", "not a duration"), ("25h", "at most 24h"), ("0m", "more than 0")])
+@pytest.mark.parametrize(
+    ("text", "error"), [("7d", "not a duration"), ("25h", "at most 24h"), ("0m", "more than 0")]
+)
 def test_bad_ttls_are_refused_naming_the_option(text: str, error: str) -> None:
     with pytest.raises(ConveyorError, match=error) as raised:
         tokens.parse_ttl(text)
@@ -90,7 +104,11 @@ def test_sign_prints_a_token_the_server_accepts(cli: Any, monkeypatch: pytest.Mo
         ({}, ["-t", "acme", "-u", "u"], "CONVEYOR_TOKEN_SECRET is not set"),
         ({"CONVEYOR_TOKEN_SECRET": "short"}, ["-t", "acme", "-u", "u"], "is 5 bytes; it must be at least 32"),
         ({"CONVEYOR_TOKEN_SECRET": SECRET}, ["-t", "nobody", "-u", "u"], "tenant 'nobody' does not exist"),
-        ({"CONVEYOR_TOKEN_SECRET": SECRET}, ["-t", "acme", "-u", "u", "--ttl", "2d"], "--ttl '2d' is not a duration"),
+        (
+            {"CONVEYOR_TOKEN_SECRET": SECRET},
+            ["-t", "acme", "-u", "u", "--ttl", "2d"],
+            "--ttl '2d' is not a duration",
+        ),
     ],
 )
 def test_sign_refuses_with_a_clear_error(

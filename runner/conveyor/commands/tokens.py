@@ -22,7 +22,9 @@ def tokens() -> None:
 @tokens.command("sign")
 @click.option("--tenant", "-t", required=True, help="The tenant the user belongs to.")
 @click.option("--user", "-u", required=True, help="The platform's user id.")
-@click.option("--ttl", default="15m", show_default=True, help="How long it is valid: 90s, 15m, 1h (at most 24h).")
+@click.option(
+    "--ttl", default="15m", show_default=True, help="How long it is valid: 90s, 15m, 1h (at most 24h)."
+)
 @click.option("--operator", is_flag=True, help="Access to every tenant (an operator of the installation).")
 @database_option
 @json_option

@@ -87,7 +87,9 @@ async def _json_body(request: Request) -> tuple[bytes, Response | None]:
         else json_too_deep(body, depth)
     )
     if deep:
-        return body, error(400, f"body is JSON nested deeper than {depth} levels (the limit, --max-json-depth)")
+        return body, error(
+            400, f"body is JSON nested deeper than {depth} levels (the limit, --max-json-depth)"
+        )
     return body, None
 
 
@@ -144,11 +146,15 @@ async def me(request: Request) -> Response:
     if secret is None:
         return error(503, "user tokens are not configured on this server (set CONVEYOR_TOKEN_SECRET)")
     try:
-        principal = verify(secret, bearer(request.headers.get("authorization"), request.query_params.get("access_token")))
+        principal = verify(
+            secret, bearer(request.headers.get("authorization"), request.query_params.get("access_token"))
+        )
     except TokenError as exc:
         return _unauthorized(str(exc))
     async with _pool(request).connection() as conn:
-        cursor = await conn.execute("select 1 from conveyor.tenants where tenant_id = %s", (principal.tenant,))
+        cursor = await conn.execute(
+            "select 1 from conveyor.tenants where tenant_id = %s", (principal.tenant,)
+        )
         known = await cursor.fetchone()
     if known is None:
         return _unauthorized(f"token names tenant {principal.tenant!r}, which does not exist")

@@ -124,7 +124,9 @@ class ListenHub:
 
     def subscribe(self, channel: str) -> Subscription:
         if channel not in self._subscribers:
-            raise ValueError(f"the hub does not listen on channel {channel!r} (it listens on {list(self.channels)})")
+            raise ValueError(
+                f"the hub does not listen on channel {channel!r} (it listens on {list(self.channels)})"
+            )
         subscription = Subscription(self, channel, self.queue_size)
         self._subscribers[channel].add(subscription)
         return subscription

@@ -129,7 +129,9 @@ def run(settings: ServeSettings, announce: Callable[[str], None] = print) -> Non
     try:
         sock = bind(settings.host, settings.port)
     except OSError as exc:
-        raise ConveyorError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
+        raise ConveyorError(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+        ) from None
     server = make_server(settings)
     announce(f"listening on http://{settings.host}:{settings.port}")
     try:
