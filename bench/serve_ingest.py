@@ -145,6 +145,59 @@ def load(port: int, pid: int, per_client: list[list[bytes]]) -> tuple[float, flo
     return count / elapsed, cpu / count * 1e6
 
 
+Results = dict[str, list[tuple[float, float]]]
+
+
+def measure(url: str, baseline: str, clients: int, requests: int, rounds: int) -> Results:
+    """(requests/s, CPU µs per request) of each round of each version, on a migrated database."""
+    per = requests // clients
+    results: Results = {"base": [], "new": []}
+    with tempfile.TemporaryDirectory() as tmp, psycopg.connect(url, autocommit=True) as conn:
+        runners = {"base": baseline_runner(baseline, Path(tmp)), "new": ROOT / "runner"}
+        conn.execute("select conveyor.create_tenant('bench', 'Bench')")
+        conn.execute("select conveyor.publish('bench', %s)", (Jsonb(WORKFLOW),))
+        row = conn.execute("select path, secret from conveyor.webhook_endpoint('bench', 'form-submitted')")
+        path, secret = row.fetchone() or ("", "")
+        for n in range(rounds + 1):  # round 0 warms each server and the database up
+            for version in ("base", "new") if n % 2 else ("new", "base"):
+                with serve_process(url, runners[version], clients) as (port, pid):
+                    batches = [deliveries(path, secret, per, f"{version}{n}c{c}") for c in range(clients)]
+                    measured = load(port, pid, batches)
+                if n:
+                    results[version].append(measured)
+                print(
+                    f"round {n} {version}: {measured[0]:.0f} req/s, {measured[1]:.0f} µs CPU/request",
+                    flush=True,
+                )
+                conn.execute(
+                    "vacuum analyze conveyor.events, conveyor.executions, conveyor.webhook_signatures"
+                )
+    return results
+
+
+def report(results: Results, baseline: str, clients: int, requests: int, rounds: int) -> str:
+    base_rps = statistics.median(r for r, _ in results["base"])
+    new_rps = statistics.median(r for r, _ in results["new"])
+    base_cpu = statistics.median(c for _, c in results["base"])
+    new_cpu = statistics.median(c for _, c in results["new"])
+    return "\n".join(
+        [
+            f"Signed webhook deliveries (each starts a one-step workflow), {clients} keep-alive clients,"
+            f" {requests // clients * clients} requests a round, {rounds} rounds per version interleaved,"
+            f" medians; baseline `{baseline}`.",
+            "",
+            "| server | requests/s | server CPU per request |",
+            "|---|---|---|",
+            f"| baseline (`{baseline}`) | {base_rps:.0f} | {base_cpu:.0f} µs |",
+            f"| this checkout | {new_rps:.0f} | {new_cpu:.0f} µs |",
+            f"| ratio new / baseline | {new_rps / base_rps:.2f} | {new_cpu / base_cpu:.2f} |",
+            "",
+            "Requests per second are bounded by the database (the server uses a fraction of a core"
+            " either way) and vary by round on shared cores; CPU per request is the steadier figure.",
+        ]
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--baseline", default="main", help="git revision of the baseline server")
@@ -153,48 +206,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds per version")
     parser.add_argument("--record", action="store_true", help="write the results to bench/RESULTS.md")
     args = parser.parse_args()
-    per = args.requests // args.clients
-    results: dict[str, list[tuple[float, float]]] = {"base": [], "new": []}
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        temporary_database() as url,
-        psycopg.connect(url, autocommit=True) as conn,
-    ):
-        runners = {"base": baseline_runner(args.baseline, Path(tmp)), "new": ROOT / "runner"}
-        conn.execute("select conveyor.create_tenant('bench', 'Bench')")
-        conn.execute("select conveyor.publish('bench', %s)", (Jsonb(WORKFLOW),))
-        row = conn.execute("select path, secret from conveyor.webhook_endpoint('bench', 'form-submitted')")
-        path, secret = row.fetchone() or ("", "")
-        for n in range(args.rounds + 1):  # round 0 warms each server and the database up
-            for version in ("base", "new") if n % 2 else ("new", "base"):
-                with serve_process(url, runners[version], args.clients) as (port, pid):
-                    batches = [deliveries(path, secret, per, f"{version}{n}c{c}") for c in range(args.clients)]
-                    measured = load(port, pid, batches)
-                if n:
-                    results[version].append(measured)
-                print(f"round {n} {version}: {measured[0]:.0f} req/s, {measured[1]:.0f} µs CPU/request", flush=True)
-                conn.execute("vacuum analyze conveyor.events, conveyor.executions, conveyor.webhook_signatures")
-    base_rps = statistics.median(r for r, _ in results["base"])
-    new_rps = statistics.median(r for r, _ in results["new"])
-    base_cpu = statistics.median(c for _, c in results["base"])
-    new_cpu = statistics.median(c for _, c in results["new"])
-    lines = [
-        f"Signed webhook deliveries (each starts a one-step workflow), {args.clients} keep-alive clients,"
-        f" {per * args.clients} requests a round, {args.rounds} rounds per version interleaved, medians;"
-        f" baseline `{args.baseline}` (the stdlib threading server).",
-        "",
-        "| server | requests/s | server CPU per request |",
-        "|---|---|---|",
-        f"| baseline (`{args.baseline}`) | {base_rps:.0f} | {base_cpu:.0f} µs |",
-        f"| this checkout | {new_rps:.0f} | {new_cpu:.0f} µs |",
-        f"| ratio new / baseline | {new_rps / base_rps:.2f} | {new_cpu / base_cpu:.2f} |",
-        "",
-        "Requests per second are bounded by the database (the server uses a fraction of a core"
-        " either way) and vary by round on shared cores; CPU per request is the steadier figure.",
-    ]
-    print("\n".join(lines))
+    with temporary_database() as url:
+        results = measure(url, args.baseline, args.clients, args.requests, args.rounds)
+    body = report(results, args.baseline, args.clients, args.requests, args.rounds)
+    print(body)
     if args.record:
-        record("Webhook ingest through conveyor serve", "make bench-serve", "\n".join(lines))
+        record("Webhook ingest through conveyor serve", "make bench-serve", body)
 
 
 if __name__ == "__main__":
