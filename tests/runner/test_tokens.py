@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -29,39 +30,40 @@ def claims(**changes: Any) -> dict[str, Any]:
     return {k: v for k, v in base.items() if v is not None}
 
 
+def token_with(**changes: Any) -> str:
+    return jwt.encode(claims(**changes), SECRET, algorithm="HS256")
+
+
+# Each token is made when its test runs, not at collection (a collected one would expire).
 @pytest.mark.parametrize(
-    ("token", "error"),
+    ("make", "error"),
     [
-        (None, "missing token: send Authorization: Bearer <token>"),
-        ("", "missing token"),
-        ("not-a-jwt", "token is malformed"),
-        (tokens.sign(SECRET, "acme", "u-1", 60, now=time.time() - 3600), "token expired at 20"),
+        (lambda: None, "missing token: send Authorization: Bearer <token>"),
+        (lambda: "", "missing token"),
+        (lambda: "not-a-jwt", "token is malformed"),
+        (lambda: tokens.sign(SECRET, "acme", "u-1", 60, now=time.time() - 3600), "token expired at 20"),
         (
-            tokens.sign("t" * 40, "acme", "u-1", 60),
+            lambda: tokens.sign("t" * 40, "acme", "u-1", 60),
             "token signature does not match (was it signed with CONVEYOR_TOKEN_SECRET?)",
         ),
-        (jwt.encode(claims(tenant=None), SECRET, algorithm="HS256"), "token lacks the 'tenant' claim"),
-        (jwt.encode(claims(exp=None), SECRET, algorithm="HS256"), "token lacks the 'exp' claim"),
+        (lambda: token_with(tenant=None), "token lacks the 'tenant' claim"),
+        (lambda: token_with(exp=None), "token lacks the 'exp' claim"),
+        (lambda: token_with(aud="elsewhere"), "token audience (aud) must be 'conveyor'"),
+        (lambda: token_with(iat=int(time.time()) + 3600), "issued in the future"),
+        (lambda: token_with(sub=""), "claim 'sub' must be a non-empty string"),
+        (lambda: token_with(operator="yes"), "claim 'operator' must be true or false"),
         (
-            jwt.encode(claims(aud="elsewhere"), SECRET, algorithm="HS256"),
-            "token audience (aud) must be 'conveyor'",
-        ),
-        (jwt.encode(claims(iat=int(time.time()) + 3600), SECRET, algorithm="HS256"), "issued in the future"),
-        (jwt.encode(claims(sub=""), SECRET, algorithm="HS256"), "claim 'sub' must be a non-empty string"),
-        (
-            jwt.encode(claims(operator="yes"), SECRET, algorithm="HS256"),
-            "claim 'operator' must be true or false",
-        ),
-        (
-            jwt.encode(claims(), "x" * 64, algorithm="HS512"),
+            lambda: jwt.encode(claims(), "x" * 64, algorithm="HS512"),
             "token algorithm 'HS512' is not accepted (only HS256)",
         ),
-        (jwt.encode(claims(), None, algorithm="none"), "token algorithm 'none' is not accepted"),
+        (lambda: jwt.encode(claims(), None, algorithm="none"), "token algorithm 'none' is not accepted"),
     ],
 )
-def test_a_token_that_proves_nothing_is_told_what_is_wrong(token: str | None, error: str) -> None:
+def test_a_token_that_proves_nothing_is_told_what_is_wrong(
+    make: Callable[[], str | None], error: str
+) -> None:
     with pytest.raises(tokens.TokenError) as raised:
-        tokens.verify(SECRET, token)
+        tokens.verify(SECRET, make())
     assert error in str(raised.value)
 
 
