@@ -21,6 +21,7 @@ from conveyor.commands.executions import executions, trigger
 from conveyor.commands.run import run as run_command
 from conveyor.commands.serve import serve
 from conveyor.commands.status import stats, status
+from conveyor.commands.tokens import tokens
 from conveyor.commands.workflows import dry_run, workflows
 from conveyor.db import resolve_database_url
 from conveyor.errors import ConveyorError
@@ -151,6 +152,7 @@ for command in (
     actions,
     status,
     stats,
+    tokens,
 ):
     main.add_command(command)
 
