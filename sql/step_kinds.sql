@@ -61,7 +61,9 @@ as $$
       (10, 'wait_for_event', 'wait_for_event', 'wait_for_event', array['on_event', 'on_timeout'],
         array['on_event', 'on_timeout'], '{"event": "on_event", "timeout": "on_timeout"}', false, false, true, null),
       (11, 'wait_until', 'wait_until', 'wait_until', array['on_met', 'on_timeout'], array['on_met', 'on_timeout'],
-        '{"event": "on_met", "timeout": "on_timeout"}', false, false, true, null)
+        '{"event": "on_met", "timeout": "on_timeout"}', false, false, true, null),
+      -- (a split's weighted branches are compiled into its branches: split[<i>] -> goto)
+      (12, 'split', 'split', 'split', '{}', '{}', '{}', false, false, false, 'step_split_compiled')
   ) as k (ord, kind, doc_key, spec_key, keys, routes, branches, ends, retries, renders, compiled_function)
   order by k.ord;
 $$;
