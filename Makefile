@@ -3,7 +3,7 @@ SHELL := /bin/bash
 BIN := .venv/bin
 
 .PHONY: bootstrap run test lint pytest migrate schema db-start db-stop db-status clean-db \
-	bench bench-capture bench-dispatch bench-runner bench-http-client bench-waiting bench-wait-races bench-delays bench-burst bench-floor bench-queue bench-e2e chaos
+	bench bench-capture bench-dispatch bench-runner bench-http-client bench-waiting bench-wait-races bench-delays bench-burst bench-floor bench-queue bench-e2e bench-ab chaos
 
 bootstrap:  ## install the PostgreSQL server packages (as root) and the locked virtualenv
 	@bash scripts/bootstrap.sh
@@ -69,6 +69,9 @@ bench-runner: bootstrap  ## one runner's action throughput, concurrency 16 vs 1 
 
 bench-queue: bootstrap  ## read_actions and write_back A/B against the same functions of BASELINE (default main) (bench/RESULTS.md)
 	$(BIN)/python -m bench.queue_hot_path --baseline $(or $(BASELINE),main) --record
+
+bench-ab: bootstrap  ## interleaved A/B of git revisions (REVS="HEAD~1 HEAD"; WORKTREE = uncommitted): e2e burst + dispatch, medians and ratios
+	$(BIN)/python -m bench.ab_revisions $(REVS)
 
 bench-http-client: bootstrap  ## the runner's HTTP client: CPU per request vs the hand-parsed client it replaced (bench/RESULTS.md)
 	$(BIN)/python -m bench.http_client_cpu
