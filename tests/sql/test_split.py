@@ -352,3 +352,30 @@ def test_what_validation_accepts_runs_and_takes_one_of_its_branches(
     output = choice(conn, run(conn, "p", entity="42"))
     assert output["goto"] == split[output["index"]]["goto"]
     assert output["name"] == split[output["index"]].get("name", split[output["index"]]["goto"] or "end")
+
+
+def test_a_split_inside_a_parallel_branch_routes_within_its_list(conn: Conn, tenant: str) -> None:
+    body = [
+        {"id": "ab", "split": [{"weight": 1, "goto": "a"}, {"weight": 1, "goto": "b"}]},
+        {"id": "a", "set": {"went": "a"}, "next": None},
+        {"id": "b", "set": {"went": "b"}},
+    ]
+    document = ab_document() | {"slug": "fan"}
+    document["steps"] = [
+        {"id": "both", "parallel": {"branches": {"x": body}}},
+        {"id": "after", "set": {"done": 1}},
+    ]
+    assert problems(conn, document) == []
+    outside = dict(document, steps=[{"id": "both", "parallel": {"branches": {"x": body[:1]}}}])
+    assert problems(conn, outside) == [
+        'steps[0].parallel.branches.x[0].split[0].goto: unknown step "a"',
+        'steps[0].parallel.branches.x[0].split[1].goto: unknown step "b"',
+    ]
+    publish(conn, tenant, document)
+    parent = run(conn, "fan", entity="42")
+    row = execution(conn, parent)
+    assert row["status"] == "completed"
+    branch = row["step_outputs"]["both"]["output"]["branches"]["x"]
+    chosen = branch["steps"]["ab"]["output"]
+    assert chosen["subject"] == "entity:contact:42"
+    assert branch["steps"][chosen["goto"]]["output"] == {"went": chosen["goto"]}
