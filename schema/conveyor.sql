@@ -1313,6 +1313,18 @@ grant execute on function conveyor.set_workflow_active(text,text,boolean) to con
 create function conveyor.slowest_steps(p_tenant_id text, p_since timestamp with time zone DEFAULT (now() - '7 days'::interval), p_limit integer DEFAULT 10) returns TABLE(slug text, step_id text, runs bigint, failures bigint, avg_ms numeric, p95_ms numeric)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.slowest_steps(text,timestamp with time zone,integer) to conveyor_app, conveyor_service;
+create function conveyor.split_branch_name(p_branch jsonb) returns text
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.split_branch_name(jsonb) to conveyor_service;
+create function conveyor.split_choose(p_split jsonb, p_workflow_id bigint, p_step_id text, p_subject text) returns jsonb
+  language plpgsql immutable parallel safe set search_path = '';
+grant execute on function conveyor.split_choose(jsonb,bigint,text,text) to conveyor_service;
+create function conveyor.split_fraction(p_workflow_id bigint, p_step_id text, p_subject text) returns numeric
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.split_fraction(bigint,text,text) to conveyor_service;
+create function conveyor.split_subject(p_entity_type text, p_entity_id text, p_event_id bigint, p_execution_id bigint, p_retry_of bigint) returns text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.split_subject(text,text,bigint,bigint,bigint) to conveyor_service;
 create function conveyor.start_workflow(p_workflow_id bigint, p_trigger jsonb, p_entity_type text DEFAULT NULL::text, p_entity_id text DEFAULT NULL::text) returns bigint
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.start_workflow(bigint,jsonb,text,text) to conveyor_service;
@@ -1400,6 +1412,15 @@ grant execute on function conveyor.step_set_variable_errors(jsonb,text,jsonb) to
 create function conveyor.step_spec(p_kind text, p_config jsonb) returns jsonb
   language plpgsql immutable parallel safe set search_path = '';
 grant execute on function conveyor.step_spec(text,jsonb) to conveyor_service;
+create function conveyor.step_split_code() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_split_code() to conveyor_service;
+create function conveyor.step_split_compiled(p_step jsonb, p_fall_through text) returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_split_compiled(jsonb,text) to conveyor_service;
+create function conveyor.step_split_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.step_split_errors(jsonb,text,jsonb) to conveyor_service;
 create function conveyor.step_stop_code() returns jsonb
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.step_stop_code() to conveyor_service;

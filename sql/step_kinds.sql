@@ -70,6 +70,8 @@ as $$
         array['on_event', 'on_timeout'], '{"event": "on_event", "timeout": "on_timeout"}', false, false, true, null),
       (11, 'wait_until', 'wait_until', 'wait_until', array['on_met', 'on_timeout'], array['on_met', 'on_timeout'],
         '{"event": "on_met", "timeout": "on_timeout"}', false, false, true, null),
+      -- (a split's weighted branches are compiled into its branches: split[<i>] -> goto)
+      (12, 'split', 'split', 'split', '{}', '{}', '{}', false, false, false, 'step_split_compiled'),
       -- fan-out (sql/fanout.sql): each renders only its own fields, not its bodies' steps
       (13, 'parallel', 'parallel', 'parallel', array['next'], array['next'], null, false, false, true, null),
       (14, 'for_each', 'for_each', 'for_each', array['next'], array['next'], null, false, false, true, null),
