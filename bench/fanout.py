@@ -239,9 +239,11 @@ def fanout_document(slug: str, items: Any, body: dict[str, Any]) -> dict[str, An
     }
 
 
-def answer_actions(conn: Conn) -> int:
-    """Reads up to CONCURRENCY queued actions and writes back made-up successes; how many."""
-    rows = conn.execute(
+def answer_actions(conn: Conn, reader: Conn) -> int:
+    """Reads up to CONCURRENCY queued actions (on `reader`, whose backend is not measured: the
+    queue's read is the runner's cost, not the join's) and writes back made-up successes on
+    `conn`; how many."""
+    rows = reader.execute(
         "select msg_id, message from conveyor.read_actions(%s, 30, 30)", (CONCURRENCY,)
     ).fetchall()
     if rows:
@@ -253,7 +255,9 @@ def answer_actions(conn: Conn) -> int:
     return len(rows)
 
 
-def join_cost(conn: Conn, workflow_id: int, children: int, payload: dict[str, Any], actions: bool) -> Cost:
+def join_cost(
+    conn: Conn, reader: Conn, workflow_id: int, children: int, payload: dict[str, Any], actions: bool
+) -> Cost:
     """Starts the workflow and (with actions) answers its children's actions until it completes."""
     conn.execute(RESET)
     conn.execute("vacuum analyze conveyor.executions, conveyor.fanouts, conveyor.step_runs")
@@ -262,7 +266,7 @@ def join_cost(conn: Conn, workflow_id: int, children: int, payload: dict[str, An
         "select conveyor.start_workflow(%s, %s)", (workflow_id, Jsonb({"payload": payload}))
     ).fetchone()
     assert row is not None
-    while actions and answer_actions(conn):
+    while actions and answer_actions(conn, reader):
         pass
     cpu, wall = backend_cpu_s(conn) - cpu, time.perf_counter() - wall
     state = conn.execute(
@@ -285,7 +289,7 @@ def join_costs(url: str, small: int, large: int, rounds: int) -> dict[str, tuple
     # a child's copy of a trigger holding all the items: 10,000 integers (34 kB stored) each
     # would pass conveyor.max_fanout_state_bytes (64 MB in all), which refuses the fan-out
     copied = min(large, 1000)
-    with psycopg.connect(url, autocommit=True) as conn:
+    with psycopg.connect(url, autocommit=True) as conn, psycopg.connect(url, autocommit=True) as reader:
         raise_budgets(conn, large)
         cases: list[tuple[str, str, bool, bool, int]] = [
             ("internal (set)", "internal", False, False, large),
@@ -302,7 +306,7 @@ def join_costs(url: str, small: int, large: int, rounds: int) -> dict[str, tuple
                 # /proc counts CPU in clock ticks (10 ms): the small case runs until it has
                 # made half as many children as the large one, and costs are totals / children
                 runs = [
-                    join_cost(conn, workflow_id, n, payload, actions)
+                    join_cost(conn, reader, workflow_id, n, payload, actions)
                     for _ in range(max(rounds, top // n // 2))
                 ]
                 pair.append(

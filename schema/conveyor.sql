@@ -720,7 +720,7 @@ create function conveyor.advance_executions(p_execution_ids bigint[], p_now time
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.advance_executions(bigint[],timestamp with time zone) to conveyor_service;
 create function conveyor.apply_action_results(p_results jsonb) returns TABLE(msg_id bigint, step_run_id bigint, outcome text)
-  language plpgsql volatile security definer set search_path = '' set enable_seqscan = off set enable_hashjoin = off set enable_mergejoin = off set plan_cache_mode = force_generic_plan set jit = off;
+  language plpgsql volatile security definer set search_path = '' set enable_seqscan = off set enable_hashjoin = off set enable_mergejoin = off set enable_material = off set plan_cache_mode = force_generic_plan set jit = off;
 create function conveyor.archive_actions(p_msg_ids bigint[]) returns integer
   language plpgsql volatile security definer set search_path = '';
 create function conveyor.budget_refusals(p_events bigint[], p_rate_limit bigint, p_active_limit bigint, p_chain_limit bigint) returns jsonb

@@ -34,9 +34,13 @@ set search_path = ''
 -- of 5,000 workflows, instead of 1 ms). Index lookups are right at every size. So the
 -- generic plans are used from the first call (for what it calls too): a custom plan per
 -- call planned five statements again each time, ~0.25 ms per write-back of one result.
+-- Nor a materialized scan of every step run joined by a filter: planned while step_runs
+-- was small (72 rows), the results' lookup kept that plan as the table grew and a write-back
+-- of 50 results cost 150 ms at 10,000 step runs (bench/fanout.py, join cost).
 set enable_seqscan = off
 set enable_hashjoin = off
 set enable_mergejoin = off
+set enable_material = off
 set plan_cache_mode = force_generic_plan
 set jit = off
 as $$
