@@ -231,6 +231,8 @@ declare
   -- a branch's or an item's fan-out: what it sees of its parent (context) and the keys of
   -- the parent's step outputs, which it does not store
   v_fanout conveyor.fanouts;
+  v_fanout_trigger jsonb;
+  v_fanout_outputs jsonb;
 begin
   if coalesce(pg_catalog.cardinality(p_execs), 0) = 0 then
     return;
@@ -281,14 +283,21 @@ begin
       else '{}'
     end;
     v_orphan := false;
-    v_fanout := null;
-    if v_exec.fanout_id is not null then
-      select * into v_fanout from conveyor.fanouts as f where f.fanout_id = v_exec.fanout_id;
+    if v_exec.fanout_id is null then
+      v_fanout := null;
+    else
+      -- read once per batch and fan-out (its children in a batch share it; only this
+      -- transaction could change it, and it does so after the batch)
+      if v_fanout.fanout_id is distinct from v_exec.fanout_id then
+        select * into v_fanout from conveyor.fanouts as f where f.fanout_id = v_exec.fanout_id;
+        v_fanout_trigger := v_fanout.context -> 'trigger';
+        v_fanout_outputs := coalesce(v_fanout.context -> 'step_outputs', '{}');
+      end if;
       v_orphan := v_fanout.state is distinct from 'open';
       if v_exec.item is not null and v_fanout.fanout_id is not null then
         -- the parent's trigger and step outputs, kept once in the fan-out (sql/fanout.sql)
-        v_exec.trigger := v_fanout.context -> 'trigger';
-        v_exec.step_outputs := coalesce(v_fanout.context -> 'step_outputs', '{}') || v_exec.step_outputs;
+        v_exec.trigger := v_fanout_trigger;
+        v_exec.step_outputs := v_fanout_outputs || v_exec.step_outputs;
       end if;
     end if;
     v_fresh := v_exec.steps_run = 0;
