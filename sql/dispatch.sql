@@ -474,7 +474,7 @@ begin
     set started = s.started + excluded.started,
       last_run_at = greatest(s.last_run_at, excluded.last_run_at);
   -- the tenants' executions this month (sql/quotas.sql)
-  perform conveyor.record_usage(p_execs);
+  perform conveyor.record_usage(p_execs, now());
 end;
 $$;
 

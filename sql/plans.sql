@@ -105,7 +105,7 @@ begin
     return null;  -- unlimited
   end if;
   if p_kind = 'duration' then
-    if jsonb_typeof(p_value) is distinct from 'string' or conveyor.parse_duration(v_text) is null then
+    if conveyor.document_duration_error(p_value, p_quota) is not null then
       raise exception using errcode = '22023',
         message = format('plan "%s": %s: expected a duration such as "1h" or "7d", or null for unlimited (got %s)',
           p_plan, p_quota, p_value::text);
@@ -123,7 +123,7 @@ begin
 end;
 $$;
 
--- Creates or edits a plan: p_limits holds the quotas to set ({"workflows": 10,
+-- Creates or edits a plan (the platform's billing code, not a tenant's request): p_limits holds the quotas to set ({"workflows": 10,
 -- "longest_delay": "3d", "parallel_execution": false, "connections": null}); null is
 -- unlimited. A new plan leaves the quotas not named unlimited (and both kinds of step
 -- allowed); an edit keeps them. Takes effect at once for every tenant on the plan (what
@@ -138,6 +138,14 @@ declare
   v_plan conveyor.plans;
   v_unknown text;
 begin
+  -- A plan is the installation's, shared by every tenant on it: no tenant's transaction
+  -- changes it (a request acting for one tenant cannot widen or narrow another's limits).
+  if conveyor.current_tenant() is not null then
+    raise exception using errcode = '42501',
+      message = format('plan "%s": conveyor.set_plan changes a plan for every tenant on it and is refused '
+        'in a transaction acting for tenant "%s"', p_name, conveyor.current_tenant()),
+      hint = 'Call it from the platform''s own code, in a transaction without conveyor.set_tenant.';
+  end if;
   if p_name is null or p_name !~ '^[a-z0-9][a-z0-9_.-]*$' then
     raise exception using errcode = '22023',
       message = format('invalid plan name %L', p_name),
@@ -263,7 +271,7 @@ begin
           select count(*) as n from unnest(v_current) as s group by s.workflow_id
         ) as c)),
       jsonb_build_object('quota', 'longest_delay',
-        'limit', conveyor.duration_text(v_plan.longest_delay),
+        'limit', case when v_plan.longest_delay is not null then conveyor.duration_text(v_plan.longest_delay) end,
         'used', conveyor.duration_text(coalesce((
           select max(d.waits) from unnest(v_current) as s
           cross join lateral conveyor.step_longest_wait(s.kind, s.config) as d (waits)

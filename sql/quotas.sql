@@ -322,17 +322,18 @@ begin
 end;
 $$;
 
--- Counts started executions in their tenants' usage months (this backend's shard), in the
--- transaction that started them. Called by conveyor.record_started for every way an
--- execution starts (events, manual runs, schedules, date triggers, webhooks, retries).
-create or replace function conveyor.record_usage(p_execs conveyor.executions[])
+-- Counts started executions in their tenants' usage months at p_now (this backend's
+-- shard), in the transaction that started them. Called by conveyor.record_started for
+-- every way an execution starts (events, manual runs, schedules, date triggers, webhooks,
+-- retries).
+create or replace function conveyor.record_usage(p_execs conveyor.executions[], p_now timestamptz)
 returns void
 language plpgsql
 set search_path = ''
 as $$
 begin
   insert into conveyor.tenant_usage as u (tenant_id, period_start, shard, executions)
-  select x.tenant_id, conveyor.usage_period_start(t.timezone, now()), conveyor.stats_shard(), count(*)
+  select x.tenant_id, conveyor.usage_period_start(t.timezone, p_now), conveyor.stats_shard(), count(*)
   from unnest(p_execs) as x
   join conveyor.tenants as t on t.tenant_id = x.tenant_id
   group by x.tenant_id, t.timezone
@@ -361,4 +362,4 @@ $$;
 revoke all on function conveyor.require_workflow_quotas(text, bigint, integer, boolean, boolean, boolean) from public;
 revoke all on function conveyor.lock_execution_quotas(text[], timestamptz) from public;
 revoke all on function conveyor.require_execution_quota(text) from public;
-revoke all on function conveyor.record_usage(conveyor.executions[]) from public;
+revoke all on function conveyor.record_usage(conveyor.executions[], timestamptz) from public;
