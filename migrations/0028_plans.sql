@@ -33,10 +33,10 @@ insert into conveyor.plans (
   webhook_endpoints, scheduled_workflows, conditional_branches, parallel_execution
 )
 values
-  ('free', 3, 100, 5, '1 hour', 2, 7, 1, 0, false, false),
-  ('pro', 25, 5000, 25, '7 days', 10, 30, 5, 5, true, false),
-  ('enterprise', null, 50000, null, '30 days', null, 90, null, null, true, true),
-  ('standard', null, null, null, null, null, null, null, null, true, true);
+('free', 3, 100, 5, '1 hour', 2, 7, 1, 0, false, false),
+('pro', 25, 5000, 25, '7 days', 10, 30, 5, 5, true, false),
+('enterprise', null, 50000, null, '30 days', null, 90, null, null, true, true),
+('standard', null, null, null, null, null, null, null, null, true, true);
 
 -- Plan names tenants carry already become plans without limits: upgrading changes
 -- nothing a tenant may do until its platform assigns it a tier.

@@ -25,7 +25,9 @@ def apply(cli: Any, tmp_path: Path, slug: str) -> Any:
     return cli("workflows", "apply", "-f", str(path))
 
 
-def test_set_plan_then_usage_shows_the_tenants_counts_against_it(cli: Any, conn: Conn, tmp_path: Path) -> None:
+def test_set_plan_then_usage_shows_the_tenants_counts_against_it(
+    cli: Any, conn: Conn, tmp_path: Path
+) -> None:
     moved = cli("tenants", "set-plan", "acme", "free")
     assert moved.exit_code == 0, moved.output
     assert moved.output.strip() == "tenant acme: plan free (was standard)"
@@ -76,5 +78,9 @@ def test_plans_lists_every_plan_with_its_tenants(cli: Any) -> None:
     assert listed.exit_code == 0, listed.output
     plans = {p["plan"]: p for p in json.loads(listed.output)}
     assert sorted(plans) == ["enterprise", "free", "pro", "standard"]
-    assert (plans["pro"]["workflows"], plans["pro"]["longest_delay"], plans["pro"]["tenants"]) == (25, "7 days", 1)
+    assert (plans["pro"]["workflows"], plans["pro"]["longest_delay"], plans["pro"]["tenants"]) == (
+        25,
+        "7 days",
+        1,
+    )
     assert plans["standard"]["tenants"] == 1

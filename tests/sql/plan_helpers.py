@@ -13,7 +13,9 @@ Conn = psycopg.Connection[dict[str, Any]]
 
 
 def plan_tenant(conn: Conn, tenant_id: str, plan: str, timezone: str = "UTC") -> str:
-    conn.execute("select conveyor.create_tenant(%s, %s, %s, %s)", (tenant_id, tenant_id.title(), timezone, plan))
+    conn.execute(
+        "select conveyor.create_tenant(%s, %s, %s, %s)", (tenant_id, tenant_id.title(), timezone, plan)
+    )
     return tenant_id
 
 

@@ -94,11 +94,15 @@ def test_an_edit_of_a_shipped_plan_applies_to_its_tenants_at_once(conn: Conn) ->
         ({"conditional_branches": None}, 'plan "startup": conditional_branches: expected true or false (got null)'),
     ],
 )  # fmt: skip
-def test_set_plan_names_the_bad_quota_and_stores_nothing(conn: Conn, limits: dict[str, Any], message: str) -> None:
+def test_set_plan_names_the_bad_quota_and_stores_nothing(
+    conn: Conn, limits: dict[str, Any], message: str
+) -> None:
     with pytest.raises(psycopg.errors.InvalidParameterValue) as caught:
         conn.execute("select conveyor.set_plan('startup', %s)", (Jsonb(limits),))
     assert caught.value.diag.message_primary == message
-    assert conn.execute("select count(*) as n from conveyor.plans where name = 'startup'").fetchone() == {"n": 0}
+    assert conn.execute("select count(*) as n from conveyor.plans where name = 'startup'").fetchone() == {
+        "n": 0
+    }
 
 
 def test_set_plan_refuses_a_bad_name(conn: Conn) -> None:
@@ -153,26 +157,32 @@ def test_a_tenant_reads_its_own_usage_and_plan_through_the_application_role(
 
 
 def test_a_tenant_cannot_read_another_tenants_usage(app: Conn, two_tenants: Conn, acme: str) -> None:
-    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="tenant 'globex' is not this session's tenant"):
-        with acting_for(app, acme):
-            app.execute("select conveyor.plan_usage('globex')")
+    denied = "tenant 'globex' is not this session's tenant"
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match=denied), acting_for(app, acme):
+        app.execute("select conveyor.plan_usage('globex')")
 
 
-def test_a_tenant_cannot_change_another_tenants_plan_or_usage(app: Conn, two_tenants: Conn, acme: str) -> None:
-    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="tenant 'globex' is not this session's tenant"):
-        with acting_for(app, acme):
-            app.execute("select conveyor.set_tenant_plan('globex', 'free')")
+def test_a_tenant_cannot_change_another_tenants_plan_or_usage(
+    app: Conn, two_tenants: Conn, acme: str
+) -> None:
+    denied = "tenant 'globex' is not this session's tenant"
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match=denied), acting_for(app, acme):
+        app.execute("select conveyor.set_tenant_plan('globex', 'free')")
     with pytest.raises(psycopg.errors.InsufficientPrivilege), acting_for(app, acme):
         app.execute("update conveyor.tenant_usage set executions = 0")
     with pytest.raises(psycopg.errors.InsufficientPrivilege), acting_for(app, acme):
         app.execute("update conveyor.tenants set plan = 'enterprise'")
     with acting_for(app, acme):
-        assert app.execute("select conveyor.set_tenant_plan('acme', 'pro') as p").fetchone() == {"p": "standard"}
+        assert app.execute("select conveyor.set_tenant_plan('acme', 'pro') as p").fetchone() == {
+            "p": "standard"
+        }
     assert two_tenants.execute("select tenant_id, plan from conveyor.tenants order by 1").fetchall() == [
         {"tenant_id": "acme", "plan": "pro"},
         {"tenant_id": "globex", "plan": "standard"},
     ]
-    assert two_tenants.execute("select sum(executions) as n from conveyor.tenant_usage").fetchone() == {"n": 14}
+    assert two_tenants.execute("select sum(executions) as n from conveyor.tenant_usage").fetchone() == {
+        "n": 14
+    }
 
 
 def test_without_a_tenant_the_application_role_moves_no_tenant(app: Conn, two_tenants: Conn) -> None:

@@ -45,9 +45,13 @@ def test_at_the_workflow_limit_a_tenant_still_edits_and_publishes_inactive_workf
     assert publish(conn, t, inactive) == 1
     message = refused(conn, "select conveyor.set_workflow_active('acme', 'draft', true)")
     assert message.startswith('quota workflows of plan "free" exceeded: tenant "acme" has 3 active workflows')
-    assert conn.execute("select active from conveyor.workflows where slug = 'draft'").fetchone() == {"active": False}
+    assert conn.execute("select active from conveyor.workflows where slug = 'draft'").fetchone() == {
+        "active": False
+    }
     conn.execute("select conveyor.set_workflow_active('acme', 'one', false)")
-    assert conn.execute("select conveyor.set_workflow_active('acme', 'draft', true) as c").fetchone() == {"c": True}
+    assert conn.execute("select conveyor.set_workflow_active('acme', 'draft', true) as c").fetchone() == {
+        "c": True
+    }
 
 
 def test_two_tenants_count_their_own_workflows(conn: Conn) -> None:
@@ -59,7 +63,9 @@ def test_two_tenants_count_their_own_workflows(conn: Conn) -> None:
 
 
 @pytest.mark.parametrize(("plan", "limit"), [("free", 5), ("pro", 25)])
-def test_steps_per_workflow_at_the_limit_pass_and_one_more_is_refused(conn: Conn, plan: str, limit: int) -> None:
+def test_steps_per_workflow_at_the_limit_pass_and_one_more_is_refused(
+    conn: Conn, plan: str, limit: int
+) -> None:
     t = plan_tenant(conn, "acme", plan)
     assert publish(conn, t, document("at-limit", *sets(limit))) == 1
     before = snapshot(conn, t)
@@ -78,7 +84,9 @@ def test_steps_per_workflow_at_the_limit_pass_and_one_more_is_refused(conn: Conn
         ({"id": "s0", "wait_for_event": {"event": "email.message.replied", "timeout": "2h"}}, "2 hours"),
     ],
 )
-def test_a_delay_or_wait_longer_than_the_plan_allows_is_refused(conn: Conn, step: dict[str, Any], waits: str) -> None:
+def test_a_delay_or_wait_longer_than_the_plan_allows_is_refused(
+    conn: Conn, step: dict[str, Any], waits: str
+) -> None:
     t = plan_tenant(conn, "acme", "free")
     assert publish(conn, t, document("waits", {"id": "s0", "delay": {"for": "1h"}})) == 1
     before = snapshot(conn, t)
@@ -93,17 +101,25 @@ def test_a_delay_or_wait_longer_than_the_plan_allows_is_refused(conn: Conn, step
 
 def test_a_delay_until_a_fixed_time_counts_from_now(conn: Conn) -> None:
     t = plan_tenant(conn, "acme", "pro")
-    soon = conn.execute("select to_char(now() + interval '6 days', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') as t").fetchone()
-    late = conn.execute("select to_char(now() + interval '8 days', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') as t").fetchone()
+    soon = conn.execute(
+        "select to_char(now() + interval '6 days', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') as t"
+    ).fetchone()
+    late = conn.execute(
+        "select to_char(now() + interval '8 days', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') as t"
+    ).fetchone()
     assert soon is not None and late is not None
     assert publish(conn, t, document("until", {"id": "s0", "delay": {"until": soon["t"]}})) == 1
     message = refused_publish(conn, t, document("until", {"id": "s0", "delay": {"until": late["t"]}}))
-    assert message.startswith('quota longest_delay of plan "pro" exceeded: workflow "until" steps[0] ("s0", delay)')
+    assert message.startswith(
+        'quota longest_delay of plan "pro" exceeded: workflow "until" steps[0] ("s0", delay)'
+    )
     assert message.endswith("the limit is 7 days")
 
 
 @pytest.mark.parametrize("step", [IF_STEP, SWITCH_STEP], ids=["condition", "switch"])
-def test_conditional_branches_are_refused_on_free_and_allowed_on_pro(conn: Conn, step: dict[str, Any]) -> None:
+def test_conditional_branches_are_refused_on_free_and_allowed_on_pro(
+    conn: Conn, step: dict[str, Any]
+) -> None:
     free = plan_tenant(conn, "acme", "free")
     pro = plan_tenant(conn, "globex", "pro")
     kind = "condition" if "if" in step else "switch"
@@ -126,7 +142,8 @@ def test_parallel_execution_is_refused_by_name_on_pro_and_allowed_on_enterprise(
         t = plan_tenant(conn, tenant_id, plan)
         publish(conn, t, document("fan", *sets(1)) | {"active": False})
         conn.execute(
-            "update conveyor.workflow_steps set kind = 'for_each' where tenant_id = %s and step_id = 's0'", (t,)
+            "update conveyor.workflow_steps set kind = 'for_each' where tenant_id = %s and step_id = 's0'",
+            (t,),
         )
     conn.execute("set session_replication_role = origin")
     message = refused(conn, "select conveyor.set_workflow_active('acme', 'fan', true)")
@@ -134,7 +151,9 @@ def test_parallel_execution_is_refused_by_name_on_pro_and_allowed_on_enterprise(
         'quota parallel_execution of plan "pro" exceeded: workflow "fan" steps[0] ("s0") is a for_each step, '
         "the plan allows none"
     )
-    assert conn.execute("select conveyor.set_workflow_active('globex', 'fan', true) as c").fetchone() == {"c": True}
+    assert conn.execute("select conveyor.set_workflow_active('globex', 'fan', true) as c").fetchone() == {
+        "c": True
+    }
 
 
 def test_scheduled_workflows_free_allows_none_pro_allows_five(conn: Conn) -> None:
@@ -157,7 +176,9 @@ def test_scheduled_workflows_free_allows_none_pro_allows_five(conn: Conn) -> Non
     assert snapshot(conn, pro) == before
     # an event-triggered workflow turned scheduled counts as one more
     publish(conn, pro, document("events"))
-    assert refused_publish(conn, pro, document("events", trigger=SCHEDULE)).startswith("quota scheduled_workflows")
+    assert refused_publish(conn, pro, document("events", trigger=SCHEDULE)).startswith(
+        "quota scheduled_workflows"
+    )
 
 
 def test_webhook_endpoints_at_the_limit_pass_and_one_more_is_refused(conn: Conn) -> None:
@@ -205,4 +226,7 @@ def test_the_standard_plan_limits_nothing(conn: Conn) -> None:
     assert conn.execute("select plan from conveyor.tenants").fetchone() == {"plan": "standard"}
     for i in range(30):
         publish(conn, "acme", document(f"w{i}", *sets(1), trigger=SCHEDULE if i % 2 else WEBHOOK))
-    assert publish(conn, "acme", document("long", *sets(40), {"id": "w", "delay": {"for": "365d"}}, IF_STEP)) == 1
+    assert (
+        publish(conn, "acme", document("long", *sets(40), {"id": "w", "delay": {"for": "365d"}}, IF_STEP))
+        == 1
+    )

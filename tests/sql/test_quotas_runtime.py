@@ -20,7 +20,9 @@ def set_limit(conn: Conn, plan: str, limits: dict[str, Any]) -> None:
 
 
 def executions(conn: Conn, tenant_id: str) -> int:
-    row = conn.execute("select count(*) as n from conveyor.executions where tenant_id = %s", (tenant_id,)).fetchone()
+    row = conn.execute(
+        "select count(*) as n from conveyor.executions where tenant_id = %s", (tenant_id,)
+    ).fetchone()
     assert row is not None
     return int(row["n"])
 
@@ -47,9 +49,9 @@ def test_the_last_execution_of_the_month_starts_and_the_next_event_starts_nothin
     over = emit(conn, t, "crm.contact.created")
     dispatch(conn)
     assert executions(conn, t) == 100
-    assert conn.execute("select count(*) as n from conveyor.executions where event_id = %s", (last,)).fetchone() == {
-        "n": 1
-    }
+    assert conn.execute(
+        "select count(*) as n from conveyor.executions where event_id = %s", (last,)
+    ).fetchone() == {"n": 1}
     [log] = quota_logs(conn)
     assert log["event_id"] == over
     period = usage(conn, t)["period_start"]
@@ -61,7 +63,11 @@ def test_the_last_execution_of_the_month_starts_and_the_next_event_starts_nothin
         "reason": "executions_per_month", "plan": "free", "used": 100, "limit": 100,
         "timezone": "Pacific/Auckland", "period_start": period, "error": None,
     }  # fmt: skip
-    assert usage(conn, t)["quotas"]["executions_per_month"] == {"quota": "executions_per_month", "used": 100, "limit": 100}
+    assert usage(conn, t)["quotas"]["executions_per_month"] == {
+        "quota": "executions_per_month",
+        "used": 100,
+        "limit": 100,
+    }
 
 
 def test_a_batch_admits_up_to_the_limit_across_workflows_in_event_order(conn: Conn) -> None:
@@ -71,7 +77,9 @@ def test_a_batch_admits_up_to_the_limit_across_workflows_in_event_order(conn: Co
     publish(conn, t, document("two"))
     events = [emit(conn, t, "crm.contact.created") for _ in range(4)]
     dispatch(conn)
-    started = conn.execute("select event_id from conveyor.executions order by event_id, workflow_id").fetchall()
+    started = conn.execute(
+        "select event_id from conveyor.executions order by event_id, workflow_id"
+    ).fetchall()
     assert [r["event_id"] for r in started] == [events[0], events[0], events[1], events[1], events[2]]
     assert [log["event_id"] for log in quota_logs(conn)] == [events[2], events[3], events[3]]
 
@@ -86,7 +94,10 @@ def test_other_refusals_do_not_spend_the_month(conn: Conn) -> None:
     emit(conn, t, "crm.contact.created", entity_type="contact", entity_id="2")
     emit(conn, t, "crm.contact.created", entity_type="contact", entity_id="3")
     dispatch(conn)
-    assert [r["entity_id"] for r in conn.execute("select entity_id from conveyor.executions order by 1")] == ["1", "2"]
+    assert [r["entity_id"] for r in conn.execute("select entity_id from conveyor.executions order by 1")] == [
+        "1",
+        "2",
+    ]
     assert len(quota_logs(conn)) == 1
 
 
@@ -149,7 +160,8 @@ def test_the_month_rolls_over_at_midnight_in_the_tenants_time_zone(conn: Conn) -
 
     def left(tenant: str, at: str) -> int:
         row = conn.execute(
-            "select conveyor.lock_execution_quotas(array[%s], %s::timestamptz) -> %s ->> 'left' as n", (tenant, at, tenant)
+            "select conveyor.lock_execution_quotas(array[%s], %s::timestamptz) -> %s ->> 'left' as n",
+            (tenant, at, tenant),
         ).fetchone()
         assert row is not None
         return int(row["n"])
@@ -190,13 +202,16 @@ def test_the_second_connection_of_a_free_tenant_passes_and_the_third_is_refused(
     assert conn.execute("select count(*) as n from conveyor.connections").fetchone() == {"n": 2}
     # replacing a connection adds none
     conn.execute(insert + " on conflict (tenant_id, name) do update set kind = 'webhook'", (t, "two"))
-    assert conn.execute("select kind from conveyor.connections where name = 'two'").fetchone() == {"kind": "webhook"}
+    assert conn.execute("select kind from conveyor.connections where name = 'two'").fetchone() == {
+        "kind": "webhook"
+    }
 
 
 @pytest.mark.parametrize(("plan", "kept"), [("free", 7), ("pro", 30), ("enterprise", 90), ("standard", 120)])
 def test_history_is_kept_no_longer_than_the_plan_allows(conn: Conn, plan: str, kept: int) -> None:
     conn.execute(
-        "insert into conveyor.tenants (tenant_id, name, retention_days, plan) values ('acme', 'Acme', 120, %s)", (plan,)
+        "insert into conveyor.tenants (tenant_id, name, retention_days, plan) values ('acme', 'Acme', 120, %s)",
+        (plan,),
     )
     publish(conn, "acme", document("hello"))
     emit(conn, "acme", "crm.contact.created")
