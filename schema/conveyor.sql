@@ -230,7 +230,11 @@ create table conveyor.executions (
   finished_at timestamp with time zone,
   timeout_at timestamp with time zone,
   retry_of bigint,
-  paused_at timestamp with time zone
+  paused_at timestamp with time zone,
+  parent_execution_id bigint,
+  fanout_id bigint,
+  child_index integer,
+  item jsonb
 );
 alter table conveyor.executions add constraint executions_depth_check CHECK ((depth >= 0));
 alter table conveyor.executions add constraint executions_failed_has_error CHECK (((status <> 'failed'::text) OR (error IS NOT NULL)));
@@ -239,12 +243,15 @@ alter table conveyor.executions add constraint executions_pkey PRIMARY KEY (exec
 alter table conveyor.executions add constraint executions_retry_of_fkey FOREIGN KEY (retry_of) REFERENCES conveyor.executions(execution_id) ON DELETE SET NULL;
 alter table conveyor.executions add constraint executions_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text, 'completed'::text, 'failed'::text, 'cancelled'::text, 'timed_out'::text])));
 alter table conveyor.executions add constraint executions_steps_run_check CHECK ((steps_run >= 0));
-alter table conveyor.executions add constraint executions_wait_kind_check CHECK ((wait_kind = ANY (ARRAY['action'::text, 'delay'::text, 'event'::text])));
+alter table conveyor.executions add constraint executions_wait_kind_check CHECK ((wait_kind = ANY (ARRAY['action'::text, 'delay'::text, 'event'::text, 'children'::text, 'turn'::text])));
 alter table conveyor.executions add constraint executions_waiting_has_reason CHECK (((status = 'waiting'::text) = (wait_kind IS NOT NULL)));
 alter table conveyor.executions add constraint executions_workflow_id_version_fkey FOREIGN KEY (workflow_id, version) REFERENCES conveyor.workflow_versions(workflow_id, version);
 CREATE INDEX executions_due_scan_idx ON conveyor.executions USING btree (resume_at, execution_id) WHERE ((status = 'waiting'::text) AND (wait_kind = ANY (ARRAY['delay'::text, 'event'::text])) AND (paused_at IS NULL));
+CREATE UNIQUE INDEX executions_fanout_child_idx ON conveyor.executions USING btree (fanout_id, child_index) WHERE (fanout_id IS NOT NULL);
 CREATE INDEX executions_finished_idx ON conveyor.executions USING btree (tenant_id, finished_at) WHERE (finished_at IS NOT NULL);
+CREATE INDEX executions_join_due_idx ON conveyor.executions USING btree (resume_at, execution_id) WHERE ((status = 'waiting'::text) AND (wait_kind = 'children'::text) AND (resume_at IS NOT NULL) AND (paused_at IS NULL));
 CREATE UNIQUE INDEX executions_once_per_entity ON conveyor.executions USING btree (workflow_id, once_key) WHERE (once_key IS NOT NULL);
+CREATE INDEX executions_parent_idx ON conveyor.executions USING btree (parent_execution_id) WHERE (parent_execution_id IS NOT NULL);
 CREATE INDEX executions_retry_of_idx ON conveyor.executions USING btree (retry_of) WHERE (retry_of IS NOT NULL);
 CREATE INDEX executions_tenant_time_idx ON conveyor.executions USING btree (tenant_id, created_at);
 CREATE INDEX executions_timeout_idx ON conveyor.executions USING btree (timeout_at) WHERE ((status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text])) AND (timeout_at IS NOT NULL));
@@ -256,6 +263,48 @@ alter table conveyor.executions force row level security;
 create policy executions_isolation on conveyor.executions as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
 grant select on conveyor.executions to conveyor_app;
 grant select, insert, update, delete on conveyor.executions to conveyor_service;
+
+create table conveyor.fanouts (
+  fanout_id bigint generated always as identity not null,
+  tenant_id text not null,
+  execution_id bigint not null,
+  step_id text not null,
+  visit integer not null,
+  kind text not null,
+  join_mode text not null,
+  needed integer not null,
+  on_child_error text not null,
+  concurrency integer,
+  total integer not null,
+  started integer default 0 not null,
+  open integer default 0 not null,
+  succeeded integer default 0 not null,
+  failed integer default 0 not null,
+  state text default 'open'::text not null,
+  outcome text,
+  parent_keys text[] default '{}'::text[] not null,
+  created_at timestamp with time zone default now() not null
+);
+alter table conveyor.fanouts add constraint fanouts_check CHECK (((started <= total) AND ((succeeded + failed) <= started)));
+alter table conveyor.fanouts add constraint fanouts_check1 CHECK (((state = 'open'::text) = (outcome IS NULL)));
+alter table conveyor.fanouts add constraint fanouts_concurrency_check CHECK ((concurrency > 0));
+alter table conveyor.fanouts add constraint fanouts_execution_id_fkey FOREIGN KEY (execution_id) REFERENCES conveyor.executions(execution_id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED;
+alter table conveyor.fanouts add constraint fanouts_join_mode_check CHECK ((join_mode = ANY (ARRAY['all'::text, 'any'::text, 'at_least'::text])));
+alter table conveyor.fanouts add constraint fanouts_kind_check CHECK ((kind = ANY (ARRAY['parallel'::text, 'for_each'::text, 'call'::text])));
+alter table conveyor.fanouts add constraint fanouts_needed_check CHECK ((needed >= 0));
+alter table conveyor.fanouts add constraint fanouts_on_child_error_check CHECK ((on_child_error = ANY (ARRAY['fail'::text, 'continue'::text, 'collect'::text])));
+alter table conveyor.fanouts add constraint fanouts_open_check CHECK ((open >= 0));
+alter table conveyor.fanouts add constraint fanouts_outcome_check CHECK ((outcome = ANY (ARRAY['completed'::text, 'failed'::text, 'timed_out'::text, 'cancelled'::text])));
+alter table conveyor.fanouts add constraint fanouts_pkey PRIMARY KEY (fanout_id);
+alter table conveyor.fanouts add constraint fanouts_state_check CHECK ((state = ANY (ARRAY['open'::text, 'ready'::text, 'joined'::text])));
+alter table conveyor.fanouts add constraint fanouts_total_check CHECK ((total >= 0));
+CREATE INDEX fanouts_ready_idx ON conveyor.fanouts USING btree (fanout_id) WHERE (state = 'ready'::text);
+CREATE UNIQUE INDEX fanouts_step_visit_idx ON conveyor.fanouts USING btree (execution_id, step_id, visit);
+alter table conveyor.fanouts enable row level security;
+alter table conveyor.fanouts force row level security;
+create policy fanouts_isolation on conveyor.fanouts as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.fanouts to conveyor_app;
+grant select, insert, update, delete on conveyor.fanouts to conveyor_service;
 
 create table conveyor.installed_components (
   name text not null,
@@ -631,7 +680,7 @@ create table conveyor.workflow_steps (
 );
 alter table conveyor.workflow_steps add constraint workflow_steps_action_type CHECK (((kind = ANY (ARRAY['action'::text, 'data'::text])) = (action_type IS NOT NULL)));
 alter table conveyor.workflow_steps add constraint workflow_steps_goto_has_target CHECK (((on_error = 'goto'::text) = (error_step IS NOT NULL)));
-alter table conveyor.workflow_steps add constraint workflow_steps_kind_check CHECK ((kind = ANY (ARRAY['action'::text, 'condition'::text, 'switch'::text, 'set_variable'::text, 'transform'::text, 'stop'::text, 'emit'::text, 'data'::text, 'delay'::text, 'wait_for_event'::text, 'wait_until'::text])));
+alter table conveyor.workflow_steps add constraint workflow_steps_kind_check CHECK ((kind = ANY (ARRAY['action'::text, 'condition'::text, 'switch'::text, 'set_variable'::text, 'transform'::text, 'stop'::text, 'emit'::text, 'data'::text, 'delay'::text, 'wait_for_event'::text, 'wait_until'::text, 'split'::text, 'parallel'::text, 'for_each'::text, 'call'::text])));
 alter table conveyor.workflow_steps add constraint workflow_steps_on_error_check CHECK ((on_error = ANY (ARRAY['fail'::text, 'continue'::text, 'retry'::text, 'goto'::text])));
 alter table conveyor.workflow_steps add constraint workflow_steps_pkey PRIMARY KEY (workflow_id, version, step_id);
 alter table conveyor.workflow_steps add constraint workflow_steps_position_check CHECK (("position" >= 0));
@@ -721,6 +770,9 @@ create function conveyor.archive_actions(p_msg_ids bigint[]) returns integer
 create function conveyor.budget_refusals(p_events bigint[], p_rate_limit bigint, p_active_limit bigint, p_chain_limit bigint) returns jsonb
   language sql stable set search_path = '';
 grant execute on function conveyor.budget_refusals(bigint[],bigint,bigint,bigint) to conveyor_service;
+create function conveyor.call_child(p_exec conveyor.executions, p_step_id text, p_input jsonb, p_where text) returns jsonb
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.call_child(conveyor.executions,text,jsonb,text) to conveyor_service;
 create function conveyor.caller_subject_to_rls() returns boolean
   language sql stable set search_path = '';
 grant execute on function conveyor.caller_subject_to_rls() to conveyor_service;
@@ -733,7 +785,7 @@ grant execute on function conveyor.capture_log(regclass) to conveyor_service;
 create function conveyor.compile_filter(p_filter jsonb) returns jsonpath
   language plpgsql immutable parallel safe set search_path = '';
 grant execute on function conveyor.compile_filter(jsonb) to conveyor_service;
-create function conveyor.compile_steps(p_document jsonb) returns TABLE(step_position integer, step_id text, kind text, action_type text, config jsonb, next_step text, branches jsonb, on_error text, error_step text, retry_policy jsonb, timeout_text text)
+create function conveyor.compile_steps(p_document jsonb) returns TABLE(step_position integer, step_id text, kind text, action_type text, config jsonb, next_step text, branches jsonb, on_error text, error_step text, retry_policy jsonb, timeout_text text, list_path text)
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.compile_steps(jsonb) to conveyor_service;
 create function conveyor.compiled_steps(p_tenant_id text, p_slug text, p_version integer DEFAULT NULL::integer) returns TABLE(step_id text, kind text, action text, next_step text, branches jsonb, on_error text)
@@ -825,6 +877,9 @@ grant execute on function conveyor.dispatch_contained(bigint[],boolean,jsonb) to
 create function conveyor.dispatch_events(p_events bigint[], p_weigh_budgets boolean DEFAULT true, p_quotas jsonb DEFAULT NULL::jsonb) returns void
   language plpgsql volatile set search_path = '' set jit = off;
 grant execute on function conveyor.dispatch_events(bigint[],boolean,jsonb) to conveyor_service;
+create function conveyor.document_call_errors(p_tenant_id text, p_document jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.document_call_errors(text,jsonb) to conveyor_service;
 create function conveyor.document_condition_errors(p_condition jsonb, p_path text, p_step_ids jsonb, p_item boolean DEFAULT false) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.document_condition_errors(jsonb,text,jsonb,boolean) to conveyor_service;
@@ -861,6 +916,9 @@ grant execute on function conveyor.document_settings_errors(jsonb) to conveyor_s
 create function conveyor.document_step_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.document_step_errors(jsonb,text,jsonb) to conveyor_service;
+create function conveyor.document_step_lists(p_document jsonb) returns TABLE(ord integer, list_path text, steps jsonb, owner_step text, body text, in_item boolean, nesting integer)
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.document_step_lists(jsonb) to conveyor_service;
 create function conveyor.document_target_error(p_value jsonb, p_path text, p_step_ids jsonb) returns text
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.document_target_error(jsonb,text,jsonb) to conveyor_service;
@@ -891,6 +949,9 @@ grant execute on function conveyor.document_webhook_errors(jsonb) to conveyor_se
 create function conveyor.dry_run(p_tenant_id text, p_document jsonb, p_trigger jsonb DEFAULT '{}'::jsonb) returns jsonb
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.dry_run(text,jsonb,jsonb) to conveyor_app, conveyor_service;
+create function conveyor.dry_run_steps(p_execution_id bigint) returns jsonb
+  language sql stable set search_path = '';
+grant execute on function conveyor.dry_run_steps(bigint) to conveyor_service;
 create function conveyor.duration_or_null(p_text text) returns interval
   language sql immutable strict parallel safe set search_path = '';
 grant execute on function conveyor.duration_or_null(text) to conveyor_service;
@@ -959,6 +1020,57 @@ create function conveyor.export_workflow(p_tenant_id text, p_slug text, p_versio
 grant execute on function conveyor.export_workflow(text,text,integer) to conveyor_app, conveyor_service;
 create function conveyor.fail_uninterpretable(p_exec conveyor.executions, p_new boolean, p_error jsonb) returns void
   language plpgsql volatile security definer set search_path = '';
+create function conveyor.fanout_abort_children(p_execution_id bigint, p_status text, p_error jsonb) returns void
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.fanout_abort_children(bigint,text,jsonb) to conveyor_service;
+create function conveyor.fanout_apply(p_fanout_id bigint) returns boolean
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.fanout_apply(bigint) to conveyor_service;
+create function conveyor.fanout_begin(p_exec conveyor.executions, p_step conveyor.workflow_steps, p_visit integer, p_kind text, p_input jsonb, p_children jsonb, p_now timestamp with time zone, p_dry boolean, p_where text) returns jsonb
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.fanout_begin(conveyor.executions,conveyor.workflow_steps,integer,text,jsonb,jsonb,timestamp with time zone,boolean,text) to conveyor_service;
+create function conveyor.fanout_cancel_children(p_fanout_id bigint, p_status text, p_error jsonb) returns integer
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.fanout_cancel_children(bigint,text,jsonb) to conveyor_service;
+create function conveyor.fanout_child_result(p_child conveyor.executions) returns jsonb
+  language sql stable set search_path = '';
+grant execute on function conveyor.fanout_child_result(conveyor.executions) to conveyor_service;
+create function conveyor.fanout_count_done(p_ids bigint[]) returns bigint[]
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.fanout_count_done(bigint[]) to conveyor_service;
+create function conveyor.fanout_decision_text(p_output jsonb) returns text
+  language sql immutable set search_path = '';
+grant execute on function conveyor.fanout_decision_text(jsonb) to conveyor_service;
+create function conveyor.fanout_dry_run(p_exec conveyor.executions, p_step conveyor.workflow_steps, p_kind text, p_mode text, p_input jsonb, p_children jsonb) returns jsonb
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.fanout_dry_run(conveyor.executions,conveyor.workflow_steps,text,text,jsonb,jsonb) to conveyor_service;
+create function conveyor.fanout_due(p_now timestamp with time zone, p_limit integer) returns integer
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.fanout_due(timestamp with time zone,integer) to conveyor_service;
+create function conveyor.fanout_follow_up(p_run bigint[], p_done bigint[]) returns void
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.fanout_follow_up(bigint[],bigint[]) to conveyor_service;
+create function conveyor.fanout_insert_children(p_exec conveyor.executions, p_fanout conveyor.fanouts, p_kind text, p_children jsonb, p_concurrency integer, p_reuse jsonb) returns bigint[]
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.fanout_insert_children(conveyor.executions,conveyor.fanouts,text,jsonb,integer,jsonb) to conveyor_service;
+create function conveyor.fanout_is_open(p_fanout_id bigint) returns boolean
+  language sql stable set search_path = '';
+grant execute on function conveyor.fanout_is_open(bigint) to conveyor_service;
+create function conveyor.fanout_join_error(p_join jsonb, p_path text, p_branches bigint) returns text
+  language sql immutable set search_path = '';
+grant execute on function conveyor.fanout_join_error(jsonb,text,bigint) to conveyor_service;
+create function conveyor.fanout_next_due_at() returns timestamp with time zone
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.fanout_next_due_at() to conveyor_service;
+create function conveyor.fanout_outcome(p_fanout conveyor.fanouts) returns text
+  language sql immutable set search_path = '';
+grant execute on function conveyor.fanout_outcome(conveyor.fanouts) to conveyor_service;
+create function conveyor.fanout_pause_children(p_execution_id bigint, p_pause boolean) returns integer
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.fanout_pause_children(bigint,boolean) to conveyor_service;
+create function conveyor.fanout_result(p_fanout conveyor.fanouts, p_where text) returns jsonb
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.fanout_result(conveyor.fanouts,text) to conveyor_service;
 create function conveyor.filter_errors(p_filter jsonb, p_path text) returns SETOF text
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.filter_errors(jsonb,text) to conveyor_service;
@@ -1090,6 +1202,9 @@ grant execute on function conveyor.max_duration() to conveyor_service;
 create function conveyor.max_event_depth() returns integer
   language sql stable set search_path = '';
 grant execute on function conveyor.max_event_depth() to conveyor_service;
+create function conveyor.max_fanout_children() returns integer
+  language sql stable set search_path = '';
+grant execute on function conveyor.max_fanout_children() to conveyor_service;
 create function conveyor.max_regex_pattern() returns integer
   language plpgsql stable parallel safe set search_path = '';
 grant execute on function conveyor.max_regex_pattern() to conveyor_service;
@@ -1318,6 +1433,12 @@ grant execute on function conveyor.step_action_errors(jsonb,text,jsonb) to conve
 create function conveyor.step_action_with_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.step_action_with_errors(jsonb,text,jsonb) to conveyor_service;
+create function conveyor.step_call_code() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_call_code() to conveyor_service;
+create function conveyor.step_call_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.step_call_errors(jsonb,text,jsonb) to conveyor_service;
 create function conveyor.step_condition_code() returns jsonb
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.step_condition_code() to conveyor_service;
@@ -1348,15 +1469,33 @@ grant execute on function conveyor.step_emit_code() to conveyor_service;
 create function conveyor.step_emit_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.step_emit_errors(jsonb,text,jsonb) to conveyor_service;
+create function conveyor.step_for_each_bodies(p_step jsonb) returns TABLE(body text, path text, steps jsonb, item boolean)
+  language sql immutable set search_path = '';
+grant execute on function conveyor.step_for_each_bodies(jsonb) to conveyor_service;
+create function conveyor.step_for_each_code() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_for_each_code() to conveyor_service;
+create function conveyor.step_for_each_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.step_for_each_errors(jsonb,text,jsonb) to conveyor_service;
 create function conveyor.step_id_set(p_step_ids text[]) returns jsonb
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.step_id_set(text[]) to conveyor_service;
-create function conveyor.step_kinds() returns TABLE(kind text, doc_key text, spec_key text, keys text[], routes text[], branches jsonb, ends boolean, retries boolean, renders boolean, errors_function text, compiled_function text, code_function text)
+create function conveyor.step_kinds() returns TABLE(kind text, doc_key text, spec_key text, keys text[], routes text[], branches jsonb, ends boolean, retries boolean, renders boolean, errors_function text, compiled_function text, code_function text, bodies_function text)
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.step_kinds() to conveyor_service;
 create function conveyor.step_longest_wait(p_kind text, p_config jsonb) returns interval
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.step_longest_wait(text,jsonb) to conveyor_service;
+create function conveyor.step_parallel_bodies(p_step jsonb) returns TABLE(body text, path text, steps jsonb, item boolean)
+  language sql immutable set search_path = '';
+grant execute on function conveyor.step_parallel_bodies(jsonb) to conveyor_service;
+create function conveyor.step_parallel_code() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_parallel_code() to conveyor_service;
+create function conveyor.step_parallel_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.step_parallel_errors(jsonb,text,jsonb) to conveyor_service;
 create function conveyor.step_set_variable_code() returns jsonb
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.step_set_variable_code() to conveyor_service;
@@ -1381,9 +1520,9 @@ grant execute on function conveyor.step_switch_compiled(jsonb,text) to conveyor_
 create function conveyor.step_switch_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.step_switch_errors(jsonb,text,jsonb) to conveyor_service;
-create function conveyor.step_template_roots(p_item boolean) returns text[]
+create function conveyor.step_template_roots(p_item boolean, p_step_ids jsonb DEFAULT '{}'::jsonb) returns text[]
   language sql immutable set search_path = '';
-grant execute on function conveyor.step_template_roots(boolean) to conveyor_service;
+grant execute on function conveyor.step_template_roots(boolean,jsonb) to conveyor_service;
 create function conveyor.step_transform_code() returns jsonb
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.step_transform_code() to conveyor_service;

@@ -55,6 +55,13 @@ begin
       message = format('execution %s is %s; only failed, timed-out or cancelled executions can be retried',
         p_execution_id, v_old.status);
   end if;
+  if v_old.parent_execution_id is not null then
+    raise exception using errcode = '22023',
+      message = format('execution %s is a child of execution %s (a branch, an item or a call of its step "%s");'
+        || ' retry execution %s: its retry runs again only the children that did not complete',
+        p_execution_id, v_old.parent_execution_id,
+        (select f.step_id from conveyor.fanouts as f where f.fanout_id = v_old.fanout_id), v_old.parent_execution_id);
+  end if;
   select v.entry_step into v_entry from conveyor.workflow_versions as v
   where v.workflow_id = v_old.workflow_id and v.version = v_old.version;
   v_step := case when p_from_start then v_entry else coalesce(v_old.error ->> 'step', v_old.current_step, v_entry) end;
@@ -116,6 +123,8 @@ begin
   insert into conveyor.execution_logs (tenant_id, execution_id, workflow_id, step_id, level, message)
   values (v_exec.tenant_id, p_execution_id, v_exec.workflow_id, v_exec.current_step, 'info',
     format('paused at step "%s"', v_exec.current_step));
+  -- and its fan-outs' children with it (sql/fanout_join.sql)
+  perform conveyor.fanout_pause_children(p_execution_id, true);
   return true;
 end;
 $$;
@@ -140,6 +149,8 @@ begin
   insert into conveyor.execution_logs (tenant_id, execution_id, workflow_id, step_id, level, message)
   values (v_exec.tenant_id, p_execution_id, v_exec.workflow_id, v_exec.current_step, 'info',
     format('resumed at step "%s"', v_exec.current_step));
+  -- its fan-outs' children, and a join decided while it was paused (sql/fanout_join.sql)
+  perform conveyor.fanout_pause_children(p_execution_id, false);
   if v_exec.status in ('pending', 'running') then
     perform conveyor.run_executions(array[p_execution_id]);
   end if;
@@ -203,7 +214,12 @@ begin
   if not found then
     return false;
   end if;
-
+  -- a fan-out's child: counted in its fan-out (sql/fanout_join.sql)
+  if v_exec.fanout_id is not null then
+    perform conveyor.fanout_follow_up(null, array[p_execution_id]);
+  end if;
+  -- (a branch or an item of a fan-out is part of its parent's run, not one of its own)
+  if v_exec.item is null then
   insert into conveyor.workflow_stats as s (
     workflow_id, shard, tenant_id, completed, failed, cancelled, timed_out, total_duration_ms,
     last_run_at, last_error_at
@@ -229,6 +245,7 @@ begin
       total_duration_ms = s.total_duration_ms + excluded.total_duration_ms,
       last_run_at = greatest(s.last_run_at, excluded.last_run_at),
       last_error_at = greatest(s.last_error_at, excluded.last_error_at);
+  end if;
 
   if p_status <> 'completed' then
     insert into conveyor.execution_logs (tenant_id, execution_id, workflow_id, step_id, level, message, details)
@@ -283,7 +300,12 @@ begin
   if v_msg_ids is not null then
     perform pgmq.archive('conveyor_actions', v_msg_ids);
   end if;
-  return conveyor.finish_execution(p_execution_id, p_status, p_error);
+  if not conveyor.finish_execution(p_execution_id, p_status, p_error) then
+    return false;
+  end if;
+  -- its fan-outs' children end with it (sql/fanout_join.sql)
+  perform conveyor.fanout_abort_children(p_execution_id, p_status, p_error);
+  return true;
 end;
 $$;
 

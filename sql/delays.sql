@@ -25,7 +25,9 @@ begin
       limit 1
     ),
     -- a wait not confirmed yet is due at once (conveyor.confirm_waits, sql/waits.sql)
-    (select min(w.registered_at) from conveyor.waits as w where not w.confirmed)
+    (select min(w.registered_at) from conveyor.waits as w where not w.confirmed),
+    -- a join's timeout, or a decided join not applied yet (sql/fanout_join.sql)
+    conveyor.fanout_next_due_at()
   );
 end;
 $$;
@@ -57,6 +59,7 @@ begin
     return v_waits;
   end if;
   v_waits := v_waits + conveyor.resume_due_waits(p_now, p_limit);
+  v_waits := v_waits + conveyor.fanout_due(p_now, p_limit);
 
   with due as (
     select e.execution_id, e.workflow_id, e.version, e.current_step

@@ -405,12 +405,13 @@ begin
   -- this cast fail loudly): execution_id, tenant_id, workflow_id, version, event_id,
   -- entity_type, entity_id, once_key, status, current_step, wait_kind, resume_at, trigger,
   -- vars, step_outputs, depth, steps_run, error, created_at, started_at, finished_at,
-  -- timeout_at, retry_of, paused_at.
+  -- timeout_at, retry_of, paused_at, parent_execution_id, fanout_id, child_index, item.
   created as (
     select row(
       pg_catalog.nextval('conveyor.executions_execution_id_seq'), j.tenant_id, j.workflow_id, j.version,
       j.event_id, j.entity_type, j.entity_id, j.once_key, 'pending', j.entry_step, null, null,
-      j.trigger_object, '{}', '{}', j.depth, 0, null, now(), null, null, now() + j.timeout, null, null
+      j.trigger_object, '{}', '{}', j.depth, 0, null, now(), null, null, now() + j.timeout, null, null,
+      null, null, null, null
     )::conveyor.executions as x
     from judged as j
     where j.refusal is null

@@ -124,13 +124,18 @@ as $$
 $$;
 
 -- The roots a step's templates and conditions may name: conveyor.template_default_roots,
--- where `item` exists only inside transform map templates and filter conditions.
-create or replace function conveyor.step_template_roots(p_item boolean) returns text[]
+-- where `item` exists only inside transform map templates and filter conditions, and
+-- `item` and `index` in the steps of a for_each body (p_step_ids has the key "$item"
+-- there, conveyor.validate_workflow).
+drop function if exists conveyor.step_template_roots(boolean);
+create or replace function conveyor.step_template_roots(p_item boolean, p_step_ids jsonb default '{}')
+returns text[]
 language sql
 immutable
 set search_path = ''
 as $$
   select case
+    when coalesce(p_step_ids ? '$item', false) then conveyor.template_default_roots() || array['index']
     when p_item then conveyor.template_default_roots()
     else pg_catalog.array_remove(conveyor.template_default_roots(), 'item')
   end;
@@ -154,7 +159,7 @@ as $$
 begin
   return query
   select t.message
-  from conveyor.template_errors(p_value, p_path, conveyor.step_template_roots(p_item)) as t (message);
+  from conveyor.template_errors(p_value, p_path, conveyor.step_template_roots(p_item, p_step_ids)) as t (message);
 
   return query
   select format('%s: template refers to unknown step "%s"', p_path, r.step_id)
@@ -179,7 +184,7 @@ as $$
 begin
   return query
   select c.message
-  from conveyor.condition_errors(p_condition, p_path, conveyor.step_template_roots(p_item)) as c (message);
+  from conveyor.condition_errors(p_condition, p_path, conveyor.step_template_roots(p_item, p_step_ids)) as c (message);
 
   -- Step ids in templates, and in plain field paths ({"field": "steps.check.output.ok"}).
   return query
@@ -196,7 +201,8 @@ begin
 end;
 $$;
 
--- A step target (next, then, else, goto, ...): null (end) or an existing step id.
+-- A step target (next, then, else, goto, ...): null (end) or a step id of the same step
+-- list (validate_workflow marks the other lists' ids -1).
 create or replace function conveyor.document_target_error(p_value jsonb, p_path text, p_step_ids jsonb)
 returns text
 language sql
@@ -208,8 +214,11 @@ as $$
     when p_value is null or jsonb_typeof(p_value) = 'null' then null
     when jsonb_typeof(p_value) <> 'string' then
       format('%s: expected a step id or null (got %s)', p_path, p_value::text)
-    when not p_step_ids ? (p_value #>> '{}') then
+    when not p_step_ids ? (p_value #>> '{}') or (p_value #>> '{}') = '$item' then
       format('%s: unknown step "%s"', p_path, p_value #>> '{}')
+    when p_step_ids -> (p_value #>> '{}') = '-1' then
+      format('%s: step "%s" is in another step list (a route stays within its steps, branch or body)',
+        p_path, p_value #>> '{}')
   end;
 $$;
 

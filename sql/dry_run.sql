@@ -1,6 +1,48 @@
 -- Dry runs: a workflow document run against a sample event in a transaction that is rolled
 -- back, with what each step would have done (conveyor.step_decision).
 
+-- What each step of a dry-run execution did or would have done, in order (a fan-out step's
+-- children are dry executions of their own: sql/fanout.sql, conveyor.fanout_dry_run).
+create or replace function conveyor.dry_run_steps(p_execution_id bigint)
+returns jsonb
+language sql
+stable
+set search_path = ''
+as $$
+  select coalesce((
+        select jsonb_agg(
+          jsonb_build_object(
+            'step', r.step_id,
+            'kind', s.kind,
+            'status', r.status,
+            'decision', case
+              when r.status = 'failed' then 'failed: ' || (r.error ->> 'message')
+              else conveyor.step_decision(s.kind, r.input, r.output, s.action_type)
+            end,
+            'next', r.next_step,
+            'input', r.input,
+            'output', r.output,
+            'error', r.error,
+            'would_send', case when s.kind = 'action' then jsonb_build_object(
+              'action', s.action_type,
+              'connection', conveyor.step_spec(s.kind, s.config) ->> 'connection',
+              'input', r.input,
+              'idempotency_key', r.idempotency_key
+            ) end
+          )
+          order by r.step_run_id
+        )
+        from conveyor.step_runs as r
+        join conveyor.workflow_steps as s
+          on s.workflow_id = e.workflow_id and s.version = e.version and s.step_id = r.step_id
+        where r.execution_id = e.execution_id
+      ), '[]')
+  from conveyor.executions as e
+  where e.execution_id = p_execution_id;
+$$;
+
+revoke all on function conveyor.dry_run_steps(bigint) from public;
+
 -- Dry run: validate, publish, start and run a document against a sample trigger inside a
 -- block that ends by raising a private exception, so everything is rolled back (no
 -- version, no execution, no event, no queue message). Returns the decisions collected
@@ -62,34 +104,7 @@ begin
       'status', e.status,
       'error', e.error,
       'vars', e.vars,
-      'steps', coalesce((
-        select jsonb_agg(
-          jsonb_build_object(
-            'step', r.step_id,
-            'kind', s.kind,
-            'status', r.status,
-            'decision', case
-              when r.status = 'failed' then 'failed: ' || (r.error ->> 'message')
-              else conveyor.step_decision(s.kind, r.input, r.output, s.action_type)
-            end,
-            'next', r.next_step,
-            'input', r.input,
-            'output', r.output,
-            'error', r.error,
-            'would_send', case when s.kind = 'action' then jsonb_build_object(
-              'action', s.action_type,
-              'connection', conveyor.step_spec(s.kind, s.config) ->> 'connection',
-              'input', r.input,
-              'idempotency_key', r.idempotency_key
-            ) end
-          )
-          order by r.step_run_id
-        )
-        from conveyor.step_runs as r
-        join conveyor.workflow_steps as s
-          on s.workflow_id = e.workflow_id and s.version = e.version and s.step_id = r.step_id
-        where r.execution_id = e.execution_id
-      ), '[]')
+      'steps', conveyor.dry_run_steps(e.execution_id)
     )
     into v_result
     from conveyor.executions as e

@@ -222,6 +222,12 @@ declare
   v_hint text;
   v_state text;
   v_i integer;
+  -- fan-out (sql/fanout.sql): the children a step started, to run once the batch is
+  -- written; the children that completed here, to count in their fan-outs; whether the
+  -- execution is a child whose join was decided without it (it ends cancelled)
+  v_spawned bigint[] := '{}';
+  v_done_children bigint[] := '{}';
+  v_orphan boolean;
 begin
   if coalesce(pg_catalog.cardinality(p_execs), 0) = 0 then
     return;
@@ -273,8 +279,17 @@ begin
     end;
     v_fresh := v_exec.steps_run = 0;
     v_state_bytes := pg_catalog.pg_column_size(v_exec.step_outputs) + pg_catalog.pg_column_size(v_exec.vars);
+    v_orphan := v_exec.fanout_id is not null and not conveyor.fanout_is_open(v_exec.fanout_id);
 
     loop
+      if v_orphan then
+        v_final := 'cancelled';
+        v_error := jsonb_build_object(
+          'step', v_exec.current_step,
+          'message', format('not needed: the join of parent execution %s was decided without it', v_exec.parent_execution_id)
+        );
+        exit;
+      end if;
       if v_exec.current_step is null then
         v_final := 'completed';
         exit;
@@ -375,6 +390,10 @@ begin
             'tenant', v_tenant,
             'now', v_now_text
           );
+          if v_exec.item is not null then
+            -- a for_each item's {{item}} and {{index}} (sql/fanout.sql)
+            v_ctx := v_ctx || jsonb_build_object('item', v_exec.item -> 'item', 'index', v_exec.item -> 'index');
+          end if;
           v_ctx_stale := false;
         elsif v_uses_state and v_ctx_stale then
           v_ctx := v_ctx || jsonb_build_object('steps', v_exec.step_outputs, 'vars', v_exec.vars);
@@ -466,7 +485,7 @@ begin
         exit;
       end if;
 
-      if v_wait in ('delay', 'event') and not v_dry then
+      if v_wait in ('delay', 'event', 'children') and not v_dry then
         v_nruns := v_nruns + 1;
         v_runs[v_nruns] := row(
           pg_catalog.nextval('conveyor.step_runs_step_run_id_seq'), v_exec.execution_id, v_exec.tenant_id,
@@ -512,6 +531,9 @@ begin
       v_exec.current_step := v_next;
     end loop;
 
+    if v_final = 'completed' and v_exec.fanout_id is not null then
+      v_done_children := v_done_children || v_exec.execution_id;
+    end if;
     if v_final = 'completed' then
       -- what conveyor.finish_execution does, done in the batch's writes below
       v_exec.status := 'completed';
@@ -571,7 +593,8 @@ begin
     order by l.ordinality;
   end if;
 
-  -- the sharded stats of the executions that completed here (see finish_execution)
+  -- the sharded stats of the executions that completed here (see finish_execution); a
+  -- branch or an item of a fan-out is part of its parent's run, not one of its own
   insert into conveyor.workflow_stats as s (
     workflow_id, shard, tenant_id, completed, total_duration_ms, last_run_at
   )
@@ -579,7 +602,7 @@ begin
     x.workflow_id, conveyor.stats_shard(), x.tenant_id, count(*),
     sum((extract(epoch from x.finished_at - x.started_at) * 1000)::bigint), max(x.finished_at)
   from unnest(v_execs) as x
-  where x.status = 'completed'
+  where x.status = 'completed' and x.item is null
   group by x.workflow_id, x.tenant_id
   order by 1
   on conflict (workflow_id, shard) do update
@@ -592,6 +615,10 @@ begin
   for v_i in 1 .. pg_catalog.cardinality(v_final_ids) loop
     perform conveyor.finish_execution(v_final_ids[v_i], v_finals[v_i], v_final_errors[v_i]);
   end loop;
+  -- the children started here run, and those that completed are counted (sql/fanout_join.sql)
+  if pg_catalog.cardinality(v_spawned) > 0 or pg_catalog.cardinality(v_done_children) > 0 then
+    perform conveyor.fanout_follow_up(v_spawned, v_done_children);
+  end if;
 end;
 $$;
 

@@ -19,7 +19,13 @@
 --   compiled_function (p_step jsonb, p_fall_through text) returns jsonb, or null: what
 --                    compiling adds ({"action_type", "branches"});
 --   code_function    () returns jsonb: how it runs, {"run", "prepare"?, "decision"?}
---                    (conveyor.generate_interpreter).
+--                    (conveyor.generate_interpreter);
+--   bodies_function  (p_step jsonb) returns table (body text, path text, steps jsonb, item
+--                    boolean), for a kind whose step holds step lists of its own (a
+--                    parallel's branches, a for_each's body): each list, the path from
+--                    the step to it, and whether its steps see {{item}} / {{index}}
+--                    (conveyor.document_step_lists).
+drop function if exists conveyor.step_kinds();
 create or replace function conveyor.step_kinds()
 returns table (
   kind text,
@@ -33,7 +39,8 @@ returns table (
   renders boolean,
   errors_function text,
   compiled_function text,
-  code_function text
+  code_function text,
+  bodies_function text
 )
 language sql
 immutable
@@ -42,7 +49,8 @@ set search_path = ''
 as $$
   select
     k.kind, k.doc_key, k.spec_key, k.keys, k.routes, k.branches, k.ends, k.retries, k.renders,
-    'step_' || k.kind || '_errors', k.compiled_function, 'step_' || k.kind || '_code'
+    'step_' || k.kind || '_errors', k.compiled_function, 'step_' || k.kind || '_code',
+    case when b.kind is not null then 'step_' || k.kind || '_bodies' end
   from (
     values
       (1, 'action', 'action', null, array['connection', 'with', 'next', 'retry', 'timeout'], array['next'],
@@ -61,8 +69,14 @@ as $$
       (10, 'wait_for_event', 'wait_for_event', 'wait_for_event', array['on_event', 'on_timeout'],
         array['on_event', 'on_timeout'], '{"event": "on_event", "timeout": "on_timeout"}', false, false, true, null),
       (11, 'wait_until', 'wait_until', 'wait_until', array['on_met', 'on_timeout'], array['on_met', 'on_timeout'],
-        '{"event": "on_met", "timeout": "on_timeout"}', false, false, true, null)
+        '{"event": "on_met", "timeout": "on_timeout"}', false, false, true, null),
+      -- fan-out (sql/fanout.sql): each renders only its own fields, not its bodies' steps
+      (13, 'parallel', 'parallel', 'parallel', array['next'], array['next'], null, false, false, true, null),
+      (14, 'for_each', 'for_each', 'for_each', array['next'], array['next'], null, false, false, true, null),
+      (15, 'call', 'call', 'call', array['next'], array['next'], null, false, false, true, null)
   ) as k (ord, kind, doc_key, spec_key, keys, routes, branches, ends, retries, renders, compiled_function)
+  -- the kinds whose steps hold step lists of their own (bodies_function)
+  left join (values ('parallel'), ('for_each')) as b (kind) on b.kind = k.kind
   order by k.ord;
 $$;
 
@@ -156,12 +170,89 @@ begin
 end;
 $$;
 
--- The compiled step graph of a document: one row per step object, in document order.
+-- Every step list of a document: the top-level "steps" first, then the lists its steps
+-- hold (a parallel's branches, a for_each's body: the kinds' bodies_function), depth
+-- first in document order.
+--   list_path: where the list is ("steps", "steps[2].parallel.branches.a");
+--   owner_step: the step holding it (null for the top level), body: its name there;
+--   in_item: its steps see {{item}} and {{index}} (inside a for_each body, at any depth);
+--   nesting: how many fan-out steps hold it (0 for the top level).
+-- Never raises on a malformed document (validation uses it): a body that is not an array
+-- is left out here (its kind's checks report it). Bounded by the document's size limits.
+create or replace function conveyor.document_step_lists(p_document jsonb)
+returns table (
+  ord integer,
+  list_path text,
+  steps jsonb,
+  owner_step text,
+  body text,
+  in_item boolean,
+  nesting integer
+)
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_todo jsonb;  -- lists still to return: [path, steps, owner, body, in_item, nesting]
+  v_entry jsonb;
+  v_inner jsonb;
+  v_step record;
+  v_fn text;
+  v_body record;
+begin
+  if jsonb_typeof(p_document -> 'steps') is distinct from 'array' then
+    return;
+  end if;
+  v_todo := jsonb_build_array(jsonb_build_array('steps', p_document -> 'steps', null, null, false, 0));
+  ord := 0;
+  while jsonb_array_length(v_todo) > 0 loop
+    v_entry := v_todo -> 0;
+    v_todo := v_todo - 0;
+    ord := ord + 1;
+    list_path := v_entry ->> 0;
+    steps := v_entry -> 1;
+    owner_step := v_entry ->> 2;
+    body := v_entry ->> 3;
+    in_item := (v_entry ->> 4)::boolean;
+    nesting := (v_entry ->> 5)::integer;
+    return next;
+
+    v_inner := '[]';
+    for v_step in
+      select e.step, (e.n - 1)::integer as idx
+      from jsonb_array_elements(steps) with ordinality as e (step, n)
+      where jsonb_typeof(e.step) = 'object'
+      order by e.n
+    loop
+      select k.bodies_function into v_fn
+      from conveyor.step_kinds() as k
+      where k.bodies_function is not null and v_step.step ? k.doc_key
+      limit 1;
+      continue when v_fn is null;
+      for v_body in execute format('select b.body, b.path, b.steps, b.item from conveyor.%I($1) as b', v_fn)
+        using v_step.step
+      loop
+        continue when jsonb_typeof(v_body.steps) is distinct from 'array';
+        v_inner := v_inner || jsonb_build_array(jsonb_build_array(
+          format('%s[%s]%s', list_path, v_step.idx, v_body.path), v_body.steps, v_step.step ->> 'id', v_body.body,
+          in_item or v_body.item, nesting + 1
+        ));
+      end loop;
+    end loop;
+    v_todo := v_inner || v_todo;
+  end loop;
+end;
+$$;
+
+-- The compiled step graph of a document: one row per step object of every step list
+-- (conveyor.document_step_lists), the top level first, in document order.
 -- Also used by validation (reachability), so it never raises on a malformed document;
 -- the timeout is returned as text and parsed by publish.
 --   kind: the first kind whose key the step has (null for a step with none).
 --   config: the step without its id, routing, on_error, retry and timeout.
---   next_step: "next" if given, else the following step in document order (null: the end);
+--   list_path: the step's list (a nested list's steps run in child executions, sql/fanout.sql);
+--   next_step: "next" if given, else the following step in its list (null: the end);
 --              a kind that ends (stop) has none. For a kind with branches it is the
 --              fall-through, used only when the step fails with on_error "continue".
 --   branches: the kind's declared branches (see conveyor.step_kinds), each its route if
@@ -184,7 +275,8 @@ returns table (
   on_error text,
   error_step text,
   retry_policy jsonb,
-  timeout_text text
+  timeout_text text,
+  list_path text
 )
 language plpgsql
 stable
@@ -196,14 +288,15 @@ declare
   v_kind record;
   v_extra jsonb;
   v_retry jsonb;
+  v_position integer := -1;
 begin
   for v_step in
-    select (e.n - 1)::integer as pos, e.step, lead(e.step ->> 'id') over (order by e.n) as fall_through
-    from jsonb_array_elements(
-      case when jsonb_typeof(p_document -> 'steps') = 'array' then p_document -> 'steps' else '[]' end
-    ) with ordinality as e (step, n)
-    order by e.n
+    select l.list_path, e.step, lead(e.step ->> 'id') over (partition by l.ord order by e.n) as fall_through
+    from conveyor.document_step_lists(p_document) as l
+    cross join lateral jsonb_array_elements(l.steps) with ordinality as e (step, n)
+    order by l.ord, e.n
   loop
+    v_position := v_position + 1;
     continue when jsonb_typeof(v_step.step) <> 'object';
     select * into v_kind from conveyor.step_kinds() as k where v_step.step ? k.doc_key limit 1;
     v_extra := '{}';
@@ -212,7 +305,8 @@ begin
       into v_extra using v_step.step, v_step.fall_through;
     end if;
 
-    step_position := v_step.pos;
+    step_position := v_position;
+    list_path := v_step.list_path;
     step_id := v_step.step ->> 'id';
     kind := v_kind.kind;
     action_type := v_extra ->> 'action_type';

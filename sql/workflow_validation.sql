@@ -73,10 +73,12 @@ set jit = off
 as $$
 declare
   v_steps jsonb := p_document -> 'steps';
+  v_lists jsonb;
+  v_total bigint;
   v_step_ids jsonb;
   v_graph jsonb;
-  v_entry text;
   v_reached jsonb;
+  v_max_nesting integer := conveyor.limit_setting('max_fanout_nesting', 3)::integer;
 begin
   return query select l.message from conveyor.document_limit_errors(p_document) as l (message);
   if found then
@@ -132,71 +134,118 @@ begin
     return;
   end if;
 
-  -- id -> its first position (jsonb_object_agg keeps the last value of a repeated key).
-  v_step_ids := coalesce((
-    select jsonb_object_agg(e.step ->> 'id', e.n - 1 order by e.n desc)
-    from jsonb_array_elements(v_steps) with ordinality as e (step, n)
-    where jsonb_typeof(e.step -> 'id') = 'string'
-  ), '{}');
-
-  -- The compiled graph: id -> the ids it may go to; the walk starts at the first step.
-  select
-    coalesce(jsonb_object_agg(g.source, g.targets) filter (where g.source is not null), '{}'),
-    (select c.step_id from conveyor.compile_steps(p_document) as c order by c.step_position limit 1)
-  into v_graph, v_entry
+  -- Every step list: the top level and the lists fan-out steps hold (a parallel's branches,
+  -- a for_each's body: conveyor.document_step_lists). Step ids are unique in the whole
+  -- document and templates may name any step; a route stays within its list (a nested
+  -- list runs as child executions, sql/fanout.sql), so each list is checked with its own
+  -- ids as the routing targets (id -> position) and the others marked -1 (not a target).
+  select coalesce(jsonb_agg(to_jsonb(l) order by l.ord), '[]') into v_lists
+  from conveyor.document_step_lists(p_document) as l;
+  select count(*), coalesce(jsonb_object_agg(x.id, -1), '{}')
+  into v_total, v_step_ids
   from (
-    select c.step_id as source, coalesce(jsonb_agg(t.target) filter (where t.target is not null), '[]') as targets
-    from conveyor.compile_steps(p_document) as c
-    cross join lateral (
-      select c.next_step
-      -- a kind with branches goes to its next step only on error, with on_error "continue"
-      where c.branches is null or c.on_error = 'continue'
-      union all
-      select c.error_step
-      union all
-      select b.value #>> '{}' from jsonb_each(coalesce(c.branches, '{}')) as b where jsonb_typeof(b.value) = 'string'
-      union all
-      select x.case_ ->> 'goto' from jsonb_array_elements(coalesce(c.branches -> 'cases', '[]')) as x (case_)
-    ) as t (target)
-    group by c.step_id
+    select e.step ->> 'id' as id
+    from jsonb_array_elements(v_lists) as l (list)
+    cross join lateral jsonb_array_elements(l.list -> 'steps') as e (step)
+  ) as x
+  where x.id is not null;
+  if v_total > conveyor.max_workflow_steps() then
+    return next format(
+      'steps: %s steps in all step lists (branches and bodies included) exceed the limit %s'
+      || ' (setting conveyor.max_workflow_steps)', v_total, conveyor.max_workflow_steps()
+    );
+    return;
+  end if;
+
+  -- The compiled graph of each list: {"<list path>": {id: the ids it may go to}}; each
+  -- list's walk starts at its first step.
+  select coalesce(jsonb_object_agg(g.list_path, g.graph), '{}') into v_graph
+  from (
+    select e.list_path, jsonb_object_agg(e.source, e.targets) as graph
+    from (
+      select c.list_path, c.step_id as source, coalesce(jsonb_agg(t.target) filter (where t.target is not null), '[]') as targets
+      from conveyor.compile_steps(p_document) as c
+      cross join lateral (
+        select c.next_step
+        -- a kind with branches goes to its next step only on error, with on_error "continue"
+        where c.branches is null or c.on_error = 'continue'
+        union all
+        select c.error_step
+        union all
+        select b.value #>> '{}' from jsonb_each(coalesce(c.branches, '{}')) as b where jsonb_typeof(b.value) = 'string'
+        union all
+        select x.case_ ->> 'goto' from jsonb_array_elements(coalesce(c.branches -> 'cases', '[]')) as x (case_)
+      ) as t (target)
+      where c.step_id is not null
+      group by c.list_path, c.step_id
+    ) as e
+    group by e.list_path
   ) as g;
 
   -- Each level looks its steps' targets up in v_graph; union drops ids already reached.
-  with recursive reachable (step_id) as (
-    select v_entry
+  with recursive reachable (list_path, step_id) as (
+    select l.list ->> 'list_path', l.list -> 'steps' -> 0 ->> 'id'
+    from jsonb_array_elements(v_lists) as l (list)
     union
-    select t.target
+    select r.list_path, t.target
     from reachable as r
-    cross join lateral jsonb_array_elements_text(coalesce(v_graph -> r.step_id, '[]')) as t (target)
+    cross join lateral jsonb_array_elements_text(coalesce(v_graph -> r.list_path -> r.step_id, '[]')) as t (target)
   )
-  select coalesce(jsonb_object_agg(r.step_id, true), '{}') into v_reached
+  select coalesce(jsonb_object_agg(r.list_path || ' ' || r.step_id, true), '{}') into v_reached
   from reachable as r
   where r.step_id is not null;
 
-  -- Per step, in document order: its own problems, a duplicate id, unreachability.
+  -- Per step, list by list in document order: a duplicate id, its own problems, its
+  -- fan-out nesting, unreachability.
   return query
   with elements as (
-    select (e.n - 1)::integer as idx, e.step
-    from jsonb_array_elements(v_steps) with ordinality as e (step, n)
+    select
+      (l.list ->> 'ord')::integer as ord, (e.n - 1)::integer as idx, e.step, l.list ->> 'list_path' as list_path,
+      format('%s[%s]', l.list ->> 'list_path', e.n - 1) as path, (l.list ->> 'nesting')::integer as nesting,
+      l.list -> 'steps' -> 0 ->> 'id' as entry,
+      -- the ids this list may route to, the others marked -1, and {{item}} inside a for_each body
+      v_step_ids || coalesce((
+        select jsonb_object_agg(o.step ->> 'id', o.n - 1 order by o.n desc)
+        from jsonb_array_elements(l.list -> 'steps') with ordinality as o (step, n)
+        where jsonb_typeof(o.step -> 'id') = 'string'
+      ), '{}') || case when (l.list ->> 'in_item')::boolean then '{"$item": 0}'::jsonb else '{}'::jsonb end as scope
+    from jsonb_array_elements(v_lists) as l (list)
+    cross join lateral jsonb_array_elements(l.list -> 'steps') with ordinality as e (step, n)
+  ),
+
+  firsts as (
+    select distinct on (el.step ->> 'id') el.step ->> 'id' as id, el.ord, el.idx, el.path
+    from elements as el
+    where jsonb_typeof(el.step -> 'id') = 'string'
+    order by el.step ->> 'id', el.ord, el.idx
   ),
 
   problems as (
-    select el.idx, 1 as grp, p.n, p.message
+    select el.ord, el.idx, 1 as grp, p.n, p.message
     from elements as el
-    cross join lateral conveyor.document_step_errors(el.step, format('steps[%s]', el.idx), v_step_ids)
-      with ordinality as p (message, n)
+    cross join lateral conveyor.document_step_errors(el.step, el.path, el.scope) with ordinality as p (message, n)
     union all
-    select el.idx, 0, 1, format('steps[%s].id: duplicate step id "%s" (already used by steps[%s])',
-      el.idx, el.step ->> 'id', v_step_ids ->> (el.step ->> 'id'))
+    select el.ord, el.idx, 0, 1, format('%s.id: duplicate step id "%s" (already used by %s)',
+      el.path, el.step ->> 'id', f.path)
     from elements as el
-    where jsonb_typeof(el.step -> 'id') = 'string' and (v_step_ids ->> (el.step ->> 'id'))::integer < el.idx
+    join firsts as f on f.id = el.step ->> 'id'
+    where jsonb_typeof(el.step -> 'id') = 'string' and (f.ord, f.idx) <> (el.ord, el.idx)
     union all
-    select c.step_position, 2, 1, format('steps[%s]: step "%s" is unreachable from the first step "%s"',
-      c.step_position, c.step_id, v_steps -> 0 ->> 'id')
-    from conveyor.compile_steps(p_document) as c
-    where c.step_id is not null and not v_reached ? c.step_id
+    select el.ord, el.idx, 2, 1, format(
+      '%s: fan-out nested %s deep, the limit is %s (setting conveyor.max_fanout_nesting)',
+      el.path, el.nesting + 1, v_max_nesting)
+    from elements as el
+    where el.nesting >= v_max_nesting and exists (
+      select from conveyor.step_kinds() as k where k.bodies_function is not null and el.step ? k.doc_key
+    )
+    union all
+    select el.ord, el.idx, 3, 1, format('%s: step "%s" is unreachable from the first step "%s"',
+      el.path, el.step ->> 'id', el.entry)
+    from elements as el
+    where jsonb_typeof(el.step) = 'object' and jsonb_typeof(el.step -> 'id') = 'string'
+      and not v_reached ? (el.list_path || ' ' || (el.step ->> 'id'))
   )
 
-  select p.message from problems as p order by p.idx, p.grp, p.n;
+  select p.message from problems as p order by p.ord, p.idx, p.grp, p.n;
 end;
 $$;

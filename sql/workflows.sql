@@ -66,6 +66,16 @@ begin
       hint = 'Create it first: select conveyor.create_tenant(id, name, timezone);';
   end if;
 
+  -- what only the tenant's workflows tell: a call to a slug it has not published, or to itself
+  v_problems := array(select conveyor.document_call_errors(p_tenant_id, p_document));
+  if cardinality(v_problems) > 0 then
+    raise exception using
+      errcode = '22023',
+      message = format('workflow "%s": %s problem(s): %s', v_slug, cardinality(v_problems), v_problems[1]),
+      detail = array_to_string(v_problems, e'\n'),
+      hint = 'Publish the called workflows first; nothing was stored.';
+  end if;
+
   -- Create the workflow or lock its row: concurrent publishes of one slug serialise here.
   insert into conveyor.workflows as w (tenant_id, slug, name, description, category, tags, active)
   values (

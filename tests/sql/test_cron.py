@@ -188,8 +188,27 @@ expressions = st.tuples(
 ).map(" ".join)
 
 
+def gap_run(expr: str, after: datetime, before: datetime, zone: ZoneInfo) -> datetime | None:
+    """The end of a spring-forward gap after `after` and before `before` in which the
+    expression names a local minute that does not exist (Conveyor runs it once, at the gap's
+    end; croniter moves it by the offset instead). Looked for within 3 days only."""
+    step = after.replace(minute=0) + timedelta(hours=1)
+    while step < min(before, after + timedelta(days=3)):
+        earlier = (step - timedelta(hours=1)).astimezone(zone)
+        jump = step.astimezone(zone).utcoffset() - earlier.utcoffset()  # type: ignore[operator]
+        if jump > timedelta(0):
+            # the local minutes skipped at this hour: from the old offset's wall time on
+            start = (step + earlier.utcoffset()).replace(tzinfo=None)  # type: ignore[operator]
+            minutes = int(jump.total_seconds() // 60)
+            if any(croniter.match(expr, start + timedelta(minutes=k)) for k in range(minutes)) and step > after:
+                return step
+        step += timedelta(hours=1)
+    return None
+
+
 def croniter_next_once(expr: str, after: datetime, tz: str) -> datetime:
-    """croniter's next run, minus repeats of a fall-back hour (Conveyor runs those once)."""
+    """croniter's next run, minus repeats of a fall-back hour (Conveyor runs those once), and
+    with times that do not exist run at the end of their gap (sql/cron.sql)."""
     zone = ZoneInfo(tz)
     itr = croniter(expr, after.astimezone(zone))
     while True:
@@ -201,7 +220,7 @@ def croniter_next_once(expr: str, after: datetime, tz: str) -> datetime:
             and first.astimezone(zone).replace(tzinfo=None) == local
         ):
             continue  # the second occurrence of a repeated wall-clock time
-        return candidate.astimezone(UTC)
+        return gap_run(expr, after, candidate.astimezone(UTC), zone) or candidate.astimezone(UTC)
 
 
 instants = st.one_of(
