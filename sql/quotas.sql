@@ -332,11 +332,13 @@ language plpgsql
 set search_path = ''
 as $$
 begin
+  -- grouped before the join: a batch has thousands of executions and a few tenants
   insert into conveyor.tenant_usage as u (tenant_id, period_start, shard, executions)
-  select x.tenant_id, conveyor.usage_period_start(t.timezone, p_now), conveyor.stats_shard(), count(*)
-  from unnest(p_execs) as x
+  select x.tenant_id, conveyor.usage_period_start(t.timezone, p_now), conveyor.stats_shard(), x.n
+  from (
+    select e.tenant_id, count(*) as n from unnest(p_execs) as e group by e.tenant_id
+  ) as x
   join conveyor.tenants as t on t.tenant_id = x.tenant_id
-  group by x.tenant_id, t.timezone
   order by 1
   on conflict (tenant_id, period_start, shard) do update
     set executions = u.executions + excluded.executions, updated_at = now();
