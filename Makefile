@@ -3,7 +3,7 @@ SHELL := /bin/bash
 BIN := .venv/bin
 
 .PHONY: bootstrap run test lint pytest migrate schema db-start db-stop db-status clean-db \
-	bench bench-capture bench-dispatch bench-runner bench-http-client bench-waiting bench-wait-races bench-delays bench-burst bench-floor bench-queue bench-e2e chaos
+	bench bench-capture bench-dispatch bench-runner bench-http-client bench-waiting bench-wait-races bench-delays bench-burst bench-floor bench-queue bench-serve bench-e2e bench-fanout bench-ab chaos
 
 bootstrap:  ## install the PostgreSQL server packages (as root) and the locked virtualenv
 	@bash scripts/bootstrap.sh
@@ -70,13 +70,22 @@ bench-runner: bootstrap  ## one runner's action throughput, concurrency 16 vs 1 
 bench-queue: bootstrap  ## read_actions and write_back A/B against the same functions of BASELINE (default main) (bench/RESULTS.md)
 	$(BIN)/python -m bench.queue_hot_path --baseline $(or $(BASELINE),main) --record
 
+bench-serve: bootstrap  ## webhook ingest through conveyor serve: requests/s and CPU per request vs BASELINE (default main) (bench/RESULTS.md)
+	$(BIN)/python -m bench.serve_ingest --baseline $(or $(BASELINE),main) --record
+
+bench-ab: bootstrap  ## interleaved A/B of git revisions (REVS="HEAD~1 HEAD"; WORKTREE = uncommitted): e2e burst + dispatch, medians and ratios
+	$(BIN)/python -m bench.ab_revisions $(REVS)
+
 bench-http-client: bootstrap  ## the runner's HTTP client: CPU per request vs the hand-parsed client it replaced (bench/RESULTS.md)
 	$(BIN)/python -m bench.http_client_cpu
+
+bench-fanout: bootstrap  ## a for_each of 1,000 webhooks vs 1,000 executions; join cost per child, 100 vs 10,000 children (bench/RESULTS.md)
+	$(BIN)/python -m bench.fanout $(BENCH_ARGS)
 
 bench-floor: bootstrap  ## PostgreSQL CPU per workflow: the engine vs the same rows written by plain statements (bench/RESULTS.md)
 	$(BIN)/python -m bench.row_floor
 
-bench: bench-capture bench-dispatch bench-runner bench-http-client bench-waiting bench-wait-races bench-delays bench-burst bench-floor bench-e2e chaos  ## every benchmark and the chaos runs, one after another: every number in bench/RESULTS.md
+bench: bench-capture bench-dispatch bench-runner bench-http-client bench-waiting bench-wait-races bench-delays bench-burst bench-floor bench-e2e bench-fanout chaos  ## every benchmark and the chaos runs, one after another: every number in bench/RESULTS.md
 
 bench-e2e:  ## end to end vs DBOS and Procrastinate: burst + steady rate (bench/RESULTS.md, bench/e2e_peers.png)
 	@CONVEYOR_BENCH=1 bash scripts/bootstrap.sh

@@ -118,7 +118,11 @@ def machine() -> str:
 
 
 def record(section: str, command: str, body: str) -> None:
-    """Replace (or append) `## section` in bench/RESULTS.md with fresh results."""
+    """Replace (or append) `## section` in bench/RESULTS.md with fresh results; with
+    CONVEYOR_BENCH_NO_RECORD set (bench/ab_revisions.py sets it), leave it as it is."""
+    if os.environ.get("CONVEYOR_BENCH_NO_RECORD"):
+        print(f"(not recorded in {RESULTS.name}: CONVEYOR_BENCH_NO_RECORD is set)", flush=True)
+        return
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     block = f"## {section}\n\n`{command}` — {stamp}, {machine()}\n\n{body.strip()}\n\n"

@@ -1,5 +1,5 @@
 -- Later: 0022_wait_registrations.sql replaces workflow_steps_kind_check below (adding the
--- kind wait_until). 0021_verified_tenant.sql rewrites the policies below to compare
+-- kind wait_until), and 0027_fanouts.sql (adding split, parallel, for_each and call). 0021_verified_tenant.sql rewrites the policies below to compare
 -- tenant_id with (select conveyor.current_tenant()), the tenant conveyor.set_tenant
 -- verified, not the setting conveyor.tenant_id.
 

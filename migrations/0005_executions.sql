@@ -8,6 +8,8 @@
 -- sql/interpreter.sql), not execution_id % 16. 0021_verified_tenant.sql rewrites the
 -- policies below to compare tenant_id with (select conveyor.current_tenant()), the tenant
 -- conveyor.set_tenant verified, not the setting conveyor.tenant_id.
+-- 0027_fanouts.sql adds executions.parent_execution_id, fanout_id, child_index and item,
+-- and the wait kinds 'children' and 'turn' to executions_wait_kind_check.
 
 -- Executions, their step runs, operator log lines and per-workflow statistics.
 create table conveyor.executions (

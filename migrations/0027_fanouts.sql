@@ -23,6 +23,9 @@ create table conveyor.fanouts (
   concurrency integer check (concurrency > 0),
   total integer not null check (total >= 0),
   started integer not null default 0,
+  -- the lowest child index a for_each's next item can have (its items start in order):
+  -- starting the next ones reads from here, not past every item started before
+  next_turn integer not null default 0,
   open integer not null default 0 check (open >= 0),
   succeeded integer not null default 0,
   failed integer not null default 0,
@@ -30,8 +33,12 @@ create table conveyor.fanouts (
   -- has moved on ('joined'); finishes after 'open' count nothing
   state text not null default 'open' check (state in ('open', 'ready', 'joined')),
   outcome text check (outcome in ('completed', 'failed', 'timed_out', 'cancelled')),
-  -- the parent's step outputs' keys when the children were made: a child's own outputs are
-  -- its step outputs without them
+  -- what a branch or an item sees of its parent, kept once here rather than copied into
+  -- every child: the parent's trigger and step outputs when the children were made
+  -- ({"trigger", "step_outputs"}; the parent waits meanwhile, so they do not change)
+  context jsonb not null default '{}',
+  -- the keys of those step outputs: a child stores only its own (step ids are unique in a
+  -- document), the interpreter puts the two together
   parent_keys text[] not null default '{}',
   created_at timestamptz not null default now(),
   check (started <= total and succeeded + failed <= started),
@@ -54,11 +61,10 @@ grant select, insert, update, delete on conveyor.fanouts to conveyor_service;
 -- linked), its fan-out and its place there, and for a for_each item {"item", "index"}.
 -- No foreign key on parent_execution_id: the check would be queued for every execution
 -- inserted, children or not, on the hot path.
-alter table conveyor.executions
-  add column parent_execution_id bigint,
-  add column fanout_id bigint,
-  add column child_index integer,
-  add column item jsonb;
+alter table conveyor.executions add column parent_execution_id bigint;
+alter table conveyor.executions add column fanout_id bigint;
+alter table conveyor.executions add column child_index integer;
+alter table conveyor.executions add column item jsonb;
 
 create index executions_parent_idx on conveyor.executions (parent_execution_id)
 where parent_execution_id is not null;

@@ -277,11 +277,13 @@ create table conveyor.fanouts (
   concurrency integer,
   total integer not null,
   started integer default 0 not null,
+  next_turn integer default 0 not null,
   open integer default 0 not null,
   succeeded integer default 0 not null,
   failed integer default 0 not null,
   state text default 'open'::text not null,
   outcome text,
+  context jsonb default '{}'::jsonb not null,
   parent_keys text[] default '{}'::text[] not null,
   created_at timestamp with time zone default now() not null
 );
@@ -772,7 +774,6 @@ create function conveyor.budget_refusals(p_events bigint[], p_rate_limit bigint,
 grant execute on function conveyor.budget_refusals(bigint[],bigint,bigint,bigint) to conveyor_service;
 create function conveyor.call_child(p_exec conveyor.executions, p_step_id text, p_input jsonb, p_where text) returns jsonb
   language plpgsql stable set search_path = '';
-grant execute on function conveyor.call_child(conveyor.executions,text,jsonb,text) to conveyor_service;
 create function conveyor.caller_subject_to_rls() returns boolean
   language sql stable set search_path = '';
 grant execute on function conveyor.caller_subject_to_rls() to conveyor_service;
@@ -994,7 +995,10 @@ grant execute on function conveyor.event_outcome(timestamp with time zone,intege
 create function conveyor.event_trigger_object(p_event conveyor.events) returns jsonb
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.event_trigger_object(conveyor.events) to conveyor_service;
-create function conveyor.execution_detail(p_tenant_id text, p_execution_id bigint) returns TABLE(execution_id bigint, tenant_id text, workflow_id bigint, version integer, event_id bigint, entity_type text, entity_id text, once_key text, status text, current_step text, wait_kind text, resume_at timestamp with time zone, trigger jsonb, vars jsonb, step_outputs jsonb, depth integer, steps_run integer, error jsonb, created_at timestamp with time zone, started_at timestamp with time zone, finished_at timestamp with time zone, timeout_at timestamp with time zone, retry_of bigint, paused_at timestamp with time zone, slug text)
+create function conveyor.execution_children(p_tenant_id text, p_execution_id bigint) returns TABLE(step text, visit integer, kind text, child_index integer, label text, execution_id bigint, workflow text, status text, current_step text, started_at timestamp with time zone, finished_at timestamp with time zone, error jsonb, children bigint)
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.execution_children(text,bigint) to conveyor_app, conveyor_service;
+create function conveyor.execution_detail(p_tenant_id text, p_execution_id bigint) returns TABLE(execution_id bigint, tenant_id text, workflow_id bigint, version integer, event_id bigint, entity_type text, entity_id text, once_key text, status text, current_step text, wait_kind text, resume_at timestamp with time zone, trigger jsonb, vars jsonb, step_outputs jsonb, depth integer, steps_run integer, error jsonb, created_at timestamp with time zone, started_at timestamp with time zone, finished_at timestamp with time zone, timeout_at timestamp with time zone, retry_of bigint, paused_at timestamp with time zone, parent_execution_id bigint, fanout_id bigint, child_index integer, item jsonb, slug text)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.execution_detail(text,bigint) to conveyor_app, conveyor_service;
 create function conveyor.execution_log(p_tenant_id text, p_execution_id bigint) returns TABLE(logged_at timestamp with time zone, level text, message text)
@@ -1028,7 +1032,6 @@ create function conveyor.fanout_apply(p_fanout_id bigint) returns boolean
 grant execute on function conveyor.fanout_apply(bigint) to conveyor_service;
 create function conveyor.fanout_begin(p_exec conveyor.executions, p_step conveyor.workflow_steps, p_visit integer, p_kind text, p_input jsonb, p_children jsonb, p_now timestamp with time zone, p_dry boolean, p_where text) returns jsonb
   language plpgsql volatile set search_path = '';
-grant execute on function conveyor.fanout_begin(conveyor.executions,conveyor.workflow_steps,integer,text,jsonb,jsonb,timestamp with time zone,boolean,text) to conveyor_service;
 create function conveyor.fanout_cancel_children(p_fanout_id bigint, p_status text, p_error jsonb) returns integer
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.fanout_cancel_children(bigint,text,jsonb) to conveyor_service;
@@ -1043,7 +1046,6 @@ create function conveyor.fanout_decision_text(p_output jsonb) returns text
 grant execute on function conveyor.fanout_decision_text(jsonb) to conveyor_service;
 create function conveyor.fanout_dry_run(p_exec conveyor.executions, p_step conveyor.workflow_steps, p_kind text, p_mode text, p_input jsonb, p_children jsonb) returns jsonb
   language plpgsql volatile set search_path = '';
-grant execute on function conveyor.fanout_dry_run(conveyor.executions,conveyor.workflow_steps,text,text,jsonb,jsonb) to conveyor_service;
 create function conveyor.fanout_due(p_now timestamp with time zone, p_limit integer) returns integer
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.fanout_due(timestamp with time zone,integer) to conveyor_service;
@@ -1052,10 +1054,6 @@ create function conveyor.fanout_follow_up(p_run bigint[], p_done bigint[]) retur
 grant execute on function conveyor.fanout_follow_up(bigint[],bigint[]) to conveyor_service;
 create function conveyor.fanout_insert_children(p_exec conveyor.executions, p_fanout conveyor.fanouts, p_kind text, p_children jsonb, p_concurrency integer, p_reuse jsonb) returns bigint[]
   language plpgsql volatile set search_path = '';
-grant execute on function conveyor.fanout_insert_children(conveyor.executions,conveyor.fanouts,text,jsonb,integer,jsonb) to conveyor_service;
-create function conveyor.fanout_is_open(p_fanout_id bigint) returns boolean
-  language sql stable set search_path = '';
-grant execute on function conveyor.fanout_is_open(bigint) to conveyor_service;
 create function conveyor.fanout_join_error(p_join jsonb, p_path text, p_branches bigint) returns text
   language sql immutable set search_path = '';
 grant execute on function conveyor.fanout_join_error(jsonb,text,bigint) to conveyor_service;
@@ -1415,6 +1413,18 @@ grant execute on function conveyor.set_workflow_active(text,text,boolean) to con
 create function conveyor.slowest_steps(p_tenant_id text, p_since timestamp with time zone DEFAULT (now() - '7 days'::interval), p_limit integer DEFAULT 10) returns TABLE(slug text, step_id text, runs bigint, failures bigint, avg_ms numeric, p95_ms numeric)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.slowest_steps(text,timestamp with time zone,integer) to conveyor_app, conveyor_service;
+create function conveyor.split_branch_name(p_branch jsonb) returns text
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.split_branch_name(jsonb) to conveyor_service;
+create function conveyor.split_choose(p_split jsonb, p_workflow_id bigint, p_step_id text, p_subject text) returns jsonb
+  language plpgsql immutable parallel safe set search_path = '';
+grant execute on function conveyor.split_choose(jsonb,bigint,text,text) to conveyor_service;
+create function conveyor.split_fraction(p_workflow_id bigint, p_step_id text, p_subject text) returns numeric
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.split_fraction(bigint,text,text) to conveyor_service;
+create function conveyor.split_subject(p_entity_type text, p_entity_id text, p_event_id bigint, p_execution_id bigint, p_retry_of bigint) returns text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.split_subject(text,text,bigint,bigint,bigint) to conveyor_service;
 create function conveyor.start_workflow(p_workflow_id bigint, p_trigger jsonb, p_entity_type text DEFAULT NULL::text, p_entity_id text DEFAULT NULL::text) returns bigint
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.start_workflow(bigint,jsonb,text,text) to conveyor_service;
@@ -1505,6 +1515,15 @@ grant execute on function conveyor.step_set_variable_errors(jsonb,text,jsonb) to
 create function conveyor.step_spec(p_kind text, p_config jsonb) returns jsonb
   language plpgsql immutable parallel safe set search_path = '';
 grant execute on function conveyor.step_spec(text,jsonb) to conveyor_service;
+create function conveyor.step_split_code() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_split_code() to conveyor_service;
+create function conveyor.step_split_compiled(p_step jsonb, p_fall_through text) returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_split_compiled(jsonb,text) to conveyor_service;
+create function conveyor.step_split_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.step_split_errors(jsonb,text,jsonb) to conveyor_service;
 create function conveyor.step_stop_code() returns jsonb
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.step_stop_code() to conveyor_service;

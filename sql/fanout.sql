@@ -4,9 +4,11 @@
 -- own (its own timeline, retries, pause and cancel), linked to its parent
 -- (executions.parent_execution_id, fanout_id, child_index) and run by the same
 -- interpreter. A parallel branch or a for_each item runs the body's steps of the parent's
--- workflow version, starting at the body's first step, with the parent's trigger,
--- variables and step outputs (and {{item}} / {{index}}, kept in executions.item); a call
--- runs the callee's current version. The parent waits (wait_kind 'children') on one
+-- workflow version, starting at the body's first step, with the parent's variables (a
+-- copy), {{item}} / {{index}} (executions.item), and the parent's trigger and step outputs:
+-- those are kept once, in the fan-out's context, and the interpreter reads them from there
+-- (a child stores only its own step outputs), so a for_each over a list in its trigger
+-- stores that list once, not once per item. A call runs the callee's current version. The parent waits (wait_kind 'children') on one
 -- conveyor.fanouts row: every finishing child updates its counters in the transaction
 -- that finishes it, and the join is decided from the counters alone
 -- (sql/fanout_join.sql); nothing walks the children until the join is reached, when their
@@ -16,7 +18,7 @@
 -- execution at most conveyor.max_fanout_children_per_execution over all its fan-outs,
 -- and the children count in the event chain's executions (conveyor.max_chain_executions)
 -- and depth (conveyor.max_event_depth: a child is one deeper than its parent, so calls
--- that call each other end there). The children's copies of the parent's state are
+-- that call each other end there). The children's copies of the parent's variables are
 -- bounded too (conveyor.max_fanout_state_bytes).
 
 create or replace function conveyor.max_fanout_children()
@@ -149,13 +151,11 @@ begin
         || ' (setting conveyor.max_fanout_children_per_execution)', p_where, p_exec.execution_id, v_spent, v_total,
         v_max_exec);
   end if;
-  if p_kind <> 'call' and v_total::bigint * (pg_catalog.pg_column_size(p_exec.step_outputs)
-    + pg_catalog.pg_column_size(p_exec.vars) + pg_catalog.pg_column_size(p_exec.trigger)) > v_max_state then
+  if p_kind <> 'call' and v_total::bigint * pg_catalog.pg_column_size(p_exec.vars) > v_max_state then
     raise exception using errcode = '54000',
-      message = format('%s: %s children would copy %s bytes of this execution''s state each, over the limit of %s'
-        || ' bytes in all (setting conveyor.max_fanout_state_bytes)', p_where, v_total,
-        pg_catalog.pg_column_size(p_exec.step_outputs) + pg_catalog.pg_column_size(p_exec.vars)
-        + pg_catalog.pg_column_size(p_exec.trigger), v_max_state);
+      message = format('%s: %s children would copy %s bytes of this execution''s variables each, over the limit'
+        || ' of %s bytes in all (setting conveyor.max_fanout_state_bytes)', p_where, v_total,
+        pg_catalog.pg_column_size(p_exec.vars), v_max_state);
   end if;
   -- the chain's executions (sql/budgets.sql): the trigger event's chain
   if v_total > 0 and p_exec.event_id is not null and not p_dry then
@@ -191,12 +191,15 @@ begin
 
   insert into conveyor.fanouts (
     tenant_id, execution_id, step_id, visit, kind, join_mode, needed, on_child_error, concurrency, total,
-    parent_keys
+    context, parent_keys
   )
   values (
     p_exec.tenant_id, p_exec.execution_id, p_step.step_id, p_visit, p_kind, v_mode,
     case v_mode when 'all' then v_total when 'any' then 1 else (v_join ->> 'at_least')::numeric::integer end,
     coalesce(p_input ->> 'on_item_error', 'fail'), v_concurrency, v_total,
+    case when p_kind <> 'call' then
+      jsonb_build_object('trigger', p_exec.trigger, 'step_outputs', p_exec.step_outputs)
+    else '{}' end,
     array(select jsonb_object_keys(p_exec.step_outputs))
   )
   returning * into v_fanout;
@@ -252,6 +255,7 @@ as $$
 declare
   v_started bigint[];
   v_reused integer;
+  v_next_turn integer;
   v_calls bigint[];
 begin
   with children as (
@@ -279,9 +283,20 @@ begin
       end,
       case when c.reuse is not null then null else c.child ->> 'entry' end,
       case when c.reuse is null and p_concurrency is not null and c.nth_to_run > p_concurrency then 'turn' end,
-      coalesce(c.child -> 'trigger', p_exec.trigger),
+      -- a branch's or an item's trigger and earlier step outputs are its fan-out's context
+      -- (conveyor.interpret_batch reads them from there); a dry run's children copy them
+      case
+        when c.child ? 'trigger' then c.child -> 'trigger'
+        when p_fanout.fanout_id is not null then '{}'::jsonb
+        else p_exec.trigger
+      end,
       case when p_kind = 'call' then '{}'::jsonb else coalesce(o.vars, p_exec.vars) end,
-      case when p_kind = 'call' then '{}'::jsonb else coalesce(o.step_outputs, p_exec.step_outputs) end,
+      case
+        when p_kind = 'call' then '{}'::jsonb
+        when o.execution_id is not null then o.step_outputs
+        when p_fanout.fanout_id is not null then '{}'::jsonb
+        else p_exec.step_outputs
+      end,
       p_exec.depth + 1, coalesce(o.steps_run, 0), o.started_at, o.finished_at,
       case when p_kind = 'call' then now() + v.timeout else p_exec.timeout_at end,
       o.execution_id,
@@ -299,19 +314,20 @@ begin
     left join conveyor.workflow_versions as v
       on v.workflow_id = (c.child ->> 'workflow_id')::bigint and v.version = (c.child ->> 'version')::integer
     order by c.child_index
-    returning execution_id, status
+    returning execution_id, status, child_index
   )
 
   select
     coalesce(array_agg(m.execution_id order by m.execution_id) filter (where m.status = 'pending'), '{}'),
-    count(*) filter (where m.status = 'completed')
-  into v_started, v_reused
+    count(*) filter (where m.status = 'completed'),
+    coalesce(max(m.child_index) filter (where m.status = 'pending') + 1, 0)
+  into v_started, v_reused, v_next_turn
   from made as m;
 
   if p_fanout.fanout_id is not null then
     update conveyor.fanouts as f
     set started = v_reused + pg_catalog.cardinality(v_started), open = pg_catalog.cardinality(v_started),
-      succeeded = v_reused
+      succeeded = v_reused, next_turn = v_next_turn
     where f.fanout_id = p_fanout.fanout_id;
   end if;
   if p_kind = 'call' then
@@ -501,8 +517,9 @@ as $$
 $$;
 
 revoke all on function conveyor.call_child(conveyor.executions, text, jsonb, text) from public;
-revoke all on function conveyor.fanout_begin(conveyor.executions, conveyor.workflow_steps, integer, text, jsonb, jsonb,
-  timestamptz, boolean, text) from public;
+revoke all on function conveyor.fanout_begin(
+  conveyor.executions, conveyor.workflow_steps, integer, text, jsonb, jsonb, timestamptz, boolean, text
+) from public;
 revoke all on function conveyor.fanout_insert_children(conveyor.executions, conveyor.fanouts, text, jsonb, integer, jsonb)
 from public;
 revoke all on function conveyor.fanout_dry_run(conveyor.executions, conveyor.workflow_steps, text, text, jsonb, jsonb)

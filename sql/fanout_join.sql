@@ -22,16 +22,7 @@
 -- to it (transaction-local settings conveyor.fanout_run / conveyor.fanout_done, restored
 -- with a rolled-back subtransaction like everything else it did).
 
--- Whether a child's fan-out still waits for it (a child whose join was decided without it
--- is cancelled when it next runs).
-create or replace function conveyor.fanout_is_open(p_fanout_id bigint)
-returns boolean
-language sql
-stable
-set search_path = ''
-as $$
-  select coalesce((select f.state = 'open' from conveyor.fanouts as f where f.fanout_id = p_fanout_id), false);
-$$;
+drop function if exists conveyor.fanout_is_open(bigint);
 
 -- Runs the children just started (p_run) and counts the children just finished (p_done),
 -- then whatever follows from that, until nothing does.
@@ -96,6 +87,7 @@ declare
   v_outcome text;
   v_run bigint[] := '{}';
   v_next bigint[];
+  v_next_turn integer;
 begin
   for v_fanout in
     with done as (
@@ -126,7 +118,8 @@ begin
       with turn as (
         select c.execution_id
         from conveyor.executions as c
-        where c.fanout_id = v_fanout.fanout_id and c.status = 'waiting' and c.wait_kind = 'turn'
+        where c.fanout_id = v_fanout.fanout_id and c.child_index >= v_fanout.next_turn
+          and c.status = 'waiting' and c.wait_kind = 'turn'
         order by c.child_index
         limit coalesce(v_fanout.concurrency, v_fanout.total) - v_fanout.open
         for update
@@ -137,12 +130,15 @@ begin
         set status = 'pending', wait_kind = null
         from turn as t
         where c.execution_id = t.execution_id
-        returning c.execution_id
+        returning c.execution_id, c.child_index
       )
 
-      select coalesce(array_agg(t.execution_id order by t.execution_id), '{}') into v_next from started as t;
+      select coalesce(array_agg(t.execution_id order by t.execution_id), '{}'), max(t.child_index) + 1
+      into v_next, v_next_turn
+      from started as t;
       update conveyor.fanouts as f
-      set started = f.started + pg_catalog.cardinality(v_next), open = f.open + pg_catalog.cardinality(v_next)
+      set started = f.started + pg_catalog.cardinality(v_next), open = f.open + pg_catalog.cardinality(v_next),
+        next_turn = coalesce(v_next_turn, f.next_turn)
       where f.fanout_id = v_fanout.fanout_id;
       v_run := v_run || v_next;
     end if;
@@ -245,7 +241,8 @@ $$;
 
 -- Ends the children of a fan-out that are not final (p_status 'cancelled' or 'timed_out',
 -- conveyor.abort_execution: their own children too). Children locked by another
--- transaction are skipped: they end when next interpreted (conveyor.fanout_is_open).
+-- transaction are skipped: they end when next interpreted (conveyor.interpret_batch finds
+-- their fan-out no longer open).
 create or replace function conveyor.fanout_cancel_children(p_fanout_id bigint, p_status text, p_error jsonb)
 returns integer
 language plpgsql
@@ -376,7 +373,12 @@ begin
     where f.execution_id = v_parent.execution_id and f.step_id = v_parent.current_step and f.state = 'open';
   end loop;
   for v_id in
-    select f.fanout_id from conveyor.fanouts as f where f.state = 'ready' order by f.fanout_id limit p_limit
+    select f.fanout_id
+    from conveyor.fanouts as f
+    join conveyor.executions as e on e.execution_id = f.execution_id
+    where f.state = 'ready' and e.paused_at is null
+    order by f.fanout_id
+    limit p_limit
   loop
     if conveyor.fanout_apply(v_id) then
       v_n := v_n + 1;
@@ -404,12 +406,18 @@ begin
       order by e.resume_at, e.execution_id
       limit 1
     ),
-    (select pg_catalog.now() from conveyor.fanouts as f where f.state = 'ready' limit 1)
+    -- (a paused parent's join waits for its resume, which applies it)
+    (
+      select pg_catalog.now()
+      from conveyor.fanouts as f
+      join conveyor.executions as e on e.execution_id = f.execution_id
+      where f.state = 'ready' and e.paused_at is null
+      limit 1
+    )
   );
 end;
 $$;
 
-revoke all on function conveyor.fanout_is_open(bigint) from public;
 revoke all on function conveyor.fanout_follow_up(bigint[], bigint[]) from public;
 revoke all on function conveyor.fanout_count_done(bigint[]) from public;
 revoke all on function conveyor.fanout_apply(bigint) from public;

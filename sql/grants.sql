@@ -54,6 +54,7 @@ conveyor.list_executions(text, text, text, timestamptz, integer),
 conveyor.execution_detail(text, bigint),
 conveyor.execution_timeline(text, bigint),
 conveyor.execution_log(text, bigint),
+conveyor.execution_children(text, bigint),
 conveyor.list_workflows(text),
 conveyor.workflow_detail(text, text),
 conveyor.compiled_steps(text, text, integer),
@@ -94,7 +95,14 @@ conveyor.lock_tenant_execution(text, bigint, text),
 conveyor.lock_workflow(text, text),
 conveyor.data_step(text, jsonb, text),
 conveyor.interpret_batch(conveyor.executions[], timestamptz, boolean),
-conveyor.fail_uninterpretable(conveyor.executions, boolean, jsonb)
+conveyor.fail_uninterpretable(conveyor.executions, boolean, jsonb),
+-- a fan-out step's children are made by the interpreter (sql/fanout.sql)
+conveyor.fanout_begin(
+  conveyor.executions, conveyor.workflow_steps, integer, text, jsonb, jsonb, timestamptz, boolean, text
+),
+conveyor.fanout_insert_children(conveyor.executions, conveyor.fanouts, text, jsonb, integer, jsonb),
+conveyor.fanout_dry_run(conveyor.executions, conveyor.workflow_steps, text, text, jsonb, jsonb),
+conveyor.call_child(conveyor.executions, text, jsonb, text)
 from conveyor_service;
 
 -- Platform code that mints tenant tokens through SQL (migration 0021).

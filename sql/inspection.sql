@@ -56,12 +56,15 @@ begin
   where
     x.tenant_id = p_tenant_id and (p_since is null or x.created_at > p_since)
     and (p_status is null or x.status = p_status) and (p_workflow is null or w.slug = p_workflow)
+    -- a branch or an item of a fan-out is part of its parent's run (execution_children)
+    and x.item is null
   order by x.execution_id desc
   limit p_limit;
 end;
 $$;
 
 -- One execution of the tenant, every column, with its workflow's slug.
+drop function if exists conveyor.execution_detail(text, bigint);
 create or replace function conveyor.execution_detail(p_tenant_id text, p_execution_id bigint)
 returns table (
   execution_id bigint,
@@ -88,6 +91,10 @@ returns table (
   timeout_at timestamptz,
   retry_of bigint,
   paused_at timestamptz,
+  parent_execution_id bigint,
+  fanout_id bigint,
+  child_index integer,
+  item jsonb,
   slug text
 )
 language plpgsql
@@ -100,12 +107,55 @@ begin
   return query
   select
     x.execution_id, x.tenant_id, x.workflow_id, x.version, x.event_id, x.entity_type, x.entity_id,
-    x.once_key, x.status, x.current_step, x.wait_kind, x.resume_at, x.trigger, x.vars, x.step_outputs,
+    x.once_key, x.status, x.current_step, x.wait_kind, x.resume_at,
+    -- a branch's or an item's trigger is its fan-out's (sql/fanout.sql)
+    case when x.item is not null and f.fanout_id is not null then f.context -> 'trigger' else x.trigger end,
+    x.vars, x.step_outputs,
     x.depth, x.steps_run, x.error, x.created_at, x.started_at, x.finished_at, x.timeout_at, x.retry_of,
-    x.paused_at, w.slug
+    x.paused_at, x.parent_execution_id, x.fanout_id, x.child_index, x.item, w.slug
   from conveyor.executions as x
   join conveyor.workflows as w on w.workflow_id = x.workflow_id
+  left join conveyor.fanouts as f on f.fanout_id = x.fanout_id
   where x.execution_id = p_execution_id and x.tenant_id = p_tenant_id;
+end;
+$$;
+
+-- The children of an execution's fan-out steps (sql/fanout.sql), by step and place: a
+-- branch's name, an item's index, a call's workflow; with their own children's count.
+create or replace function conveyor.execution_children(p_tenant_id text, p_execution_id bigint)
+returns table (
+  step text,
+  visit integer,
+  kind text,
+  child_index integer,
+  label text,
+  execution_id bigint,
+  workflow text,
+  status text,
+  current_step text,
+  started_at timestamptz,
+  finished_at timestamptz,
+  error jsonb,
+  children bigint
+)
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+begin
+  perform conveyor.require_tenant(p_tenant_id);
+  return query
+  select
+    f.step_id, f.visit, f.kind, c.child_index,
+    case f.kind when 'parallel' then c.item ->> 'branch' when 'for_each' then 'item ' || c.child_index else w.slug end,
+    c.execution_id, w.slug, c.status, c.current_step, c.started_at, c.finished_at, c.error,
+    (select count(*) from conveyor.executions as g where g.parent_execution_id = c.execution_id)
+  from conveyor.fanouts as f
+  join conveyor.executions as c on c.fanout_id = f.fanout_id
+  join conveyor.workflows as w on w.workflow_id = c.workflow_id
+  where f.execution_id = p_execution_id and f.tenant_id = p_tenant_id
+  order by f.fanout_id, c.child_index;
 end;
 $$;
 

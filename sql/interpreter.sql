@@ -228,6 +228,9 @@ declare
   v_spawned bigint[] := '{}';
   v_done_children bigint[] := '{}';
   v_orphan boolean;
+  -- a branch's or an item's fan-out: what it sees of its parent (context) and the keys of
+  -- the parent's step outputs, which it does not store
+  v_fanout conveyor.fanouts;
 begin
   if coalesce(pg_catalog.cardinality(p_execs), 0) = 0 then
     return;
@@ -277,9 +280,19 @@ begin
         then jsonb_build_object(v_exec.current_step, v_resume_visits -> v_exec.execution_id::text)
       else '{}'
     end;
+    v_orphan := false;
+    v_fanout := null;
+    if v_exec.fanout_id is not null then
+      select * into v_fanout from conveyor.fanouts as f where f.fanout_id = v_exec.fanout_id;
+      v_orphan := v_fanout.state is distinct from 'open';
+      if v_exec.item is not null and v_fanout.fanout_id is not null then
+        -- the parent's trigger and step outputs, kept once in the fan-out (sql/fanout.sql)
+        v_exec.trigger := v_fanout.context -> 'trigger';
+        v_exec.step_outputs := coalesce(v_fanout.context -> 'step_outputs', '{}') || v_exec.step_outputs;
+      end if;
+    end if;
     v_fresh := v_exec.steps_run = 0;
     v_state_bytes := pg_catalog.pg_column_size(v_exec.step_outputs) + pg_catalog.pg_column_size(v_exec.vars);
-    v_orphan := v_exec.fanout_id is not null and not conveyor.fanout_is_open(v_exec.fanout_id);
 
     loop
       if v_orphan then
@@ -533,6 +546,10 @@ begin
 
     if v_final = 'completed' and v_exec.fanout_id is not null then
       v_done_children := v_done_children || v_exec.execution_id;
+    end if;
+    if v_fanout.fanout_id is not null and v_exec.item is not null then
+      -- a child stores its own step outputs only (its trigger is not written)
+      v_exec.step_outputs := v_exec.step_outputs - v_fanout.parent_keys;
     end if;
     if v_final = 'completed' then
       -- what conveyor.finish_execution does, done in the batch's writes below

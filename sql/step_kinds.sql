@@ -70,6 +70,8 @@ as $$
         array['on_event', 'on_timeout'], '{"event": "on_event", "timeout": "on_timeout"}', false, false, true, null),
       (11, 'wait_until', 'wait_until', 'wait_until', array['on_met', 'on_timeout'], array['on_met', 'on_timeout'],
         '{"event": "on_met", "timeout": "on_timeout"}', false, false, true, null),
+      -- (a split's weighted branches are compiled into its branches: split[<i>] -> goto)
+      (12, 'split', 'split', 'split', '{}', '{}', '{}', false, false, false, 'step_split_compiled'),
       -- fan-out (sql/fanout.sql): each renders only its own fields, not its bodies' steps
       (13, 'parallel', 'parallel', 'parallel', array['next'], array['next'], null, false, false, true, null),
       (14, 'for_each', 'for_each', 'for_each', array['next'], array['next'], null, false, false, true, null),
@@ -199,7 +201,16 @@ declare
   v_inner jsonb;
   v_step record;
   v_fn text;
-  v_body record;
+  v_name text;
+  v_path text;
+  v_steps jsonb;
+  v_item boolean;
+  -- {"<doc key>": "<bodies_function>"} of the kinds whose steps hold step lists
+  v_holders jsonb := (
+    select coalesce(jsonb_object_agg(k.doc_key, k.bodies_function), '{}')
+    from conveyor.step_kinds() as k
+    where k.bodies_function is not null
+  );
 begin
   if jsonb_typeof(p_document -> 'steps') is distinct from 'array' then
     return;
@@ -225,18 +236,15 @@ begin
       where jsonb_typeof(e.step) = 'object'
       order by e.n
     loop
-      select k.bodies_function into v_fn
-      from conveyor.step_kinds() as k
-      where k.bodies_function is not null and v_step.step ? k.doc_key
-      limit 1;
+      v_fn := (select v_holders ->> k.k from jsonb_object_keys(v_holders) as k (k) where v_step.step ? k.k limit 1);
       continue when v_fn is null;
-      for v_body in execute format('select b.body, b.path, b.steps, b.item from conveyor.%I($1) as b', v_fn)
-        using v_step.step
+      for v_name, v_path, v_steps, v_item in
+        execute format('select b.body, b.path, b.steps, b.item from conveyor.%I($1) as b', v_fn) using v_step.step
       loop
-        continue when jsonb_typeof(v_body.steps) is distinct from 'array';
+        continue when jsonb_typeof(v_steps) is distinct from 'array';
         v_inner := v_inner || jsonb_build_array(jsonb_build_array(
-          format('%s[%s]%s', list_path, v_step.idx, v_body.path), v_body.steps, v_step.step ->> 'id', v_body.body,
-          in_item or v_body.item, nesting + 1
+          format('%s[%s]%s', list_path, v_step.idx, v_path), v_steps, v_step.step ->> 'id', v_name,
+          in_item or v_item, nesting + 1
         ));
       end loop;
     end loop;

@@ -198,11 +198,11 @@ begin
   -- Per step, list by list in document order: a duplicate id, its own problems, its
   -- fan-out nesting, unreachability.
   return query
-  with elements as (
+  -- materialized: each list's scope is built once, not once per step
+  with lists as materialized (
     select
-      (l.list ->> 'ord')::integer as ord, (e.n - 1)::integer as idx, e.step, l.list ->> 'list_path' as list_path,
-      format('%s[%s]', l.list ->> 'list_path', e.n - 1) as path, (l.list ->> 'nesting')::integer as nesting,
-      l.list -> 'steps' -> 0 ->> 'id' as entry,
+      (l.list ->> 'ord')::integer as ord, l.list ->> 'list_path' as list_path, l.list -> 'steps' as steps,
+      (l.list ->> 'nesting')::integer as nesting, l.list -> 'steps' -> 0 ->> 'id' as entry,
       -- the ids this list may route to, the others marked -1, and {{item}} inside a for_each body
       v_step_ids || coalesce((
         select jsonb_object_agg(o.step ->> 'id', o.n - 1 order by o.n desc)
@@ -210,7 +210,14 @@ begin
         where jsonb_typeof(o.step -> 'id') = 'string'
       ), '{}') || case when (l.list ->> 'in_item')::boolean then '{"$item": 0}'::jsonb else '{}'::jsonb end as scope
     from jsonb_array_elements(v_lists) as l (list)
-    cross join lateral jsonb_array_elements(l.list -> 'steps') with ordinality as e (step, n)
+  ),
+
+  elements as (
+    select
+      l.ord, (e.n - 1)::integer as idx, e.step, l.list_path, format('%s[%s]', l.list_path, e.n - 1) as path,
+      l.nesting, l.entry, l.scope
+    from lists as l
+    cross join lateral jsonb_array_elements(l.steps) with ordinality as e (step, n)
   ),
 
   firsts as (

@@ -33,6 +33,15 @@ def statuses(db: Db) -> dict[str, int]:
     return {str(r["status"]): int(r["n"]) for r in rows}
 
 
+def failures(db: Db) -> list[str]:
+    """The distinct errors executions failed with, most frequent first (what a problem report needs)."""
+    rows = db.rows(
+        "select error ->> 'message' as message, count(*) as n from conveyor.executions"
+        " where status <> 'completed' group by 1 order by 2 desc limit 5"
+    )
+    return [f"{r['n']} x {r['message']}" for r in rows]
+
+
 def step_runs(db: Db) -> list[Row]:
     return db.rows(
         "select r.step_run_id, r.execution_id, r.step_id, r.visit, r.attempt, r.status, r.input, r.output,"

@@ -153,7 +153,9 @@ def _orders_under_faults(name: str, url: str, workdir: Path, shape: Shape, fault
 
         outcome.statuses = checks.statuses(db)
         if outcome.statuses != {"completed": shape.workflows}:
-            outcome.problems.append(f"executions {outcome.statuses}, expected {shape.workflows} completed")
+            outcome.problems.append(
+                f"executions {outcome.statuses}, expected {shape.workflows} completed: {checks.failures(db)}"
+            )
         runs = checks.step_runs(db)
         outcome.problems += checks.check_events(db, shape.workflows)
         outcome.problems += checks.check_step_runs(runs)

@@ -22,6 +22,7 @@ from conveyor.commands.plans import tenants, usage
 from conveyor.commands.run import run as run_command
 from conveyor.commands.serve import serve
 from conveyor.commands.status import stats, status
+from conveyor.commands.tokens import tokens
 from conveyor.commands.workflows import dry_run, workflows
 from conveyor.db import resolve_database_url
 from conveyor.errors import ConveyorError
@@ -154,6 +155,7 @@ for command in (
     stats,
     usage,
     tenants,
+    tokens,
 ):
     main.add_command(command)
 

@@ -14,8 +14,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from conveyor.serve import make_server, serve_in_thread
-from tests.conftest import free_port
+from conveyor.serve import ServeSettings, serve_in_thread
 from tests.e2e.helpers import publish_by_hand
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -23,15 +22,8 @@ Conn = psycopg.Connection[dict[str, Any]]
 
 @pytest.fixture
 def server(db_url: str) -> Iterator[str]:
-    port = free_port()
-    srv = make_server(db_url, "127.0.0.1", port, pool_size=2)
-    serve_in_thread(srv)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        srv.pool.close()
+    with serve_in_thread(ServeSettings(db_url, "127.0.0.1", 0, pool_size=2)) as running:
+        yield running.url
 
 
 def publish_hook(conn: Conn, webhook: dict[str, Any] | None = None) -> dict[str, Any]:

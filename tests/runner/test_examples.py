@@ -20,6 +20,15 @@ EXAMPLES = sorted((PROJECT_DIR / "examples" / "workflows").glob("*.yaml"))
 
 # A plausible trigger for each example, as dispatch or a schedule would build it.
 SAMPLE_TRIGGERS: dict[str, dict[str, Any]] = {
+    "order-fan-out": {
+        "event_type": "shop.order.placed",
+        "entity_type": "order",
+        "entity_id": "o-1001",
+        "payload": {
+            "email": "ada@example.com",
+            "lines": [{"sku": "tea", "quantity": 2}, {"sku": "mug", "quantity": 1}],
+        },
+    },
     "new-lead-follow-up": {
         "event_type": "crm.contact.created",
         "entity_type": "contact",

@@ -21,7 +21,12 @@ def doc(slug: str, *steps: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 def hook(step_id: str, url: str = "https://example.test/x", **extra: Any) -> dict[str, Any]:
     """An action step: its message waits in the queue until a write-back answers it."""
-    return {"id": step_id, "action": "webhook.send", "connection": "hooks", "with": {"url": url, "body": {}}} | extra
+    return {
+        "id": step_id,
+        "action": "webhook.send",
+        "connection": "hooks",
+        "with": {"url": url, "body": {}},
+    } | extra
 
 
 def run(conn: Conn, tenant: str, document: dict[str, Any], payload: dict[str, Any] | None = None) -> int:
@@ -36,7 +41,9 @@ def run(conn: Conn, tenant: str, document: dict[str, Any], payload: dict[str, An
 
 
 def execution(conn: Conn, execution_id: int) -> dict[str, Any]:
-    row = conn.execute("select * from conveyor.executions where execution_id = %s", (execution_id,)).fetchone()
+    row = conn.execute(
+        "select * from conveyor.executions where execution_id = %s", (execution_id,)
+    ).fetchone()
     assert row is not None
     return row
 
@@ -67,5 +74,9 @@ def pending_actions(conn: Conn, execution_ids: list[int]) -> list[dict[str, Any]
 def answer(conn: Conn, run: dict[str, Any], ok: bool = True, output: Any = None) -> None:
     """Write back one action's result (a failure is not retryable)."""
     result: dict[str, Any] = {"msg_id": run["msg_id"], "step_run_id": run["step_run_id"], "ok": ok}
-    result |= {"output": output if output is not None else {"status": 200}} if ok else {"error": "boom", "retryable": False}
+    result |= (
+        {"output": output if output is not None else {"status": 200}}
+        if ok
+        else {"error": "boom", "retryable": False}
+    )
     conn.execute("select * from conveyor.write_back(%s)", (Jsonb([result]),))

@@ -74,6 +74,12 @@ SEEDS: dict[str, str] = {
         insert into conveyor.waits (execution_id, tenant_id, event_key, match_paths, match_values, since, step_id)
         select execution_id, tenant_id, 'email.message.replied', '{}', '{}', now(), 'a'
         from conveyor.executions where tenant_id = %(t)s""",
+    "fanouts": """
+        insert into conveyor.fanouts (
+          tenant_id, execution_id, step_id, visit, kind, join_mode, needed, on_child_error, total
+        )
+        select tenant_id, execution_id, 'fan', 1, 'parallel', 'all', 1, 'fail', 1
+        from conveyor.executions where tenant_id = %(t)s""",
     "dead_letters": """
         insert into conveyor.dead_letters (tenant_id, msg_id, message, reason, last_error, attempts)
         values (%(t)s, 1, jsonb_build_object('tenant_id', %(t)s::text), 'max_deliveries', 'delivered 5 times', 6)""",

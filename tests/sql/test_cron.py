@@ -200,7 +200,10 @@ def gap_run(expr: str, after: datetime, before: datetime, zone: ZoneInfo) -> dat
             # the local minutes skipped at this hour: from the old offset's wall time on
             start = (step + earlier.utcoffset()).replace(tzinfo=None)  # type: ignore[operator]
             minutes = int(jump.total_seconds() // 60)
-            if any(croniter.match(expr, start + timedelta(minutes=k)) for k in range(minutes)) and step > after:
+            if (
+                any(croniter.match(expr, start + timedelta(minutes=k)) for k in range(minutes))
+                and step > after
+            ):
                 return step
         step += timedelta(hours=1)
     return None

@@ -84,7 +84,8 @@ def test_join_semantics_hold_for_any_completion_order(conn: Conn, tenant: str, c
     assert all(final[c] == "cancelled" for c in by_child if c not in answered)
     if outcome == "completed":
         after = conn.execute(
-            "select count(*) as n from conveyor.step_runs where execution_id = %s and step_id = 'after'", (parent,)
+            "select count(*) as n from conveyor.step_runs where execution_id = %s and step_id = 'after'",
+            (parent,),
         ).fetchone()
         assert after is not None and after["n"] == 1
 
@@ -92,12 +93,25 @@ def test_join_semantics_hold_for_any_completion_order(conn: Conn, tenant: str, c
 def test_branch_outputs_are_visible_to_later_steps(conn: Conn, tenant: str) -> None:
     d = doc(
         "outputs",
-        {"id": "fan", "parallel": {"branches": {
-            "warehouse": [{"id": "pick", "set": {"bin": "A7"}}],
-            "customer": [hook("mail"), {"id": "sent", "set": {"mailed": "{{steps.mail.output.status}}"}}],
-        }}},
-        {"id": "after", "set": {"bin": "{{steps.fan.output.branches.warehouse.output.bin}}",
-                                "mailed": "{{steps.fan.output.branches.customer.steps.sent.output.mailed}}"}},
+        {
+            "id": "fan",
+            "parallel": {
+                "branches": {
+                    "warehouse": [{"id": "pick", "set": {"bin": "A7"}}],
+                    "customer": [
+                        hook("mail"),
+                        {"id": "sent", "set": {"mailed": "{{steps.mail.output.status}}"}},
+                    ],
+                }
+            },
+        },
+        {
+            "id": "after",
+            "set": {
+                "bin": "{{steps.fan.output.branches.warehouse.output.bin}}",
+                "mailed": "{{steps.fan.output.branches.customer.steps.sent.output.mailed}}",
+            },
+        },
     )
     parent = run(conn, tenant, d)
     assert execution(conn, parent)["status"] == "waiting"
@@ -107,7 +121,23 @@ def test_branch_outputs_are_visible_to_later_steps(conn: Conn, tenant: str) -> N
     assert state["status"] == "completed"
     assert state["vars"] == {"bin": "A7", "mailed": 202}
     branches = state["step_outputs"]["fan"]["output"]["branches"]
-    assert branches["warehouse"]["status"] == "completed" and branches["customer"]["output"] == {"mailed": 202}
+    assert branches["warehouse"]["status"] == "completed" and branches["customer"]["output"] == {
+        "mailed": 202
+    }
+
+
+def finish_at_once(
+    db_url: str, result: dict[str, Any], barrier: threading.Barrier, errors: list[BaseException]
+) -> None:
+    """Writes one result back in its own session, released together with the others."""
+    try:
+        with psycopg.connect(db_url, row_factory=dict_row) as session:
+            session.execute("select 1")
+            barrier.wait(timeout=10)
+            answer(session, result)  # type: ignore[arg-type]
+            session.commit()
+    except BaseException as error:
+        errors.append(error)
 
 
 def test_two_children_finishing_at_once_are_each_counted_once(conn: Conn, tenant: str, db_url: str) -> None:
@@ -120,17 +150,9 @@ def test_two_children_finishing_at_once_are_each_counted_once(conn: Conn, tenant
         barrier = threading.Barrier(2)
         errors: list[BaseException] = []
 
-        def finish(result: dict[str, Any]) -> None:
-            try:
-                with psycopg.connect(db_url, row_factory=dict_row) as session:
-                    session.execute("select 1")
-                    barrier.wait(timeout=10)
-                    answer(session, result)  # type: ignore[arg-type]
-                    session.commit()
-            except BaseException as error:  # noqa: BLE001 - reported below
-                errors.append(error)
-
-        threads = [threading.Thread(target=finish, args=(q,)) for q in queued[:2]]
+        threads = [
+            threading.Thread(target=finish_at_once, args=(db_url, q, barrier, errors)) for q in queued[:2]
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -141,7 +163,8 @@ def test_two_children_finishing_at_once_are_each_counted_once(conn: Conn, tenant
         state = execution(conn, parent)
         assert state["status"] == "completed"
         after = conn.execute(
-            "select count(*) as n from conveyor.step_runs where execution_id = %s and step_id = 'after'", (parent,)
+            "select count(*) as n from conveyor.step_runs where execution_id = %s and step_id = 'after'",
+            (parent,),
         ).fetchone()
         assert after is not None and after["n"] == 1
 
@@ -149,8 +172,14 @@ def test_two_children_finishing_at_once_are_each_counted_once(conn: Conn, tenant
 def test_for_each_never_has_more_items_in_flight_than_its_concurrency(conn: Conn, tenant: str) -> None:
     d = doc(
         "limited",
-        {"id": "each", "for_each": {"items": "{{trigger.payload.ids}}", "concurrency": 3,
-                                    "steps": [hook("push", url="https://example.test/{{item}}")]}},
+        {
+            "id": "each",
+            "for_each": {
+                "items": "{{trigger.payload.ids}}",
+                "concurrency": 3,
+                "steps": [hook("push", url="https://example.test/{{item}}")],
+            },
+        },
     )
     parent = run(conn, tenant, d, {"ids": list(range(10))})
     most = 0
@@ -180,18 +209,25 @@ def test_for_each_never_has_more_items_in_flight_than_its_concurrency(conn: Conn
 
 
 def test_on_item_error_continue_and_collect_go_on_fail_stops(conn: Conn, tenant: str) -> None:
-    body = [{"id": "check", "if": {"field": "item", "op": "gt", "value": 1}, "then": "bad", "else": "good"},
-            {"id": "bad", "stop": {"status": "failed", "reason": "item {{item}} too big"}},
-            {"id": "good", "set": {"ok": "{{item}}"}}]
+    body = [
+        {"id": "check", "if": {"field": "item", "op": "gt", "value": 1}, "then": "bad", "else": "good"},
+        {"id": "bad", "stop": {"status": "failed", "reason": "item {{item}} too big"}},
+        {"id": "good", "set": {"ok": "{{item}}"}},
+    ]
     results = {}
     for policy in ("fail", "continue", "collect"):
-        d = doc(f"policy-{policy}", {"id": "each", "for_each": {
-            "items": [0, 1, 2, 3], "on_item_error": policy, "steps": body}},
-            {"id": "after", "set": {"went_on": True}})
+        d = doc(
+            f"policy-{policy}",
+            {"id": "each", "for_each": {"items": [0, 1, 2, 3], "on_item_error": policy, "steps": body}},
+            {"id": "after", "set": {"went_on": True}},
+        )
         parent = run(conn, tenant, d)
         results[policy] = execution(conn, parent)
     assert results["fail"]["status"] == "failed"
-    assert "2 of 4 items failed" in results["fail"]["error"]["message"] or "of 4 items failed" in results["fail"]["error"]["message"]
+    assert (
+        "2 of 4 items failed" in results["fail"]["error"]["message"]
+        or "of 4 items failed" in results["fail"]["error"]["message"]
+    )
     for policy in ("continue", "collect"):
         state = results[policy]
         assert state["status"] == "completed", state["error"]

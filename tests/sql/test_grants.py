@@ -30,6 +30,7 @@ APPLICATION_API = {
     "conveyor.execution_detail(text,bigint)",
     "conveyor.execution_log(text,bigint)",
     "conveyor.execution_timeline(text,bigint)",
+    "conveyor.execution_children(text,bigint)",
     "conveyor.explain_event(text,bigint)",
     "conveyor.export_workflow(text,text,integer)",
     "conveyor.list_dead_letters(text,integer)",

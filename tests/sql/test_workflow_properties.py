@@ -86,6 +86,9 @@ KEYS = st.one_of(
             "transform",
             "emit",
             "delay",
+            "split",
+            "weight",
+            "name",
         ]
     ),
     TEXT,

@@ -79,13 +79,22 @@ def show_execution(execution_id: int, tenant: str, database_url: str | None, as_
             "select * from conveyor.execution_timeline(%s, %s)", (tenant, execution_id)
         ).fetchall()
         logs = conn.execute("select * from conveyor.execution_log(%s, %s)", (tenant, execution_id)).fetchall()
+        # the branches, items and calls its fan-out steps started (sql/fanout.sql)
+        children = conn.execute(
+            "select * from conveyor.execution_children(%s, %s)", (tenant, execution_id)
+        ).fetchall()
     if as_json:
-        output.emit_json({"execution": execution, "steps": steps, "logs": logs})
+        output.emit_json({"execution": execution, "steps": steps, "children": children, "logs": logs})
         return
     click.echo(
         f"execution {execution_id}: {execution['slug']} v{execution['version']}  {execution['status']}"
         f"  created {execution['created_at']:%Y-%m-%d %H:%M:%S}"
     )
+    if execution["parent_execution_id"] is not None:
+        click.echo(
+            f"child {execution['child_index']} of execution {execution['parent_execution_id']}"
+            + (f" ({json.dumps(execution['item'])})" if execution["item"] else "")
+        )
     if execution["error"]:
         click.echo(f"error: {json.dumps(execution['error'])}")
     if execution["status"] == "waiting":
@@ -98,6 +107,12 @@ def show_execution(execution_id: int, tenant: str, database_url: str | None, as_
         ["step", "visit", "attempt", "status", "started_at", "ms", "input", "output", "error"],
         title="steps",
     )
+    if children:
+        output.table(
+            children,
+            ["step", "label", "execution_id", "status", "current_step", "children", "error"],
+            title="children (by fan-out step: branches, items, calls)",
+        )
     if logs:
         output.table(logs, ["logged_at", "level", "message"], title="log")
 

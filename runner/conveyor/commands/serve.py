@@ -1,17 +1,14 @@
-"""`conveyor serve`: the inbound HTTP listener (webhooks, the manual-run API, health)."""
+"""`conveyor serve`: the inbound HTTP server (webhooks, the manual-run API, health)."""
 
 from __future__ import annotations
-
-import signal
-import threading
-from types import FrameType
 
 import click
 
 from conveyor import logs
 from conveyor.commands.common import database_option, fail_cleanly
 from conveyor.db import resolve_database_url
-from conveyor.serve import Limits, make_server
+from conveyor.serve import Limits, ServeSettings, run
+from conveyor.serve.tokens import secret_from_env
 
 
 @click.command("serve")
@@ -45,7 +42,7 @@ from conveyor.serve import Limits, make_server
     show_default=True,
     type=click.IntRange(min=1),
     envvar="CONVEYOR_HTTP_MAX_CONNECTIONS",
-    help="Open connections served at once; more get 503 [env CONVEYOR_HTTP_MAX_CONNECTIONS].",
+    help="Open connections held at once; more get 503 [env CONVEYOR_HTTP_MAX_CONNECTIONS].",
 )
 @click.option(
     "--request-timeout",
@@ -86,20 +83,18 @@ def serve(
     max_header_bytes: int,
     log_level: str,
 ) -> None:
-    """Serve inbound webhooks (/hooks/<path>), manual runs (POST /api/workflows/<slug>/runs) and /healthz."""
+    """Serve inbound webhooks (/hooks/<path>), manual runs (POST /api/workflows/<slug>/runs),
+    who a user token proves (GET /api/me, with CONVEYOR_TOKEN_SECRET) and /healthz."""
     logs.setup(log_level)
     limits = Limits(max_body_bytes, max_connections, request_timeout, max_json_depth, max_header_bytes)
-    server = make_server(resolve_database_url(database_url), host, port, pool_size, limits)
-
-    def stop(_signum: int, _frame: FrameType | None) -> None:
-        # shutdown() waits for serve_forever to return, so it must run on another thread.
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    click.echo(f"listening on http://{host}:{port}", err=True)
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
-        server.pool.close()
+    settings = ServeSettings(
+        resolve_database_url(database_url),
+        host,
+        port,
+        pool_size,
+        limits,
+        token_secret=secret_from_env(required=False),
+    )
+    if settings.token_secret is None:
+        click.echo("CONVEYOR_TOKEN_SECRET is not set: routes that take user tokens answer 503", err=True)
+    run(settings, lambda line: click.echo(line, err=True))
