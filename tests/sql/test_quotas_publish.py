@@ -230,3 +230,22 @@ def test_the_standard_plan_limits_nothing(conn: Conn) -> None:
         publish(conn, "acme", document("long", *sets(40), {"id": "w", "delay": {"for": "365d"}}, IF_STEP))
         == 1
     )
+
+
+def test_installed_split_and_for_each_documents_meet_their_plan_flags(conn: Conn) -> None:
+    """The kinds as the engine compiles them: a split is a conditional branch (refused on
+    free, allowed on pro), a for_each is parallel execution (refused on pro, allowed on
+    enterprise)."""
+    split = {"id": "ab", "split": [{"weight": 50, "goto": "s0"}, {"weight": 50, "goto": None}]}
+    each = {"id": "each", "for_each": {"items": [1, 2], "steps": [{"id": "inner", "set": {"x": 1}}]}}
+    free = plan_tenant(conn, "free-t", "free")
+    pro = plan_tenant(conn, "pro-t", "pro")
+    ent = plan_tenant(conn, "ent-t", "enterprise")
+    assert refused_publish(conn, free, document("ab", split, *sets(1))).startswith(
+        'quota conditional_branches of plan "free" exceeded: workflow "ab" steps[0] ("ab") is a split step'
+    )
+    assert publish(conn, pro, document("ab", split, *sets(1))) == 1
+    assert refused_publish(conn, pro, document("each", each, *sets(1))).startswith(
+        'quota parallel_execution of plan "pro" exceeded: workflow "each" steps[0] ("each") is a for_each step'
+    )
+    assert publish(conn, ent, document("each", each, *sets(1))) == 1
