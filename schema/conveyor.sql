@@ -46,6 +46,7 @@ alter table conveyor.connections add constraint connections_kind_check CHECK ((k
 alter table conveyor.connections add constraint connections_name_check CHECK ((name ~ '^[a-z0-9][a-z0-9_.-]*$'::text));
 alter table conveyor.connections add constraint connections_pkey PRIMARY KEY (tenant_id, name);
 alter table conveyor.connections add constraint connections_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+CREATE TRIGGER connections_quota BEFORE INSERT ON conveyor.connections FOR EACH ROW EXECUTE FUNCTION conveyor.require_connection_quota();
 alter table conveyor.connections enable row level security;
 alter table conveyor.connections force row level security;
 create policy connections_isolation on conveyor.connections as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
@@ -315,6 +316,34 @@ create table conveyor.installed_components (
 );
 alter table conveyor.installed_components add constraint installed_components_pkey PRIMARY KEY (name);
 
+create table conveyor.plans (
+  name text not null,
+  workflows integer,
+  executions_per_month integer,
+  steps_per_workflow integer,
+  longest_delay interval,
+  connections integer,
+  history_days integer,
+  webhook_endpoints integer,
+  scheduled_workflows integer,
+  conditional_branches boolean default true not null,
+  parallel_execution boolean default true not null,
+  created_at timestamp with time zone default now() not null,
+  updated_at timestamp with time zone default now() not null
+);
+alter table conveyor.plans add constraint plans_connections_check CHECK ((connections >= 0));
+alter table conveyor.plans add constraint plans_executions_per_month_check CHECK ((executions_per_month >= 0));
+alter table conveyor.plans add constraint plans_history_days_check CHECK ((history_days > 0));
+alter table conveyor.plans add constraint plans_longest_delay_check CHECK ((longest_delay >= '00:00:00'::interval));
+alter table conveyor.plans add constraint plans_name_check CHECK ((name <> ''::text));
+alter table conveyor.plans add constraint plans_pkey PRIMARY KEY (name);
+alter table conveyor.plans add constraint plans_scheduled_workflows_check CHECK ((scheduled_workflows >= 0));
+alter table conveyor.plans add constraint plans_steps_per_workflow_check CHECK ((steps_per_workflow >= 0));
+alter table conveyor.plans add constraint plans_webhook_endpoints_check CHECK ((webhook_endpoints >= 0));
+alter table conveyor.plans add constraint plans_workflows_check CHECK ((workflows >= 0));
+grant select on conveyor.plans to conveyor_app;
+grant select, insert, update, delete on conveyor.plans to conveyor_service;
+
 create table conveyor.runners (
   runner_id uuid not null,
   hostname text not null,
@@ -479,6 +508,22 @@ create policy tenant_event_rates_isolation on conveyor.tenant_event_rates as per
 grant select on conveyor.tenant_event_rates to conveyor_app;
 grant select, insert, update, delete on conveyor.tenant_event_rates to conveyor_service;
 
+create table conveyor.tenant_usage (
+  tenant_id text not null,
+  period_start date not null,
+  shard smallint not null,
+  executions bigint default 0 not null,
+  updated_at timestamp with time zone default now() not null
+);
+alter table conveyor.tenant_usage add constraint tenant_usage_executions_check CHECK ((executions >= 0));
+alter table conveyor.tenant_usage add constraint tenant_usage_pkey PRIMARY KEY (tenant_id, period_start, shard);
+alter table conveyor.tenant_usage add constraint tenant_usage_shard_check CHECK (((shard >= 0) AND (shard <= 15)));
+alter table conveyor.tenant_usage enable row level security;
+alter table conveyor.tenant_usage force row level security;
+create policy tenant_usage_isolation on conveyor.tenant_usage as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.tenant_usage to conveyor_app;
+grant select, insert, update, delete on conveyor.tenant_usage to conveyor_service;
+
 create table conveyor.tenants (
   tenant_id text not null,
   name text not null,
@@ -488,6 +533,7 @@ create table conveyor.tenants (
   created_at timestamp with time zone default now() not null
 );
 alter table conveyor.tenants add constraint tenants_pkey PRIMARY KEY (tenant_id);
+alter table conveyor.tenants add constraint tenants_plan_fkey FOREIGN KEY (plan) REFERENCES conveyor.plans(name) ON UPDATE CASCADE;
 alter table conveyor.tenants add constraint tenants_retention_days_check CHECK ((retention_days > 0));
 alter table conveyor.tenants add constraint tenants_tenant_id_check CHECK ((tenant_id <> ''::text));
 alter table conveyor.tenants enable row level security;
@@ -764,6 +810,9 @@ grant execute on function conveyor.condition_step_refs(jsonb) to conveyor_servic
 create function conveyor.condition_unary_operators() returns text[]
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.condition_unary_operators() to conveyor_service;
+create function conveyor.conditional_step_kinds() returns text[]
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.conditional_step_kinds() to conveyor_service;
 create function conveyor.confirm_waits(p_limit integer DEFAULT 1000) returns integer
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.confirm_waits(integer) to conveyor_service;
@@ -779,9 +828,9 @@ grant execute on function conveyor.count_tenant_events(text[],bigint,bigint) to 
 create function conveyor.create_api_key(p_tenant_id text, p_name text) returns text
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.create_api_key(text,text) to conveyor_app, conveyor_service;
-create function conveyor.create_tenant(p_tenant_id text, p_name text, p_timezone text DEFAULT 'UTC'::text) returns text
+create function conveyor.create_tenant(p_tenant_id text, p_name text, p_timezone text DEFAULT 'UTC'::text, p_plan text DEFAULT 'standard'::text) returns text
   language plpgsql volatile set search_path = '';
-grant execute on function conveyor.create_tenant(text,text,text) to conveyor_service;
+grant execute on function conveyor.create_tenant(text,text,text,text) to conveyor_service;
 create function conveyor.cron_count_slots(p_cron text, p_timezone text, p_from timestamp with time zone, p_to timestamp with time zone, p_cap integer DEFAULT 1000) returns integer
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.cron_count_slots(text,text,timestamp with time zone,timestamp with time zone,integer) to conveyor_service;
@@ -823,12 +872,12 @@ grant execute on function conveyor.delete_workflow(text,text) to conveyor_app, c
 create function conveyor.dispatch(p_limit integer DEFAULT 1000) returns integer
   language plpgsql volatile set search_path = '' set jit = off;
 grant execute on function conveyor.dispatch(integer) to conveyor_service;
-create function conveyor.dispatch_contained(p_events bigint[], p_weigh_budgets boolean) returns void
+create function conveyor.dispatch_contained(p_events bigint[], p_weigh_budgets boolean, p_quotas jsonb) returns void
   language plpgsql volatile set search_path = '';
-grant execute on function conveyor.dispatch_contained(bigint[],boolean) to conveyor_service;
-create function conveyor.dispatch_events(p_events bigint[], p_weigh_budgets boolean DEFAULT true) returns void
+grant execute on function conveyor.dispatch_contained(bigint[],boolean,jsonb) to conveyor_service;
+create function conveyor.dispatch_events(p_events bigint[], p_weigh_budgets boolean DEFAULT true, p_quotas jsonb DEFAULT NULL::jsonb) returns void
   language plpgsql volatile set search_path = '' set jit = off;
-grant execute on function conveyor.dispatch_events(bigint[],boolean) to conveyor_service;
+grant execute on function conveyor.dispatch_events(bigint[],boolean,jsonb) to conveyor_service;
 create function conveyor.document_call_errors(p_tenant_id text, p_document jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.document_call_errors(text,jsonb) to conveyor_service;
@@ -958,6 +1007,12 @@ grant execute on function conveyor.execution_log(text,bigint) to conveyor_app, c
 create function conveyor.execution_timeline(p_tenant_id text, p_execution_id bigint) returns TABLE(step text, visit integer, attempt integer, status text, started_at timestamp with time zone, ms numeric, input jsonb, output jsonb, error jsonb)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.execution_timeline(text,bigint) to conveyor_app, conveyor_service;
+create function conveyor.executions_quota_message(p_tenant_id text, p_quota jsonb) returns text
+  language sql immutable set search_path = '';
+grant execute on function conveyor.executions_quota_message(text,jsonb) to conveyor_service;
+create function conveyor.executions_this_month(p_tenant_id text, p_now timestamp with time zone) returns bigint
+  language sql stable set search_path = '';
+grant execute on function conveyor.executions_this_month(text,timestamp with time zone) to conveyor_service;
 create function conveyor.expire_timeouts(p_now timestamp with time zone DEFAULT now(), p_limit integer DEFAULT 1000) returns integer
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.expire_timeouts(timestamp with time zone,integer) to conveyor_service;
@@ -1111,8 +1166,14 @@ grant execute on function conveyor.live_runners(interval) to conveyor_service;
 create function conveyor.local_to_instant(p_local timestamp without time zone, p_timezone text) returns timestamp with time zone
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.local_to_instant(timestamp without time zone,text) to conveyor_service;
+create function conveyor.lock_execution_quotas(p_tenants text[], p_now timestamp with time zone) returns jsonb
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.lock_execution_quotas(text[],timestamp with time zone) to conveyor_service;
 create function conveyor.lock_tenant_execution(p_tenant_id text, p_execution_id bigint, p_missing text DEFAULT 'does not exist'::text) returns conveyor.executions
   language plpgsql volatile set search_path = '';
+create function conveyor.lock_tenant_plan(p_tenant_id text, p_quotas text[]) returns conveyor.plans
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.lock_tenant_plan(text,text[]) to conveyor_service;
 create function conveyor.lock_workflow(p_tenant_id text, p_slug text) returns conveyor.workflows
   language plpgsql volatile set search_path = '';
 create function conveyor.match_filter(p_filter jsonb, p_trigger jsonb) returns boolean
@@ -1174,6 +1235,9 @@ grant execute on function conveyor.next_window_start(timestamp with time zone,js
 create function conveyor.next_work_due_at() returns timestamp with time zone
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.next_work_due_at() to conveyor_service;
+create function conveyor.parallel_step_kinds() returns text[]
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.parallel_step_kinds() to conveyor_service;
 create function conveyor.parse_duration(p_text text) returns interval
   language sql stable parallel safe set search_path = '';
 grant execute on function conveyor.parse_duration(text) to conveyor_service;
@@ -1186,12 +1250,24 @@ grant execute on function conveyor.parse_until(text,timestamp with time zone) to
 create function conveyor.pause_execution(p_tenant_id text, p_execution_id bigint) returns boolean
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.pause_execution(text,bigint) to conveyor_app, conveyor_service;
+create function conveyor.plan_limit_value(p_plan text, p_quota text, p_kind text, p_value jsonb) returns text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.plan_limit_value(text,text,text,jsonb) to conveyor_service;
+create function conveyor.plan_quotas() returns TABLE(quota text, value_kind text)
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.plan_quotas() to conveyor_service;
+create function conveyor.plan_usage(p_tenant_id text, p_now timestamp with time zone DEFAULT now()) returns jsonb
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.plan_usage(text,timestamp with time zone) to conveyor_app, conveyor_service;
 create function conveyor.prune_budgets(p_now timestamp with time zone DEFAULT now()) returns integer
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.prune_budgets(timestamp with time zone) to conveyor_service;
 create function conveyor.prune_history(p_now timestamp with time zone DEFAULT now(), p_batch integer DEFAULT 5000) returns jsonb
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.prune_history(timestamp with time zone,integer) to conveyor_service;
+create function conveyor.prune_usage(p_now timestamp with time zone DEFAULT now()) returns integer
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.prune_usage(timestamp with time zone) to conveyor_service;
 create function conveyor.publish(p_tenant_id text, p_document jsonb) returns TABLE(workflow_id bigint, version integer)
   language plpgsql volatile security definer set search_path = '' set jit = off;
 grant execute on function conveyor.publish(text,jsonb) to conveyor_app, conveyor_service;
@@ -1200,6 +1276,9 @@ create function conveyor.published_versions(p_tenant_id text, p_slug text) retur
 grant execute on function conveyor.published_versions(text,text) to conveyor_app, conveyor_service;
 create function conveyor.queue_messages(p_messages jsonb[], p_delay_s integer DEFAULT 0) returns TABLE(msg_id bigint, step_run_id bigint)
   language plpgsql volatile set search_path = '';
+create function conveyor.raise_quota_problems(p_tenant_id text, p_plan text, p_problems text[]) returns void
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.raise_quota_problems(text,text,text[]) to conveyor_service;
 create function conveyor.random_key() returns bytea
   language sql volatile set search_path = '';
 grant execute on function conveyor.random_key() to conveyor_service;
@@ -1218,6 +1297,9 @@ grant execute on function conveyor.record_started(bigint[]) to conveyor_service;
 create function conveyor.record_started(p_execs conveyor.executions[]) returns void
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.record_started(conveyor.executions[]) to conveyor_service;
+create function conveyor.record_usage(p_execs conveyor.executions[], p_now timestamp with time zone) returns void
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.record_usage(conveyor.executions[],timestamp with time zone) to conveyor_service;
 create function conveyor.recover_stalled_actions(p_limit integer DEFAULT 1000) returns integer
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.recover_stalled_actions(integer) to conveyor_service;
@@ -1262,9 +1344,18 @@ grant execute on function conveyor.replay_event(text,bigint) to conveyor_app, co
 create function conveyor.requeue_dead_letter(p_tenant_id text, p_dead_letter_id bigint) returns bigint
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.requeue_dead_letter(text,bigint) to conveyor_service;
+create function conveyor.require_connection_quota() returns trigger
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.require_connection_quota() to conveyor_service;
+create function conveyor.require_execution_quota(p_tenant_id text) returns void
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.require_execution_quota(text) to conveyor_service;
 create function conveyor.require_tenant(p_tenant_id text) returns void
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.require_tenant(text) to conveyor_service;
+create function conveyor.require_workflow_quotas(p_tenant_id text, p_workflow_id bigint, p_version integer, p_was_active boolean, p_was_scheduled boolean, p_had_endpoint boolean) returns void
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.require_workflow_quotas(text,bigint,integer,boolean,boolean,boolean) to conveyor_service;
 create function conveyor.resume_due(p_now timestamp with time zone DEFAULT now(), p_limit integer DEFAULT 1000) returns integer
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.resume_due(timestamp with time zone,integer) to conveyor_service;
@@ -1302,11 +1393,20 @@ grant execute on function conveyor.runner_heartbeat(uuid,text,integer,text) to c
 create function conveyor.runner_stopped(p_runner_id uuid) returns boolean
   language sql volatile set search_path = '';
 grant execute on function conveyor.runner_stopped(uuid) to conveyor_service;
+create function conveyor.scheduled_workflows(p_tenant_id text) returns bigint
+  language sql stable set search_path = '';
+grant execute on function conveyor.scheduled_workflows(text) to conveyor_service;
 create function conveyor.send_actions(p_step_run_ids bigint[], p_delay_s integer DEFAULT 0) returns integer
   language plpgsql volatile security definer set search_path = '';
+create function conveyor.set_plan(p_name text, p_limits jsonb DEFAULT '{}'::jsonb) returns conveyor.plans
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.set_plan(text,jsonb) to conveyor_app, conveyor_service;
 create function conveyor.set_tenant(p_token text) returns text
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.set_tenant(text) to conveyor_app, conveyor_service;
+create function conveyor.set_tenant_plan(p_tenant_id text, p_plan text) returns text
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.set_tenant_plan(text,text) to conveyor_app, conveyor_service;
 create function conveyor.set_workflow_active(p_tenant_id text, p_slug text, p_active boolean) returns boolean
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.set_workflow_active(text,text,boolean) to conveyor_app, conveyor_service;
@@ -1394,6 +1494,9 @@ grant execute on function conveyor.step_id_set(text[]) to conveyor_service;
 create function conveyor.step_kinds() returns TABLE(kind text, doc_key text, spec_key text, keys text[], routes text[], branches jsonb, ends boolean, retries boolean, renders boolean, errors_function text, compiled_function text, code_function text, bodies_function text)
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.step_kinds() to conveyor_service;
+create function conveyor.step_longest_wait(p_kind text, p_config jsonb) returns interval
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.step_longest_wait(text,jsonb) to conveyor_service;
 create function conveyor.step_parallel_bodies(p_step jsonb) returns TABLE(body text, path text, steps jsonb, item boolean)
   language sql immutable set search_path = '';
 grant execute on function conveyor.step_parallel_bodies(jsonb) to conveyor_service;
@@ -1499,6 +1602,9 @@ grant execute on function conveyor.tenant_context_mac(text,bytea,bytea) to conve
 create function conveyor.tenant_event(p_tenant_id text, p_event_id bigint) returns conveyor.events
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.tenant_event(text,bigint) to conveyor_service;
+create function conveyor.tenant_history_days() returns TABLE(tenant_id text, history_days integer)
+  language sql stable set search_path = '';
+grant execute on function conveyor.tenant_history_days() to conveyor_service;
 create function conveyor.tick(p_now timestamp with time zone DEFAULT now(), p_batch integer DEFAULT 1000, p_dispatch boolean DEFAULT true) returns jsonb
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.tick(timestamp with time zone,integer,boolean) to conveyor_service;
@@ -1525,9 +1631,18 @@ create function conveyor.until_error(p_text text, p_now timestamp with time zone
 grant execute on function conveyor.until_error(text,timestamp with time zone) to conveyor_service;
 create function conveyor.unwatch(p_table regclass) returns boolean
   language plpgsql volatile set search_path = '';
+create function conveyor.usage_period_end(p_timezone text, p_period_start date) returns timestamp with time zone
+  language sql stable parallel safe set search_path = '';
+grant execute on function conveyor.usage_period_end(text,date) to conveyor_service;
+create function conveyor.usage_period_start(p_timezone text, p_now timestamp with time zone) returns date
+  language sql stable parallel safe set search_path = '';
+grant execute on function conveyor.usage_period_start(text,timestamp with time zone) to conveyor_service;
 create function conveyor.validate_workflow(p_document jsonb) returns SETOF text
   language plpgsql stable set search_path = '' set jit = off;
 grant execute on function conveyor.validate_workflow(jsonb) to conveyor_service;
+create function conveyor.version_quota_problems(p_plan conveyor.plans, p_slug text, p_workflow_id bigint, p_version integer) returns SETOF text
+  language sql stable set search_path = '';
+grant execute on function conveyor.version_quota_problems(conveyor.plans,text,bigint,integer) to conveyor_service;
 create function conveyor.wait_answers(p_event_ids bigint[], p_tenants text[], OUT execution_ids bigint[], OUT hits jsonb[]) returns record
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.wait_answers(bigint[],text[]) to conveyor_service;

@@ -95,6 +95,7 @@ declare
   v_tenants text[];
   v_chained boolean;
   v_near_budget boolean;
+  v_quotas jsonb;
 begin
   -- watched tables' captured rows become events first (sql/ingest.sql)
   perform conveyor.ingest_captures(p_limit);
@@ -121,7 +122,10 @@ begin
     conveyor.limit_setting('max_tenant_events_per_minute', 600000),
     conveyor.limit_setting('max_tenant_active_executions', 1000000)
   );
-  perform conveyor.dispatch_contained(v_events, v_chained or v_near_budget);
+  -- The batch's tenants whose plans limit executions per month (sql/quotas.sql): null,
+  -- after one query, when there are none; else their counts, locked until commit.
+  v_quotas := conveyor.lock_execution_quotas(v_tenants, now());
+  perform conveyor.dispatch_contained(v_events, v_chained or v_near_budget, v_quotas);
 
   update conveyor.events
   set dispatched_at = now()
@@ -137,7 +141,8 @@ $$;
 -- (reason dispatch_error), and the caller stamps it dispatched like the others. One poison
 -- event never stops dispatch for anyone, and costs about 2 log2(n) retries in a batch of n.
 drop function if exists conveyor.dispatch_contained(bigint[]);
-create or replace function conveyor.dispatch_contained(p_events bigint[], p_weigh_budgets boolean)
+drop function if exists conveyor.dispatch_contained(bigint[], boolean);
+create or replace function conveyor.dispatch_contained(p_events bigint[], p_weigh_budgets boolean, p_quotas jsonb)
 returns void
 language plpgsql
 set search_path = ''
@@ -149,7 +154,7 @@ declare
   v_detail text;
 begin
   begin
-    perform conveyor.dispatch_events(p_events, p_weigh_budgets);
+    perform conveyor.dispatch_events(p_events, p_weigh_budgets, p_quotas);
     return;
   exception when others then
     get stacked diagnostics v_state = returned_sqlstate, v_msg = message_text, v_detail = pg_exception_detail;
@@ -166,18 +171,25 @@ begin
     from conveyor.events as e
     where e.event_id = p_events[1];
   elsif v_n > 1 then
-    perform conveyor.dispatch_contained(p_events[1:v_n / 2], p_weigh_budgets);
-    perform conveyor.dispatch_contained(p_events[v_n / 2 + 1:v_n], p_weigh_budgets);
+    perform conveyor.dispatch_contained(p_events[1:v_n / 2], p_weigh_budgets, p_quotas);
+    perform conveyor.dispatch_contained(p_events[v_n / 2 + 1:v_n], p_weigh_budgets, p_quotas);
   end if;
 end;
 $$;
 
 -- Dispatches claimed events (the caller holds their row locks and stamps them): resumes
 -- the executions waiting for them, starts the executions their subscriptions call for
--- within the workflows' limits and, when p_weigh_budgets, the work budgets event by event
--- (sql/budgets.sql), and runs those executions' first steps.
+-- within the workflows' limits, the executions per month p_quotas leaves their tenants
+-- (conveyor.lock_execution_quotas; null: no tenant of the batch is limited) and, when
+-- p_weigh_budgets, the work budgets event by event (sql/budgets.sql), and runs those
+-- executions' first steps.
 drop function if exists conveyor.dispatch_events(bigint[]);
-create or replace function conveyor.dispatch_events(p_events bigint[], p_weigh_budgets boolean default true)
+drop function if exists conveyor.dispatch_events(bigint[], boolean);
+create or replace function conveyor.dispatch_events(
+  p_events bigint[],
+  p_weigh_budgets boolean default true,
+  p_quotas jsonb default null
+)
 returns void
 language plpgsql
 set search_path = ''
@@ -309,7 +321,7 @@ begin
     ) as l
   ),
 
-  judged as (
+  judged_by_workflow as (
     select
       r.*,
       case
@@ -321,9 +333,23 @@ begin
         )) then 'run_once'
         when r.nth_in_batch + l.last_hour > r.max_executions_per_hour then 'rate_limit'
         when r.nth_in_batch + l.active > r.max_concurrent then 'concurrency_limit'
-      end as refusal
+      end as workflow_refusal
     from ranked as r
     left join workflow_load as l on l.workflow_id = r.workflow_id
+  ),
+
+  -- The plan's executions per month, for limited tenants: the executions the other checks
+  -- admit, in event order, until the month's count is spent.
+  judged as (
+    select
+      w.*,
+      case
+        when w.workflow_refusal is not null then w.workflow_refusal
+        when p_quotas ? w.tenant_id and row_number() over (
+          partition by w.tenant_id, w.workflow_refusal is null order by w.event_id, w.workflow_id
+        ) > (p_quotas -> w.tenant_id ->> 'left')::bigint then 'executions_per_month'
+      end as refusal
+    from judged_by_workflow as w
   ),
 
   refused as (
@@ -352,6 +378,9 @@ begin
           'event %s started no execution: its event chain (root event %s) reached its limit of %s'
           || ' executions (setting conveyor.max_chain_executions)',
           j.event_id, j.chain_root, v_chain_limit)
+        when 'executions_per_month' then format(
+          'event %s started no execution of workflow %s: %s', j.event_id, j.workflow_id,
+          conveyor.executions_quota_message(j.tenant_id, p_quotas -> j.tenant_id))
         else format(
           'event %s started no execution: workflow %s reached its limit of %s concurrent executions',
           j.event_id, j.workflow_id, j.max_concurrent)
@@ -361,6 +390,8 @@ begin
           when 'tenant_event_rate' then jsonb_build_object('limit', v_rate_limit)
           when 'tenant_active_limit' then jsonb_build_object('limit', v_active_limit)
           when 'chain_budget' then jsonb_build_object('limit', v_chain_limit, 'root_event_id', j.chain_root)
+          when 'executions_per_month' then (p_quotas -> j.tenant_id) - 'left' || jsonb_build_object('used',
+            greatest((p_quotas -> j.tenant_id ->> 'used')::bigint, (p_quotas -> j.tenant_id ->> 'limit')::bigint))
           else '{}'
         end
     from judged as j
@@ -443,6 +474,8 @@ begin
   on conflict (workflow_id, shard) do update
     set started = s.started + excluded.started,
       last_run_at = greatest(s.last_run_at, excluded.last_run_at);
+  -- the tenants' executions this month (sql/quotas.sql)
+  perform conveyor.record_usage(p_execs, now());
 end;
 $$;
 

@@ -60,7 +60,12 @@ conveyor.workflow_detail(text, text),
 conveyor.compiled_steps(text, text, integer),
 conveyor.published_versions(text, text),
 -- the tenant's dead letters (sql/dead_letters.sql); requeueing is the operator's
-conveyor.list_dead_letters(text, integer)
+conveyor.list_dead_letters(text, integer),
+-- plans (sql/plans.sql): the platform's catalogue (set_plan acts for the installation, not
+-- a tenant), a tenant's plan and its usage (tenant-checked)
+conveyor.set_plan(text, jsonb),
+conveyor.set_tenant_plan(text, text),
+conveyor.plan_usage(text, timestamptz)
 to conveyor_app;
 
 -- The service role: what the engine runs (tick, dispatch, read_actions, write_back, the

@@ -84,7 +84,8 @@ begin
 end;
 $$;
 
--- Deletes history older than each tenant's retention_days, at most p_batch rows per kind
+-- Deletes history older than each tenant's retention_days, or its plan's history_days when
+-- that is less (conveyor.tenant_history_days, sql/plans.sql), at most p_batch rows per kind
 -- per call (pg_cron calls it every five minutes, so a backlog drains in small steps).
 create or replace function conveyor.prune_history(
   p_now timestamptz default now(),
@@ -106,8 +107,8 @@ begin
   -- migrations/0012); attached log lines by their key's on delete cascade.
   with old as (
     select e.execution_id from conveyor.executions as e
-    join conveyor.tenants as t on t.tenant_id = e.tenant_id
-    where e.finished_at < p_now - pg_catalog.make_interval(days => t.retention_days)
+    join conveyor.tenant_history_days() as t on t.tenant_id = e.tenant_id
+    where e.finished_at < p_now - pg_catalog.make_interval(days => t.history_days)
     limit p_batch
     for update of e skip locked
   ),
@@ -117,8 +118,8 @@ begin
 
   with old as (
     select l.log_id from conveyor.execution_logs as l
-    join conveyor.tenants as t on t.tenant_id = l.tenant_id
-    where l.execution_id is null and l.logged_at < p_now - pg_catalog.make_interval(days => t.retention_days)
+    join conveyor.tenant_history_days() as t on t.tenant_id = l.tenant_id
+    where l.execution_id is null and l.logged_at < p_now - pg_catalog.make_interval(days => t.history_days)
     limit p_batch
   ),
   gone as (delete from conveyor.execution_logs as l using old where l.log_id = old.log_id returning 1)
@@ -126,8 +127,8 @@ begin
 
   with old as (
     select ev.event_id from conveyor.events as ev
-    join conveyor.tenants as t on t.tenant_id = ev.tenant_id
-    where ev.dispatched_at < p_now - pg_catalog.make_interval(days => t.retention_days)
+    join conveyor.tenant_history_days() as t on t.tenant_id = ev.tenant_id
+    where ev.dispatched_at < p_now - pg_catalog.make_interval(days => t.history_days)
     limit p_batch
     for update of ev skip locked
   ),
@@ -136,8 +137,8 @@ begin
 
   with old as (
     select d.endpoint_id, d.delivery_id from conveyor.webhook_deliveries as d
-    join conveyor.tenants as t on t.tenant_id = d.tenant_id
-    where d.received_at < p_now - pg_catalog.make_interval(days => t.retention_days)
+    join conveyor.tenant_history_days() as t on t.tenant_id = d.tenant_id
+    where d.received_at < p_now - pg_catalog.make_interval(days => t.history_days)
     limit p_batch
   ),
   gone as (
@@ -150,8 +151,8 @@ begin
   -- Archived action messages carry their tenant in the message.
   with old as (
     select a.msg_id from pgmq.a_conveyor_actions as a
-    left join conveyor.tenants as t on t.tenant_id = a.message ->> 'tenant_id'
-    where a.archived_at < p_now - pg_catalog.make_interval(days => coalesce(t.retention_days, 30))
+    left join conveyor.tenant_history_days() as t on t.tenant_id = a.message ->> 'tenant_id'
+    where a.archived_at < p_now - pg_catalog.make_interval(days => coalesce(t.history_days, 30))
     limit p_batch
   ),
   gone as (delete from pgmq.a_conveyor_actions as a using old where a.msg_id = old.msg_id returning 1)
@@ -160,8 +161,8 @@ begin
   -- Dead letters an operator did not requeue; those naming no tenant after 30 days.
   with old as (
     select d.dead_letter_id from conveyor.dead_letters as d
-    left join conveyor.tenants as t on t.tenant_id = d.tenant_id
-    where d.dead_at < p_now - pg_catalog.make_interval(days => coalesce(t.retention_days, 30))
+    left join conveyor.tenant_history_days() as t on t.tenant_id = d.tenant_id
+    where d.dead_at < p_now - pg_catalog.make_interval(days => coalesce(t.history_days, 30))
     limit p_batch
   ),
   gone as (delete from conveyor.dead_letters as d using old where d.dead_letter_id = old.dead_letter_id returning 1)
@@ -170,7 +171,8 @@ begin
   return jsonb_build_object(
     'executions', v_executions, 'logs', v_logs, 'events', v_events,
     'webhook_deliveries', v_deliveries, 'archived_messages', v_archive, 'dead_letters', v_dead,
-    'budgets', conveyor.prune_budgets(p_now)
+    'budgets', conveyor.prune_budgets(p_now),
+    'usage', conveyor.prune_usage(p_now)
   );
 end;
 $$;

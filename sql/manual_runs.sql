@@ -65,6 +65,7 @@ begin
     raise exception using errcode = '22023',
       message = format('workflow "%s": manual run data must be a JSON object', p_slug);
   end if;
+  perform conveyor.require_execution_quota(p_tenant_id);
   return conveyor.start_workflow(
     v_workflow.workflow_id,
     jsonb_build_object(

@@ -290,11 +290,14 @@ $$;
 
 -- Creates a tenant and returns its id. For the service role and administrators (the
 -- application role cannot write conveyor.tenants). A tenant id that exists already is
--- an error (23505), never a silent overwrite.
+-- an error (23505), never a silent overwrite. p_plan: one of conveyor.plans (docs/plans.md);
+-- by default 'standard', which limits nothing.
+drop function if exists conveyor.create_tenant(text, text, text);
 create or replace function conveyor.create_tenant(
   p_tenant_id text,
   p_name text,
-  p_timezone text default 'UTC'
+  p_timezone text default 'UTC',
+  p_plan text default 'standard'
 ) returns text
 language plpgsql
 set search_path = ''
@@ -323,8 +326,16 @@ begin
         hint = 'Use an IANA timezone name such as Europe/Berlin or UTC.';
   end;
 
-  insert into conveyor.tenants (tenant_id, name, timezone)
-  values (p_tenant_id, p_name, p_timezone)
+  if not exists (select from conveyor.plans as p where p.name = p_plan) then
+    raise exception using
+      errcode = '22023',
+      message = format('tenant %L: unknown plan %L (plans: %s)', p_tenant_id, p_plan,
+        (select string_agg(p.name, ', ' order by p.name) from conveyor.plans as p)),
+      hint = 'Add a plan with conveyor.set_plan(name, limits).';
+  end if;
+
+  insert into conveyor.tenants (tenant_id, name, timezone, plan)
+  values (p_tenant_id, p_name, p_timezone, p_plan)
   on conflict (tenant_id) do nothing
   returning tenant_id into v_created;
 

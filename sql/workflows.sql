@@ -42,6 +42,10 @@ declare
   v_previous jsonb;
   v_version integer;
   v_filter jsonb;
+  -- what the workflow counted for in the plan's quotas before this publish
+  v_counted boolean;
+  v_was_scheduled boolean;
+  v_had_endpoint boolean;
 begin
   perform conveyor.require_tenant(p_tenant_id);
 
@@ -83,6 +87,9 @@ begin
   returning w.workflow_id, w.current_version, w.active into v_workflow_id, v_current, v_was_active;
 
   v_active := coalesce((p_document -> 'active')::boolean, v_was_active);
+  v_counted := v_current is not null and v_was_active;
+  v_was_scheduled := v_counted and exists (select from conveyor.schedules as s where s.workflow_id = v_workflow_id);
+  v_had_endpoint := exists (select from conveyor.webhook_endpoints as e where e.workflow_id = v_workflow_id);
 
   select wv.definition into v_previous
   from conveyor.workflow_versions as wv
@@ -159,6 +166,11 @@ begin
   perform conveyor.sync_webhook(v_workflow_id, v_trigger -> 'webhook');
   perform conveyor.sync_date_trigger(v_workflow_id, v_trigger -> 'date');
 
+  -- The tenant's plan (sql/quotas.sql): a refusal raises, and this publish stores nothing.
+  perform conveyor.require_workflow_quotas(
+    p_tenant_id, v_workflow_id, v_version, v_counted, v_was_scheduled, v_had_endpoint
+  );
+
   return query select v_workflow_id, v_version;
 end;
 $$;
@@ -214,6 +226,13 @@ begin
 
   update conveyor.workflows as w set active = p_active, updated_at = now()
   where w.workflow_id = v_workflow.workflow_id and w.active is distinct from p_active;
+  if found and p_active then
+    -- an activated workflow counts again, and its current version must fit the plan
+    perform conveyor.require_workflow_quotas(
+      p_tenant_id, v_workflow.workflow_id, v_workflow.current_version, false, false, true
+    );
+    return true;
+  end if;
   return found;
 end;
 $$;

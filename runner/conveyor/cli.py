@@ -18,6 +18,7 @@ from conveyor.commands.connections import connections
 from conveyor.commands.demo import demo
 from conveyor.commands.events import events
 from conveyor.commands.executions import executions, trigger
+from conveyor.commands.plans import tenants, usage
 from conveyor.commands.run import run as run_command
 from conveyor.commands.serve import serve
 from conveyor.commands.status import stats, status
@@ -152,6 +153,8 @@ for command in (
     actions,
     status,
     stats,
+    usage,
+    tenants,
     tokens,
 ):
     main.add_command(command)

@@ -43,6 +43,9 @@ SEEDS: dict[str, str] = {
         insert into conveyor.workflow_stats (workflow_id, shard, tenant_id, started)
         select workflow_id, 0, tenant_id, 1 from conveyor.workflows where tenant_id = %(t)s""",
     "connections": "insert into conveyor.connections (tenant_id, name, kind) values (%(t)s, 'smtp-main', 'smtp')",
+    "tenant_usage": """
+        insert into conveyor.tenant_usage (tenant_id, period_start, shard, executions)
+        values (%(t)s, '2026-01-01', 0, 7)""",
     "schedules": """
         insert into conveyor.schedules (tenant_id, workflow_id, cron)
         select tenant_id, workflow_id, '0 9 * * *' from conveyor.workflows where tenant_id = %(t)s""",

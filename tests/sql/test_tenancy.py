@@ -407,7 +407,8 @@ def test_every_security_definer_function_pins_its_search_path(conn: Conn) -> Non
 def test_security_definer_functions_open_to_the_application_role_check_the_tenant(conn: Conn) -> None:
     # A function that runs as its owner bypasses row-level security: if the application
     # role may call it, it must call require_tenant. The two that establish the tenant are
-    # the exception: set_tenant proves it from a token, current_tenant reads it.
+    # the exception: set_tenant proves it from a token, current_tenant reads it; and
+    # set_plan, which acts for no tenant and refuses inside a tenant's transaction.
     unchecked = conn.execute("""
         select p.oid::regprocedure::text as function
         from pg_proc as p join pg_namespace as n on n.oid = p.pronamespace and n.nspname = 'conveyor'
@@ -416,7 +417,11 @@ def test_security_definer_functions_open_to_the_application_role_check_the_tenan
           and p.prosrc not like '%%conveyor.require_tenant(%%'
         order by 1
         """).fetchall()
-    assert unchecked == [{"function": "conveyor.current_tenant()"}, {"function": "conveyor.set_tenant(text)"}]
+    assert unchecked == [
+        {"function": "conveyor.current_tenant()"},
+        {"function": "conveyor.set_plan(text,jsonb)"},
+        {"function": "conveyor.set_tenant(text)"},
+    ]
 
 
 def test_every_function_of_the_application_role_that_takes_a_tenant_checks_it(conn: Conn) -> None:
