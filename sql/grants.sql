@@ -65,7 +65,12 @@ conveyor.list_dead_letters(text, integer),
 -- a tenant), a tenant's plan and its usage (tenant-checked)
 conveyor.set_plan(text, jsonb),
 conveyor.set_tenant_plan(text, text),
-conveyor.plan_usage(text, timestamptz)
+conveyor.plan_usage(text, timestamptz),
+-- a user's in-app notifications (sql/notifications.sql): tenant-checked, one user's rows
+conveyor.notify_user(text, text, jsonb),
+conveyor.list_notifications(text, text, boolean, integer),
+conveyor.mark_notification(text, text, bigint, text),
+conveyor.mark_all_read(text, text)
 to conveyor_app;
 
 -- The service role: what the engine runs (tick, dispatch, read_actions, write_back, the

@@ -75,7 +75,8 @@ as $$
       -- fan-out (sql/fanout.sql): each renders only its own fields, not its bodies' steps
       (13, 'parallel', 'parallel', 'parallel', array['next'], array['next'], null, false, false, true, null),
       (14, 'for_each', 'for_each', 'for_each', array['next'], array['next'], null, false, false, true, null),
-      (15, 'call', 'call', 'call', array['next'], array['next'], null, false, false, true, null)
+      (15, 'call', 'call', 'call', array['next'], array['next'], null, false, false, true, null),
+      (16, 'notify', 'notify', 'notify', array['next'], array['next'], null, false, false, true, null)
   ) as k (ord, kind, doc_key, spec_key, keys, routes, branches, ends, retries, renders, compiled_function)
   -- the kinds whose steps hold step lists of their own (bodies_function)
   left join (values ('parallel'), ('for_each')) as b (kind) on b.kind = k.kind

@@ -93,6 +93,9 @@ SEEDS: dict[str, str] = {
     "tenant_event_rates": """
         insert into conveyor.tenant_event_rates (tenant_id, minute, shard, events)
         values (%(t)s, date_trunc('minute', now()), 0, 1)""",
+    "notifications": """
+        insert into conveyor.notifications (tenant_id, user_id, title)
+        values (%(t)s, 'u1', 'Secret of ' || %(t)s)""",
 }
 # Platform-wide rows some seeds refer to (not tenant data).
 SHARED_SEEDS = [
