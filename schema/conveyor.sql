@@ -316,6 +316,39 @@ create table conveyor.installed_components (
 );
 alter table conveyor.installed_components add constraint installed_components_pkey PRIMARY KEY (name);
 
+create table conveyor.notifications (
+  tenant_id text not null,
+  notification_id bigint generated always as identity not null,
+  user_id text not null,
+  category text default 'general'::text not null,
+  type text default 'info'::text not null,
+  priority text default 'normal'::text not null,
+  title text not null,
+  message text default ''::text not null,
+  entity_type text,
+  entity_id text,
+  action_url text,
+  action_label text,
+  group_key text,
+  expires_at timestamp with time zone,
+  created_at timestamp with time zone default now() not null,
+  read_at timestamp with time zone,
+  archived_at timestamp with time zone,
+  execution_id bigint,
+  step_id text
+);
+alter table conveyor.notifications add constraint notifications_pkey PRIMARY KEY (notification_id);
+alter table conveyor.notifications add constraint notifications_priority_check CHECK ((priority = ANY (ARRAY['low'::text, 'normal'::text, 'high'::text, 'critical'::text])));
+alter table conveyor.notifications add constraint notifications_type_check CHECK ((type = ANY (ARRAY['info'::text, 'success'::text, 'warning'::text, 'error'::text, 'action_required'::text])));
+alter table conveyor.notifications add constraint notifications_user_id_check CHECK ((user_id <> ''::text));
+CREATE INDEX notifications_unread_idx ON conveyor.notifications USING btree (tenant_id, user_id) WHERE ((read_at IS NULL) AND (archived_at IS NULL));
+CREATE INDEX notifications_user_idx ON conveyor.notifications USING btree (tenant_id, user_id, notification_id DESC) WHERE (archived_at IS NULL);
+alter table conveyor.notifications enable row level security;
+alter table conveyor.notifications force row level security;
+create policy notifications_isolation on conveyor.notifications as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.notifications to conveyor_app;
+grant select, insert, update, delete on conveyor.notifications to conveyor_service;
+
 create table conveyor.plans (
   name text not null,
   workflows integer,
@@ -682,7 +715,7 @@ create table conveyor.workflow_steps (
 );
 alter table conveyor.workflow_steps add constraint workflow_steps_action_type CHECK (((kind = ANY (ARRAY['action'::text, 'data'::text])) = (action_type IS NOT NULL)));
 alter table conveyor.workflow_steps add constraint workflow_steps_goto_has_target CHECK (((on_error = 'goto'::text) = (error_step IS NOT NULL)));
-alter table conveyor.workflow_steps add constraint workflow_steps_kind_check CHECK ((kind = ANY (ARRAY['action'::text, 'condition'::text, 'switch'::text, 'set_variable'::text, 'transform'::text, 'stop'::text, 'emit'::text, 'data'::text, 'delay'::text, 'wait_for_event'::text, 'wait_until'::text, 'split'::text, 'parallel'::text, 'for_each'::text, 'call'::text])));
+alter table conveyor.workflow_steps add constraint workflow_steps_kind_check CHECK ((kind = ANY (ARRAY['action'::text, 'condition'::text, 'switch'::text, 'set_variable'::text, 'transform'::text, 'stop'::text, 'emit'::text, 'data'::text, 'delay'::text, 'wait_for_event'::text, 'wait_until'::text, 'split'::text, 'parallel'::text, 'for_each'::text, 'call'::text, 'notify'::text])));
 alter table conveyor.workflow_steps add constraint workflow_steps_on_error_check CHECK ((on_error = ANY (ARRAY['fail'::text, 'continue'::text, 'retry'::text, 'goto'::text])));
 alter table conveyor.workflow_steps add constraint workflow_steps_pkey PRIMARY KEY (workflow_id, version, step_id);
 alter table conveyor.workflow_steps add constraint workflow_steps_position_check CHECK (("position" >= 0));
@@ -1107,6 +1140,9 @@ create function conveyor.ingest_idle(p_table regclass) returns boolean
 grant execute on function conveyor.ingest_idle(regclass) to conveyor_service;
 create function conveyor.ingest_table(p_table regclass, p_limit integer DEFAULT NULL::integer) returns integer
   language plpgsql volatile security definer set search_path = '' set jit = off;
+create function conveyor.insert_notification(p_tenant_id text, p_user_id text, p_spec jsonb, p_where text, p_execution_id bigint DEFAULT NULL::bigint, p_step_id text DEFAULT NULL::text) returns bigint
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.insert_notification(text,text,jsonb,text,bigint,text) to conveyor_service;
 create function conveyor.install_capture(p_table regclass, p_prefix text) returns void
   language plpgsql volatile set search_path = '';
 create function conveyor.install_ingest(p_table regclass) returns void
@@ -1157,6 +1193,9 @@ grant execute on function conveyor.list_events(text,text,integer) to conveyor_ap
 create function conveyor.list_executions(p_tenant_id text, p_status text DEFAULT NULL::text, p_workflow text DEFAULT NULL::text, p_since timestamp with time zone DEFAULT (now() - '24:00:00'::interval), p_limit integer DEFAULT 50) returns TABLE(id bigint, workflow text, version integer, status text, step text, entity_id text, created_at timestamp with time zone, ms numeric, error text)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.list_executions(text,text,text,timestamp with time zone,integer) to conveyor_app, conveyor_service;
+create function conveyor.list_notifications(p_tenant_id text, p_user_id text, p_unread_only boolean DEFAULT false, p_limit integer DEFAULT 50) returns TABLE(id bigint, category text, type text, priority text, title text, message text, entity_type text, entity_id text, action_url text, action_label text, group_key text, created_at timestamp with time zone, read_at timestamp with time zone, expires_at timestamp with time zone, execution_id bigint, unread_count bigint)
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.list_notifications(text,text,boolean,integer) to conveyor_app, conveyor_service;
 create function conveyor.list_workflows(p_tenant_id text) returns TABLE(slug text, name text, active boolean, version integer, category text, trigger text, updated_at timestamp with time zone)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.list_workflows(text) to conveyor_app, conveyor_service;
@@ -1176,6 +1215,12 @@ create function conveyor.lock_tenant_plan(p_tenant_id text, p_quotas text[]) ret
 grant execute on function conveyor.lock_tenant_plan(text,text[]) to conveyor_service;
 create function conveyor.lock_workflow(p_tenant_id text, p_slug text) returns conveyor.workflows
   language plpgsql volatile set search_path = '';
+create function conveyor.mark_all_read(p_tenant_id text, p_user_id text) returns integer
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.mark_all_read(text,text) to conveyor_app, conveyor_service;
+create function conveyor.mark_notification(p_tenant_id text, p_user_id text, p_notification_id bigint, p_state text) returns TABLE(read_at timestamp with time zone, archived_at timestamp with time zone)
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.mark_notification(text,text,bigint,text) to conveyor_app, conveyor_service;
 create function conveyor.match_filter(p_filter jsonb, p_trigger jsonb) returns boolean
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.match_filter(jsonb,jsonb) to conveyor_service;
@@ -1235,6 +1280,15 @@ grant execute on function conveyor.next_window_start(timestamp with time zone,js
 create function conveyor.next_work_due_at() returns timestamp with time zone
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.next_work_due_at() to conveyor_service;
+create function conveyor.notification_keys() returns text[]
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.notification_keys() to conveyor_service;
+create function conveyor.notify_from_step(p_exec conveyor.executions, p_step_id text, p_input jsonb) returns jsonb
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.notify_from_step(conveyor.executions,text,jsonb) to conveyor_service;
+create function conveyor.notify_user(p_tenant_id text, p_user_id text, p_notification jsonb) returns bigint
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.notify_user(text,text,jsonb) to conveyor_app, conveyor_service;
 create function conveyor.parallel_step_kinds() returns text[]
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.parallel_step_kinds() to conveyor_service;
@@ -1350,6 +1404,9 @@ grant execute on function conveyor.require_connection_quota() to conveyor_servic
 create function conveyor.require_execution_quota(p_tenant_id text) returns void
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.require_execution_quota(text) to conveyor_service;
+create function conveyor.require_notification_user(p_user_id text) returns void
+  language plpgsql immutable set search_path = '';
+grant execute on function conveyor.require_notification_user(text) to conveyor_service;
 create function conveyor.require_tenant(p_tenant_id text) returns void
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.require_tenant(text) to conveyor_service;
@@ -1497,6 +1554,12 @@ grant execute on function conveyor.step_kinds() to conveyor_service;
 create function conveyor.step_longest_wait(p_kind text, p_config jsonb) returns interval
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.step_longest_wait(text,jsonb) to conveyor_service;
+create function conveyor.step_notify_code() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_notify_code() to conveyor_service;
+create function conveyor.step_notify_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.step_notify_errors(jsonb,text,jsonb) to conveyor_service;
 create function conveyor.step_parallel_bodies(p_step jsonb) returns TABLE(body text, path text, steps jsonb, item boolean)
   language sql immutable set search_path = '';
 grant execute on function conveyor.step_parallel_bodies(jsonb) to conveyor_service;
