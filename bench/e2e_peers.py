@@ -372,13 +372,15 @@ def _children(ppid: int) -> list[int]:
 
 
 def _postmaster(url: str) -> int:
+    # read while the connection is open: a closed connection's backend may already have
+    # exited, which made some runs report 0.00 ms of PostgreSQL CPU
     with psycopg.connect(url) as conn:
         row = conn.execute("select pg_backend_pid()").fetchone()
-    assert row is not None
-    try:
-        return int(Path(f"/proc/{row[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except OSError:  # the server runs elsewhere (not the harness's cluster): no PostgreSQL CPU
-        return -1
+        assert row is not None
+        try:
+            return int(Path(f"/proc/{row[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:  # the server runs elsewhere (not the harness's cluster): no PostgreSQL CPU
+            return -1
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
