@@ -289,3 +289,23 @@ def test_children_read_the_parents_trigger_and_outputs_from_their_fan_out(conn: 
         (tenant, children(conn, parent)[7]["execution_id"]),
     ).fetchone()
     assert shown is not None and shown["trigger"]["payload"]["lines"][7]["sku"] == "s7"
+
+
+def test_a_child_whose_join_closed_without_it_is_cancelled_when_it_next_runs(conn: Conn, tenant: str) -> None:
+    # as if the join's cancel skipped this child because a runner held it at that instant
+    parent = run(conn, tenant, items_doc("orphan", 2, on_item_error="continue"))
+    first, second = children(conn, parent)
+    conn.execute(
+        "update conveyor.fanouts set state = 'joined', outcome = 'cancelled' where execution_id = %s",
+        (parent,),
+    )
+    answer(conn, pending_actions(conn, [first["execution_id"]])[0])
+    orphan = execution(conn, first["execution_id"])
+    assert orphan["status"] == "cancelled"
+    assert (
+        orphan["error"]["message"]
+        == f"not needed: the join of parent execution {parent} was decided without it"
+    )
+    # its finish counts nothing in the closed fan-out
+    assert fanout(conn, parent)["succeeded"] == 0
+    assert execution(conn, second["execution_id"])["status"] == "waiting"
