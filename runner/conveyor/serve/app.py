@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from conveyor.serve.bodies import BadRequest, json_too_deep, parse_json_object
 from conveyor.serve.limits import Limits
-from conveyor.serve.tokens import TokenError, bearer, verify
+from conveyor.serve.user_auth import authenticated_user
 
 log = logging.getLogger("conveyor.serve")
 
@@ -136,28 +136,11 @@ async def manual_run(request: Request) -> Response:
     )
 
 
-def _unauthorized(message: str) -> JSONResponse:
-    return error(401, message, **{"WWW-Authenticate": 'Bearer realm="conveyor"'})
-
-
 @answers_errors
 async def me(request: Request) -> Response:
-    secret: str | None = request.app.state.token_secret
-    if secret is None:
-        return error(503, "user tokens are not configured on this server (set CONVEYOR_TOKEN_SECRET)")
-    try:
-        principal = verify(
-            secret, bearer(request.headers.get("authorization"), request.query_params.get("access_token"))
-        )
-    except TokenError as exc:
-        return _unauthorized(str(exc))
-    async with _pool(request).connection() as conn:
-        cursor = await conn.execute(
-            "select 1 from conveyor.tenants where tenant_id = %s", (principal.tenant,)
-        )
-        known = await cursor.fetchone()
-    if known is None:
-        return _unauthorized(f"token names tenant {principal.tenant!r}, which does not exist")
+    principal = await authenticated_user(request)
+    if isinstance(principal, Response):
+        return principal
     return JSONResponse(principal.as_json())
 
 
