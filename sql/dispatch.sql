@@ -534,8 +534,8 @@ begin
 
   -- Both branches are consumed here, so the data-modifying one cannot be skipped.
   select
-    (select array_agg(c.x order by (c.x).execution_id) from created as c),
-    (select bool_or(c.flow) from created as c),
+    n.execs,
+    n.flow,
     (select count(*) from refused),
     (
       select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('root', g.chain_root, 'tenant', g.tenant_id, 'n', g.n))
@@ -546,6 +546,8 @@ begin
         group by j.chain_root, j.tenant_id
       ) as g
     )
+  -- (created read once: a second reference would materialise it)
+  from (select array_agg(c.x order by (c.x).execution_id) as execs, bool_or(c.flow) as flow from created as c) as n
   into v_new, v_flow, v_refused, v_chain_new;
 
   if v_chain_new is not null then
