@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Conveyor needs on a Debian machine, idempotently:
 #   * the PostgreSQL server (15 or newer) with pg_cron and plpgsql_check, through apt when root;
+#   * Debian's chromium, for the real-browser test (Playwright drives it; nothing is downloaded);
 #   * a virtual environment (.venv) with the locked Python dependencies (requirements.lock);
 #   * with CONVEYOR_BENCH=1 (or --bench), also the benchmark-only ones (requirements-bench.lock).
 # A second run with nothing to do finishes in well under a second.
@@ -57,6 +58,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends \
     "postgresql-$major-cron" "postgresql-$major-plpgsql-check" >/dev/null
   # Debian's package starts a default cluster on 5432; Conveyor uses its own private clusters.
+fi
+
+# --- Chromium, for the real-browser test ------------------------------------------
+# tests/e2e/test_notification_stream_browser.py drives Debian's chromium with Playwright
+# (executable_path=/usr/bin/chromium); `playwright install` is never run.
+if ! have_pkg chromium; then
+  if [ "$(id -u)" -ne 0 ]; then
+    say "missing Debian package: chromium (the browser test needs it): sudo apt-get install -y chromium"
+    exit 1
+  fi
+  say "installing chromium through apt"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
 
 # --- Python virtual environment -------------------------------------------------
