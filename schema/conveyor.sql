@@ -1375,6 +1375,12 @@ grant execute on function conveyor.next_work_due_at() to conveyor_service;
 create function conveyor.notification_keys() returns text[]
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.notification_keys() to conveyor_service;
+create function conveyor.notification_stream_start(p_tenant_id text, p_user_id text) returns TABLE(last_id bigint, unread_count bigint)
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.notification_stream_start(text,text) to conveyor_app, conveyor_service;
+create function conveyor.notifications_after(p_tenant_id text, p_user_id text, p_after_id bigint, p_also_ids bigint[] DEFAULT NULL::bigint[], p_limit integer DEFAULT 500) returns TABLE(id bigint, category text, type text, priority text, title text, message text, entity_type text, entity_id text, action_url text, action_label text, group_key text, created_at timestamp with time zone, read_at timestamp with time zone, expires_at timestamp with time zone, execution_id bigint, unread_count bigint)
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.notifications_after(text,text,bigint,bigint[],integer) to conveyor_app, conveyor_service;
 create function conveyor.notify_from_step(p_exec conveyor.executions, p_step_id text, p_input jsonb) returns jsonb
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.notify_from_step(conveyor.executions,text,jsonb) to conveyor_service;

@@ -71,7 +71,10 @@ conveyor.plan_usage(text, timestamptz),
 conveyor.notify_user(text, text, jsonb),
 conveyor.list_notifications(text, text, boolean, integer),
 conveyor.mark_notification(text, text, bigint, text),
-conveyor.mark_all_read(text, text)
+conveyor.mark_all_read(text, text),
+-- what the notification stream reads (sql/notification_stream.sql): the same checks
+conveyor.notifications_after(text, text, bigint, bigint[], integer),
+conveyor.notification_stream_start(text, text)
 to conveyor_app;
 
 -- The service role: what the engine runs (tick, dispatch, read_actions, write_back, the

@@ -41,6 +41,8 @@ APPLICATION_API = {
     "conveyor.mark_all_read(text,text)",
     "conveyor.mark_notification(text,text,bigint,text)",
     "conveyor.notify_user(text,text,jsonb)",
+    "conveyor.notifications_after(text,text,bigint,bigint[],integer)",
+    "conveyor.notification_stream_start(text,text)",
     "conveyor.pause_execution(text,bigint)",
     "conveyor.plan_usage(text,timestamp with time zone)",
     "conveyor.publish(text,jsonb)",

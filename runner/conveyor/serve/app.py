@@ -3,6 +3,8 @@
   ANY  /hooks/<path token>                 → conveyor.receive_webhook(...)
   POST /api/workflows/<slug>/runs          → conveyor.http_trigger(<bearer key>, slug, body)
   GET  /api/me                             → who a user token proves (tokens.py)
+  /api/notifications...                    → a user's notifications and their stream
+                                             (notification_routes.py, stream.py)
   GET  /healthz                            → 200 when the database answers
 
 Every decision is made in SQL; this only forwards and answers, on the event loop, with
@@ -29,6 +31,7 @@ from starlette.routing import Route
 
 from conveyor.serve.bodies import BadRequest, json_too_deep, parse_json_object
 from conveyor.serve.limits import Limits
+from conveyor.serve.notification_routes import NOTIFICATION_ROUTES
 from conveyor.serve.user_auth import authenticated_user
 
 log = logging.getLogger("conveyor.serve")
@@ -172,6 +175,7 @@ ROUTES = [
     Route("/api/workflows/{slug}/runs", manual_run, methods=["POST"]),
     Route("/api/workflows/{slug}/runs/", manual_run, methods=["POST"]),
     Route("/api/me", me, methods=["GET"]),
+    *NOTIFICATION_ROUTES,
 ]
 
 

@@ -6,6 +6,11 @@ its own. The hub is a wake-up, not a store: a subscriber that falls more than `q
 notifications behind is dropped (its stream ends and its client reconnects, catching up
 from the tables), and after the hub's connection drops and comes back every subscriber
 gets `Reconnected`, since notifications sent meanwhile are lost.
+
+A channel may have a key function (`keys`): a subscription with a key then gets only the
+notifications whose payload has that key, found by one dictionary look-up per notification
+instead of one queue put per subscriber (the notification stream keys by (tenant, user), so
+a thousand streams cost one look-up per NOTIFY, not a thousand wake-ups).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,10 +53,14 @@ class SubscriptionClosed(Exception):
 _CLOSED = object()
 
 
+KeyOf = Callable[[str], Hashable | None]
+
+
 class Subscription:
-    def __init__(self, hub: ListenHub, channel: str, queue_size: int) -> None:
+    def __init__(self, hub: ListenHub, channel: str, queue_size: int, key: Hashable | None = None) -> None:
         self.hub = hub
         self.channel = channel
+        self.key = key
         self._queue: asyncio.Queue[Any] = asyncio.Queue(queue_size)
         self.closed_because: str | None = None
 
@@ -78,6 +87,17 @@ class Subscription:
         item = await self._queue.get()
         if item is _CLOSED:
             self._queue.put_nowait(_CLOSED)  # every later get ends too
+            raise SubscriptionClosed(self.closed_because)
+        assert isinstance(item, Notification | Reconnected)
+        return item
+
+    def get_nowait(self) -> Message | None:
+        """The next message if one waits, else None (a stream reads a burst in one go)."""
+        if self._queue.empty():
+            return None
+        item = self._queue.get_nowait()
+        if item is _CLOSED:
+            self._queue.put_nowait(_CLOSED)
             raise SubscriptionClosed(self.closed_because)
         assert isinstance(item, Notification | Reconnected)
         return item
@@ -110,6 +130,7 @@ class ListenHub:
         queue_size: int = 256,
         check_interval_s: float = 10.0,
         max_backoff_s: float = 5.0,
+        keys: Mapping[str, KeyOf] | None = None,
     ) -> None:
         self.database_url = database_url
         self.channels = channels
@@ -117,25 +138,50 @@ class ListenHub:
         self.check_interval_s = check_interval_s
         self.max_backoff_s = max_backoff_s
         self._subscribers: dict[str, set[Subscription]] = {channel: set() for channel in channels}
+        self._keys: dict[str, KeyOf] = dict(keys or {})
+        unknown = set(self._keys) - set(channels)
+        if unknown:
+            raise ValueError(f"keys given for channels the hub does not listen on: {sorted(unknown)}")
+        self._keyed: dict[str, dict[Hashable, set[Subscription]]] = {channel: {} for channel in self._keys}
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self.backend_pid: int | None = None
         self.connections_made = 0
 
-    def subscribe(self, channel: str) -> Subscription:
+    def subscribe(self, channel: str, key: Hashable | None = None) -> Subscription:
+        """A subscription to every notification of `channel`, or only to those with `key`."""
         if channel not in self._subscribers:
             raise ValueError(
                 f"the hub does not listen on channel {channel!r} (it listens on {list(self.channels)})"
             )
-        subscription = Subscription(self, channel, self.queue_size)
-        self._subscribers[channel].add(subscription)
+        subscription = Subscription(self, channel, self.queue_size, key)
+        if key is None:
+            self._subscribers[channel].add(subscription)
+        elif channel not in self._keyed:
+            raise ValueError(f"channel {channel!r} has no key function: subscribe to all of it")
+        else:
+            self._keyed[channel].setdefault(key, set()).add(subscription)
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
-        self._subscribers[subscription.channel].discard(subscription)
+        if subscription.key is None:
+            self._subscribers[subscription.channel].discard(subscription)
+            return
+        keyed = self._keyed[subscription.channel]
+        same_key = keyed.get(subscription.key)
+        if same_key is not None:
+            same_key.discard(subscription)
+            if not same_key:
+                del keyed[subscription.key]
+
+    def _all(self, channel: str) -> list[Subscription]:
+        everyone = list(self._subscribers[channel])
+        for same_key in self._keyed.get(channel, {}).values():
+            everyone.extend(same_key)
+        return everyone
 
     def subscribers(self, channel: str) -> int:
-        return len(self._subscribers[channel])
+        return len(self._all(channel))
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="conveyor-listen-hub")
@@ -146,8 +192,8 @@ class ListenHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for subscribers in self._subscribers.values():
-            for subscription in list(subscribers):
+        for channel in self.channels:
+            for subscription in self._all(channel):
                 subscription.end("the server is shutting down")
 
     async def _run(self) -> None:
@@ -195,8 +241,13 @@ class ListenHub:
     def _deliver(self, message: Notification) -> None:
         for subscription in list(self._subscribers.get(message.channel, ())):
             subscription.offer(message)
+        keyed = self._keyed.get(message.channel)
+        if keyed:
+            key = self._keys[message.channel](message.payload)
+            for subscription in list(keyed.get(key, ())) if key is not None else ():
+                subscription.offer(message)
 
     def _broadcast_reconnected(self) -> None:
-        for channel, subscribers in self._subscribers.items():
-            for subscription in list(subscribers):
+        for channel in self.channels:
+            for subscription in self._all(channel):
                 subscription.offer(Reconnected(channel))

@@ -183,4 +183,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def shutdown(self) -> None:
         self._disarm()
+        # Open streams (notification_routes.py) would hold the shutdown for its whole grace
+        # period: the app's `stopping` event ends them, and their clients reconnect elsewhere.
+        stopping = self.app_state.get("stopping")
+        if isinstance(stopping, asyncio.Event):
+            stopping.set()
         super().shutdown()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import socket
 import threading
@@ -28,11 +29,14 @@ from conveyor.serve.app import make_app
 from conveyor.serve.hub import ListenHub
 from conveyor.serve.limits import Limits
 from conveyor.serve.protocol import GuardedProtocol
+from conveyor.serve.stream import CHANNEL as NOTIFICATION_CHANNEL
+from conveyor.serve.stream import notification_key
 
 log = logging.getLogger("conveyor.serve")
 
 SHUTDOWN_GRACE_S = 10.0
-# The channels the hub listens on; the streams that subscribe come with later routes.
+# The channels the hub listens on: notifications (stream.py, keyed by tenant and user) and
+# executions (for the console's live pages to come).
 HUB_CHANNELS: tuple[str, ...] = ("conveyor_notifications", "conveyor_executions")
 
 
@@ -49,7 +53,7 @@ class ServeSettings:
 
 def build_app(settings: ServeSettings) -> Starlette:
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, asyncio.Event]]:
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             settings.database_url,
             min_size=1,
@@ -59,17 +63,42 @@ def build_app(settings: ServeSettings) -> Starlette:
         )
         # Not waiting: a server whose database is down starts, and /healthz says so.
         await pool.open(wait=False)
-        hub = ListenHub(settings.database_url, settings.hub_channels)
+        keys = (
+            {NOTIFICATION_CHANNEL: notification_key} if NOTIFICATION_CHANNEL in settings.hub_channels else {}
+        )
+        hub = ListenHub(settings.database_url, settings.hub_channels, keys=keys)
         await hub.start()
         app.state.pool, app.state.hub = pool, hub
         app.state.limits, app.state.token_secret = settings.limits, settings.token_secret
+        # The streams' reads from the table take at most half the pool; the other routes keep the rest.
+        app.state.catch_up_slots = asyncio.Semaphore(max(1, settings.pool_size // 2))
+        # Set when the server starts shutting down (protocol.py): open streams end at once.
+        app.state.stopping = stopping = asyncio.Event()
         try:
-            yield
+            yield {"stopping": stopping}
         finally:
+            stopping.set()
             await hub.stop()
             await pool.close()
 
     return make_app(lifespan)
+
+
+def raise_open_file_limit(wanted: int) -> None:
+    """Each open connection is a file: raise the soft RLIMIT_NOFILE (up to the hard one) to fit.
+
+    Debian's default soft limit is 1,024, fewer than --max-connections' default streams.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning(
+            "the open-file limit is lower than --max-connections needs",
+            extra={"limit": soft, "wanted": wanted},
+        )
 
 
 class _Server(uvicorn.Server):
@@ -132,6 +161,8 @@ def run(settings: ServeSettings, announce: Callable[[str], None] = print) -> Non
         raise ConveyorError(
             f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
         ) from None
+    # Connections, the pool, the hub, and what the process has open besides.
+    raise_open_file_limit(settings.limits.max_connections + settings.pool_size + 64)
     server = make_server(settings)
     announce(f"listening on http://{settings.host}:{settings.port}")
     try:
