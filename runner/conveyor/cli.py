@@ -18,6 +18,7 @@ from conveyor.commands.connections import connections
 from conveyor.commands.demo import demo
 from conveyor.commands.events import events
 from conveyor.commands.executions import executions, trigger
+from conveyor.commands.notifications import notifications
 from conveyor.commands.plans import tenants, usage
 from conveyor.commands.run import run as run_command
 from conveyor.commands.serve import serve
@@ -156,6 +157,7 @@ for command in (
     usage,
     tenants,
     tokens,
+    notifications,
 ):
     main.add_command(command)
 
