@@ -3,7 +3,7 @@ SHELL := /bin/bash
 BIN := .venv/bin
 
 .PHONY: bootstrap run test lint pytest migrate schema db-start db-stop db-status clean-db \
-	bench bench-capture bench-dispatch bench-runner bench-http-client bench-waiting bench-wait-races bench-delays bench-burst bench-floor bench-queue bench-serve bench-e2e bench-fanout bench-ab chaos
+	bench bench-capture bench-dispatch bench-runner bench-http-client bench-waiting bench-wait-races bench-delays bench-burst bench-floor bench-queue bench-serve bench-e2e bench-fanout bench-ab bench-notification-stream chaos
 
 bootstrap:  ## install the PostgreSQL server packages (as root) and the locked virtualenv
 	@bash scripts/bootstrap.sh
@@ -72,6 +72,9 @@ bench-queue: bootstrap  ## read_actions and write_back A/B against the same func
 
 bench-serve: bootstrap  ## webhook ingest through conveyor serve: requests/s and CPU per request vs BASELINE (default main) (bench/RESULTS.md)
 	$(BIN)/python -m bench.serve_ingest --baseline $(or $(BASELINE),main) --record
+
+bench-notification-stream: bootstrap  ## 1,000 SSE clients on one conveyor serve: commit→client latency p50/p99, nothing lost, CPU per notification vs 10 clients (bench/RESULTS.md)
+	$(BIN)/python -m bench.notification_stream --record
 
 bench-ab: bootstrap  ## interleaved A/B of git revisions (REVS="HEAD~1 HEAD"; WORKTREE = uncommitted): e2e burst + dispatch, medians and ratios
 	$(BIN)/python -m bench.ab_revisions $(REVS)

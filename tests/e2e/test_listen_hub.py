@@ -135,3 +135,42 @@ def test_stopping_the_hub_ends_every_subscription(db_url: str) -> None:
         assert [m async for m in closed_early] == []
 
     asyncio.run(main())
+
+
+def _key(payload: str) -> tuple[str, str] | None:
+    tenant, _, user = payload.partition("/")
+    return (tenant, user) if user else None
+
+
+def test_a_keyed_subscription_gets_only_its_keys_notifications(db_url: str) -> None:
+    async def scenario(hub: ListenHub, conn: psycopg.AsyncConnection[Any]) -> None:
+        mine = [hub.subscribe(CHANNEL, key=("acme", "u1")) for _ in range(2)]
+        theirs = hub.subscribe(CHANNEL, key=("acme", "u2"))
+        everything = hub.subscribe(CHANNEL)
+        assert hub.subscribers(CHANNEL) == 4
+        for payload in ("acme/u2", "malformed", "globex/u1", "acme/u1"):
+            await notify(conn, payload)
+        assert [await asyncio.wait_for(s.get(), 5) for s in mine] == [Notification(CHANNEL, "acme/u1")] * 2
+        assert await asyncio.wait_for(theirs.get(), 5) == Notification(CHANNEL, "acme/u2")
+        assert [(await asyncio.wait_for(everything.get(), 5)).payload for _ in range(4)] == [  # type: ignore[union-attr]
+            "acme/u2",
+            "malformed",
+            "globex/u1",
+            "acme/u1",
+        ]
+        for subscription in (*mine, theirs):
+            assert subscription.get_nowait() is None  # nothing else came
+        # A reconnect reaches keyed subscribers too; ending one unregisters its key.
+        await conn.execute("select pg_terminate_backend(%s)", (hub.backend_pid,))
+        assert await asyncio.wait_for(theirs.get(), 10) == Reconnected(CHANNEL)
+        theirs.end("closed")
+        assert hub.subscribers(CHANNEL) == 3
+        with pytest.raises(ValueError, match="has no key function"):
+            hub.subscribe("conveyor_executions", key="x")
+
+    run(db_url, scenario, keys={CHANNEL: _key})
+
+
+def test_keys_for_a_channel_the_hub_does_not_listen_on_are_refused(db_url: str) -> None:
+    with pytest.raises(ValueError, match="does not listen on"):
+        ListenHub(db_url, (CHANNEL,), keys={"nope": _key})
