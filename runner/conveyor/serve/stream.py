@@ -164,6 +164,7 @@ async def _events(request: Request, principal: Principal, resume_from: int | Non
         yield f"retry: {RETRY_MS}\n\n"
         stream = UserStream(request, principal, resume_from or 0)
         stop = asyncio.ensure_future(stopping.wait())
+        getter: asyncio.Future[Any] | None = None
         try:
             if resume_from is None:
                 stream.last_id, unread = await stream.start()
@@ -233,7 +234,11 @@ async def _events(request: Request, principal: Principal, resume_from: int | Non
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             log.warning("notification stream ended: database error", extra={"error": first_line})
         finally:
-            stop.cancel()
+            # A stream cancelled mid-wait (its client went away) leaves no task behind whose
+            # SubscriptionClosed nobody would read.
+            for pending in (stop, getter):
+                if pending is not None and not pending.done():
+                    pending.cancel()
 
 
 async def notification_stream(request: Request) -> Response:
