@@ -84,6 +84,7 @@ set search_path = ''
 as $$
 declare
   v_count integer;
+  v_sent bigint[];
 begin
   if coalesce(cardinality(p_delivery_ids), 0) = 0 then
     return 0;
@@ -92,18 +93,18 @@ begin
   set status = 'queued', attempts = d.attempts + 1, due_at = null
   where d.delivery_id = any(p_delivery_ids) and d.status in ('pending', 'held', 'queued');
   get diagnostics v_count = row_count;
-  with sent as (
+  v_sent := array(
     select m.msg_id
     from conveyor.queue_messages(array(
       select conveyor.delivery_message(x) from conveyor.notification_deliveries as x
       where x.delivery_id = any(p_delivery_ids) and x.status = 'queued' order by x.delivery_id
     ), p_delay_s) as m
-  )
+  );
+  -- (a statement of its own: one that called queue_messages would not see the rows it inserts)
   update conveyor.notification_deliveries as d
   set msg_id = q.msg_id
-  from sent
-  join pgmq.q_conveyor_actions as q on q.msg_id = sent.msg_id
-  where d.delivery_id = conveyor.jsonb_bigint(q.message -> 'delivery_id');
+  from pgmq.q_conveyor_actions as q
+  where q.msg_id = any(v_sent) and d.delivery_id = conveyor.jsonb_bigint(q.message -> 'delivery_id');
   return v_count;
 end;
 $$;

@@ -1,0 +1,92 @@
+"""Notification email through a real runner: a notification's email delivery is a message of
+the action queue, performed by the runner's email.send against a real SMTP server
+(aiosmtpd) and written back as sent; one held by do-not-disturb is released by the tick
+the runner runs when it falls due, not before."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from tests.conftest import free_port
+from tests.e2e.helpers import Conn, setup_tenant
+from tests.runner.helpers import wait_for
+from tests.sql.notification_helpers import channels, deliveries, notify, platform_users, prefer
+
+pytestmark = pytest.mark.slow
+
+
+class Mailbox:
+    def __init__(self) -> None:
+        self.received: list[tuple[float, list[str], email.message.EmailMessage]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(message, email.message.EmailMessage)
+        self.received.append((time.time(), list(envelope.rcpt_tos), message))
+        return "250 OK"
+
+
+@pytest.fixture
+def mailbox() -> Iterator[tuple[Mailbox, int]]:
+    from aiosmtpd.controller import Controller
+
+    box = Mailbox()
+    port = free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield box, port
+    finally:
+        controller.stop()
+
+
+def test_a_notification_email_lands_in_the_mailbox_and_its_delivery_is_sent(
+    conn: Conn, mailbox: tuple[Mailbox, int], runners: Any
+) -> None:
+    box, port = mailbox
+    tenant = setup_tenant(conn)
+    platform_users(conn, [(tenant, "u1", "ann@acme.test", None, "Europe/Berlin")])
+    channels(conn, tenant, port=port)
+    runner = runners()
+    notify(conn, tenant, "u1", {"template": "deal_won", "data": {"deal": "<Big & Co>", "url": "https://crm.test/d/1"}})
+    [(_, recipients, message)] = wait_for(lambda: box.received or None, timeout=30)
+    assert recipients == ["ann@acme.test"]
+    assert message["Subject"] == "Deal won: <Big & Co>"
+    assert message["From"] == "bell@acme.test"
+    html = message.get_body(("html",))
+    assert html is not None and "&lt;Big &amp; Co&gt;" in html.get_content()
+    text = message.get_body(("plain",))
+    assert text is not None and "The deal <Big & Co> was won." in text.get_content()
+    [delivery] = wait_for(lambda: [d for d in deliveries(conn) if d["status"] == "sent"] or None, timeout=30)
+    assert delivery["output"]["accepted"] == ["ann@acme.test"]
+    assert message["X-Conveyor-Idempotency-Key"] == f"notification-delivery:{delivery['delivery_id']}"
+    assert runner.stop() == 0
+
+
+def test_an_email_held_by_do_not_disturb_is_sent_when_it_ends_not_before(
+    conn: Conn, mailbox: tuple[Mailbox, int], runners: Any
+) -> None:
+    box, port = mailbox
+    tenant = setup_tenant(conn)
+    platform_users(conn, [(tenant, "u1", "ann@acme.test", None, "UTC")])
+    channels(conn, tenant, port=port)
+    until = datetime.fromtimestamp(time.time() + 3, UTC)
+    prefer(conn, tenant, "u1", "*", {"dnd_until": until.isoformat()})
+    runner = runners(CONVEYOR_POLL_INTERVAL="30")
+    notify(conn, tenant, "u1", {"title": "Later", "message": "after the quiet"})
+    notify(conn, tenant, "u1", {"title": "Now", "message": "it is on fire", "priority": "critical"})
+    [(first_at, _, first)] = wait_for(lambda: box.received or None, timeout=30)
+    assert first["Subject"] == "Now" and first_at < until.timestamp()
+    [_, (second_at, _, second)] = wait_for(lambda: box.received if len(box.received) == 2 else None, timeout=30)
+    assert second["Subject"] == "Later"
+    # released by the tick the runner ran when the hold fell due (its poll is 30 s away)
+    assert until.timestamp() <= second_at < until.timestamp() + 2.0
+    wait_for(lambda: [d["status"] for d in deliveries(conn)] == ["sent", "sent"] or None, timeout=30)
+    assert runner.stop() == 0
