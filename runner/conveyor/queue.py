@@ -140,7 +140,7 @@ class Message:
             "workflow": body.get("workflow_id"),
             "step": body.get("step_id"),
             "step_run": body.get("step_run_id"),
-            "delivery": body.get("delivery_id"),
+            "notification_delivery": body.get("delivery_id"),
             "action": body.get("action"),
             "attempt": body.get("attempt"),
             "delivery": self.read_ct,

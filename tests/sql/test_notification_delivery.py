@@ -144,3 +144,47 @@ def test_step_actions_and_deliveries_share_the_queue_and_step_results_are_unchan
     assert rows[0]["outcome"] == "applied"
     assert execution(conn, execution_id)["status"] == "completed"
     assert deliveries(conn)[0]["status"] == "queued"  # the delivery waits for its own result
+
+
+# --- the application API, tenant-checked ---------------------------------------------------
+
+OTHER_TENANT_CALLS = [
+    "select conveyor.save_notification_template('globex', 'x', '{\"in_app\": {\"title\": \"x\"}}')",
+    "select * from conveyor.list_notification_templates('globex')",
+    "select conveyor.delete_notification_template('globex', 'welcome')",
+    "select conveyor.set_notification_preferences('globex', 'u1', '*', '{}')",
+    "select * from conveyor.get_notification_preferences('globex', 'u1')",
+    "select conveyor.set_notification_channel('globex', 'email', 'smtp-main')",
+]
+
+
+@pytest.mark.parametrize("call", OTHER_TENANT_CALLS)
+def test_the_application_may_not_act_for_another_tenant(app: Conn, two_tenants: Conn, acme: str, call: str) -> None:
+    from tests.sql.tenant_context import acting_for
+
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="tenant 'globex' is not this session's tenant"):
+        with acting_for(app, acme):
+            app.execute(call)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="no tenant is set"):
+        app.execute(call)
+
+
+def test_the_application_manages_its_own_templates_preferences_and_channels(
+    app: Conn, two_tenants: Conn, acme: str
+) -> None:
+    from tests.sql.tenant_context import acting_for
+
+    with acting_for(app, acme):
+        app.execute("select conveyor.save_notification_template('acme', 'hello', '{\"in_app\": {\"title\": \"Hi\"}}')")
+        mine = app.execute("select slug from conveyor.list_notification_templates('acme') where source = 'tenant'")
+        assert [r["slug"] for r in mine] == ["hello", "welcome"]
+        app.execute("select conveyor.set_notification_preferences('acme', 'u1', 'deals', '{\"frequency\": \"never\"}')")
+        prefs = app.execute("select category from conveyor.get_notification_preferences('acme', 'u1')").fetchall()
+        assert [r["category"] for r in prefs] == ["*", "deals", None]
+        app.execute("select conveyor.set_notification_channel('acme', 'email', 'smtp-main')")
+        app.execute("select conveyor.notify_user('acme', 'u1', '{\"template\": \"hello\", \"category\": \"deals\"}')")
+        # row-level security: the application sees its own tenant's rows only
+        tenants = app.execute("select distinct tenant_id from conveyor.notification_deliveries").fetchall()
+        assert tenants == [{"tenant_id": "acme"}]
+    globex = two_tenants.execute("select count(*) as n from conveyor.notification_templates where tenant_id = 'globex'")
+    assert globex.fetchone() == {"n": 1}
