@@ -89,7 +89,9 @@ class Message:
         body = self.raw
         if "delivery_id" in body and "step_run_id" not in body:
             if not _is_id(body["delivery_id"]):
-                return f"delivery_id {_show(body['delivery_id'])} is not a delivery id (a positive whole number)"
+                return (
+                    f"delivery_id {_show(body['delivery_id'])} is not a delivery id (a positive whole number)"
+                )
         elif not _is_id(body.get("step_run_id")):
             return (
                 f"step_run_id {_show(body.get('step_run_id'))} is not a step run id (a positive whole number)"

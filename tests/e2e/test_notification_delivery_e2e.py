@@ -55,7 +55,12 @@ def test_a_notification_email_lands_in_the_mailbox_and_its_delivery_is_sent(
     platform_users(conn, [(tenant, "u1", "ann@acme.test", None, "Europe/Berlin")])
     channels(conn, tenant, port=port)
     runner = runners()
-    notify(conn, tenant, "u1", {"template": "deal_won", "data": {"deal": "<Big & Co>", "url": "https://crm.test/d/1"}})
+    notify(
+        conn,
+        tenant,
+        "u1",
+        {"template": "deal_won", "data": {"deal": "<Big & Co>", "url": "https://crm.test/d/1"}},
+    )
     [(_, recipients, message)] = wait_for(lambda: box.received or None, timeout=30)
     assert recipients == ["ann@acme.test"]
     assert message["Subject"] == "Deal won: <Big & Co>"
@@ -84,7 +89,9 @@ def test_an_email_held_by_do_not_disturb_is_sent_when_it_ends_not_before(
     notify(conn, tenant, "u1", {"title": "Now", "message": "it is on fire", "priority": "critical"})
     [(first_at, _, first)] = wait_for(lambda: box.received or None, timeout=30)
     assert first["Subject"] == "Now" and first_at < until.timestamp()
-    [_, (second_at, _, second)] = wait_for(lambda: box.received if len(box.received) == 2 else None, timeout=30)
+    [_, (second_at, _, second)] = wait_for(
+        lambda: box.received if len(box.received) == 2 else None, timeout=30
+    )
     assert second["Subject"] == "Later"
     # released by the tick the runner ran when the hold fell due (its poll is 30 s away)
     assert until.timestamp() <= second_at < until.timestamp() + 2.0

@@ -38,7 +38,10 @@ def channels(conn: Conn, tenant: str, *, email: bool = True, sms: bool = False, 
     if email:
         conn.execute(
             "insert into conveyor.connections (tenant_id, name, kind, config) values (%s, 'mail', 'smtp', %s)",
-            (tenant, Jsonb({"host": "127.0.0.1", "port": port, "security": "none", "from": "bell@acme.test"})),
+            (
+                tenant,
+                Jsonb({"host": "127.0.0.1", "port": port, "security": "none", "from": "bell@acme.test"}),
+            ),
         )
         conn.execute("select conveyor.set_notification_channel(%s, 'email', 'mail')", (tenant,))
     if sms:
@@ -50,7 +53,9 @@ def channels(conn: Conn, tenant: str, *, email: bool = True, sms: bool = False, 
 
 
 def notify(conn: Conn, tenant: str, user: str, spec: dict[str, Any]) -> int:
-    row = conn.execute("select conveyor.notify_user(%s, %s, %s) as id", (tenant, user, Jsonb(spec))).fetchone()
+    row = conn.execute(
+        "select conveyor.notify_user(%s, %s, %s) as id", (tenant, user, Jsonb(spec))
+    ).fetchone()
     assert row is not None
     return int(row["id"])
 

@@ -95,15 +95,19 @@ def resolve(prefs: dict[str, Any], priority: str, zone: str, now: datetime) -> d
     dnd = datetime.fromisoformat(p["dnd_until"]) if p["dnd_until"] else None
     out: dict[str, tuple[str, Any]] = {}
     for channel in ("in_app", "email", "sms"):
-        if channel not in p["channels"] or p["frequency"] == "never":
-            out[channel] = ("drop", None)
-        elif channel == "email" and p["email_unsubscribed"]:
+        if (
+            channel not in p["channels"]
+            or p["frequency"] == "never"
+            or (channel == "email" and p["email_unsubscribed"])
+        ):
             out[channel] = ("drop", None)
         elif channel == "in_app" or priority == "critical":
             out[channel] = ("send", None)
         elif p["frequency"].endswith("_digest"):
             out[channel] = (
-                ("drop", None) if channel == "sms" else ("digest", next_digest_at(p["frequency"], digest, zone, now))
+                ("drop", None)
+                if channel == "sms"
+                else ("digest", next_digest_at(p["frequency"], digest, zone, now))
             )
         else:
             until = max(now, dnd) if dnd is not None else now

@@ -30,7 +30,9 @@ def queued(conn: Conn, tenant: str) -> dict[str, Any]:
 
 
 def write_deliveries(conn: Conn, *results: dict[str, Any]) -> list[dict[str, Any]]:
-    return conn.execute("select * from conveyor.write_back_deliveries(%s)", (Jsonb(list(results)),)).fetchall()
+    return conn.execute(
+        "select * from conveyor.write_back_deliveries(%s)", (Jsonb(list(results)),)
+    ).fetchall()
 
 
 def test_a_delivery_message_carries_what_email_send_takes_and_names_its_delivery(
@@ -51,12 +53,25 @@ def test_a_delivery_message_carries_what_email_send_takes_and_names_its_delivery
     assert "step_run_id" not in message["message"]
 
 
-def test_a_successful_result_marks_it_sent_once_and_archives_the_message(conn: Conn, queued: dict[str, Any]) -> None:
+def test_a_successful_result_marks_it_sent_once_and_archives_the_message(
+    conn: Conn, queued: dict[str, Any]
+) -> None:
     msg_id, delivery_id = queued["message"]["msg_id"], queued["delivery"]["delivery_id"]
-    result = {"msg_id": msg_id, "delivery_id": delivery_id, "ok": True, "output": {"accepted": ["ann@acme.test"]}}
-    assert write_deliveries(conn, result) == [{"msg_id": msg_id, "delivery_id": delivery_id, "outcome": "applied"}]
+    result = {
+        "msg_id": msg_id,
+        "delivery_id": delivery_id,
+        "ok": True,
+        "output": {"accepted": ["ann@acme.test"]},
+    }
+    assert write_deliveries(conn, result) == [
+        {"msg_id": msg_id, "delivery_id": delivery_id, "outcome": "applied"}
+    ]
     [row] = deliveries(conn)
-    assert (row["status"], row["output"], row["finished_at"] is not None) == ("sent", {"accepted": ["ann@acme.test"]}, True)
+    assert (row["status"], row["output"], row["finished_at"] is not None) == (
+        "sent",
+        {"accepted": ["ann@acme.test"]},
+        True,
+    )
     assert archived(conn) == [msg_id]
     # the same result again (a duplicate, a late runner) changes nothing
     failed = {"msg_id": msg_id, "delivery_id": delivery_id, "ok": False, "error": {"message": "late"}}
@@ -64,7 +79,9 @@ def test_a_successful_result_marks_it_sent_once_and_archives_the_message(conn: C
     assert deliveries(conn)[0]["status"] == "sent"
 
 
-def test_a_retryable_failure_queues_the_next_attempt_after_a_backoff(conn: Conn, queued: dict[str, Any]) -> None:
+def test_a_retryable_failure_queues_the_next_attempt_after_a_backoff(
+    conn: Conn, queued: dict[str, Any]
+) -> None:
     msg_id, delivery_id = queued["message"]["msg_id"], queued["delivery"]["delivery_id"]
     before = datetime.now(UTC)
     error = {"message": "SMTP 127.0.0.1:2525 failed", "type": "connection"}
@@ -78,7 +95,13 @@ def test_a_retryable_failure_queues_the_next_attempt_after_a_backoff(conn: Conn,
     assert message["vt"] >= before + timedelta(seconds=20)  # 30 s, +-20% jitter
     # attempts used up (setting conveyor.notification_delivery_attempts): failed
     conn.execute("set conveyor.notification_delivery_attempts = 2")
-    again = {"msg_id": row["msg_id"], "delivery_id": delivery_id, "ok": False, "retryable": True, "error": error}
+    again = {
+        "msg_id": row["msg_id"],
+        "delivery_id": delivery_id,
+        "ok": False,
+        "retryable": True,
+        "error": error,
+    }
     write_deliveries(conn, again)
     [row] = deliveries(conn)
     assert (row["status"], row["error"]["attempt"]) == ("failed", 2)
@@ -89,7 +112,9 @@ def test_a_retryable_failure_queues_the_next_attempt_after_a_backoff(conn: Conn,
 def test_a_permanent_failure_fails_it_at_once(conn: Conn, queued: dict[str, Any]) -> None:
     msg_id, delivery_id = queued["message"]["msg_id"], queued["delivery"]["delivery_id"]
     error = {"message": "every recipient was refused", "type": "smtp_refused"}
-    write_deliveries(conn, {"msg_id": msg_id, "delivery_id": delivery_id, "ok": False, "retryable": False, "error": error})
+    write_deliveries(
+        conn, {"msg_id": msg_id, "delivery_id": delivery_id, "ok": False, "retryable": False, "error": error}
+    )
     [row] = deliveries(conn)
     assert (row["status"], row["error"]["type"], row["attempts"]) == ("failed", "smtp_refused", 1)
 
@@ -112,7 +137,13 @@ def test_a_dead_lettered_delivery_fails_and_its_message_is_kept(conn: Conn, queu
 
 def test_a_result_the_database_refuses_fails_its_delivery_alone(conn: Conn, queued: dict[str, Any]) -> None:
     msg_id, delivery_id = queued["message"]["msg_id"], queued["delivery"]["delivery_id"]
-    refused = {"msg_id": msg_id, "delivery_id": delivery_id, "ok": False, "retryable": True, "retry_after_s": "soon"}
+    refused = {
+        "msg_id": msg_id,
+        "delivery_id": delivery_id,
+        "ok": False,
+        "retryable": True,
+        "retry_after_s": "soon",
+    }
     rows = write_deliveries(conn, refused)
     assert rows[0]["outcome"] == "dead_lettered"
     [row] = deliveries(conn)
@@ -120,7 +151,9 @@ def test_a_result_the_database_refuses_fails_its_delivery_alone(conn: Conn, queu
     assert archived(conn) == [msg_id]
 
 
-def test_a_redelivered_delivery_message_is_checked_against_its_delivery(conn: Conn, queued: dict[str, Any]) -> None:
+def test_a_redelivered_delivery_message_is_checked_against_its_delivery(
+    conn: Conn, queued: dict[str, Any]
+) -> None:
     def read() -> list[dict[str, Any]]:
         rows = conn.execute("select * from conveyor.read_actions(10, 30, 30)").fetchall()
         conn.execute("update pgmq.q_conveyor_actions set vt = now() - interval '1 second'")
@@ -136,7 +169,11 @@ def test_step_actions_and_deliveries_share_the_queue_and_step_results_are_unchan
     conn: Conn, tenant: str, queued: dict[str, Any]
 ) -> None:
     execution_id = start(conn, tenant, flow(conn, tenant), {"payload": {"amount": 5}})
-    step_message = next(m for m in conn.execute("select * from pgmq.q_conveyor_actions").fetchall() if "step_run_id" in m["message"])
+    step_message = next(
+        m
+        for m in conn.execute("select * from pgmq.q_conveyor_actions").fetchall()
+        if "step_run_id" in m["message"]
+    )
     rows = write_back(
         conn, {"msg_id": step_message["msg_id"], "step_run_id": step_message["message"]["step_run_id"], "ok": True,
                "output": {"status": 200}},
@@ -159,12 +196,18 @@ OTHER_TENANT_CALLS = [
 
 
 @pytest.mark.parametrize("call", OTHER_TENANT_CALLS)
-def test_the_application_may_not_act_for_another_tenant(app: Conn, two_tenants: Conn, acme: str, call: str) -> None:
+def test_the_application_may_not_act_for_another_tenant(
+    app: Conn, two_tenants: Conn, acme: str, call: str
+) -> None:
     from tests.sql.tenant_context import acting_for
 
-    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="tenant 'globex' is not this session's tenant"):
-        with acting_for(app, acme):
-            app.execute(call)
+    with (
+        pytest.raises(
+            psycopg.errors.InsufficientPrivilege, match="tenant 'globex' is not this session's tenant"
+        ),
+        acting_for(app, acme),
+    ):
+        app.execute(call)
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="no tenant is set"):
         app.execute(call)
 
@@ -175,16 +218,28 @@ def test_the_application_manages_its_own_templates_preferences_and_channels(
     from tests.sql.tenant_context import acting_for
 
     with acting_for(app, acme):
-        app.execute("select conveyor.save_notification_template('acme', 'hello', '{\"in_app\": {\"title\": \"Hi\"}}')")
-        mine = app.execute("select slug from conveyor.list_notification_templates('acme') where source = 'tenant'")
+        app.execute(
+            "select conveyor.save_notification_template('acme', 'hello', '{\"in_app\": {\"title\": \"Hi\"}}')"
+        )
+        mine = app.execute(
+            "select slug from conveyor.list_notification_templates('acme') where source = 'tenant'"
+        )
         assert [r["slug"] for r in mine] == ["hello", "welcome"]
-        app.execute("select conveyor.set_notification_preferences('acme', 'u1', 'deals', '{\"frequency\": \"never\"}')")
-        prefs = app.execute("select category from conveyor.get_notification_preferences('acme', 'u1')").fetchall()
+        app.execute(
+            "select conveyor.set_notification_preferences('acme', 'u1', 'deals', '{\"frequency\": \"never\"}')"
+        )
+        prefs = app.execute(
+            "select category from conveyor.get_notification_preferences('acme', 'u1')"
+        ).fetchall()
         assert [r["category"] for r in prefs] == ["*", "deals", None]
         app.execute("select conveyor.set_notification_channel('acme', 'email', 'smtp-main')")
-        app.execute("select conveyor.notify_user('acme', 'u1', '{\"template\": \"hello\", \"category\": \"deals\"}')")
+        app.execute(
+            'select conveyor.notify_user(\'acme\', \'u1\', \'{"template": "hello", "category": "deals"}\')'
+        )
         # row-level security: the application sees its own tenant's rows only
         tenants = app.execute("select distinct tenant_id from conveyor.notification_deliveries").fetchall()
         assert tenants == [{"tenant_id": "acme"}]
-    globex = two_tenants.execute("select count(*) as n from conveyor.notification_templates where tenant_id = 'globex'")
+    globex = two_tenants.execute(
+        "select count(*) as n from conveyor.notification_templates where tenant_id = 'globex'"
+    )
     assert globex.fetchone() == {"n": 1}

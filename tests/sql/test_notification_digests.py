@@ -12,7 +12,15 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
-from tests.sql.notification_helpers import channels, deliveries, delivery_messages, notify, platform_users, prefer, tick
+from tests.sql.notification_helpers import (
+    channels,
+    deliveries,
+    delivery_messages,
+    notify,
+    platform_users,
+    prefer,
+    tick,
+)
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -47,7 +55,7 @@ def test_a_daily_digest_is_one_email_at_the_user_s_local_time_listing_every_item
     prefer(conn, tenant, ann, "deals", {"frequency": "daily_digest", "digest": {"time": "07:15"}})
     notify(conn, tenant, ann, {"title": "Won <Acme>", "message": "a & b", "category": "deals",
                                "action_url": "https://crm.test/d/1?a=1&b=2"})  # fmt: skip
-    notify(conn, tenant, ann, {"title": "Lost", "message": "\"quoted\"", "category": "deals"})
+    notify(conn, tenant, ann, {"title": "Lost", "message": '"quoted"', "category": "deals"})
     notify(conn, tenant, ann, {"title": "Not digested", "category": "tasks"})
     due = next_local("America/New_York", 7, 15)
     [digest] = digests(conn)
@@ -70,7 +78,7 @@ def test_a_daily_digest_is_one_email_at_the_user_s_local_time_listing_every_item
     )
     assert content["text"] == (
         "2 notification(s) since your last digest:\n"
-        "- Won <Acme>: a & b https://crm.test/d/1?a=1&b=2\n- Lost: \"quoted\" \n"
+        '- Won <Acme>: a & b https://crm.test/d/1?a=1&b=2\n- Lost: "quoted" \n'
     )
     [digest] = digests(conn)
     assert digest["status"] == "sent" and digest["delivery_id"] == email["message"]["delivery_id"]
@@ -78,7 +86,9 @@ def test_a_daily_digest_is_one_email_at_the_user_s_local_time_listing_every_item
 
 
 def test_a_weekly_digest_is_due_on_the_user_s_day(conn: Conn, tenant: str, ann: str) -> None:
-    prefer(conn, tenant, ann, "*", {"frequency": "weekly_digest", "digest": {"day": "thursday", "time": "18:00"}})
+    prefer(
+        conn, tenant, ann, "*", {"frequency": "weekly_digest", "digest": {"day": "thursday", "time": "18:00"}}
+    )
     notify(conn, tenant, ann, {"title": "A"})
     [digest] = digests(conn)
     assert digest["due_at"] == next_local("America/New_York", 18, 0, weekday=4)
@@ -89,7 +99,9 @@ def test_items_after_a_digest_was_sent_go_to_the_next_one(conn: Conn, tenant: st
     notify(conn, tenant, ann, {"title": "A"})
     [first] = digests(conn)
     tick(conn, first["due_at"])
-    conn.execute("update conveyor.notification_digests set due_at = due_at - interval '2 hours'")  # as if earlier
+    conn.execute(
+        "update conveyor.notification_digests set due_at = due_at - interval '2 hours'"
+    )  # as if earlier
     notify(conn, tenant, ann, {"title": "B"})
     assert [(d["status"], d["items"]) for d in digests(conn)] == [("sent", 1), ("open", 1)]
 
@@ -100,18 +112,25 @@ def test_nothing_is_sent_when_there_is_nothing(conn: Conn, tenant: str, ann: str
     assert digests(conn) == [] and deliveries(conn) == [] and delivery_messages(conn) == []
 
 
-def test_a_digest_to_a_user_without_an_address_is_dropped_with_the_reason(conn: Conn, tenant: str, ann: str) -> None:
+def test_a_digest_to_a_user_without_an_address_is_dropped_with_the_reason(
+    conn: Conn, tenant: str, ann: str
+) -> None:
     prefer(conn, tenant, "ghost", "*", {"frequency": "daily_digest"})
     notify(conn, tenant, "ghost", {"title": "A"})
     [digest] = digests(conn)
     tick(conn, digest["due_at"])
     [digest] = digests(conn)
     assert (digest["status"], digest["reason"]) == ("dropped", "no address")
-    assert [(d["status"], d["reason"]) for d in deliveries(conn)] == [("digested", None), ("dropped", "no address")]
+    assert [(d["status"], d["reason"]) for d in deliveries(conn)] == [
+        ("digested", None),
+        ("dropped", "no address"),
+    ]
     assert delivery_messages(conn) == []
 
 
-def test_a_digest_lists_at_most_max_digest_items_and_counts_the_rest(conn: Conn, tenant: str, ann: str) -> None:
+def test_a_digest_lists_at_most_max_digest_items_and_counts_the_rest(
+    conn: Conn, tenant: str, ann: str
+) -> None:
     prefer(conn, tenant, ann, "*", {"frequency": "daily_digest"})
     for n in range(5):
         notify(conn, tenant, ann, {"title": f"T{n}"})
@@ -131,7 +150,11 @@ def test_a_tenant_digest_template_is_used(conn: Conn, tenant: str, ann: str) -> 
     doc = {
         "variables": {"count": {}, "period": {}, "items_html": {}, "items_text": {}},
         "in_app": {"title": "Digest"},
-        "email": {"subject": "{{data.count}} for you", "text": "{{data.items_text}}", "item_text": "* {{item.title}}\n"},
+        "email": {
+            "subject": "{{data.count}} for you",
+            "text": "{{data.items_text}}",
+            "item_text": "* {{item.title}}\n",
+        },
     }
     conn.execute("select conveyor.save_notification_template(%s, 'digest', %s)", (tenant, Jsonb(doc)))
     prefer(conn, tenant, ann, "*", {"frequency": "daily_digest"})

@@ -17,14 +17,23 @@ from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 
 from tests.sql import notification_rules as rules
-from tests.sql.notification_helpers import channels, deliveries, delivery_messages, notify, platform_users, prefer, tick
+from tests.sql.notification_helpers import (
+    channels,
+    deliveries,
+    delivery_messages,
+    notify,
+    platform_users,
+    prefer,
+    tick,
+)
 
 Conn = psycopg.Connection[dict[str, Any]]
 
 
 def resolve_sql(conn: Conn, prefs: dict[str, Any], priority: str, zone: str, at: datetime) -> dict[str, Any]:
     row = conn.execute(
-        "select conveyor.resolve_notification_channels(%s, 'crm', %s, %s, %s) as r", (Jsonb(prefs), priority, zone, at)
+        "select conveyor.resolve_notification_channels(%s, 'crm', %s, %s, %s) as r",
+        (Jsonb(prefs), priority, zone, at),
     ).fetchone()
     assert row is not None
     return dict(row["r"])
@@ -46,7 +55,9 @@ def test_a_user_with_no_preferences_gets_the_defaults(conn: Conn, tenant: str) -
 
 def test_a_category_row_overrides_the_star_row_field_by_field(conn: Conn, tenant: str) -> None:
     prefer(conn, tenant, "u1", "*", {"channels": ["in_app", "email", "sms"], "digest": {"time": "07:30"}})
-    effective = prefer(conn, tenant, "u1", "deals", {"frequency": "daily_digest", "digest": {"day": "friday"}})
+    effective = prefer(
+        conn, tenant, "u1", "deals", {"frequency": "daily_digest", "digest": {"day": "friday"}}
+    )
     assert effective == rules.DEFAULTS | {
         "channels": ["in_app", "email", "sms"],
         "frequency": "daily_digest",
@@ -205,8 +216,17 @@ def ann(conn: Conn, tenant: str) -> str:
 def quiet_now(conn: Conn, tenant: str, user: str, **extra: Any) -> None:
     """Quiet hours around now in Berlin: from an hour ago to two hours ahead (local)."""
     local = datetime.now(UTC).astimezone(rules.ZoneInfo("Europe/Berlin"))
-    start, end = (local - timedelta(hours=1)).strftime("%H:%M"), (local + timedelta(hours=2)).strftime("%H:%M")
-    prefer(conn, tenant, user, "*", {"channels": ["in_app", "email", "sms"], "quiet_hours": {"start": start, "end": end, **extra}})
+    start, end = (
+        (local - timedelta(hours=1)).strftime("%H:%M"),
+        (local + timedelta(hours=2)).strftime("%H:%M"),
+    )
+    prefer(
+        conn,
+        tenant,
+        user,
+        "*",
+        {"channels": ["in_app", "email", "sms"], "quiet_hours": {"start": start, "end": end, **extra}},
+    )
 
 
 def test_in_quiet_hours_email_and_sms_are_held_and_the_in_app_row_still_arrives(
@@ -242,7 +262,9 @@ def test_quiet_hours_with_drop_drop_email_and_sms_with_the_reason(conn: Conn, te
     assert conn.execute("select conveyor.next_notification_due_at() as t").fetchone() == {"t": None}
 
 
-def test_a_critical_notification_bypasses_quiet_hours_and_do_not_disturb(conn: Conn, tenant: str, ann: str) -> None:
+def test_a_critical_notification_bypasses_quiet_hours_and_do_not_disturb(
+    conn: Conn, tenant: str, ann: str
+) -> None:
     quiet_now(conn, tenant, ann)
     prefer(conn, tenant, ann, "alerts", {"dnd_until": (datetime.now(UTC) + timedelta(days=1)).isoformat()})
     notify(conn, tenant, ann, {"title": "Fire", "priority": "critical", "category": "alerts"})
@@ -250,14 +272,16 @@ def test_a_critical_notification_bypasses_quiet_hours_and_do_not_disturb(conn: C
     assert len(delivery_messages(conn)) == 2
 
 
-def test_without_in_app_in_the_channels_the_row_is_written_archived(conn: Conn, tenant: str, ann: str) -> None:
+def test_without_in_app_in_the_channels_the_row_is_written_archived(
+    conn: Conn, tenant: str, ann: str
+) -> None:
     prefer(conn, tenant, ann, "*", {"channels": ["email"]})
     notify(conn, tenant, ann, {"title": "Mail only"})
     [row] = conn.execute("select archived_at from conveyor.notifications").fetchall()
     assert row["archived_at"] is not None
-    assert conn.execute("select count(*) as n from conveyor.list_notifications(%s, %s)", (tenant, ann)).fetchone() == {
-        "n": 0
-    }
+    assert conn.execute(
+        "select count(*) as n from conveyor.list_notifications(%s, %s)", (tenant, ann)
+    ).fetchone() == {"n": 0}
     assert [(d["channel"], d["status"]) for d in deliveries(conn)] == [("email", "queued")]
 
 

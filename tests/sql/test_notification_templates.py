@@ -31,7 +31,11 @@ SYSTEM = [
 ]
 
 WELCOME = {
-    "variables": {"name": {}, "team": {"required": False, "default": "the team"}, "note": {"required": False}},
+    "variables": {
+        "name": {},
+        "team": {"required": False, "default": "the team"},
+        "note": {"required": False},
+    },
     "category": "onboarding",
     "type": "success",
     "in_app": {"title": "Welcome, {{data.name}}", "message": "From {{data.team}}.{{data.note}}"},
@@ -81,11 +85,16 @@ def test_a_tenant_override_replaces_the_system_template_until_it_is_deleted(conn
     assert templates(conn, "globex")["deal_won"]["source"] == "system"
     notify(conn, tenant, "u1", {"template": "deal_won", "data": {"deal": "Big"}})
     notify(conn, "globex", "u1", {"template": "deal_won", "data": {"deal": "Big"}})
-    titles = conn.execute("select tenant_id, title from conveyor.notifications order by notification_id").fetchall()
-    assert [(r["tenant_id"], r["title"]) for r in titles] == [("acme", "We won Big!"), ("globex", "Deal won: Big")]
-    assert conn.execute("select conveyor.delete_notification_template(%s, 'deal_won') as d", (tenant,)).fetchone() == {
-        "d": True
-    }
+    titles = conn.execute(
+        "select tenant_id, title from conveyor.notifications order by notification_id"
+    ).fetchall()
+    assert [(r["tenant_id"], r["title"]) for r in titles] == [
+        ("acme", "We won Big!"),
+        ("globex", "Deal won: Big"),
+    ]
+    assert conn.execute(
+        "select conveyor.delete_notification_template(%s, 'deal_won') as d", (tenant,)
+    ).fetchone() == {"d": True}
     assert templates(conn, tenant)["deal_won"]["source"] == "system"
 
 
@@ -132,7 +141,9 @@ def test_a_bad_slug_is_refused(conn: Conn, tenant: str) -> None:
         save(conn, tenant, "Bad Slug", {"in_app": {"title": "x"}})
 
 
-def test_a_missing_required_variable_is_an_error_naming_it_and_nothing_is_written(conn: Conn, tenant: str) -> None:
+def test_a_missing_required_variable_is_an_error_naming_it_and_nothing_is_written(
+    conn: Conn, tenant: str
+) -> None:
     with pytest.raises(psycopg.errors.InvalidParameterValue) as caught:
         notify(conn, tenant, "u1", {"template": "interview_scheduled", "data": {"candidate": "Ann"}})
     assert caught.value.diag.message_primary == (
@@ -145,11 +156,21 @@ def test_optional_variables_take_their_default_or_render_as_nothing(conn: Conn, 
     save(conn, tenant, "welcome", WELCOME)
     notify(conn, tenant, "u1", {"template": "welcome", "data": {"name": "Ann"}})
     row = conn.execute("select title, message, category, type from conveyor.notifications").fetchone()
-    assert row == {"title": "Welcome, Ann", "message": "From the team.", "category": "onboarding", "type": "success"}
+    assert row == {
+        "title": "Welcome, Ann",
+        "message": "From the team.",
+        "category": "onboarding",
+        "type": "success",
+    }
 
 
 def test_the_spec_s_own_fields_win_over_the_template_s(conn: Conn, tenant: str) -> None:
-    notify(conn, tenant, "u1", {"template": "deal_won", "data": {"deal": "D"}, "title": "Mine", "category": "wins"})
+    notify(
+        conn,
+        tenant,
+        "u1",
+        {"template": "deal_won", "data": {"deal": "D"}, "title": "Mine", "category": "wins"},
+    )
     row = conn.execute("select title, message, category, action_label from conveyor.notifications").fetchone()
     assert row == {"title": "Mine", "message": "D was won. ", "category": "wins", "action_label": "Open deal"}
 
@@ -158,7 +179,12 @@ def test_an_email_s_html_escapes_inserted_values_but_its_text_and_raw_do_not(con
     platform_users(conn, [(tenant, "u1", "ann@acme.test", None, None)])
     channels(conn, tenant)
     save(conn, tenant, "welcome", WELCOME)
-    notify(conn, tenant, "u1", {"template": "welcome", "data": {"name": "<script>x</script>&", "note": "<b>ok</b>"}})
+    notify(
+        conn,
+        tenant,
+        "u1",
+        {"template": "welcome", "data": {"name": "<script>x</script>&", "note": "<b>ok</b>"}},
+    )
     [email] = deliveries(conn)
     assert email["content"] == {
         "subject": "Welcome <script>x</script>&",
@@ -181,7 +207,9 @@ def test_the_notify_step_renders_a_template_with_data_from_the_trigger(conn: Con
     }
     execution_id = start(conn, tenant, install(conn, tenant, doc), {"payload": {"name": "Initech"}})
     assert execution(conn, execution_id)["status"] == "completed"
-    assert conn.execute("select title from conveyor.notifications").fetchone() == {"title": "Deal won: Initech"}
+    assert conn.execute("select title from conveyor.notifications").fetchone() == {
+        "title": "Deal won: Initech"
+    }
 
 
 def test_a_step_missing_a_required_variable_fails_with_the_variable_named(conn: Conn, tenant: str) -> None:
@@ -222,9 +250,9 @@ def test_notify_step_validation_of_template_and_data(conn: Conn) -> None:
     assert problems(conn, with_steps({"id": "t", "notify": {"to": "u1", "template": 5}})) == [
         "steps[0].notify.template: expected a template slug (got 5)"
     ]
-    assert problems(conn, with_steps({"id": "t", "notify": {"to": "u1", "title": "x", "data": {"a": 1}}})) == [
-        'steps[0].notify.data: template variables without a "template"'
-    ]
+    assert problems(
+        conn, with_steps({"id": "t", "notify": {"to": "u1", "title": "x", "data": {"a": 1}}})
+    ) == ['steps[0].notify.data: template variables without a "template"']
 
 
 # --- recipients ---------------------------------------------------------------------------
@@ -232,11 +260,14 @@ def test_notify_step_validation_of_template_and_data(conn: Conn) -> None:
 
 def test_addresses_come_from_the_registered_user_entity_of_the_tenant(conn: Conn, tenant: str) -> None:
     conn.execute("select conveyor.create_tenant('globex', 'Globex')")
-    platform_users(conn, [(tenant, "u1", "ann@acme.test", "+15551", None), ("globex", "u1", "bob@globex.test", None, None)])
+    platform_users(
+        conn,
+        [(tenant, "u1", "ann@acme.test", "+15551", None), ("globex", "u1", "bob@globex.test", None, None)],
+    )
     channels(conn, tenant, sms=True)
     channels(conn, "globex")
     conn.execute(
-        "select conveyor.set_notification_preferences(t, 'u1', '*', '{\"channels\": [\"in_app\", \"email\", \"sms\"]}')"
+        'select conveyor.set_notification_preferences(t, \'u1\', \'*\', \'{"channels": ["in_app", "email", "sms"]}\')'
         " from (values ('acme'), ('globex')) as v (t)"
     )
     notify(conn, tenant, "u1", {"title": "Hi"})
@@ -246,7 +277,13 @@ def test_addresses_come_from_the_registered_user_entity_of_the_tenant(conn: Conn
         ("acme", "email", "ann@acme.test", "queued", None),
         ("acme", "sms", "+15551", "queued", None),
         ("globex", "email", "bob@globex.test", "queued", None),
-        ("globex", "sms", None, "dropped", "no sms connection is set for the tenant (conveyor.set_notification_channel)"),
+        (
+            "globex",
+            "sms",
+            None,
+            "dropped",
+            "no sms connection is set for the tenant (conveyor.set_notification_channel)",
+        ),
     ]
 
 
@@ -261,7 +298,9 @@ def test_a_missing_user_still_gets_the_in_app_row_and_email_is_skipped_with_no_a
     assert (email["status"], email["reason"], email["address"]) == ("dropped", "no address", None)
 
 
-def test_without_a_tenant_email_connection_the_channel_is_skipped_with_the_reason(conn: Conn, tenant: str) -> None:
+def test_without_a_tenant_email_connection_the_channel_is_skipped_with_the_reason(
+    conn: Conn, tenant: str
+) -> None:
     platform_users(conn, [(tenant, "u1", "ann@acme.test", None, None)])
     notify(conn, tenant, "u1", {"title": "Hi"})
     [email] = deliveries(conn)
@@ -275,8 +314,12 @@ def test_register_and_set_channel_refuse_what_does_not_exist(conn: Conn, tenant:
     platform_users(conn, [])
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="has no column mail"):
         conn.execute("select conveyor.register_notification_users('user', 'mail')")
-    with pytest.raises(psycopg.errors.InvalidParameterValue, match="tenant 'acme' has no connection named 'nope'"):
+    with pytest.raises(
+        psycopg.errors.InvalidParameterValue, match="tenant 'acme' has no connection named 'nope'"
+    ):
         conn.execute("select conveyor.set_notification_channel('acme', 'email', 'nope')")
     channels(conn, tenant, email=False, sms=True)
-    with pytest.raises(psycopg.errors.InvalidParameterValue, match="connection 'text' is a twilio connection"):
+    with pytest.raises(
+        psycopg.errors.InvalidParameterValue, match="connection 'text' is a twilio connection"
+    ):
         conn.execute("select conveyor.set_notification_channel('acme', 'email', 'text')")

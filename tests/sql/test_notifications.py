@@ -149,7 +149,7 @@ def test_a_rendered_type_that_is_unknown_fails_the_step_and_writes_nothing(conn:
     ("spec", "expected"),
     [
         ({"title": "Hi"}, ["steps[0].notify.to: required key is missing"]),
-        ({"to": "u1"}, ["steps[0].notify.title: required key is missing (or name a \"template\")"]),
+        ({"to": "u1"}, ['steps[0].notify.title: required key is missing (or name a "template")']),
         ({"to": "u1", "title": ""}, ['steps[0].notify.title: expected a non-empty text (got "")']),
         (
             {"to": "u1", "title": "Hi", "type": "loud"},
