@@ -215,18 +215,26 @@ def has_function(conn: Conn, name: str, *, argument: str | None = None) -> bool:
     return bool(row and row[0])
 
 
+def _apply(
+    conn: Conn, statement: str, results: list[dict[str, Any]], max_output_bytes: int
+) -> list[tuple[int, Any, str]]:
+    if not results:
+        return []
+    rows = conn.execute(statement, (encode_results(results, max_output_bytes),)).fetchall()
+    return [(int(r[0]), r[1], str(r[2])) for r in rows]
+
+
 def write_back(
     conn: Conn, results: list[dict[str, Any]], max_output_bytes: int = MAX_OUTPUT_BYTES
 ) -> list[tuple[int, Any, str]]:
     """Apply results through conveyor.write_back; returns (msg_id, step_run_id, outcome) rows.
     The results are made storable and bounded first (conveyor.results.encode_results)."""
-    if not results:
-        return []
-    rows = conn.execute(
+    return _apply(
+        conn,
         "select msg_id, step_run_id, outcome from conveyor.write_back(%s::jsonb)",
-        (encode_results(results, max_output_bytes),),
-    ).fetchall()
-    return [(int(r[0]), r[1], str(r[2])) for r in rows]
+        results,
+        max_output_bytes,
+    )
 
 
 def write_back_deliveries(
@@ -234,13 +242,12 @@ def write_back_deliveries(
 ) -> list[tuple[int, Any, str]]:
     """Apply notification delivery results through conveyor.write_back_deliveries; returns
     (msg_id, delivery_id, outcome) rows, like write_back."""
-    if not results:
-        return []
-    rows = conn.execute(
+    return _apply(
+        conn,
         "select msg_id, delivery_id, outcome from conveyor.write_back_deliveries(%s::jsonb)",
-        (encode_results(results, max_output_bytes),),
-    ).fetchall()
-    return [(int(r[0]), r[1], str(r[2])) for r in rows]
+        results,
+        max_output_bytes,
+    )
 
 
 # Events per conveyor.dispatch() call from the listener (a full batch means more may wait).
