@@ -97,3 +97,39 @@ def test_an_email_held_by_do_not_disturb_is_sent_when_it_ends_not_before(
     assert until.timestamp() <= second_at < until.timestamp() + 2.0
     wait_for(lambda: [d["status"] for d in deliveries(conn)] == ["sent", "sent"] or None, timeout=30)
     assert runner.stop() == 0
+
+
+def test_a_notification_sms_goes_through_the_runner_s_sms_send(conn: Conn, runners: Any) -> None:
+    from urllib.parse import parse_qs
+
+    from conveyor import connections as conns
+    from conveyor.secrets import SecretBox
+    from tests.e2e.helpers import KEY
+    from tests.runner.helpers import Reply, local_http
+
+    with local_http() as provider:
+        provider.routes["/2010-04-01/Accounts/AC1/Messages.json"] = Reply(
+            201, {"sid": "SM1", "status": "queued", "to": "+15551", "from": "+15550000"}
+        )
+        tenant = setup_tenant(conn)
+        platform_users(conn, [(tenant, "u1", None, "+15551", None)])
+        conns.add(
+            conn, SecretBox(KEY), tenant_id=tenant, name="text", kind="twilio",
+            config={"account_sid": "AC1", "from": "+15550000", "base_url": provider.url("")},
+            secret={"auth_token": "tok"},
+        )  # fmt: skip
+        conn.execute("select conveyor.set_notification_channel(%s, 'sms', 'text')", (tenant,))
+        prefer(conn, tenant, "u1", "*", {"channels": ["in_app", "sms"]})
+        runner = runners()
+        notify(conn, tenant, "u1", {"template": "task_assigned", "data": {"task": "Call Ann"}})
+        [request] = wait_for(lambda: provider.received or None, timeout=30)
+        form = parse_qs(request.body.decode())
+        assert form == {"To": ["+15551"], "From": ["+15550000"], "Body": ["Task: Call Ann (due no due date)"]}
+        [delivery] = wait_for(
+            lambda: [d for d in deliveries(conn) if d["status"] == "sent"] or None, timeout=30
+        )
+        assert {k.lower(): v for k, v in request.headers.items()}[
+            "i-twilio-idempotency-token"
+        ] == f"notification-delivery:{delivery['delivery_id']}"
+        assert delivery["output"]["sid"] == "SM1"
+        assert runner.stop() == 0
