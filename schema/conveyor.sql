@@ -947,7 +947,7 @@ create function conveyor.compiled_steps(p_tenant_id text, p_slug text, p_version
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.compiled_steps(text,text,integer) to conveyor_app, conveyor_service;
 create function conveyor.compose_digest(p_digest_id bigint) returns bigint
-  language plpgsql volatile set search_path = '';
+  language plpgsql volatile set search_path = '' set enable_seqscan = off;
 grant execute on function conveyor.compose_digest(bigint) to conveyor_service;
 create function conveyor.condition_compare(p_op text, p_left jsonb, p_right jsonb, p_field text DEFAULT NULL::text) returns boolean
   language plpgsql stable parallel safe set search_path = '';
@@ -1035,13 +1035,13 @@ grant execute on function conveyor.delete_workflow(text,text) to conveyor_app, c
 create function conveyor.delivery_awaited(p_msg_id bigint, p_message jsonb) returns boolean
   language plpgsql stable security definer set search_path = '';
 create function conveyor.delivery_message(p_delivery conveyor.notification_deliveries) returns jsonb
-  language sql stable set search_path = '';
+  language plpgsql immutable set search_path = '';
 grant execute on function conveyor.delivery_message(conveyor.notification_deliveries) to conveyor_service;
 create function conveyor.delivery_obstacle(p_channel text, p_connection text, p_address text) returns text
   language sql immutable set search_path = '';
 grant execute on function conveyor.delivery_obstacle(text,text,text) to conveyor_service;
 create function conveyor.digest_content(p_digest conveyor.notification_digests) returns jsonb
-  language plpgsql stable set search_path = '';
+  language plpgsql stable set search_path = '' set enable_seqscan = off;
 grant execute on function conveyor.digest_content(conveyor.notification_digests) to conveyor_service;
 create function conveyor.dispatch(p_limit integer DEFAULT 1000) returns integer
   language plpgsql volatile set search_path = '' set jit = off;
@@ -1496,9 +1496,9 @@ grant execute on function conveyor.parse_until(text,timestamp with time zone) to
 create function conveyor.pause_execution(p_tenant_id text, p_execution_id bigint) returns boolean
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.pause_execution(text,bigint) to conveyor_app, conveyor_service;
-create function conveyor.plan_deliveries(p_notification conveyor.notifications, p_decisions jsonb, p_content jsonb, p_recipient jsonb) returns jsonb
+create function conveyor.plan_deliveries(p_notification conveyor.notifications, p_decisions jsonb, p_content jsonb, p_recipient jsonb, p_connections jsonb) returns jsonb
   language plpgsql volatile set search_path = '';
-grant execute on function conveyor.plan_deliveries(conveyor.notifications,jsonb,jsonb,jsonb) to conveyor_service;
+grant execute on function conveyor.plan_deliveries(conveyor.notifications,jsonb,jsonb,jsonb,jsonb) to conveyor_service;
 create function conveyor.plan_limit_value(p_plan text, p_quota text, p_kind text, p_value jsonb) returns text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.plan_limit_value(text,text,text,jsonb) to conveyor_service;
@@ -1524,7 +1524,7 @@ create function conveyor.published_versions(p_tenant_id text, p_slug text) retur
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.published_versions(text,text) to conveyor_app, conveyor_service;
 create function conveyor.queue_deliveries(p_delivery_ids bigint[], p_delay_s integer DEFAULT 0) returns integer
-  language plpgsql volatile set search_path = '';
+  language plpgsql volatile set search_path = '' set enable_seqscan = off;
 grant execute on function conveyor.queue_deliveries(bigint[],integer) to conveyor_service;
 create function conveyor.queue_messages(p_messages jsonb[], p_delay_s integer DEFAULT 0) returns TABLE(msg_id bigint, step_run_id bigint)
   language plpgsql volatile set search_path = '';
@@ -1973,7 +1973,7 @@ create function conveyor.write_back(p_results jsonb) returns TABLE(msg_id bigint
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.write_back(jsonb) to conveyor_service;
 create function conveyor.write_back_deliveries(p_results jsonb) returns TABLE(msg_id bigint, delivery_id bigint, outcome text)
-  language plpgsql volatile security definer set search_path = '';
+  language plpgsql volatile security definer set search_path = '' set enable_seqscan = off;
 grant execute on function conveyor.write_back_deliveries(jsonb) to conveyor_service;
 
 create event trigger conveyor_rewatch_altered_tables on ddl_command_end when tag in ('ALTER TABLE') execute function conveyor.rewatch_altered_tables();

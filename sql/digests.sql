@@ -45,6 +45,8 @@ returns jsonb
 language plpgsql
 stable
 set search_path = ''
+-- by the digest's index, whatever the tables' sizes when the plan was cached
+set enable_seqscan = off
 as $$
 declare
   v_doc jsonb := conveyor.notification_template(p_digest.tenant_id, 'digest');
@@ -102,6 +104,8 @@ create or replace function conveyor.compose_digest(p_digest_id bigint)
 returns bigint
 language plpgsql
 set search_path = ''
+-- by the digest's index, whatever the tables' sizes when the plan was cached
+set enable_seqscan = off
 as $$
 declare
   v_digest conveyor.notification_digests;

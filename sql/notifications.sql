@@ -29,7 +29,8 @@ $$;
 -- win) and the email / SMS content. The user's preference for the category decides each
 -- channel (conveyor.resolve_notification_channels): the in-app row is always written (as
 -- archived when the user does not want it in-app); email and SMS become deliveries
--- (conveyor.plan_deliveries): queued in this transaction, held, digested or dropped.
+-- (conveyor.plan_deliveries): queued in this transaction, held, digested or dropped. A
+-- tenant that has set no channel (conveyor.set_notification_channel) sends in-app only.
 create or replace function conveyor.insert_notification(
   p_tenant_id text,
   p_user_id text,
@@ -54,6 +55,8 @@ declare
   v_content jsonb := '{}';
   v_row conveyor.notifications;
   v_channel text;
+  v_connections jsonb;
+  v_prefs jsonb;
 begin
   if jsonb_typeof(p_spec) is distinct from 'object' then
     raise exception using errcode = '22023',
@@ -106,11 +109,23 @@ begin
   end if;
 
   v_spec := v_spec || jsonb_build_object('category', coalesce(nullif(v_spec ->> 'category', ''), 'general'));
-  v_recipient := conveyor.notification_recipient(p_tenant_id, p_user_id);
-  v_decisions := conveyor.resolve_notification_channels(
-    conveyor.effective_notification_preferences(p_tenant_id, p_user_id, v_spec ->> 'category'),
-    v_spec ->> 'category', coalesce(v_spec ->> 'priority', 'normal'), v_recipient ->> 'timezone', now()
-  );
+  -- A tenant that has set no channel sends in-app only: no address is looked up and no
+  -- delivery is recorded (the in-app rule still follows the user's preference).
+  select jsonb_object_agg(c.channel, c.connection_name) into v_connections
+  from conveyor.notification_channels as c where c.tenant_id = p_tenant_id;
+  v_recipient := case
+    when v_connections is not null then conveyor.notification_recipient(p_tenant_id, p_user_id)
+    else '{"timezone": "UTC"}'
+  end;
+  v_prefs := conveyor.effective_notification_preferences(p_tenant_id, p_user_id, v_spec ->> 'category');
+  v_decisions := case
+    -- in-app only, and the defaults: what the rule gives the defaults for in-app
+    when v_connections is null and v_prefs = conveyor.default_notification_preferences()
+      then '{"in_app": {"action": "send"}}'::jsonb
+    else conveyor.resolve_notification_channels(
+      v_prefs, v_spec ->> 'category', coalesce(v_spec ->> 'priority', 'normal'), v_recipient ->> 'timezone', now()
+    )
+  end;
 
   insert into conveyor.notifications (
     tenant_id, user_id, category, type, priority, title, message, entity_type, entity_id, action_url,
@@ -129,7 +144,7 @@ begin
 
   -- the content of each channel that is sent or held: the template's, or the in-app text
   foreach v_channel in array array['email', 'sms'] loop
-    continue when v_decisions #>> array[v_channel, 'action'] not in ('send', 'hold');
+    continue when v_connections is null or v_decisions #>> array[v_channel, 'action'] not in ('send', 'hold');
     v_content := v_content || jsonb_build_object(v_channel, case
       when v_doc is not null and v_doc ? v_channel
         then conveyor.render_notification_part(v_doc, v_slug, v_channel, v_data, p_where)
@@ -140,7 +155,9 @@ begin
       else jsonb_build_object('body', concat_ws(': ', v_row.title, nullif(v_row.message, '')))
     end);
   end loop;
-  perform conveyor.plan_deliveries(v_row, v_decisions, jsonb_strip_nulls(v_content), v_recipient);
+  if v_connections is not null then
+    perform conveyor.plan_deliveries(v_row, v_decisions, jsonb_strip_nulls(v_content), v_recipient, v_connections);
+  end if;
 
   if v_row.archived_at is null then
     perform pg_catalog.pg_notify('conveyor_notifications', jsonb_build_object(

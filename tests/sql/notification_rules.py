@@ -20,8 +20,9 @@ WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", 
 
 
 def wall(value: datetime, zone: str) -> datetime:
-    """The local wall-clock time (naive) of an instant in a zone."""
-    return value.astimezone(ZoneInfo(zone)).replace(tzinfo=None)
+    """The local wall-clock time (naive) of an instant in a zone. (Through UTC: astimezone
+    to the zone a value already has returns it unchanged, even inside a gap.)"""
+    return value.astimezone(UTC).astimezone(ZoneInfo(zone)).replace(tzinfo=None)
 
 
 def local_to_instant(local: datetime, zone: str) -> datetime:

@@ -191,6 +191,20 @@ def test_a_held_channel_is_released_outside_quiet_hours_and_after_do_not_disturb
         assert resolve_sql(conn, prefs, priority, zone, until)[channel]["action"] == "send"
 
 
+def test_quiet_hours_ending_inside_a_gap_end_when_the_gap_does(conn: Conn) -> None:
+    """Found by the property test (against a reference that first got the gap wrong): in
+    Sydney 02:00 on 2026-10-04 does not exist; quiet hours ending then end at 03:00 AEDT."""
+    prefs = {"quiet_hours": {"start": "00:00", "end": "02:00"}}
+    found = resolve_sql(conn, prefs, "low", "Australia/Sydney", datetime(2026, 10, 3, 15, 59, tzinfo=UTC))
+    assert as_tuple(found["email"]) == ("hold", datetime(2026, 10, 3, 16, 0, tzinfo=UTC))
+    assert rules.resolve(prefs, "low", "Australia/Sydney", datetime(2026, 10, 3, 15, 59, tzinfo=UTC))[
+        "email"
+    ] == (
+        "hold",
+        datetime(2026, 10, 3, 16, 0, tzinfo=UTC),
+    )
+
+
 def test_known_dst_cases(conn: Conn) -> None:
     """Quiet hours ending at 02:30 on Berlin's spring-forward night end at 03:00 (the gap);
     a daily digest at 02:30 on the fall-back night is due at its first occurrence."""

@@ -301,11 +301,21 @@ def test_a_missing_user_still_gets_the_in_app_row_and_email_is_skipped_with_no_a
 def test_without_a_tenant_email_connection_the_channel_is_skipped_with_the_reason(
     conn: Conn, tenant: str
 ) -> None:
-    platform_users(conn, [(tenant, "u1", "ann@acme.test", None, None)])
+    platform_users(conn, [(tenant, "u1", "ann@acme.test", "+15551", None)])
+    channels(conn, tenant, email=False, sms=True)
     notify(conn, tenant, "u1", {"title": "Hi"})
     [email] = deliveries(conn)
     assert email["status"] == "dropped"
     assert email["reason"] == "no email connection is set for the tenant (conveyor.set_notification_channel)"
+
+
+def test_a_tenant_with_no_channel_at_all_sends_in_app_only_and_records_no_delivery(
+    conn: Conn, tenant: str
+) -> None:
+    platform_users(conn, [(tenant, "u1", "ann@acme.test", None, None)])
+    notify(conn, tenant, "u1", {"title": "Hi"})
+    assert conn.execute("select title from conveyor.notifications").fetchall() == [{"title": "Hi"}]
+    assert deliveries(conn) == []
 
 
 def test_register_and_set_channel_refuse_what_does_not_exist(conn: Conn, tenant: str) -> None:
