@@ -172,7 +172,7 @@ alter table conveyor.events add constraint events_pkey PRIMARY KEY (event_id);
 CREATE INDEX events_caused_by_idx ON conveyor.events USING btree (caused_by_execution_id) WHERE (caused_by_execution_id IS NOT NULL);
 CREATE UNIQUE INDEX events_dedupe_key_idx ON conveyor.events USING btree (tenant_id, dedupe_key) WHERE (dedupe_key IS NOT NULL);
 CREATE INDEX events_dispatched_idx ON conveyor.events USING btree (tenant_id, dispatched_at) WHERE (dispatched_at IS NOT NULL);
-CREATE INDEX events_pending_idx ON conveyor.events USING btree (event_id) WHERE (dispatched_at IS NULL);
+CREATE INDEX events_pending_tenant_idx ON conveyor.events USING btree (tenant_id, event_id) WHERE (dispatched_at IS NULL);
 CREATE INDEX events_tenant_time_idx ON conveyor.events USING btree (tenant_id, occurred_at);
 CREATE INDEX events_tenant_type_time_idx ON conveyor.events USING btree (tenant_id, event_type, occurred_at);
 alter table conveyor.events enable row level security;
@@ -937,6 +937,9 @@ grant execute on function conveyor.cancel_execution(text,bigint,text) to conveyo
 create function conveyor.capture_log(p_table regclass) returns text
   language sql immutable set search_path = '';
 grant execute on function conveyor.capture_log(regclass) to conveyor_service;
+create function conveyor.claim_events(p_limit integer) returns TABLE(event_id bigint, tenant_id text, depth integer)
+  language plpgsql volatile set search_path = '' set jit = off;
+grant execute on function conveyor.claim_events(integer) to conveyor_service;
 create function conveyor.compile_filter(p_filter jsonb) returns jsonpath
   language plpgsql immutable parallel safe set search_path = '';
 grant execute on function conveyor.compile_filter(jsonb) to conveyor_service;
@@ -1204,6 +1207,9 @@ create function conveyor.export_workflow(p_tenant_id text, p_slug text, p_versio
 grant execute on function conveyor.export_workflow(text,text,integer) to conveyor_app, conveyor_service;
 create function conveyor.fail_uninterpretable(p_exec conveyor.executions, p_new boolean, p_error jsonb) returns void
   language plpgsql volatile security definer set search_path = '';
+create function conveyor.fair_round(p_left integer, p_tenants text[], p_after bigint[], OUT tenants text[], OUT after bigint[], OUT share integer) returns record
+  language plpgsql immutable set search_path = '';
+grant execute on function conveyor.fair_round(integer,text[],bigint[]) to conveyor_service;
 create function conveyor.fanout_abort_children(p_execution_id bigint, p_status text, p_error jsonb) returns void
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.fanout_abort_children(bigint,text,jsonb) to conveyor_service;

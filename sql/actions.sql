@@ -238,16 +238,81 @@ set plan_cache_mode = force_generic_plan
 set enable_seqscan = off
 as $$
 #variable_conflict use_column
+declare
+  v_tenants text[];
+  v_after bigint[];
+  v_ids bigint[] := array[]::bigint[];
+  v_round_ids bigint[];
+  v_left integer := greatest(coalesce(p_qty, 0), 0);
+  v_share integer;
+  v_round integer := 0;
 begin
-  return query
-  with next as (
-    select q.msg_id
-    from pgmq.q_conveyor_actions as q
-    where q.vt <= pg_catalog.clock_timestamp()
-    order by q.msg_id
-    limit greatest(p_qty, 0)
-    for update skip locked
+  -- Which messages: each tenant with messages queued takes its share of the read, its
+  -- oldest visible ones first; what a tenant leaves unused is shared again between those
+  -- that had more (conveyor.claim_events does the same for dispatch; docs/queue.md
+  -- "Fairness"). The tenants are found by a skip scan of q_conveyor_actions_tenant_idx.
+  with recursive t (tenant_id, first_id, n) as (
+    (
+      select coalesce(q.message ->> 'tenant_id', ''), q.msg_id, 1
+      from pgmq.q_conveyor_actions as q
+      order by coalesce(q.message ->> 'tenant_id', ''), q.msg_id
+      limit 1
+    )
+    union all
+    select nx.tenant_id, nx.msg_id, t.n + 1
+    from t
+    cross join lateral (
+      select coalesce(q.message ->> 'tenant_id', '') as tenant_id, q.msg_id
+      from pgmq.q_conveyor_actions as q
+      where coalesce(q.message ->> 'tenant_id', '') > t.tenant_id
+      order by coalesce(q.message ->> 'tenant_id', ''), q.msg_id
+      limit 1
+    ) as nx
+    where t.n < 10000
   )
+  -- the tenants whose oldest message is oldest first: with more tenants than places, those
+  -- that have waited longest are served
+  select array_agg(t.tenant_id order by t.first_id) into v_tenants from t;
+
+  while v_left > 0 and coalesce(pg_catalog.cardinality(v_tenants), 0) > 0 and v_round < 8 loop
+    v_round := v_round + 1;
+    select r.tenants, r.after, r.share into v_tenants, v_after, v_share
+    from conveyor.fair_round(v_left, v_tenants, v_after) as r;
+    with taken as (
+      select c.msg_id, c.tenant_id
+      from unnest(v_tenants, coalesce(v_after, array[]::bigint[])) as w (tenant_id, after_id)
+      cross join lateral (
+        select q.msg_id, coalesce(q.message ->> 'tenant_id', '') as tenant_id
+        from pgmq.q_conveyor_actions as q
+        where (coalesce(q.message ->> 'tenant_id', ''), q.msg_id) > (w.tenant_id, coalesce(w.after_id, 0))
+          and coalesce(q.message ->> 'tenant_id', '') = w.tenant_id
+          and q.vt <= pg_catalog.clock_timestamp()
+        order by coalesce(q.message ->> 'tenant_id', ''), q.msg_id
+        limit v_share
+        for update skip locked
+      ) as c
+    ),
+    filled as (
+      select tk.tenant_id, max(tk.msg_id) as last_id
+      from taken as tk
+      group by tk.tenant_id
+      having count(*) >= v_share
+    )
+    select
+      array_agg(k.msg_id),
+      (select array_agg(f.tenant_id order by f.tenant_id) from filled as f),
+      (select array_agg(f.last_id order by f.tenant_id) from filled as f)
+    into v_round_ids, v_tenants, v_after
+    from taken as k;
+    exit when v_round_ids is null;
+    v_ids := v_ids || v_round_ids;
+    v_left := v_left - pg_catalog.cardinality(v_round_ids);
+  end loop;
+  if pg_catalog.cardinality(v_ids) = 0 then
+    return;
+  end if;
+
+  return query
   update pgmq.q_conveyor_actions as m
   set
     %s
@@ -259,8 +324,7 @@ begin
         else least(p_default_timeout_s, 2147483647)
       end + least(greatest(p_margin_s, 0), 2147483647)
     ))::double precision)
-  from next
-  where m.msg_id = next.msg_id
+  where m.msg_id = any(v_ids)
   returning m.msg_id, m.read_ct, m.message,
     -- Both checks are made for a redelivery only (read_ct > 1), in functions of their own:
     -- a first delivery's step run was queued with it, in the same transaction, and the
