@@ -58,7 +58,9 @@ declare
   v_entity conveyor.entities;
   v_tenant_type text;
   v_id_type text;
-  v_row record;
+  v_email text;
+  v_phone text;
+  v_timezone text;
   v_tenant_tz text;
   v_found boolean := false;
 begin
@@ -77,7 +79,7 @@ begin
         coalesce('t.' || quote_ident(v_users.phone_column), 'null'),
         coalesce('t.' || quote_ident(v_users.timezone_column), 'null'),
         v_entity.table_name, v_entity.tenant_column, v_tenant_type, v_entity.id_column, v_id_type
-      ) into v_row using p_tenant_id, p_user_id;
+      ) into v_email, v_phone, v_timezone using p_tenant_id, p_user_id;
       v_found := found;
     exception when invalid_text_representation then
       v_found := false;  -- an id that is no value of the id column's type names no user
@@ -88,13 +90,13 @@ begin
   end if;
   -- a time zone the database does not know is the tenant's
   begin
-    perform pg_catalog.timezone(v_row.timezone, pg_catalog.now());
+    perform pg_catalog.timezone(v_timezone, pg_catalog.now());
   exception when others then
-    v_row.timezone := null;
+    v_timezone := null;
   end;
   return jsonb_build_object(
-    'found', true, 'email', nullif(btrim(v_row.email), ''), 'phone', nullif(btrim(v_row.phone), ''),
-    'timezone', coalesce(nullif(v_row.timezone, ''), v_tenant_tz, 'UTC')
+    'found', true, 'email', nullif(btrim(v_email), ''), 'phone', nullif(btrim(v_phone), ''),
+    'timezone', coalesce(nullif(v_timezone, ''), v_tenant_tz, 'UTC')
   );
 end;
 $$;

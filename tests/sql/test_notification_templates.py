@@ -333,3 +333,18 @@ def test_register_and_set_channel_refuse_what_does_not_exist(conn: Conn, tenant:
         psycopg.errors.InvalidParameterValue, match="connection 'text' is a twilio connection"
     ):
         conn.execute("select conveyor.set_notification_channel('acme', 'email', 'text')")
+
+
+def test_a_recipient_s_unknown_time_zone_is_the_tenant_s(conn: Conn) -> None:
+    conn.execute("select conveyor.create_tenant('acme', 'Acme', 'Europe/Lisbon')")
+    platform_users(
+        conn, [("acme", "u1", "a@acme.test", None, "Mars/Base"), ("acme", "u2", None, None, "Asia/Tokyo")]
+    )
+    found = conn.execute(
+        "select conveyor.notification_recipient('acme', u) as r from unnest(array['u1', 'u2', 'u3']) as u"
+    ).fetchall()
+    assert [r["r"] for r in found] == [
+        {"found": True, "email": "a@acme.test", "phone": None, "timezone": "Europe/Lisbon"},
+        {"found": True, "email": None, "phone": None, "timezone": "Asia/Tokyo"},
+        {"found": False, "timezone": "Europe/Lisbon"},
+    ]
