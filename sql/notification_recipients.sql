@@ -63,6 +63,7 @@ declare
   v_timezone text;
   v_tenant_tz text;
   v_found boolean := false;
+  v_rows bigint;
 begin
   select t.timezone into v_tenant_tz from conveyor.tenants as t where t.tenant_id = p_tenant_id;
   select u.* into v_users from conveyor.notification_users as u;
@@ -80,7 +81,8 @@ begin
         coalesce('t.' || quote_ident(v_users.timezone_column), 'null'),
         v_entity.table_name, v_entity.tenant_column, v_tenant_type, v_entity.id_column, v_id_type
       ) into v_email, v_phone, v_timezone using p_tenant_id, p_user_id;
-      v_found := found;
+      get diagnostics v_rows = row_count;  -- (execute does not set found)
+      v_found := v_rows > 0;
     exception when invalid_text_representation then
       v_found := false;  -- an id that is no value of the id column's type names no user
     end;
