@@ -243,3 +243,20 @@ def test_the_application_manages_its_own_templates_preferences_and_channels(
         "select count(*) as n from conveyor.notification_templates where tenant_id = 'globex'"
     )
     assert globex.fetchone() == {"n": 1}
+
+
+def test_a_dry_run_of_a_notify_step_sends_and_keeps_nothing(conn: Conn, tenant: str) -> None:
+    from tests.sql.interpreter_helpers import dry_run
+
+    platform_users(conn, [(tenant, "ann", "ann@acme.test", None, None)])
+    channels(conn, tenant)
+    doc = {
+        "slug": "tell",
+        "name": "Tell",
+        "trigger": {"event": "crm.deal.won"},
+        "steps": [{"id": "tell", "notify": {"to": "ann", "template": "deal_won", "data": {"deal": "D"}}}],
+    }
+    result = dry_run(conn, doc, {"event_type": "crm.deal.won", "payload": {}})
+    assert result["status"] == "completed", result
+    assert deliveries(conn) == [] and delivery_messages(conn) == []
+    assert conn.execute("select count(*) as n from conveyor.notifications").fetchone() == {"n": 0}
