@@ -133,3 +133,53 @@ def test_a_notification_sms_goes_through_the_runner_s_sms_send(conn: Conn, runne
         ] == f"notification-delivery:{delivery['delivery_id']}"
         assert delivery["output"]["sid"] == "SM1"
         assert runner.stop() == 0
+
+
+def test_a_workflow_s_notify_step_emails_through_the_runner(
+    conn: Conn, mailbox: tuple[Mailbox, int], runners: Any
+) -> None:
+    from tests.e2e.helpers import all_final, emit, publish
+
+    box, port = mailbox
+    tenant = setup_tenant(conn)
+    platform_users(conn, [(tenant, "owner-7", "owner@acme.test", None, None)])
+    channels(conn, tenant, port=port)
+    step = {
+        "notify": {
+            "to": "{{trigger.payload.owner}}",
+            "template": "task_assigned",
+            "data": {"task": "Call {{trigger.payload.name}}", "assigned_by": "Conveyor"},
+        }
+    }
+    publish(conn, tenant, step)
+    runner = runners()
+    emit(conn, tenant, {"owner": "owner-7", "name": "Ann <CEO>"})
+    [execution] = wait_for(lambda: all_final(conn, 1), timeout=30)
+    assert execution["status"] == "completed", execution["error"]
+    [(_, recipients, message)] = wait_for(lambda: box.received or None, timeout=30)
+    assert (recipients, message["Subject"]) == (["owner@acme.test"], "Task assigned: Call Ann <CEO>")
+    html = message.get_body(("html",))
+    assert html is not None and "Call Ann &lt;CEO&gt;" in html.get_content()
+    assert runner.stop() == 0
+
+
+def test_a_due_digest_is_emailed_by_the_runner_s_tick(
+    conn: Conn, mailbox: tuple[Mailbox, int], runners: Any
+) -> None:
+    box, port = mailbox
+    tenant = setup_tenant(conn)
+    platform_users(conn, [(tenant, "u1", "ann@acme.test", None, "Asia/Tokyo")])
+    channels(conn, tenant, port=port)
+    prefer(conn, tenant, "u1", "*", {"frequency": "daily_digest"})
+    for title in ("First", "Second <b>"):
+        notify(conn, tenant, "u1", {"title": title, "message": "m"})
+    runner = runners()
+    time.sleep(1.0)
+    assert box.received == []  # collected, not sent
+    # as if the digest time came now
+    conn.execute("update conveyor.notification_digests set due_at = clock_timestamp() + interval '1 second'")
+    [(_, recipients, message)] = wait_for(lambda: box.received or None, timeout=30)
+    assert (recipients, message["Subject"]) == (["ann@acme.test"], "Your daily digest: 2 notification(s)")
+    html = message.get_body(("html",))
+    assert html is not None and "First" in html.get_content() and "Second &lt;b&gt;" in html.get_content()
+    assert runner.stop() == 0
