@@ -59,6 +59,10 @@ begin
     return next format('%s: expected an object of preferences (got %s)', p_path, coalesce(jsonb_typeof(p_prefs), 'nothing'));
     return;
   end if;
+  if pg_catalog.octet_length(p_prefs::text) > 4096 then
+    return next format('%s: %s bytes, a preference is at most 4096', p_path, pg_catalog.octet_length(p_prefs::text));
+    return;
+  end if;
   return query
   select format('%s.%s: unknown preference (expected channels, frequency, quiet_hours, dnd_until, '
     'email_unsubscribed, digest)', p_path, k)
@@ -74,6 +78,10 @@ begin
       from jsonb_array_elements(p_prefs -> 'channels') with ordinality as e (v, n)
       where e.v not in ('"in_app"', '"email"', '"sms"')
       order by e.n;
+      if jsonb_array_length(p_prefs -> 'channels')
+        <> (select count(distinct e.v) from jsonb_array_elements(p_prefs -> 'channels') as e (v)) then
+        return next format('%s.channels: a channel is listed twice', p_path);
+      end if;
     end if;
   end if;
   if coalesce(p_prefs -> 'frequency', 'null') <> 'null' and (p_prefs -> 'frequency') not in (

@@ -88,6 +88,8 @@ def test_a_category_row_overrides_the_star_row_field_by_field(conn: Conn, tenant
         ({"dnd_until": "tomorrow-ish"}, [
             'preferences.dnd_until: expected a timestamp with a time zone (got "tomorrow-ish")']),
         ({"email_unsubscribed": "yes"}, ["preferences.email_unsubscribed: expected true or false"]),
+        ({"channels": ["email", "email"]}, ["preferences.channels: a channel is listed twice"]),
+        ({"channels": ["email"] * 2000}, ["preferences: 18014 bytes, a preference is at most 4096"]),
         ({"digest": {"time": "8am", "day": "someday"}}, [
             'preferences.digest.time: expected a local time "HH:MM" (got "8am")',
             'preferences.digest.day: expected monday .. sunday (got "someday")']),
