@@ -336,8 +336,9 @@ declare
 begin
   perform conveyor.require_tenant(p_tenant_id);
   perform conveyor.require_notification_user(p_user_id);
-  if p_category is null or btrim(p_category) = '' then
-    raise exception using errcode = '22023', message = 'p_category: a category (or ''*'' for all) is required';
+  if p_category is null or btrim(p_category) = '' or length(p_category) > 100 then
+    raise exception using errcode = '22023',
+      message = 'p_category: a category of at most 100 characters (or ''*'' for all) is required';
   end if;
   if p_preferences is null then
     delete from conveyor.notification_preferences as p
