@@ -200,6 +200,7 @@ alter table conveyor.execution_logs add constraint execution_logs_tenant_id_fkey
 CREATE INDEX execution_logs_execution_idx ON conveyor.execution_logs USING btree (execution_id);
 CREATE INDEX execution_logs_tenant_time_idx ON conveyor.execution_logs USING btree (tenant_id, logged_at);
 CREATE INDEX execution_logs_unattached_idx ON conveyor.execution_logs USING btree (tenant_id, logged_at) WHERE (execution_id IS NULL);
+CREATE INDEX execution_logs_workflow_refusals_idx ON conveyor.execution_logs USING btree (workflow_id, logged_at) WHERE ((execution_id IS NULL) AND (workflow_id IS NOT NULL));
 alter table conveyor.execution_logs enable row level security;
 alter table conveyor.execution_logs force row level security;
 create policy execution_logs_isolation on conveyor.execution_logs as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
@@ -234,7 +235,8 @@ create table conveyor.executions (
   parent_execution_id bigint,
   fanout_id bigint,
   child_index integer,
-  item jsonb
+  item jsonb,
+  flow_key text
 );
 alter table conveyor.executions add constraint executions_depth_check CHECK ((depth >= 0));
 alter table conveyor.executions add constraint executions_failed_has_error CHECK (((status <> 'failed'::text) OR (error IS NOT NULL)));
@@ -243,12 +245,14 @@ alter table conveyor.executions add constraint executions_pkey PRIMARY KEY (exec
 alter table conveyor.executions add constraint executions_retry_of_fkey FOREIGN KEY (retry_of) REFERENCES conveyor.executions(execution_id) ON DELETE SET NULL;
 alter table conveyor.executions add constraint executions_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text, 'completed'::text, 'failed'::text, 'cancelled'::text, 'timed_out'::text])));
 alter table conveyor.executions add constraint executions_steps_run_check CHECK ((steps_run >= 0));
-alter table conveyor.executions add constraint executions_wait_kind_check CHECK ((wait_kind = ANY (ARRAY['action'::text, 'delay'::text, 'event'::text, 'children'::text, 'turn'::text])));
+alter table conveyor.executions add constraint executions_wait_kind_check CHECK ((wait_kind = ANY (ARRAY['action'::text, 'delay'::text, 'event'::text, 'children'::text, 'turn'::text, 'slot'::text, 'debounce'::text, 'approval'::text])));
 alter table conveyor.executions add constraint executions_waiting_has_reason CHECK (((status = 'waiting'::text) = (wait_kind IS NOT NULL)));
 alter table conveyor.executions add constraint executions_workflow_id_version_fkey FOREIGN KEY (workflow_id, version) REFERENCES conveyor.workflow_versions(workflow_id, version);
 CREATE INDEX executions_due_scan_idx ON conveyor.executions USING btree (resume_at, execution_id) WHERE ((status = 'waiting'::text) AND (wait_kind = ANY (ARRAY['delay'::text, 'event'::text])) AND (paused_at IS NULL));
 CREATE UNIQUE INDEX executions_fanout_child_idx ON conveyor.executions USING btree (fanout_id, child_index) WHERE (fanout_id IS NOT NULL);
 CREATE INDEX executions_finished_idx ON conveyor.executions USING btree (tenant_id, finished_at) WHERE (finished_at IS NOT NULL);
+CREATE INDEX executions_flow_due_idx ON conveyor.executions USING btree (resume_at, execution_id) WHERE ((status = 'waiting'::text) AND (wait_kind = ANY (ARRAY['slot'::text, 'debounce'::text])) AND (resume_at IS NOT NULL) AND (paused_at IS NULL));
+CREATE INDEX executions_flow_queue_idx ON conveyor.executions USING btree (workflow_id, flow_key, execution_id) WHERE ((status = 'waiting'::text) AND (wait_kind = 'slot'::text));
 CREATE INDEX executions_join_due_idx ON conveyor.executions USING btree (resume_at, execution_id) WHERE ((status = 'waiting'::text) AND (wait_kind = 'children'::text) AND (resume_at IS NOT NULL) AND (paused_at IS NULL));
 CREATE UNIQUE INDEX executions_once_per_entity ON conveyor.executions USING btree (workflow_id, once_key) WHERE (once_key IS NOT NULL);
 CREATE INDEX executions_parent_idx ON conveyor.executions USING btree (parent_execution_id) WHERE (parent_execution_id IS NOT NULL);
@@ -307,6 +311,54 @@ alter table conveyor.fanouts force row level security;
 create policy fanouts_isolation on conveyor.fanouts as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
 grant select on conveyor.fanouts to conveyor_app;
 grant select, insert, update, delete on conveyor.fanouts to conveyor_service;
+
+create table conveyor.flow_debounces (
+  tenant_id text not null,
+  workflow_id bigint not null,
+  key text not null,
+  execution_id bigint not null,
+  events integer default 1 not null
+);
+alter table conveyor.flow_debounces add constraint flow_debounces_pkey PRIMARY KEY (workflow_id, key);
+alter table conveyor.flow_debounces add constraint flow_debounces_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+alter table conveyor.flow_debounces add constraint flow_debounces_workflow_id_fkey FOREIGN KEY (workflow_id) REFERENCES conveyor.workflows(workflow_id) ON DELETE CASCADE;
+alter table conveyor.flow_debounces enable row level security;
+alter table conveyor.flow_debounces force row level security;
+create policy flow_debounces_isolation on conveyor.flow_debounces as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.flow_debounces to conveyor_app;
+grant select, insert, update, delete on conveyor.flow_debounces to conveyor_service;
+
+create table conveyor.flow_slots (
+  tenant_id text not null,
+  workflow_id bigint not null,
+  key text not null,
+  running integer default 0 not null
+);
+alter table conveyor.flow_slots add constraint flow_slots_pkey PRIMARY KEY (workflow_id, key);
+alter table conveyor.flow_slots add constraint flow_slots_running_check CHECK ((running >= 0));
+alter table conveyor.flow_slots add constraint flow_slots_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+alter table conveyor.flow_slots add constraint flow_slots_workflow_id_fkey FOREIGN KEY (workflow_id) REFERENCES conveyor.workflows(workflow_id) ON DELETE CASCADE;
+alter table conveyor.flow_slots enable row level security;
+alter table conveyor.flow_slots force row level security;
+create policy flow_slots_isolation on conveyor.flow_slots as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.flow_slots to conveyor_app;
+grant select, insert, update, delete on conveyor.flow_slots to conveyor_service;
+
+create table conveyor.flow_throttles (
+  tenant_id text not null,
+  workflow_id bigint not null,
+  key text not null,
+  window_start timestamp with time zone not null,
+  started integer default 0 not null
+);
+alter table conveyor.flow_throttles add constraint flow_throttles_pkey PRIMARY KEY (workflow_id, key, window_start);
+alter table conveyor.flow_throttles add constraint flow_throttles_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+alter table conveyor.flow_throttles add constraint flow_throttles_workflow_id_fkey FOREIGN KEY (workflow_id) REFERENCES conveyor.workflows(workflow_id) ON DELETE CASCADE;
+alter table conveyor.flow_throttles enable row level security;
+alter table conveyor.flow_throttles force row level security;
+create policy flow_throttles_isolation on conveyor.flow_throttles as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.flow_throttles to conveyor_app;
+grant select, insert, update, delete on conveyor.flow_throttles to conveyor_service;
 
 create table conveyor.installed_components (
   name text not null,
@@ -521,7 +573,7 @@ create table conveyor.schedule_firings (
 );
 alter table conveyor.schedule_firings add constraint schedule_firings_execution_id_fkey FOREIGN KEY (execution_id) REFERENCES conveyor.executions(execution_id) ON DELETE SET NULL;
 alter table conveyor.schedule_firings add constraint schedule_firings_missed_slots_check CHECK ((missed_slots >= 0));
-alter table conveyor.schedule_firings add constraint schedule_firings_outcome_check CHECK ((outcome = ANY (ARRAY['started'::text, 'skipped_overlap'::text])));
+alter table conveyor.schedule_firings add constraint schedule_firings_outcome_check CHECK ((outcome = ANY (ARRAY['started'::text, 'skipped_overlap'::text, 'skipped_quota'::text])));
 alter table conveyor.schedule_firings add constraint schedule_firings_pkey PRIMARY KEY (schedule_id, slot);
 alter table conveyor.schedule_firings add constraint schedule_firings_schedule_id_fkey FOREIGN KEY (schedule_id) REFERENCES conveyor.schedules(schedule_id) ON DELETE CASCADE;
 alter table conveyor.schedule_firings add constraint schedule_firings_started_has_execution CHECK (((outcome = 'started'::text) = (execution_id IS NOT NULL)));
@@ -860,7 +912,8 @@ create table conveyor.workflow_versions (
   retry_policy jsonb default '{"attempts": 1}'::jsonb not null,
   on_error text default 'fail'::text not null,
   max_steps integer default 1000 not null,
-  published_at timestamp with time zone default now() not null
+  published_at timestamp with time zone default now() not null,
+  flow jsonb
 );
 alter table conveyor.workflow_versions add constraint workflow_versions_max_concurrent_check CHECK ((max_concurrent > 0));
 alter table conveyor.workflow_versions add constraint workflow_versions_max_executions_per_hour_check CHECK ((max_executions_per_hour > 0));
@@ -943,6 +996,9 @@ grant execute on function conveyor.claim_events(integer) to conveyor_service;
 create function conveyor.compile_filter(p_filter jsonb) returns jsonpath
   language plpgsql immutable parallel safe set search_path = '';
 grant execute on function conveyor.compile_filter(jsonb) to conveyor_service;
+create function conveyor.compile_flow(p_settings jsonb) returns jsonb
+  language sql immutable set search_path = '';
+grant execute on function conveyor.compile_flow(jsonb) to conveyor_service;
 create function conveyor.compile_steps(p_document jsonb) returns TABLE(step_position integer, step_id text, kind text, action_type text, config jsonb, next_step text, branches jsonb, on_error text, error_step text, retry_policy jsonb, timeout_text text, list_path text)
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.compile_steps(jsonb) to conveyor_service;
@@ -1070,6 +1126,9 @@ grant execute on function conveyor.document_date_errors(jsonb) to conveyor_servi
 create function conveyor.document_duration_error(p_value jsonb, p_path text, p_max interval DEFAULT conveyor.max_duration(), p_setting text DEFAULT 'conveyor.max_duration'::text) returns text
   language sql stable set search_path = '';
 grant execute on function conveyor.document_duration_error(jsonb,text,interval,text) to conveyor_service;
+create function conveyor.document_flow_errors(p_settings jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.document_flow_errors(jsonb) to conveyor_service;
 create function conveyor.document_integer_error(p_value jsonb, p_path text, p_max integer DEFAULT 2147483647) returns text
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.document_integer_error(jsonb,text,integer) to conveyor_service;
@@ -1181,12 +1240,15 @@ grant execute on function conveyor.event_trigger_object(conveyor.events) to conv
 create function conveyor.execution_children(p_tenant_id text, p_execution_id bigint) returns TABLE(step text, visit integer, kind text, child_index integer, label text, execution_id bigint, workflow text, status text, current_step text, started_at timestamp with time zone, finished_at timestamp with time zone, error jsonb, children bigint)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.execution_children(text,bigint) to conveyor_app, conveyor_service;
-create function conveyor.execution_detail(p_tenant_id text, p_execution_id bigint) returns TABLE(execution_id bigint, tenant_id text, workflow_id bigint, version integer, event_id bigint, entity_type text, entity_id text, once_key text, status text, current_step text, wait_kind text, resume_at timestamp with time zone, trigger jsonb, vars jsonb, step_outputs jsonb, depth integer, steps_run integer, error jsonb, created_at timestamp with time zone, started_at timestamp with time zone, finished_at timestamp with time zone, timeout_at timestamp with time zone, retry_of bigint, paused_at timestamp with time zone, parent_execution_id bigint, fanout_id bigint, child_index integer, item jsonb, slug text)
+create function conveyor.execution_detail(p_tenant_id text, p_execution_id bigint) returns TABLE(execution_id bigint, tenant_id text, workflow_id bigint, version integer, event_id bigint, entity_type text, entity_id text, once_key text, status text, current_step text, wait_kind text, resume_at timestamp with time zone, trigger jsonb, vars jsonb, step_outputs jsonb, depth integer, steps_run integer, error jsonb, created_at timestamp with time zone, started_at timestamp with time zone, finished_at timestamp with time zone, timeout_at timestamp with time zone, retry_of bigint, paused_at timestamp with time zone, parent_execution_id bigint, fanout_id bigint, child_index integer, item jsonb, flow_key text, slug text)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.execution_detail(text,bigint) to conveyor_app, conveyor_service;
 create function conveyor.execution_log(p_tenant_id text, p_execution_id bigint) returns TABLE(logged_at timestamp with time zone, level text, message text)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.execution_log(text,bigint) to conveyor_app, conveyor_service;
+create function conveyor.execution_quota_refusal(p_tenant_id text) returns text
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.execution_quota_refusal(text) to conveyor_service;
 create function conveyor.execution_timeline(p_tenant_id text, p_execution_id bigint) returns TABLE(step text, visit integer, attempt integer, status text, started_at timestamp with time zone, ms numeric, input jsonb, output jsonb, error jsonb)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.execution_timeline(text,bigint) to conveyor_app, conveyor_service;
@@ -1273,6 +1335,27 @@ grant execute on function conveyor.fire_date_triggers(timestamp with time zone,i
 create function conveyor.fire_schedules(p_now timestamp with time zone DEFAULT now(), p_limit integer DEFAULT 100) returns integer
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.fire_schedules(timestamp with time zone,integer) to conveyor_service;
+create function conveyor.flow_control(p_new conveyor.executions[]) returns conveyor.executions[]
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.flow_control(conveyor.executions[]) to conveyor_service;
+create function conveyor.flow_due(p_now timestamp with time zone, p_limit integer) returns integer
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.flow_due(timestamp with time zone,integer) to conveyor_service;
+create function conveyor.flow_key(p_template text, p_trigger jsonb, p_where text) returns text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.flow_key(text,jsonb,text) to conveyor_service;
+create function conveyor.flow_log(p_exec conveyor.executions, p_reason text, p_message text, p_details jsonb) returns void
+  language sql volatile set search_path = '';
+grant execute on function conveyor.flow_log(conveyor.executions,text,text,jsonb) to conveyor_service;
+create function conveyor.flow_next_due_at() returns timestamp with time zone
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.flow_next_due_at() to conveyor_service;
+create function conveyor.flow_release(p_workflows bigint[], p_keys text[]) returns void
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.flow_release(bigint[],text[]) to conveyor_service;
+create function conveyor.flow_take_slots(p_tenants text[], p_workflows bigint[], p_keys text[], p_ids bigint[], p_limits integer[]) returns bigint[]
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.flow_take_slots(text[],bigint[],text[],bigint[],integer[]) to conveyor_service;
 create function conveyor.generate_interpreter() returns void
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.generate_interpreter() to conveyor_service;
@@ -1416,6 +1499,9 @@ grant execute on function conveyor.max_event_depth() to conveyor_service;
 create function conveyor.max_fanout_children() returns integer
   language sql stable set search_path = '';
 grant execute on function conveyor.max_fanout_children() to conveyor_service;
+create function conveyor.max_flow_key_length() returns integer
+  language sql stable set search_path = '';
+grant execute on function conveyor.max_flow_key_length() to conveyor_service;
 create function conveyor.max_regex_pattern() returns integer
   language plpgsql stable parallel safe set search_path = '';
 grant execute on function conveyor.max_regex_pattern() to conveyor_service;
@@ -1972,6 +2058,9 @@ grant execute on function conveyor.window_errors(jsonb,text) to conveyor_service
 create function conveyor.workflow_detail(p_tenant_id text, p_slug text) returns TABLE(workflow_id bigint, tenant_id text, slug text, name text, description text, category text, tags text[], active boolean, current_version integer, created_at timestamp with time zone, updated_at timestamp with time zone)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.workflow_detail(text,text) to conveyor_app, conveyor_service;
+create function conveyor.workflow_refusals(p_tenant_id text, p_slug text, p_since interval DEFAULT '7 days'::interval) returns TABLE(reason text, events bigint, first_at timestamp with time zone, last_at timestamp with time zone, last_event_id bigint, last_message text)
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.workflow_refusals(text,text,interval) to conveyor_app, conveyor_service;
 create function conveyor.workflow_summary(p_tenant_id text, p_slug text DEFAULT NULL::text, p_since timestamp with time zone DEFAULT (now() - '7 days'::interval)) returns TABLE(slug text, active boolean, runs bigint, completed bigint, failed bigint, success_rate numeric, avg_ms numeric, p95_ms numeric, last_run_at timestamp with time zone, last_error text, total_started bigint)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.workflow_summary(text,text,timestamp with time zone) to conveyor_app, conveyor_service;

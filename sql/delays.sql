@@ -27,7 +27,9 @@ begin
     -- a wait not confirmed yet is due at once (conveyor.confirm_waits, sql/waits.sql)
     (select min(w.registered_at) from conveyor.waits as w where not w.confirmed),
     -- a join's timeout, or a decided join not applied yet (sql/fanout_join.sql)
-    conveyor.fanout_next_due_at()
+    conveyor.fanout_next_due_at(),
+    -- an execution admitted to a concurrency slot, or a debounce period over (sql/flow_control.sql)
+    conveyor.flow_next_due_at()
   );
 end;
 $$;
@@ -60,6 +62,7 @@ begin
   end if;
   v_waits := v_waits + conveyor.resume_due_waits(p_now, p_limit);
   v_waits := v_waits + conveyor.fanout_due(p_now, p_limit);
+  v_waits := v_waits + conveyor.flow_due(p_now, p_limit);
 
   with due as (
     select e.execution_id, e.workflow_id, e.version, e.current_step

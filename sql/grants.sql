@@ -47,6 +47,7 @@ conveyor.create_api_key(text, text),
 conveyor.revoke_api_key(text, text),
 -- statistics
 conveyor.workflow_summary(text, text, timestamptz),
+conveyor.workflow_refusals(text, text, interval),
 conveyor.top_errors(text, timestamptz, integer),
 conveyor.slowest_steps(text, timestamptz, integer),
 -- what the CLI shows of executions and workflows (sql/inspection.sql)

@@ -113,7 +113,7 @@ begin
 
   insert into conveyor.workflow_versions (
     workflow_id, version, tenant_id, definition, entry_step, run_once_per_entity, max_executions_per_hour,
-    max_concurrent, timeout, retry_policy, on_error, max_steps
+    max_concurrent, timeout, retry_policy, on_error, max_steps, flow
   )
   values (
     v_workflow_id, v_version, p_tenant_id, p_document, p_document -> 'steps' -> 0 ->> 'id',
@@ -124,7 +124,8 @@ begin
     '{"attempts": 1, "backoff": "exponential", "initial": "30s", "max": "1h", "jitter": true}'::jsonb
     || coalesce(v_settings -> 'retry', '{}'),
     coalesce(v_settings ->> 'on_error', 'fail'),
-    coalesce((v_settings ->> 'max_steps')::numeric::integer, 1000)
+    coalesce((v_settings ->> 'max_steps')::numeric::integer, 1000),
+    conveyor.compile_flow(v_settings)
   );
 
   insert into conveyor.workflow_steps (

@@ -112,6 +112,16 @@ SEEDS: dict[str, str] = {
         insert into conveyor.notification_deliveries (tenant_id, notification_id, user_id, channel, address, status)
         select tenant_id, notification_id, user_id, 'email', 'u1@' || %(t)s || '.test', 'sent'
         from conveyor.notifications where tenant_id = %(t)s""",
+    "flow_slots": """
+        insert into conveyor.flow_slots (tenant_id, workflow_id, key, running)
+        select tenant_id, workflow_id, 'deal-1', 1 from conveyor.workflows where tenant_id = %(t)s""",
+    "flow_debounces": """
+        insert into conveyor.flow_debounces (tenant_id, workflow_id, key, execution_id)
+        select tenant_id, workflow_id, 'deal-1', execution_id from conveyor.executions where tenant_id = %(t)s""",
+    "flow_throttles": """
+        insert into conveyor.flow_throttles (tenant_id, workflow_id, key, window_start, started)
+        select tenant_id, workflow_id, 'deal-1', date_trunc('hour', now()), 1
+        from conveyor.workflows where tenant_id = %(t)s""",
 }
 # Platform-wide rows some seeds refer to (not tenant data).
 SHARED_SEEDS = [

@@ -66,6 +66,7 @@ APPLICATION_API = {
     "conveyor.webhook_endpoint(text,text)",
     "conveyor.workflow_detail(text,text)",
     "conveyor.workflow_summary(text,text,timestamp with time zone)",
+    "conveyor.workflow_refusals(text,text,interval)",
 }
 
 EXECUTABLE = """
