@@ -368,6 +368,124 @@ create table conveyor.installed_components (
 );
 alter table conveyor.installed_components add constraint installed_components_pkey PRIMARY KEY (name);
 
+create table conveyor.notification_channels (
+  tenant_id text not null,
+  channel text not null,
+  connection_name text not null,
+  updated_at timestamp with time zone default now() not null
+);
+alter table conveyor.notification_channels add constraint notification_channels_channel_check CHECK ((channel = ANY (ARRAY['email'::text, 'sms'::text])));
+alter table conveyor.notification_channels add constraint notification_channels_pkey PRIMARY KEY (tenant_id, channel);
+alter table conveyor.notification_channels add constraint notification_channels_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id) ON DELETE CASCADE;
+alter table conveyor.notification_channels enable row level security;
+alter table conveyor.notification_channels force row level security;
+create policy notification_channels_isolation on conveyor.notification_channels as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.notification_channels to conveyor_app;
+grant select, insert, update, delete on conveyor.notification_channels to conveyor_service;
+
+create table conveyor.notification_deliveries (
+  tenant_id text not null,
+  delivery_id bigint generated always as identity not null,
+  notification_id bigint,
+  digest_id bigint,
+  user_id text not null,
+  channel text not null,
+  address text,
+  status text not null,
+  reason text,
+  due_at timestamp with time zone,
+  connection_name text,
+  content jsonb,
+  attempts integer default 0 not null,
+  msg_id bigint,
+  output jsonb,
+  error jsonb,
+  created_at timestamp with time zone default now() not null,
+  finished_at timestamp with time zone
+);
+alter table conveyor.notification_deliveries add constraint notification_deliveries_channel_check CHECK ((channel = ANY (ARRAY['email'::text, 'sms'::text])));
+alter table conveyor.notification_deliveries add constraint notification_deliveries_check CHECK (((notification_id IS NOT NULL) OR (digest_id IS NOT NULL)));
+alter table conveyor.notification_deliveries add constraint notification_deliveries_pkey PRIMARY KEY (delivery_id);
+alter table conveyor.notification_deliveries add constraint notification_deliveries_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'held'::text, 'queued'::text, 'digested'::text, 'sent'::text, 'failed'::text, 'dropped'::text])));
+CREATE INDEX notification_deliveries_digest_idx ON conveyor.notification_deliveries USING btree (digest_id) WHERE (digest_id IS NOT NULL);
+CREATE INDEX notification_deliveries_held_idx ON conveyor.notification_deliveries USING btree (due_at) WHERE (status = 'held'::text);
+CREATE INDEX notification_deliveries_notification_idx ON conveyor.notification_deliveries USING btree (notification_id);
+alter table conveyor.notification_deliveries enable row level security;
+alter table conveyor.notification_deliveries force row level security;
+create policy notification_deliveries_isolation on conveyor.notification_deliveries as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.notification_deliveries to conveyor_app;
+grant select, insert, update, delete on conveyor.notification_deliveries to conveyor_service;
+
+create table conveyor.notification_digests (
+  tenant_id text not null,
+  digest_id bigint generated always as identity not null,
+  user_id text not null,
+  frequency text not null,
+  due_at timestamp with time zone not null,
+  status text default 'open'::text not null,
+  items integer default 0 not null,
+  delivery_id bigint,
+  reason text,
+  created_at timestamp with time zone default now() not null,
+  composed_at timestamp with time zone
+);
+alter table conveyor.notification_digests add constraint notification_digests_frequency_check CHECK ((frequency = ANY (ARRAY['hourly_digest'::text, 'daily_digest'::text, 'weekly_digest'::text])));
+alter table conveyor.notification_digests add constraint notification_digests_pkey PRIMARY KEY (digest_id);
+alter table conveyor.notification_digests add constraint notification_digests_status_check CHECK ((status = ANY (ARRAY['open'::text, 'sent'::text, 'dropped'::text])));
+alter table conveyor.notification_digests add constraint notification_digests_tenant_id_user_id_frequency_due_at_key UNIQUE (tenant_id, user_id, frequency, due_at);
+CREATE INDEX notification_digests_due_idx ON conveyor.notification_digests USING btree (due_at) WHERE (status = 'open'::text);
+alter table conveyor.notification_digests enable row level security;
+alter table conveyor.notification_digests force row level security;
+create policy notification_digests_isolation on conveyor.notification_digests as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.notification_digests to conveyor_app;
+grant select, insert, update, delete on conveyor.notification_digests to conveyor_service;
+
+create table conveyor.notification_preferences (
+  tenant_id text not null,
+  user_id text not null,
+  category text not null,
+  preferences jsonb not null,
+  updated_at timestamp with time zone default now() not null
+);
+alter table conveyor.notification_preferences add constraint notification_preferences_category_check CHECK ((category <> ''::text));
+alter table conveyor.notification_preferences add constraint notification_preferences_pkey PRIMARY KEY (tenant_id, user_id, category);
+alter table conveyor.notification_preferences add constraint notification_preferences_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id) ON DELETE CASCADE;
+alter table conveyor.notification_preferences add constraint notification_preferences_user_id_check CHECK ((user_id <> ''::text));
+alter table conveyor.notification_preferences enable row level security;
+alter table conveyor.notification_preferences force row level security;
+create policy notification_preferences_isolation on conveyor.notification_preferences as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.notification_preferences to conveyor_app;
+grant select, insert, update, delete on conveyor.notification_preferences to conveyor_service;
+
+create table conveyor.notification_templates (
+  tenant_id text not null,
+  slug text not null,
+  document jsonb not null,
+  updated_at timestamp with time zone default now() not null
+);
+alter table conveyor.notification_templates add constraint notification_templates_pkey PRIMARY KEY (tenant_id, slug);
+alter table conveyor.notification_templates add constraint notification_templates_slug_check CHECK ((slug ~ '^[a-z][a-z0-9_.-]{0,63}$'::text));
+alter table conveyor.notification_templates add constraint notification_templates_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id) ON DELETE CASCADE;
+alter table conveyor.notification_templates enable row level security;
+alter table conveyor.notification_templates force row level security;
+create policy notification_templates_isolation on conveyor.notification_templates as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.notification_templates to conveyor_app;
+grant select, insert, update, delete on conveyor.notification_templates to conveyor_service;
+
+create table conveyor.notification_users (
+  singleton boolean default true not null,
+  entity text not null,
+  email_column name,
+  phone_column name,
+  timezone_column name,
+  updated_at timestamp with time zone default now() not null
+);
+alter table conveyor.notification_users add constraint notification_users_entity_fkey FOREIGN KEY (entity) REFERENCES conveyor.entities(entity);
+alter table conveyor.notification_users add constraint notification_users_pkey PRIMARY KEY (singleton);
+alter table conveyor.notification_users add constraint notification_users_singleton_check CHECK (singleton);
+grant select on conveyor.notification_users to conveyor_app;
+grant select, insert, update, delete on conveyor.notification_users to conveyor_service;
+
 create table conveyor.notifications (
   tenant_id text not null,
   notification_id bigint generated always as identity not null,
@@ -845,6 +963,9 @@ create function conveyor.abort_execution(p_execution_id bigint, p_status text, p
 grant execute on function conveyor.abort_execution(bigint,text,jsonb) to conveyor_service;
 create function conveyor.action_message(p_run conveyor.step_runs, p_workflow_id bigint, p_step conveyor.workflow_steps) returns jsonb
   language plpgsql immutable set search_path = '';
+create function conveyor.add_to_digest(p_tenant_id text, p_user_id text, p_frequency text, p_due_at timestamp with time zone) returns bigint
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.add_to_digest(text,text,text,timestamp with time zone) to conveyor_service;
 create function conveyor.advance_execution(p_execution_id bigint, p_now timestamp with time zone DEFAULT now()) returns text
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.advance_execution(bigint,timestamp with time zone) to conveyor_service;
@@ -884,6 +1005,9 @@ grant execute on function conveyor.compile_steps(jsonb) to conveyor_service;
 create function conveyor.compiled_steps(p_tenant_id text, p_slug text, p_version integer DEFAULT NULL::integer) returns TABLE(step_id text, kind text, action text, next_step text, branches jsonb, on_error text)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.compiled_steps(text,text,integer) to conveyor_app, conveyor_service;
+create function conveyor.compose_digest(p_digest_id bigint) returns bigint
+  language plpgsql volatile set search_path = '' set enable_seqscan = off;
+grant execute on function conveyor.compose_digest(bigint) to conveyor_service;
 create function conveyor.condition_compare(p_op text, p_left jsonb, p_right jsonb, p_field text DEFAULT NULL::text) returns boolean
   language plpgsql stable parallel safe set search_path = '';
 grant execute on function conveyor.condition_compare(text,jsonb,jsonb,text) to conveyor_service;
@@ -958,9 +1082,26 @@ grant execute on function conveyor.date_trigger_due(text,interval,time without t
 create function conveyor.date_trigger_value(p_value text, p_timezone text) returns timestamp with time zone
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.date_trigger_value(text,text) to conveyor_service;
+create function conveyor.default_notification_preferences() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.default_notification_preferences() to conveyor_service;
+create function conveyor.delete_notification_template(p_tenant_id text, p_slug text) returns boolean
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.delete_notification_template(text,text) to conveyor_app, conveyor_service;
 create function conveyor.delete_workflow(p_tenant_id text, p_slug text) returns void
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.delete_workflow(text,text) to conveyor_app, conveyor_service;
+create function conveyor.delivery_awaited(p_msg_id bigint, p_message jsonb) returns boolean
+  language plpgsql stable security definer set search_path = '';
+create function conveyor.delivery_message(p_delivery conveyor.notification_deliveries) returns jsonb
+  language plpgsql immutable set search_path = '';
+grant execute on function conveyor.delivery_message(conveyor.notification_deliveries) to conveyor_service;
+create function conveyor.delivery_obstacle(p_channel text, p_connection text, p_address text) returns text
+  language sql immutable set search_path = '';
+grant execute on function conveyor.delivery_obstacle(text,text,text) to conveyor_service;
+create function conveyor.digest_content(p_digest conveyor.notification_digests) returns jsonb
+  language plpgsql stable set search_path = '' set enable_seqscan = off;
+grant execute on function conveyor.digest_content(conveyor.notification_digests) to conveyor_service;
 create function conveyor.dispatch(p_limit integer DEFAULT 1000) returns integer
   language plpgsql volatile set search_path = '' set jit = off;
 grant execute on function conveyor.dispatch(integer) to conveyor_service;
@@ -997,6 +1138,9 @@ grant execute on function conveyor.document_key_errors(jsonb,text,text[],text[])
 create function conveyor.document_limit_errors(p_document jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.document_limit_errors(jsonb) to conveyor_service;
+create function conveyor.document_notify_template_errors(p_tenant_id text, p_document jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.document_notify_template_errors(text,jsonb) to conveyor_service;
 create function conveyor.document_path(p_path text, p_key text) returns text
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.document_path(text,text) to conveyor_service;
@@ -1060,6 +1204,9 @@ grant execute on function conveyor.duration_setting(text,interval) to conveyor_s
 create function conveyor.duration_text(p_duration interval) returns text
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.duration_text(interval) to conveyor_service;
+create function conveyor.effective_notification_preferences(p_tenant_id text, p_user_id text, p_category text) returns jsonb
+  language sql stable set search_path = '';
+grant execute on function conveyor.effective_notification_preferences(text,text,text) to conveyor_service;
 create function conveyor.emit(p_tenant_id text, p_event_type text, p_payload jsonb DEFAULT '{}'::jsonb, p_entity_type text DEFAULT NULL::text, p_entity_id text DEFAULT NULL::text, p_dedupe_key text DEFAULT NULL::text, p_source text DEFAULT NULL::text) returns bigint
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.emit(text,text,jsonb,text,text,text,text) to conveyor_app, conveyor_service;
@@ -1212,6 +1359,9 @@ grant execute on function conveyor.flow_take_slots(text[],bigint[],text[],bigint
 create function conveyor.generate_interpreter() returns void
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.generate_interpreter() to conveyor_service;
+create function conveyor.get_notification_preferences(p_tenant_id text, p_user_id text) returns TABLE(category text, preferences jsonb, effective jsonb)
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.get_notification_preferences(text,text) to conveyor_app, conveyor_service;
 create function conveyor.hmac_sha256(p_key bytea, p_message bytea) returns bytea
   language plpgsql immutable strict set search_path = '';
 grant execute on function conveyor.hmac_sha256(bytea,bytea) to conveyor_service;
@@ -1221,6 +1371,9 @@ grant execute on function conveyor.html_escape(text) to conveyor_service;
 create function conveyor.http_trigger(p_api_key text, p_slug text, p_data jsonb) returns TABLE(status integer, body jsonb)
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.http_trigger(text,text,jsonb) to conveyor_service;
+create function conveyor.in_quiet_hours(p_quiet jsonb, p_local time without time zone) returns boolean
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.in_quiet_hours(jsonb,time without time zone) to conveyor_service;
 create function conveyor.ingest_captures(p_limit integer DEFAULT 1000) returns integer
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.ingest_captures(integer) to conveyor_service;
@@ -1241,6 +1394,9 @@ create function conveyor.interpret_batch(p_execs conveyor.executions[], p_now ti
 create function conveyor.interpret_executions(p_execs conveyor.executions[], p_now timestamp with time zone, p_new boolean) returns void
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.interpret_executions(conveyor.executions[],timestamp with time zone,boolean) to conveyor_service;
+create function conveyor.is_local_time(p_value jsonb) returns boolean
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.is_local_time(jsonb) to conveyor_service;
 create function conveyor.is_timestamp(p_text text) returns boolean
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.is_timestamp(text) to conveyor_service;
@@ -1282,6 +1438,9 @@ grant execute on function conveyor.list_events(text,text,integer) to conveyor_ap
 create function conveyor.list_executions(p_tenant_id text, p_status text DEFAULT NULL::text, p_workflow text DEFAULT NULL::text, p_since timestamp with time zone DEFAULT (now() - '24:00:00'::interval), p_limit integer DEFAULT 50) returns TABLE(id bigint, workflow text, version integer, status text, step text, entity_id text, created_at timestamp with time zone, ms numeric, error text)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.list_executions(text,text,text,timestamp with time zone,integer) to conveyor_app, conveyor_service;
+create function conveyor.list_notification_templates(p_tenant_id text) returns TABLE(slug text, source text, document jsonb, updated_at timestamp with time zone)
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.list_notification_templates(text) to conveyor_app, conveyor_service;
 create function conveyor.list_notifications(p_tenant_id text, p_user_id text, p_unread_only boolean DEFAULT false, p_limit integer DEFAULT 50) returns TABLE(id bigint, category text, type text, priority text, title text, message text, entity_type text, entity_id text, action_url text, action_label text, group_key text, created_at timestamp with time zone, read_at timestamp with time zone, expires_at timestamp with time zone, execution_id bigint, unread_count bigint)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.list_notifications(text,text,boolean,integer) to conveyor_app, conveyor_service;
@@ -1319,6 +1478,9 @@ grant execute on function conveyor.max_action_deliveries() to conveyor_service;
 create function conveyor.max_action_timeout() returns interval
   language sql stable set search_path = '';
 grant execute on function conveyor.max_action_timeout() to conveyor_service;
+create function conveyor.max_digest_items() returns integer
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.max_digest_items() to conveyor_service;
 create function conveyor.max_document_bytes() returns integer
   language sql stable set search_path = '';
 grant execute on function conveyor.max_document_bytes() to conveyor_service;
@@ -1360,9 +1522,15 @@ create function conveyor.message_awaited(p_msg_id bigint, p_message jsonb) retur
 create function conveyor.mint_tenant_token(p_tenant_id text, p_valid_for interval DEFAULT '00:15:00'::interval) returns text
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.mint_tenant_token(text,interval) to conveyor_service, conveyor_tenant_issuer;
+create function conveyor.next_digest_at(p_frequency text, p_digest jsonb, p_timezone text, p_now timestamp with time zone) returns timestamp with time zone
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.next_digest_at(text,jsonb,text,timestamp with time zone) to conveyor_service;
 create function conveyor.next_due_at() returns timestamp with time zone
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.next_due_at() to conveyor_service;
+create function conveyor.next_notification_due_at() returns timestamp with time zone
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.next_notification_due_at() to conveyor_service;
 create function conveyor.next_timeout_at() returns timestamp with time zone
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.next_timeout_at() to conveyor_service;
@@ -1372,12 +1540,36 @@ grant execute on function conveyor.next_window_start(timestamp with time zone,js
 create function conveyor.next_work_due_at() returns timestamp with time zone
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.next_work_due_at() to conveyor_service;
+create function conveyor.notification_delivery_attempts() returns integer
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.notification_delivery_attempts() to conveyor_service;
 create function conveyor.notification_keys() returns text[]
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.notification_keys() to conveyor_service;
+create function conveyor.notification_preference_errors(p_prefs jsonb, p_path text) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.notification_preference_errors(jsonb,text) to conveyor_service;
+create function conveyor.notification_recipient(p_tenant_id text, p_user_id text) returns jsonb
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.notification_recipient(text,text) to conveyor_service;
 create function conveyor.notification_stream_start(p_tenant_id text, p_user_id text) returns TABLE(last_id bigint, unread_count bigint)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.notification_stream_start(text,text) to conveyor_app, conveyor_service;
+create function conveyor.notification_template(p_tenant_id text, p_slug text) returns jsonb
+  language sql stable set search_path = '';
+grant execute on function conveyor.notification_template(text,text) to conveyor_service;
+create function conveyor.notification_template_data(p_doc jsonb, p_slug text, p_data jsonb, p_where text) returns jsonb
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.notification_template_data(jsonb,text,jsonb,text) to conveyor_service;
+create function conveyor.notification_template_errors(p_doc jsonb, p_path text) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.notification_template_errors(jsonb,text) to conveyor_service;
+create function conveyor.notification_template_roots() returns text[]
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.notification_template_roots() to conveyor_service;
+create function conveyor.notification_weekdays() returns text[]
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.notification_weekdays() to conveyor_service;
 create function conveyor.notifications_after(p_tenant_id text, p_user_id text, p_after_id bigint, p_also_ids bigint[] DEFAULT NULL::bigint[], p_limit integer DEFAULT 500) returns TABLE(id bigint, category text, type text, priority text, title text, message text, entity_type text, entity_id text, action_url text, action_label text, group_key text, created_at timestamp with time zone, read_at timestamp with time zone, expires_at timestamp with time zone, execution_id bigint, unread_count bigint)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.notifications_after(text,text,bigint,bigint[],integer) to conveyor_app, conveyor_service;
@@ -1402,6 +1594,9 @@ grant execute on function conveyor.parse_until(text,timestamp with time zone) to
 create function conveyor.pause_execution(p_tenant_id text, p_execution_id bigint) returns boolean
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.pause_execution(text,bigint) to conveyor_app, conveyor_service;
+create function conveyor.plan_deliveries(p_notification conveyor.notifications, p_decisions jsonb, p_content jsonb, p_recipient jsonb, p_connections jsonb) returns jsonb
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.plan_deliveries(conveyor.notifications,jsonb,jsonb,jsonb,jsonb) to conveyor_service;
 create function conveyor.plan_limit_value(p_plan text, p_quota text, p_kind text, p_value jsonb) returns text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.plan_limit_value(text,text,text,jsonb) to conveyor_service;
@@ -1426,8 +1621,14 @@ grant execute on function conveyor.publish(text,jsonb) to conveyor_app, conveyor
 create function conveyor.published_versions(p_tenant_id text, p_slug text) returns TABLE(version integer, published_at timestamp with time zone)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.published_versions(text,text) to conveyor_app, conveyor_service;
+create function conveyor.queue_deliveries(p_delivery_ids bigint[], p_delay_s integer DEFAULT 0) returns integer
+  language plpgsql volatile set search_path = '' set enable_seqscan = off;
+grant execute on function conveyor.queue_deliveries(bigint[],integer) to conveyor_service;
 create function conveyor.queue_messages(p_messages jsonb[], p_delay_s integer DEFAULT 0) returns TABLE(msg_id bigint, step_run_id bigint)
   language plpgsql volatile set search_path = '';
+create function conveyor.quiet_hours_release(p_quiet jsonb, p_timezone text, p_at timestamp with time zone) returns timestamp with time zone
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.quiet_hours_release(jsonb,text,timestamp with time zone) to conveyor_service;
 create function conveyor.raise_quota_problems(p_tenant_id text, p_plan text, p_problems text[]) returns void
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.raise_quota_problems(text,text,text[]) to conveyor_service;
@@ -1475,9 +1676,18 @@ grant execute on function conveyor.regex_shown(text) to conveyor_service;
 create function conveyor.regex_size(p_pattern text) returns bigint
   language plpgsql immutable strict parallel safe set search_path = '';
 grant execute on function conveyor.regex_size(text) to conveyor_service;
+create function conveyor.register_notification_users(p_entity text, p_email_column name, p_phone_column name DEFAULT NULL::name, p_timezone_column name DEFAULT NULL::name) returns void
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.register_notification_users(text,name,name,name) to conveyor_service;
+create function conveyor.release_notifications(p_now timestamp with time zone, p_batch integer DEFAULT 1000) returns integer
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.release_notifications(timestamp with time zone,integer) to conveyor_service;
 create function conveyor.render(p_value jsonb, p_context jsonb, p_where text DEFAULT NULL::text, p_item jsonb DEFAULT NULL::jsonb) returns jsonb
   language plpgsql stable parallel safe set search_path = '';
 grant execute on function conveyor.render(jsonb,jsonb,text,jsonb) to conveyor_service;
+create function conveyor.render_notification_part(p_doc jsonb, p_slug text, p_channel text, p_data jsonb, p_where text) returns jsonb
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.render_notification_part(jsonb,text,text,jsonb,text) to conveyor_service;
 create function conveyor.render_plan(p_value jsonb, p_where text DEFAULT NULL::text, p_escape_html boolean DEFAULT false) returns jsonb
   language plpgsql immutable parallel safe set search_path = '';
 grant execute on function conveyor.render_plan(jsonb,text,boolean) to conveyor_service;
@@ -1511,6 +1721,9 @@ grant execute on function conveyor.require_tenant(text) to conveyor_service;
 create function conveyor.require_workflow_quotas(p_tenant_id text, p_workflow_id bigint, p_version integer, p_was_active boolean, p_was_scheduled boolean, p_had_endpoint boolean) returns void
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.require_workflow_quotas(text,bigint,integer,boolean,boolean,boolean) to conveyor_service;
+create function conveyor.resolve_notification_channels(p_prefs jsonb, p_category text, p_priority text, p_timezone text, p_now timestamp with time zone) returns jsonb
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.resolve_notification_channels(jsonb,text,text,text,timestamp with time zone) to conveyor_service;
 create function conveyor.resume_due(p_now timestamp with time zone DEFAULT now(), p_limit integer DEFAULT 1000) returns integer
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.resume_due(timestamp with time zone,integer) to conveyor_service;
@@ -1548,11 +1761,20 @@ grant execute on function conveyor.runner_heartbeat(uuid,text,integer,text) to c
 create function conveyor.runner_stopped(p_runner_id uuid) returns boolean
   language sql volatile set search_path = '';
 grant execute on function conveyor.runner_stopped(uuid) to conveyor_service;
+create function conveyor.save_notification_template(p_tenant_id text, p_slug text, p_document jsonb) returns void
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.save_notification_template(text,text,jsonb) to conveyor_app, conveyor_service;
 create function conveyor.scheduled_workflows(p_tenant_id text) returns bigint
   language sql stable set search_path = '';
 grant execute on function conveyor.scheduled_workflows(text) to conveyor_service;
 create function conveyor.send_actions(p_step_run_ids bigint[], p_delay_s integer DEFAULT 0) returns integer
   language plpgsql volatile security definer set search_path = '';
+create function conveyor.set_notification_channel(p_tenant_id text, p_channel text, p_connection_name text) returns void
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.set_notification_channel(text,text,text) to conveyor_app, conveyor_service;
+create function conveyor.set_notification_preferences(p_tenant_id text, p_user_id text, p_category text, p_preferences jsonb) returns jsonb
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.set_notification_preferences(text,text,text,jsonb) to conveyor_app, conveyor_service;
 create function conveyor.set_plan(p_name text, p_limits jsonb DEFAULT '{}'::jsonb) returns conveyor.plans
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.set_plan(text,jsonb) to conveyor_app, conveyor_service;
@@ -1730,6 +1952,9 @@ grant execute on function conveyor.sync_schedule(bigint,jsonb) to conveyor_servi
 create function conveyor.sync_webhook(p_workflow_id bigint, p_webhook jsonb) returns void
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.sync_webhook(bigint,jsonb) to conveyor_service;
+create function conveyor.system_notification_templates() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.system_notification_templates() to conveyor_service;
 create function conveyor.system_status() returns jsonb
   language sql stable set search_path = '';
 grant execute on function conveyor.system_status() to conveyor_service;
@@ -1848,6 +2073,9 @@ grant execute on function conveyor.workflow_summary(text,text,timestamp with tim
 create function conveyor.write_back(p_results jsonb) returns TABLE(msg_id bigint, step_run_id bigint, outcome text)
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.write_back(jsonb) to conveyor_service;
+create function conveyor.write_back_deliveries(p_results jsonb) returns TABLE(msg_id bigint, delivery_id bigint, outcome text)
+  language plpgsql volatile security definer set search_path = '' set enable_seqscan = off;
+grant execute on function conveyor.write_back_deliveries(jsonb) to conveyor_service;
 
 create event trigger conveyor_rewatch_altered_tables on ddl_command_end when tag in ('ALTER TABLE') execute function conveyor.rewatch_altered_tables();
 

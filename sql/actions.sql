@@ -160,7 +160,8 @@ begin
 end;
 $$;
 
--- Whether the step run message p_msg_id names still waits for it (queued, with this msg_id).
+-- Whether the step run message p_msg_id names still waits for it (queued, with this msg_id);
+-- for a notification delivery's message (it names a delivery_id), whether the delivery does.
 create or replace function conveyor.message_awaited(p_msg_id bigint, p_message jsonb)
 returns boolean
 language plpgsql
@@ -169,6 +170,9 @@ security definer
 set search_path = ''
 as $$
 begin
+  if p_message ? 'delivery_id' then
+    return conveyor.delivery_awaited(p_msg_id, p_message);
+  end if;
   return exists (
     select from conveyor.step_runs as r
     where r.step_run_id = conveyor.jsonb_bigint(p_message -> 'step_run_id') and r.status = 'queued'

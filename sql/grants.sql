@@ -74,7 +74,14 @@ conveyor.mark_notification(text, text, bigint, text),
 conveyor.mark_all_read(text, text),
 -- what the notification stream reads (sql/notification_stream.sql): the same checks
 conveyor.notifications_after(text, text, bigint, bigint[], integer),
-conveyor.notification_stream_start(text, text)
+conveyor.notification_stream_start(text, text),
+-- notification templates, preferences and channels (sql/notification_*.sql): tenant-checked
+conveyor.save_notification_template(text, text, jsonb),
+conveyor.list_notification_templates(text),
+conveyor.delete_notification_template(text, text),
+conveyor.set_notification_preferences(text, text, text, jsonb),
+conveyor.get_notification_preferences(text, text),
+conveyor.set_notification_channel(text, text, text)
 to conveyor_app;
 
 -- The service role: what the engine runs (tick, dispatch, read_actions, write_back, the
@@ -100,6 +107,7 @@ conveyor.apply_action_results(jsonb),
 conveyor.refuse_action_result(jsonb, text, text),
 conveyor.keep_dead_letter(bigint, text, text),
 conveyor.message_awaited(bigint, jsonb),
+conveyor.delivery_awaited(bigint, jsonb),
 conveyor.lock_tenant_execution(text, bigint, text),
 conveyor.lock_workflow(text, text),
 conveyor.data_step(text, jsonb, text),

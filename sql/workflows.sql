@@ -67,13 +67,17 @@ begin
   end if;
 
   -- what only the tenant's workflows tell: a call to a slug it has not published, or to itself
-  v_problems := array(select conveyor.document_call_errors(p_tenant_id, p_document));
+  v_problems := array(
+    select conveyor.document_call_errors(p_tenant_id, p_document)
+    union all
+    select conveyor.document_notify_template_errors(p_tenant_id, p_document)
+  );
   if cardinality(v_problems) > 0 then
     raise exception using
       errcode = '22023',
       message = format('workflow "%s": %s problem(s): %s', v_slug, cardinality(v_problems), v_problems[1]),
       detail = array_to_string(v_problems, e'\n'),
-      hint = 'Publish the called workflows first; nothing was stored.';
+      hint = 'Publish the called workflows (or save the notification templates) first; nothing was stored.';
   end if;
 
   -- Create the workflow or lock its row: concurrent publishes of one slug serialise here.
