@@ -48,8 +48,12 @@ def serve_process(url: str) -> Iterator[tuple[int, int]]:
     port = _free_port()
     env = {**os.environ, "CONVEYOR_TOKEN_SECRET": SECRET, "CONVEYOR_LOG_LEVEL": "WARNING"}
     command = [sys.executable, "-m", "conveyor.cli", "serve", "--database-url", url, "--port", str(port)]
-    log = tempfile.TemporaryFile()  # not a pipe: a full pipe would stall the server
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    with tempfile.TemporaryFile() as log:  # not a pipe: a full pipe would stall the server
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        yield from _serving(process, port, log)
+
+
+def _serving(process: subprocess.Popen[bytes], port: int, log: Any) -> Iterator[tuple[int, int]]:
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -68,7 +72,6 @@ def serve_process(url: str) -> Iterator[tuple[int, int]]:
         process.wait(30)
         log.seek(0)
         lines = log.read().decode(errors="replace").splitlines()
-        log.close()
         if lines:
             print(f"conveyor serve logged {len(lines)} lines; the last: {lines[-3:]}", file=sys.stderr)
 
@@ -76,7 +79,9 @@ def serve_process(url: str) -> Iterator[tuple[int, int]]:
 # --- the clients (a separate process: python -m bench.notification_stream --client ...) ----
 
 
-async def _client(port: int, user: str, token: str, received: list[tuple[int, str, float]], ready: asyncio.Event) -> None:
+async def _client(
+    port: int, user: str, token: str, received: list[tuple[int, str, float]], ready: asyncio.Event
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
     path = "/api/notifications/stream?" + urlencode({"access_token": token})
     writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
@@ -105,7 +110,7 @@ async def _client(port: int, user: str, token: str, received: list[tuple[int, st
 async def _clients(port: int, users: int) -> None:
     from conveyor.serve.tokens import sign
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     received: list[tuple[int, str, float]] = []
     readies = [asyncio.Event() for _ in range(users)]
@@ -131,7 +136,8 @@ async def _clients(port: int, users: int) -> None:
 def run_once(url: str, clients: int, rate: float, duration_s: float) -> dict[str, Any]:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
-            "insert into conveyor.tenants (tenant_id, name) values (%s, 'Bench') on conflict do nothing", (TENANT,)
+            "insert into conveyor.tenants (tenant_id, name) values (%s, 'Bench') on conflict do nothing",
+            (TENANT,),
         )
         conn.execute("delete from conveyor.notifications where tenant_id = %s", (TENANT,))
     with serve_process(url) as (port, pid):
@@ -219,7 +225,9 @@ def analyse(
     }
 
 
-def measure(url: str, clients: int, baseline_clients: int, rate: float, duration_s: float) -> list[dict[str, Any]]:
+def measure(
+    url: str, clients: int, baseline_clients: int, rate: float, duration_s: float
+) -> list[dict[str, Any]]:
     return [run_once(url, n, rate, duration_s) for n in (baseline_clients, clients)]
 
 
@@ -234,7 +242,9 @@ def report(results: list[dict[str, Any]]) -> str:
             f"| {r['clients']} | {r['committed']} | {r['delivered']} | {r['lost']} | {r['duplicates']} |"
             f" {r['misdelivered']} | {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} | {r['cpu_us_per_delivered']} µs |"
         )
-    ratio_cpu = big["cpu_us_per_delivered"] / base["cpu_us_per_delivered"] if base["cpu_us_per_delivered"] else 0
+    ratio_cpu = (
+        big["cpu_us_per_delivered"] / base["cpu_us_per_delivered"] if base["cpu_us_per_delivered"] else 0
+    )
     ratio_p50 = big["p50_ms"] / base["p50_ms"] if base["p50_ms"] else 0
     return "\n".join(
         [
@@ -272,7 +282,11 @@ def main() -> None:
     body = report(results)
     print(body)
     if args.record:
-        record("Notification stream: 1,000 SSE clients on one conveyor serve", "make bench-notification-stream", body)
+        record(
+            "Notification stream: 1,000 SSE clients on one conveyor serve",
+            "make bench-notification-stream",
+            body,
+        )
 
 
 if __name__ == "__main__":

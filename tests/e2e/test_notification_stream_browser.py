@@ -19,13 +19,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from playwright.sync_api import BrowserContext, Page, sync_playwright
 from psycopg.types.json import Jsonb
 
 from conveyor.serve import ServeSettings, serve_in_thread, tokens
 from tests.conftest import free_port
-
-pytest.importorskip("playwright")
-from playwright.sync_api import BrowserContext, Page, sync_playwright  # noqa: E402
 
 Conn = psycopg.Connection[dict[str, Any]]
 SECRET = "b" * 48
@@ -74,7 +72,10 @@ def platform(conn: Conn) -> Conn:
         "steps": [
             {
                 "id": "tell",
-                "notify": {"to": "{{trigger.payload.new.owner}}", "title": "New contact {{trigger.entity_id}}"},
+                "notify": {
+                    "to": "{{trigger.payload.new.owner}}",
+                    "title": "New contact {{trigger.entity_id}}",
+                },
             }
         ],
     }

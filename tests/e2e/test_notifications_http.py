@@ -19,9 +19,9 @@ SECRET = "h" * 48
 @pytest.fixture
 def api(db_url: str, conn: Conn) -> Iterator[httpx.Client]:
     conn.execute("insert into conveyor.tenants (tenant_id, name) values ('acme', 'Acme'), ('other', 'Other')")
-    with serve_in_thread(ServeSettings(db_url, "127.0.0.1", 0, pool_size=2, token_secret=SECRET)) as running:
-        with httpx.Client(base_url=running.url, timeout=10) as client:
-            yield client
+    settings = ServeSettings(db_url, "127.0.0.1", 0, pool_size=2, token_secret=SECRET)
+    with serve_in_thread(settings) as running, httpx.Client(base_url=running.url, timeout=10) as client:
+        yield client
 
 
 def auth(user: str = "u-1", tenant: str = "acme") -> dict[str, str]:
@@ -72,7 +72,9 @@ def test_another_users_or_tenants_notification_is_a_404_like_a_missing_one(
     for name, notification_id in (("user", theirs), ("tenant", other_tenant), ("missing", 999999)):
         response = api.post(f"/api/notifications/{notification_id}/read", headers=auth())
         assert response.status_code == 404
-        answers[name] = response.json()["error"].replace(f"notification {notification_id} ", "notification N ")
+        answers[name] = response.json()["error"].replace(
+            f"notification {notification_id} ", "notification N "
+        )
     assert answers["user"] == answers["tenant"] == answers["missing"]
     assert answers["user"] == "notification N is not a notification of user 'u-1' in tenant 'acme'"
     assert conn.execute(
