@@ -329,3 +329,38 @@ def test_stopping_the_server_ends_open_streams_at_once(db_url: str, conn: Conn) 
         sse.close()
     # Well inside the 10 s grace period a stream would otherwise hold the shutdown for.
     assert took < 3, took
+
+
+def test_catch_ups_take_at_most_half_the_pool_so_other_routes_still_answer(db_url: str, conn: Conn) -> None:
+    conn.execute("insert into conveyor.tenants (tenant_id, name) values ('acme', 'Acme')")
+    settings = ServeSettings(db_url, "127.0.0.1", 0, pool_size=4, token_secret=SECRET)
+    with serve_in_thread(settings) as running, psycopg.connect(db_url) as locker:
+        streams = [SSE(running.url, token(f"u{i}")) for i in range(10)]
+        try:
+            for sse in streams:
+                sse.next()  # ready
+            # Every catch-up read now waits on the table's lock, holding its pool connection.
+            locker.execute("lock table conveyor.notifications in access exclusive mode")
+            for i in range(10):
+                conn.execute(
+                    "select pg_notify('conveyor_notifications', %s)",
+                    (json.dumps({"tenant": "acme", "user": f"u{i}", "id": 10**9 + i}),),
+                )
+            waiting_sql = (
+                "select count(*) as n from pg_stat_activity"
+                " where application_name = 'conveyor-serve' and wait_event_type = 'Lock'"
+            )
+            deadline = time.monotonic() + 10
+            while (conn.execute(waiting_sql).fetchone() or {})["n"] < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)  # had the bound failed, more would be waiting by now
+            assert conn.execute(waiting_sql).fetchone() == {"n": 2}  # half the pool of 4
+            me = httpx.get(running.url + "/api/me", params={"access_token": token()}, timeout=5)
+            assert me.status_code == 200  # the other half still serves requests
+            locker.rollback()
+            notify(conn, "u3", "after the storm")
+            got = [e for e in streams[3].messages(1)]
+            assert got[0].json()["title"] == "after the storm"
+        finally:
+            for sse in streams:
+                sse.close()
