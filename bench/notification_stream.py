@@ -255,7 +255,10 @@ def report(results: list[dict[str, Any]]) -> str:
             *rows,
             "",
             f"{big['clients']} clients against {base['clients']}: CPU per delivered notification x{ratio_cpu:.2f},"
-            f" p50 x{ratio_p50:.2f}. Targets: p50 <= 50 ms, p99 <= 500 ms.",
+            f" p50 x{ratio_p50:.2f}. Targets: p50 <= 50 ms, p99 <= 500 ms. Server CPU is all the process did"
+            " over the producing and draining window (hub, reads, heartbeats of idle streams): with keyed"
+            " subscriptions another user's notification costs a stream nothing, so 1,000 streams cost"
+            " about what 10 do.",
         ]
     )
 
