@@ -2,7 +2,8 @@
 -- Driven by the runner's tick (and pg_cron every minute as a safety net); the clock is a
 -- parameter so tests move time instead of sleeping.
 
--- When the next execution waiting on time (a delay, or an event wait's timeout) is due;
+-- When the next execution waiting on time (a delay, an event wait's timeout, an approval's
+-- due time) is due;
 -- null when none is. Paused executions are not counted: they resume when unpaused.
 -- The runner sleeps until then (conveyor.tick() reports it), so a delay resumes on time
 -- rather than on the next poll.
@@ -19,7 +20,7 @@ begin
     (
       select e.resume_at
       from conveyor.executions as e
-      where e.status = 'waiting' and e.wait_kind in ('delay', 'event') and e.paused_at is null
+      where e.status = 'waiting' and e.wait_kind in ('delay', 'event', 'approval') and e.paused_at is null
         and e.resume_at is not null
       order by e.resume_at, e.execution_id
       limit 1
@@ -27,7 +28,9 @@ begin
     -- a wait not confirmed yet is due at once (conveyor.confirm_waits, sql/waits.sql)
     (select min(w.registered_at) from conveyor.waits as w where not w.confirmed),
     -- a join's timeout, or a decided join not applied yet (sql/fanout_join.sql)
-    conveyor.fanout_next_due_at()
+    conveyor.fanout_next_due_at(),
+    -- a decided approval held back by its execution's lock (sql/approval_outcomes.sql)
+    conveyor.approval_next_due_at()
   );
 end;
 $$;
@@ -60,6 +63,8 @@ begin
   end if;
   v_waits := v_waits + conveyor.resume_due_waits(p_now, p_limit);
   v_waits := v_waits + conveyor.fanout_due(p_now, p_limit);
+  -- approvals due (escalated or expired) or decided while their execution was locked
+  v_waits := v_waits + conveyor.approval_due(p_now, p_limit);
 
   with due as (
     select e.execution_id, e.workflow_id, e.version, e.current_step
