@@ -358,6 +358,7 @@ declare
   v_outcome text;
   v_continued boolean := false;
 begin
+  perform conveyor.require_tenant(p_tenant_id);
   if p_decision is null or p_decision not in ('approve', 'reject') then
     raise exception using errcode = '22023',
       message = format('decision: %L is not a decision (approve or reject)', p_decision);
@@ -416,6 +417,7 @@ declare
   v_to text := btrim(p_to_user);
   v_max bigint := conveyor.limit_setting('max_approval_delegations', 10);
 begin
+  perform conveyor.require_tenant(p_tenant_id);
   v_reason := conveyor.approval_note(p_reason, 'reason');
   select * into v_pick from conveyor.approval_slot(p_tenant_id, p_user_id, p_request_id, false);
   v_request := v_pick.request;
