@@ -901,9 +901,6 @@ grant execute on function conveyor.approval_outcome(conveyor.approval_requests) 
 create function conveyor.approval_output(p_request conveyor.approval_requests) returns jsonb
   language sql stable set search_path = '';
 grant execute on function conveyor.approval_output(conveyor.approval_requests) to conveyor_service;
-create function conveyor.approval_quorum_error(p_quorum jsonb, p_path text, p_approvers integer) returns text
-  language sql immutable set search_path = '';
-grant execute on function conveyor.approval_quorum_error(jsonb,text,integer) to conveyor_service;
 create function conveyor.approval_settle(p_request conveyor.approval_requests, p_now timestamp with time zone) returns boolean
   language plpgsql volatile security definer set search_path = '';
 create function conveyor.approval_slot(p_tenant_id text, p_user_id text, p_request_id bigint, p_turn boolean, OUT request conveyor.approval_requests, OUT slot integer) returns record
@@ -1058,6 +1055,9 @@ grant execute on function conveyor.document_limit_errors(jsonb) to conveyor_serv
 create function conveyor.document_path(p_path text, p_key text) returns text
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.document_path(text,text) to conveyor_service;
+create function conveyor.document_quorum_error(p_value jsonb, p_path text, p_count bigint, p_counted text) returns text
+  language sql immutable set search_path = '';
+grant execute on function conveyor.document_quorum_error(jsonb,text,bigint,text) to conveyor_service;
 create function conveyor.document_retry_errors(p_retry jsonb, p_path text) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.document_retry_errors(jsonb,text) to conveyor_service;

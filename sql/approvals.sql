@@ -149,6 +149,7 @@ declare
   v_escalate_to text := nullif(btrim(p_input ->> 'escalate_to'), '');
   v_request conveyor.approval_requests;
   v_bad jsonb;
+  v_problem text;
 begin
   if jsonb_typeof(v_given) in ('string', 'number') then
     v_given := jsonb_build_array(v_given);
@@ -204,9 +205,10 @@ begin
     raise exception using errcode = '22023',
       message = format('%s.mode: expected "sequence" or "parallel" (got %s)', v_where, p_input -> 'mode');
   end if;
-  if conveyor.approval_quorum_error(v_quorum, v_where || '.quorum', cardinality(v_approvers)) is not null then
+  v_problem := conveyor.document_quorum_error(v_quorum, v_where || '.quorum', cardinality(v_approvers), 'approver(s)');
+  if v_problem is not null then
     raise exception using errcode = '22023',
-      message = conveyor.approval_quorum_error(v_quorum, v_where || '.quorum', cardinality(v_approvers))
+      message = v_problem
         || case when cardinality(v_left_out) > 0 then format(' besides the requester %s', v_requester) else '' end;
   end if;
   v_needed := case
@@ -327,7 +329,7 @@ begin
   end if;
   if p_turn and request.mode = 'sequence' and slot <> conveyor.approval_turn(request) then
     raise exception using errcode = '55000',
-      message = format('approval request %s asks its approvers in sequence: it is %L''s turn (approver %s of %s), not %L''s',
+      message = format('approval request %s asks its approvers in sequence: it waits for %L (approver %s of %s), not %L',
         p_request_id, request.approvers[conveyor.approval_turn(request)], conveyor.approval_turn(request),
         cardinality(request.approvers), p_user_id);
   end if;

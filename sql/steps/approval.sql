@@ -19,28 +19,6 @@ as $$
   ];
 $$;
 
--- A quorum: "all", "any" or {"at_least": n} with n at most p_approvers (when known).
-create or replace function conveyor.approval_quorum_error(p_quorum jsonb, p_path text, p_approvers integer)
-returns text
-language sql
-immutable
-set search_path = ''
-as $$
-  select case
-    when p_quorum is null or p_quorum in ('"all"', '"any"') then null
-    when jsonb_typeof(p_quorum) <> 'object' or not p_quorum ? 'at_least'
-      or (select count(*) from jsonb_object_keys(p_quorum)) <> 1 then
-      format('%s: expected "all", "any" or {"at_least": <n>} (got %s)', p_path, p_quorum::text)
-    when jsonb_typeof(p_quorum -> 'at_least') <> 'number'
-      or (p_quorum ->> 'at_least')::numeric <> floor((p_quorum ->> 'at_least')::numeric)
-      or (p_quorum ->> 'at_least')::numeric < 1 then
-      format('%s.at_least: expected a whole number of at least 1 (got %s)', p_path, (p_quorum -> 'at_least')::text)
-    when p_approvers is not null and (p_quorum ->> 'at_least')::numeric > p_approvers then
-      format('%s.at_least: %s approvals cannot be reached with %s approver(s)', p_path, p_quorum ->> 'at_least',
-        p_approvers)
-  end;
-$$;
-
 create or replace function conveyor.step_approval_errors(p_step jsonb, p_path text, p_step_ids jsonb)
 returns setof text
 language plpgsql
@@ -97,7 +75,9 @@ begin
   if v_spec ? 'quorum' then
     return query
     select q.message
-    from (select conveyor.approval_quorum_error(v_spec -> 'quorum', v_path || '.quorum', v_known) as message) as q
+    from (
+      select conveyor.document_quorum_error(v_spec -> 'quorum', v_path || '.quorum', v_known, 'approver(s)') as message
+    ) as q
     where q.message is not null;
   end if;
   foreach v_key in array array['due', 'escalation_due'] loop

@@ -49,7 +49,9 @@ def request_of(conn: Conn, execution_id: int) -> dict[str, Any]:
     return row
 
 
-def decide(conn: Conn, tenant: str, user: str, request_id: int, decision: str, note: str | None = None) -> Any:
+def decide(
+    conn: Conn, tenant: str, user: str, request_id: int, decision: str, note: str | None = None
+) -> Any:
     row = conn.execute(
         "select conveyor.decide_approval(%s, %s, %s, %s, %s) as r", (tenant, user, request_id, decision, note)
     ).fetchone()
@@ -57,9 +59,12 @@ def decide(conn: Conn, tenant: str, user: str, request_id: int, decision: str, n
     return row["r"]
 
 
-def delegate(conn: Conn, tenant: str, user: str, request_id: int, to_user: str, reason: str | None = None) -> Any:
+def delegate(
+    conn: Conn, tenant: str, user: str, request_id: int, to_user: str, reason: str | None = None
+) -> Any:
     row = conn.execute(
-        "select conveyor.delegate_approval(%s, %s, %s, %s, %s) as r", (tenant, user, request_id, to_user, reason)
+        "select conveyor.delegate_approval(%s, %s, %s, %s, %s) as r",
+        (tenant, user, request_id, to_user, reason),
     ).fetchone()
     assert row is not None
     return row["r"]

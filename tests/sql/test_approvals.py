@@ -24,7 +24,7 @@ from tests.sql.approval_helpers import (
     result,
     tick,
 )
-from tests.sql.interpreter_helpers import execution, install, now, start, step_runs, visited
+from tests.sql.interpreter_helpers import execution, install, start, step_runs, visited
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -134,12 +134,17 @@ def test_approvers_from_templates_are_flattened_and_counted_once(conn: Conn, ten
 # --- sequence ----------------------------------------------------------------------------
 
 
-def test_sequence_asks_one_at_a_time_and_the_next_when_the_one_before_approves(conn: Conn, tenant: str) -> None:
+def test_sequence_asks_one_at_a_time_and_the_next_when_the_one_before_approves(
+    conn: Conn, tenant: str
+) -> None:
     execution_id = ask(conn, tenant, {**PAIR, "approvers": ["ann", "bob", "cy"], "mode": "sequence"})
     request_id = request_of(conn, execution_id)["request_id"]
     assert asked(conn, request_id) == ["ann"]
     assert (listed(conn, tenant, "ann"), listed(conn, tenant, "bob")) == ([request_id], [])
-    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="in sequence: it is 'ann''s turn"):
+    with pytest.raises(
+        psycopg.errors.ObjectNotInPrerequisiteState,
+        match=r"in sequence: it waits for 'ann' \(approver 1 of 3\), not 'bob'",
+    ):
         decide(conn, tenant, "bob", request_id, "approve")
     decide(conn, tenant, "ann", request_id, "approve")
     assert asked(conn, request_id) == ["ann", "bob"]
@@ -182,7 +187,9 @@ def test_at_the_due_time_the_tick_escalates_once_then_expires(conn: Conn, tenant
     assert execution(conn, execution_id)["resume_at"] == escalated["due_at"]
     assert asked(conn, request_id) == ["ann", "bob", "dee"]
     assert audit(conn, request_id)[-1][1:2] == ("escalated",) and audit(conn, request_id)[-1][4] == "dee"
-    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="no longer an approver .* escalated to 'dee'"):
+    with pytest.raises(
+        psycopg.errors.InsufficientPrivilege, match=r"no longer an approver .* escalated to 'dee'"
+    ):
         decide(conn, tenant, "bob", request_id, "approve")
 
     tick(conn, escalated["due_at"])
@@ -223,7 +230,9 @@ def test_a_delegated_slot_is_decided_by_its_new_holder_and_the_output_says_from_
     assert answer == {"request_id": request_id, "user": "ann", "delegated_to": "eve", "state": "pending"}
     assert asked(conn, request_id) == ["ann", "bob", "eve"]
     assert request_of(conn, execution_id)["approvers"] == ["eve", "bob"]
-    with pytest.raises(psycopg.errors.InsufficientPrivilege, match=r"no longer an approver .* \(delegated to 'eve'\)"):
+    with pytest.raises(
+        psycopg.errors.InsufficientPrivilege, match=r"no longer an approver .* \(delegated to 'eve'\)"
+    ):
         decide(conn, tenant, "ann", request_id, "approve")
     decide(conn, tenant, "eve", request_id, "approve", "for ann")
     decide(conn, tenant, "bob", request_id, "approve")
@@ -233,7 +242,9 @@ def test_a_delegated_slot_is_decided_by_its_new_holder_and_the_output_says_from_
     assert audit(conn, request_id)[0] == ("ann", "delegate", "on leave", None, "eve")
 
 
-def test_delegation_is_refused_to_oneself_to_another_approver_and_past_its_limit(conn: Conn, tenant: str) -> None:
+def test_delegation_is_refused_to_oneself_to_another_approver_and_past_its_limit(
+    conn: Conn, tenant: str
+) -> None:
     execution_id = ask(conn, tenant, PAIR)
     request_id = request_of(conn, execution_id)["request_id"]
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="to themselves"):
@@ -244,7 +255,8 @@ def test_delegation_is_refused_to_oneself_to_another_approver_and_past_its_limit
     delegate(conn, tenant, "ann", request_id, "u2")
     delegate(conn, tenant, "u2", request_id, "u3")
     with pytest.raises(
-        psycopg.errors.ProgramLimitExceeded, match=r"delegated 2 times, at most 2 \(setting conveyor.max_approval_delegations\)"
+        psycopg.errors.ProgramLimitExceeded,
+        match=r"delegated 2 times, at most 2 \(setting conveyor.max_approval_delegations\)",
     ):
         delegate(conn, tenant, "u3", request_id, "u4")
     assert request_of(conn, execution_id)["approvers"] == ["u3", "bob"]
@@ -269,14 +281,21 @@ def test_in_sequence_a_later_approver_may_delegate_ahead_and_the_new_one_is_aske
 def test_someone_who_is_not_an_approver_is_refused_and_nothing_changes(conn: Conn, tenant: str) -> None:
     execution_id = ask(conn, tenant, PAIR)
     request_id = request_of(conn, execution_id)["request_id"]
-    with pytest.raises(psycopg.errors.InsufficientPrivilege, match=f"'mallory' is not an approver of approval request {request_id}"):
+    with pytest.raises(
+        psycopg.errors.InsufficientPrivilege,
+        match=f"'mallory' is not an approver of approval request {request_id}",
+    ):
         decide(conn, tenant, "mallory", request_id, "approve")
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="'mallory' is not an approver"):
         delegate(conn, tenant, "mallory", request_id, "mallory2")
     decide(conn, tenant, "ann", request_id, "approve")
-    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="'ann' has already decided .* \\(approve\\)"):
+    with pytest.raises(
+        psycopg.errors.ObjectNotInPrerequisiteState, match=r"'ann' has already decided .* \(approve\)"
+    ):
         decide(conn, tenant, "ann", request_id, "reject")
-    with pytest.raises(psycopg.errors.NoDataFound, match="approval request 999999 does not exist for tenant 'acme'"):
+    with pytest.raises(
+        psycopg.errors.NoDataFound, match="approval request 999999 does not exist for tenant 'acme'"
+    ):
         decide(conn, tenant, "ann", 999999, "approve")
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="'maybe' is not a decision"):
         decide(conn, tenant, "bob", request_id, "maybe")
@@ -296,13 +315,19 @@ def test_the_requester_is_left_out_and_may_not_approve_nor_be_delegated_to(conn:
     assert (request["approvers"], request["requester"], request["needed"]) == (["ann", "bob"], "rex", 2)
     assert execution(conn, execution_id)["step_outputs"] == {}
     assert step_runs(conn, execution_id)[0]["output"]["left_out"] == ["rex"]
-    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="'rex' requested approval request .* may not approve"):
+    with pytest.raises(
+        psycopg.errors.InsufficientPrivilege, match=r"'rex' requested approval request .* may not approve"
+    ):
         decide(conn, tenant, "rex", request["request_id"], "approve")
-    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="'rex' requested approval request .* may not approve"):
+    with pytest.raises(
+        psycopg.errors.InsufficientPrivilege, match=r"'rex' requested approval request .* may not approve"
+    ):
         delegate(conn, tenant, "ann", request["request_id"], "rex")
 
 
-def test_a_quorum_the_approvers_besides_the_requester_cannot_reach_fails_the_step(conn: Conn, tenant: str) -> None:
+def test_a_quorum_the_approvers_besides_the_requester_cannot_reach_fails_the_step(
+    conn: Conn, tenant: str
+) -> None:
     spec = {
         **PAIR,
         "quorum": {"at_least": 2},
@@ -313,14 +338,16 @@ def test_a_quorum_the_approvers_besides_the_requester_cannot_reach_fails_the_ste
     state = execution(conn, execution_id)
     assert state["status"] == "failed"
     assert state["error"]["message"] == (
-        'step "ask".approval.quorum.at_least: 2 approvals cannot be reached with 1 approver(s) besides the requester ann'
+        'step "ask".approval.quorum.at_least: 2 cannot be reached with 1 approver(s) besides the requester ann'
     )
     assert conn.execute("select count(*) as n from conveyor.approval_requests").fetchone() == {"n": 0}
 
 
 def test_more_approvers_than_the_setting_allows_fail_the_step(conn: Conn, tenant: str) -> None:
     conn.execute("set conveyor.max_approvers = 2")
-    execution_id = ask(conn, tenant, {**PAIR, "approvers": "{{trigger.payload.all}}"}, {"payload": {"all": ["a", "b", "c"]}})
+    execution_id = ask(
+        conn, tenant, {**PAIR, "approvers": "{{trigger.payload.all}}"}, {"payload": {"all": ["a", "b", "c"]}}
+    )
     assert execution(conn, execution_id)["error"]["message"] == (
         'step "ask".approval.approvers: 3 approvers, at most 2 may be asked by one step (setting conveyor.max_approvers)'
     )
@@ -336,14 +363,22 @@ def test_cancelling_the_execution_closes_its_request(conn: Conn, tenant: str) ->
     conn.execute("select conveyor.cancel_execution(%s, %s, 'withdrawn')", (tenant, execution_id))
     request = request_of(conn, execution_id)
     assert (request["state"], request["outcome"]) == ("closed", "cancelled")
-    assert audit(conn, request_id)[-1] == (None, "cancelled", f"execution {execution_id} cancelled", None, None)
+    assert audit(conn, request_id)[-1] == (
+        None,
+        "cancelled",
+        f"execution {execution_id} cancelled",
+        None,
+        None,
+    )
     with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="is already cancelled"):
         decide(conn, tenant, "bob", request_id, "approve")
     assert execution(conn, execution_id)["status"] == "cancelled"
     assert listed(conn, tenant, "bob") == []
 
 
-def test_a_decision_on_a_paused_execution_is_kept_and_applied_after_its_resume(conn: Conn, tenant: str) -> None:
+def test_a_decision_on_a_paused_execution_is_kept_and_applied_after_its_resume(
+    conn: Conn, tenant: str
+) -> None:
     execution_id = ask(conn, tenant, {**PAIR, "quorum": "any"})
     request_id = request_of(conn, execution_id)["request_id"]
     conn.execute("select conveyor.pause_execution(%s, %s)", (tenant, execution_id))
@@ -394,14 +429,17 @@ def test_listing_all_shows_the_requests_a_user_acted_on(conn: Conn, tenant: str)
         ({"due": "1d"}, ["steps[0].approval.approvers: required key is missing"]),
         ({"approvers": ["ann"]}, ["steps[0].approval.due: required key is missing"]),
         ({"approvers": [], "due": "1d"}, ["steps[0].approval.approvers: the list of approvers is empty"]),
-        ({"approvers": ["ann", 3.5, {}], "due": "1d"}, ["steps[0].approval.approvers[2]: expected a user id (got {})"]),
+        (
+            {"approvers": ["ann", 3.5, {}], "due": "1d"},
+            ["steps[0].approval.approvers[2]: expected a user id (got {})"],
+        ),
         (
             {"approvers": ["ann"], "due": "1d", "mode": "round-robin"},
             ['steps[0].approval.mode: expected "sequence" or "parallel" (got "round-robin")'],
         ),
         (
             {"approvers": ["ann", "bob"], "due": "1d", "quorum": {"at_least": 3}},
-            ["steps[0].approval.quorum.at_least: 3 approvals cannot be reached with 2 approver(s)"],
+            ["steps[0].approval.quorum.at_least: 3 cannot be reached with 2 approver(s)"],
         ),
         (
             {"approvers": ["ann"], "due": "1d", "quorum": "most"},
@@ -409,11 +447,15 @@ def test_listing_all_shows_the_requests_a_user_acted_on(conn: Conn, tenant: str)
         ),
         (
             {"approvers": ["ann"], "due": "1d", "escalation_due": "1d"},
-            ["steps[0].approval.escalation_due: only with \"escalate_to\" (the time the escalation approver has)"],
+            [
+                'steps[0].approval.escalation_due: only with "escalate_to" (the time the escalation approver has)'
+            ],
         ),
         (
             {"approvers": ["ann"], "due": "1d", "requester_may_approve": False},
-            ['steps[0].approval.requester_may_approve: false needs "requester" (the user who may not approve)'],
+            [
+                'steps[0].approval.requester_may_approve: false needs "requester" (the user who may not approve)'
+            ],
         ),
         (
             {"approvers": ["ann"], "due": "1d", "colour": "red"},
@@ -423,10 +465,15 @@ def test_listing_all_shows_the_requests_a_user_acted_on(conn: Conn, tenant: str)
             ],
         ),
         ({"approvers": ["ann"], "due": "{{x}}"}, ["steps[0].approval.due: ..."]),
-        ({"approvers": ["{{nope.x}}"], "due": "1d"}, ["steps[0].approval.approvers[0]: unknown template root ..."]),
+        (
+            {"approvers": ["{{nope.x}}"], "due": "1d"},
+            ["steps[0].approval.approvers[0]: unknown template root ..."],
+        ),
     ],
 )
-def test_publish_names_the_problem_and_its_path(conn: Conn, spec: dict[str, Any], expected: list[str]) -> None:
+def test_publish_names_the_problem_and_its_path(
+    conn: Conn, spec: dict[str, Any], expected: list[str]
+) -> None:
     found = publish_problems(conn, spec)
     assert len(found) == len(expected), found
     for f, e in zip(found, expected, strict=True):

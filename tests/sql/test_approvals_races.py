@@ -21,7 +21,8 @@ PAIR = {"approvers": ["ann", "bob"], "due": "2d"}
 
 def runs_of(conn: Conn, execution_id: int, step: str) -> int:
     row = conn.execute(
-        "select count(*) as n from conveyor.step_runs where execution_id = %s and step_id = %s", (execution_id, step)
+        "select count(*) as n from conveyor.step_runs where execution_id = %s and step_id = %s",
+        (execution_id, step),
     ).fetchone()
     assert row is not None
     return int(row["n"])
@@ -62,19 +63,30 @@ def decide_in_thread(db_url: str, user: str, request_id: int, outcome: dict[str,
     return thread
 
 
-def test_two_approvals_at_the_same_instant_decide_an_all_quorum_once(db_url: str, conn: Conn, tenant: str) -> None:
-    # Both approve while the other's decision is uncommitted: the second must see the first's
-    # vote (the request row's lock), or neither would see the quorum reached and the
-    # execution would wait forever; and the execution must continue once.
-    execution_id = ask(conn, tenant, PAIR)
+def approve_at_the_same_instant(
+    db_url: str, conn: Conn, spec: dict[str, Any]
+) -> tuple[int, int, Any, dict[str, Any]]:
+    """ann approves in a transaction; bob approves meanwhile (and waits); then ann commits.
+    Returns the execution, the request, ann's answer and what bob's session got."""
+    execution_id = ask(conn, "acme", spec)
     request_id = request_of(conn, execution_id)["request_id"]
     with psycopg.connect(db_url, row_factory=dict_row) as first:
-        first_answer = decide(first, tenant, "ann", request_id, "approve")
+        first_answer = decide(first, "acme", "ann", request_id, "approve")
         second: dict[str, Any] = {}
         thread = decide_in_thread(db_url, "bob", request_id, second)
         wait_until_blocked(conn, second["pid"])
         first.commit()
         thread.join(30)
+    return execution_id, request_id, first_answer, second
+
+
+def test_two_approvals_at_the_same_instant_decide_an_all_quorum_once(
+    db_url: str, conn: Conn, tenant: str
+) -> None:
+    # Both approve while the other's decision is uncommitted: the second must see the first's
+    # vote (the request row's lock), or neither would see the quorum reached and the
+    # execution would wait forever; and the execution must continue once.
+    execution_id, _, first_answer, second = approve_at_the_same_instant(db_url, conn, PAIR)
     assert "error" not in second, second.get("error")
     assert (first_answer["continued"], second["answer"]["continued"]) == (False, True)
     assert result(conn, execution_id) == ("completed", "approved")
@@ -86,15 +98,9 @@ def test_two_approvals_at_the_same_instant_decide_an_all_quorum_once(db_url: str
 def test_two_approvals_at_the_same_instant_of_an_any_quorum_continue_once(
     db_url: str, conn: Conn, tenant: str
 ) -> None:
-    execution_id = ask(conn, tenant, {**PAIR, "quorum": "any"})
-    request_id = request_of(conn, execution_id)["request_id"]
-    with psycopg.connect(db_url, row_factory=dict_row) as first:
-        first_answer = decide(first, tenant, "ann", request_id, "approve")
-        second: dict[str, Any] = {}
-        thread = decide_in_thread(db_url, "bob", request_id, second)
-        wait_until_blocked(conn, second["pid"])
-        first.commit()
-        thread.join(30)
+    execution_id, request_id, first_answer, second = approve_at_the_same_instant(
+        db_url, conn, {**PAIR, "quorum": "any"}
+    )
     assert first_answer["continued"] is True
     error = second.get("error")
     assert isinstance(error, psycopg.errors.ObjectNotInPrerequisiteState), error
@@ -103,24 +109,32 @@ def test_two_approvals_at_the_same_instant_of_an_any_quorum_continue_once(
     assert visited(conn, execution_id) == ["ask", "yes"]
 
 
-def test_racing_approvers_released_together_always_continue_once(db_url: str, conn: Conn, tenant: str) -> None:
+def approve_at_once(
+    db_url: str, user: str, request_id: int, barrier: threading.Barrier, errors: list[BaseException]
+) -> None:
+    """Approves in a session of its own, released together with the other."""
+    try:
+        with psycopg.connect(db_url, row_factory=dict_row) as session:
+            session.execute("select 1")
+            barrier.wait(timeout=10)
+            decide(session, "acme", user, request_id, "approve")
+            session.commit()
+    except BaseException as error:
+        errors.append(error)
+
+
+def test_racing_approvers_released_together_always_continue_once(
+    db_url: str, conn: Conn, tenant: str
+) -> None:
     for attempt in range(6):
         execution_id = ask(conn, tenant, PAIR)
         request_id = request_of(conn, execution_id)["request_id"]
         barrier = threading.Barrier(2)
         errors: list[BaseException] = []
-
-        def approve(user: str, rid: int = request_id) -> None:
-            try:
-                with psycopg.connect(db_url, row_factory=dict_row) as session:
-                    session.execute("select 1")
-                    barrier.wait(timeout=10)
-                    decide(session, "acme", user, rid, "approve")
-                    session.commit()
-            except BaseException as error:
-                errors.append(error)
-
-        threads = [threading.Thread(target=approve, args=(u,)) for u in ("ann", "bob")]
+        threads = [
+            threading.Thread(target=approve_at_once, args=(db_url, u, request_id, barrier, errors))
+            for u in ("ann", "bob")
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -136,7 +150,9 @@ def test_a_decision_while_the_execution_is_locked_is_applied_by_the_tick_once(
     execution_id = ask(conn, tenant, {**PAIR, "quorum": "any"})
     request_id = request_of(conn, execution_id)["request_id"]
     with psycopg.connect(db_url, row_factory=dict_row) as holder:
-        holder.execute("select 1 from conveyor.executions where execution_id = %s for update", (execution_id,))
+        holder.execute(
+            "select 1 from conveyor.executions where execution_id = %s for update", (execution_id,)
+        )
         # the decision does not wait for the execution's lock
         answer = decide(conn, tenant, "ann", request_id, "approve")
         assert (answer["state"], answer["outcome"], answer["continued"]) == ("decided", "approved", False)

@@ -36,7 +36,10 @@ def test_another_tenants_request_is_refused_and_left_unchanged(app: Conn, two_te
     globex = mint_token(two_tenants, "globex")
     # in its own name: the request is not globex's, and looks like none at all
     with (
-        pytest.raises(psycopg.errors.NoDataFound, match=f"approval request {request_id} does not exist for tenant 'globex'"),
+        pytest.raises(
+            psycopg.errors.NoDataFound,
+            match=f"approval request {request_id} does not exist for tenant 'globex'",
+        ),
         acting_for(app, globex),
     ):
         decide(app, "globex", "ann", request_id, "approve")
@@ -47,12 +50,16 @@ def test_another_tenants_request_is_refused_and_left_unchanged(app: Conn, two_te
         delegate(app, "globex", "ann", request_id, "mallory")
     # in acme's name with globex's token: refused before anything is read
     with (
-        pytest.raises(psycopg.errors.InsufficientPrivilege, match="tenant 'acme' is not this session's tenant"),
+        pytest.raises(
+            psycopg.errors.InsufficientPrivilege, match="tenant 'acme' is not this session's tenant"
+        ),
         acting_for(app, globex),
     ):
         decide(app, "acme", "ann", request_id, "approve")
     with (
-        pytest.raises(psycopg.errors.InsufficientPrivilege, match="tenant 'acme' is not this session's tenant"),
+        pytest.raises(
+            psycopg.errors.InsufficientPrivilege, match="tenant 'acme' is not this session's tenant"
+        ),
         acting_for(app, globex),
     ):
         listed(app, "acme", "ann")
@@ -85,5 +92,8 @@ def test_without_a_verified_tenant_the_application_role_may_not_decide(app: Conn
 def test_the_engines_approval_internals_are_refused_to_the_application_role(
     app: Conn, acme: str, call: str
 ) -> None:
-    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for"), acting_for(app, acme):
+    with (
+        pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for"),
+        acting_for(app, acme),
+    ):
         app.execute(call)
