@@ -94,9 +94,11 @@ using (tenant_id = (select conveyor.current_tenant()));
 grant select on conveyor.approval_requests, conveyor.approval_decisions to conveyor_app;
 grant select, insert, update, delete on conveyor.approval_requests, conveyor.approval_decisions to conveyor_service;
 
+-- (with flow control's 'slot' and 'debounce', migration 0033, which may have been applied
+-- before this one: applied after it, this must not take them away)
 alter table conveyor.executions drop constraint executions_wait_kind_check;
 alter table conveyor.executions add constraint executions_wait_kind_check
-check (wait_kind in ('action', 'delay', 'event', 'children', 'turn', 'approval'));
+check (wait_kind in ('action', 'delay', 'event', 'children', 'turn', 'slot', 'debounce', 'approval'));
 
 -- An approval's due time is found by the due scan's one probe, with delays and waits.
 drop index conveyor.executions_due_scan_idx;

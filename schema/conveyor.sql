@@ -270,6 +270,7 @@ alter table conveyor.execution_logs add constraint execution_logs_tenant_id_fkey
 CREATE INDEX execution_logs_execution_idx ON conveyor.execution_logs USING btree (execution_id);
 CREATE INDEX execution_logs_tenant_time_idx ON conveyor.execution_logs USING btree (tenant_id, logged_at);
 CREATE INDEX execution_logs_unattached_idx ON conveyor.execution_logs USING btree (tenant_id, logged_at) WHERE (execution_id IS NULL);
+CREATE INDEX execution_logs_workflow_refusals_idx ON conveyor.execution_logs USING btree (workflow_id, logged_at) WHERE ((execution_id IS NULL) AND (workflow_id IS NOT NULL));
 alter table conveyor.execution_logs enable row level security;
 alter table conveyor.execution_logs force row level security;
 create policy execution_logs_isolation on conveyor.execution_logs as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
@@ -304,7 +305,8 @@ create table conveyor.executions (
   parent_execution_id bigint,
   fanout_id bigint,
   child_index integer,
-  item jsonb
+  item jsonb,
+  flow_key text
 );
 alter table conveyor.executions add constraint executions_depth_check CHECK ((depth >= 0));
 alter table conveyor.executions add constraint executions_failed_has_error CHECK (((status <> 'failed'::text) OR (error IS NOT NULL)));
@@ -313,12 +315,14 @@ alter table conveyor.executions add constraint executions_pkey PRIMARY KEY (exec
 alter table conveyor.executions add constraint executions_retry_of_fkey FOREIGN KEY (retry_of) REFERENCES conveyor.executions(execution_id) ON DELETE SET NULL;
 alter table conveyor.executions add constraint executions_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text, 'completed'::text, 'failed'::text, 'cancelled'::text, 'timed_out'::text])));
 alter table conveyor.executions add constraint executions_steps_run_check CHECK ((steps_run >= 0));
-alter table conveyor.executions add constraint executions_wait_kind_check CHECK ((wait_kind = ANY (ARRAY['action'::text, 'delay'::text, 'event'::text, 'children'::text, 'turn'::text, 'approval'::text])));
+alter table conveyor.executions add constraint executions_wait_kind_check CHECK ((wait_kind = ANY (ARRAY['action'::text, 'delay'::text, 'event'::text, 'children'::text, 'turn'::text, 'slot'::text, 'debounce'::text, 'approval'::text])));
 alter table conveyor.executions add constraint executions_waiting_has_reason CHECK (((status = 'waiting'::text) = (wait_kind IS NOT NULL)));
 alter table conveyor.executions add constraint executions_workflow_id_version_fkey FOREIGN KEY (workflow_id, version) REFERENCES conveyor.workflow_versions(workflow_id, version);
 CREATE INDEX executions_due_scan_idx ON conveyor.executions USING btree (resume_at, execution_id) WHERE ((status = 'waiting'::text) AND (wait_kind = ANY (ARRAY['delay'::text, 'event'::text, 'approval'::text])) AND (paused_at IS NULL));
 CREATE UNIQUE INDEX executions_fanout_child_idx ON conveyor.executions USING btree (fanout_id, child_index) WHERE (fanout_id IS NOT NULL);
 CREATE INDEX executions_finished_idx ON conveyor.executions USING btree (tenant_id, finished_at) WHERE (finished_at IS NOT NULL);
+CREATE INDEX executions_flow_due_idx ON conveyor.executions USING btree (resume_at, execution_id) WHERE ((status = 'waiting'::text) AND (wait_kind = ANY (ARRAY['slot'::text, 'debounce'::text])) AND (resume_at IS NOT NULL) AND (paused_at IS NULL));
+CREATE INDEX executions_flow_queue_idx ON conveyor.executions USING btree (workflow_id, flow_key, execution_id) WHERE ((status = 'waiting'::text) AND (wait_kind = 'slot'::text));
 CREATE INDEX executions_join_due_idx ON conveyor.executions USING btree (resume_at, execution_id) WHERE ((status = 'waiting'::text) AND (wait_kind = 'children'::text) AND (resume_at IS NOT NULL) AND (paused_at IS NULL));
 CREATE UNIQUE INDEX executions_once_per_entity ON conveyor.executions USING btree (workflow_id, once_key) WHERE (once_key IS NOT NULL);
 CREATE INDEX executions_parent_idx ON conveyor.executions USING btree (parent_execution_id) WHERE (parent_execution_id IS NOT NULL);
@@ -378,6 +382,54 @@ create policy fanouts_isolation on conveyor.fanouts as permissive for all to pub
 grant select on conveyor.fanouts to conveyor_app;
 grant select, insert, update, delete on conveyor.fanouts to conveyor_service;
 
+create table conveyor.flow_debounces (
+  tenant_id text not null,
+  workflow_id bigint not null,
+  key text not null,
+  execution_id bigint not null,
+  events integer default 1 not null
+);
+alter table conveyor.flow_debounces add constraint flow_debounces_pkey PRIMARY KEY (workflow_id, key);
+alter table conveyor.flow_debounces add constraint flow_debounces_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+alter table conveyor.flow_debounces add constraint flow_debounces_workflow_id_fkey FOREIGN KEY (workflow_id) REFERENCES conveyor.workflows(workflow_id) ON DELETE CASCADE;
+alter table conveyor.flow_debounces enable row level security;
+alter table conveyor.flow_debounces force row level security;
+create policy flow_debounces_isolation on conveyor.flow_debounces as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.flow_debounces to conveyor_app;
+grant select, insert, update, delete on conveyor.flow_debounces to conveyor_service;
+
+create table conveyor.flow_slots (
+  tenant_id text not null,
+  workflow_id bigint not null,
+  key text not null,
+  running integer default 0 not null
+);
+alter table conveyor.flow_slots add constraint flow_slots_pkey PRIMARY KEY (workflow_id, key);
+alter table conveyor.flow_slots add constraint flow_slots_running_check CHECK ((running >= 0));
+alter table conveyor.flow_slots add constraint flow_slots_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+alter table conveyor.flow_slots add constraint flow_slots_workflow_id_fkey FOREIGN KEY (workflow_id) REFERENCES conveyor.workflows(workflow_id) ON DELETE CASCADE;
+alter table conveyor.flow_slots enable row level security;
+alter table conveyor.flow_slots force row level security;
+create policy flow_slots_isolation on conveyor.flow_slots as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.flow_slots to conveyor_app;
+grant select, insert, update, delete on conveyor.flow_slots to conveyor_service;
+
+create table conveyor.flow_throttles (
+  tenant_id text not null,
+  workflow_id bigint not null,
+  key text not null,
+  window_start timestamp with time zone not null,
+  started integer default 0 not null
+);
+alter table conveyor.flow_throttles add constraint flow_throttles_pkey PRIMARY KEY (workflow_id, key, window_start);
+alter table conveyor.flow_throttles add constraint flow_throttles_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+alter table conveyor.flow_throttles add constraint flow_throttles_workflow_id_fkey FOREIGN KEY (workflow_id) REFERENCES conveyor.workflows(workflow_id) ON DELETE CASCADE;
+alter table conveyor.flow_throttles enable row level security;
+alter table conveyor.flow_throttles force row level security;
+create policy flow_throttles_isolation on conveyor.flow_throttles as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.flow_throttles to conveyor_app;
+grant select, insert, update, delete on conveyor.flow_throttles to conveyor_service;
+
 create table conveyor.installed_components (
   name text not null,
   version text not null,
@@ -385,6 +437,124 @@ create table conveyor.installed_components (
   installed_at timestamp with time zone default now() not null
 );
 alter table conveyor.installed_components add constraint installed_components_pkey PRIMARY KEY (name);
+
+create table conveyor.notification_channels (
+  tenant_id text not null,
+  channel text not null,
+  connection_name text not null,
+  updated_at timestamp with time zone default now() not null
+);
+alter table conveyor.notification_channels add constraint notification_channels_channel_check CHECK ((channel = ANY (ARRAY['email'::text, 'sms'::text])));
+alter table conveyor.notification_channels add constraint notification_channels_pkey PRIMARY KEY (tenant_id, channel);
+alter table conveyor.notification_channels add constraint notification_channels_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id) ON DELETE CASCADE;
+alter table conveyor.notification_channels enable row level security;
+alter table conveyor.notification_channels force row level security;
+create policy notification_channels_isolation on conveyor.notification_channels as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.notification_channels to conveyor_app;
+grant select, insert, update, delete on conveyor.notification_channels to conveyor_service;
+
+create table conveyor.notification_deliveries (
+  tenant_id text not null,
+  delivery_id bigint generated always as identity not null,
+  notification_id bigint,
+  digest_id bigint,
+  user_id text not null,
+  channel text not null,
+  address text,
+  status text not null,
+  reason text,
+  due_at timestamp with time zone,
+  connection_name text,
+  content jsonb,
+  attempts integer default 0 not null,
+  msg_id bigint,
+  output jsonb,
+  error jsonb,
+  created_at timestamp with time zone default now() not null,
+  finished_at timestamp with time zone
+);
+alter table conveyor.notification_deliveries add constraint notification_deliveries_channel_check CHECK ((channel = ANY (ARRAY['email'::text, 'sms'::text])));
+alter table conveyor.notification_deliveries add constraint notification_deliveries_check CHECK (((notification_id IS NOT NULL) OR (digest_id IS NOT NULL)));
+alter table conveyor.notification_deliveries add constraint notification_deliveries_pkey PRIMARY KEY (delivery_id);
+alter table conveyor.notification_deliveries add constraint notification_deliveries_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'held'::text, 'queued'::text, 'digested'::text, 'sent'::text, 'failed'::text, 'dropped'::text])));
+CREATE INDEX notification_deliveries_digest_idx ON conveyor.notification_deliveries USING btree (digest_id) WHERE (digest_id IS NOT NULL);
+CREATE INDEX notification_deliveries_held_idx ON conveyor.notification_deliveries USING btree (due_at) WHERE (status = 'held'::text);
+CREATE INDEX notification_deliveries_notification_idx ON conveyor.notification_deliveries USING btree (notification_id);
+alter table conveyor.notification_deliveries enable row level security;
+alter table conveyor.notification_deliveries force row level security;
+create policy notification_deliveries_isolation on conveyor.notification_deliveries as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.notification_deliveries to conveyor_app;
+grant select, insert, update, delete on conveyor.notification_deliveries to conveyor_service;
+
+create table conveyor.notification_digests (
+  tenant_id text not null,
+  digest_id bigint generated always as identity not null,
+  user_id text not null,
+  frequency text not null,
+  due_at timestamp with time zone not null,
+  status text default 'open'::text not null,
+  items integer default 0 not null,
+  delivery_id bigint,
+  reason text,
+  created_at timestamp with time zone default now() not null,
+  composed_at timestamp with time zone
+);
+alter table conveyor.notification_digests add constraint notification_digests_frequency_check CHECK ((frequency = ANY (ARRAY['hourly_digest'::text, 'daily_digest'::text, 'weekly_digest'::text])));
+alter table conveyor.notification_digests add constraint notification_digests_pkey PRIMARY KEY (digest_id);
+alter table conveyor.notification_digests add constraint notification_digests_status_check CHECK ((status = ANY (ARRAY['open'::text, 'sent'::text, 'dropped'::text])));
+alter table conveyor.notification_digests add constraint notification_digests_tenant_id_user_id_frequency_due_at_key UNIQUE (tenant_id, user_id, frequency, due_at);
+CREATE INDEX notification_digests_due_idx ON conveyor.notification_digests USING btree (due_at) WHERE (status = 'open'::text);
+alter table conveyor.notification_digests enable row level security;
+alter table conveyor.notification_digests force row level security;
+create policy notification_digests_isolation on conveyor.notification_digests as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.notification_digests to conveyor_app;
+grant select, insert, update, delete on conveyor.notification_digests to conveyor_service;
+
+create table conveyor.notification_preferences (
+  tenant_id text not null,
+  user_id text not null,
+  category text not null,
+  preferences jsonb not null,
+  updated_at timestamp with time zone default now() not null
+);
+alter table conveyor.notification_preferences add constraint notification_preferences_category_check CHECK ((category <> ''::text));
+alter table conveyor.notification_preferences add constraint notification_preferences_pkey PRIMARY KEY (tenant_id, user_id, category);
+alter table conveyor.notification_preferences add constraint notification_preferences_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id) ON DELETE CASCADE;
+alter table conveyor.notification_preferences add constraint notification_preferences_user_id_check CHECK ((user_id <> ''::text));
+alter table conveyor.notification_preferences enable row level security;
+alter table conveyor.notification_preferences force row level security;
+create policy notification_preferences_isolation on conveyor.notification_preferences as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.notification_preferences to conveyor_app;
+grant select, insert, update, delete on conveyor.notification_preferences to conveyor_service;
+
+create table conveyor.notification_templates (
+  tenant_id text not null,
+  slug text not null,
+  document jsonb not null,
+  updated_at timestamp with time zone default now() not null
+);
+alter table conveyor.notification_templates add constraint notification_templates_pkey PRIMARY KEY (tenant_id, slug);
+alter table conveyor.notification_templates add constraint notification_templates_slug_check CHECK ((slug ~ '^[a-z][a-z0-9_.-]{0,63}$'::text));
+alter table conveyor.notification_templates add constraint notification_templates_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id) ON DELETE CASCADE;
+alter table conveyor.notification_templates enable row level security;
+alter table conveyor.notification_templates force row level security;
+create policy notification_templates_isolation on conveyor.notification_templates as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.notification_templates to conveyor_app;
+grant select, insert, update, delete on conveyor.notification_templates to conveyor_service;
+
+create table conveyor.notification_users (
+  singleton boolean default true not null,
+  entity text not null,
+  email_column name,
+  phone_column name,
+  timezone_column name,
+  updated_at timestamp with time zone default now() not null
+);
+alter table conveyor.notification_users add constraint notification_users_entity_fkey FOREIGN KEY (entity) REFERENCES conveyor.entities(entity);
+alter table conveyor.notification_users add constraint notification_users_pkey PRIMARY KEY (singleton);
+alter table conveyor.notification_users add constraint notification_users_singleton_check CHECK (singleton);
+grant select on conveyor.notification_users to conveyor_app;
+grant select, insert, update, delete on conveyor.notification_users to conveyor_service;
 
 create table conveyor.notifications (
   tenant_id text not null,
@@ -473,7 +643,7 @@ create table conveyor.schedule_firings (
 );
 alter table conveyor.schedule_firings add constraint schedule_firings_execution_id_fkey FOREIGN KEY (execution_id) REFERENCES conveyor.executions(execution_id) ON DELETE SET NULL;
 alter table conveyor.schedule_firings add constraint schedule_firings_missed_slots_check CHECK ((missed_slots >= 0));
-alter table conveyor.schedule_firings add constraint schedule_firings_outcome_check CHECK ((outcome = ANY (ARRAY['started'::text, 'skipped_overlap'::text])));
+alter table conveyor.schedule_firings add constraint schedule_firings_outcome_check CHECK ((outcome = ANY (ARRAY['started'::text, 'skipped_overlap'::text, 'skipped_quota'::text])));
 alter table conveyor.schedule_firings add constraint schedule_firings_pkey PRIMARY KEY (schedule_id, slot);
 alter table conveyor.schedule_firings add constraint schedule_firings_schedule_id_fkey FOREIGN KEY (schedule_id) REFERENCES conveyor.schedules(schedule_id) ON DELETE CASCADE;
 alter table conveyor.schedule_firings add constraint schedule_firings_started_has_execution CHECK (((outcome = 'started'::text) = (execution_id IS NOT NULL)));
@@ -812,7 +982,8 @@ create table conveyor.workflow_versions (
   retry_policy jsonb default '{"attempts": 1}'::jsonb not null,
   on_error text default 'fail'::text not null,
   max_steps integer default 1000 not null,
-  published_at timestamp with time zone default now() not null
+  published_at timestamp with time zone default now() not null,
+  flow jsonb
 );
 alter table conveyor.workflow_versions add constraint workflow_versions_max_concurrent_check CHECK ((max_concurrent > 0));
 alter table conveyor.workflow_versions add constraint workflow_versions_max_executions_per_hour_check CHECK ((max_executions_per_hour > 0));
@@ -862,6 +1033,9 @@ create function conveyor.abort_execution(p_execution_id bigint, p_status text, p
 grant execute on function conveyor.abort_execution(bigint,text,jsonb) to conveyor_service;
 create function conveyor.action_message(p_run conveyor.step_runs, p_workflow_id bigint, p_step conveyor.workflow_steps) returns jsonb
   language plpgsql immutable set search_path = '';
+create function conveyor.add_to_digest(p_tenant_id text, p_user_id text, p_frequency text, p_due_at timestamp with time zone) returns bigint
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.add_to_digest(text,text,text,timestamp with time zone) to conveyor_service;
 create function conveyor.advance_execution(p_execution_id bigint, p_now timestamp with time zone DEFAULT now()) returns text
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.advance_execution(bigint,timestamp with time zone) to conveyor_service;
@@ -930,12 +1104,18 @@ grant execute on function conveyor.claim_events(integer) to conveyor_service;
 create function conveyor.compile_filter(p_filter jsonb) returns jsonpath
   language plpgsql immutable parallel safe set search_path = '';
 grant execute on function conveyor.compile_filter(jsonb) to conveyor_service;
+create function conveyor.compile_flow(p_settings jsonb) returns jsonb
+  language sql immutable set search_path = '';
+grant execute on function conveyor.compile_flow(jsonb) to conveyor_service;
 create function conveyor.compile_steps(p_document jsonb) returns TABLE(step_position integer, step_id text, kind text, action_type text, config jsonb, next_step text, branches jsonb, on_error text, error_step text, retry_policy jsonb, timeout_text text, list_path text)
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.compile_steps(jsonb) to conveyor_service;
 create function conveyor.compiled_steps(p_tenant_id text, p_slug text, p_version integer DEFAULT NULL::integer) returns TABLE(step_id text, kind text, action text, next_step text, branches jsonb, on_error text)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.compiled_steps(text,text,integer) to conveyor_app, conveyor_service;
+create function conveyor.compose_digest(p_digest_id bigint) returns bigint
+  language plpgsql volatile set search_path = '' set enable_seqscan = off;
+grant execute on function conveyor.compose_digest(bigint) to conveyor_service;
 create function conveyor.condition_compare(p_op text, p_left jsonb, p_right jsonb, p_field text DEFAULT NULL::text) returns boolean
   language plpgsql stable parallel safe set search_path = '';
 grant execute on function conveyor.condition_compare(text,jsonb,jsonb,text) to conveyor_service;
@@ -1013,12 +1193,29 @@ grant execute on function conveyor.date_trigger_value(text,text) to conveyor_ser
 create function conveyor.decide_approval(p_tenant_id text, p_user_id text, p_request_id bigint, p_decision text, p_note text DEFAULT NULL::text) returns jsonb
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.decide_approval(text,text,bigint,text,text) to conveyor_app, conveyor_service;
+create function conveyor.default_notification_preferences() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.default_notification_preferences() to conveyor_service;
 create function conveyor.delegate_approval(p_tenant_id text, p_user_id text, p_request_id bigint, p_to_user text, p_reason text DEFAULT NULL::text) returns jsonb
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.delegate_approval(text,text,bigint,text,text) to conveyor_app, conveyor_service;
+create function conveyor.delete_notification_template(p_tenant_id text, p_slug text) returns boolean
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.delete_notification_template(text,text) to conveyor_app, conveyor_service;
 create function conveyor.delete_workflow(p_tenant_id text, p_slug text) returns void
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.delete_workflow(text,text) to conveyor_app, conveyor_service;
+create function conveyor.delivery_awaited(p_msg_id bigint, p_message jsonb) returns boolean
+  language plpgsql stable security definer set search_path = '';
+create function conveyor.delivery_message(p_delivery conveyor.notification_deliveries) returns jsonb
+  language plpgsql immutable set search_path = '';
+grant execute on function conveyor.delivery_message(conveyor.notification_deliveries) to conveyor_service;
+create function conveyor.delivery_obstacle(p_channel text, p_connection text, p_address text) returns text
+  language sql immutable set search_path = '';
+grant execute on function conveyor.delivery_obstacle(text,text,text) to conveyor_service;
+create function conveyor.digest_content(p_digest conveyor.notification_digests) returns jsonb
+  language plpgsql stable set search_path = '' set enable_seqscan = off;
+grant execute on function conveyor.digest_content(conveyor.notification_digests) to conveyor_service;
 create function conveyor.dispatch(p_limit integer DEFAULT 1000) returns integer
   language plpgsql volatile set search_path = '' set jit = off;
 grant execute on function conveyor.dispatch(integer) to conveyor_service;
@@ -1043,6 +1240,9 @@ grant execute on function conveyor.document_date_errors(jsonb) to conveyor_servi
 create function conveyor.document_duration_error(p_value jsonb, p_path text, p_max interval DEFAULT conveyor.max_duration(), p_setting text DEFAULT 'conveyor.max_duration'::text) returns text
   language sql stable set search_path = '';
 grant execute on function conveyor.document_duration_error(jsonb,text,interval,text) to conveyor_service;
+create function conveyor.document_flow_errors(p_settings jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.document_flow_errors(jsonb) to conveyor_service;
 create function conveyor.document_integer_error(p_value jsonb, p_path text, p_max integer DEFAULT 2147483647) returns text
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.document_integer_error(jsonb,text,integer) to conveyor_service;
@@ -1052,6 +1252,9 @@ grant execute on function conveyor.document_key_errors(jsonb,text,text[],text[])
 create function conveyor.document_limit_errors(p_document jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.document_limit_errors(jsonb) to conveyor_service;
+create function conveyor.document_notify_template_errors(p_tenant_id text, p_document jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.document_notify_template_errors(text,jsonb) to conveyor_service;
 create function conveyor.document_path(p_path text, p_key text) returns text
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.document_path(text,text) to conveyor_service;
@@ -1118,6 +1321,9 @@ grant execute on function conveyor.duration_setting(text,interval) to conveyor_s
 create function conveyor.duration_text(p_duration interval) returns text
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.duration_text(interval) to conveyor_service;
+create function conveyor.effective_notification_preferences(p_tenant_id text, p_user_id text, p_category text) returns jsonb
+  language sql stable set search_path = '';
+grant execute on function conveyor.effective_notification_preferences(text,text,text) to conveyor_service;
 create function conveyor.emit(p_tenant_id text, p_event_type text, p_payload jsonb DEFAULT '{}'::jsonb, p_entity_type text DEFAULT NULL::text, p_entity_id text DEFAULT NULL::text, p_dedupe_key text DEFAULT NULL::text, p_source text DEFAULT NULL::text) returns bigint
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.emit(text,text,jsonb,text,text,text,text) to conveyor_app, conveyor_service;
@@ -1151,12 +1357,15 @@ grant execute on function conveyor.event_trigger_object(conveyor.events) to conv
 create function conveyor.execution_children(p_tenant_id text, p_execution_id bigint) returns TABLE(step text, visit integer, kind text, child_index integer, label text, execution_id bigint, workflow text, status text, current_step text, started_at timestamp with time zone, finished_at timestamp with time zone, error jsonb, children bigint)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.execution_children(text,bigint) to conveyor_app, conveyor_service;
-create function conveyor.execution_detail(p_tenant_id text, p_execution_id bigint) returns TABLE(execution_id bigint, tenant_id text, workflow_id bigint, version integer, event_id bigint, entity_type text, entity_id text, once_key text, status text, current_step text, wait_kind text, resume_at timestamp with time zone, trigger jsonb, vars jsonb, step_outputs jsonb, depth integer, steps_run integer, error jsonb, created_at timestamp with time zone, started_at timestamp with time zone, finished_at timestamp with time zone, timeout_at timestamp with time zone, retry_of bigint, paused_at timestamp with time zone, parent_execution_id bigint, fanout_id bigint, child_index integer, item jsonb, slug text)
+create function conveyor.execution_detail(p_tenant_id text, p_execution_id bigint) returns TABLE(execution_id bigint, tenant_id text, workflow_id bigint, version integer, event_id bigint, entity_type text, entity_id text, once_key text, status text, current_step text, wait_kind text, resume_at timestamp with time zone, trigger jsonb, vars jsonb, step_outputs jsonb, depth integer, steps_run integer, error jsonb, created_at timestamp with time zone, started_at timestamp with time zone, finished_at timestamp with time zone, timeout_at timestamp with time zone, retry_of bigint, paused_at timestamp with time zone, parent_execution_id bigint, fanout_id bigint, child_index integer, item jsonb, flow_key text, slug text)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.execution_detail(text,bigint) to conveyor_app, conveyor_service;
 create function conveyor.execution_log(p_tenant_id text, p_execution_id bigint) returns TABLE(logged_at timestamp with time zone, level text, message text)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.execution_log(text,bigint) to conveyor_app, conveyor_service;
+create function conveyor.execution_quota_refusal(p_tenant_id text) returns text
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.execution_quota_refusal(text) to conveyor_service;
 create function conveyor.execution_timeline(p_tenant_id text, p_execution_id bigint) returns TABLE(step text, visit integer, attempt integer, status text, started_at timestamp with time zone, ms numeric, input jsonb, output jsonb, error jsonb)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.execution_timeline(text,bigint) to conveyor_app, conveyor_service;
@@ -1243,9 +1452,33 @@ grant execute on function conveyor.fire_date_triggers(timestamp with time zone,i
 create function conveyor.fire_schedules(p_now timestamp with time zone DEFAULT now(), p_limit integer DEFAULT 100) returns integer
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.fire_schedules(timestamp with time zone,integer) to conveyor_service;
+create function conveyor.flow_control(p_new conveyor.executions[]) returns conveyor.executions[]
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.flow_control(conveyor.executions[]) to conveyor_service;
+create function conveyor.flow_due(p_now timestamp with time zone, p_limit integer) returns integer
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.flow_due(timestamp with time zone,integer) to conveyor_service;
+create function conveyor.flow_key(p_template text, p_trigger jsonb, p_where text) returns text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.flow_key(text,jsonb,text) to conveyor_service;
+create function conveyor.flow_log(p_exec conveyor.executions, p_reason text, p_message text, p_details jsonb) returns void
+  language sql volatile set search_path = '';
+grant execute on function conveyor.flow_log(conveyor.executions,text,text,jsonb) to conveyor_service;
+create function conveyor.flow_next_due_at() returns timestamp with time zone
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.flow_next_due_at() to conveyor_service;
+create function conveyor.flow_release(p_workflows bigint[], p_keys text[]) returns void
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.flow_release(bigint[],text[]) to conveyor_service;
+create function conveyor.flow_take_slots(p_tenants text[], p_workflows bigint[], p_keys text[], p_ids bigint[], p_limits integer[]) returns bigint[]
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.flow_take_slots(text[],bigint[],text[],bigint[],integer[]) to conveyor_service;
 create function conveyor.generate_interpreter() returns void
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.generate_interpreter() to conveyor_service;
+create function conveyor.get_notification_preferences(p_tenant_id text, p_user_id text) returns TABLE(category text, preferences jsonb, effective jsonb)
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.get_notification_preferences(text,text) to conveyor_app, conveyor_service;
 create function conveyor.hmac_sha256(p_key bytea, p_message bytea) returns bytea
   language plpgsql immutable strict set search_path = '';
 grant execute on function conveyor.hmac_sha256(bytea,bytea) to conveyor_service;
@@ -1255,6 +1488,9 @@ grant execute on function conveyor.html_escape(text) to conveyor_service;
 create function conveyor.http_trigger(p_api_key text, p_slug text, p_data jsonb) returns TABLE(status integer, body jsonb)
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.http_trigger(text,text,jsonb) to conveyor_service;
+create function conveyor.in_quiet_hours(p_quiet jsonb, p_local time without time zone) returns boolean
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.in_quiet_hours(jsonb,time without time zone) to conveyor_service;
 create function conveyor.ingest_captures(p_limit integer DEFAULT 1000) returns integer
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.ingest_captures(integer) to conveyor_service;
@@ -1275,6 +1511,9 @@ create function conveyor.interpret_batch(p_execs conveyor.executions[], p_now ti
 create function conveyor.interpret_executions(p_execs conveyor.executions[], p_now timestamp with time zone, p_new boolean) returns void
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.interpret_executions(conveyor.executions[],timestamp with time zone,boolean) to conveyor_service;
+create function conveyor.is_local_time(p_value jsonb) returns boolean
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.is_local_time(jsonb) to conveyor_service;
 create function conveyor.is_timestamp(p_text text) returns boolean
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.is_timestamp(text) to conveyor_service;
@@ -1319,6 +1558,9 @@ grant execute on function conveyor.list_events(text,text,integer) to conveyor_ap
 create function conveyor.list_executions(p_tenant_id text, p_status text DEFAULT NULL::text, p_workflow text DEFAULT NULL::text, p_since timestamp with time zone DEFAULT (now() - '24:00:00'::interval), p_limit integer DEFAULT 50) returns TABLE(id bigint, workflow text, version integer, status text, step text, entity_id text, created_at timestamp with time zone, ms numeric, error text)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.list_executions(text,text,text,timestamp with time zone,integer) to conveyor_app, conveyor_service;
+create function conveyor.list_notification_templates(p_tenant_id text) returns TABLE(slug text, source text, document jsonb, updated_at timestamp with time zone)
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.list_notification_templates(text) to conveyor_app, conveyor_service;
 create function conveyor.list_notifications(p_tenant_id text, p_user_id text, p_unread_only boolean DEFAULT false, p_limit integer DEFAULT 50) returns TABLE(id bigint, category text, type text, priority text, title text, message text, entity_type text, entity_id text, action_url text, action_label text, group_key text, created_at timestamp with time zone, read_at timestamp with time zone, expires_at timestamp with time zone, execution_id bigint, unread_count bigint)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.list_notifications(text,text,boolean,integer) to conveyor_app, conveyor_service;
@@ -1356,6 +1598,9 @@ grant execute on function conveyor.max_action_deliveries() to conveyor_service;
 create function conveyor.max_action_timeout() returns interval
   language sql stable set search_path = '';
 grant execute on function conveyor.max_action_timeout() to conveyor_service;
+create function conveyor.max_digest_items() returns integer
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.max_digest_items() to conveyor_service;
 create function conveyor.max_document_bytes() returns integer
   language sql stable set search_path = '';
 grant execute on function conveyor.max_document_bytes() to conveyor_service;
@@ -1374,6 +1619,9 @@ grant execute on function conveyor.max_event_depth() to conveyor_service;
 create function conveyor.max_fanout_children() returns integer
   language sql stable set search_path = '';
 grant execute on function conveyor.max_fanout_children() to conveyor_service;
+create function conveyor.max_flow_key_length() returns integer
+  language sql stable set search_path = '';
+grant execute on function conveyor.max_flow_key_length() to conveyor_service;
 create function conveyor.max_regex_pattern() returns integer
   language plpgsql stable parallel safe set search_path = '';
 grant execute on function conveyor.max_regex_pattern() to conveyor_service;
@@ -1394,9 +1642,15 @@ create function conveyor.message_awaited(p_msg_id bigint, p_message jsonb) retur
 create function conveyor.mint_tenant_token(p_tenant_id text, p_valid_for interval DEFAULT '00:15:00'::interval) returns text
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.mint_tenant_token(text,interval) to conveyor_service, conveyor_tenant_issuer;
+create function conveyor.next_digest_at(p_frequency text, p_digest jsonb, p_timezone text, p_now timestamp with time zone) returns timestamp with time zone
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.next_digest_at(text,jsonb,text,timestamp with time zone) to conveyor_service;
 create function conveyor.next_due_at() returns timestamp with time zone
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.next_due_at() to conveyor_service;
+create function conveyor.next_notification_due_at() returns timestamp with time zone
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.next_notification_due_at() to conveyor_service;
 create function conveyor.next_timeout_at() returns timestamp with time zone
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.next_timeout_at() to conveyor_service;
@@ -1406,9 +1660,33 @@ grant execute on function conveyor.next_window_start(timestamp with time zone,js
 create function conveyor.next_work_due_at() returns timestamp with time zone
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.next_work_due_at() to conveyor_service;
+create function conveyor.notification_delivery_attempts() returns integer
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.notification_delivery_attempts() to conveyor_service;
 create function conveyor.notification_keys() returns text[]
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.notification_keys() to conveyor_service;
+create function conveyor.notification_preference_errors(p_prefs jsonb, p_path text) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.notification_preference_errors(jsonb,text) to conveyor_service;
+create function conveyor.notification_recipient(p_tenant_id text, p_user_id text) returns jsonb
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.notification_recipient(text,text) to conveyor_service;
+create function conveyor.notification_template(p_tenant_id text, p_slug text) returns jsonb
+  language sql stable set search_path = '';
+grant execute on function conveyor.notification_template(text,text) to conveyor_service;
+create function conveyor.notification_template_data(p_doc jsonb, p_slug text, p_data jsonb, p_where text) returns jsonb
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.notification_template_data(jsonb,text,jsonb,text) to conveyor_service;
+create function conveyor.notification_template_errors(p_doc jsonb, p_path text) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.notification_template_errors(jsonb,text) to conveyor_service;
+create function conveyor.notification_template_roots() returns text[]
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.notification_template_roots() to conveyor_service;
+create function conveyor.notification_weekdays() returns text[]
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.notification_weekdays() to conveyor_service;
 create function conveyor.notify_from_step(p_exec conveyor.executions, p_step_id text, p_input jsonb) returns jsonb
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.notify_from_step(conveyor.executions,text,jsonb) to conveyor_service;
@@ -1430,6 +1708,9 @@ grant execute on function conveyor.parse_until(text,timestamp with time zone) to
 create function conveyor.pause_execution(p_tenant_id text, p_execution_id bigint) returns boolean
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.pause_execution(text,bigint) to conveyor_app, conveyor_service;
+create function conveyor.plan_deliveries(p_notification conveyor.notifications, p_decisions jsonb, p_content jsonb, p_recipient jsonb, p_connections jsonb) returns jsonb
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.plan_deliveries(conveyor.notifications,jsonb,jsonb,jsonb,jsonb) to conveyor_service;
 create function conveyor.plan_limit_value(p_plan text, p_quota text, p_kind text, p_value jsonb) returns text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.plan_limit_value(text,text,text,jsonb) to conveyor_service;
@@ -1454,8 +1735,14 @@ grant execute on function conveyor.publish(text,jsonb) to conveyor_app, conveyor
 create function conveyor.published_versions(p_tenant_id text, p_slug text) returns TABLE(version integer, published_at timestamp with time zone)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.published_versions(text,text) to conveyor_app, conveyor_service;
+create function conveyor.queue_deliveries(p_delivery_ids bigint[], p_delay_s integer DEFAULT 0) returns integer
+  language plpgsql volatile set search_path = '' set enable_seqscan = off;
+grant execute on function conveyor.queue_deliveries(bigint[],integer) to conveyor_service;
 create function conveyor.queue_messages(p_messages jsonb[], p_delay_s integer DEFAULT 0) returns TABLE(msg_id bigint, step_run_id bigint)
   language plpgsql volatile set search_path = '';
+create function conveyor.quiet_hours_release(p_quiet jsonb, p_timezone text, p_at timestamp with time zone) returns timestamp with time zone
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.quiet_hours_release(jsonb,text,timestamp with time zone) to conveyor_service;
 create function conveyor.raise_quota_problems(p_tenant_id text, p_plan text, p_problems text[]) returns void
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.raise_quota_problems(text,text,text[]) to conveyor_service;
@@ -1503,9 +1790,18 @@ grant execute on function conveyor.regex_shown(text) to conveyor_service;
 create function conveyor.regex_size(p_pattern text) returns bigint
   language plpgsql immutable strict parallel safe set search_path = '';
 grant execute on function conveyor.regex_size(text) to conveyor_service;
+create function conveyor.register_notification_users(p_entity text, p_email_column name, p_phone_column name DEFAULT NULL::name, p_timezone_column name DEFAULT NULL::name) returns void
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.register_notification_users(text,name,name,name) to conveyor_service;
+create function conveyor.release_notifications(p_now timestamp with time zone, p_batch integer DEFAULT 1000) returns integer
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.release_notifications(timestamp with time zone,integer) to conveyor_service;
 create function conveyor.render(p_value jsonb, p_context jsonb, p_where text DEFAULT NULL::text, p_item jsonb DEFAULT NULL::jsonb) returns jsonb
   language plpgsql stable parallel safe set search_path = '';
 grant execute on function conveyor.render(jsonb,jsonb,text,jsonb) to conveyor_service;
+create function conveyor.render_notification_part(p_doc jsonb, p_slug text, p_channel text, p_data jsonb, p_where text) returns jsonb
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.render_notification_part(jsonb,text,text,jsonb,text) to conveyor_service;
 create function conveyor.render_plan(p_value jsonb, p_where text DEFAULT NULL::text, p_escape_html boolean DEFAULT false) returns jsonb
   language plpgsql immutable parallel safe set search_path = '';
 grant execute on function conveyor.render_plan(jsonb,text,boolean) to conveyor_service;
@@ -1539,6 +1835,9 @@ grant execute on function conveyor.require_tenant(text) to conveyor_service;
 create function conveyor.require_workflow_quotas(p_tenant_id text, p_workflow_id bigint, p_version integer, p_was_active boolean, p_was_scheduled boolean, p_had_endpoint boolean) returns void
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.require_workflow_quotas(text,bigint,integer,boolean,boolean,boolean) to conveyor_service;
+create function conveyor.resolve_notification_channels(p_prefs jsonb, p_category text, p_priority text, p_timezone text, p_now timestamp with time zone) returns jsonb
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.resolve_notification_channels(jsonb,text,text,text,timestamp with time zone) to conveyor_service;
 create function conveyor.resume_due(p_now timestamp with time zone DEFAULT now(), p_limit integer DEFAULT 1000) returns integer
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.resume_due(timestamp with time zone,integer) to conveyor_service;
@@ -1576,11 +1875,20 @@ grant execute on function conveyor.runner_heartbeat(uuid,text,integer,text) to c
 create function conveyor.runner_stopped(p_runner_id uuid) returns boolean
   language sql volatile set search_path = '';
 grant execute on function conveyor.runner_stopped(uuid) to conveyor_service;
+create function conveyor.save_notification_template(p_tenant_id text, p_slug text, p_document jsonb) returns void
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.save_notification_template(text,text,jsonb) to conveyor_app, conveyor_service;
 create function conveyor.scheduled_workflows(p_tenant_id text) returns bigint
   language sql stable set search_path = '';
 grant execute on function conveyor.scheduled_workflows(text) to conveyor_service;
 create function conveyor.send_actions(p_step_run_ids bigint[], p_delay_s integer DEFAULT 0) returns integer
   language plpgsql volatile security definer set search_path = '';
+create function conveyor.set_notification_channel(p_tenant_id text, p_channel text, p_connection_name text) returns void
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.set_notification_channel(text,text,text) to conveyor_app, conveyor_service;
+create function conveyor.set_notification_preferences(p_tenant_id text, p_user_id text, p_category text, p_preferences jsonb) returns jsonb
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.set_notification_preferences(text,text,text,jsonb) to conveyor_app, conveyor_service;
 create function conveyor.set_plan(p_name text, p_limits jsonb DEFAULT '{}'::jsonb) returns conveyor.plans
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.set_plan(text,jsonb) to conveyor_app, conveyor_service;
@@ -1764,6 +2072,9 @@ grant execute on function conveyor.sync_schedule(bigint,jsonb) to conveyor_servi
 create function conveyor.sync_webhook(p_workflow_id bigint, p_webhook jsonb) returns void
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.sync_webhook(bigint,jsonb) to conveyor_service;
+create function conveyor.system_notification_templates() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.system_notification_templates() to conveyor_service;
 create function conveyor.system_status() returns jsonb
   language sql stable set search_path = '';
 grant execute on function conveyor.system_status() to conveyor_service;
@@ -1873,12 +2184,18 @@ grant execute on function conveyor.window_errors(jsonb,text) to conveyor_service
 create function conveyor.workflow_detail(p_tenant_id text, p_slug text) returns TABLE(workflow_id bigint, tenant_id text, slug text, name text, description text, category text, tags text[], active boolean, current_version integer, created_at timestamp with time zone, updated_at timestamp with time zone)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.workflow_detail(text,text) to conveyor_app, conveyor_service;
+create function conveyor.workflow_refusals(p_tenant_id text, p_slug text, p_since interval DEFAULT '7 days'::interval) returns TABLE(reason text, events bigint, first_at timestamp with time zone, last_at timestamp with time zone, last_event_id bigint, last_message text)
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.workflow_refusals(text,text,interval) to conveyor_app, conveyor_service;
 create function conveyor.workflow_summary(p_tenant_id text, p_slug text DEFAULT NULL::text, p_since timestamp with time zone DEFAULT (now() - '7 days'::interval)) returns TABLE(slug text, active boolean, runs bigint, completed bigint, failed bigint, success_rate numeric, avg_ms numeric, p95_ms numeric, last_run_at timestamp with time zone, last_error text, total_started bigint)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.workflow_summary(text,text,timestamp with time zone) to conveyor_app, conveyor_service;
 create function conveyor.write_back(p_results jsonb) returns TABLE(msg_id bigint, step_run_id bigint, outcome text)
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.write_back(jsonb) to conveyor_service;
+create function conveyor.write_back_deliveries(p_results jsonb) returns TABLE(msg_id bigint, delivery_id bigint, outcome text)
+  language plpgsql volatile security definer set search_path = '' set enable_seqscan = off;
+grant execute on function conveyor.write_back_deliveries(jsonb) to conveyor_service;
 
 create event trigger conveyor_rewatch_altered_tables on ddl_command_end when tag in ('ALTER TABLE') execute function conveyor.rewatch_altered_tables();
 

@@ -160,7 +160,8 @@ begin
 end;
 $$;
 
--- Whether the step run message p_msg_id names still waits for it (queued, with this msg_id).
+-- Whether the step run message p_msg_id names still waits for it (queued, with this msg_id);
+-- for a notification delivery's message (it names a delivery_id), whether the delivery does.
 create or replace function conveyor.message_awaited(p_msg_id bigint, p_message jsonb)
 returns boolean
 language plpgsql
@@ -169,6 +170,9 @@ security definer
 set search_path = ''
 as $$
 begin
+  if p_message ? 'delivery_id' then
+    return conveyor.delivery_awaited(p_msg_id, p_message);
+  end if;
   return exists (
     select from conveyor.step_runs as r
     where r.step_run_id = conveyor.jsonb_bigint(p_message -> 'step_run_id') and r.status = 'queued'
@@ -242,33 +246,58 @@ declare
   v_left integer := greatest(coalesce(p_qty, 0), 0);
   v_share integer;
   v_round integer := 0;
+  v_first text;
 begin
   -- Which messages: each tenant with messages queued takes its share of the read, its
   -- oldest visible ones first; what a tenant leaves unused is shared again between those
   -- that had more (conveyor.claim_events does the same for dispatch; docs/queue.md
   -- "Fairness"). The tenants are found by a skip scan of q_conveyor_actions_tenant_idx.
-  with recursive t (tenant_id, first_id, n) as (
-    (
-      select coalesce(q.message ->> 'tenant_id', ''), q.msg_id, 1
+  -- One tenant queued (two probes of that index tell) is the common case, and the read is
+  -- then what it was before tenants were told apart: the oldest visible messages.
+  select coalesce(q.message ->> 'tenant_id', '') into v_first
+  from pgmq.q_conveyor_actions as q
+  order by coalesce(q.message ->> 'tenant_id', ''), q.msg_id
+  limit 1;
+  if v_first is null then
+    return;
+  end if;
+  if not exists (
+    select from pgmq.q_conveyor_actions as q where coalesce(q.message ->> 'tenant_id', '') > v_first
+  ) then
+    select coalesce(array_agg(n.msg_id), '{}') into v_ids
+    from (
+      select q.msg_id
       from pgmq.q_conveyor_actions as q
-      order by coalesce(q.message ->> 'tenant_id', ''), q.msg_id
-      limit 1
+      where q.vt <= pg_catalog.clock_timestamp()
+      order by q.msg_id
+      limit v_left
+      for update skip locked
+    ) as n;
+    v_left := 0;
+  else
+    with recursive t (tenant_id, first_id, n) as (
+      (
+        select coalesce(q.message ->> 'tenant_id', ''), q.msg_id, 1
+        from pgmq.q_conveyor_actions as q
+        order by coalesce(q.message ->> 'tenant_id', ''), q.msg_id
+        limit 1
+      )
+      union all
+      select nx.tenant_id, nx.msg_id, t.n + 1
+      from t
+      cross join lateral (
+        select coalesce(q.message ->> 'tenant_id', '') as tenant_id, q.msg_id
+        from pgmq.q_conveyor_actions as q
+        where coalesce(q.message ->> 'tenant_id', '') > t.tenant_id
+        order by coalesce(q.message ->> 'tenant_id', ''), q.msg_id
+        limit 1
+      ) as nx
+      where t.n < 10000
     )
-    union all
-    select nx.tenant_id, nx.msg_id, t.n + 1
-    from t
-    cross join lateral (
-      select coalesce(q.message ->> 'tenant_id', '') as tenant_id, q.msg_id
-      from pgmq.q_conveyor_actions as q
-      where coalesce(q.message ->> 'tenant_id', '') > t.tenant_id
-      order by coalesce(q.message ->> 'tenant_id', ''), q.msg_id
-      limit 1
-    ) as nx
-    where t.n < 10000
-  )
-  -- the tenants whose oldest message is oldest first: with more tenants than places, those
-  -- that have waited longest are served
-  select array_agg(t.tenant_id order by t.first_id) into v_tenants from t;
+    -- the tenants whose oldest message is oldest first: with more tenants than places, those
+    -- that have waited longest are served
+    select array_agg(t.tenant_id order by t.first_id) into v_tenants from t;
+  end if;
 
   while v_left > 0 and coalesce(pg_catalog.cardinality(v_tenants), 0) > 0 and v_round < 8 loop
     v_round := v_round + 1;

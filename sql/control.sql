@@ -206,7 +206,9 @@ begin
     finished_at = greatest(now(), coalesce(e.started_at, e.created_at)),
     started_at = coalesce(e.started_at, now()),
     wait_kind = null,
-    resume_at = null
+    resume_at = null,
+    -- one still queued for a concurrency slot (not admitted: no resume_at) holds none
+    flow_key = case when e.wait_kind = 'slot' and e.resume_at is null then null else e.flow_key end
   where e.execution_id = p_execution_id
     and e.status not in ('completed', 'failed', 'cancelled', 'timed_out')
   returning e.* into v_exec;
@@ -217,6 +219,10 @@ begin
   -- a fan-out's child: counted in its fan-out (sql/fanout_join.sql)
   if v_exec.fanout_id is not null then
     perform conveyor.fanout_follow_up(null, array[p_execution_id]);
+  end if;
+  -- its concurrency slot goes to the next execution queued on its key (sql/flow_control.sql)
+  if v_exec.flow_key is not null then
+    perform conveyor.flow_release(array[v_exec.workflow_id], array[v_exec.flow_key]);
   end if;
   -- (a branch or an item of a fan-out is part of its parent's run, not one of its own)
   if v_exec.item is null then

@@ -204,6 +204,7 @@ declare
   f record;
   v_execution_id bigint;
   v_count integer := 0;
+  v_refusal text;
 begin
   -- Each firing starts its own execution: per-row work by nature.
   for f in
@@ -217,7 +218,13 @@ begin
     for update of df skip locked
   loop
     v_execution_id := null;
-    if f.active then
+    v_refusal := case when f.active then conveyor.execution_quota_refusal(f.tenant_id) end;
+    if v_refusal is not null then
+      insert into conveyor.execution_logs (tenant_id, workflow_id, level, message, details)
+      values (f.tenant_id, f.workflow_id, 'warning',
+        format('date trigger for %s %s started no execution: %s', f.entity, f.entity_id, v_refusal),
+        jsonb_build_object('reason', 'executions_per_month', 'entity_id', f.entity_id));
+    elsif f.active then
       v_execution_id := conveyor.start_workflow(f.workflow_id, jsonb_build_object(
         'kind', 'date', 'occurred_at', f.due_at, 'depth', 0,
         'entity_type', f.entity, 'entity_id', f.entity_id,

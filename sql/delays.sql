@@ -30,7 +30,9 @@ begin
     -- a join's timeout, or a decided join not applied yet (sql/fanout_join.sql)
     conveyor.fanout_next_due_at(),
     -- a decided approval held back by its execution's lock (sql/approval_outcomes.sql)
-    conveyor.approval_next_due_at()
+    conveyor.approval_next_due_at(),
+    -- an execution admitted to a concurrency slot, or a debounce period over (sql/flow_control.sql)
+    conveyor.flow_next_due_at()
   );
 end;
 $$;
@@ -63,6 +65,7 @@ begin
   end if;
   v_waits := v_waits + conveyor.resume_due_waits(p_now, p_limit);
   v_waits := v_waits + conveyor.fanout_due(p_now, p_limit);
+  v_waits := v_waits + conveyor.flow_due(p_now, p_limit);
   -- approvals due (escalated or expired) or decided while their execution was locked
   v_waits := v_waits + conveyor.approval_due(p_now, p_limit);
 

@@ -311,6 +311,7 @@ as $$
 declare
   v_events bigint[] := p_events;
   v_new conveyor.executions[];
+  v_flow boolean;
   v_refused bigint;
   v_max_depth integer := conveyor.max_event_depth();
   -- the budgets, read only when the batch is weighed against them
@@ -361,7 +362,8 @@ begin
       and s.tenant_id = e.tenant_id and s.active
     join conveyor.workflow_versions as v on v.workflow_id = s.workflow_id and v.version = s.version
     where e.event_id = any(v_events)
-      and (v.max_executions_per_hour is not null or v.max_concurrent is not null or v.run_once_per_entity)
+      and (v.max_executions_per_hour is not null or v.max_concurrent is not null or v.run_once_per_entity
+        or v.flow is not null)
     order by s.workflow_id
   ) as l;
 
@@ -370,7 +372,7 @@ begin
       e.event_id, e.tenant_id, e.entity_type, e.entity_id, e.depth,
       case when e.depth > 0 then coalesce(e.root_event_id, e.event_id) end as chain_root,
       s.workflow_id, s.version, v.timeout, v.max_executions_per_hour, v.max_concurrent,
-      v.entry_step, t.trigger_object, c.error as condition_error,
+      v.entry_step, v.flow is not null as flow, t.trigger_object, c.error as condition_error,
       case when v.run_once_per_entity and e.entity_id is not null
         then coalesce(e.entity_type, '') || ':' || e.entity_id end as once_key
     from conveyor.events as e
@@ -516,14 +518,15 @@ begin
   -- this cast fail loudly): execution_id, tenant_id, workflow_id, version, event_id,
   -- entity_type, entity_id, once_key, status, current_step, wait_kind, resume_at, trigger,
   -- vars, step_outputs, depth, steps_run, error, created_at, started_at, finished_at,
-  -- timeout_at, retry_of, paused_at, parent_execution_id, fanout_id, child_index, item.
+  -- timeout_at, retry_of, paused_at, parent_execution_id, fanout_id, child_index, item,
+  -- flow_key.
   created as (
     select row(
       pg_catalog.nextval('conveyor.executions_execution_id_seq'), j.tenant_id, j.workflow_id, j.version,
       j.event_id, j.entity_type, j.entity_id, j.once_key, 'pending', j.entry_step, null, null,
       j.trigger_object, '{}', '{}', j.depth, 0, null, now(), null, null, now() + j.timeout, null, null,
-      null, null, null, null
-    )::conveyor.executions as x
+      null, null, null, null, null
+    )::conveyor.executions as x, j.flow
     from judged as j
     where j.refusal is null
     order by j.event_id, j.workflow_id
@@ -531,7 +534,8 @@ begin
 
   -- Both branches are consumed here, so the data-modifying one cannot be skipped.
   select
-    (select array_agg(c.x order by (c.x).execution_id) from created as c),
+    n.execs,
+    n.flow,
     (select count(*) from refused),
     (
       select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('root', g.chain_root, 'tenant', g.tenant_id, 'n', g.n))
@@ -542,7 +546,9 @@ begin
         group by j.chain_root, j.tenant_id
       ) as g
     )
-  into v_new, v_refused, v_chain_new;
+  -- (created read once: a second reference would materialise it)
+  from (select array_agg(c.x order by (c.x).execution_id) as execs, bool_or(c.flow) as flow from created as c) as n
+  into v_new, v_flow, v_refused, v_chain_new;
 
   if v_chain_new is not null then
     insert into conveyor.event_chains as c (root_event_id, tenant_id, executions)
@@ -554,6 +560,11 @@ begin
   end if;
 
 
+  -- Workflows with concurrency per key, debounce or throttle: some of their executions wait,
+  -- fold into another or are refused (sql/flow_control.sql); the rest run now.
+  if v_flow then
+    v_new := nullif(conveyor.flow_control(v_new), '{}');
+  end if;
   if v_new is not null then
     -- A second execution of a run-once workflow for one entity cannot slip in between the
     -- check above and this insert: such workflows are serialised by the advisory lock, and

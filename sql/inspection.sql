@@ -95,6 +95,7 @@ returns table (
   fanout_id bigint,
   child_index integer,
   item jsonb,
+  flow_key text,
   slug text
 )
 language plpgsql
@@ -112,7 +113,7 @@ begin
     case when x.item is not null and f.fanout_id is not null then f.context -> 'trigger' else x.trigger end,
     x.vars, x.step_outputs,
     x.depth, x.steps_run, x.error, x.created_at, x.started_at, x.finished_at, x.timeout_at, x.retry_of,
-    x.paused_at, x.parent_execution_id, x.fanout_id, x.child_index, x.item, w.slug
+    x.paused_at, x.parent_execution_id, x.fanout_id, x.child_index, x.item, x.flow_key, w.slug
   from conveyor.executions as x
   join conveyor.workflows as w on w.workflow_id = x.workflow_id
   left join conveyor.fanouts as f on f.fanout_id = x.fanout_id

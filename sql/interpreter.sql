@@ -116,6 +116,9 @@ declare
   -- execution is a child whose join was decided without it (it ends cancelled)
   v_spawned bigint[] := '{}';
   v_done_children bigint[] := '{}';
+  -- the concurrency slots of executions that completed here (sql/flow_control.sql)
+  v_freed_workflows bigint[] := '{}';
+  v_freed_keys text[] := '{}';
   v_orphan boolean;
   -- a branch's or an item's fan-out: what it sees of its parent (context) and the keys of
   -- the parent's step outputs, which it does not store
@@ -445,6 +448,11 @@ begin
     if v_final = 'completed' and v_exec.fanout_id is not null then
       v_done_children := v_done_children || v_exec.execution_id;
     end if;
+    if v_final = 'completed' and v_exec.flow_key is not null then
+      -- its concurrency slot goes to the next execution queued on its key
+      v_freed_workflows := v_freed_workflows || v_exec.workflow_id;
+      v_freed_keys := v_freed_keys || v_exec.flow_key;
+    end if;
     if v_fanout.fanout_id is not null and v_exec.item is not null then
       -- a child stores its own step outputs only (its trigger is not written)
       v_exec.step_outputs := v_exec.step_outputs - v_fanout.parent_keys;
@@ -533,6 +541,9 @@ begin
   -- the children started here run, and those that completed are counted (sql/fanout_join.sql)
   if pg_catalog.cardinality(v_spawned) > 0 or pg_catalog.cardinality(v_done_children) > 0 then
     perform conveyor.fanout_follow_up(v_spawned, v_done_children);
+  end if;
+  if pg_catalog.cardinality(v_freed_keys) > 0 then
+    perform conveyor.flow_release(v_freed_workflows, v_freed_keys);
   end if;
 end;
 $$;

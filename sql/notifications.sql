@@ -15,7 +15,7 @@ set search_path = ''
 as $$
   select array[
     'title', 'message', 'category', 'type', 'priority', 'entity_type', 'entity_id', 'action_url',
-    'action_label', 'group_key', 'expires_in'
+    'action_label', 'group_key', 'expires_in', 'template', 'data'
   ];
 $$;
 
@@ -23,6 +23,14 @@ $$;
 -- conveyor.notification_keys) and wakes the LISTEN hub of `conveyor serve`
 -- (runner/conveyor/serve/hub.py); the NOTIFY is sent only if the transaction commits.
 -- p_where names the caller in errors ('step "tell"', 'conveyor.notify_user').
+--
+-- With "template" (a slug, sql/notification_templates.sql) and "data" (its variables) the
+-- template gives the in-app fields, category, type and priority (the spec's own fields
+-- win) and the email / SMS content. The user's preference for the category decides each
+-- channel (conveyor.resolve_notification_channels): the in-app row is always written (as
+-- archived when the user does not want it in-app); email and SMS become deliveries
+-- (conveyor.plan_deliveries): queued in this transaction, held, digested or dropped. A
+-- tenant that has set no channel (conveyor.set_notification_channel) sends in-app only.
 create or replace function conveyor.insert_notification(
   p_tenant_id text,
   p_user_id text,
@@ -38,6 +46,17 @@ as $$
 declare
   v_key text;
   v_id bigint;
+  v_spec jsonb := p_spec;
+  v_slug text;
+  v_doc jsonb;
+  v_data jsonb;
+  v_recipient jsonb;
+  v_decisions jsonb;
+  v_content jsonb := '{}';
+  v_row conveyor.notifications;
+  v_channel text;
+  v_connections jsonb;
+  v_prefs jsonb;
 begin
   if jsonb_typeof(p_spec) is distinct from 'object' then
     raise exception using errcode = '22023',
@@ -53,38 +72,98 @@ begin
   if p_user_id is null or btrim(p_user_id) = '' then
     raise exception using errcode = '22023', message = format('%s.to: a recipient user id is empty', p_where);
   end if;
-  if jsonb_typeof(p_spec -> 'title') is distinct from 'string' or btrim(p_spec ->> 'title') = '' then
+  if p_spec ? 'template' then
+    v_slug := p_spec ->> 'template';
+    v_doc := conveyor.notification_template(p_tenant_id, v_slug);
+    if v_doc is null then
+      raise exception using errcode = '22023',
+        message = format('%s.template: no notification template %L (the tenant''s or a system template)', p_where,
+          coalesce(v_slug, (p_spec -> 'template')::text));
+    end if;
+    v_data := conveyor.notification_template_data(v_doc, v_slug, p_spec -> 'data', p_where);
+    v_spec := jsonb_strip_nulls(jsonb_build_object(
+      'category', v_doc -> 'category', 'type', v_doc -> 'type', 'priority', v_doc -> 'priority'
+    )) || (
+      select coalesce(jsonb_object_agg(e.key, e.value), '{}')
+      from jsonb_each(conveyor.render_notification_part(v_doc, v_slug, 'in_app', v_data, p_where)) as e
+      where e.value <> '""'
+    ) || (p_spec - 'template' - 'data');
+  elsif p_spec ? 'data' then
+    raise exception using errcode = '22023',
+      message = format('%s.data: template variables without a "template"', p_where);
+  end if;
+  if jsonb_typeof(v_spec -> 'title') is distinct from 'string' or btrim(v_spec ->> 'title') = '' then
     raise exception using errcode = '22023',
       message = format('%s.title: a notification needs a non-empty title (got %s)', p_where,
-        coalesce((p_spec -> 'title')::text, 'nothing'));
+        coalesce((v_spec -> 'title')::text, 'nothing'));
   end if;
-  if coalesce(p_spec ->> 'type', 'info') not in ('info', 'success', 'warning', 'error', 'action_required') then
+  if coalesce(v_spec ->> 'type', 'info') not in ('info', 'success', 'warning', 'error', 'action_required') then
     raise exception using errcode = '22023',
       message = format('%s.type: unknown type %L (expected info, success, warning, error or action_required)',
-        p_where, p_spec ->> 'type');
+        p_where, v_spec ->> 'type');
   end if;
-  if coalesce(p_spec ->> 'priority', 'normal') not in ('low', 'normal', 'high', 'critical') then
+  if coalesce(v_spec ->> 'priority', 'normal') not in ('low', 'normal', 'high', 'critical') then
     raise exception using errcode = '22023',
       message = format('%s.priority: unknown priority %L (expected low, normal, high or critical)',
-        p_where, p_spec ->> 'priority');
+        p_where, v_spec ->> 'priority');
   end if;
+
+  v_spec := v_spec || jsonb_build_object('category', coalesce(nullif(v_spec ->> 'category', ''), 'general'));
+  -- A tenant that has set no channel sends in-app only: no address is looked up and no
+  -- delivery is recorded (the in-app rule still follows the user's preference).
+  select jsonb_object_agg(c.channel, c.connection_name) into v_connections
+  from conveyor.notification_channels as c where c.tenant_id = p_tenant_id;
+  v_recipient := case
+    when v_connections is not null then conveyor.notification_recipient(p_tenant_id, p_user_id)
+    else '{"timezone": "UTC"}'
+  end;
+  v_prefs := conveyor.effective_notification_preferences(p_tenant_id, p_user_id, v_spec ->> 'category');
+  v_decisions := case
+    -- in-app only, and the defaults: what the rule gives the defaults for in-app
+    when v_connections is null and v_prefs = conveyor.default_notification_preferences()
+      then '{"in_app": {"action": "send"}}'::jsonb
+    else conveyor.resolve_notification_channels(
+      v_prefs, v_spec ->> 'category', coalesce(v_spec ->> 'priority', 'normal'), v_recipient ->> 'timezone', now()
+    )
+  end;
 
   insert into conveyor.notifications (
     tenant_id, user_id, category, type, priority, title, message, entity_type, entity_id, action_url,
-    action_label, group_key, expires_at, execution_id, step_id
+    action_label, group_key, expires_at, execution_id, step_id, archived_at
   )
   values (
-    p_tenant_id, p_user_id, coalesce(nullif(p_spec ->> 'category', ''), 'general'),
-    coalesce(p_spec ->> 'type', 'info'), coalesce(p_spec ->> 'priority', 'normal'), p_spec ->> 'title',
-    coalesce(p_spec ->> 'message', ''), p_spec ->> 'entity_type', p_spec ->> 'entity_id', p_spec ->> 'action_url',
-    p_spec ->> 'action_label', p_spec ->> 'group_key',
-    now() + conveyor.parse_duration(p_spec ->> 'expires_in'), p_execution_id, p_step_id
+    p_tenant_id, p_user_id, v_spec ->> 'category',
+    coalesce(v_spec ->> 'type', 'info'), coalesce(v_spec ->> 'priority', 'normal'), v_spec ->> 'title',
+    coalesce(v_spec ->> 'message', ''), v_spec ->> 'entity_type', v_spec ->> 'entity_id', v_spec ->> 'action_url',
+    v_spec ->> 'action_label', v_spec ->> 'group_key',
+    now() + conveyor.parse_duration(v_spec ->> 'expires_in'), p_execution_id, p_step_id,
+    case when v_decisions #>> '{in_app,action}' = 'drop' then now() end
   )
-  returning notification_id into v_id;
+  returning * into v_row;
+  v_id := v_row.notification_id;
 
-  perform pg_catalog.pg_notify('conveyor_notifications', jsonb_build_object(
-    'tenant', p_tenant_id, 'user', p_user_id, 'id', v_id
-  )::text);
+  -- the content of each channel that is sent or held: the template's, or the in-app text
+  foreach v_channel in array array['email', 'sms'] loop
+    continue when v_connections is null or v_decisions #>> array[v_channel, 'action'] not in ('send', 'hold');
+    v_content := v_content || jsonb_build_object(v_channel, case
+      when v_doc is not null and v_doc ? v_channel
+        then conveyor.render_notification_part(v_doc, v_slug, v_channel, v_data, p_where)
+      when v_doc is not null then null
+      when v_channel = 'email' then jsonb_build_object(
+        'subject', v_row.title,
+        'text', concat_ws(e'\n\n', nullif(v_row.message, ''), v_row.action_url))
+      else jsonb_build_object('body', concat_ws(': ', v_row.title, nullif(v_row.message, '')))
+    end);
+  end loop;
+  if v_connections is not null then
+    perform conveyor.plan_deliveries(v_row, v_decisions, jsonb_strip_nulls(v_content), v_recipient, v_connections);
+  end if;
+
+  if v_row.archived_at is null then
+    perform pg_catalog.pg_notify('conveyor_notifications', jsonb_build_object(
+      'tenant', p_tenant_id, 'user', p_user_id, 'id', v_id
+    )::text);
+  end if;
   return v_id;
 end;
 $$;

@@ -306,9 +306,11 @@ as $$
     p_quota ->> 'period_start', p_quota ->> 'timezone', p_quota ->> 'limit');
 $$;
 
--- A manual run's check (conveyor.trigger_workflow): raises when the tenant's month is spent.
-create or replace function conveyor.require_execution_quota(p_tenant_id text)
-returns void
+-- Why the tenant may start no more executions this month (the quota's message), or null
+-- when it may: the check of the starts that are not dispatched events (schedules, date
+-- triggers, webhooks), which log it and start nothing. The count stays locked until commit.
+create or replace function conveyor.execution_quota_refusal(p_tenant_id text)
+returns text
 language plpgsql
 set search_path = ''
 as $$
@@ -316,8 +318,24 @@ declare
   v_quota jsonb := conveyor.lock_execution_quotas(array[p_tenant_id], now()) -> p_tenant_id;
 begin
   if (v_quota ->> 'left')::bigint < 1 then
-    perform conveyor.raise_quota_problems(p_tenant_id, v_quota ->> 'plan',
-      array[conveyor.executions_quota_message(p_tenant_id, v_quota)]);
+    return conveyor.executions_quota_message(p_tenant_id, v_quota);
+  end if;
+  return null;
+end;
+$$;
+
+-- A manual run's check (conveyor.trigger_workflow): raises when the tenant's month is spent.
+create or replace function conveyor.require_execution_quota(p_tenant_id text)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_refusal text := conveyor.execution_quota_refusal(p_tenant_id);
+begin
+  if v_refusal is not null then
+    perform conveyor.raise_quota_problems(p_tenant_id,
+      (select t.plan from conveyor.tenants as t where t.tenant_id = p_tenant_id), array[v_refusal]);
   end if;
 end;
 $$;

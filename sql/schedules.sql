@@ -204,6 +204,18 @@ begin
             s.last_execution_id),
           jsonb_build_object('reason', 'overlap', 'slot', v_slot));
       end if;
+    elsif conveyor.execution_quota_refusal(s.tenant_id) is not null then
+      -- the plan's executions per month are spent: the slot is recorded, and why
+      insert into conveyor.schedule_firings (schedule_id, slot, tenant_id, outcome, missed_slots)
+      values (s.schedule_id, v_slot, s.tenant_id, 'skipped_quota', v_missed)
+      on conflict do nothing;
+      if found then
+        v_fired := v_fired + 1;
+        insert into conveyor.execution_logs (tenant_id, workflow_id, level, message, details)
+        values (s.tenant_id, s.workflow_id, 'warning',
+          format('schedule slot %s started no execution: %s', v_slot, conveyor.execution_quota_refusal(s.tenant_id)),
+          jsonb_build_object('reason', 'executions_per_month', 'slot', v_slot));
+      end if;
     else
       -- The primary key is what makes a slot fire once: if another tick recorded this
       -- slot, the unique violation rolls back this block, execution included.

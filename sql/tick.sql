@@ -38,6 +38,8 @@ begin
     conveyor.next_timeout_at(),
     (select min(sc.next_run_at) from conveyor.schedules as sc where sc.active),
     (select min(df.due_at) from conveyor.date_trigger_firings as df where df.fired_at is null),
+    -- held notification deliveries and digests (sql/notification_delivery.sql)
+    conveyor.next_notification_due_at(),
     -- the vt index: the first message not visible yet (a retry's backoff ending), looked
     -- for in the next 30 s only. Messages in flight and those archived meanwhile (dead
     -- index entries, thousands during a burst) sit at their read time plus the action's
@@ -53,7 +55,7 @@ end;
 $$;
 
 -- The periodic work: dispatch pending events, fire due schedules, expire timeouts, resume
--- due executions. The runner calls it whenever it is woken (and on a short poll); pg_cron
+-- due executions, release held notification deliveries and due digests. The runner calls it whenever it is woken (and on a short poll); pg_cron
 -- calls it every minute as a safety net. Time is a parameter so tests can move it.
 --
 -- The result counts what was done and says when time-driven work is next due:
@@ -81,6 +83,7 @@ declare
   v_resumed integer;
   v_fired integer;
   v_expired integer := 0;
+  v_delivered integer := 0;
   v_batch integer;
   v_next timestamptz;
   v_in numeric;
@@ -100,12 +103,17 @@ begin
     v_expired := conveyor.expire_timeouts(p_now, p_batch);
   end if;
   v_resumed := conveyor.resume_due(p_now, p_batch);
+  -- held notification deliveries and digests, likewise only when a probe finds one due
+  if conveyor.next_notification_due_at() <= p_now then
+    v_delivered := conveyor.release_notifications(p_now, p_batch);
+  end if;
 
   v_next := conveyor.next_work_due_at();
   -- seconds from now (p_now plus the time this call took) until v_next
   v_in := extract(epoch from v_next - p_now) - extract(epoch from pg_catalog.clock_timestamp() - pg_catalog.now());
   return jsonb_build_object(
     'dispatched', v_dispatched, 'fired', v_fired, 'expired', v_expired, 'resumed', v_resumed,
+    'delivered', v_delivered,
     'next_due_at', v_next,
     'next_due_in_s', case
       when v_next is null then null

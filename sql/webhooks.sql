@@ -169,6 +169,7 @@ declare
   v_status integer;
   v_answer jsonb;
   v_workflow_active boolean;
+  v_refusal text;
 begin
   select * into e from conveyor.webhook_endpoints as we where we.path_token = p_path_token for update;
   if not found or not e.active then
@@ -254,6 +255,19 @@ begin
         v_payload := pg_catalog.to_jsonb(v_text);
       end if;
     end;
+  end if;
+
+  -- the plan's executions per month spent: refused, not recorded (a delivery sent again
+  -- once the tenant has room is taken)
+  if v_status is null then
+    v_refusal := conveyor.execution_quota_refusal(e.tenant_id);
+    if v_refusal is not null then
+      v_status := 429;
+      v_answer := jsonb_build_object('error', v_refusal);
+      insert into conveyor.execution_logs (tenant_id, workflow_id, level, message, details)
+      values (e.tenant_id, e.workflow_id, 'warning', 'webhook delivery started no execution: ' || v_refusal,
+        jsonb_build_object('reason', 'executions_per_month', 'delivery_id', v_delivery));
+    end if;
   end if;
 
   if v_status is null then

@@ -20,7 +20,7 @@ begin
   from conveyor.document_key_errors(
     p_settings, 'settings', '{}',
     array['run_once_per_entity', 'max_executions_per_hour', 'max_concurrent', 'timeout', 'retry', 'on_error',
-      'max_steps']
+      'max_steps', 'concurrency', 'debounce', 'throttle']
   ) as k (message);
   return query
   select m.message
@@ -49,6 +49,8 @@ begin
   ) as m (ord, message)
   where m.message is not null
   order by m.ord;
+  -- concurrency per key, debounce, throttle (sql/flow_control.sql)
+  return query select f.message from conveyor.document_flow_errors(p_settings) as f (message);
 end;
 $$;
 

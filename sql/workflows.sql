@@ -67,13 +67,17 @@ begin
   end if;
 
   -- what only the tenant's workflows tell: a call to a slug it has not published, or to itself
-  v_problems := array(select conveyor.document_call_errors(p_tenant_id, p_document));
+  v_problems := array(
+    select conveyor.document_call_errors(p_tenant_id, p_document)
+    union all
+    select conveyor.document_notify_template_errors(p_tenant_id, p_document)
+  );
   if cardinality(v_problems) > 0 then
     raise exception using
       errcode = '22023',
       message = format('workflow "%s": %s problem(s): %s', v_slug, cardinality(v_problems), v_problems[1]),
       detail = array_to_string(v_problems, e'\n'),
-      hint = 'Publish the called workflows first; nothing was stored.';
+      hint = 'Publish the called workflows (or save the notification templates) first; nothing was stored.';
   end if;
 
   -- Create the workflow or lock its row: concurrent publishes of one slug serialise here.
@@ -109,7 +113,7 @@ begin
 
   insert into conveyor.workflow_versions (
     workflow_id, version, tenant_id, definition, entry_step, run_once_per_entity, max_executions_per_hour,
-    max_concurrent, timeout, retry_policy, on_error, max_steps
+    max_concurrent, timeout, retry_policy, on_error, max_steps, flow
   )
   values (
     v_workflow_id, v_version, p_tenant_id, p_document, p_document -> 'steps' -> 0 ->> 'id',
@@ -120,7 +124,8 @@ begin
     '{"attempts": 1, "backoff": "exponential", "initial": "30s", "max": "1h", "jitter": true}'::jsonb
     || coalesce(v_settings -> 'retry', '{}'),
     coalesce(v_settings ->> 'on_error', 'fail'),
-    coalesce((v_settings ->> 'max_steps')::numeric::integer, 1000)
+    coalesce((v_settings ->> 'max_steps')::numeric::integer, 1000),
+    conveyor.compile_flow(v_settings)
   );
 
   insert into conveyor.workflow_steps (

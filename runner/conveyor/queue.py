@@ -10,7 +10,9 @@
   (docs/queue.md);
 * `write_back` hands results to `conveyor.write_back`, which applies
   them, archives the messages and advances the executions, all in one transaction; what
-  it sends is made storable and bounded first (conveyor.results).
+  it sends is made storable and bounded first (conveyor.results). A notification
+  delivery's message names a `delivery_id` instead of a step run: its result goes to
+  `conveyor.write_back_deliveries` (`write_back_deliveries`).
 * `dispatch` calls `conveyor.dispatch()` (new events), `tick` calls `conveyor.tick()`
   (dispatch + resume due delays + schedules) when it exists.
 """
@@ -73,12 +75,24 @@ class Message:
         value = self.body.get("step_run_id")
         return value if _is_id(value) else None
 
+    @property
+    def delivery_id(self) -> int | None:
+        """The notification delivery a delivery's message names (it has no step run), else
+        None: its result goes to conveyor.write_back_deliveries, not conveyor.write_back."""
+        value = self.body.get("delivery_id")
+        return value if _is_id(value) and "step_run_id" not in self.body else None
+
     def problem(self) -> str | None:
         """What makes the body unusable (a message the engine did not write), or None."""
         if not isinstance(self.raw, dict):
             return f"the message is {_json_type(self.raw)}, not a JSON object"
         body = self.raw
-        if not _is_id(body.get("step_run_id")):
+        if "delivery_id" in body and "step_run_id" not in body:
+            if not _is_id(body["delivery_id"]):
+                return (
+                    f"delivery_id {_show(body['delivery_id'])} is not a delivery id (a positive whole number)"
+                )
+        elif not _is_id(body.get("step_run_id")):
             return (
                 f"step_run_id {_show(body.get('step_run_id'))} is not a step run id (a positive whole number)"
             )
@@ -128,6 +142,7 @@ class Message:
             "workflow": body.get("workflow_id"),
             "step": body.get("step_id"),
             "step_run": body.get("step_run_id"),
+            "notification_delivery": body.get("delivery_id"),
             "action": body.get("action"),
             "attempt": body.get("attempt"),
             "delivery": self.read_ct,
@@ -200,18 +215,39 @@ def has_function(conn: Conn, name: str, *, argument: str | None = None) -> bool:
     return bool(row and row[0])
 
 
+def _apply(
+    conn: Conn, statement: str, results: list[dict[str, Any]], max_output_bytes: int
+) -> list[tuple[int, Any, str]]:
+    if not results:
+        return []
+    rows = conn.execute(statement, (encode_results(results, max_output_bytes),)).fetchall()
+    return [(int(r[0]), r[1], str(r[2])) for r in rows]
+
+
 def write_back(
     conn: Conn, results: list[dict[str, Any]], max_output_bytes: int = MAX_OUTPUT_BYTES
 ) -> list[tuple[int, Any, str]]:
     """Apply results through conveyor.write_back; returns (msg_id, step_run_id, outcome) rows.
     The results are made storable and bounded first (conveyor.results.encode_results)."""
-    if not results:
-        return []
-    rows = conn.execute(
+    return _apply(
+        conn,
         "select msg_id, step_run_id, outcome from conveyor.write_back(%s::jsonb)",
-        (encode_results(results, max_output_bytes),),
-    ).fetchall()
-    return [(int(r[0]), r[1], str(r[2])) for r in rows]
+        results,
+        max_output_bytes,
+    )
+
+
+def write_back_deliveries(
+    conn: Conn, results: list[dict[str, Any]], max_output_bytes: int = MAX_OUTPUT_BYTES
+) -> list[tuple[int, Any, str]]:
+    """Apply notification delivery results through conveyor.write_back_deliveries; returns
+    (msg_id, delivery_id, outcome) rows, like write_back."""
+    return _apply(
+        conn,
+        "select msg_id, delivery_id, outcome from conveyor.write_back_deliveries(%s::jsonb)",
+        results,
+        max_output_bytes,
+    )
 
 
 # Events per conveyor.dispatch() call from the listener (a full batch means more may wait).
@@ -257,5 +293,5 @@ def tick(conn: Conn, *, dispatch: bool | None = None) -> float | None:
     due_in = float(result["next_due_in_s"])
     if due_in >= 0:
         return due_in
-    progressed = any(result.get(key) for key in ("dispatched", "fired", "expired", "resumed"))
+    progressed = any(result.get(key) for key in ("dispatched", "fired", "expired", "resumed", "delivered"))
     return 0.0 if progressed else None

@@ -1,8 +1,10 @@
--- The notify step: {"id", "notify": {"to", "title", "message"?, "category"?, "type"?,
--- "priority"?, "entity_type"?, "entity_id"?, "action_url"?, "action_label"?, "group_key"?,
--- "expires_in"?}, "next"?}: an in-app notification of each recipient, written in the
--- step's transaction (conveyor.notify_from_step, sql/notifications.sql); its output is
--- {"notification_ids": [...]}.
+-- The notify step: {"id", "notify": {"to", "title" | "template" (+ "data"), "message"?,
+-- "category"?, "type"?, "priority"?, "entity_type"?, "entity_id"?, "action_url"?,
+-- "action_label"?, "group_key"?, "expires_in"?}, "next"?}: an in-app notification of each
+-- recipient, written in the step's transaction, and its email / SMS deliveries by the
+-- recipient's preferences (conveyor.notify_from_step, sql/notifications.sql); its output is
+-- {"notification_ids": [...]}. A literal template slug must exist when the workflow is
+-- published (conveyor.document_notify_template_errors).
 
 create or replace function conveyor.step_notify_errors(p_step jsonb, p_path text, p_step_ids jsonb)
 returns setof text
@@ -22,8 +24,20 @@ begin
   end if;
   return query
   select k.message
-  from conveyor.document_key_errors(v_spec, v_path, array['to', 'title'], array_remove(conveyor.notification_keys(), 'title'))
-    as k (message);
+  from conveyor.document_key_errors(v_spec, v_path, array['to'], conveyor.notification_keys()) as k (message);
+  -- the in-app title: given, or from the template
+  if not (v_spec ?| array['title', 'template']) then
+    return next format('%s.title: required key is missing (or name a "template")', v_path);
+  end if;
+  if (v_spec ? 'template') and (jsonb_typeof(v_spec -> 'template') <> 'string'
+    or (v_spec ->> 'template') !~ '^([a-z][a-z0-9_.-]{0,63}|.*\{\{.*)$') then
+    return next format('%s.template: expected a template slug (got %s)', v_path, (v_spec -> 'template')::text);
+  end if;
+  if (v_spec ? 'data') and jsonb_typeof(v_spec -> 'data') not in ('object', 'string') then
+    return next format('%s.data: expected an object of template variables (got %s)', v_path, (v_spec -> 'data')::text);
+  elsif (v_spec ? 'data') and not (v_spec ? 'template') then
+    return next format('%s.data: template variables without a "template"', v_path);
+  end if;
 
   -- to: a user id, a template giving one (or a list), or a list of them
   if jsonb_typeof(v_spec -> 'to') = 'array' then

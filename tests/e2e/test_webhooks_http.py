@@ -234,3 +234,31 @@ def test_a_webhook_body_that_cannot_be_stored_gets_400(
     response = httpx.post(server + endpoint["path"], content=body, headers=headers)
     assert response.status_code == 400 and error in response.json()["error"]
     assert executions(conn) == []
+
+
+def test_a_delivery_past_the_plans_executions_per_month_gets_429_and_starts_nothing(
+    server: str, conn: Conn
+) -> None:
+    endpoint = publish_hook(conn)
+    conn.execute("select conveyor.set_plan('pro', %s)", (Jsonb({"executions_per_month": 1}),))
+    conn.execute("select conveyor.set_tenant_plan('acme', 'pro')")
+    body = b'{"email": "a@b.c"}'
+    first = httpx.post(server + endpoint["path"], content=body, headers=signed(endpoint["secret"], body))
+    assert first.status_code == 202, first.text
+    refused = httpx.post(
+        server + endpoint["path"],
+        content=body,
+        headers={**signed(endpoint["secret"], body, at=time.time() - 1), "X-Conveyor-Delivery": "d-9"},
+    )
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"].startswith(
+        'quota executions_per_month of plan "pro" exceeded: tenant "acme"'
+    )
+    assert len(executions(conn)) == 1
+    # not recorded as a delivery: sent again once the tenant has room, it runs
+    assert conn.execute("select count(*) as n from conveyor.webhook_deliveries").fetchone() == {"n": 0}
+    line = conn.execute(
+        "select details ->> 'reason' as reason, details ->> 'delivery_id' as delivery from conveyor.execution_logs"
+        " where details ->> 'reason' = 'executions_per_month'"
+    ).fetchone()
+    assert line == {"reason": "executions_per_month", "delivery": "d-9"}

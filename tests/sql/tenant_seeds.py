@@ -96,6 +96,32 @@ SEEDS: dict[str, str] = {
     "notifications": """
         insert into conveyor.notifications (tenant_id, user_id, title)
         values (%(t)s, 'u1', 'Secret of ' || %(t)s)""",
+    "notification_templates": """
+        insert into conveyor.notification_templates (tenant_id, slug, document)
+        values (%(t)s, 'welcome', jsonb_build_object('in_app', jsonb_build_object('title', 'Hi from ' || %(t)s)))""",
+    "notification_preferences": """
+        insert into conveyor.notification_preferences (tenant_id, user_id, category, preferences)
+        values (%(t)s, 'u1', '*', '{"frequency": "daily_digest"}')""",
+    "notification_channels": """
+        insert into conveyor.notification_channels (tenant_id, channel, connection_name)
+        values (%(t)s, 'email', 'smtp-main')""",
+    "notification_digests": """
+        insert into conveyor.notification_digests (tenant_id, user_id, frequency, due_at)
+        values (%(t)s, 'u1', 'daily_digest', '2026-01-02 08:00Z')""",
+    "notification_deliveries": """
+        insert into conveyor.notification_deliveries (tenant_id, notification_id, user_id, channel, address, status)
+        select tenant_id, notification_id, user_id, 'email', 'u1@' || %(t)s || '.test', 'sent'
+        from conveyor.notifications where tenant_id = %(t)s""",
+    "flow_slots": """
+        insert into conveyor.flow_slots (tenant_id, workflow_id, key, running)
+        select tenant_id, workflow_id, 'deal-1', 1 from conveyor.workflows where tenant_id = %(t)s""",
+    "flow_debounces": """
+        insert into conveyor.flow_debounces (tenant_id, workflow_id, key, execution_id)
+        select tenant_id, workflow_id, 'deal-1', execution_id from conveyor.executions where tenant_id = %(t)s""",
+    "flow_throttles": """
+        insert into conveyor.flow_throttles (tenant_id, workflow_id, key, window_start, started)
+        select tenant_id, workflow_id, 'deal-1', date_trunc('hour', now()), 1
+        from conveyor.workflows where tenant_id = %(t)s""",
     "approval_requests": """
         insert into conveyor.approval_requests (
           tenant_id, execution_id, workflow_id, step_id, visit, title, mode, quorum, needed, approvers,

@@ -143,3 +143,29 @@ def test_unwatched_entity_is_refused_with_a_hint(platform: Conn) -> None:
     platform.execute("select conveyor.unwatch('public.contacts')")
     with pytest.raises(psycopg.errors.InvalidParameterValue, match='entity "contact" is not watched'):
         publish(platform, {"entity": "contact", "column": "joined_at", "offset": "1 day"})
+
+
+def test_a_firing_past_the_plans_executions_per_month_starts_nothing_and_says_why(platform: Conn) -> None:
+    platform.execute("select conveyor.set_plan('pro', %s)", (Jsonb({"executions_per_month": 1}),))
+    platform.execute("select conveyor.set_tenant_plan('acme', 'pro')")
+    publish(platform, {"entity": "contact", "column": "joined_at", "offset": "1 day", "at": "09:00"})
+    joined = date.today() + timedelta(days=1)
+    for contact in (1, 2):
+        platform.execute(
+            "insert into public.contacts (id, tenant_id, joined_at) values (%s, 'acme', %s)",
+            (contact, joined),
+        )
+    platform.execute("select conveyor.dispatch()")
+    due = berlin(joined + timedelta(days=1), 9)
+    assert platform.execute("select conveyor.fire_date_triggers(%s) as n", (due,)).fetchone() == {"n": 2}
+    fired = platform.execute(
+        "select entity_id, execution_id is not null as started from conveyor.date_trigger_firings"
+        " where fired_at is not null order by started"
+    ).fetchall()
+    assert [f["started"] for f in fired] == [False, True]
+    [line] = platform.execute(
+        "select message from conveyor.execution_logs where details ->> 'reason' = 'executions_per_month'"
+    ).fetchall()
+    assert line["message"].startswith(
+        f"date trigger for contact {fired[0]['entity_id']} started no execution: quota executions_per_month"
+    )

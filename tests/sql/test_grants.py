@@ -44,6 +44,12 @@ APPLICATION_API = {
     "conveyor.mark_all_read(text,text)",
     "conveyor.mark_notification(text,text,bigint,text)",
     "conveyor.notify_user(text,text,jsonb)",
+    "conveyor.save_notification_template(text,text,jsonb)",
+    "conveyor.list_notification_templates(text)",
+    "conveyor.delete_notification_template(text,text)",
+    "conveyor.set_notification_preferences(text,text,text,jsonb)",
+    "conveyor.get_notification_preferences(text,text)",
+    "conveyor.set_notification_channel(text,text,text)",
     "conveyor.pause_execution(text,bigint)",
     "conveyor.plan_usage(text,timestamp with time zone)",
     "conveyor.publish(text,jsonb)",
@@ -63,6 +69,7 @@ APPLICATION_API = {
     "conveyor.webhook_endpoint(text,text)",
     "conveyor.workflow_detail(text,text)",
     "conveyor.workflow_summary(text,text,timestamp with time zone)",
+    "conveyor.workflow_refusals(text,text,interval)",
 }
 
 EXECUTABLE = """

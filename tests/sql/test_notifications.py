@@ -149,7 +149,7 @@ def test_a_rendered_type_that_is_unknown_fails_the_step_and_writes_nothing(conn:
     ("spec", "expected"),
     [
         ({"title": "Hi"}, ["steps[0].notify.to: required key is missing"]),
-        ({"to": "u1"}, ["steps[0].notify.title: required key is missing"]),
+        ({"to": "u1"}, ['steps[0].notify.title: required key is missing (or name a "template")']),
         ({"to": "u1", "title": ""}, ['steps[0].notify.title: expected a non-empty text (got "")']),
         (
             {"to": "u1", "title": "Hi", "type": "loud"},
@@ -178,7 +178,7 @@ def test_a_rendered_type_that_is_unknown_fails_the_step_and_writes_nothing(conn:
             {"to": "u1", "title": "Hi", "colour": "red"},
             [
                 "steps[0].notify.colour: unknown key (expected one of: to, title, message, category, type, priority,"
-                " entity_type, entity_id, action_url, action_label, group_key, expires_in)"
+                " entity_type, entity_id, action_url, action_label, group_key, expires_in, template, data)"
             ],
         ),
         (

@@ -221,3 +221,24 @@ def test_manual_run_for_another_tenant_is_refused(db_url: str, conn: Conn) -> No
         with refused, acting_for(app, globex):
             app.execute("select conveyor.trigger_workflow('acme', 'by-hand')")
     assert conn.execute("select count(*) as n from conveyor.executions").fetchone() == {"n": 0}
+
+
+def test_a_slot_past_the_plans_executions_per_month_is_recorded_as_skipped_and_says_why(conn: Conn) -> None:
+    setup_tenant(conn)
+    conn.execute("select conveyor.set_plan('pro', %s)", (Jsonb({"executions_per_month": 1}),))
+    conn.execute("select conveyor.set_tenant_plan('acme', 'pro')")
+    wf = publish(conn, "hourly", {"schedule": {"cron": "0 * * * *"}})
+    due = schedule_of(conn, wf)["next_run_at"]
+    assert fire(conn, due) == 1
+    assert fire(conn, due + timedelta(hours=1)) == 1
+    assert [(f["outcome"], f["execution_id"] is not None) for f in firings(conn, wf)] == [
+        ("started", True),
+        ("skipped_quota", False),
+    ]
+    [line] = conn.execute(
+        "select workflow_id, message from conveyor.execution_logs where details ->> 'reason' = 'executions_per_month'"
+    ).fetchall()
+    assert line["workflow_id"] == wf
+    assert 'started no execution: quota executions_per_month of plan "pro" exceeded' in line["message"]
+    # the slot is spent, not retried, and the schedule goes on
+    assert fire(conn, due + timedelta(hours=1, minutes=5)) == 0

@@ -147,6 +147,33 @@ def export(slug: str, version: int | None, fmt: str, tenant: str, database_url: 
         click.echo(yaml.safe_dump(row["doc"], sort_keys=False, allow_unicode=True), nl=False)
 
 
+@workflows.command("refusals")
+@click.argument("slug")
+@click.option("--since", default="7d", show_default=True, help="How far back, a duration (30m, 24h, 7d).")
+@tenant_option
+@database_option
+@json_option
+@fail_cleanly
+def refusals(slug: str, since: str, tenant: str, database_url: str | None, as_json: bool) -> None:
+    """Why the workflow's events started nothing: each reason dispatch logged, counted.
+
+    Quotas (executions_per_month), rate and concurrency limits, run once per entity,
+    throttle, debounce (events folded into a waiting execution), work budgets, chain depth
+    and failing trigger conditions; `conveyor events show ID` explains one event."""
+    with connect(database_url) as conn:
+        rows = conn.execute(
+            "select * from conveyor.workflow_refusals(%s, %s, conveyor.parse_duration(%s))",
+            (tenant, slug, since),
+        ).fetchall()
+    if as_json:
+        output.emit_json(rows)
+        return
+    if not rows:
+        click.echo(f"no event was refused for workflow {slug} in the last {since}")
+        return
+    output.table(rows, ["reason", "events", "first_at", "last_at", "last_event_id", "last_message"])
+
+
 def _set_active(slug: str, active: bool, tenant: str, database_url: str | None, as_json: bool) -> None:
     with connect(database_url) as conn:
         row = conn.execute(

@@ -110,6 +110,14 @@ class Writer:
             shared.wake.set()  # the loop may be waiting for the last results to be written
 
     def write(self, conn: psycopg.Connection[Any], batch: list[Finished]) -> None:
+        # notification deliveries (rare) have a write-back of their own; a batch of step
+        # results alone goes on as it always did
+        if any(f.message.delivery_id is not None for f in batch):
+            steps = [f for f in batch if f.message.delivery_id is None]
+            self.write_deliveries(conn, [f for f in batch if f.message.delivery_id is not None])
+            if steps:
+                self.write(conn, steps)
+            return
         try:
             rows = q.write_back(conn, [result_of(f) for f in batch], self.config.max_output_bytes)
         except psycopg.Error as exc:
@@ -141,6 +149,17 @@ class Writer:
                     extra={**finished.message.log_fields(), "outcome": outcome},
                 )
 
+    def write_deliveries(self, conn: psycopg.Connection[Any], batch: list[Finished]) -> None:
+        """Notification delivery results (conveyor.write_back_deliveries, which contains a
+        result it refuses to its own delivery)."""
+        rows = q.write_back_deliveries(conn, [result_of(f) for f in batch], self.config.max_output_bytes)
+        with self.shared.lock:
+            for finished in batch:
+                self.shared.state.unwritten.pop(finished.message.msg_id, None)
+            self.shared.wants.due_check = True
+        for _msg_id, _delivery_id, outcome in rows:
+            self.metrics.written(outcome)
+
     def _write_refused(self, conn: psycopg.Connection[Any], refused: Finished, exc: psycopg.Error) -> None:
         """A single result the database refuses: write a dead letter in its place."""
         if refused.dead_letter == "result_refused":
@@ -159,12 +178,14 @@ class Writer:
 def result_of(finished: Finished) -> dict[str, Any]:
     """A finished action as conveyor.write_back takes it."""
     outcome = finished.outcome
-    result: dict[str, Any] = {
-        "msg_id": finished.message.msg_id,
-        "step_run_id": finished.message.step_run_id,
-        "ok": outcome.ok,
-        "output": outcome.output,
-    }
+    message = finished.message
+    result: dict[str, Any] = {"msg_id": message.msg_id}
+    if message.delivery_id is not None:
+        result["delivery_id"] = message.delivery_id
+    else:
+        result["step_run_id"] = message.step_run_id
+    result["ok"] = outcome.ok
+    result["output"] = outcome.output
     if not outcome.ok:
         result["retryable"] = outcome.retryable
         result["retry_after_s"] = outcome.retry_after_s
