@@ -5,7 +5,7 @@ validation at publish (sql/steps/approval.sql, sql/approvals.sql, sql/approval_o
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -498,3 +498,22 @@ def test_a_published_approval_workflow_runs_from_its_event(conn: Conn, tenant: s
     request_id = request_of(conn, execution_id)["request_id"]
     decide(conn, tenant, "ann", request_id, "approve")
     assert result(conn, execution_id) == ("completed", "approved")
+
+
+def test_an_approvals_due_time_is_found_by_the_due_scans_one_probe(conn: Conn, tenant: str) -> None:
+    for _ in range(3):
+        ask(conn, tenant, PAIR)
+    conn.execute("analyze conveyor.executions")
+    conn.execute("set enable_seqscan = off")  # a table this small is otherwise read whole
+    plan = conn.execute(
+        "explain select e.resume_at from conveyor.executions as e"
+        " where e.status = 'waiting' and e.wait_kind in ('delay', 'event', 'approval') and e.paused_at is null"
+        " and e.resume_at is not null order by e.resume_at, e.execution_id limit 1"
+    ).fetchall()
+    text = "\n".join(r["QUERY PLAN"] for r in plan)
+    assert "executions_due_scan_idx" in text and "Sort" not in text, text
+    due = min(
+        request_of(conn, e["execution_id"])["due_at"]
+        for e in conn.execute("select execution_id from conveyor.executions").fetchall()
+    )
+    assert datetime.fromisoformat(tick(conn)["next_due_at"]) == due
