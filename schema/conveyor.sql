@@ -1060,9 +1060,6 @@ grant execute on function conveyor.approval_due(timestamp with time zone,integer
 create function conveyor.approval_keys() returns text[]
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.approval_keys() to conveyor_service;
-create function conveyor.approval_next_due_at() returns timestamp with time zone
-  language plpgsql stable security definer set search_path = '';
-grant execute on function conveyor.approval_next_due_at() to conveyor_service;
 create function conveyor.approval_note(p_note text, p_what text) returns text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.approval_note(text,text) to conveyor_service;

@@ -106,7 +106,7 @@ $$;
 -- The tick's approvals (conveyor.resume_due, when the due scan finds work): executions
 -- whose request is due (resume_at) escalate it once to escalate_to, with escalation_due
 -- to decide, or expire it and take on_expired; decided requests held back by a lock or a
--- pause move on. Locks executions first (skip locked), then their requests. At most
+-- pause move on (conveyor.next_due_at says so). Locks executions first (skip locked), then their requests. At most
 -- p_limit of each; returns how many executions moved on or were escalated.
 create or replace function conveyor.approval_due(p_now timestamptz, p_limit integer)
 returns integer
@@ -183,26 +183,6 @@ begin
 end;
 $$;
 
--- When the tick has approval work besides due times (which the due scan finds): now, for
--- a decided request whose execution is not paused (conveyor.next_due_at).
-create or replace function conveyor.approval_next_due_at()
-returns timestamptz
-language plpgsql
-stable
-security definer
-set search_path = ''
-as $$
-begin
-  return (
-    select pg_catalog.now()
-    from conveyor.approval_requests as r
-    join conveyor.executions as e on e.execution_id = r.execution_id
-    where r.state = 'decided' and e.paused_at is null
-    limit 1
-  );
-end;
-$$;
-
 -- An execution ended from outside (conveyor.abort_execution: cancel, timeout) while
 -- waiting on an approval: its open request is closed ('cancelled' when still pending),
 -- with an audit row; a decision made after is refused.
@@ -229,5 +209,4 @@ $$;
 revoke all on function conveyor.approval_apply(conveyor.approval_requests, timestamptz) from public;
 revoke all on function conveyor.approval_settle(conveyor.approval_requests, timestamptz) from public;
 revoke all on function conveyor.approval_due(timestamptz, integer) from public;
-revoke all on function conveyor.approval_next_due_at() from public;
 revoke all on function conveyor.approval_close(bigint, text) from public;

@@ -29,8 +29,15 @@ begin
     (select min(w.registered_at) from conveyor.waits as w where not w.confirmed),
     -- a join's timeout, or a decided join not applied yet (sql/fanout_join.sql)
     conveyor.fanout_next_due_at(),
-    -- a decided approval held back by its execution's lock (sql/approval_outcomes.sql)
-    conveyor.approval_next_due_at(),
+    -- now, for a decided approval its execution's lock held back (sql/approval_outcomes.sql;
+    -- inline: a function call here costs every tick)
+    (
+      select now()
+      from conveyor.approval_requests as r
+      join conveyor.executions as e on e.execution_id = r.execution_id
+      where r.state = 'decided' and e.paused_at is null
+      limit 1
+    ),
     -- an execution admitted to a concurrency slot, or a debounce period over (sql/flow_control.sql)
     conveyor.flow_next_due_at()
   );

@@ -86,7 +86,7 @@ def test_without_a_verified_tenant_the_application_role_may_not_decide(app: Conn
     [
         "select conveyor.approval_due(now(), 10)",
         "select conveyor.approval_close(1, 'cancelled')",
-        "select conveyor.approval_next_due_at()",
+        "select conveyor.approval_apply(null, now())",
     ],
 )
 def test_the_engines_approval_internals_are_refused_to_the_application_role(
