@@ -102,9 +102,14 @@ begin
   foreach v_slot in array p_slots loop
     perform conveyor.insert_notification(
       p_request.tenant_id, p_request.approvers[v_slot],
+      -- the approval_required template (a tenant's override of it included) gives the
+      -- category, the email and the SMS; the in-app title and message are the step's own
       jsonb_build_object(
+        'template', 'approval_required',
+        'data', jsonb_build_object('subject', p_request.title,
+          'requested_by', coalesce(p_request.requester, 'someone'), 'url', p_request.action_url),
         'title', p_request.title || case when p_request.escalated_at is not null then ' (escalated)' else '' end,
-        'message', p_request.message, 'type', 'action_required', 'category', 'approval',
+        'message', p_request.message, 'type', 'action_required',
         'action_url', p_request.action_url, 'action_label', 'Review', 'entity_type', 'approval_request',
         'entity_id', p_request.request_id::text, 'group_key', 'approval-' || p_request.request_id
       ),

@@ -52,7 +52,7 @@ def test_parallel_all_asks_everyone_at_once_and_continues_when_all_approve(conn:
     assert note == {
         "title": "Refund c1",
         "type": "action_required",
-        "category": "approval",
+        "category": "approvals",
         "action_url": f"/approvals/{request['request_id']}",
     }
     assert listed(conn, tenant, "ann") == [request["request_id"]]
