@@ -32,6 +32,76 @@ create policy api_keys_isolation on conveyor.api_keys as permissive for all to p
 grant select, insert, update, delete on conveyor.api_keys to conveyor_service;
 grant select (key_id, tenant_id, name, created_at, last_used_at, revoked_at) on conveyor.api_keys to conveyor_app;
 
+create table conveyor.approval_decisions (
+  tenant_id text not null,
+  decision_id bigint generated always as identity not null,
+  request_id bigint not null,
+  user_id text,
+  decision text not null,
+  note text,
+  delegated_from text,
+  to_user text,
+  decided_at timestamp with time zone default now() not null
+);
+alter table conveyor.approval_decisions add constraint approval_decisions_check CHECK (((user_id IS NULL) = (decision = ANY (ARRAY['escalated'::text, 'expired'::text, 'cancelled'::text]))));
+alter table conveyor.approval_decisions add constraint approval_decisions_decision_check CHECK ((decision = ANY (ARRAY['approve'::text, 'reject'::text, 'delegate'::text, 'escalated'::text, 'expired'::text, 'cancelled'::text])));
+alter table conveyor.approval_decisions add constraint approval_decisions_pkey PRIMARY KEY (decision_id);
+alter table conveyor.approval_decisions add constraint approval_decisions_request_id_fkey FOREIGN KEY (request_id) REFERENCES conveyor.approval_requests(request_id) ON DELETE CASCADE;
+CREATE INDEX approval_decisions_request_idx ON conveyor.approval_decisions USING btree (request_id, decision_id);
+CREATE INDEX approval_decisions_user_idx ON conveyor.approval_decisions USING btree (tenant_id, user_id) WHERE (user_id IS NOT NULL);
+alter table conveyor.approval_decisions enable row level security;
+alter table conveyor.approval_decisions force row level security;
+create policy approval_decisions_isolation on conveyor.approval_decisions as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.approval_decisions to conveyor_app;
+grant select, insert, update, delete on conveyor.approval_decisions to conveyor_service;
+
+create table conveyor.approval_requests (
+  tenant_id text not null,
+  request_id bigint generated always as identity not null,
+  execution_id bigint not null,
+  workflow_id bigint not null,
+  step_id text not null,
+  visit integer not null,
+  title text not null,
+  message text default ''::text not null,
+  action_url text,
+  mode text not null,
+  quorum text not null,
+  needed integer not null,
+  approvers text[] not null,
+  delegated_from text[] not null,
+  votes text[] not null,
+  requester text,
+  requester_may_approve boolean default true not null,
+  state text default 'pending'::text not null,
+  outcome text,
+  due_at timestamp with time zone,
+  escalate_to text,
+  escalation_due interval,
+  escalated_at timestamp with time zone,
+  delegations integer default 0 not null,
+  created_at timestamp with time zone default now() not null,
+  decided_at timestamp with time zone
+);
+alter table conveyor.approval_requests add constraint approval_requests_check CHECK ((needed <= cardinality(approvers)));
+alter table conveyor.approval_requests add constraint approval_requests_check1 CHECK (((cardinality(approvers) = cardinality(delegated_from)) AND (cardinality(approvers) = cardinality(votes))));
+alter table conveyor.approval_requests add constraint approval_requests_check2 CHECK (((state = 'pending'::text) = (outcome IS NULL)));
+alter table conveyor.approval_requests add constraint approval_requests_execution_id_fkey FOREIGN KEY (execution_id) REFERENCES conveyor.executions(execution_id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED;
+alter table conveyor.approval_requests add constraint approval_requests_mode_check CHECK ((mode = ANY (ARRAY['sequence'::text, 'parallel'::text])));
+alter table conveyor.approval_requests add constraint approval_requests_needed_check CHECK ((needed >= 1));
+alter table conveyor.approval_requests add constraint approval_requests_outcome_check CHECK ((outcome = ANY (ARRAY['approved'::text, 'rejected'::text, 'expired'::text, 'cancelled'::text])));
+alter table conveyor.approval_requests add constraint approval_requests_pkey PRIMARY KEY (request_id);
+alter table conveyor.approval_requests add constraint approval_requests_quorum_check CHECK ((quorum = ANY (ARRAY['all'::text, 'any'::text, 'at_least'::text])));
+alter table conveyor.approval_requests add constraint approval_requests_state_check CHECK ((state = ANY (ARRAY['pending'::text, 'decided'::text, 'closed'::text])));
+CREATE INDEX approval_requests_approvers_idx ON conveyor.approval_requests USING gin (approvers);
+CREATE INDEX approval_requests_decided_idx ON conveyor.approval_requests USING btree (request_id) WHERE (state = 'decided'::text);
+CREATE UNIQUE INDEX approval_requests_step_visit_idx ON conveyor.approval_requests USING btree (execution_id, step_id, visit);
+alter table conveyor.approval_requests enable row level security;
+alter table conveyor.approval_requests force row level security;
+create policy approval_requests_isolation on conveyor.approval_requests as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.approval_requests to conveyor_app;
+grant select, insert, update, delete on conveyor.approval_requests to conveyor_service;
+
 create table conveyor.connections (
   tenant_id text not null,
   name text not null,
@@ -248,7 +318,7 @@ alter table conveyor.executions add constraint executions_steps_run_check CHECK 
 alter table conveyor.executions add constraint executions_wait_kind_check CHECK ((wait_kind = ANY (ARRAY['action'::text, 'delay'::text, 'event'::text, 'children'::text, 'turn'::text, 'slot'::text, 'debounce'::text, 'approval'::text])));
 alter table conveyor.executions add constraint executions_waiting_has_reason CHECK (((status = 'waiting'::text) = (wait_kind IS NOT NULL)));
 alter table conveyor.executions add constraint executions_workflow_id_version_fkey FOREIGN KEY (workflow_id, version) REFERENCES conveyor.workflow_versions(workflow_id, version);
-CREATE INDEX executions_due_scan_idx ON conveyor.executions USING btree (resume_at, execution_id) WHERE ((status = 'waiting'::text) AND (wait_kind = ANY (ARRAY['delay'::text, 'event'::text])) AND (paused_at IS NULL));
+CREATE INDEX executions_due_scan_idx ON conveyor.executions USING btree (resume_at, execution_id) WHERE ((status = 'waiting'::text) AND (wait_kind = ANY (ARRAY['delay'::text, 'event'::text, 'approval'::text])) AND (paused_at IS NULL));
 CREATE UNIQUE INDEX executions_fanout_child_idx ON conveyor.executions USING btree (fanout_id, child_index) WHERE (fanout_id IS NOT NULL);
 CREATE INDEX executions_finished_idx ON conveyor.executions USING btree (tenant_id, finished_at) WHERE (finished_at IS NOT NULL);
 CREATE INDEX executions_flow_due_idx ON conveyor.executions USING btree (resume_at, execution_id) WHERE ((status = 'waiting'::text) AND (wait_kind = ANY (ARRAY['slot'::text, 'debounce'::text])) AND (resume_at IS NOT NULL) AND (paused_at IS NULL));
@@ -885,7 +955,7 @@ create table conveyor.workflow_steps (
 );
 alter table conveyor.workflow_steps add constraint workflow_steps_action_type CHECK (((kind = ANY (ARRAY['action'::text, 'data'::text])) = (action_type IS NOT NULL)));
 alter table conveyor.workflow_steps add constraint workflow_steps_goto_has_target CHECK (((on_error = 'goto'::text) = (error_step IS NOT NULL)));
-alter table conveyor.workflow_steps add constraint workflow_steps_kind_check CHECK ((kind = ANY (ARRAY['action'::text, 'condition'::text, 'switch'::text, 'set_variable'::text, 'transform'::text, 'stop'::text, 'emit'::text, 'data'::text, 'delay'::text, 'wait_for_event'::text, 'wait_until'::text, 'split'::text, 'parallel'::text, 'for_each'::text, 'call'::text, 'notify'::text])));
+alter table conveyor.workflow_steps add constraint workflow_steps_kind_check CHECK ((kind = ANY (ARRAY['action'::text, 'condition'::text, 'switch'::text, 'set_variable'::text, 'transform'::text, 'stop'::text, 'emit'::text, 'data'::text, 'delay'::text, 'wait_for_event'::text, 'wait_until'::text, 'split'::text, 'parallel'::text, 'for_each'::text, 'call'::text, 'notify'::text, 'approval'::text])));
 alter table conveyor.workflow_steps add constraint workflow_steps_on_error_check CHECK ((on_error = ANY (ARRAY['fail'::text, 'continue'::text, 'retry'::text, 'goto'::text])));
 alter table conveyor.workflow_steps add constraint workflow_steps_pkey PRIMARY KEY (workflow_id, version, step_id);
 alter table conveyor.workflow_steps add constraint workflow_steps_position_check CHECK (("position" >= 0));
@@ -974,6 +1044,41 @@ create function conveyor.advance_executions(p_execution_ids bigint[], p_now time
 grant execute on function conveyor.advance_executions(bigint[],timestamp with time zone) to conveyor_service;
 create function conveyor.apply_action_results(p_results jsonb) returns TABLE(msg_id bigint, step_run_id bigint, outcome text)
   language plpgsql volatile security definer set search_path = '' set enable_seqscan = off set enable_hashjoin = off set enable_mergejoin = off set enable_material = off set plan_cache_mode = force_generic_plan set jit = off;
+create function conveyor.approval_apply(p_request conveyor.approval_requests, p_now timestamp with time zone) returns boolean
+  language plpgsql volatile security definer set search_path = '';
+create function conveyor.approval_asked(p_request conveyor.approval_requests, p_user text) returns boolean
+  language sql immutable set search_path = '';
+grant execute on function conveyor.approval_asked(conveyor.approval_requests,text) to conveyor_service;
+create function conveyor.approval_begin(p_exec conveyor.executions, p_step_id text, p_visit integer, p_input jsonb, p_now timestamp with time zone, p_dry boolean, p_where text) returns jsonb
+  language plpgsql volatile security definer set search_path = '';
+create function conveyor.approval_close(p_execution_id bigint, p_status text) returns void
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.approval_close(bigint,text) to conveyor_service;
+create function conveyor.approval_due(p_now timestamp with time zone, p_limit integer) returns integer
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.approval_due(timestamp with time zone,integer) to conveyor_service;
+create function conveyor.approval_keys() returns text[]
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.approval_keys() to conveyor_service;
+create function conveyor.approval_note(p_note text, p_what text) returns text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.approval_note(text,text) to conveyor_service;
+create function conveyor.approval_notify(p_request conveyor.approval_requests, p_slots integer[], p_where text) returns void
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.approval_notify(conveyor.approval_requests,integer[],text) to conveyor_service;
+create function conveyor.approval_outcome(p_request conveyor.approval_requests) returns text
+  language sql immutable set search_path = '';
+grant execute on function conveyor.approval_outcome(conveyor.approval_requests) to conveyor_service;
+create function conveyor.approval_output(p_request conveyor.approval_requests) returns jsonb
+  language sql stable set search_path = '';
+grant execute on function conveyor.approval_output(conveyor.approval_requests) to conveyor_service;
+create function conveyor.approval_settle(p_request conveyor.approval_requests, p_now timestamp with time zone) returns boolean
+  language plpgsql volatile security definer set search_path = '';
+create function conveyor.approval_slot(p_tenant_id text, p_user_id text, p_request_id bigint, p_turn boolean, OUT request conveyor.approval_requests, OUT slot integer) returns record
+  language plpgsql volatile security definer set search_path = '';
+create function conveyor.approval_turn(p_request conveyor.approval_requests) returns integer
+  language sql immutable set search_path = '';
+grant execute on function conveyor.approval_turn(conveyor.approval_requests) to conveyor_service;
 create function conveyor.archive_actions(p_msg_ids bigint[]) returns integer
   language plpgsql volatile security definer set search_path = '';
 create function conveyor.budget_refusals(p_events bigint[], p_rate_limit bigint, p_active_limit bigint, p_chain_limit bigint) returns jsonb
@@ -1082,9 +1187,15 @@ grant execute on function conveyor.date_trigger_due(text,interval,time without t
 create function conveyor.date_trigger_value(p_value text, p_timezone text) returns timestamp with time zone
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.date_trigger_value(text,text) to conveyor_service;
+create function conveyor.decide_approval(p_tenant_id text, p_user_id text, p_request_id bigint, p_decision text, p_note text DEFAULT NULL::text) returns jsonb
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.decide_approval(text,text,bigint,text,text) to conveyor_app, conveyor_service;
 create function conveyor.default_notification_preferences() returns jsonb
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.default_notification_preferences() to conveyor_service;
+create function conveyor.delegate_approval(p_tenant_id text, p_user_id text, p_request_id bigint, p_to_user text, p_reason text DEFAULT NULL::text) returns jsonb
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.delegate_approval(text,text,bigint,text,text) to conveyor_app, conveyor_service;
 create function conveyor.delete_notification_template(p_tenant_id text, p_slug text) returns boolean
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.delete_notification_template(text,text) to conveyor_app, conveyor_service;
@@ -1144,6 +1255,9 @@ grant execute on function conveyor.document_notify_template_errors(text,jsonb) t
 create function conveyor.document_path(p_path text, p_key text) returns text
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.document_path(text,text) to conveyor_service;
+create function conveyor.document_quorum_error(p_value jsonb, p_path text, p_count bigint, p_counted text) returns text
+  language sql immutable set search_path = '';
+grant execute on function conveyor.document_quorum_error(jsonb,text,bigint,text) to conveyor_service;
 create function conveyor.document_retry_errors(p_retry jsonb, p_path text) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.document_retry_errors(jsonb,text) to conveyor_service;
@@ -1429,6 +1543,9 @@ create function conveyor.keep_dead_letter(p_msg_id bigint, p_reason text, p_erro
 create function conveyor.limit_setting(p_name text, p_default bigint) returns bigint
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.limit_setting(text,bigint) to conveyor_service;
+create function conveyor.list_approvals(p_tenant_id text, p_user_id text, p_pending_only boolean DEFAULT true, p_limit integer DEFAULT 100) returns TABLE(request_id bigint, execution_id bigint, workflow text, step_id text, title text, message text, action_url text, state text, outcome text, mode text, quorum text, needed integer, approvers text[], votes text[], requester text, asked boolean, due_at timestamp with time zone, escalated_at timestamp with time zone, created_at timestamp with time zone, decided_at timestamp with time zone)
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.list_approvals(text,text,boolean,integer) to conveyor_app, conveyor_service;
 create function conveyor.list_dead_letters(p_tenant_id text, p_limit integer DEFAULT 50) returns TABLE(dead_letter_id bigint, msg_id bigint, execution_id bigint, step_id text, step_run_id bigint, reason text, last_error text, attempts integer, enqueued_at timestamp with time zone, dead_at timestamp with time zone, message jsonb)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.list_dead_letters(text,integer) to conveyor_app, conveyor_service;
@@ -1820,6 +1937,12 @@ grant execute on function conveyor.step_action_errors(jsonb,text,jsonb) to conve
 create function conveyor.step_action_with_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.step_action_with_errors(jsonb,text,jsonb) to conveyor_service;
+create function conveyor.step_approval_code() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_approval_code() to conveyor_service;
+create function conveyor.step_approval_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.step_approval_errors(jsonb,text,jsonb) to conveyor_service;
 create function conveyor.step_call_code() returns jsonb
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.step_call_code() to conveyor_service;

@@ -279,6 +279,7 @@ set search_path = ''
 as $$
 declare
   v_status text;
+  v_wait_kind text;
   v_msg_ids bigint[];
 begin
   if p_status not in ('cancelled', 'timed_out') then
@@ -287,7 +288,8 @@ begin
       message = format('execution %s: cannot abort with status "%s"', p_execution_id, p_status),
       hint = 'use cancelled or timed_out';
   end if;
-  select e.status into v_status from conveyor.executions as e where e.execution_id = p_execution_id for update;
+  select e.status, e.wait_kind into v_status, v_wait_kind
+  from conveyor.executions as e where e.execution_id = p_execution_id for update;
   if v_status is null or v_status in ('completed', 'failed', 'cancelled', 'timed_out') then
     return false;
   end if;
@@ -311,6 +313,10 @@ begin
   end if;
   -- its fan-outs' children end with it (sql/fanout_join.sql)
   perform conveyor.fanout_abort_children(p_execution_id, p_status, p_error);
+  -- and the approval it waited on is closed (sql/approval_outcomes.sql)
+  if v_wait_kind = 'approval' then
+    perform conveyor.approval_close(p_execution_id, p_status);
+  end if;
   return true;
 end;
 $$;

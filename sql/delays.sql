@@ -2,7 +2,8 @@
 -- Driven by the runner's tick (and pg_cron every minute as a safety net); the clock is a
 -- parameter so tests move time instead of sleeping.
 
--- When the next execution waiting on time (a delay, or an event wait's timeout) is due;
+-- When the next execution waiting on time (a delay, an event wait's timeout, an approval's
+-- due time) is due;
 -- null when none is. Paused executions are not counted: they resume when unpaused.
 -- The runner sleeps until then (conveyor.tick() reports it), so a delay resumes on time
 -- rather than on the next poll.
@@ -19,7 +20,7 @@ begin
     (
       select e.resume_at
       from conveyor.executions as e
-      where e.status = 'waiting' and e.wait_kind in ('delay', 'event') and e.paused_at is null
+      where e.status = 'waiting' and e.wait_kind in ('delay', 'event', 'approval') and e.paused_at is null
         and e.resume_at is not null
       order by e.resume_at, e.execution_id
       limit 1
@@ -28,6 +29,15 @@ begin
     (select min(w.registered_at) from conveyor.waits as w where not w.confirmed),
     -- a join's timeout, or a decided join not applied yet (sql/fanout_join.sql)
     conveyor.fanout_next_due_at(),
+    -- now, for a decided approval its execution's lock held back (sql/approval_outcomes.sql;
+    -- inline: a function call here costs every tick)
+    (
+      select now()
+      from conveyor.approval_requests as r
+      join conveyor.executions as e on e.execution_id = r.execution_id
+      where r.state = 'decided' and e.paused_at is null
+      limit 1
+    ),
     -- an execution admitted to a concurrency slot, or a debounce period over (sql/flow_control.sql)
     conveyor.flow_next_due_at()
   );
@@ -63,6 +73,8 @@ begin
   v_waits := v_waits + conveyor.resume_due_waits(p_now, p_limit);
   v_waits := v_waits + conveyor.fanout_due(p_now, p_limit);
   v_waits := v_waits + conveyor.flow_due(p_now, p_limit);
+  -- approvals due (escalated or expired) or decided while their execution was locked
+  v_waits := v_waits + conveyor.approval_due(p_now, p_limit);
 
   with due as (
     select e.execution_id, e.workflow_id, e.version, e.current_step

@@ -288,6 +288,28 @@ as $$
   end;
 $$;
 
+-- A quorum (a fan-out's join, an approval's quorum): "all", "any" or {"at_least": n}, n at
+-- most p_count when that is known (p_counted names what is counted: 'branch(es)').
+create or replace function conveyor.document_quorum_error(p_value jsonb, p_path text, p_count bigint, p_counted text)
+returns text
+language sql
+immutable
+set search_path = ''
+as $$
+  select case
+    when p_value is null or p_value in ('"all"', '"any"') then null
+    when jsonb_typeof(p_value) <> 'object' or not p_value ? 'at_least'
+      or (select count(*) from jsonb_object_keys(p_value)) <> 1 then
+      format('%s: expected "all", "any" or {"at_least": <n>} (got %s)', p_path, p_value::text)
+    when jsonb_typeof(p_value -> 'at_least') <> 'number'
+      or (p_value ->> 'at_least')::numeric <> floor((p_value ->> 'at_least')::numeric)
+      or (p_value ->> 'at_least')::numeric < 1 then
+      format('%s.at_least: expected a whole number of at least 1 (got %s)', p_path, (p_value -> 'at_least')::text)
+    when p_count is not null and (p_value ->> 'at_least')::numeric > p_count then
+      format('%s.at_least: %s cannot be reached with %s %s', p_path, p_value ->> 'at_least', p_count, p_counted)
+  end;
+$$;
+
 -- A retry policy: {"attempts": n, "backoff": "exponential"|"fixed", "initial", "max", "jitter"}.
 create or replace function conveyor.document_retry_errors(p_retry jsonb, p_path text)
 returns setof text

@@ -37,17 +37,7 @@ language sql
 immutable
 set search_path = ''
 as $$
-  select case
-    when p_join is null or p_join in ('"all"', '"any"') then null
-    when jsonb_typeof(p_join) <> 'object' or not p_join ? 'at_least'
-      or (select count(*) from jsonb_object_keys(p_join)) <> 1 then
-      format('%s: expected "all", "any" or {"at_least": <n>} (got %s)', p_path, p_join::text)
-    when jsonb_typeof(p_join -> 'at_least') <> 'number' or (p_join ->> 'at_least')::numeric <> floor((p_join ->> 'at_least')::numeric)
-      or (p_join ->> 'at_least')::numeric < 1 then
-      format('%s.at_least: expected a whole number of at least 1 (got %s)', p_path, (p_join -> 'at_least')::text)
-    when p_branches is not null and (p_join ->> 'at_least')::numeric > p_branches then
-      format('%s.at_least: %s cannot be reached with %s branch(es)', p_path, p_join ->> 'at_least', p_branches)
-  end;
+  select conveyor.document_quorum_error(p_join, p_path, p_branches, 'branch(es)');
 $$;
 
 -- The child of a call step: the callee (the tenant's workflow of the rendered slug, its

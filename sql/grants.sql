@@ -81,7 +81,11 @@ conveyor.list_notification_templates(text),
 conveyor.delete_notification_template(text, text),
 conveyor.set_notification_preferences(text, text, text, jsonb),
 conveyor.get_notification_preferences(text, text),
-conveyor.set_notification_channel(text, text, text)
+conveyor.set_notification_channel(text, text, text),
+-- approvals (sql/approvals.sql): tenant-checked, one user's decisions
+conveyor.decide_approval(text, text, bigint, text, text),
+conveyor.delegate_approval(text, text, bigint, text, text),
+conveyor.list_approvals(text, text, boolean, integer)
 to conveyor_app;
 
 -- The service role: what the engine runs (tick, dispatch, read_actions, write_back, the
@@ -119,7 +123,12 @@ conveyor.fanout_begin(
 ),
 conveyor.fanout_insert_children(conveyor.executions, conveyor.fanouts, text, jsonb, integer, jsonb),
 conveyor.fanout_dry_run(conveyor.executions, conveyor.workflow_steps, text, text, jsonb, jsonb),
-conveyor.call_child(conveyor.executions, text, jsonb, text)
+conveyor.call_child(conveyor.executions, text, jsonb, text),
+-- an approval step's request is made by the interpreter (sql/approvals.sql)
+conveyor.approval_begin(conveyor.executions, text, integer, jsonb, timestamptz, boolean, text),
+conveyor.approval_slot(text, text, bigint, boolean),
+conveyor.approval_apply(conveyor.approval_requests, timestamptz),
+conveyor.approval_settle(conveyor.approval_requests, timestamptz)
 from conveyor_service;
 
 -- Platform code that mints tenant tokens through SQL (migration 0021).

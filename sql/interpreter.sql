@@ -399,7 +399,7 @@ begin
         exit;
       end if;
 
-      if v_wait in ('delay', 'event', 'children') and not v_dry then
+      if v_wait in ('delay', 'event', 'children', 'approval') and not v_dry then
         v_nruns := v_nruns + 1;
         v_runs[v_nruns] := row(
           pg_catalog.nextval('conveyor.step_runs_step_run_id_seq'), v_exec.execution_id, v_exec.tenant_id,

@@ -76,7 +76,11 @@ as $$
       (13, 'parallel', 'parallel', 'parallel', array['next'], array['next'], null, false, false, true, null),
       (14, 'for_each', 'for_each', 'for_each', array['next'], array['next'], null, false, false, true, null),
       (15, 'call', 'call', 'call', array['next'], array['next'], null, false, false, true, null),
-      (16, 'notify', 'notify', 'notify', array['next'], array['next'], null, false, false, true, null)
+      (16, 'notify', 'notify', 'notify', array['next'], array['next'], null, false, false, true, null),
+      -- people approving (sql/approvals.sql): the request's outcome routes
+      (17, 'approval', 'approval', 'approval', array['on_approved', 'on_rejected', 'on_expired'],
+        array['on_approved', 'on_rejected', 'on_expired'],
+        '{"approved": "on_approved", "rejected": "on_rejected", "expired": "on_expired"}', false, false, true, null)
   ) as k (ord, kind, doc_key, spec_key, keys, routes, branches, ends, retries, renders, compiled_function)
   -- the kinds whose steps hold step lists of their own (bodies_function)
   left join (values ('parallel'), ('for_each')) as b (kind) on b.kind = k.kind
@@ -366,8 +370,9 @@ revoke all on function conveyor.step_kinds() from public;
 --          when its templates need one;
 --   run sets v_input (what the step run records; rendered already for a kind that renders),
 --          v_output, v_next (preset to the step's next_step), v_wait ('action' | 'delay' |
---          'event': the execution stops here), v_resume (when it is due again), v_new_vars
---          (merged into the execution's variables); it may use v_target, v_case and
+--          'event' | 'children' | 'approval': the execution stops here), v_resume (when it
+--          is due again), v_new_vars (merged into the execution's variables); it may use
+--          v_target, v_case and
 --          v_max_action_timeout as scratch. An error it raises fails the step (its
 --          subtransaction), which then follows its on_error;
 --   decision: a text expression over p_input, p_output, p_action_type (conveyor.step_decision).

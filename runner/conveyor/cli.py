@@ -13,6 +13,7 @@ import click
 from conveyor import output
 from conveyor.cluster import Cluster
 from conveyor.commands.actions import actions
+from conveyor.commands.approvals import approvals
 from conveyor.commands.common import database_option, fail_cleanly, json_option
 from conveyor.commands.connections import connections
 from conveyor.commands.demo import demo
@@ -157,7 +158,11 @@ for command in (
     usage,
     tenants,
     tokens,
+<<<<<<< HEAD
     notifications,
+=======
+    approvals,
+>>>>>>> main
 ):
     main.add_command(command)
 

@@ -59,6 +59,16 @@ SAMPLE_TRIGGERS: dict[str, dict[str, Any]] = {
         "payload": {"new": {"number": "INV-1", "amount": 99, "contact_id": 1, "payment_failures": 1}},
     },
     "form-submission": {"payload": {"body": {"email": "ada@example.com", "name": "Ada"}}},
+    "large-deal-approval": {
+        "event_type": "crm.deal.updated",
+        "entity_type": "deal",
+        "entity_id": "6",
+        "payload": {
+            "old": {"stage": "qualified"},
+            "changed": ["stage"],
+            "new": {"stage": "proposal", "title": "Fleet", "amount": 80000, "contact_id": 1, "owner_id": 7},
+        },
+    },
     "weekly-report": {"payload": {"slot": "2026-11-23T13:00:00Z"}},
 }
 

@@ -122,6 +122,18 @@ SEEDS: dict[str, str] = {
         insert into conveyor.flow_throttles (tenant_id, workflow_id, key, window_start, started)
         select tenant_id, workflow_id, 'deal-1', date_trunc('hour', now()), 1
         from conveyor.workflows where tenant_id = %(t)s""",
+    "approval_requests": """
+        insert into conveyor.approval_requests (
+          tenant_id, execution_id, workflow_id, step_id, visit, title, mode, quorum, needed, approvers,
+          delegated_from, votes
+        )
+        select tenant_id, execution_id, workflow_id, 'a', 1, 'Secret of ' || %(t)s, 'parallel', 'all', 1,
+          '{u1}', '{NULL}', '{NULL}'
+        from conveyor.executions where tenant_id = %(t)s""",
+    "approval_decisions": """
+        insert into conveyor.approval_decisions (tenant_id, request_id, user_id, decision, note)
+        select tenant_id, request_id, 'u1', 'delegate', 'Secret of ' || %(t)s
+        from conveyor.approval_requests where tenant_id = %(t)s""",
 }
 # Platform-wide rows some seeds refer to (not tenant data).
 SHARED_SEEDS = [

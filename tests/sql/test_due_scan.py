@@ -120,7 +120,7 @@ def test_nothing_due_is_found_through_the_due_scan_index(conn: Conn, tenant: str
     conn.execute("set enable_seqscan = off")  # a table this small is otherwise read whole
     plan = conn.execute(
         "explain select e.execution_id from conveyor.executions as e"
-        " where e.status = 'waiting' and e.wait_kind in ('delay', 'event') and e.paused_at is null"
+        " where e.status = 'waiting' and e.wait_kind in ('delay', 'event', 'approval') and e.paused_at is null"
         " and e.resume_at is not null order by e.resume_at, e.execution_id limit 1"
     ).fetchall()
     text = "\n".join(r["QUERY PLAN"] for r in plan)

@@ -29,6 +29,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from conveyor.serve.approval_routes import APPROVAL_ROUTES
 from conveyor.serve.bodies import BadRequest, json_too_deep, parse_json_object
 from conveyor.serve.limits import Limits
 from conveyor.serve.notification_routes import NOTIFICATION_ROUTES
@@ -176,6 +177,7 @@ ROUTES = [
     Route("/api/workflows/{slug}/runs/", manual_run, methods=["POST"]),
     Route("/api/me", me, methods=["GET"]),
     *NOTIFICATION_ROUTES,
+    *APPROVAL_ROUTES,
 ]
 
 
