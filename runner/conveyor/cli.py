@@ -158,11 +158,8 @@ for command in (
     usage,
     tenants,
     tokens,
-<<<<<<< HEAD
     notifications,
-=======
     approvals,
->>>>>>> main
 ):
     main.add_command(command)
 
