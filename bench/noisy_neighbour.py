@@ -32,13 +32,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import multiprocessing
 import signal
 import subprocess
 import threading
 import time
 import urllib.request
-from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -179,7 +179,8 @@ class Engine:
         for tenant in (NOISY, QUIET):
             conn.execute("select conveyor.create_tenant(%s, %s)", (tenant, tenant.title()))
             row = conn.execute(
-                "select workflow_id from conveyor.publish(%s, %s)", (tenant, Jsonb(workflow(tenant, sink_url)))
+                "select workflow_id from conveyor.publish(%s, %s)",
+                (tenant, Jsonb(workflow(tenant, sink_url))),
             ).fetchone()
             assert row is not None
             ids[tenant] = int(row[0])
@@ -227,6 +228,16 @@ class Engine:
         ).fetchone()
         assert row is not None
         return int(row[0]), int(row[1])
+
+    def dispatched(self, tenant: str, phase: str) -> dict[int, float]:
+        """When each of `tenant`'s events of `phase` was dispatched: its execution's created_at
+        (the dispatching transaction's start), by sequence number."""
+        rows = self.conn.execute(
+            "select (trigger -> 'payload' -> 'new' ->> 'seq')::integer, extract(epoch from created_at)::float8"
+            " from conveyor.executions where tenant_id = %s and trigger -> 'payload' -> 'new' ->> 'phase' = %s",
+            (tenant, phase),
+        ).fetchall()
+        return {int(seq): float(at) for seq, at in rows}
 
     def reset(self) -> None:
         self.conn.execute(RESET)
@@ -293,6 +304,7 @@ class Deliveries:
 
     committed: dict[int, float]
     arrivals: dict[int, list[float]] = field(default_factory=dict)
+    dispatched: dict[int, float] = field(default_factory=dict)
 
     def lost(self) -> int:
         return sum(1 for seq in self.committed if seq not in self.arrivals)
@@ -300,12 +312,22 @@ class Deliveries:
     def twice(self) -> int:
         return sum(1 for seq, at in self.arrivals.items() if len(at) > 1 or seq not in self.committed)
 
-    def latencies_ms(self, since: float = 0.0, until: float = float("inf")) -> list[float]:
-        return sorted(
-            (self.arrivals[seq][0] - at) * 1000
-            for seq, at in self.committed.items()
-            if since <= at <= until and seq in self.arrivals
-        )
+    def latencies_ms(
+        self, since: float = 0.0, until: float = float("inf"), stage: str = "all"
+    ) -> list[float]:
+        """Commit → first arrival at the sink (stage "all"), commit → dispatched ("dispatch")
+        or dispatched → arrival ("queue": the queue, the runner and the request), in ms, of
+        the events committed between `since` and `until`, sorted."""
+        out = []
+        for seq, at in self.committed.items():
+            if not since <= at <= until or seq not in self.arrivals:
+                continue
+            arrived, dispatched = self.arrivals[seq][0], self.dispatched.get(seq, math.nan)
+            start, end = {"all": (at, arrived), "dispatch": (at, dispatched), "queue": (dispatched, arrived)}[
+                stage
+            ]
+            out.append((end - start) * 1000)
+        return sorted(v for v in out if not math.isnan(v))
 
 
 def collect(sink: LatencySink, phase: str, expected: dict[str, Deliveries]) -> None:
@@ -365,21 +387,31 @@ class Result:
             "twice": sum(d.twice() for d in phases),
             "events": sum(len(d.committed) for d in phases),
         }
+        for name, phase, window in (
+            ("b_alone", self.b_alone, (0.0, math.inf)),
+            ("b_during", self.b_both, self.a_both_window),
+        ):
+            for stage in ("dispatch", "queue"):
+                values = phase.latencies_ms(*window, stage=stage)
+                out[f"{name}_{stage}_p50"], out[f"{name}_{stage}_p99"] = (
+                    percentile(values, 50),
+                    percentile(values, 99),
+                )
         out["p99_ratio"] = out["b_during_p99"] / out["b_alone_p99"]
         out["throughput_ratio"] = out["a_both_per_s"] / out["a_alone_per_s"]
         return out
 
 
-def run(
-    url: str, *, burst: int, rate: float, seconds: float, runners: int, latency_ms: float
-) -> Result:
+def run(url: str, *, burst: int, rate: float, seconds: float, runners: int, latency_ms: float) -> Result:
     """The three phases on the migrated database `url`, with `runners` real runners."""
     with latency_sink(latency_ms) as sink:
         engine = Engine.setup(url, sink.url)
         procs = start_runners(url, runners)
         try:
             deadline = time.monotonic() + 60
-            while engine.conn.execute("select count(*) from conveyor.live_runners()").fetchone() != (runners,):
+            while engine.conn.execute("select count(*) from conveyor.live_runners()").fetchone() != (
+                runners,
+            ):
                 if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                     raise RuntimeError("the runners did not start")
                 time.sleep(0.05)
@@ -399,6 +431,7 @@ def run(
             engine.wait_done(QUIET, procs, 120)
             collect(sink, "alone", {QUIET: b_alone})
             check_finished(engine, QUIET, len(b_alone.committed))
+            b_alone.dispatched = engine.dispatched(QUIET, "alone")
             engine.reset()
 
             committed = engine.burst("alone", burst)
@@ -419,6 +452,7 @@ def run(
             collect(sink, "both", {NOISY: a_both, QUIET: b_both})
             check_finished(engine, NOISY, burst)
             check_finished(engine, QUIET, len(b_both.committed))
+            b_both.dispatched = engine.dispatched(QUIET, "both")
         finally:
             for proc in procs:
                 if proc.poll() is None:
@@ -463,6 +497,10 @@ drained; B's latency counts only B's events committed while A's backlog was not 
 
 * B p99 during A's burst / B p99 alone: {_met(s["p99_ratio"], s["p99_ratio"] <= 2)} (target <= 2)
 * A completed/s with B / A alone: {_met(s["throughput_ratio"], s["throughput_ratio"] >= 0.9)} (target >= 0.9)
+* where B's time went, p50 / p99: commit → dispatched (its execution created) {s["b_alone_dispatch_p50"]:.0f} / \
+{s["b_alone_dispatch_p99"]:.0f} ms alone, {s["b_during_dispatch_p50"]:.0f} / {s["b_during_dispatch_p99"]:.0f} ms during A's burst; dispatched → \
+arrival (the queue, the runner, the request) {s["b_alone_queue_p50"]:.0f} / {s["b_alone_queue_p99"]:.0f} ms alone, \
+{s["b_during_queue_p50"]:.0f} / {s["b_during_queue_p99"]:.0f} ms during
 * B's slowest event during the run: {s["b_worst_ms"]:.0f} ms, committed {s["b_worst_at_s"]:+.1f} s from A's commit
 * every webhook arrived exactly once: {"yes" if s["lost"] == s["twice"] == 0 else "NO"} \
 ({s["events"]:,} events, {s["lost"]} lost, {s["twice"]} arrived twice)
@@ -470,13 +508,17 @@ drained; B's latency counts only B's events committed while A's backlog was not 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--burst", type=int, default=50_000, help="A's events, one INSERT")
     parser.add_argument("--rate", type=float, default=20.0, help="B's events per second")
     parser.add_argument("--seconds", type=float, default=20.0, help="B alone: how long")
     parser.add_argument("--runners", type=int, default=2)
     parser.add_argument("--latency-ms", type=float, default=10.0, help="the sink's answer latency")
-    parser.add_argument("--smoke", action="store_true", help="small and quick (burst 2,000, 3 s); not recorded")
+    parser.add_argument(
+        "--smoke", action="store_true", help="small and quick (burst 2,000, 3 s); not recorded"
+    )
     parser.add_argument("--no-record", action="store_true", help="print only, leave bench/RESULTS.md alone")
     args = parser.parse_args()
     if args.smoke:
