@@ -3,7 +3,7 @@ SHELL := /bin/bash
 BIN := .venv/bin
 
 .PHONY: bootstrap run test lint pytest migrate schema db-start db-stop db-status clean-db \
-	bench bench-capture bench-dispatch bench-runner bench-http-client bench-waiting bench-wait-races bench-delays bench-burst bench-floor bench-queue bench-serve bench-e2e bench-fanout bench-ab bench-notification-stream chaos
+	bench bench-capture bench-dispatch bench-runner bench-http-client bench-waiting bench-wait-races bench-delays bench-burst bench-floor bench-queue bench-serve bench-e2e bench-fanout bench-noisy-neighbour bench-ab bench-notification-stream chaos
 
 bootstrap:  ## install the PostgreSQL server packages (as root) and the locked virtualenv
 	@bash scripts/bootstrap.sh
@@ -85,10 +85,13 @@ bench-http-client: bootstrap  ## the runner's HTTP client: CPU per request vs th
 bench-fanout: bootstrap  ## a for_each of 1,000 webhooks vs 1,000 executions; join cost per child, 100 vs 10,000 children (bench/RESULTS.md)
 	$(BIN)/python -m bench.fanout $(BENCH_ARGS)
 
+bench-noisy-neighbour: bootstrap  ## tenant A's 50,000-event burst vs tenant B's 20 events/s: B's latency p50/p99 and A's throughput, each against alone (bench/RESULTS.md)
+	$(BIN)/python -m bench.noisy_neighbour $(BENCH_ARGS)
+
 bench-floor: bootstrap  ## PostgreSQL CPU per workflow: the engine vs the same rows written by plain statements (bench/RESULTS.md)
 	$(BIN)/python -m bench.row_floor
 
-bench: bench-capture bench-dispatch bench-runner bench-http-client bench-waiting bench-wait-races bench-delays bench-burst bench-floor bench-e2e bench-fanout chaos  ## every benchmark and the chaos runs, one after another: every number in bench/RESULTS.md
+bench: bench-capture bench-dispatch bench-runner bench-http-client bench-waiting bench-wait-races bench-delays bench-burst bench-floor bench-e2e bench-fanout bench-noisy-neighbour chaos  ## every benchmark and the chaos runs, one after another: every number in bench/RESULTS.md
 
 bench-e2e:  ## end to end vs DBOS and Procrastinate: burst + steady rate (bench/RESULTS.md, bench/e2e_peers.png)
 	@CONVEYOR_BENCH=1 bash scripts/bootstrap.sh
