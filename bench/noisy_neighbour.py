@@ -30,19 +30,18 @@ whether every event's webhook arrived exactly once (none lost, none twice) in ev
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
-import multiprocessing
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import threading
 import time
-import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -51,8 +50,10 @@ from psycopg.types.json import Jsonb
 from bench.burst_drain import start_runners
 from bench.e2e_peers import percentile
 from bench.harness import record, temporary_database
+from bench.latency_sink import LatencySink, latency_sink
 
 Conn = psycopg.Connection[Any]
+HERE = Path(__file__).resolve().parent
 NOISY, QUIET = "noisy", "quiet"  # tenant A (the burst) and tenant B (the steady stream)
 PROBE_S = 0.05
 LEAD_S = 1.0  # B's stream runs this long before A's burst commits (phase 3)
@@ -60,77 +61,6 @@ RESET = (
     "truncate conveyor.step_runs, conveyor.execution_logs, conveyor.executions, conveyor.events,"
     " pgmq.a_conveyor_actions cascade"
 )
-
-
-# --- the sink: its own process, so the producers' GIL never delays an arrival -----------
-
-
-async def _answer(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, arrivals: list[Any], latency_s: float
-) -> None:
-    """HTTP/1.1 keep-alive: note (arrival wall clock, body) of each POST, answer 200 after
-    `latency_s`; `GET /_arrivals` returns the noted arrivals as JSON and forgets them."""
-    try:
-        while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            arrived = time.time()
-            request, *headers = head.decode("latin-1").split("\r\n")
-            length = 0
-            for line in headers:
-                name, _, value = line.partition(":")
-                if name.strip().lower() == "content-length":
-                    length = int(value)
-            body = await reader.readexactly(length) if length else b""
-            if request.startswith("GET /_arrivals"):
-                reply = json.dumps(arrivals).encode()
-                del arrivals[:]
-            else:
-                arrivals.append((arrived, body.decode()))
-                await asyncio.sleep(latency_s)
-                reply = b"ok"
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(reply), reply))
-            await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
-        pass
-    finally:
-        writer.close()
-
-
-def _serve(port_pipe: Any, latency_s: float) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    arrivals: list[Any] = []
-
-    async def main() -> None:
-        server = await asyncio.start_server(
-            lambda r, w: _answer(r, w, arrivals, latency_s), "127.0.0.1", 0, backlog=1024
-        )
-        port_pipe.send(server.sockets[0].getsockname()[1])
-        await server.serve_forever()
-
-    asyncio.run(main())
-
-
-@dataclass
-class LatencySink:
-    url: str
-
-    def arrivals(self) -> list[tuple[float, dict[str, Any]]]:
-        """The arrivals noted since the last call: (wall clock, the request's JSON body)."""
-        with urllib.request.urlopen(f"{self.url}/_arrivals", timeout=60) as response:
-            return [(float(at), json.loads(body)) for at, body in json.loads(response.read())]
-
-
-@contextmanager
-def latency_sink(latency_ms: float) -> Iterator[LatencySink]:
-    context = multiprocessing.get_context("spawn")
-    receiving, sending = context.Pipe(duplex=False)
-    process = context.Process(target=_serve, args=(sending, latency_ms / 1000), daemon=True)
-    process.start()
-    try:
-        yield LatencySink(f"http://127.0.0.1:{receiving.recv()}")
-    finally:
-        process.terminate()
-        process.join(10)
 
 
 # --- the engine's side ------------------------------------------------------------------
@@ -295,6 +225,39 @@ class Stream:
                 future.result()
 
 
+class Backlog:
+    """A's backlog over time, sampled every `every_s` on a connection of its own: (wall clock,
+    A's events not dispatched yet (captured rows included), messages in the action queue)."""
+
+    def __init__(self, engine: Engine, every_s: float = 0.5) -> None:
+        self.engine, self.every_s = engine, every_s
+        self.samples: list[tuple[float, int, int]] = []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def start(self) -> Backlog:
+        self.thread.start()
+        return self
+
+    def stop(self) -> list[tuple[float, int, int]]:
+        self.stopped.set()
+        self.thread.join()
+        return self.samples
+
+    def _sample(self) -> None:
+        with psycopg.connect(self.engine.url, autocommit=True) as conn:
+            while not self.stopped.is_set():
+                row = conn.execute(
+                    f"select (select count(*) from {self.engine.capture_log} where tenant_id = %(t)s)"
+                    " + (select count(*) from conveyor.events where tenant_id = %(t)s and dispatched_at is null),"
+                    " (select count(*) from pgmq.q_conveyor_actions)",
+                    {"t": NOISY},
+                ).fetchone()
+                assert row is not None
+                self.samples.append((time.time(), int(row[0]), int(row[1])))
+                self.stopped.wait(self.every_s)
+
+
 # --- measuring --------------------------------------------------------------------------
 
 
@@ -332,7 +295,8 @@ class Deliveries:
 
 def collect(sink: LatencySink, phase: str, expected: dict[str, Deliveries]) -> None:
     """Move the sink's arrivals of `phase` into `expected` (per tenant), waiting up to 10 s for
-    stragglers; then a second look, so a duplicate arriving late is counted too."""
+    stragglers. (A duplicate is counted when it has arrived by then: every execution has
+    completed before, so a second delivery would be a message read again by a runner.)"""
     deadline = time.monotonic() + 10
     while True:
         for at, body in sink.arrivals():
@@ -342,8 +306,8 @@ def collect(sink: LatencySink, phase: str, expected: dict[str, Deliveries]) -> N
         if not missing or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    for at in expected.values():
-        for seqs in at.arrivals.values():
+    for deliveries in expected.values():
+        for seqs in deliveries.arrivals.values():
             seqs.sort()
 
 
@@ -356,6 +320,31 @@ class Result:
     b_both: Deliveries
     a_both_s: float
     a_both_window: tuple[float, float]  # A's commit and last completion, phase 3 (wall clock)
+    backlog: list[tuple[float, int, int]]  # phase 3: (wall clock, A's undispatched events, queued actions)
+
+    def timeline(self, buckets: int = 10) -> list[dict[str, float]]:
+        """Phase 3 from A's commit to its drain in `buckets` equal slices: B's events committed in
+        each (latency p50 / p99 in all, p50 of each stage) and A's backlog at the slice's start."""
+        since, until = self.a_both_window
+        width = (until - since) / buckets
+        rows = []
+        for k in range(buckets):
+            start, end = since + k * width, since + (k + 1) * width
+            total = self.b_both.latencies_ms(start, end)
+            first = next((b for b in self.backlog if b[0] >= start), (0.0, 0, 0))
+            rows.append(
+                {
+                    "from_s": k * width,
+                    "events": len(total),
+                    "p50": percentile(total, 50),
+                    "p99": percentile(total, 99),
+                    "dispatch_p50": percentile(self.b_both.latencies_ms(start, end, "dispatch"), 50),
+                    "queue_p50": percentile(self.b_both.latencies_ms(start, end, "queue"), 50),
+                    "a_undispatched": first[1],
+                    "queued": first[2],
+                }
+            )
+        return rows
 
     def summary(self) -> dict[str, Any]:
         burst = len(self.a_alone.committed)
@@ -370,7 +359,7 @@ class Result:
             default=(float("nan"), float("nan")),
         )
         phases = (self.b_alone, self.a_alone, self.a_both, self.b_both)
-        out = {
+        out: dict[str, Any] = {
             "b_alone_events": len(alone),
             "b_alone_p50": percentile(alone, 50),
             "b_alone_p99": percentile(alone, 99),
@@ -397,6 +386,7 @@ class Result:
                     percentile(values, 50),
                     percentile(values, 99),
                 )
+        out["timeline"] = self.timeline()
         out["p99_ratio"] = out["b_during_p99"] / out["b_alone_p99"]
         out["throughput_ratio"] = out["a_both_per_s"] / out["a_alone_per_s"]
         return out
@@ -443,8 +433,10 @@ def run(url: str, *, burst: int, rate: float, seconds: float, runners: int, late
 
             stream = Stream(url, "both", rate).start()
             time.sleep(LEAD_S)
+            backlog = Backlog(engine).start()
             committed = engine.burst("both", burst)
             drained = engine.wait_done(NOISY, procs, 120 + burst / 20)
+            samples = backlog.stop()
             time.sleep(LEAD_S)
             b_both = Deliveries(stream.stop())
             engine.wait_done(QUIET, procs, 120)
@@ -460,7 +452,9 @@ def run(url: str, *, burst: int, rate: float, seconds: float, runners: int, late
             for proc in procs:
                 proc.wait(timeout=60)
             engine.conn.close()
-    return Result(b_alone, a_alone, a_alone_s, a_both, b_both, drained - committed, (committed, drained))
+    return Result(
+        b_alone, a_alone, a_alone_s, a_both, b_both, drained - committed, (committed, drained), samples
+    )
 
 
 def check_finished(engine: Engine, tenant: str, expected: int) -> None:
@@ -479,6 +473,11 @@ def _met(value: float, ok: bool) -> str:
 
 
 def report(s: dict[str, Any], args: argparse.Namespace) -> str:
+    timeline = "\n".join(
+        f"| {r['from_s']:.1f} s | {r['events']} | {r['p50']:.0f} / {r['p99']:.0f} ms | {r['dispatch_p50']:.0f} ms"
+        f" | {r['queue_p50']:.0f} ms | {r['a_undispatched']:,} | {r['queued']:,} |"
+        for r in s["timeline"]
+    )
     return f"""
 {args.runners} runner processes (default settings: concurrency 16, batch 10, poll 1 s), sink latency
 {args.latency_ms:g} ms (its own process). Tenants A (`{NOISY}`) and B (`{QUIET}`) share one watched table; each has
@@ -504,7 +503,36 @@ arrival (the queue, the runner, the request) {s["b_alone_queue_p50"]:.0f} / {s["
 * B's slowest event during the run: {s["b_worst_ms"]:.0f} ms, committed {s["b_worst_at_s"]:+.1f} s from A's commit
 * every webhook arrived exactly once: {"yes" if s["lost"] == s["twice"] == 0 else "NO"} \
 ({s["events"]:,} events, {s["lost"]} lost, {s["twice"]} arrived twice)
+
+Phase 3 from A's commit to its drain in tenths: B's events committed in each, their latency, its two stages
+(p50), and A's backlog at the slice's start (A's events not dispatched yet, messages in the action queue):
+
+| from A's commit | B events | B p50 / p99 | commit → dispatched p50 | dispatched → arrival p50 \
+| A undispatched | queued actions |
+|---|---|---|---|---|---|---|
+{timeline}
 """
+
+
+def against(revision: str, args: argparse.Namespace) -> None:
+    """This benchmark, with the same flags, in `revision` unpacked into a temporary directory
+    (bench/ab_revisions.py's prepare_tree and tree_env): that revision's runner and engine,
+    this benchmark's two files copied in. Nothing is recorded."""
+    from bench.ab_revisions import prepare_tree, tree_env
+
+    flags = [f"--burst={args.burst}", f"--rate={args.rate:g}", f"--seconds={args.seconds:g}"]
+    flags += [f"--runners={args.runners}", f"--latency-ms={args.latency_ms:g}", "--no-record"]
+    with tempfile.TemporaryDirectory(prefix="conveyor-noisy-") as tmp:
+        tree = prepare_tree(revision, Path(tmp) / "tree")
+        for name in ("noisy_neighbour.py", "latency_sink.py"):
+            shutil.copy2(HERE / name, tree.path / "bench" / name)
+        print(f"against {revision} ({tree.commit}), in {tree.path}", flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "bench.noisy_neighbour", *flags],
+            cwd=tree.path,
+            env=tree_env(tree.path),
+            check=True,
+        )
 
 
 def main() -> None:
@@ -520,9 +548,17 @@ def main() -> None:
         "--smoke", action="store_true", help="small and quick (burst 2,000, 3 s); not recorded"
     )
     parser.add_argument("--no-record", action="store_true", help="print only, leave bench/RESULTS.md alone")
+    parser.add_argument(
+        "--revision",
+        help="run against this git revision's engine (its runner, migrations and SQL; this benchmark's"
+        " code), as bench/ab_revisions.py unpacks one; print only",
+    )
     args = parser.parse_args()
     if args.smoke:
         args.burst, args.seconds, args.no_record = 2_000, 3.0, True
+    if args.revision:
+        against(args.revision, args)
+        return
     with temporary_database() as url:
         result = run(
             url,
