@@ -1793,6 +1793,9 @@ grant execute on function conveyor.regex_shown(text) to conveyor_service;
 create function conveyor.regex_size(p_pattern text) returns bigint
   language plpgsql immutable strict parallel safe set search_path = '';
 grant execute on function conveyor.regex_size(text) to conveyor_service;
+create function conveyor.register_entity(p_entity text, p_table regclass, p_id_column name DEFAULT 'id'::name, p_tenant_column name DEFAULT 'tenant_id'::name, p_tags_column name DEFAULT NULL::name) returns boolean
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.register_entity(text,regclass,name,name,name) to conveyor_service;
 create function conveyor.register_notification_users(p_entity text, p_email_column name, p_phone_column name DEFAULT NULL::name, p_timezone_column name DEFAULT NULL::name) returns void
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.register_notification_users(text,name,name,name) to conveyor_service;
