@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from conveyor.commands.common import (
     database_option,
     fail_cleanly,
     json_option,
+    load_json_option,
+    parse_since,
     read_document,
     tenant_option,
 )
@@ -52,7 +55,7 @@ def list_executions(
     with connect(database_url) as conn:
         rows = conn.execute(
             "select * from conveyor.list_executions(%s, %s, %s, now() - %s::interval, %s)",
-            (tenant, status, workflow, since, limit),
+            (tenant, status, workflow, parse_since(since), limit),
         ).fetchall()
     output.show(
         rows,
@@ -213,9 +216,7 @@ def resume(execution_id: int, tenant: str, database_url: str | None, as_json: bo
 
 @click.command("trigger")
 @click.argument("slug")
-@click.option(
-    "--data", "data_file", type=click.Path(exists=True, path_type=Path), help="Input (JSON or YAML)."
-)
+@click.option("--data", "data", help='Input: inline JSON (\'{"plan": "pro"}\') or a JSON or YAML file.')
 @click.option("--entity-id")
 @tenant_option
 @database_option
@@ -223,24 +224,47 @@ def resume(execution_id: int, tenant: str, database_url: str | None, as_json: bo
 @fail_cleanly
 def trigger(
     slug: str,
-    data_file: Path | None,
+    data: str | None,
     entity_id: str | None,
     tenant: str,
     database_url: str | None,
     as_json: bool,
 ) -> None:
     """Start a workflow by hand with the given data ({{trigger.payload...}})."""
-    data: dict[str, Any] = read_document(data_file) if data_file else {}
+    payload = trigger_data(data)
     with connect(database_url) as conn:
         row = conn.execute(
             "select conveyor.trigger_workflow(%s, %s, %s, null, %s) as id",
-            (tenant, slug, Jsonb(data), entity_id),
+            (tenant, slug, Jsonb(payload), entity_id),
         ).fetchone()
         assert row is not None
         status = conn.execute(
-            "select status from conveyor.execution_detail(%s, %s)", (tenant, row["id"])
+            "select status, error ->> 'message' as error from conveyor.execution_detail(%s, %s)",
+            (tenant, row["id"]),
         ).fetchone()
+    state = status["status"] if status else None
     if as_json:
-        output.emit_json({"execution_id": row["id"], "status": status["status"] if status else None})
+        output.emit_json(
+            {"execution_id": row["id"], "status": state, "error": status["error"] if status else None}
+        )
     else:
-        click.echo(f"execution {row['id']}: {status['status'] if status else '?'}")
+        click.echo(f"execution {row['id']}: {state or '?'}")
+    if state in ("failed", "timed_out", "cancelled"):
+        # the run it started ended badly: say why and exit non-zero, for scripts and CI
+        click.echo(f"error: execution {row['id']} {state}: {status['error'] if status else ''}", err=True)
+        sys.exit(2)
+
+
+def trigger_data(data: str | None) -> dict[str, Any]:
+    """`--data`: inline JSON when it starts with { (after blanks), else a file's path."""
+    if data is None:
+        return {}
+    if data.lstrip().startswith("{"):
+        value = load_json_option(data, "--data")
+        if not isinstance(value, dict):
+            raise ConveyorError("--data must be a JSON object")
+        return value
+    path = Path(data)
+    if not path.is_file():
+        raise ConveyorError(f"--data {data!r}: no such file (inline data is a JSON object: '{{...}}')")
+    return read_document(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from conveyor import output
-from conveyor.commands.common import database_option, fail_cleanly, json_option, tenant_option
+from conveyor.commands.common import database_option, fail_cleanly, json_option, parse_since, tenant_option
 from conveyor.db import connect
 
 
@@ -53,7 +53,7 @@ def status(database_url: str | None, as_json: bool) -> None:
 def stats(workflow: str | None, since: str, tenant: str, database_url: str | None, as_json: bool) -> None:
     """Runs, success rate, average and p95 duration, top errors, slowest steps."""
     with connect(database_url) as conn:
-        start = conn.execute("select now() - %s::interval as t", (since,)).fetchone()
+        start = conn.execute("select now() - %s::interval as t", (parse_since(since),)).fetchone()
         assert start is not None
         summary = conn.execute(
             "select * from conveyor.workflow_summary(%s, %s, %s)", (tenant, workflow, start["t"])

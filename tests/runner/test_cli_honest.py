@@ -1,0 +1,70 @@
+"""Honest answers from the CLI: an unknown tenant is an error, `--since` is validated,
+`trigger` takes inline data and exits non-zero when its run fails, tables are not cut to
+80 columns when captured (the `cli` fixture: tenants acme and globex)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+Conn = psycopg.Connection[dict[str, Any]]
+
+
+def test_an_unknown_tenant_is_an_error_not_an_empty_list(cli: Any) -> None:
+    for args in (("workflows", "list"), ("executions", "list"), ("events", "list"), ("stats",), ("usage",)):
+        nobody = cli(*args, "--tenant", "nobody")
+        assert nobody.exit_code == 1, (args, nobody.output)
+        assert 'tenant "nobody" does not exist' in nobody.output and "(none)" not in nobody.output
+    assert cli("workflows", "list", "--tenant", "globex").output.strip() == "(none)"
+
+
+def test_since_is_validated_naming_the_option_and_its_forms(cli: Any) -> None:
+    for args in (("executions", "list", "--since", "yesterday"), ("stats", "--since", "7 fortnights")):
+        bad = cli(*args)
+        assert bad.exit_code == 1
+        assert "--since" in bad.output and "30m, 24h, 7d, 2w" in bad.output
+        assert "Traceback" not in bad.output
+    for since in ("30m", "24h", "7 days", "2w"):
+        assert cli("executions", "list", "--since", since).exit_code == 0, since
+
+
+def manual(cli: Any, tmp_path: Path, slug: str, steps: list[dict[str, Any]]) -> None:
+    path = tmp_path / f"{slug}.json"
+    path.write_text(json.dumps({"slug": slug, "name": slug, "trigger": {"manual": True}, "steps": steps}))
+    applied = cli("workflows", "apply", "-f", str(path))
+    assert applied.exit_code == 0, applied.output
+
+
+def test_trigger_takes_inline_data_and_fails_when_its_run_fails(cli: Any, conn: Conn, tmp_path: Path) -> None:
+    manual(cli, tmp_path, "greet", [{"id": "s", "set": {"who": "{{trigger.payload.who}}"}}])
+    inline = cli("trigger", "greet", "--data", '{"who": "Ada"}', "--json")
+    assert inline.exit_code == 0, inline.output
+    run = json.loads(inline.output)
+    assert run["status"] == "completed"
+    row = conn.execute(
+        "select vars from conveyor.executions where execution_id = %s", (run["execution_id"],)
+    ).fetchone()
+    assert row is not None and row["vars"]["who"] == "Ada"
+    assert cli("trigger", "greet", "--data", "[1]").exit_code == 1
+    nofile = cli("trigger", "greet", "--data", "missing.json")
+    assert nofile.exit_code == 1 and "no such file" in nofile.output
+
+    conn.execute("create table public.things (id bigint primary key, tenant_id text)")
+    assert cli("entities", "add", "thing", "public.things").exit_code == 0
+    # a row id that is not a bigint: the data step fails when it runs
+    manual(cli, tmp_path, "doomed", [{"id": "load", "data": {"op": "lookup", "entity": "thing", "id": "x"}}])
+    failed = cli("trigger", "doomed")
+    assert failed.exit_code == 2, failed.output
+    assert "execution" in failed.output and "failed" in failed.output
+
+
+def test_tables_are_not_cut_to_80_columns_when_captured(cli: Any, tmp_path: Path) -> None:
+    slug = "a-workflow-with-a-long-slug-" + "x" * 60
+    manual(cli, tmp_path, slug, [{"id": "s", "set": {"a": "1"}}])
+    listed = cli("workflows", "list")
+    assert listed.exit_code == 0
+    assert slug in listed.output
+    assert max(len(line) for line in listed.output.splitlines()) > 80
