@@ -68,3 +68,32 @@ def test_tables_are_not_cut_to_80_columns_when_captured(cli: Any, tmp_path: Path
     assert listed.exit_code == 0
     assert slug in listed.output
     assert max(len(line) for line in listed.output.splitlines()) > 80
+
+
+def test_apply_a_directory_and_an_unchanged_document_publishes_nothing(
+    cli: Any, conn: Conn, tmp_path: Path
+) -> None:
+    folder = tmp_path / "flows"
+    folder.mkdir()
+    for slug in ("one", "two"):
+        document = {
+            "slug": slug,
+            "name": slug,
+            "trigger": {"manual": True},
+            "steps": [{"id": "s", "set": {"a": "1"}}],
+        }
+        (folder / f"{slug}.json").write_text(json.dumps(document))
+    (folder / "notes.txt").write_text("not a workflow")
+    first = cli("workflows", "apply", "-f", str(folder))
+    assert first.exit_code == 0, first.output
+    assert "published  one version 1" in first.output and "published  two version 1" in first.output
+    again = cli("workflows", "apply", "-f", str(folder), "--json")
+    assert [(r["slug"], r["result"], r["version"]) for r in json.loads(again.output)] == [
+        ("one", "unchanged", 1),
+        ("two", "unchanged", 1),
+    ]
+    assert conn.execute("select count(*) as n from conveyor.workflow_versions").fetchone() == {"n": 2}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = cli("workflows", "apply", "-f", str(empty))
+    assert nothing.exit_code == 1 and "no workflow documents" in nothing.output
