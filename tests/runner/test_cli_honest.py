@@ -97,3 +97,25 @@ def test_apply_a_directory_and_an_unchanged_document_publishes_nothing(
     empty.mkdir()
     nothing = cli("workflows", "apply", "-f", str(empty))
     assert nothing.exit_code == 1 and "no workflow documents" in nothing.output
+
+
+def test_a_second_retry_of_the_same_failed_execution_is_refused(cli: Any, conn: Conn, tmp_path: Path) -> None:
+    conn.execute("create table public.items (id bigint primary key, tenant_id text)")
+    assert cli("entities", "add", "item", "public.items").exit_code == 0
+    manual(cli, tmp_path, "fails", [{"id": "load", "data": {"op": "lookup", "entity": "item", "id": "x"}}])
+    # (the runner mixes stderr, where the failure is reported, into output)
+    failed = json.JSONDecoder().raw_decode(cli("trigger", "fails", "--json").output)[0]
+    assert failed["status"] == "failed"
+    first = cli("executions", "retry", str(failed["execution_id"]), "--json")
+    assert first.exit_code == 0, first.output
+    retry_id = json.loads(first.output)["execution_id"]
+    second = cli("executions", "retry", str(failed["execution_id"]))
+    assert second.exit_code == 1
+    assert f"execution {failed['execution_id']} was already retried as execution {retry_id}" in second.output
+    assert f"`conveyor executions show {retry_id}`" in second.output
+    count = conn.execute(
+        "select count(*) as n from conveyor.executions where retry_of = %s", (failed["execution_id"],)
+    ).fetchone()
+    assert count == {"n": 1}
+    # the retry failed too: it may be retried itself
+    assert cli("executions", "retry", str(retry_id)).exit_code == 0
