@@ -119,3 +119,38 @@ def test_a_second_retry_of_the_same_failed_execution_is_refused(cli: Any, conn: 
     assert count == {"n": 1}
     # the retry failed too: it may be retried itself
     assert cli("executions", "retry", str(retry_id)).exit_code == 0
+
+
+def test_a_paused_execution_shows_as_paused_and_follow_tails_one_to_its_end(
+    cli: Any, conn: Conn, db_url: str, tmp_path: Path
+) -> None:
+    import threading
+    import time
+
+    manual(cli, tmp_path, "slow", [{"id": "wait", "delay": {"for": "1s"}}, {"id": "done", "set": {"a": "1"}}])
+    started = json.loads(cli("trigger", "slow", "--json").output)
+    execution_id = str(started["execution_id"])
+    assert started["status"] == "waiting"
+    assert cli("executions", "pause", execution_id).exit_code == 0
+    listed = json.loads(cli("executions", "list", "--json").output)
+    assert [(r["id"], r["status"]) for r in listed] == [(started["execution_id"], "paused")]
+    shown = cli("executions", "show", execution_id)
+    assert "paused (was waiting)" in shown.output
+    assert f"`conveyor executions resume {execution_id}`" in shown.output
+    assert cli("executions", "resume", execution_id).exit_code == 0
+
+    def tick_later() -> None:  # what a runner does: resume the delay once it is due
+        time.sleep(1.5)
+        with psycopg.connect(db_url, autocommit=True) as other:
+            other.execute("select conveyor.tick()")
+
+    ticker = threading.Thread(target=tick_later)
+    ticker.start()
+    began = time.monotonic()
+    followed = cli("executions", "show", execution_id, "--follow")
+    ticker.join()
+    assert followed.exit_code == 0, followed.output
+    assert time.monotonic() - began >= 1.0, "follow returned before the execution ended"
+    lines = followed.output.splitlines()
+    assert lines[-1] == f"execution {execution_id}: completed"
+    assert any(line.startswith("step done ") and line.endswith(": completed") for line in lines)

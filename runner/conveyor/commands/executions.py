@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -66,12 +67,18 @@ def list_executions(
 
 @executions.command("show")
 @click.argument("execution_id", type=int)
+@click.option("--follow", "-f", is_flag=True, help="Print each step as it happens until the execution ends.")
 @tenant_option
 @database_option
 @json_option
 @fail_cleanly
-def show_execution(execution_id: int, tenant: str, database_url: str | None, as_json: bool) -> None:
+def show_execution(
+    execution_id: int, follow: bool, tenant: str, database_url: str | None, as_json: bool
+) -> None:
     """A timeline: every step with status, timings, rendered input and output, errors in full."""
+    if follow:
+        follow_execution(execution_id, tenant, database_url)
+        return
     with connect(database_url) as conn:
         execution = conn.execute(
             "select * from conveyor.execution_detail(%s, %s)", (tenant, execution_id)
@@ -90,9 +97,14 @@ def show_execution(execution_id: int, tenant: str, database_url: str | None, as_
         output.emit_json({"execution": execution, "steps": steps, "children": children, "logs": logs})
         return
     click.echo(
-        f"execution {execution_id}: {execution['slug']} v{execution['version']}  {execution['status']}"
+        f"execution {execution_id}: {execution['slug']} v{execution['version']}  {shown_status(execution)}"
         f"  created {execution['created_at']:%Y-%m-%d %H:%M:%S}"
     )
+    if execution["paused_at"] is not None:
+        click.echo(
+            f"paused since {execution['paused_at']:%Y-%m-%d %H:%M:%S}:"
+            f" `conveyor executions resume {execution_id}` lets it go on"
+        )
     if execution["parent_execution_id"] is not None:
         click.echo(
             f"child {execution['child_index']} of execution {execution['parent_execution_id']}"
@@ -118,6 +130,49 @@ def show_execution(execution_id: int, tenant: str, database_url: str | None, as_
         )
     if logs:
         output.table(logs, ["logged_at", "level", "message"], title="log")
+
+
+def shown_status(execution: dict[str, Any]) -> str:
+    """The status, or `paused (was waiting)` for a paused execution."""
+    if execution["paused_at"] is not None and execution["status"] not in FINISHED:
+        return f"paused (was {execution['status']})"
+    return str(execution["status"])
+
+
+FINISHED = ("completed", "failed", "cancelled", "timed_out")
+
+
+def follow_execution(execution_id: int, tenant: str, database_url: str | None, every: float = 0.5) -> None:
+    """Tail an execution: one line per step row as it appears or changes, then its end."""
+    seen: dict[tuple[Any, Any, Any], Any] = {}
+    last_status = None
+    with connect(database_url) as conn:
+        conn.autocommit = True  # each poll sees what the runners committed since
+        while True:
+            execution = conn.execute(
+                "select * from conveyor.execution_detail(%s, %s)", (tenant, execution_id)
+            ).fetchone()
+            if execution is None:
+                raise ConveyorError(f'execution {execution_id} does not exist for tenant "{tenant}"')
+            for step in conn.execute(
+                "select * from conveyor.execution_timeline(%s, %s)", (tenant, execution_id)
+            ):
+                key = (step["step"], step["visit"], step["attempt"])
+                if seen.get(key) != step["status"]:
+                    seen[key] = step["status"]
+                    error = f"  {step['error']}" if step.get("error") else ""
+                    click.echo(
+                        f"step {step['step']} (visit {step['visit']}, attempt {step['attempt']}): {step['status']}{error}"
+                    )
+            status = shown_status(execution)
+            if status != last_status:
+                click.echo(f"execution {execution_id}: {status}")
+                last_status = status
+            if execution["status"] in FINISHED:
+                if execution["status"] != "completed":
+                    sys.exit(2)
+                return
+            time.sleep(every)
 
 
 @executions.command("cancel")
