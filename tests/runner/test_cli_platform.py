@@ -63,7 +63,10 @@ def test_api_keys_and_webhooks_refuse_an_unknown_tenant_and_name(cli: Any, tmp_p
     for args in (("api-keys", "list"), ("webhooks", "list"), ("api-keys", "add", "k")):
         nobody = cli(*args, "--tenant", "nobody")
         assert nobody.exit_code == 1, args
-        assert 'tenant "nobody" does not exist (see `conveyor tenants list`; create it with `conveyor tenants add`)' in nobody.output
+        assert (
+            'tenant "nobody" does not exist (see `conveyor tenants list`; create it with `conveyor tenants add`)'
+            in nobody.output
+        )
     assert cli("api-keys", "add", "ci").exit_code == 0
     twice = cli("api-keys", "add", "ci")
     assert twice.exit_code == 1 and 'already has an API key named "ci"' in twice.output
