@@ -1349,6 +1349,9 @@ grant execute on function conveyor.event_match_keys(text) to conveyor_service;
 create function conveyor.event_outcome(p_dispatched_at timestamp with time zone, p_started integer, p_resumed integer, p_reasons text[]) returns text
   language sql immutable set search_path = '';
 grant execute on function conveyor.event_outcome(timestamp with time zone,integer,integer,text[]) to conveyor_service;
+create function conveyor.event_subscribers(p_tenant_id text, p_event conveyor.events, p_started jsonb, p_reasons jsonb) returns jsonb
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.event_subscribers(text,conveyor.events,jsonb,jsonb) to conveyor_service;
 create function conveyor.event_trigger_object(p_event conveyor.events) returns jsonb
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.event_trigger_object(conveyor.events) to conveyor_service;
@@ -2121,6 +2124,9 @@ grant execute on function conveyor.tenant_event(text,bigint) to conveyor_service
 create function conveyor.tenant_history_days() returns TABLE(tenant_id text, history_days integer)
   language sql stable set search_path = '';
 grant execute on function conveyor.tenant_history_days() to conveyor_service;
+create function conveyor.tenant_status(p_tenant_id text) returns jsonb
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.tenant_status(text) to conveyor_service;
 create function conveyor.tick(p_now timestamp with time zone DEFAULT now(), p_batch integer DEFAULT 1000, p_dispatch boolean DEFAULT true) returns jsonb
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.tick(timestamp with time zone,integer,boolean) to conveyor_service;
@@ -2136,6 +2142,9 @@ grant execute on function conveyor.track_date_triggers(bigint[]) to conveyor_ser
 create function conveyor.transform_value(p_spec jsonb, p_context jsonb, p_where text) returns jsonb
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.transform_value(jsonb,jsonb,text) to conveyor_service;
+create function conveyor.trigger_verdict(p_subscription conveyor.subscriptions, p_trigger jsonb, p_load boolean DEFAULT true, p_quota boolean DEFAULT false, OUT reason text, OUT message text) returns record
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.trigger_verdict(conveyor.subscriptions,jsonb,boolean,boolean) to conveyor_service;
 create function conveyor.trigger_workflow(p_tenant_id text, p_slug text, p_data jsonb DEFAULT '{}'::jsonb, p_entity_type text DEFAULT NULL::text, p_entity_id text DEFAULT NULL::text) returns bigint
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.trigger_workflow(text,text,jsonb,text,text) to conveyor_app, conveyor_service;

@@ -275,7 +275,9 @@ begin
     'outcome', v_effects.outcome,
     'started', v_effects.started,
     'resumed', v_effects.resumed,
-    'reasons', v_effects.reasons
+    'reasons', v_effects.reasons,
+    -- each workflow the event's type reaches, and what happened for it (sql/trigger_verdict.sql)
+    'workflows', conveyor.event_subscribers(p_tenant_id, v_event, v_effects.started, v_effects.reasons)
   );
 end;
 $$;

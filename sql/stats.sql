@@ -137,3 +137,51 @@ as $$
     )
   );
 $$;
+
+-- One tenant at a glance (`conveyor status --tenant`): its events waiting for dispatch, its
+-- executions in the last hour by status, its waiting and paused ones, its next schedules.
+-- The action queue and the runners are shared by every tenant: system_status has them.
+create or replace function conveyor.tenant_status(p_tenant_id text)
+returns jsonb
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  if not exists (select from conveyor.tenants as t where t.tenant_id = p_tenant_id) then
+    raise exception using errcode = 'P0002', message = format('tenant "%s" does not exist', p_tenant_id);
+  end if;
+  return jsonb_build_object(
+    'tenant', p_tenant_id,
+    'pending_events', (
+      select count(*) from conveyor.events as e where e.dispatched_at is null and e.tenant_id = p_tenant_id
+    ),
+    'executions_last_hour', (
+      select coalesce(jsonb_object_agg(s.status, s.n), '{}') from (
+        select x.status, count(*) as n from conveyor.executions as x
+        where x.tenant_id = p_tenant_id and x.created_at > now() - interval '1 hour' group by x.status
+      ) as s
+    ),
+    'waiting', (
+      select count(*) from conveyor.executions as x where x.tenant_id = p_tenant_id and x.status = 'waiting'
+    ),
+    'paused', (
+      select count(*) from conveyor.executions as x
+      where x.tenant_id = p_tenant_id and x.paused_at is not null
+        and x.status in ('pending', 'running', 'waiting')
+    ),
+    'next_schedules', (
+      select coalesce(jsonb_agg(jsonb_build_object(
+        'tenant', s.tenant_id, 'workflow', w.slug, 'cron', s.cron, 'timezone', s.timezone,
+        'next_run_at', s.next_run_at) order by s.next_run_at), '[]')
+      from (
+        select * from conveyor.schedules as c where c.active and c.tenant_id = p_tenant_id
+        order by c.next_run_at limit 5
+      ) as s
+      inner join conveyor.workflows as w on w.workflow_id = s.workflow_id
+    )
+  );
+end;
+$$;
+
+revoke all on function conveyor.tenant_status(text) from public;

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -13,6 +13,8 @@ import click
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
+
+from conveyor.durations import human
 
 T = TypeVar("T")
 
@@ -29,11 +31,27 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=_plain))
 
 
-def cell(value: Any) -> str:
+def timestamp(value: datetime | str) -> str:
+    """The one way a time is printed for people: UTC, to the second (2026-12-04 00:51:10Z)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return f"{value:%Y-%m-%d %H:%M:%S}Z"
+
+
+def cell(value: Any, column: str = "") -> str:
     if value is None:
         return "-"
     if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S%z")
+        return timestamp(value)
+    if column.endswith("_at") and isinstance(value, str):  # a time that came through JSON
+        try:
+            return timestamp(value)
+        except ValueError:
+            return value
+    if (column == "ms" or column.endswith("_ms")) and isinstance(value, int | float | Decimal):
+        return human(value)
     if isinstance(value, dict | list):
         return json.dumps(value, default=_plain)
     return str(value)
@@ -44,7 +62,7 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], *, title: str 
     for column in columns:
         out.add_column(column)
     for row in rows:
-        out.add_row(*(cell(row.get(column)) for column in columns))
+        out.add_row(*(cell(row.get(column), column) for column in columns))
     # Not cut to 80 columns when piped or captured: only a terminal's width bounds a table.
     Console(width=None if sys.stdout.isatty() else 4096).print(out)
 

@@ -58,7 +58,7 @@ def list_approvals(
                 "title": r["title"],
                 "state": r["outcome"] or r["state"],
                 "asked": "yes" if r["asked"] else "",
-                "due": r["due_at"].strftime("%Y-%m-%d %H:%M") if r["due_at"] else None,
+                "due": output.timestamp(r["due_at"]) if r["due_at"] else None,
             }
             for r in rows
         ],

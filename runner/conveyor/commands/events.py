@@ -57,8 +57,9 @@ def list_events(
 @json_option
 @fail_cleanly
 def show_event(event_id: int, tenant: str, database_url: str | None, as_json: bool) -> None:
-    """What an event did: the executions it started, the waits it resumed, and every reason
-    it started nothing (a limit, run once, a budget, no wait matched, a dispatch error)."""
+    """What an event did: for each workflow its type reaches, started execution N or why
+    not (a limit, run once, a budget, its filter or condition false); the waits it resumed,
+    and every reason logged for it (no wait matched, a dispatch error)."""
     with connect(database_url) as conn:
         row = conn.execute("select conveyor.explain_event(%s, %s) as e", (tenant, event_id)).fetchone()
     assert row is not None
@@ -68,10 +69,12 @@ def show_event(event_id: int, tenant: str, database_url: str | None, as_json: bo
         return
     event = explained["event"]
     dispatched = (
-        f"dispatched {_time(event['dispatched_at'])}" if event["dispatched_at"] else "not dispatched yet"
+        f"dispatched {output.timestamp(event['dispatched_at'])}"
+        if event["dispatched_at"]
+        else "not dispatched yet"
     )
     click.echo(
-        f"event {event_id}: {event['event_type']}  occurred {_time(event['occurred_at'])}  {dispatched}"
+        f"event {event_id}: {event['event_type']}  occurred {output.timestamp(event['occurred_at'])}  {dispatched}"
     )
     facts = [f"depth {event['depth']}"]
     if event["caused_by_execution_id"]:
@@ -83,6 +86,8 @@ def show_event(event_id: int, tenant: str, database_url: str | None, as_json: bo
     click.echo("  ".join(facts))
     click.echo(f"payload: {json.dumps(event['payload'])}")
     click.echo(f"outcome: {explained['outcome']}")
+    for workflow in explained["workflows"]:
+        click.echo(f"  {workflow['workflow']}: {workflow['message']}")
     for key, columns in (
         ("started", ["execution_id", "workflow", "version", "status", "error"]),
         ("resumed", ["execution_id", "workflow", "version", "step_id", "visit", "resumed_at", "status"]),
@@ -90,11 +95,6 @@ def show_event(event_id: int, tenant: str, database_url: str | None, as_json: bo
     ):
         if explained[key]:
             output.table(_rows(explained[key]), columns, title=key)
-
-
-def _time(value: str) -> str:
-    """A timestamp from JSON, as `executions show` prints one (to the second)."""
-    return f"{datetime.fromisoformat(value):%Y-%m-%d %H:%M:%S}"
 
 
 def _rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

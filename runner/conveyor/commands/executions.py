@@ -98,11 +98,11 @@ def show_execution(
         return
     click.echo(
         f"execution {execution_id}: {execution['slug']} v{execution['version']}  {shown_status(execution)}"
-        f"  created {execution['created_at']:%Y-%m-%d %H:%M:%S}"
+        f"  created {output.timestamp(execution['created_at'])}"
     )
     if execution["paused_at"] is not None:
         click.echo(
-            f"paused since {execution['paused_at']:%Y-%m-%d %H:%M:%S}:"
+            f"paused since {output.timestamp(execution['paused_at'])}:"
             f" `conveyor executions resume {execution_id}` lets it go on"
         )
     if execution["parent_execution_id"] is not None:

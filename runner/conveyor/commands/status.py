@@ -7,28 +7,47 @@ import click
 from conveyor import output
 from conveyor.commands.common import database_option, fail_cleanly, json_option, parse_since, tenant_option
 from conveyor.db import connect
+from conveyor.durations import human
 
 
 @click.command("status")
+@click.option(
+    "--tenant",
+    "-t",
+    default=None,
+    help="Only this tenant's events, executions and schedules (default: the whole installation).",
+)
 @database_option
 @json_option
 @fail_cleanly
-def status(database_url: str | None, as_json: bool) -> None:
-    """Queue depth and age, executions in the last hour, next schedules, live runners."""
+def status(tenant: str | None, database_url: str | None, as_json: bool) -> None:
+    """Queue depth and age, executions in the last hour, next schedules, live runners:
+    for every tenant together, or with --tenant for one (the queue and runners are shared)."""
     with connect(database_url) as conn:
         row = conn.execute("select conveyor.system_status() as s").fetchone()
+        mine = (
+            conn.execute("select conveyor.tenant_status(%s) as s", (tenant,)).fetchone()
+            if tenant is not None
+            else None
+        )
     assert row is not None
     state = row["s"]
+    if mine is not None:
+        # the shared parts stay, named as shared; the rest is the tenant's
+        shared = ("queue_depth", "queue_visible", "oldest_message_age_s", "runners")
+        state = {**mine["s"], **{k: state[k] for k in shared}}
     if as_json:
-        output.emit_json(state)
+        output.emit_json({"scope": tenant or "all tenants", **state})
         return
+    click.echo(f"tenant {tenant}" if tenant else "all tenants (the whole installation; --tenant for one)")
     click.echo(
-        f"queue: {state['queue_depth']} message(s), {state['queue_visible']} ready, "
-        f"oldest {state['oldest_message_age_s'] or 0}s"
+        f"action queue{' (shared by every tenant)' if tenant else ''}: {state['queue_depth']} message(s),"
+        f" {state['queue_visible']} ready, oldest {human((state['oldest_message_age_s'] or 0) * 1000)}"
     )
     click.echo(f"events waiting for dispatch: {state['pending_events']}")
     last_hour = ", ".join(f"{k} {v}" for k, v in sorted(state["executions_last_hour"].items())) or "none"
-    click.echo(f"executions in the last hour: {last_hour}; waiting now: {state['waiting']}")
+    paused = f", paused {state['paused']}" if "paused" in state else ""
+    click.echo(f"executions in the last hour: {last_hour}; waiting now: {state['waiting']}{paused}")
     output.show(
         state["next_schedules"],
         ["tenant", "workflow", "cron", "timezone", "next_run_at"],
@@ -39,7 +58,7 @@ def status(database_url: str | None, as_json: bool) -> None:
         state["runners"],
         ["runner_id", "hostname", "pid", "version", "last_seen_at"],
         as_json=False,
-        title="live runners",
+        title="live runners" + (" (shared)" if tenant else ""),
     )
 
 

@@ -147,7 +147,7 @@ def show_workflow(slug: str, tenant: str, database_url: str | None, as_json: boo
             title="last 7 days",
         )
     click.echo(
-        "versions: " + ", ".join(f"{v['version']} ({v['published_at']:%Y-%m-%d %H:%M})" for v in versions)
+        "versions: " + ", ".join(f"{v['version']} ({output.timestamp(v['published_at'])})" for v in versions)
     )
 
 
@@ -269,7 +269,11 @@ def delete(slug: str, yes: bool, tenant: str, database_url: str | None, as_json:
 @json_option
 @fail_cleanly
 def dry_run(file: Path, event: Path, tenant: str, database_url: str | None, as_json: bool) -> None:
-    """Run a workflow against a sample event: every decision, nothing sent, nothing kept."""
+    """Run a workflow against a sample event: every decision, nothing sent, nothing kept.
+
+    The trigger is judged first, as dispatch would judge the event now (type, source,
+    filter, condition, run once, rate and concurrency limits, the month's quota): an event
+    that would start nothing says "would not start: <reason>"."""
     document = read_document(file)
     trigger = read_document(event)
     with connect(database_url) as conn:
@@ -281,6 +285,11 @@ def dry_run(file: Path, event: Path, tenant: str, database_url: str | None, as_j
     report = result["r"]
     if as_json:
         output.emit_json(report)
+        return
+    if report.get("status") == "would_not_start":
+        click.echo(
+            f"dry run of {document.get('slug')}: would not start: {report['message']} ({report['reason']})"
+        )
         return
     rows = [
         {
