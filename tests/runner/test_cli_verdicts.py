@@ -148,3 +148,17 @@ def test_a_pending_event_says_not_dispatched_yet(cli: Any, conn: Conn, tmp_path:
     row = conn.execute("select conveyor.emit('acme', 'crm.deal.won', '{\"plan\": \"pro\"}') as id").fetchone()
     assert row is not None
     assert reached(cli, int(row["id"])) == {"deal-flow": "not dispatched yet"}
+
+
+def test_dry_run_says_when_the_months_quota_is_spent(cli: Any, conn: Conn, tmp_path: Path) -> None:
+    assert cli("tenants", "set-plan", "acme", "free").exit_code == 0
+    event = sample(tmp_path, "d1", "pro")
+    assert "would not start" not in dry_run(cli, tmp_path, event).output
+    conn.execute(
+        "insert into conveyor.tenant_usage (tenant_id, period_start, shard, executions)"
+        " values ('acme', conveyor.usage_period_start('UTC', now()), 0, 100)"
+    )
+    spent = dry_run(cli, tmp_path, event)
+    assert spent.exit_code == 0, spent.output
+    assert 'would not start: quota executions_per_month of plan "free" exceeded' in spent.output
+    assert spent.output.rstrip().endswith("(executions_per_month)")
