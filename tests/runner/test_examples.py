@@ -58,6 +58,16 @@ SAMPLE_TRIGGERS: dict[str, dict[str, Any]] = {
         "entity_id": "3",
         "payload": {"new": {"number": "INV-1", "amount": 99, "contact_id": 1, "payment_failures": 1}},
     },
+    "failed-payment-dunning": {
+        "event_type": "billing.invoice.updated",
+        "entity_type": "invoice",
+        "entity_id": "i-7",
+        "payload": {
+            "old": {"payment_failures": 0},
+            "changed": ["payment_failures"],
+            "new": {"payment_failures": 1, "number": "INV-7", "amount": 120, "contact_id": 1},
+        },
+    },
     "form-submission": {"payload": {"body": {"email": "ada@example.com", "name": "Ada"}}},
     "large-deal-approval": {
         "event_type": "crm.deal.updated",
@@ -106,6 +116,7 @@ def test_example_validates_and_dry_runs(demo_db: Conn, path: Path) -> None:
     ).fetchone()
     assert result is not None
     report = result["r"]
+    assert report["status"] != "would_not_start", f"{path.name}: {report.get('message')}"
     assert report["steps"], f"{path.name}: the dry run visited no step"
     assert demo_db.execute("select count(*) as n from conveyor.executions").fetchone() == {"n": 0}
     assert demo_db.execute("select count(*) as n from pgmq.q_conveyor_actions").fetchone() == {"n": 0}
