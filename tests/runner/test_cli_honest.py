@@ -154,3 +154,12 @@ def test_a_paused_execution_shows_as_paused_and_follow_tails_one_to_its_end(
     lines = followed.output.splitlines()
     assert lines[-1] == f"execution {execution_id}: completed"
     assert any(line.startswith("step done ") and line.endswith(": completed") for line in lines)
+
+
+def test_status_says_it_covers_the_whole_installation(cli: Any) -> None:
+    shown = cli("status")
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.startswith(
+        "installation-wide, every tenant (per tenant: `conveyor status --tenant T`"
+    )
+    assert json.loads(cli("status", "--json").output)["scope"] == "installation"

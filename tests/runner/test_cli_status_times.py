@@ -38,7 +38,9 @@ def test_status_says_whether_it_is_global_or_one_tenants(cli: Any, conn: Conn, t
     conn.execute("select conveyor.emit('globex', 'test.run.go')")
     everyone = cli("status")
     assert everyone.exit_code == 0, everyone.output
-    assert everyone.output.startswith("all tenants (the whole installation; --tenant for one)\n")
+    assert everyone.output.startswith(
+        "installation-wide, every tenant (per tenant: `conveyor status --tenant T`"
+    )
     assert "events waiting for dispatch: 1" in everyone.output
     acme = cli("status", "--tenant", "acme")
     assert acme.exit_code == 0, acme.output
@@ -47,7 +49,7 @@ def test_status_says_whether_it_is_global_or_one_tenants(cli: Any, conn: Conn, t
     assert "executions in the last hour: completed 1; waiting now: 0, paused 0" in acme.output
     globex = json.loads(cli("status", "--tenant", "globex", "--json").output)
     assert (globex["scope"], globex["pending_events"], globex["executions_last_hour"]) == ("globex", 1, {})
-    assert json.loads(cli("status", "--json").output)["scope"] == "all tenants"
+    assert json.loads(cli("status", "--json").output)["scope"] == "installation"
     nobody = cli("status", "--tenant", "nobody")
     assert nobody.exit_code == 1 and 'tenant "nobody" does not exist' in nobody.output
 

@@ -37,9 +37,13 @@ def status(tenant: str | None, database_url: str | None, as_json: bool) -> None:
         shared = ("queue_depth", "queue_visible", "oldest_message_age_s", "runners")
         state = {**mine["s"], **{k: state[k] for k in shared}}
     if as_json:
-        output.emit_json({"scope": tenant or "all tenants", **state})
+        output.emit_json({"scope": tenant or "installation", **state})
         return
-    click.echo(f"tenant {tenant}" if tenant else "all tenants (the whole installation; --tenant for one)")
+    click.echo(
+        f"tenant {tenant}"
+        if tenant
+        else "installation-wide, every tenant (per tenant: `conveyor status --tenant T`, `conveyor stats --tenant T`)"
+    )
     click.echo(
         f"action queue{' (shared by every tenant)' if tenant else ''}: {state['queue_depth']} message(s),"
         f" {state['queue_visible']} ready, oldest {human((state['oldest_message_age_s'] or 0) * 1000)}"
