@@ -55,11 +55,6 @@ SAMPLE_TRIGGERS: dict[str, dict[str, Any]] = {
     },
     "failed-payment-dunning": {
         "event_type": "billing.invoice.updated",
-        "entity_id": "3",
-        "payload": {"new": {"number": "INV-1", "amount": 99, "contact_id": 1, "payment_failures": 1}},
-    },
-    "failed-payment-dunning": {
-        "event_type": "billing.invoice.updated",
         "entity_type": "invoice",
         "entity_id": "i-7",
         "payload": {
