@@ -5,6 +5,8 @@
   GET  /api/me                             → who a user token proves (tokens.py)
   /api/notifications...                    → a user's notifications and their stream
                                              (notification_routes.py, stream.py)
+  GET  /api/executions/<id>               → one execution as JSON, by API key (console/api.py)
+  /console...                             → the web console (console/, docs/console.md)
   GET  /healthz                            → 200 when the database answers
 
 Every decision is made in SQL; this only forwards and answers, on the event loop, with
@@ -30,6 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from conveyor.serve.approval_routes import APPROVAL_ROUTES
+from conveyor.serve.console import CONSOLE_ROUTES
 from conveyor.serve.bodies import BadRequest, json_too_deep, parse_json_object
 from conveyor.serve.limits import Limits
 from conveyor.serve.notification_routes import NOTIFICATION_ROUTES
@@ -178,6 +181,7 @@ ROUTES = [
     Route("/api/me", me, methods=["GET"]),
     *NOTIFICATION_ROUTES,
     *APPROVAL_ROUTES,
+    *CONSOLE_ROUTES,
 ]
 
 
