@@ -37,7 +37,9 @@ def signed_in(server: str, tenant: str = "acme", *, operator: bool = False) -> h
     return client
 
 
-def test_the_api_key_reads_its_tenants_execution_and_not_anothers(server: str, conn: Conn, seeded: dict[str, Any]) -> None:
+def test_the_api_key_reads_its_tenants_execution_and_not_anothers(
+    server: str, conn: Conn, seeded: dict[str, Any]
+) -> None:
     acme = conn.execute("select conveyor.create_api_key('acme', 'ci') as k").fetchone()
     assert acme is not None
     key = {"Authorization": f"Bearer {acme['k']}"}
@@ -46,7 +48,10 @@ def test_the_api_key_reads_its_tenants_execution_and_not_anothers(server: str, c
     assert got.status_code == 200, got.text
     body = got.json()
     assert (body["id"], body["workflow"], body["status"]) == (seeded["waiting"], "wb", "completed")
-    assert [(s["step"], s["status"]) for s in body["steps"]] == [("welcome", "completed"), ("after", "completed")]
+    assert [(s["step"], s["status"]) for s in body["steps"]] == [
+        ("welcome", "completed"),
+        ("after", "completed"),
+    ]
     assert body["steps"][0]["output"] == {"status": 200} and body["steps"][0]["ms"] is not None
     assert body["children"] == []
     # globex's execution, and one that does not exist: the same 404
@@ -99,7 +104,10 @@ def test_filters_and_keyset_pages(server: str, seeded: dict[str, Any]) -> None:
     by_entity = admin.get("/console/executions", params={"entity": "c2"}).text
     assert f'data-id="{seeded["hostile"]}"' in by_entity and f'data-id="{seeded["waiting"]}"' not in by_entity
     by_workflow = admin.get("/console/executions", params={"workflow": "wb"}).text
-    assert f'data-id="{seeded["waiting"]}"' in by_workflow and f'data-id="{seeded["hostile"]}"' not in by_workflow
+    assert (
+        f'data-id="{seeded["waiting"]}"' in by_workflow
+        and f'data-id="{seeded["hostile"]}"' not in by_workflow
+    )
     first = admin.get("/console/executions", params={"limit": "1"}).text
     assert f'data-id="{seeded["hostile"]}"' in first and f'data-id="{seeded["waiting"]}"' not in first
     assert f"before={seeded['hostile']}" in first
@@ -109,7 +117,9 @@ def test_filters_and_keyset_pages(server: str, seeded: dict[str, Any]) -> None:
     assert admin.get("/console/executions", params={"before": "x"}).status_code == 400
 
 
-def test_requeue_from_the_console_queues_the_step_again(server: str, conn: Conn, seeded: dict[str, Any]) -> None:
+def test_requeue_from_the_console_queues_the_step_again(
+    server: str, conn: Conn, seeded: dict[str, Any]
+) -> None:
     dead = dead_letter(conn, seeded["waiting"])
     admin = signed_in(server)
     assert f'data-id="{dead}"' in admin.get("/console/dead-letters").text
@@ -120,5 +130,7 @@ def test_requeue_from_the_console_queues_the_step_again(server: str, conn: Conn,
     assert done.status_code == 200 and "Requeued as message" in done.text, done.text
     [run] = step_runs(conn, seeded["waiting"])
     assert run["status"] == "queued"
-    row = conn.execute("select count(*) as n from pgmq.q_conveyor_actions where msg_id = %s", (run["msg_id"],)).fetchone()
+    row = conn.execute(
+        "select count(*) as n from pgmq.q_conveyor_actions where msg_id = %s", (run["msg_id"],)
+    ).fetchone()
     assert row == {"n": 1}

@@ -32,8 +32,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from conveyor.serve.approval_routes import APPROVAL_ROUTES
-from conveyor.serve.console import CONSOLE_ROUTES
 from conveyor.serve.bodies import BadRequest, json_too_deep, parse_json_object
+from conveyor.serve.console import CONSOLE_ROUTES
 from conveyor.serve.limits import Limits
 from conveyor.serve.notification_routes import NOTIFICATION_ROUTES
 from conveyor.serve.user_auth import authenticated_user

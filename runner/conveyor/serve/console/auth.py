@@ -28,7 +28,9 @@ async def signed_in(request: Request, token: str | None = None) -> Principal | s
         return str(exc)
     pool: AsyncConnectionPool[Any] = request.app.state.pool
     async with pool.connection() as conn:
-        cursor = await conn.execute("select 1 from conveyor.tenants where tenant_id = %s", (principal.tenant,))
+        cursor = await conn.execute(
+            "select 1 from conveyor.tenants where tenant_id = %s", (principal.tenant,)
+        )
         if await cursor.fetchone() is None:
             return f"token names tenant {principal.tenant!r}, which does not exist"
     return principal

@@ -30,18 +30,28 @@ def shown_json(value: Any) -> str:
     return esc(text)
 
 
-def link(path: str, **params: Any) -> str:
+def url(path: str, **params: Any) -> str:
     query = urlencode({k: v for k, v in params.items() if v not in (None, "")})
-    return esc(path + ("?" + query if query else ""))
+    return path + ("?" + query if query else "")
 
 
-NAV = [("/console", "Workflows"), ("/console/executions", "Executions"), ("/console/events", "Events"),
-       ("/console/dead-letters", "Dead letters"), ("/console/approvals", "Approvals")]
+def link(path: str, **params: Any) -> str:
+    """`url` for an HTML attribute."""
+    return esc(url(path, **params))
+
+
+NAV = [
+    ("/console", "Workflows"),
+    ("/console/executions", "Executions"),
+    ("/console/events", "Events"),
+    ("/console/dead-letters", "Dead letters"),
+    ("/console/approvals", "Approvals"),
+]
 
 
 def page(title: str, body: str, *, who: str = "", tenant: str = "", script: str = "") -> str:
     nav = "".join(f'<a href="{link(path, tenant=tenant)}">{esc(name)}</a>' for path, name in NAV)
-    js = f'<script src="/console/static/console.js"></script>' if script else ""
+    js = '<script src="/console/static/console.js"></script>' if script else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)} · Conveyor</title>
 <link rel="stylesheet" href="/console/static/console.css"></head>

@@ -14,7 +14,6 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
-
 import psycopg
 from psycopg_pool import PoolTimeout
 from starlette.requests import Request
@@ -66,5 +65,3 @@ async def execution_live(request: Request) -> Response:
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
-
-

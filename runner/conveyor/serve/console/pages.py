@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qs, urlencode
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -17,7 +18,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from conveyor.serve.console import queries as q
 from conveyor.serve.console import timeline
 from conveyor.serve.console.auth import COOKIE, signed_in, tenant_of
-from conveyor.serve.console.html import chart, esc, execution_link, link, page, status, table
+from conveyor.serve.console.html import chart, esc, execution_link, link, page, status, table, url
 from conveyor.serve.tokens import Principal
 
 Page = Callable[[Request, Principal, str], Awaitable[Response]]
@@ -55,7 +56,7 @@ def console_page(render: Page) -> Callable[[Request], Awaitable[Response]]:
             return _login_page(principal)
         if token is not None:
             rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-            target = request.url.path + ("?" + "&".join(f"{k}={v}" for k, v in rest) if rest else "")
+            target = request.url.path + ("?" + urlencode(rest) if rest else "")
             return _with_cookie(RedirectResponse(target, 303), token, principal)
         try:
             return await render(request, principal, tenant_of(request, principal))
@@ -85,8 +86,8 @@ def _limit(request: Request) -> int:
 
 
 async def login(request: Request) -> Response:
-    form = await request.form()
-    token = str(form.get("token") or "").strip()
+    body = await request.body()  # a urlencoded form with one field; guard.py bounds the size
+    token = (parse_qs(body.decode("utf-8", "replace")).get("token") or [""])[0].strip()
     principal = await signed_in(request, token)
     if isinstance(principal, str):
         return _login_page(principal)
@@ -110,12 +111,28 @@ async def workflows(request: Request, principal: Principal, tenant: str) -> Resp
     for row in await q.rows(_pool(request), q.CHART, {"tenant": tenant, "slugs": slugs}):
         buckets.setdefault(row["slug"], []).append((row["at"], row["runs"], row["failed"]))
     body = "<p>The last 24 hours.</p>" + table(
-        ["Workflow", "Name", "Active", "Runs", "Success %", "p50 ms", "p95 ms", "Last error", "Runs / failures per hour"],
+        [
+            "Workflow",
+            "Name",
+            "Active",
+            "Runs",
+            "Success %",
+            "p50 ms",
+            "p95 ms",
+            "Last error",
+            "Runs / failures per hour",
+        ],
         [
             [
                 f'<a href="{link("/console/executions", tenant=tenant, workflow=w["slug"])}">{esc(w["slug"])}</a>',
-                esc(w["name"]), "yes" if w["active"] else "no", esc(w["runs"]), esc(w["success_rate"]),
-                esc(w["p50_ms"]), esc(w["p95_ms"]), esc(w["last_error"]), chart(buckets.get(w["slug"], [])),
+                esc(w["name"]),
+                "yes" if w["active"] else "no",
+                esc(w["runs"]),
+                esc(w["success_rate"]),
+                esc(w["p50_ms"]),
+                esc(w["p95_ms"]),
+                esc(w["last_error"]),
+                chart(buckets.get(w["slug"], [])),
             ]
             for w in found
         ],
@@ -126,7 +143,7 @@ async def workflows(request: Request, principal: Principal, tenant: str) -> Resp
 def _filters(request: Request, tenant: str) -> str:
     get = request.query_params.get
     options = "".join(
-        f'<option{" selected" if get("status") == s else ""}>{esc(s)}</option>' for s in ("", *q.STATUSES)
+        f"<option{' selected' if get('status') == s else ''}>{esc(s)}</option>" for s in ("", *q.STATUSES)
     )
     return (
         '<form class="filters" method="get">'
@@ -146,9 +163,14 @@ async def executions(request: Request, principal: Principal, tenant: str) -> Res
         raise ValueError(f"status: {get('status')!r} is not one of {', '.join(q.STATUSES)}")
     limit = _limit(request)
     params = {
-        "tenant": tenant, "workflow": get("workflow") or None, "status": get("status") or None,
-        "entity": get("entity") or None, "since": q.since_param(get("since")),
-        "until": q.since_param(get("until")), "before": _int(request, "before"), "limit": limit,
+        "tenant": tenant,
+        "workflow": get("workflow") or None,
+        "status": get("status") or None,
+        "entity": get("entity") or None,
+        "since": q.since_param(get("since")),
+        "until": q.since_param(get("until")),
+        "before": _int(request, "before"),
+        "limit": limit,
     }
     found = await q.rows(_pool(request), q.EXECUTIONS, params)
     body = _filters(request, tenant) + table(
@@ -156,9 +178,13 @@ async def executions(request: Request, principal: Principal, tenant: str) -> Res
         [
             [
                 execution_link(x["execution_id"], tenant),
-                esc(x["slug"]), status(x["status"]), esc(x["current_step"]),
-                esc(f"{x['entity_type'] or ''} {x['entity_id'] or ''}".strip()), esc(x["created_at"]),
-                esc(x["ms"]), esc(x["error"]),
+                esc(x["slug"]),
+                status(x["status"]),
+                esc(x["current_step"]),
+                esc(f"{x['entity_type'] or ''} {x['entity_id'] or ''}".strip()),
+                esc(x["created_at"]),
+                esc(x["ms"]),
+                esc(x["error"]),
             ]
             for x in found
         ],
@@ -176,8 +202,12 @@ async def execution(request: Request, principal: Principal, tenant: str) -> Resp
     execution_id = int(request.path_params["id"])
     data = await timeline.load(_pool(request), tenant, execution_id) if execution_id <= MAX_BIGINT else None
     if data is None:
-        return HTMLResponse(page("Not found", f"<p>No execution {execution_id} in tenant {esc(tenant)}.</p>"), 404)
-    body = f'<div id="timeline" data-stream="{link(f"/console/executions/{execution_id}/live", tenant=tenant)}">'
+        return HTMLResponse(
+            page("Not found", f"<p>No execution {execution_id} in tenant {esc(tenant)}.</p>"), 404
+        )
+    body = (
+        f'<div id="timeline" data-stream="{link(f"/console/executions/{execution_id}/live", tenant=tenant)}">'
+    )
     body += timeline.fragment(data, tenant) + "</div>"
     title = f"Execution {execution_id}"
     return HTMLResponse(page(title, body, who=_who(principal, tenant), tenant=tenant, script="live"))
@@ -188,10 +218,7 @@ async def events(request: Request, principal: Principal, tenant: str) -> Respons
     found = await q.rows(_pool(request), q.EVENTS, params)
 
     def started(e: dict[str, Any]) -> str:
-        return " ".join(
-            execution_link(s["id"], tenant) + " " + status(s["status"])
-            for s in e["started"]
-        )
+        return " ".join(execution_link(s["id"], tenant) + " " + status(s["status"]) for s in e["started"])
 
     def why(e: dict[str, Any]) -> str:
         return "<br>".join(f'<span class="{esc(w["level"])}">{esc(w["message"])}</span>' for w in e["why"])
@@ -200,8 +227,13 @@ async def events(request: Request, principal: Principal, tenant: str) -> Respons
         ["#", "Type", "Entity", "Occurred", "Dispatched", "Started", "Why (dispatch's log)"],
         [
             [
-                esc(e["event_id"]), esc(e["event_type"]), esc(f"{e['entity_type'] or ''} {e['entity_id'] or ''}"),
-                esc(e["occurred_at"]), esc(e["dispatched_at"]), started(e), why(e),
+                esc(e["event_id"]),
+                esc(e["event_type"]),
+                esc(f"{e['entity_type'] or ''} {e['entity_id'] or ''}"),
+                esc(e["occurred_at"]),
+                esc(e["dispatched_at"]),
+                started(e),
+                why(e),
             ]
             for e in found
         ],
@@ -218,9 +250,16 @@ async def dead_letters(request: Request, principal: Principal, tenant: str) -> R
         ["#", "Execution", "Step", "Reason", "Last error", "Attempts", "Dead at", ""],
         [
             [
-                esc(d["dead_letter_id"]), esc(d["execution_id"]), esc(d["step_id"]), esc(d["reason"]),
-                esc(d["last_error"]), esc(d["attempts"]), esc(d["dead_at"]),
-                '<form method="post" action="' + link(f"/console/dead-letters/{d['dead_letter_id']}/requeue", tenant=tenant) + '">'
+                esc(d["dead_letter_id"]),
+                esc(d["execution_id"]),
+                esc(d["step_id"]),
+                esc(d["reason"]),
+                esc(d["last_error"]),
+                esc(d["attempts"]),
+                esc(d["dead_at"]),
+                '<form method="post" action="'
+                + link(f"/console/dead-letters/{d['dead_letter_id']}/requeue", tenant=tenant)
+                + '">'
                 '<button type="submit" class="requeue">Requeue</button></form>',
             ]
             for d in found
@@ -242,7 +281,7 @@ async def requeue(request: Request, principal: Principal, tenant: str) -> Respon
             message = exc.diag.message_primary or type(exc).__name__
             return HTMLResponse(page("Requeue refused", f'<p class="error">{esc(message)}</p>'), 409)
     assert row is not None
-    return RedirectResponse(link("/console/dead-letters", tenant=tenant, requeued=row[0]).replace("&amp;", "&"), 303)
+    return RedirectResponse(url("/console/dead-letters", tenant=tenant, requeued=row[0]), 303)
 
 
 async def approvals(request: Request, principal: Principal, tenant: str) -> Response:
@@ -258,12 +297,12 @@ async def approvals(request: Request, principal: Principal, tenant: str) -> Resp
             [
                 esc(a["request_id"]),
                 execution_link(a["execution_id"], tenant),
-                esc(a["workflow"]), esc(a["step_id"]), esc(a["title"]), esc(a["message"]),
+                esc(a["workflow"]),
+                esc(a["step_id"]),
+                esc(a["title"]),
+                esc(a["message"]),
             ]
             for a in found
         ],
     )
     return HTMLResponse(page("Approvals", body, who=_who(principal, tenant), tenant=tenant))
-
-
-

@@ -20,10 +20,10 @@ Row = dict[str, Any]
 
 
 async def rows(pool: AsyncConnectionPool[Any], query: str, params: dict[str, Any]) -> list[Row]:
-    async with pool.connection() as conn:
-        async with conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(query, params)
-            return await cur.fetchall()
+    async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(query, params)
+        found: list[Row] = await cur.fetchall()
+        return found
 
 
 WORKFLOWS = """

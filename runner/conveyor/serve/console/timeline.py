@@ -30,8 +30,8 @@ def fragment(data: dict[str, Any], tenant: str) -> str:
     head = (
         f'<dl class="execution"><dt>Workflow</dt><dd>{esc(x["name"])} ({esc(x["slug"])} v{esc(x["version"])})</dd>'
         f'<dt>Status</dt><dd id="execution-status">{status(x["status"])} {esc(x["wait_kind"])}</dd>'
-        f'<dt>Entity</dt><dd>{esc(x["entity_type"])} {esc(x["entity_id"])}</dd>'
-        f'<dt>Created</dt><dd>{esc(x["created_at"])}</dd><dt>Finished</dt><dd>{esc(x["finished_at"])}</dd>'
+        f"<dt>Entity</dt><dd>{esc(x['entity_type'])} {esc(x['entity_id'])}</dd>"
+        f"<dt>Created</dt><dd>{esc(x['created_at'])}</dd><dt>Finished</dt><dd>{esc(x['finished_at'])}</dd>"
     )
     if x["parent_execution_id"]:
         parent = link(f"/console/executions/{x['parent_execution_id']}", tenant=tenant)
@@ -43,9 +43,15 @@ def fragment(data: dict[str, Any], tenant: str) -> str:
         ["Step", "Visit", "Attempt", "Status", "Started", "ms", "Input", "Output", "Error"],
         [
             [
-                esc(s["step_id"]), esc(s["visit"]), esc(s["attempt"]), status(s["status"]),
-                esc(s["started_at"]), esc(s["ms"]), f"<pre>{shown_json(s['input'])}</pre>",
-                f"<pre>{shown_json(s['output'])}</pre>", f"<pre>{shown_json(s['error'])}</pre>",
+                esc(s["step_id"]),
+                esc(s["visit"]),
+                esc(s["attempt"]),
+                status(s["status"]),
+                esc(s["started_at"]),
+                esc(s["ms"]),
+                f"<pre>{shown_json(s['input'])}</pre>",
+                f"<pre>{shown_json(s['output'])}</pre>",
+                f"<pre>{shown_json(s['error'])}</pre>",
             ]
             for s in data["steps"]
         ],
@@ -57,9 +63,13 @@ def fragment(data: dict[str, Any], tenant: str) -> str:
             ["Step", "Kind", "#", "Execution", "Workflow", "Status", "Error"],
             [
                 [
-                    esc(c["step_id"]), esc(c["kind"]), esc(c["child_index"]),
+                    esc(c["step_id"]),
+                    esc(c["kind"]),
+                    esc(c["child_index"]),
                     execution_link(c["execution_id"], tenant),
-                    esc(c["slug"]), status(c["status"]), esc(c["error"]),
+                    esc(c["slug"]),
+                    status(c["status"]),
+                    esc(c["error"]),
                 ]
                 for c in data["children"]
             ],
@@ -86,16 +96,28 @@ def as_json(data: dict[str, Any]) -> dict[str, Any]:
         "error": x["error"],
         "steps": [
             {
-                "step": s["step_id"], "visit": s["visit"], "attempt": s["attempt"], "status": s["status"],
-                "started_at": iso(s["started_at"]), "finished_at": iso(s["finished_at"]),
+                "step": s["step_id"],
+                "visit": s["visit"],
+                "attempt": s["attempt"],
+                "status": s["status"],
+                "started_at": iso(s["started_at"]),
+                "finished_at": iso(s["finished_at"]),
                 "ms": float(s["ms"]) if s["ms"] is not None else None,
-                "output": s["output"], "error": s["error"],
+                "output": s["output"],
+                "error": s["error"],
             }
             for s in data["steps"]
         ],
         "children": [
-            {"id": c["execution_id"], "step": c["step_id"], "kind": c["kind"], "index": c["child_index"],
-             "workflow": c["slug"], "status": c["status"], "error": c["error"]}
+            {
+                "id": c["execution_id"],
+                "step": c["step_id"],
+                "kind": c["kind"],
+                "index": c["child_index"],
+                "workflow": c["slug"],
+                "status": c["status"],
+                "error": c["error"],
+            }
             for c in data["children"]
         ],
     }
