@@ -36,13 +36,11 @@ def two_tenants(conn: Conn) -> dict[str, Any]:
     return {"waiting": waiting, "hostile": hostile, "other": other}
 
 
-def finish_action(conn: Conn, execution_id: int) -> None:
-    """The queued action step's result, as a runner would write it back."""
+def finish_action(conn: Conn, execution_id: int, result: dict[str, Any] | None = None) -> None:
+    """The queued action step's result (by default a success), as a runner would write it back."""
     run = next(r for r in step_runs(conn, execution_id) if r["status"] == "queued")
-    write_back(
-        conn,
-        {"msg_id": run["msg_id"], "step_run_id": run["step_run_id"], "ok": True, "output": {"status": 200}},
-    )
+    outcome = result or {"ok": True, "output": {"status": 200}}
+    write_back(conn, {"msg_id": run["msg_id"], "step_run_id": run["step_run_id"]} | outcome)
 
 
 def dead_letter(conn: Conn, execution_id: int) -> int:
