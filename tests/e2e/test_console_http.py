@@ -134,3 +134,17 @@ def test_requeue_from_the_console_queues_the_step_again(
         "select count(*) as n from pgmq.q_conveyor_actions where msg_id = %s", (run["msg_id"],)
     ).fetchone()
     assert row == {"n": 1}
+
+
+def test_the_live_stream_sends_the_timeline_and_ends_when_finished(
+    server: str, seeded: dict[str, Any]
+) -> None:
+    admin = signed_in(server)
+    with admin.stream("GET", f"/console/executions/{seeded['hostile']}/live", timeout=15) as live:
+        assert live.headers["content-type"].startswith("text/event-stream")
+        text = "".join(live.iter_text())  # the execution is finished: the stream ends by itself
+    assert "event: timeline" in text and "event: finished" in text
+    assert "<script>window.pwned" not in text  # the fragment is escaped before it is sent
+    assert admin.get(f"/console/executions/{seeded['other']}/live").text.count("event: gone") == 1
+    assert admin.get(f"/console/executions/{2**63}/live").status_code == 404
+    assert httpx.get(f"{server}/console/executions/{seeded['hostile']}/live").status_code == 401

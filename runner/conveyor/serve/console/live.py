@@ -21,10 +21,12 @@ from starlette.responses import Response, StreamingResponse
 
 from conveyor.serve.console import timeline
 from conveyor.serve.console.auth import signed_in, tenant_of
+from conveyor.serve.hub import SubscriptionClosed
 from conveyor.serve.stream import event
 
 CHANNEL = "conveyor_executions"
 POLL_S = 1.0
+MAX_BIGINT = 2**63 - 1
 FINAL = ("completed", "failed", "cancelled", "timed_out")
 
 
@@ -51,7 +53,7 @@ async def _events(request: Request, tenant: str, execution_id: int, expires: flo
                     yield ": ping\n\n"
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(subscription.get(), POLL_S)
-        except (psycopg.Error, PoolTimeout):
+        except (psycopg.Error, PoolTimeout, SubscriptionClosed):
             return  # the browser's EventSource reconnects
 
 
@@ -60,6 +62,8 @@ async def execution_live(request: Request) -> Response:
     if isinstance(principal, str):
         return Response(principal, 401, media_type="text/plain")
     execution_id = int(request.path_params["id"])
+    if execution_id > MAX_BIGINT:
+        return Response("no such execution", 404, media_type="text/plain")
     return StreamingResponse(
         _events(request, tenant_of(request, principal), execution_id, principal.expires_at.timestamp()),
         media_type="text/event-stream",
