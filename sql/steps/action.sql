@@ -57,7 +57,7 @@ begin
   case v_action
     when 'email.send' then
       v_required := array['to', 'subject'];
-      v_optional := array['text', 'html', 'cc', 'bcc', 'from_name', 'reply_to'];
+      v_optional := array['text', 'html', 'cc', 'bcc', 'from_name', 'reply_to', 'tags', 'list_unsubscribe'];
     when 'webhook.send' then
       v_required := array['url'];
       v_optional := array['method', 'headers', 'body', 'timeout'];
@@ -97,6 +97,9 @@ begin
     select k.message from conveyor.document_key_errors(v_with, p_path || '.with', v_required, v_optional) as k (message);
     if v_action = 'email.send' and not (v_with ? 'text' or v_with ? 'html') then
       return next format('%s.with: needs "text" or "html" (the body of the email)', p_path);
+    end if;
+    if v_action = 'email.send' then
+      return query select e.message from conveyor.email_step_errors(v_with, p_path || '.with') as e (message);
     end if;
     if v_action = 'webhook.send' then
       if jsonb_typeof(v_with -> 'url') = 'string' and strpos(v_with ->> 'url', '{{') = 0

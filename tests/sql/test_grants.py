@@ -55,6 +55,7 @@ APPLICATION_API = {
     "conveyor.pause_execution(text,bigint)",
     "conveyor.plan_usage(text,timestamp with time zone)",
     "conveyor.publish(text,jsonb)",
+    "conveyor.record_email_event(text,text,text,timestamp with time zone,jsonb)",
     "conveyor.published_versions(text,text)",
     "conveyor.replay_event(text,bigint)",
     "conveyor.resume_execution(text,bigint)",
