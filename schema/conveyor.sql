@@ -192,6 +192,74 @@ create policy dead_letters_isolation on conveyor.dead_letters as permissive for 
 grant select on conveyor.dead_letters to conveyor_app;
 grant select, insert, update, delete on conveyor.dead_letters to conveyor_service;
 
+create table conveyor.email_events (
+  tenant_id text not null,
+  event_key text not null,
+  email_message_id bigint not null,
+  kind text not null,
+  occurred_at timestamp with time zone not null,
+  recorded_at timestamp with time zone default now() not null
+);
+alter table conveyor.email_events add constraint email_events_email_message_id_fkey FOREIGN KEY (email_message_id) REFERENCES conveyor.email_messages(id) ON DELETE CASCADE;
+alter table conveyor.email_events add constraint email_events_pkey PRIMARY KEY (tenant_id, event_key);
+alter table conveyor.email_events add constraint email_events_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+CREATE INDEX email_events_message_idx ON conveyor.email_events USING btree (email_message_id);
+alter table conveyor.email_events enable row level security;
+alter table conveyor.email_events force row level security;
+create policy email_events_isolation on conveyor.email_events as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.email_events to conveyor_app;
+grant select, insert, update, delete on conveyor.email_events to conveyor_service;
+
+create table conveyor.email_messages (
+  id bigint generated always as identity not null,
+  tenant_id text not null,
+  execution_id bigint,
+  step_key text,
+  connection_slug text,
+  to_address text not null,
+  subject text,
+  message_id text not null,
+  provider_message_id text,
+  tags jsonb default '{}'::jsonb not null,
+  status text default 'sent'::text not null,
+  opened_count integer default 0 not null,
+  first_opened_at timestamp with time zone,
+  clicked_count integer default 0 not null,
+  first_clicked_at timestamp with time zone,
+  replied_at timestamp with time zone,
+  unsubscribed_at timestamp with time zone,
+  bounce_reason text,
+  sent_at timestamp with time zone default now() not null,
+  updated_at timestamp with time zone default now() not null
+);
+alter table conveyor.email_messages add constraint email_messages_pkey PRIMARY KEY (id);
+alter table conveyor.email_messages add constraint email_messages_status_check CHECK ((status = ANY (ARRAY['sent'::text, 'delivered'::text, 'bounced'::text, 'complained'::text, 'failed'::text])));
+alter table conveyor.email_messages add constraint email_messages_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+alter table conveyor.email_messages add constraint email_messages_tenant_id_message_id_key UNIQUE (tenant_id, message_id);
+CREATE INDEX email_messages_provider_idx ON conveyor.email_messages USING btree (tenant_id, provider_message_id) WHERE (provider_message_id IS NOT NULL);
+alter table conveyor.email_messages enable row level security;
+alter table conveyor.email_messages force row level security;
+create policy email_messages_isolation on conveyor.email_messages as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.email_messages to conveyor_app;
+grant select, insert, update, delete on conveyor.email_messages to conveyor_service;
+
+create table conveyor.email_suppressions (
+  tenant_id text not null,
+  address text not null,
+  reason text not null,
+  email_message_id bigint,
+  created_at timestamp with time zone default now() not null
+);
+alter table conveyor.email_suppressions add constraint email_suppressions_email_message_id_fkey FOREIGN KEY (email_message_id) REFERENCES conveyor.email_messages(id) ON DELETE SET NULL;
+alter table conveyor.email_suppressions add constraint email_suppressions_pkey PRIMARY KEY (tenant_id, address);
+alter table conveyor.email_suppressions add constraint email_suppressions_reason_check CHECK ((reason = ANY (ARRAY['unsubscribed'::text, 'bounced'::text, 'complained'::text, 'manual'::text])));
+alter table conveyor.email_suppressions add constraint email_suppressions_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+alter table conveyor.email_suppressions enable row level security;
+alter table conveyor.email_suppressions force row level security;
+create policy email_suppressions_isolation on conveyor.email_suppressions as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.email_suppressions to conveyor_app;
+grant select, insert, update, delete on conveyor.email_suppressions to conveyor_service;
+
 create table conveyor.entities (
   entity text not null,
   table_name regclass not null,
@@ -1321,6 +1389,15 @@ grant execute on function conveyor.duration_text(interval) to conveyor_service;
 create function conveyor.effective_notification_preferences(p_tenant_id text, p_user_id text, p_category text) returns jsonb
   language sql stable set search_path = '';
 grant execute on function conveyor.effective_notification_preferences(text,text,text) to conveyor_service;
+create function conveyor.email_step_errors(p_with jsonb, p_path text) returns SETOF text
+  language plpgsql immutable set search_path = '';
+grant execute on function conveyor.email_step_errors(jsonb,text) to conveyor_service;
+create function conveyor.email_suppressed(p_tenant_id text, p_address text) returns text
+  language sql stable security definer set search_path = '';
+grant execute on function conveyor.email_suppressed(text,text) to conveyor_service;
+create function conveyor.email_tag_limits() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.email_tag_limits() to conveyor_service;
 create function conveyor.emit(p_tenant_id text, p_event_type text, p_payload jsonb DEFAULT '{}'::jsonb, p_entity_type text DEFAULT NULL::text, p_entity_id text DEFAULT NULL::text, p_dedupe_key text DEFAULT NULL::text, p_source text DEFAULT NULL::text) returns bigint
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.emit(text,text,jsonb,text,text,text,text) to conveyor_app, conveyor_service;
@@ -1440,6 +1517,8 @@ grant execute on function conveyor.filter_operators() to conveyor_service;
 create function conveyor.filter_path(p_key text) returns text
   language sql immutable strict parallel safe set search_path = '';
 grant execute on function conveyor.filter_path(text) to conveyor_service;
+create function conveyor.find_email_message(p_tenant_id text, p_ref text, p_details jsonb) returns conveyor.email_messages
+  language plpgsql volatile set search_path = '';
 create function conveyor.finish_execution(p_execution_id bigint, p_status text, p_error jsonb DEFAULT NULL::jsonb) returns boolean
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.finish_execution(bigint,text,jsonb) to conveyor_service;
@@ -1761,6 +1840,11 @@ grant execute on function conveyor.read_actions(integer,numeric,numeric) to conv
 create function conveyor.receive_webhook(p_path_token text, p_method text, p_headers jsonb, p_body bytea, p_source inet, p_now timestamp with time zone DEFAULT now()) returns TABLE(status integer, body jsonb)
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.receive_webhook(text,text,jsonb,bytea,inet,timestamp with time zone) to conveyor_service;
+create function conveyor.record_email_event(p_tenant_id text, p_message_ref text, p_kind text, p_occurred_at timestamp with time zone, p_details jsonb DEFAULT '{}'::jsonb) returns jsonb
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.record_email_event(text,text,text,timestamp with time zone,jsonb) to conveyor_app, conveyor_service;
+create function conveyor.record_email_sent(p_tenant_id text, p_execution_id bigint, p_step_id text, p_connection text, p_input jsonb, p_output jsonb) returns void
+  language plpgsql volatile security definer set search_path = '';
 create function conveyor.record_started(p_execution_ids bigint[]) returns void
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.record_started(bigint[]) to conveyor_service;
