@@ -31,12 +31,20 @@ def mail_flow(conn: Conn, tenant: str, step: dict[str, Any] | None = None) -> tu
 
 
 def sent(conn: Conn, tenant: str, message_id: str = "<m1@acme.test>") -> int:
-    eid = start(conn, tenant, mail_flow(conn, tenant), {"payload": {"email": "Ann@x.test", "name": "Ann", "campaign": "c7"}})
+    eid = start(
+        conn,
+        tenant,
+        mail_flow(conn, tenant),
+        {"payload": {"email": "Ann@x.test", "name": "Ann", "campaign": "c7"}},
+    )
     [run] = step_runs(conn, eid)
     output = {"message_id": message_id, "accepted": ["Ann@x.test", "boss@acme.test"], "refused": {}}
-    assert write_back(conn, {"msg_id": run["msg_id"], "step_run_id": run["step_run_id"], "ok": True, "output": output})[
-        0
-    ]["outcome"] == "applied"
+    assert (
+        write_back(
+            conn, {"msg_id": run["msg_id"], "step_run_id": run["step_run_id"], "ok": True, "output": output}
+        )[0]["outcome"]
+        == "applied"
+    )
     return eid
 
 
@@ -44,9 +52,12 @@ def messages(conn: Conn) -> list[dict[str, Any]]:
     return conn.execute("select * from conveyor.email_messages order by id").fetchall()
 
 
-def record(conn: Conn, tenant: str, ref: str, kind: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+def record(
+    conn: Conn, tenant: str, ref: str, kind: str, details: dict[str, Any] | None = None
+) -> dict[str, Any]:
     row = conn.execute(
-        "select conveyor.record_email_event(%s, %s, %s, now(), %s) as r", (tenant, ref, kind, Jsonb(details or {}))
+        "select conveyor.record_email_event(%s, %s, %s, now(), %s) as r",
+        (tenant, ref, kind, Jsonb(details or {})),
     ).fetchone()
     assert row is not None
     return dict(row["r"])
@@ -58,7 +69,9 @@ def events(conn: Conn, kind: str) -> list[dict[str, Any]]:
     ).fetchall()
 
 
-def test_a_successful_send_records_one_row_with_its_rendered_tags_in_the_write_back(conn: Conn, tenant: str) -> None:
+def test_a_successful_send_records_one_row_with_its_rendered_tags_in_the_write_back(
+    conn: Conn, tenant: str
+) -> None:
     eid = sent(conn, tenant)
     assert execution(conn, eid)["status"] == "completed"
     [row] = messages(conn)
@@ -76,19 +89,25 @@ def test_a_failed_send_and_other_actions_record_nothing(conn: Conn, tenant: str)
     hook = {"id": "welcome", "action": "webhook.send", "with": {"url": "https://example.test/"}}
     eid = start(conn, tenant, install(conn, tenant, {"slug": "hook", "steps": [hook]}))
     [run] = step_runs(conn, eid)
-    write_back(conn, {"msg_id": run["msg_id"], "step_run_id": run["step_run_id"], "ok": True, "output": {"status": 200}})
+    write_back(
+        conn,
+        {"msg_id": run["msg_id"], "step_run_id": run["step_run_id"], "ok": True, "output": {"status": 200}},
+    )
     assert execution(conn, eid)["status"] == "completed"
     assert messages(conn) == []
 
 
 def test_events_update_the_row_and_emit_one_engine_event_each(conn: Conn, tenant: str) -> None:
     eid = sent(conn, tenant)
-    assert record(conn, tenant, "<m1@acme.test>", "delivered", {"provider_message_id": "re_1"})["outcome"] == "recorded"
+    assert (
+        record(conn, tenant, "<m1@acme.test>", "delivered", {"provider_message_id": "re_1"})["outcome"]
+        == "recorded"
+    )
     assert record(conn, tenant, "re_1", "opened", {"event_id": "o1"})["outcome"] == "recorded"
     assert record(conn, tenant, "re_1", "opened", {"event_id": "o2"})["outcome"] == "recorded"
-    assert record(conn, tenant, "m1@acme.test", "clicked", {"event_id": "c1", "url": "https://x.test"})["outcome"] == (
-        "recorded"
-    )
+    assert record(conn, tenant, "m1@acme.test", "clicked", {"event_id": "c1", "url": "https://x.test"})[
+        "outcome"
+    ] == ("recorded")
     [row] = messages(conn)
     assert (row["status"], row["provider_message_id"]) == ("delivered", "re_1")
     assert (row["opened_count"], row["clicked_count"]) == (2, 1)
@@ -154,13 +173,22 @@ def test_bounces_complaints_and_unsubscribes_suppress_the_address(
 
 def test_tags_and_list_unsubscribe_are_checked_at_publish_with_their_path(conn: Conn) -> None:
     def step(**with_: Any) -> dict[str, Any]:
-        return {"id": "m", "action": "email.send", "with": {"to": "a@b.c", "subject": "s", "text": "t"} | with_}
+        return {
+            "id": "m",
+            "action": "email.send",
+            "with": {"to": "a@b.c", "subject": "s", "text": "t"} | with_,
+        }
 
-    assert problems(conn, with_steps(step(tags={"campaign_id": "{{trigger.payload.c}}"}, list_unsubscribe=True))) == []
+    assert (
+        problems(conn, with_steps(step(tags={"campaign_id": "{{trigger.payload.c}}"}, list_unsubscribe=True)))
+        == []
+    )
     assert problems(conn, with_steps(step(tags={f"k{i}": "v" for i in range(21)}))) == [
         "steps[0].with.tags: 21 tags, at most 20 allowed"
     ]
-    assert problems(conn, with_steps(step(tags={"a": "x" * 201, "b": 3, "9x": "v"}, list_unsubscribe="yes"))) == [
+    assert problems(
+        conn, with_steps(step(tags={"a": "x" * 201, "b": 3, "9x": "v"}, list_unsubscribe="yes"))
+    ) == [
         'steps[0].with.list_unsubscribe: expected true or false (got "yes")',
         "steps[0].with.tags.9x: a tag name is letters, digits and _ (at most 64, not starting with a digit)",
         "steps[0].with.tags.a: longer than 200 characters",
