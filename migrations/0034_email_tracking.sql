@@ -27,6 +27,8 @@ create table conveyor.email_messages (
   replied_at timestamptz,
   unsubscribed_at timestamptz,
   bounce_reason text,
+  -- the random token of the message's one-click unsubscribe URL (/u/<token>), when it has one
+  unsubscribe_token text unique check (length(unsubscribe_token) >= 32),
   sent_at timestamptz not null default now(),
   updated_at timestamptz not null default now(),
   unique (tenant_id, message_id)
@@ -56,19 +58,54 @@ create table conveyor.email_suppressions (
   primary key (tenant_id, address)
 );
 
+-- A tenant's email provider webhook (one per tenant and provider): the unguessable path
+-- `conveyor serve` takes it at (/email/hooks/<path_token>) and the provider's signing
+-- secret (svix: whsec_<base64>; mailgun: the HTTP webhook signing key), readable only by
+-- the service role. Like conveyor.webhook_endpoints, which belong to one workflow each.
+create table conveyor.email_webhooks (
+  tenant_id text not null references conveyor.tenants (tenant_id),
+  provider text not null check (provider in ('svix', 'mailgun')),
+  path_token text not null unique check (length(path_token) >= 32),
+  secret text not null check (length(secret) >= 16),
+  tolerance interval not null default interval '5 minutes',
+  call_count bigint not null default 0,
+  last_called_at timestamptz,
+  last_status integer,
+  created_at timestamptz not null default now(),
+  primary key (tenant_id, provider)
+);
+
 do $$
 declare
   v_table text;
 begin
-  foreach v_table in array array['email_messages', 'email_events', 'email_suppressions'] loop
+  foreach v_table in array array['email_messages', 'email_events', 'email_suppressions', 'email_webhooks'] loop
     execute format('alter table conveyor.%I enable row level security', v_table);
     execute format('alter table conveyor.%I force row level security', v_table);
     execute format(
       'create policy %I on conveyor.%I using (tenant_id = (select conveyor.current_tenant()))',
       v_table || '_isolation', v_table
     );
-    execute format('grant select on conveyor.%I to conveyor_app', v_table);
+    if v_table <> 'email_webhooks' then
+      execute format('grant select on conveyor.%I to conveyor_app', v_table);
+    end if;
     execute format('grant select, insert, update, delete on conveyor.%I to conveyor_service', v_table);
   end loop;
 end;
 $$;
+-- the secret stays with the service role
+grant select (tenant_id, provider, path_token, tolerance, call_count, last_called_at, last_status, created_at)
+on conveyor.email_webhooks to conveyor_app;
+
+-- Signatures an email webhook accepted, while their timestamp is within the tolerance: a
+-- request that reuses one is a replay (Mailgun signs its timestamp and token only, not
+-- the body). Like conveyor.webhook_signatures.
+create table conveyor.email_webhook_signatures (
+  path_token text not null references conveyor.email_webhooks (path_token) on delete cascade,
+  signature bytea not null,
+  signed_at timestamptz not null,
+  primary key (path_token, signature)
+);
+create index email_webhook_signatures_signed_idx on conveyor.email_webhook_signatures (path_token, signed_at);
+revoke all on conveyor.email_webhook_signatures from public;
+grant select, insert, delete on conveyor.email_webhook_signatures to conveyor_service;

@@ -85,7 +85,7 @@ begin
     ''
   );
   insert into conveyor.email_messages (
-    tenant_id, execution_id, step_key, connection_slug, to_address, subject, message_id, tags
+    tenant_id, execution_id, step_key, connection_slug, to_address, subject, message_id, tags, unsubscribe_token
   )
   values (
     p_tenant_id, p_execution_id, p_step_id, p_connection, left(v_to, 320), left(p_input ->> 'subject', 1000),
@@ -98,9 +98,10 @@ begin
         order by t.key
         limit (conveyor.email_tag_limits() ->> 'max_tags')::integer
       ) as t
-    ), '{}')
+    ), '{}'),
+    case when length(p_output ->> 'unsubscribe_token') >= 32 then p_output ->> 'unsubscribe_token' end
   )
-  on conflict (tenant_id, message_id) do nothing;
+  on conflict do nothing;
 end;
 $$;
 
@@ -245,3 +246,65 @@ $$;
 
 revoke all on function conveyor.record_email_sent(text, bigint, text, text, jsonb, jsonb) from public;
 revoke all on function conveyor.find_email_message(text, text, jsonb) from public;
+
+-- The output of a list_unsubscribe email.send step that is skipped, not sent, because a
+-- recipient (to, cc, bcc of p_input) is suppressed; null when none is.
+create or replace function conveyor.email_skip(p_tenant_id text, p_input jsonb)
+returns jsonb
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select jsonb_build_object(
+    'skipped', true, 'reason', 'suppressed', 'suppressed', jsonb_object_agg(s.address, s.reason),
+    'message', 'suppressed recipient(s) ' || string_agg(s.address || ' (' || s.reason || ')', ', ' order by s.address)
+  )
+  from conveyor.email_suppressions as s
+  where s.tenant_id = p_tenant_id
+    and s.address = any(array(
+      select lower(a.value #>> '{}')
+      from unnest(array['to', 'cc', 'bcc']) as f (name),
+        jsonb_array_elements(case jsonb_typeof(p_input -> f.name)
+          when 'array' then p_input -> f.name when 'string' then jsonb_build_array(p_input -> f.name) else '[]' end
+        ) as a (value)
+      limit 100
+    ))
+  having count(*) > 0;
+$$;
+
+-- A reply to a message we sent: p_in_reply_to and p_references (the inbound email's
+-- headers) name its Message-ID. Recorded as record_email_event(..., 'replied') against
+-- the newest message either names (References is searched newest first, at most 50 ids).
+create or replace function conveyor.record_email_reply(
+  p_tenant_id text, p_in_reply_to text, p_references text default null, p_details jsonb default '{}'
+) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_ids text[];
+  v_match text;
+begin
+  perform conveyor.require_tenant(p_tenant_id);
+  v_ids := array(
+    select m[1]
+    from regexp_matches(left(coalesce(p_in_reply_to, '') || ' ' || coalesce(p_references, ''), 20000), '(<[^<>\s]+>)', 'g')
+      with ordinality as x (m, n)
+    order by (x.n = 1 and p_in_reply_to is not null) desc, x.n desc
+    limit 50
+  );
+  select i.id into v_match
+  from unnest(v_ids) with ordinality as i (id, n)
+  where exists (select from conveyor.email_messages as m where m.tenant_id = p_tenant_id and m.message_id = i.id)
+  order by i.n
+  limit 1;
+  if v_match is null then
+    return jsonb_build_object('outcome', 'unmatched', 'message', 'In-Reply-To / References name no message we sent');
+  end if;
+  return conveyor.record_email_event(
+    p_tenant_id, v_match, 'replied', now(), coalesce(p_details, '{}') || jsonb_build_object('in_reply_to', v_match)
+  );
+end;
+$$;

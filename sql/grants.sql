@@ -87,7 +87,9 @@ conveyor.decide_approval(text, text, bigint, text, text),
 conveyor.delegate_approval(text, text, bigint, text, text),
 conveyor.list_approvals(text, text, boolean, integer),
 -- email tracking (sql/email_tracking.sql): tenant-checked
-conveyor.record_email_event(text, text, text, timestamptz, jsonb)
+conveyor.record_email_event(text, text, text, timestamptz, jsonb),
+conveyor.record_email_reply(text, text, text, jsonb),
+conveyor.set_email_webhook(text, text, text)
 to conveyor_app;
 
 -- The service role: what the engine runs (tick, dispatch, read_actions, write_back, the

@@ -166,6 +166,17 @@ if v_step.timeout > v_max_action_timeout then
     hint = 'Publish the workflow again with a timeout of at most the maximum.';
 end if;
 v_wait := 'action';
+-- a list_unsubscribe email to a suppressed address is skipped, not sent (sql/email_tracking.sql)
+if v_step.action_type = 'email.send' and v_input ->> 'list_unsubscribe' = 'true' then
+  v_output := conveyor.email_skip(v_exec.tenant_id, v_input);
+  if v_output is not null then
+    v_wait := null;
+    v_logs := v_logs || row(
+      null, v_exec.tenant_id, v_exec.execution_id, v_exec.workflow_id, null, v_step.step_id, 'info',
+      format('step "%s" skipped: %s', v_step.step_id, v_output ->> 'message'), v_output, now()
+    )::conveyor.execution_logs;
+  end if;
+end if;
 $code$,
     'decision', $code$'would send ' || p_action_type$code$
   );

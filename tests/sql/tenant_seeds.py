@@ -143,6 +143,9 @@ SEEDS: dict[str, str] = {
     "email_suppressions": """
         insert into conveyor.email_suppressions (tenant_id, address, reason)
         values (%(t)s, 'gone@' || %(t)s || '.test', 'unsubscribed')""",
+    "email_webhooks": """
+        insert into conveyor.email_webhooks (tenant_id, provider, path_token, secret)
+        values (%(t)s, 'svix', md5(%(t)s) || md5(%(t)s), 'whsec_' || md5(%(t)s))""",
 }
 # Platform-wide rows some seeds refer to (not tenant data).
 SHARED_SEEDS = [

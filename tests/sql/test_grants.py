@@ -56,6 +56,8 @@ APPLICATION_API = {
     "conveyor.plan_usage(text,timestamp with time zone)",
     "conveyor.publish(text,jsonb)",
     "conveyor.record_email_event(text,text,text,timestamp with time zone,jsonb)",
+    "conveyor.record_email_reply(text,text,text,jsonb)",
+    "conveyor.set_email_webhook(text,text,text)",
     "conveyor.published_versions(text,text)",
     "conveyor.replay_event(text,bigint)",
     "conveyor.resume_execution(text,bigint)",
