@@ -41,7 +41,13 @@ KINDS: dict[str, KindSpec] = {
     "smtp": KindSpec(
         config_required=("host",),
         config_optional=(
-            "port", "security", "username", "from", "timeout_s", "unsubscribe_url", "unsubscribe_mailto"
+            "port",
+            "security",
+            "username",
+            "from",
+            "timeout_s",
+            "unsubscribe_url",
+            "unsubscribe_mailto",
         ),
         secret_optional=("password",),
         identity="username",
