@@ -159,7 +159,7 @@ def test_send_reply_unsubscribe_and_the_next_send_skipped(
 
     def second_waits() -> bool | None:
         rows = executions(conn)
-        return len(rows) == 2 and rows[1]["current_step"] == "await_reply" or None
+        return (len(rows) == 2 and rows[1]["current_step"] == "await_reply") or None
 
     assert wait_for(second_waits, timeout=30)
     [skipped] = conn.execute(
