@@ -1573,6 +1573,9 @@ grant execute on function conveyor.fire_date_triggers(timestamp with time zone,i
 create function conveyor.fire_schedules(p_now timestamp with time zone DEFAULT now(), p_limit integer DEFAULT 100) returns integer
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.fire_schedules(timestamp with time zone,integer) to conveyor_service;
+create function conveyor.flow_admit_started(p_execution_id bigint) returns boolean
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.flow_admit_started(bigint) to conveyor_service;
 create function conveyor.flow_control(p_new conveyor.executions[]) returns conveyor.executions[]
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.flow_control(conveyor.executions[]) to conveyor_service;
