@@ -78,6 +78,13 @@ begin
       );
   end case;
 
+  if v_action is distinct from 'email.send' then
+    return query
+    select format('%s.%s: only email.send steps take %s', p_path, k.k, k.k)
+    from unnest(array['tags', 'list_unsubscribe']) as k (k)
+    where p_step ? k.k;
+  end if;
+
   if p_step ? 'connection' and jsonb_typeof(p_step -> 'connection') <> 'null'
     and (jsonb_typeof(p_step -> 'connection') <> 'string' or p_step ->> 'connection' = '') then
     return next format('%s.connection: expected a connection name (got %s)', p_path, (p_step -> 'connection')::text);
@@ -99,7 +106,17 @@ begin
       return next format('%s.with: needs "text" or "html" (the body of the email)', p_path);
     end if;
     if v_action = 'email.send' then
+      -- tags and list_unsubscribe, in `with` or on the step itself (sql/email_tracking.sql)
       return query select e.message from conveyor.email_step_errors(v_with, p_path || '.with') as e (message);
+      return query select e.message from conveyor.email_step_errors(p_step, p_path) as e (message);
+      return query
+      select format('%s.%s: given both on the step and in its with; give it once', p_path, k.k)
+      from unnest(array['tags', 'list_unsubscribe']) as k (k)
+      where p_step ? k.k and v_with ? k.k;
+      if jsonb_typeof(p_step -> 'tags') = 'object' then
+        return query
+        select t.message from conveyor.document_template_errors(p_step -> 'tags', p_path || '.tags', p_step_ids) as t (message);
+      end if;
     end if;
     if v_action = 'webhook.send' then
       if jsonb_typeof(v_with -> 'url') = 'string' and strpos(v_with ->> 'url', '{{') = 0
@@ -145,9 +162,16 @@ set search_path = ''
 as $$
   select pg_catalog.jsonb_build_object(
     'prepare', $code$
--- what it renders is its `with`; the values an email's html takes in are HTML-escaped
+-- what it renders is its `with` (an email's with its step-level tags and list_unsubscribe,
+-- sql/email_tracking.sql); the values an email's html takes in are HTML-escaped
 v_steps_render[v_step_pos] := conveyor.render_plan(
-  coalesce(v_spec -> 'with', '{}'), 'step "' || v_step.step_id || '".with', v_step.action_type = 'email.send'
+  case
+    when v_step.action_type = 'email.send' and (v_spec ? 'tags' or v_spec ? 'list_unsubscribe') then
+      coalesce(v_spec -> 'with', '{}')
+      || jsonb_strip_nulls(jsonb_build_object('tags', v_spec -> 'tags', 'list_unsubscribe', v_spec -> 'list_unsubscribe'))
+    else coalesce(v_spec -> 'with', '{}')
+  end,
+  'step "' || v_step.step_id || '".with', v_step.action_type = 'email.send'
 );
 v_steps_need_ctx[v_step_pos] := coalesce((v_steps_render[v_step_pos] ->> 'context')::boolean, false);
 $code$,

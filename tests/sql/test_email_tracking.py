@@ -83,9 +83,16 @@ def test_a_successful_send_records_one_row_with_its_rendered_tags_in_the_write_b
 
 
 def test_a_failed_send_and_other_actions_record_nothing(conn: Conn, tenant: str) -> None:
-    eid = start(conn, tenant, mail_flow(conn, tenant), {"payload": {"email": "a@x.test"}})
+    eid = start(
+        conn,
+        tenant,
+        mail_flow(conn, tenant),
+        {"payload": {"email": "a@x.test", "name": "A", "campaign": "c"}},
+    )
     [run] = step_runs(conn, eid)
+    assert run["status"] == "queued"
     write_back(conn, {"msg_id": run["msg_id"], "step_run_id": run["step_run_id"], "ok": False, "error": "no"})
+    assert execution(conn, eid)["status"] == "failed"
     hook = {"id": "welcome", "action": "webhook.send", "with": {"url": "https://example.test/"}}
     eid = start(conn, tenant, install(conn, tenant, {"slug": "hook", "steps": [hook]}))
     [run] = step_runs(conn, eid)
@@ -197,3 +204,68 @@ def test_tags_and_list_unsubscribe_are_checked_at_publish_with_their_path(conn: 
     assert problems(conn, with_steps(step(tags=["a"]))) == [
         'steps[0].with.tags: expected an object of tag names and text values (got ["a"])'
     ]
+
+
+def test_tags_and_list_unsubscribe_may_be_given_on_the_step_itself(conn: Conn, tenant: str) -> None:
+    step = {
+        "id": "welcome",
+        "action": "email.send",
+        "connection": "mail",
+        "tags": {"campaign_id": "{{trigger.payload.campaign}}"},
+        "list_unsubscribe": True,
+        "with": {"to": "{{trigger.payload.email}}", "subject": "s", "text": "t"},
+    }
+    assert problems(conn, with_steps(step)) == []
+    eid = start(
+        conn, tenant, mail_flow(conn, tenant, step), {"payload": {"email": "a@x.test", "campaign": "c9"}}
+    )
+    [run] = step_runs(conn, eid)
+    assert run["input"]["tags"] == {"campaign_id": "c9"} and run["input"]["list_unsubscribe"] is True
+    output = {"message_id": "<s@x.test>", "accepted": ["a@x.test"], "refused": {}}
+    write_back(
+        conn, {"msg_id": run["msg_id"], "step_run_id": run["step_run_id"], "ok": True, "output": output}
+    )
+    assert messages(conn)[0]["tags"] == {"campaign_id": "c9"}
+
+    both = step | {"with": step["with"] | {"tags": {"a": "b"}}}
+    assert problems(conn, with_steps(both)) == [
+        "steps[0].tags: given both on the step and in its with; give it once"
+    ]
+    hook = {"id": "h", "action": "webhook.send", "tags": {"a": "b"}, "with": {"url": "https://x.test/"}}
+    assert problems(conn, with_steps(hook)) == ["steps[0].tags: only email.send steps take tags"]
+    bad = step | {"tags": {"a": "{{nowhere.x}}"}, "list_unsubscribe": "yes"}
+    found = problems(conn, with_steps(bad))
+    assert 'steps[0].list_unsubscribe: expected true or false (got "yes")' in found
+    assert any(p.startswith("steps[0].tags.a:") for p in found), found
+
+
+def test_a_suppressed_recipient_skips_a_list_unsubscribe_step_with_a_logged_reason(
+    conn: Conn, tenant: str
+) -> None:
+    conn.execute(
+        "insert into conveyor.email_suppressions (tenant_id, address, reason) values (%s, 'ann@x.test', 'bounced')",
+        (tenant,),
+    )
+    step = MAIL | {"with": MAIL["with"] | {"list_unsubscribe": True}}
+    eid = start(
+        conn,
+        tenant,
+        mail_flow(conn, tenant, step),
+        {"payload": {"email": "Ann@X.test", "name": "Ann", "campaign": "c1"}},
+    )
+    assert execution(conn, eid)["status"] == "completed", execution(conn, eid)["error"]
+    [run, after] = step_runs(conn, eid)
+    assert (run["status"], run["msg_id"], after["step_id"]) == ("completed", None, "after")
+    assert run["output"]["suppressed"] == {"ann@x.test": "bounced"}
+    [log] = conn.execute(
+        "select message from conveyor.execution_logs where execution_id = %s", (eid,)
+    ).fetchall()
+    assert log["message"] == 'step "welcome" skipped: suppressed recipient(s) ann@x.test (bounced)'
+    # without list_unsubscribe (transactional mail) it is sent
+    eid = start(
+        conn,
+        tenant,
+        mail_flow(conn, tenant),
+        {"payload": {"email": "ann@x.test", "name": "Ann", "campaign": "c1"}},
+    )
+    assert execution(conn, eid)["status"] == "waiting"
