@@ -135,6 +135,7 @@ declare
   v_given bytea;
   v_event jsonb;
   v_result jsonb;
+  v_at timestamptz;
 begin
   select * into w from conveyor.email_webhooks as x where x.path_token = p_path_token;
   if not found then
@@ -217,9 +218,12 @@ begin
     return query select 200, jsonb_build_object('status', 'ignored', 'reason', 'not a tracked event type');
     return;
   end if;
-  v_result := conveyor.record_email_event(
-    w.tenant_id, v_event ->> 'ref', v_event ->> 'kind', (v_event ->> 'occurred_at')::timestamptz, v_event -> 'details'
-  );
+  begin
+    v_at := (v_event ->> 'occurred_at')::timestamptz;
+  exception when data_exception then
+    v_at := null;  -- a time the provider wrote oddly: the time it arrived
+  end;
+  v_result := conveyor.record_email_event(w.tenant_id, v_event ->> 'ref', v_event ->> 'kind', v_at, v_event -> 'details');
   update conveyor.email_webhooks as x set last_status = case v_result ->> 'outcome' when 'unmatched' then 202 else 200 end
   where x.path_token = p_path_token;
   return query select case v_result ->> 'outcome' when 'unmatched' then 202 else 200 end,

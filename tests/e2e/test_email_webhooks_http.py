@@ -123,11 +123,14 @@ def test_svix_deliveries_valid_forged_stale_and_duplicate(server: str, conn: Con
     other = resend("email.delivered", email_id="re_other")
     answer = httpx.post(url, content=other, headers=svix_headers(other, "msg_4"))
     assert (answer.status_code, answer.json()["status"]) == (202, "unmatched")
+    odd = resend("email.opened", created_at="last tuesday")
+    assert httpx.post(url, content=odd, headers=svix_headers(odd, "msg_6")).json()["status"] == "recorded"
+    assert message(conn)["first_opened_at"] is not None
     ignored = resend("email.sent")
     assert (
         httpx.post(url, content=ignored, headers=svix_headers(ignored, "msg_5")).json()["status"] == "ignored"
     )
-    assert events(conn) == ["email.message.delivered", "email.message.bounced"]
+    assert events(conn) == ["email.message.delivered", "email.message.bounced", "email.message.opened"]
     event = conn.execute("select payload from conveyor.events order by event_id desc limit 1").fetchone()
     assert event is not None and event["payload"]["tags"] == {"campaign_id": "c1"}
 
