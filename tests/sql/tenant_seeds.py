@@ -134,6 +134,18 @@ SEEDS: dict[str, str] = {
         insert into conveyor.approval_decisions (tenant_id, request_id, user_id, decision, note)
         select tenant_id, request_id, 'u1', 'delegate', 'Secret of ' || %(t)s
         from conveyor.approval_requests where tenant_id = %(t)s""",
+    "email_messages": """
+        insert into conveyor.email_messages (tenant_id, to_address, message_id, tags)
+        values (%(t)s, 'lead@' || %(t)s || '.test', '<m1@' || %(t)s || '.test>', '{"campaign_id": "c1"}')""",
+    "email_events": """
+        insert into conveyor.email_events (tenant_id, event_key, email_message_id, kind, occurred_at)
+        select tenant_id, 'id:ev-1', id, 'delivered', now() from conveyor.email_messages where tenant_id = %(t)s""",
+    "email_suppressions": """
+        insert into conveyor.email_suppressions (tenant_id, address, reason)
+        values (%(t)s, 'gone@' || %(t)s || '.test', 'unsubscribed')""",
+    "email_webhooks": """
+        insert into conveyor.email_webhooks (tenant_id, provider, path_token, secret)
+        values (%(t)s, 'svix', md5(%(t)s) || md5(%(t)s), 'whsec_' || md5(%(t)s))""",
 }
 # Platform-wide rows some seeds refer to (not tenant data).
 SHARED_SEEDS = [

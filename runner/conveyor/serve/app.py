@@ -8,6 +8,7 @@
   GET  /api/executions/<id>               → one execution as JSON, by API key (console/api.py)
   /console...                             → the web console (console/, docs/console.md)
   GET  /metrics                           → the database's side for Prometheus, operator token (db_metrics.py)
+  POST /email/hooks/<path token>, /u/<token> → email tracking (email_routes.py)
   GET  /healthz                            → 200 when the database answers
 
 Every decision is made in SQL; this only forwards and answers, on the event loop, with
@@ -36,6 +37,7 @@ from conveyor.serve.approval_routes import APPROVAL_ROUTES
 from conveyor.serve.bodies import BadRequest, json_too_deep, parse_json_object
 from conveyor.serve.console import CONSOLE_ROUTES
 from conveyor.serve.db_metrics import METRICS_ROUTES
+from conveyor.serve.email_routes import EMAIL_ROUTES
 from conveyor.serve.limits import Limits
 from conveyor.serve.notification_routes import NOTIFICATION_ROUTES
 from conveyor.serve.user_auth import authenticated_user
@@ -185,6 +187,7 @@ ROUTES = [
     *APPROVAL_ROUTES,
     *CONSOLE_ROUTES,
     *METRICS_ROUTES,
+    *EMAIL_ROUTES,
 ]
 
 
