@@ -40,6 +40,13 @@ conveyor.cancel_execution(text, bigint, text),
 conveyor.retry_execution(text, bigint, boolean),
 conveyor.pause_execution(text, bigint),
 conveyor.resume_execution(text, bigint),
+-- campaigns (sql/campaigns.sql)
+conveyor.apply_campaign(text, jsonb),
+conveyor.enroll_campaign(text, text, text[]),
+conveyor.enroll_campaign_where(text, text, jsonb, integer),
+conveyor.control_enrollment(text, bigint, text),
+conveyor.control_campaign(text, text, text),
+conveyor.campaign_stats(text, text),
 -- inbound HTTP
 conveyor.webhook_endpoint(text, text),
 conveyor.rotate_webhook_secret(text, text),
