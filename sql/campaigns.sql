@@ -167,7 +167,10 @@ declare
 begin
   perform conveyor.require_tenant(p_tenant_id);
   v_campaign := conveyor.campaign_by_slug(p_tenant_id, p_slug);
-  v_errors := array(select conveyor.document_condition_errors(p_condition, 'condition', '[]'::jsonb));
+  -- checked like a step's condition, with the root row standing where trigger would
+  v_errors := array(select replace(e, 'trigger', 'row') from conveyor.document_condition_errors(
+    regexp_replace(p_condition::text, '"field": "row([."])', '"field": "trigger\1', 'g')::jsonb, 'condition', '[]'::jsonb)
+    as e);
   if cardinality(v_errors) > 0 then
     raise exception using errcode = '22023', message = v_errors[1];
   end if;
@@ -277,3 +280,52 @@ revoke all on function conveyor.enroll_campaign_where(text, text, jsonb, integer
 revoke all on function conveyor.control_enrollment(text, bigint, text) from public;
 revoke all on function conveyor.control_campaign(text, text, text) from public;
 revoke all on function conveyor.campaign_stats(text, text) from public;
+
+-- What the CLI shows: the tenant's campaigns, and one campaign with its enrollments' counts.
+create or replace function conveyor.list_campaigns(p_tenant_id text)
+returns table (slug text, name text, audience text, version integer, paused boolean, active bigint, enrolled bigint)
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+begin
+  perform conveyor.require_tenant(p_tenant_id);
+  return query
+  select c.slug, c.name, c.audience, c.current_version, c.paused,
+    (select count(*) from conveyor.campaign_enrollments as e where e.campaign_id = c.campaign_id
+       and e.status in ('active', 'paused')),
+    coalesce((select s.enrolled from conveyor.campaign_stats as s where s.campaign_id = c.campaign_id
+       and s.step_key = '' and s.variant = ''), 0)
+  from conveyor.campaigns as c where c.tenant_id = p_tenant_id order by c.slug;
+end;
+$$;
+
+create or replace function conveyor.campaign_detail(p_tenant_id text, p_slug text) returns jsonb
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+declare
+  v_campaign conveyor.campaigns;
+begin
+  perform conveyor.require_tenant(p_tenant_id);
+  v_campaign := conveyor.campaign_by_slug(p_tenant_id, p_slug);
+  return jsonb_build_object(
+    'slug', v_campaign.slug, 'name', v_campaign.name, 'audience', v_campaign.audience,
+    'version', v_campaign.current_version, 'paused', v_campaign.paused,
+    'workflow', 'campaign-' || v_campaign.slug,
+    'document', (select v.document from conveyor.campaign_versions as v
+      where v.campaign_id = v_campaign.campaign_id and v.version = v_campaign.current_version),
+    'enrollments', coalesce((select jsonb_object_agg(e.status, e.n) from (
+      select ce.status, count(*) as n from conveyor.campaign_enrollments as ce
+      where ce.campaign_id = v_campaign.campaign_id group by ce.status) as e), '{}'),
+    'winners', coalesce((select jsonb_agg(to_jsonb(w) - 'tenant_id' - 'campaign_id') from conveyor.campaign_winners as w
+      where w.campaign_id = v_campaign.campaign_id), '[]')
+  );
+end;
+$$;
+
+revoke all on function conveyor.list_campaigns(text) from public;
+revoke all on function conveyor.campaign_detail(text, text) from public;

@@ -47,6 +47,8 @@ conveyor.enroll_campaign_where(text, text, jsonb, integer),
 conveyor.control_enrollment(text, bigint, text),
 conveyor.control_campaign(text, text, text),
 conveyor.campaign_stats(text, text),
+conveyor.list_campaigns(text),
+conveyor.campaign_detail(text, text),
 -- inbound HTTP
 conveyor.webhook_endpoint(text, text),
 conveyor.rotate_webhook_secret(text, text),

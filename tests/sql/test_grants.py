@@ -21,7 +21,9 @@ Conn = psycopg.Connection[dict[str, Any]]
 # reviewed change of the application's API: it must check the tenant (test_tenancy.py).
 APPLICATION_API = {
     "conveyor.apply_campaign(text,jsonb)",
+    "conveyor.campaign_detail(text,text)",
     "conveyor.campaign_stats(text,text)",
+    "conveyor.list_campaigns(text)",
     "conveyor.control_campaign(text,text,text)",
     "conveyor.control_enrollment(text,bigint,text)",
     "conveyor.enroll_campaign(text,text,text[])",
