@@ -176,3 +176,34 @@ def test_tick_with_a_chosen_now_resumes_the_wait_into_the_next_step(conn: Conn) 
     ).fetchone()
     # the first email is queued for the runner
     assert status == {"status": "waiting", "wait_kind": "action", "current_step": "hello-send"}
+
+
+def test_clock_control_a_send_due_on_a_saturday_waits_for_monday_nine_in_the_contact_s_zone(conn: Conn) -> None:
+    setup(conn, contacts=1, tz="Asia/Tokyo")
+    doc = {
+        **CAMPAIGN,
+        "steps": [
+            {"id": "pause", "channel": "wait", "delay": "1d"},
+            {"id": "hello", "channel": "email", "subject": "Hi", "text": "Hi"},
+        ],
+    }
+    apply(conn, doc)
+    [row] = enroll(conn, ["1"])
+    # Saturday 2026-12-12 10:00 in Tokyo (01:00 UTC): the delay is over, the window closed
+    saturday = datetime(2026, 12, 12, 1, 0, tzinfo=UTC)
+    conn.execute("select conveyor.tick(p_now => %s)", (saturday,))
+    execution = conn.execute(
+        "select status, wait_kind, current_step, resume_at from conveyor.executions where execution_id = %s",
+        (row["execution_id"],),
+    ).fetchone()
+    assert execution is not None
+    monday_nine_tokyo = datetime(2026, 12, 14, 0, 0, tzinfo=UTC)
+    assert (execution["current_step"], execution["wait_kind"], execution["resume_at"]) == (
+        "hello-slot", "delay", monday_nine_tokyo,
+    )  # fmt: skip
+    # at the opening the send goes to the runner's queue
+    conn.execute("select conveyor.tick(p_now => %s)", (monday_nine_tokyo,))
+    after = conn.execute(
+        "select wait_kind, current_step from conveyor.executions where execution_id = %s", (row["execution_id"],)
+    ).fetchone()
+    assert after == {"wait_kind": "action", "current_step": "hello-send"}
