@@ -1233,6 +1233,9 @@ grant execute on function conveyor.campaign_count_messages() to conveyor_service
 create function conveyor.campaign_count_sent() returns trigger
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.campaign_count_sent() to conveyor_service;
+create function conveyor.campaign_detail(p_tenant_id text, p_slug text) returns jsonb
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.campaign_detail(text,text) to conveyor_app, conveyor_service;
 create function conveyor.campaign_errors(p_doc jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.campaign_errors(jsonb) to conveyor_service;
@@ -1726,6 +1729,9 @@ grant execute on function conveyor.limit_setting(text,bigint) to conveyor_servic
 create function conveyor.list_approvals(p_tenant_id text, p_user_id text, p_pending_only boolean DEFAULT true, p_limit integer DEFAULT 100) returns TABLE(request_id bigint, execution_id bigint, workflow text, step_id text, title text, message text, action_url text, state text, outcome text, mode text, quorum text, needed integer, approvers text[], votes text[], requester text, asked boolean, due_at timestamp with time zone, escalated_at timestamp with time zone, created_at timestamp with time zone, decided_at timestamp with time zone)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.list_approvals(text,text,boolean,integer) to conveyor_app, conveyor_service;
+create function conveyor.list_campaigns(p_tenant_id text) returns TABLE(slug text, name text, audience text, version integer, paused boolean, active bigint, enrolled bigint)
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.list_campaigns(text) to conveyor_app, conveyor_service;
 create function conveyor.list_dead_letters(p_tenant_id text, p_limit integer DEFAULT 50) returns TABLE(dead_letter_id bigint, msg_id bigint, execution_id bigint, step_id text, step_run_id bigint, reason text, last_error text, attempts integer, enqueued_at timestamp with time zone, dead_at timestamp with time zone, message jsonb)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.list_dead_letters(text,integer) to conveyor_app, conveyor_service;

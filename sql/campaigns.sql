@@ -256,9 +256,11 @@ end;
 $$;
 
 create or replace function conveyor.campaign_stats(p_tenant_id text, p_slug text)
-returns table (step_key text, variant text, enrolled bigint, sent bigint, delivered bigint, opened bigint,
+returns table (
+  step_key text, variant text, enrolled bigint, sent bigint, delivered bigint, opened bigint,
   clicked bigint, replied bigint, bounced bigint, complained bigint, unsubscribed bigint, completed bigint,
-  stopped bigint)
+  stopped bigint
+)
 language plpgsql
 stable
 security definer

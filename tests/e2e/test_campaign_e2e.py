@@ -88,7 +88,9 @@ def test_ten_enrollments_receive_a_three_step_sequence(
         "select * from conveyor.enroll_campaign(%s, 'welcome', %s)", (tenant, [str(i) for i in range(1, 11)])
     ).fetchall()
     assert [r["result"] for r in rows] == ["enrolled"] * 10
-    again = conn.execute("select result from conveyor.enroll_campaign(%s, 'welcome', array['3'])", (tenant,)).fetchall()
+    again = conn.execute(
+        "select result from conveyor.enroll_campaign(%s, 'welcome', array['3'])", (tenant,)
+    ).fetchall()
     assert again == [{"result": "already enrolled"}]
 
     received = wait_for(lambda: box.received if len(box.received) >= 30 else None, timeout=60)
@@ -106,13 +108,15 @@ def test_ten_enrollments_receive_a_three_step_sequence(
 
     done = wait_for(
         lambda: (
-            conn.execute(
-                "select count(*) as n from conveyor.campaign_enrollments where status = 'completed'"
-            ).fetchone()
-            or {"n": 0}
-        )["n"]
-        == 10
-        or None,
+            (
+                conn.execute(
+                    "select count(*) as n from conveyor.campaign_enrollments where status = 'completed'"
+                ).fetchone()
+                or {"n": 0}
+            )["n"]
+            == 10
+            or None
+        ),
         timeout=30,
     )
     assert done

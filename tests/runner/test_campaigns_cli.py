@@ -38,7 +38,13 @@ def test_the_example_campaign_through_the_cli(cli: Any, conn: Conn) -> None:
     assert "applied  welcome version 1" in applied.output
     enrolled = cli("campaigns", "enroll", "welcome", "1", "2", "3", "--json")
     assert [r["result"] for r in json.loads(enrolled.output)] == ["enrolled", "enrolled", "not found"]
-    again = cli("campaigns", "enroll", "welcome", "--where", '{"field": "row.status", "op": "equals", "value": "lead"}')
+    again = cli(
+        "campaigns",
+        "enroll",
+        "welcome",
+        "--where",
+        '{"field": "row.status", "op": "equals", "value": "lead"}',
+    )
     assert "already enrolled" in again.output
     listed = json.loads(cli("campaigns", "list", "--json").output)
     assert [(c["slug"], c["active"], c["enrolled"]) for c in listed] == [("welcome", 2, 2)]

@@ -75,7 +75,10 @@ def test_a_campaign_compiles_into_a_workflow_version(conn: Conn) -> None:
 
 def test_a_bad_document_is_refused_with_paths_and_nothing_is_stored(conn: Conn) -> None:
     setup(conn)
-    bad = {**CAMPAIGN, "steps": [*CAMPAIGN["steps"][:2], {"id": "x", "channel": "email", "delay": "1 fortnight"}]}
+    bad = {
+        **CAMPAIGN,
+        "steps": [*CAMPAIGN["steps"][:2], {"id": "x", "channel": "email", "delay": "1 fortnight"}],
+    }
     with pytest.raises(psycopg.errors.InvalidParameterValue) as failure:
         apply(conn, bad)
     assert str(failure.value).startswith("campaign welcome: ")
@@ -93,11 +96,13 @@ def test_duplicate_enrollment_is_refused_and_a_finished_one_frees_the_contact(co
     assert [r["result"] for r in first] == ["enrolled", "enrolled", "not found"]
     assert [r["result"] for r in enroll(conn, ["1"])] == ["already enrolled"]
     [row] = first[:1]
-    assert conn.execute("select conveyor.control_enrollment('acme', %s, 'cancel') as s", (row["enrollment_id"],)).fetchone() == {
-        "s": "cancelled"
-    }
+    assert conn.execute(
+        "select conveyor.control_enrollment('acme', %s, 'cancel') as s", (row["enrollment_id"],)
+    ).fetchone() == {"s": "cancelled"}
     assert [r["result"] for r in enroll(conn, ["1"])] == ["enrolled"]
-    stats = conn.execute("select * from conveyor.campaign_stats('acme', 'welcome') where step_key = ''").fetchone()
+    stats = conn.execute(
+        "select * from conveyor.campaign_stats('acme', 'welcome') where step_key = ''"
+    ).fetchone()
     assert stats is not None and stats["enrolled"] == 3
 
 
@@ -111,7 +116,9 @@ def test_racing_enrollers_enroll_a_contact_once(db_url: str, conn: Conn) -> None
     def racer() -> None:
         with psycopg.connect(db_url, autocommit=False) as c:
             barrier.wait()
-            rows = c.execute("select result from conveyor.enroll_campaign('acme', 'welcome', array['5'])").fetchall()
+            rows = c.execute(
+                "select result from conveyor.enroll_campaign('acme', 'welcome', array['5'])"
+            ).fetchall()
             results.extend(r[0] for r in rows)
             c.commit()
 
@@ -172,13 +179,16 @@ def test_tick_with_a_chosen_now_resumes_the_wait_into_the_next_step(conn: Conn) 
     apply(conn, doc)
     [row] = enroll(conn, ["1"])
     status = conn.execute(
-        "select status, wait_kind, current_step from conveyor.executions where execution_id = %s", (row["execution_id"],)
+        "select status, wait_kind, current_step from conveyor.executions where execution_id = %s",
+        (row["execution_id"],),
     ).fetchone()
     # the first email is queued for the runner
     assert status == {"status": "waiting", "wait_kind": "action", "current_step": "hello-send"}
 
 
-def test_clock_control_a_send_due_on_a_saturday_waits_for_monday_nine_in_the_contact_s_zone(conn: Conn) -> None:
+def test_clock_control_a_send_due_on_a_saturday_waits_for_monday_nine_in_the_contact_s_zone(
+    conn: Conn,
+) -> None:
     setup(conn, contacts=1, tz="Asia/Tokyo")
     doc = {
         **CAMPAIGN,
@@ -204,6 +214,7 @@ def test_clock_control_a_send_due_on_a_saturday_waits_for_monday_nine_in_the_con
     # at the opening the send goes to the runner's queue
     conn.execute("select conveyor.tick(p_now => %s)", (monday_nine_tokyo,))
     after = conn.execute(
-        "select wait_kind, current_step from conveyor.executions where execution_id = %s", (row["execution_id"],)
+        "select wait_kind, current_step from conveyor.executions where execution_id = %s",
+        (row["execution_id"],),
     ).fetchone()
     assert after == {"wait_kind": "action", "current_step": "hello-send"}

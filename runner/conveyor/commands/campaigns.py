@@ -34,7 +34,9 @@ def campaigns() -> None:
 
 
 @campaigns.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @tenant_option
 @database_option
 @json_option
@@ -45,14 +47,18 @@ def apply(files: tuple[Path, ...], tenant: str, database_url: str | None, as_jso
     with connect(database_url) as conn:
         for path in files:
             document = read_document(path)
-            row = conn.execute("select * from conveyor.apply_campaign(%s, %s)", (tenant, Jsonb(document))).fetchone()
+            row = conn.execute(
+                "select * from conveyor.apply_campaign(%s, %s)", (tenant, Jsonb(document))
+            ).fetchone()
             assert row is not None
             results.append({"file": str(path), "slug": document.get("slug"), **row})
     if as_json:
         output.emit_json(results)
         return
     for r in results:
-        click.echo(f"applied  {r['slug']} version {r['version']} (workflow version {r['workflow_version']})  ({r['file']})")
+        click.echo(
+            f"applied  {r['slug']} version {r['version']} (workflow version {r['workflow_version']})  ({r['file']})"
+        )
 
 
 @campaigns.command("list")
@@ -88,16 +94,24 @@ def show(slug: str, tenant: str, database_url: str | None, as_json: bool) -> Non
         f"campaign {detail['slug']} ({detail['name']}), version {detail['version']}, audience {detail['audience']},"
         f" workflow {detail['workflow']}{', paused' if detail['paused'] else ''}"
     )
-    click.echo("enrollments: " + (", ".join(f"{k} {v}" for k, v in sorted(detail["enrollments"].items())) or "none"))
+    click.echo(
+        "enrollments: " + (", ".join(f"{k} {v}" for k, v in sorted(detail["enrollments"].items())) or "none")
+    )
     for winner in detail["winners"]:
-        click.echo(f"winner of {winner['step_key']}: {winner['winner']} by {winner['metric']} ({winner['figures']})")
+        click.echo(
+            f"winner of {winner['step_key']}: {winner['winner']} by {winner['metric']} ({winner['figures']})"
+        )
 
 
 @campaigns.command()
 @click.argument("slug")
 @click.argument("ids", nargs=-1)
-@click.option("--where", "condition", help='A condition over the audience row, e.g. \'{"field": "row.status", ...}\'.')
-@click.option("--limit", type=int, default=1000, show_default=True, help="At most this many rows with --where.")
+@click.option(
+    "--where", "condition", help='A condition over the audience row, e.g. \'{"field": "row.status", ...}\'.'
+)
+@click.option(
+    "--limit", type=int, default=1000, show_default=True, help="At most this many rows with --where."
+)
 @tenant_option
 @database_option
 @json_option
@@ -116,14 +130,18 @@ def enroll(
                 (tenant, slug, Jsonb(load_json_option(condition, "--where")), limit),
             ).fetchall()
         else:
-            rows = conn.execute("select * from conveyor.enroll_campaign(%s, %s, %s)", (tenant, slug, list(ids))).fetchall()
+            rows = conn.execute(
+                "select * from conveyor.enroll_campaign(%s, %s, %s)", (tenant, slug, list(ids))
+            ).fetchall()
     if as_json:
         output.emit_json(rows)
         return
     output.table(rows, ["entity_id", "result", "enrollment_id", "execution_id"])
 
 
-def _control(action: str, slug: str, enrollment: int | None, tenant: str, database_url: str | None, as_json: bool) -> None:
+def _control(
+    action: str, slug: str, enrollment: int | None, tenant: str, database_url: str | None, as_json: bool
+) -> None:
     with connect(database_url) as conn:
         if enrollment is not None:
             row = conn.execute(
@@ -133,7 +151,9 @@ def _control(action: str, slug: str, enrollment: int | None, tenant: str, databa
             output.result(f"enrollment {enrollment}: {status}", {"enrollment_id": enrollment, "status": status},
                           as_json=as_json)  # fmt: skip
             return
-        row = conn.execute("select conveyor.control_campaign(%s, %s, %s) as n", (tenant, slug, action)).fetchone()
+        row = conn.execute(
+            "select conveyor.control_campaign(%s, %s, %s) as n", (tenant, slug, action)
+        ).fetchone()
         count = row["n"] if row else 0
         output.result(f"campaign {slug}: {action} ({count} enrollment(s))", {"slug": slug, "enrollments": count},
                       as_json=as_json)  # fmt: skip
@@ -146,7 +166,9 @@ def _control_command(action: str) -> Any:
     @database_option
     @json_option
     @fail_cleanly
-    def command(slug: str, enrollment: int | None, tenant: str, database_url: str | None, as_json: bool) -> None:
+    def command(
+        slug: str, enrollment: int | None, tenant: str, database_url: str | None, as_json: bool
+    ) -> None:
         _control(action, slug, enrollment, tenant, database_url, as_json)
 
     command.__doc__ = f"{action.capitalize()} campaign SLUG (every running enrollment), or one --enrollment."
