@@ -1233,6 +1233,9 @@ grant execute on function conveyor.campaign_count_messages() to conveyor_service
 create function conveyor.campaign_count_sent() returns trigger
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.campaign_count_sent() to conveyor_service;
+create function conveyor.campaign_decide_winners(p_campaign_id bigint) returns integer
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.campaign_decide_winners(bigint) to conveyor_service;
 create function conveyor.campaign_detail(p_tenant_id text, p_slug text) returns jsonb
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.campaign_detail(text,text) to conveyor_app, conveyor_service;

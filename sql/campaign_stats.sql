@@ -69,6 +69,12 @@ begin
   ) as c
   where e.enrollment_id = c.enrollment_id and e.tenant_id = c.tenant_id and (select count(*) from counted) >= 0;
 
+  -- A/B: campaigns with a winner rule whose variants' counters moved decide now
+  perform conveyor.campaign_decide_winners(c.campaign_id)
+  from (select distinct (n.tags ->> 'campaign_id')::bigint as campaign_id from new_rows as n
+        where n.tags ? 'campaign_id' and coalesce(n.tags ->> 'variant', '') <> '') as c
+  order by c.campaign_id;
+
   if tg_op = 'UPDATE' then
     for v_halt in
       select n.tenant_id, e.enrollment_id, n.message_id, n.tags ->> 'step' as step,

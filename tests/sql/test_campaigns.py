@@ -218,3 +218,50 @@ def test_clock_control_a_send_due_on_a_saturday_waits_for_monday_nine_in_the_con
         (row["execution_id"],),
     ).fetchone()
     assert after == {"wait_kind": "action", "current_step": "hello-send"}
+
+
+def ab_campaign(conn: Conn) -> int:
+    setup(conn, contacts=1)
+    doc = {
+        **CAMPAIGN,
+        "winner": {"metric": "open", "min_sample": 100},
+        "steps": [
+            {"id": "hello", "channel": "email", "text": "Hi", "variants": [
+                {"name": "a", "weight": 50, "subject": "A"}, {"name": "b", "weight": 50, "subject": "B"}]},
+        ],
+    }  # fmt: skip
+    return int(apply(conn, doc)["campaign_id"])
+
+
+def counts(conn: Conn, campaign_id: int, a: tuple[int, int], b: tuple[int, int]) -> None:
+    for variant, (sent, opened) in (("a", a), ("b", b)):
+        conn.execute(
+            "insert into conveyor.campaign_stats (tenant_id, campaign_id, step_key, variant, sent, opened)"
+            " values ('acme', %s, 'hello', %s, %s, %s) on conflict (campaign_id, step_key, variant)"
+            " do update set sent = excluded.sent, opened = excluded.opened",
+            (campaign_id, variant, sent, opened),
+        )
+
+
+def test_the_ab_winner_waits_for_the_sample_and_significance_then_new_enrollments_get_it(conn: Conn) -> None:
+    campaign_id = ab_campaign(conn)
+    decide = "select conveyor.campaign_decide_winners(%s) as n"
+    counts(conn, campaign_id, (99, 60), (100, 20))  # a has too small a sample yet
+    assert conn.execute(decide, (campaign_id,)).fetchone() == {"n": 0}
+    counts(conn, campaign_id, (100, 24), (100, 20))  # 24 % against 20 %: z = 0.69, not significant
+    assert conn.execute(decide, (campaign_id,)).fetchone() == {"n": 0}
+    counts(conn, campaign_id, (100, 40), (100, 20))  # 40 % against 20 %: z = 3.09
+    assert conn.execute(decide, (campaign_id,)).fetchone() == {"n": 1}
+    winner = conn.execute("select winner, figures from conveyor.campaign_winners").fetchone()
+    assert winner is not None and winner["winner"] == "a"
+    assert winner["figures"]["z"] == pytest.approx(3.0861, abs=1e-3)
+    doc = conn.execute(
+        "select document from conveyor.campaign_versions where campaign_id = %s and version = 2",
+        (campaign_id,),
+    ).fetchone()
+    assert doc is not None and doc["document"]["steps"][0]["subject"] == "A"
+    assert "variants" not in doc["document"]["steps"][0]
+    [row] = enroll(conn, ["1"])
+    version = conn.execute("select version from conveyor.campaign_enrollments where enrollment_id = %s",
+                           (row["enrollment_id"],)).fetchone()  # fmt: skip
+    assert version == {"version": 2}
