@@ -50,6 +50,8 @@ declare
   v_after bigint[];
   v_left integer := greatest(coalesce(p_limit, 0), 0);
   v_share integer;
+  v_served integer;
+  v_held_back integer := 0;
   v_round integer := 0;
   v_ids bigint[];
   v_ids_tenants text[];
@@ -80,10 +82,22 @@ begin
   into v_tenants
   from (select t.tenant_id, t.first_id from t order by t.first_id limit v_left) as w;
 
+  -- With several tenants waiting, the first round shares only a quarter of p_limit (at
+  -- least a place each): when it serves a tenant completely (a quiet one behind another's
+  -- burst) the batch ends there, so the transaction carrying its event is short and commits
+  -- soon; under a burst's load that transaction's length is what the quiet event waits.
+  -- The listener goes on after a batch of that size (CONTENDED_BATCH, runner/conveyor/queue.py).
+  -- One tenant alone, or only busy ones, get the whole batch.
+  if pg_catalog.cardinality(v_tenants) > 1 then
+    v_held_back := v_left - greatest(pg_catalog.cardinality(v_tenants), v_left / 4);
+    v_left := v_left - v_held_back;
+  end if;
+
   while v_left > 0 and coalesce(pg_catalog.cardinality(v_tenants), 0) > 0 and v_round < 8 loop
     v_round := v_round + 1;
     select r.tenants, r.after, r.share into v_tenants, v_after, v_share
     from conveyor.fair_round(v_left, v_tenants, v_after) as r;
+    v_served := pg_catalog.cardinality(v_tenants);
     -- the tenants that took their whole share may have more: the next round shares what
     -- this one left between them, after the last event each took
     with taken as (
@@ -116,6 +130,11 @@ begin
     exit when v_ids is null;
     return query select * from unnest(v_ids, v_ids_tenants, v_depths);
     v_left := v_left - pg_catalog.cardinality(v_ids);
+    -- Nobody served completely (every tenant had more than its share of the quarter): no
+    -- quiet tenant rides in this batch, and the rest of p_limit is shared too.
+    if v_round = 1 and coalesce(pg_catalog.cardinality(v_tenants), 0) = v_served then
+      v_left := v_left + v_held_back;
+    end if;
   end loop;
 end;
 $$;

@@ -255,6 +255,8 @@ def write_back_deliveries(
 # runners start on them, after 200 events' work rather than 1,000's (first request of a
 # burst of 5,000 at the sink after ~130 ms instead of ~290 ms; CPU per event within 3%).
 DISPATCH_BATCH = 200
+# what conveyor.claim_events takes when several tenants have events waiting (sql/fairness.sql)
+CONTENDED_BATCH = DISPATCH_BATCH // 4
 
 
 def dispatch(conn: Conn) -> int:

@@ -164,3 +164,37 @@ def test_ticks_leave_events_to_a_listener_that_dispatches_and_take_over_when_it_
         listener.join(timeout=10)
     assert runner.listener.dispatched_at is None  # its connection is gone
     assert runner.listener.owner(time.monotonic()) is DispatchOwner.TICKS
+
+
+def test_the_listener_goes_on_after_a_short_batch_that_carried_a_quiet_tenants_event(db_url: str) -> None:
+    # a quiet tenant's event behind another's burst makes the claim a quarter batch
+    # (sql/fairness.sql); the listener must not take that for "nothing more waits" and leave
+    # the burst to its next poll (30 s here)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "insert into conveyor.tenants (tenant_id, name) values ('acme', 'Acme'), ('quiet', 'Quiet')"
+            " on conflict do nothing"
+        )
+        conn.execute(
+            "select conveyor.emit('acme', 'crm.item.created', '{}'::jsonb) from generate_series(1, 600)"
+        )
+        conn.execute("select conveyor.emit('quiet', 'crm.item.created', '{}'::jsonb)")
+        runner = Runner(RunnerConfig(db_url, poll_interval=30.0))
+        listener = threading.Thread(target=runner.listener.loop, daemon=True)
+        started = time.monotonic()
+        listener.start()
+        try:
+            wait_for(
+                lambda: (
+                    conn.execute(
+                        "select count(*) from conveyor.events where dispatched_at is null"
+                    ).fetchone()
+                    == (0,)
+                ),
+                timeout=10,
+            )
+            assert time.monotonic() - started < 10
+        finally:
+            runner.stopping.set()
+            conn.execute(f'notify "{q.WAKEUP_CHANNEL}"')  # ends its wait for notifications
+            listener.join(timeout=10)

@@ -113,5 +113,6 @@ class Listener:
             if dispatched > 0:
                 self.shared.want_due_check()
                 self.shared.notify(read=True, tick=False)
-            if dispatched < q.DISPATCH_BATCH:
+            # a full batch, or a full contended one (several tenants waiting): more may wait
+            if dispatched < q.CONTENDED_BATCH:
                 return
