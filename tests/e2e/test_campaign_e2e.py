@@ -125,3 +125,82 @@ def test_ten_enrollments_receive_a_three_step_sequence(
     ).fetchall()
     assert (total["enrolled"], total["completed"]) == (10, 10)
     assert runner.stop() == 0
+
+
+def test_a_reply_and_a_bounce_stop_their_sequences_26_messages(
+    conn: Conn, mailbox: tuple[Mailbox, int], runners: Any
+) -> None:
+    """The acceptance count: 10 enrollments x 3 emails, one contact replies after the first
+    email and one bounces, so 30 - 2 - 2 = 26 messages. Delivery tracking (migration 0034)
+    is not merged yet: its table is the stand-in of tests/sql/test_campaign_tracking.py, and
+    the test writes the reply and the bounce into it as record_email_event will."""
+    from tests.sql.test_campaign_tracking import CONTRACT, SQL
+
+    box, port = mailbox
+    tenant = setup_tenant(conn)
+    conn.execute(
+        "create table public.contacts (id bigint primary key, tenant_id text, name text, email text, timezone text)"
+    )
+    conn.execute(
+        "insert into conveyor.entities (entity, table_name, id_column, tenant_column)"
+        " values ('contact', 'public.contacts', 'id', 'tenant_id')"
+    )
+    conn.execute(
+        "insert into public.contacts select g, %s, 'c' || g, 'c' || g || '@example.com', 'UTC'"
+        " from generate_series(1, 10) as g",
+        (tenant,),
+    )
+    conn.execute(
+        "insert into conveyor.connections (tenant_id, name, kind, config) values (%s, 'mail', 'smtp', %s)",
+        (tenant, Jsonb({"host": "127.0.0.1", "port": port, "security": "none", "from": "news@acme.test"})),
+    )
+    slow = {**CAMPAIGN, "steps": [{**s, "delay": "4s"} if "delay" in s else s for s in CAMPAIGN["steps"]]}
+    conn.execute("select * from conveyor.apply_campaign(%s, %s)", (tenant, Jsonb(slow)))
+    conn.execute(CONTRACT)
+    conn.execute(SQL.read_text())
+    runner = runners()
+    rows = conn.execute(
+        "select * from conveyor.enroll_campaign(%s, 'welcome', %s)", (tenant, [str(i) for i in range(1, 11)])
+    ).fetchall()
+    enrollment = {r["entity_id"]: r["enrollment_id"] for r in rows}
+    campaign_id = conn.execute("select campaign_id from conveyor.campaigns").fetchone()["campaign_id"]  # type: ignore[index]
+    wait_for(lambda: box.received if len(box.received) >= 10 else None, timeout=30)
+    for contact, change in (("1", "replied_at = now()"), ("2", "status = 'bounced'")):
+        [message] = [m for _, r, m in box.received if r == [f"c{contact}@example.com"]]
+        tags = {"campaign_id": str(campaign_id), "enrollment_id": str(enrollment[contact]), "step": "hello"}
+        conn.execute(
+            "insert into conveyor.email_messages (tenant_id, to_address, message_id, tags, status, sent_at)"
+            " values (%s, %s, %s, %s, 'sent', now())",
+            (tenant, f"c{contact}@example.com", message["Message-ID"], Jsonb(tags)),
+        )
+        conn.execute(
+            f"update conveyor.email_messages set {change} where message_id = %s", (message["Message-ID"],)
+        )
+    finished = wait_for(
+        lambda: (
+            rows
+            if len(
+                rows := conn.execute(
+                    "select entity_id, status, stop_reason from conveyor.campaign_enrollments"
+                    " where status <> 'active' order by entity_id::int"
+                ).fetchall()
+            )
+            == 10
+            else None
+        ),
+        timeout=60,
+    )
+    time.sleep(1)  # nothing more arrives
+    assert len(box.received) == 26
+    assert finished[0] == {"entity_id": "1", "status": "stopped", "stop_reason": "replied"}
+    assert finished[1] == {"entity_id": "2", "status": "stopped", "stop_reason": "bounced"}
+    assert [f["status"] for f in finished[2:]] == ["completed"] * 8
+    for address in ("c1@example.com", "c2@example.com"):
+        assert [str(m["Subject"]) for _, r, m in box.received if r == [address]] == [f"Hi {address[:2]}"]
+    [total] = conn.execute(
+        "select * from conveyor.campaign_stats(%s, 'welcome') where step_key = ''", (tenant,)
+    ).fetchall()
+    assert (total["enrolled"], total["completed"], total["stopped"], total["replied"], total["bounced"]) == (
+        10, 8, 2, 1, 1,
+    )  # fmt: skip
+    assert runner.stop() == 0
