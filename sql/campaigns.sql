@@ -94,6 +94,7 @@ declare
   v_contact jsonb;
   v_enrollment bigint;
   v_execution bigint;
+  v_started bigint[] := '{}';
 begin
   perform conveyor.require_tenant(p_tenant_id);
   v_campaign := conveyor.campaign_by_slug(p_tenant_id, p_slug);
@@ -143,10 +144,14 @@ begin
     from conveyor.workflows as w
     join conveyor.workflow_versions as v on v.workflow_id = w.workflow_id and v.version = w.current_version
     where w.workflow_id = v_campaign.workflow_id;
-    perform conveyor.record_started(array[v_execution]);
-    perform conveyor.run_executions(array[v_execution]);
+    v_started := v_started || v_execution;
     return query select v_id, v_enrollment, v_execution, 'enrolled';
   end loop;
+  -- the new executions run their first steps together: one interpreter batch
+  if cardinality(v_started) > 0 then
+    perform conveyor.record_started(v_started);
+    perform conveyor.run_executions(v_started);
+  end if;
 end;
 $$;
 
