@@ -324,6 +324,110 @@ create policy dead_letters_isolation on conveyor.dead_letters as permissive for 
 grant select on conveyor.dead_letters to conveyor_app;
 grant select, insert, update, delete on conveyor.dead_letters to conveyor_service;
 
+create table conveyor.email_events (
+  tenant_id text not null,
+  event_key text not null,
+  email_message_id bigint not null,
+  kind text not null,
+  occurred_at timestamp with time zone not null,
+  recorded_at timestamp with time zone default now() not null
+);
+alter table conveyor.email_events add constraint email_events_email_message_id_fkey FOREIGN KEY (email_message_id) REFERENCES conveyor.email_messages(id) ON DELETE CASCADE;
+alter table conveyor.email_events add constraint email_events_pkey PRIMARY KEY (tenant_id, event_key);
+alter table conveyor.email_events add constraint email_events_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+CREATE INDEX email_events_message_idx ON conveyor.email_events USING btree (email_message_id);
+alter table conveyor.email_events enable row level security;
+alter table conveyor.email_events force row level security;
+create policy email_events_isolation on conveyor.email_events as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.email_events to conveyor_app;
+grant select, insert, update, delete on conveyor.email_events to conveyor_service;
+
+create table conveyor.email_messages (
+  id bigint generated always as identity not null,
+  tenant_id text not null,
+  execution_id bigint,
+  step_key text,
+  connection_slug text,
+  to_address text not null,
+  subject text,
+  message_id text not null,
+  provider_message_id text,
+  tags jsonb default '{}'::jsonb not null,
+  status text default 'sent'::text not null,
+  opened_count integer default 0 not null,
+  first_opened_at timestamp with time zone,
+  clicked_count integer default 0 not null,
+  first_clicked_at timestamp with time zone,
+  replied_at timestamp with time zone,
+  unsubscribed_at timestamp with time zone,
+  bounce_reason text,
+  unsubscribe_token text,
+  sent_at timestamp with time zone default now() not null,
+  updated_at timestamp with time zone default now() not null
+);
+alter table conveyor.email_messages add constraint email_messages_pkey PRIMARY KEY (id);
+alter table conveyor.email_messages add constraint email_messages_status_check CHECK ((status = ANY (ARRAY['sent'::text, 'delivered'::text, 'bounced'::text, 'complained'::text, 'failed'::text])));
+alter table conveyor.email_messages add constraint email_messages_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+alter table conveyor.email_messages add constraint email_messages_tenant_id_message_id_key UNIQUE (tenant_id, message_id);
+alter table conveyor.email_messages add constraint email_messages_unsubscribe_token_check CHECK ((length(unsubscribe_token) >= 32));
+alter table conveyor.email_messages add constraint email_messages_unsubscribe_token_key UNIQUE (unsubscribe_token);
+CREATE INDEX email_messages_provider_idx ON conveyor.email_messages USING btree (tenant_id, provider_message_id) WHERE (provider_message_id IS NOT NULL);
+alter table conveyor.email_messages enable row level security;
+alter table conveyor.email_messages force row level security;
+create policy email_messages_isolation on conveyor.email_messages as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.email_messages to conveyor_app;
+grant select, insert, update, delete on conveyor.email_messages to conveyor_service;
+
+create table conveyor.email_suppressions (
+  tenant_id text not null,
+  address text not null,
+  reason text not null,
+  email_message_id bigint,
+  created_at timestamp with time zone default now() not null
+);
+alter table conveyor.email_suppressions add constraint email_suppressions_email_message_id_fkey FOREIGN KEY (email_message_id) REFERENCES conveyor.email_messages(id) ON DELETE SET NULL;
+alter table conveyor.email_suppressions add constraint email_suppressions_pkey PRIMARY KEY (tenant_id, address);
+alter table conveyor.email_suppressions add constraint email_suppressions_reason_check CHECK ((reason = ANY (ARRAY['unsubscribed'::text, 'bounced'::text, 'complained'::text, 'manual'::text])));
+alter table conveyor.email_suppressions add constraint email_suppressions_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+alter table conveyor.email_suppressions enable row level security;
+alter table conveyor.email_suppressions force row level security;
+create policy email_suppressions_isolation on conveyor.email_suppressions as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.email_suppressions to conveyor_app;
+grant select, insert, update, delete on conveyor.email_suppressions to conveyor_service;
+
+create table conveyor.email_webhook_signatures (
+  path_token text not null,
+  signature bytea not null,
+  signed_at timestamp with time zone not null
+);
+alter table conveyor.email_webhook_signatures add constraint email_webhook_signatures_path_token_fkey FOREIGN KEY (path_token) REFERENCES conveyor.email_webhooks(path_token) ON DELETE CASCADE;
+alter table conveyor.email_webhook_signatures add constraint email_webhook_signatures_pkey PRIMARY KEY (path_token, signature);
+CREATE INDEX email_webhook_signatures_signed_idx ON conveyor.email_webhook_signatures USING btree (path_token, signed_at);
+grant select, insert, delete on conveyor.email_webhook_signatures to conveyor_service;
+
+create table conveyor.email_webhooks (
+  tenant_id text not null,
+  provider text not null,
+  path_token text not null,
+  secret text not null,
+  tolerance interval default '00:05:00'::interval not null,
+  call_count bigint default 0 not null,
+  last_called_at timestamp with time zone,
+  last_status integer,
+  created_at timestamp with time zone default now() not null
+);
+alter table conveyor.email_webhooks add constraint email_webhooks_path_token_check CHECK ((length(path_token) >= 32));
+alter table conveyor.email_webhooks add constraint email_webhooks_path_token_key UNIQUE (path_token);
+alter table conveyor.email_webhooks add constraint email_webhooks_pkey PRIMARY KEY (tenant_id, provider);
+alter table conveyor.email_webhooks add constraint email_webhooks_provider_check CHECK ((provider = ANY (ARRAY['svix'::text, 'mailgun'::text])));
+alter table conveyor.email_webhooks add constraint email_webhooks_secret_check CHECK ((length(secret) >= 16));
+alter table conveyor.email_webhooks add constraint email_webhooks_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+alter table conveyor.email_webhooks enable row level security;
+alter table conveyor.email_webhooks force row level security;
+create policy email_webhooks_isolation on conveyor.email_webhooks as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select, insert, update, delete on conveyor.email_webhooks to conveyor_service;
+grant select (tenant_id, provider, path_token, tolerance, call_count, last_called_at, last_status, created_at) on conveyor.email_webhooks to conveyor_app;
+
 create table conveyor.entities (
   entity text not null,
   table_name regclass not null,
@@ -1501,6 +1605,24 @@ grant execute on function conveyor.duration_text(interval) to conveyor_service;
 create function conveyor.effective_notification_preferences(p_tenant_id text, p_user_id text, p_category text) returns jsonb
   language sql stable set search_path = '';
 grant execute on function conveyor.effective_notification_preferences(text,text,text) to conveyor_service;
+create function conveyor.email_skip(p_tenant_id text, p_input jsonb) returns jsonb
+  language sql stable security definer set search_path = '';
+grant execute on function conveyor.email_skip(text,jsonb) to conveyor_service;
+create function conveyor.email_step_errors(p_with jsonb, p_path text) returns SETOF text
+  language plpgsql immutable set search_path = '';
+grant execute on function conveyor.email_step_errors(jsonb,text) to conveyor_service;
+create function conveyor.email_suppressed(p_tenant_id text, p_address text) returns text
+  language sql stable security definer set search_path = '';
+grant execute on function conveyor.email_suppressed(text,text) to conveyor_service;
+create function conveyor.email_tag_limits() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.email_tag_limits() to conveyor_service;
+create function conveyor.email_unsubscribe(p_token text, p_confirm boolean) returns TABLE(status integer, body jsonb)
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.email_unsubscribe(text,boolean) to conveyor_service;
+create function conveyor.email_webhook_event(p_provider text, p_body jsonb, p_event_id text) returns jsonb
+  language plpgsql immutable set search_path = '';
+grant execute on function conveyor.email_webhook_event(text,jsonb,text) to conveyor_service;
 create function conveyor.emit(p_tenant_id text, p_event_type text, p_payload jsonb DEFAULT '{}'::jsonb, p_entity_type text DEFAULT NULL::text, p_entity_id text DEFAULT NULL::text, p_dedupe_key text DEFAULT NULL::text, p_source text DEFAULT NULL::text) returns bigint
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.emit(text,text,jsonb,text,text,text,text) to conveyor_app, conveyor_service;
@@ -1626,6 +1748,8 @@ grant execute on function conveyor.filter_operators() to conveyor_service;
 create function conveyor.filter_path(p_key text) returns text
   language sql immutable strict parallel safe set search_path = '';
 grant execute on function conveyor.filter_path(text) to conveyor_service;
+create function conveyor.find_email_message(p_tenant_id text, p_ref text, p_details jsonb) returns conveyor.email_messages
+  language plpgsql volatile set search_path = '';
 create function conveyor.finish_execution(p_execution_id bigint, p_status text, p_error jsonb DEFAULT NULL::jsonb) returns boolean
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.finish_execution(bigint,text,jsonb) to conveyor_service;
@@ -1635,6 +1759,9 @@ grant execute on function conveyor.fire_date_triggers(timestamp with time zone,i
 create function conveyor.fire_schedules(p_now timestamp with time zone DEFAULT now(), p_limit integer DEFAULT 100) returns integer
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.fire_schedules(timestamp with time zone,integer) to conveyor_service;
+create function conveyor.flow_admit_started(p_execution_id bigint) returns boolean
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.flow_admit_started(bigint) to conveyor_service;
 create function conveyor.flow_control(p_new conveyor.executions[]) returns conveyor.executions[]
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.flow_control(conveyor.executions[]) to conveyor_service;
@@ -1947,9 +2074,20 @@ grant execute on function conveyor.random_token() to conveyor_service;
 create function conveyor.read_actions(p_qty integer, p_margin_s numeric, p_default_timeout_s numeric DEFAULT 30) returns TABLE(msg_id bigint, read_ct integer, message jsonb, dead_letter text)
   language plpgsql volatile security definer set search_path = '' set plan_cache_mode = force_generic_plan set enable_seqscan = off;
 grant execute on function conveyor.read_actions(integer,numeric,numeric) to conveyor_service;
+create function conveyor.receive_email_webhook(p_path_token text, p_headers jsonb, p_body bytea, p_now timestamp with time zone DEFAULT now()) returns TABLE(status integer, body jsonb)
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.receive_email_webhook(text,jsonb,bytea,timestamp with time zone) to conveyor_service;
 create function conveyor.receive_webhook(p_path_token text, p_method text, p_headers jsonb, p_body bytea, p_source inet, p_now timestamp with time zone DEFAULT now()) returns TABLE(status integer, body jsonb)
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.receive_webhook(text,text,jsonb,bytea,inet,timestamp with time zone) to conveyor_service;
+create function conveyor.record_email_event(p_tenant_id text, p_message_ref text, p_kind text, p_occurred_at timestamp with time zone, p_details jsonb DEFAULT '{}'::jsonb) returns jsonb
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.record_email_event(text,text,text,timestamp with time zone,jsonb) to conveyor_app, conveyor_service;
+create function conveyor.record_email_reply(p_tenant_id text, p_in_reply_to text, p_references text DEFAULT NULL::text, p_details jsonb DEFAULT '{}'::jsonb) returns jsonb
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.record_email_reply(text,text,text,jsonb) to conveyor_app, conveyor_service;
+create function conveyor.record_email_sent(p_tenant_id text, p_execution_id bigint, p_step_id text, p_connection text, p_input jsonb, p_output jsonb) returns void
+  language plpgsql volatile security definer set search_path = '';
 create function conveyor.record_started(p_execution_ids bigint[]) returns void
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.record_started(bigint[]) to conveyor_service;
@@ -2075,6 +2213,9 @@ create function conveyor.scheduled_workflows(p_tenant_id text) returns bigint
 grant execute on function conveyor.scheduled_workflows(text) to conveyor_service;
 create function conveyor.send_actions(p_step_run_ids bigint[], p_delay_s integer DEFAULT 0) returns integer
   language plpgsql volatile security definer set search_path = '';
+create function conveyor.set_email_webhook(p_tenant_id text, p_provider text, p_secret text) returns jsonb
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.set_email_webhook(text,text,text) to conveyor_app, conveyor_service;
 create function conveyor.set_notification_channel(p_tenant_id text, p_channel text, p_connection_name text) returns void
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.set_notification_channel(text,text,text) to conveyor_app, conveyor_service;

@@ -27,7 +27,7 @@ begin
       (n.unsubscribed_at is not null and o.unsubscribed_at is null)::integer as unsubscribed
     from new_rows as n
     left join old_rows as o on o.id = n.id
-    where n.tags ? 'campaign_id'
+    where n.tags ->> 'campaign_id' ~ '^[0-9]{1,18}$' and coalesce(n.tags ->> 'enrollment_id', '0') ~ '^[0-9]{1,18}$'
   ),
   levels as (
     select c.tenant_id, c.campaign_id, l.step_key, l.variant, c.sent, c.delivered, c.opened, c.clicked, c.replied,
@@ -72,7 +72,7 @@ begin
   -- A/B: campaigns with a winner rule whose variants' counters moved decide now
   perform conveyor.campaign_decide_winners(c.campaign_id)
   from (select distinct (n.tags ->> 'campaign_id')::bigint as campaign_id from new_rows as n
-        where n.tags ? 'campaign_id' and coalesce(n.tags ->> 'variant', '') <> '') as c
+        where n.tags ->> 'campaign_id' ~ '^[0-9]{1,18}$' and coalesce(n.tags ->> 'variant', '') <> '') as c
   order by c.campaign_id;
 
   if tg_op = 'UPDATE' then
@@ -88,9 +88,9 @@ begin
       from new_rows as n
       join old_rows as o on o.id = n.id
       join conveyor.campaign_enrollments as e
-        on e.enrollment_id = (n.tags ->> 'enrollment_id')::bigint and e.tenant_id = n.tenant_id
+        on e.enrollment_id::text = n.tags ->> 'enrollment_id' and e.tenant_id = n.tenant_id
       join conveyor.campaign_versions as v on v.campaign_id = e.campaign_id and v.version = e.version
-      where n.tags ? 'enrollment_id' and e.status in ('active', 'paused')
+      where n.tags ->> 'enrollment_id' ~ '^[0-9]{1,18}$' and e.status in ('active', 'paused')
       order by e.enrollment_id
     loop
       continue when v_halt.reason is null;
@@ -121,14 +121,14 @@ begin
   from new_rows as n
   cross join lateral (select distinct v.step_key, v.variant from (values ('', ''), (coalesce(n.tags ->> 'step', ''), ''),
     (coalesce(n.tags ->> 'step', ''), coalesce(n.tags ->> 'variant', ''))) as v (step_key, variant)) as l
-  join conveyor.campaigns as k on k.campaign_id = (n.tags ->> 'campaign_id')::bigint and k.tenant_id = n.tenant_id
-  where n.tags ? 'campaign_id'
+  join conveyor.campaigns as k on k.campaign_id::text = n.tags ->> 'campaign_id' and k.tenant_id = n.tenant_id
+  where n.tags ->> 'campaign_id' ~ '^[0-9]{1,18}$'
   group by 1, 2, 3, 4
   order by 2, 3, 4
   on conflict (campaign_id, step_key, variant) do update set sent = s.sent + excluded.sent;
   update conveyor.campaign_enrollments as e set sent = e.sent + c.sent
   from (select (n.tags ->> 'enrollment_id')::bigint as enrollment_id, n.tenant_id, count(*) as sent
-        from new_rows as n where n.tags ? 'enrollment_id' group by 1, 2) as c
+        from new_rows as n where n.tags ->> 'enrollment_id' ~ '^[0-9]{1,18}$' group by 1, 2) as c
   where e.enrollment_id = c.enrollment_id and e.tenant_id = c.tenant_id;
   return null;
 end;

@@ -89,7 +89,10 @@ begin
       format('retry of execution %s', v_old.execution_id), jsonb_build_object('retry_of', v_old.execution_id));
 
   perform conveyor.record_started(array[v_new]);
-  perform conveyor.run_executions(array[v_new]);
+  -- (over its key's concurrency it waits for a slot, sql/flow_control.sql)
+  if conveyor.flow_admit_started(v_new) then
+    perform conveyor.run_executions(array[v_new]);
+  end if;
   return v_new;
 end;
 $$;

@@ -309,6 +309,41 @@ begin
 end;
 $$;
 
+-- Concurrency per key for an execution started without an event (a manual run, a
+-- schedule's, a retry: conveyor.start_workflow, conveyor.retry_execution), already written
+-- as pending: true when it may run now (its version has no concurrency setting, or a slot
+-- was free and is now its own); false when it waits for a slot in its key's queue, as a
+-- dispatched one would. Debounce and throttle shape bursts of events and leave these alone.
+create or replace function conveyor.flow_admit_started(p_execution_id bigint)
+returns boolean
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_exec conveyor.executions;
+  v_concurrency jsonb;
+  v_admitted bigint[];
+begin
+  select e.* into v_exec from conveyor.executions as e where e.execution_id = p_execution_id;
+  select v.flow -> 'concurrency' into v_concurrency from conveyor.workflow_versions as v
+  where v.workflow_id = v_exec.workflow_id and v.version = v_exec.version;
+  if v_concurrency is null then
+    return true;
+  end if;
+  v_exec.flow_key := conveyor.flow_key(v_concurrency ->> 'key', v_exec.trigger, 'settings.concurrency.key');
+  v_admitted := conveyor.flow_take_slots(
+    array[v_exec.tenant_id], array[v_exec.workflow_id], array[v_exec.flow_key], array[p_execution_id],
+    array[(v_concurrency ->> 'limit')::integer]
+  );
+  update conveyor.executions as e
+  set flow_key = v_exec.flow_key,
+    status = case when p_execution_id = any(v_admitted) then e.status else 'waiting' end,
+    wait_kind = case when p_execution_id = any(v_admitted) then e.wait_kind else 'slot' end
+  where e.execution_id = p_execution_id;
+  return p_execution_id = any(v_admitted);
+end;
+$$;
+
 -- Gives up the slots of executions that ended (p_workflows[i], p_keys[i]: one per
 -- execution) and admits the next ones queued on those keys, oldest first: they become due
 -- at once, and the tick runs them (conveyor.flow_due). A key with nothing running or

@@ -28,7 +28,10 @@ begin
       message = format('workflow %s does not exist or has no published version', p_workflow_id);
   end if;
   perform conveyor.record_started(array[v_execution_id]);
-  perform conveyor.run_executions(array[v_execution_id]);
+  -- (over its key's concurrency it waits for a slot, sql/flow_control.sql)
+  if conveyor.flow_admit_started(v_execution_id) then
+    perform conveyor.run_executions(array[v_execution_id]);
+  end if;
   return v_execution_id;
 end;
 $$;

@@ -53,7 +53,8 @@ as $$
     case when b.kind is not null then 'step_' || k.kind || '_bodies' end
   from (
     values
-      (1, 'action', 'action', null, array['connection', 'with', 'next', 'retry', 'timeout'], array['next'],
+      (1, 'action', 'action', null, array['connection', 'with', 'next', 'retry', 'timeout', 'tags', 'list_unsubscribe'],
+        array['next'],
         null::jsonb, false, true, true, 'step_action_compiled'),
       (2, 'condition', 'if', 'if', array['then', 'else'], array['then', 'else'], '{"then": "then", "else": "else"}',
         false, false, false, null),

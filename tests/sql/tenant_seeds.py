@@ -152,6 +152,18 @@ SEEDS: dict[str, str] = {
     "campaign_winners": """
         insert into conveyor.campaign_winners (campaign_id, step_key, tenant_id, metric, winner, figures, campaign_version)
         select campaign_id, 'hello', tenant_id, 'open', 'a', '{}', 1 from conveyor.campaigns where tenant_id = %(t)s""",
+    "email_messages": """
+        insert into conveyor.email_messages (tenant_id, to_address, message_id, tags)
+        values (%(t)s, 'lead@' || %(t)s || '.test', '<m1@' || %(t)s || '.test>', '{"campaign_id": "c1"}')""",
+    "email_events": """
+        insert into conveyor.email_events (tenant_id, event_key, email_message_id, kind, occurred_at)
+        select tenant_id, 'id:ev-1', id, 'delivered', now() from conveyor.email_messages where tenant_id = %(t)s""",
+    "email_suppressions": """
+        insert into conveyor.email_suppressions (tenant_id, address, reason)
+        values (%(t)s, 'gone@' || %(t)s || '.test', 'unsubscribed')""",
+    "email_webhooks": """
+        insert into conveyor.email_webhooks (tenant_id, provider, path_token, secret)
+        values (%(t)s, 'svix', md5(%(t)s) || md5(%(t)s), 'whsec_' || md5(%(t)s))""",
 }
 # Platform-wide rows some seeds refer to (not tenant data).
 SHARED_SEEDS = [

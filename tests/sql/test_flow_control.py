@@ -162,6 +162,35 @@ def test_a_failing_execution_frees_its_slot(conn: Conn) -> None:
     assert slots(conn) == {}
 
 
+def test_a_manual_run_and_a_retry_wait_for_their_keys_slot_too(conn: Conn) -> None:
+    t = add_tenant(conn, "acme")
+    publish_limited(conn, t)
+    updated(conn, t, "d1")
+    dispatch(conn)
+    manual = conn.execute(
+        "select conveyor.trigger_workflow(%s, 'per-deal', '{\"n\": 7}', 'deal', 'd1') as id", (t,)
+    ).fetchone()["id"]  # type: ignore[index]
+    assert states(conn, "d1") == [(0, "waiting", "event"), (7, "waiting", "slot")]
+    assert slots(conn) == {"d1": 1}
+    # the running one done, the manual run has the slot and runs
+    done(conn, t, "d1")
+    tick(conn)
+    assert states(conn, "d1") == [(0, "completed", None), (7, "waiting", "event")]
+
+    # a retry of a cancelled one queues behind the manual run that holds the slot
+    conn.execute("select conveyor.cancel_execution(%s, %s, 'stop')", (t, manual))
+    updated(conn, t, "d1")
+    dispatch(conn)
+    retry = conn.execute("select conveyor.retry_execution(%s, %s) as id", (t, manual)).fetchone()["id"]  # type: ignore[index]
+    assert conn.execute(
+        "select status, wait_kind, flow_key from conveyor.executions where execution_id = %s", (retry,)
+    ).fetchone() == {"status": "waiting", "wait_kind": "slot", "flow_key": "d1"}
+    assert slots(conn) == {"d1": 1}
+    # another key's manual run runs at once
+    conn.execute("select conveyor.trigger_workflow(%s, 'per-deal', '{}', 'deal', 'd2')", (t,))
+    assert slots(conn) == {"d1": 1, "d2": 1}
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_racing_dispatchers_never_admit_more_than_the_limit(db_url: str, conn: Conn, seed: int) -> None:
     rng = random.Random(seed)

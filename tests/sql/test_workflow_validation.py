@@ -37,9 +37,10 @@ def test_missing_and_extra_keys_are_reported_at_every_level_in_document_order(co
         "settings.speed: unknown key (expected one of: run_once_per_entity, max_executions_per_hour,"
         " max_concurrent, timeout, retry, on_error, max_steps, concurrency, debounce, throttle)",
         "steps[0].with.to: required key is missing",
-        "steps[0].with.colour: unknown key (expected one of: to, subject, text, html, cc, bcc, from_name, reply_to)",
+        "steps[0].with.colour: unknown key (expected one of: to, subject, text, html, cc, bcc, from_name, reply_to,"
+        " tags, list_unsubscribe)",
         'steps[3].priority: unknown key for a "action" step (expected one of: id, action, on_error, connection,'
-        " with, next, retry, timeout)",
+        " with, next, retry, timeout, tags, list_unsubscribe)",
         "steps[4].stop.why: unknown key (expected one of: reason, status)",
     ]
 

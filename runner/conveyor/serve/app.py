@@ -5,6 +5,7 @@
   GET  /api/me                             → who a user token proves (tokens.py)
   /api/notifications...                    → a user's notifications and their stream
                                              (notification_routes.py, stream.py)
+  POST /email/hooks/<path token>, /u/<token> → email tracking (email_routes.py)
   GET  /healthz                            → 200 when the database answers
 
 Every decision is made in SQL; this only forwards and answers, on the event loop, with
@@ -31,6 +32,7 @@ from starlette.routing import Route
 
 from conveyor.serve.approval_routes import APPROVAL_ROUTES
 from conveyor.serve.bodies import BadRequest, json_too_deep, parse_json_object
+from conveyor.serve.email_routes import EMAIL_ROUTES
 from conveyor.serve.limits import Limits
 from conveyor.serve.notification_routes import NOTIFICATION_ROUTES
 from conveyor.serve.user_auth import authenticated_user
@@ -178,6 +180,7 @@ ROUTES = [
     Route("/api/me", me, methods=["GET"]),
     *NOTIFICATION_ROUTES,
     *APPROVAL_ROUTES,
+    *EMAIL_ROUTES,
 ]
 
 
