@@ -372,6 +372,8 @@ alter table conveyor.email_messages add constraint email_messages_tenant_id_mess
 alter table conveyor.email_messages add constraint email_messages_unsubscribe_token_check CHECK ((length(unsubscribe_token) >= 32));
 alter table conveyor.email_messages add constraint email_messages_unsubscribe_token_key UNIQUE (unsubscribe_token);
 CREATE INDEX email_messages_provider_idx ON conveyor.email_messages USING btree (tenant_id, provider_message_id) WHERE (provider_message_id IS NOT NULL);
+CREATE TRIGGER email_messages_campaign_insert AFTER INSERT ON conveyor.email_messages REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION conveyor.campaign_count_sent();
+CREATE TRIGGER email_messages_campaign_update AFTER UPDATE ON conveyor.email_messages REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION conveyor.campaign_count_messages();
 alter table conveyor.email_messages enable row level security;
 alter table conveyor.email_messages force row level security;
 create policy email_messages_isolation on conveyor.email_messages as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
