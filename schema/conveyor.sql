@@ -102,6 +102,138 @@ create policy approval_requests_isolation on conveyor.approval_requests as permi
 grant select on conveyor.approval_requests to conveyor_app;
 grant select, insert, update, delete on conveyor.approval_requests to conveyor_service;
 
+create table conveyor.campaign_enrollments (
+  enrollment_id bigint generated always as identity not null,
+  tenant_id text not null,
+  campaign_id bigint not null,
+  version integer not null,
+  entity_type text not null,
+  entity_id text not null,
+  execution_id bigint,
+  status text default 'active'::text not null,
+  stop_reason text,
+  enrolled_at timestamp with time zone default now() not null,
+  finished_at timestamp with time zone,
+  sent integer default 0 not null,
+  delivered integer default 0 not null,
+  opened integer default 0 not null,
+  clicked integer default 0 not null,
+  replied integer default 0 not null,
+  bounced integer default 0 not null,
+  unsubscribed integer default 0 not null
+);
+alter table conveyor.campaign_enrollments add constraint campaign_enrollments_campaign_id_fkey FOREIGN KEY (campaign_id) REFERENCES conveyor.campaigns(campaign_id) ON DELETE CASCADE;
+alter table conveyor.campaign_enrollments add constraint campaign_enrollments_pkey PRIMARY KEY (enrollment_id);
+alter table conveyor.campaign_enrollments add constraint campaign_enrollments_status_check CHECK ((status = ANY (ARRAY['active'::text, 'paused'::text, 'completed'::text, 'stopped'::text, 'cancelled'::text, 'failed'::text])));
+alter table conveyor.campaign_enrollments add constraint campaign_enrollments_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+CREATE UNIQUE INDEX campaign_enrollments_active_idx ON conveyor.campaign_enrollments USING btree (campaign_id, entity_id) WHERE (status = ANY (ARRAY['active'::text, 'paused'::text]));
+CREATE INDEX campaign_enrollments_campaign_idx ON conveyor.campaign_enrollments USING btree (campaign_id, enrollment_id);
+CREATE INDEX campaign_enrollments_execution_idx ON conveyor.campaign_enrollments USING btree (execution_id);
+alter table conveyor.campaign_enrollments enable row level security;
+alter table conveyor.campaign_enrollments force row level security;
+create policy campaign_enrollments_isolation on conveyor.campaign_enrollments as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.campaign_enrollments to conveyor_app;
+grant select, insert, update, delete on conveyor.campaign_enrollments to conveyor_service;
+
+create table conveyor.campaign_send_slots (
+  tenant_id text not null,
+  key text not null,
+  minute timestamp with time zone not null,
+  used integer default 0 not null
+);
+alter table conveyor.campaign_send_slots add constraint campaign_send_slots_pkey PRIMARY KEY (tenant_id, key, minute);
+alter table conveyor.campaign_send_slots add constraint campaign_send_slots_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+alter table conveyor.campaign_send_slots enable row level security;
+alter table conveyor.campaign_send_slots force row level security;
+create policy campaign_send_slots_isolation on conveyor.campaign_send_slots as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.campaign_send_slots to conveyor_app;
+grant select, insert, update, delete on conveyor.campaign_send_slots to conveyor_service;
+
+create table conveyor.campaign_stats (
+  tenant_id text not null,
+  campaign_id bigint not null,
+  step_key text default ''::text not null,
+  variant text default ''::text not null,
+  enrolled bigint default 0 not null,
+  sent bigint default 0 not null,
+  delivered bigint default 0 not null,
+  opened bigint default 0 not null,
+  clicked bigint default 0 not null,
+  replied bigint default 0 not null,
+  bounced bigint default 0 not null,
+  complained bigint default 0 not null,
+  unsubscribed bigint default 0 not null,
+  completed bigint default 0 not null,
+  stopped bigint default 0 not null
+);
+alter table conveyor.campaign_stats add constraint campaign_stats_campaign_id_fkey FOREIGN KEY (campaign_id) REFERENCES conveyor.campaigns(campaign_id) ON DELETE CASCADE;
+alter table conveyor.campaign_stats add constraint campaign_stats_pkey PRIMARY KEY (campaign_id, step_key, variant);
+alter table conveyor.campaign_stats add constraint campaign_stats_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+alter table conveyor.campaign_stats enable row level security;
+alter table conveyor.campaign_stats force row level security;
+create policy campaign_stats_isolation on conveyor.campaign_stats as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.campaign_stats to conveyor_app;
+grant select, insert, update, delete on conveyor.campaign_stats to conveyor_service;
+
+create table conveyor.campaign_versions (
+  campaign_id bigint not null,
+  version integer not null,
+  tenant_id text not null,
+  document jsonb not null,
+  workflow_version integer not null,
+  created_at timestamp with time zone default now() not null
+);
+alter table conveyor.campaign_versions add constraint campaign_versions_campaign_id_fkey FOREIGN KEY (campaign_id) REFERENCES conveyor.campaigns(campaign_id) ON DELETE CASCADE;
+alter table conveyor.campaign_versions add constraint campaign_versions_pkey PRIMARY KEY (campaign_id, version);
+alter table conveyor.campaign_versions add constraint campaign_versions_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+alter table conveyor.campaign_versions enable row level security;
+alter table conveyor.campaign_versions force row level security;
+create policy campaign_versions_isolation on conveyor.campaign_versions as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.campaign_versions to conveyor_app;
+grant select, insert, update, delete on conveyor.campaign_versions to conveyor_service;
+
+create table conveyor.campaign_winners (
+  campaign_id bigint not null,
+  step_key text not null,
+  tenant_id text not null,
+  metric text not null,
+  winner text not null,
+  figures jsonb not null,
+  decided_at timestamp with time zone default now() not null,
+  campaign_version integer not null
+);
+alter table conveyor.campaign_winners add constraint campaign_winners_campaign_id_fkey FOREIGN KEY (campaign_id) REFERENCES conveyor.campaigns(campaign_id) ON DELETE CASCADE;
+alter table conveyor.campaign_winners add constraint campaign_winners_pkey PRIMARY KEY (campaign_id, step_key);
+alter table conveyor.campaign_winners add constraint campaign_winners_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+alter table conveyor.campaign_winners enable row level security;
+alter table conveyor.campaign_winners force row level security;
+create policy campaign_winners_isolation on conveyor.campaign_winners as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.campaign_winners to conveyor_app;
+grant select, insert, update, delete on conveyor.campaign_winners to conveyor_service;
+
+create table conveyor.campaigns (
+  campaign_id bigint generated always as identity not null,
+  tenant_id text not null,
+  slug text not null,
+  name text not null,
+  audience text not null,
+  workflow_id bigint not null,
+  current_version integer not null,
+  paused boolean default false not null,
+  created_at timestamp with time zone default now() not null,
+  updated_at timestamp with time zone default now() not null
+);
+alter table conveyor.campaigns add constraint campaigns_pkey PRIMARY KEY (campaign_id);
+alter table conveyor.campaigns add constraint campaigns_slug_check CHECK ((slug ~ '^[a-z0-9][a-z0-9-]*$'::text));
+alter table conveyor.campaigns add constraint campaigns_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+alter table conveyor.campaigns add constraint campaigns_tenant_id_slug_key UNIQUE (tenant_id, slug);
+alter table conveyor.campaigns add constraint campaigns_workflow_id_fkey FOREIGN KEY (workflow_id) REFERENCES conveyor.workflows(workflow_id);
+alter table conveyor.campaigns enable row level security;
+alter table conveyor.campaigns force row level security;
+create policy campaigns_isolation on conveyor.campaigns as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.campaigns to conveyor_app;
+grant select, insert, update, delete on conveyor.campaigns to conveyor_service;
+
 create table conveyor.connections (
   tenant_id text not null,
   name text not null,
@@ -240,6 +372,8 @@ alter table conveyor.email_messages add constraint email_messages_tenant_id_mess
 alter table conveyor.email_messages add constraint email_messages_unsubscribe_token_check CHECK ((length(unsubscribe_token) >= 32));
 alter table conveyor.email_messages add constraint email_messages_unsubscribe_token_key UNIQUE (unsubscribe_token);
 CREATE INDEX email_messages_provider_idx ON conveyor.email_messages USING btree (tenant_id, provider_message_id) WHERE (provider_message_id IS NOT NULL);
+CREATE TRIGGER email_messages_campaign_insert AFTER INSERT ON conveyor.email_messages REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION conveyor.campaign_count_sent();
+CREATE TRIGGER email_messages_campaign_update AFTER UPDATE ON conveyor.email_messages REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION conveyor.campaign_count_messages();
 alter table conveyor.email_messages enable row level security;
 alter table conveyor.email_messages force row level security;
 create policy email_messages_isolation on conveyor.email_messages as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
@@ -1059,7 +1193,7 @@ create table conveyor.workflow_steps (
 );
 alter table conveyor.workflow_steps add constraint workflow_steps_action_type CHECK (((kind = ANY (ARRAY['action'::text, 'data'::text])) = (action_type IS NOT NULL)));
 alter table conveyor.workflow_steps add constraint workflow_steps_goto_has_target CHECK (((on_error = 'goto'::text) = (error_step IS NOT NULL)));
-alter table conveyor.workflow_steps add constraint workflow_steps_kind_check CHECK ((kind = ANY (ARRAY['action'::text, 'condition'::text, 'switch'::text, 'set_variable'::text, 'transform'::text, 'stop'::text, 'emit'::text, 'data'::text, 'delay'::text, 'wait_for_event'::text, 'wait_until'::text, 'split'::text, 'parallel'::text, 'for_each'::text, 'call'::text, 'notify'::text, 'approval'::text])));
+alter table conveyor.workflow_steps add constraint workflow_steps_kind_check CHECK ((kind = ANY (ARRAY['action'::text, 'condition'::text, 'switch'::text, 'set_variable'::text, 'transform'::text, 'stop'::text, 'emit'::text, 'data'::text, 'delay'::text, 'wait_for_event'::text, 'wait_until'::text, 'split'::text, 'parallel'::text, 'for_each'::text, 'call'::text, 'notify'::text, 'approval'::text, 'campaign'::text])));
 alter table conveyor.workflow_steps add constraint workflow_steps_on_error_check CHECK ((on_error = ANY (ARRAY['fail'::text, 'continue'::text, 'retry'::text, 'goto'::text])));
 alter table conveyor.workflow_steps add constraint workflow_steps_pkey PRIMARY KEY (workflow_id, version, step_id);
 alter table conveyor.workflow_steps add constraint workflow_steps_position_check CHECK (("position" >= 0));
@@ -1148,6 +1282,9 @@ create function conveyor.advance_executions(p_execution_ids bigint[], p_now time
 grant execute on function conveyor.advance_executions(bigint[],timestamp with time zone) to conveyor_service;
 create function conveyor.apply_action_results(p_results jsonb) returns TABLE(msg_id bigint, step_run_id bigint, outcome text)
   language plpgsql volatile security definer set search_path = '' set enable_seqscan = off set enable_hashjoin = off set enable_mergejoin = off set enable_material = off set plan_cache_mode = force_generic_plan set jit = off;
+create function conveyor.apply_campaign(p_tenant_id text, p_doc jsonb) returns TABLE(campaign_id bigint, version integer, workflow_version integer)
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.apply_campaign(text,jsonb) to conveyor_app, conveyor_service;
 create function conveyor.approval_apply(p_request conveyor.approval_requests, p_now timestamp with time zone) returns boolean
   language plpgsql volatile security definer set search_path = '';
 create function conveyor.approval_asked(p_request conveyor.approval_requests, p_user text) returns boolean
@@ -1193,6 +1330,42 @@ create function conveyor.call_child(p_exec conveyor.executions, p_step_id text, 
 create function conveyor.caller_subject_to_rls() returns boolean
   language sql stable set search_path = '';
 grant execute on function conveyor.caller_subject_to_rls() to conveyor_service;
+create function conveyor.campaign_by_slug(p_tenant_id text, p_slug text) returns conveyor.campaigns
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.campaign_by_slug(text,text) to conveyor_service;
+create function conveyor.campaign_count_messages() returns trigger
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.campaign_count_messages() to conveyor_service;
+create function conveyor.campaign_count_sent() returns trigger
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.campaign_count_sent() to conveyor_service;
+create function conveyor.campaign_decide_winners(p_campaign_id bigint) returns integer
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.campaign_decide_winners(bigint) to conveyor_service;
+create function conveyor.campaign_detail(p_tenant_id text, p_slug text) returns jsonb
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.campaign_detail(text,text) to conveyor_app, conveyor_service;
+create function conveyor.campaign_errors(p_doc jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.campaign_errors(jsonb) to conveyor_service;
+create function conveyor.campaign_finish(p_execution_id bigint, p_status text, p_reason text) returns jsonb
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.campaign_finish(bigint,text,text) to conveyor_service;
+create function conveyor.campaign_rewrite(p_value jsonb) returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.campaign_rewrite(jsonb) to conveyor_service;
+create function conveyor.campaign_send(p_doc jsonb, p_step jsonb, p_id text, p_next text, p_variant text) returns jsonb
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.campaign_send(jsonb,jsonb,text,text,text) to conveyor_service;
+create function conveyor.campaign_send_slot(p_tenant_id text, p_key text, p_per_minute integer, p_window jsonb, p_now timestamp with time zone) returns timestamp with time zone
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.campaign_send_slot(text,text,integer,jsonb,timestamp with time zone) to conveyor_service;
+create function conveyor.campaign_stats(p_tenant_id text, p_slug text) returns TABLE(step_key text, variant text, enrolled bigint, sent bigint, delivered bigint, opened bigint, clicked bigint, replied bigint, bounced bigint, complained bigint, unsubscribed bigint, completed bigint, stopped bigint)
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.campaign_stats(text,text) to conveyor_app, conveyor_service;
+create function conveyor.campaign_step_errors(p_doc jsonb, p_step jsonb, p_path text, p_index integer) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.campaign_step_errors(jsonb,jsonb,text,integer) to conveyor_service;
 create function conveyor.cancel_execution(p_tenant_id text, p_execution_id bigint, p_reason text DEFAULT NULL::text) returns text
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.cancel_execution(text,bigint,text) to conveyor_app, conveyor_service;
@@ -1202,6 +1375,9 @@ grant execute on function conveyor.capture_log(regclass) to conveyor_service;
 create function conveyor.claim_events(p_limit integer) returns TABLE(event_id bigint, tenant_id text, depth integer)
   language plpgsql volatile set search_path = '' set jit = off;
 grant execute on function conveyor.claim_events(integer) to conveyor_service;
+create function conveyor.compile_campaign(p_doc jsonb) returns jsonb
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.compile_campaign(jsonb) to conveyor_service;
 create function conveyor.compile_filter(p_filter jsonb) returns jsonpath
   language plpgsql immutable parallel safe set search_path = '';
 grant execute on function conveyor.compile_filter(jsonb) to conveyor_service;
@@ -1247,6 +1423,12 @@ grant execute on function conveyor.constant_time_equals(text,text) to conveyor_s
 create function conveyor.context_value(p_context jsonb, p_path text[]) returns jsonb
   language sql stable parallel safe set search_path = '';
 grant execute on function conveyor.context_value(jsonb,text[]) to conveyor_service;
+create function conveyor.control_campaign(p_tenant_id text, p_slug text, p_action text) returns integer
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.control_campaign(text,text,text) to conveyor_app, conveyor_service;
+create function conveyor.control_enrollment(p_tenant_id text, p_enrollment_id bigint, p_action text) returns text
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.control_enrollment(text,bigint,text) to conveyor_app, conveyor_service;
 create function conveyor.count_tenant_events(p_tenants text[], p_rate_limit bigint, p_active_limit bigint) returns boolean
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.count_tenant_events(text[],bigint,bigint) to conveyor_service;
@@ -1452,6 +1634,12 @@ grant execute on function conveyor.emit_from_execution(conveyor.executions,jsonb
 create function conveyor.enqueue_action(p_step_run_id bigint, p_delay_s integer DEFAULT 0) returns bigint
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.enqueue_action(bigint,integer) to conveyor_service;
+create function conveyor.enroll_campaign(p_tenant_id text, p_slug text, p_ids text[]) returns TABLE(entity_id text, enrollment_id bigint, execution_id bigint, result text)
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.enroll_campaign(text,text,text[]) to conveyor_app, conveyor_service;
+create function conveyor.enroll_campaign_where(p_tenant_id text, p_slug text, p_condition jsonb, p_limit integer DEFAULT 1000) returns TABLE(entity_id text, enrollment_id bigint, execution_id bigint, result text)
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.enroll_campaign_where(text,text,jsonb,integer) to conveyor_app, conveyor_service;
 create function conveyor.error_is_transient(p_sqlstate text) returns boolean
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.error_is_transient(text) to conveyor_service;
@@ -1673,6 +1861,9 @@ grant execute on function conveyor.limit_setting(text,bigint) to conveyor_servic
 create function conveyor.list_approvals(p_tenant_id text, p_user_id text, p_pending_only boolean DEFAULT true, p_limit integer DEFAULT 100) returns TABLE(request_id bigint, execution_id bigint, workflow text, step_id text, title text, message text, action_url text, state text, outcome text, mode text, quorum text, needed integer, approvers text[], votes text[], requester text, asked boolean, due_at timestamp with time zone, escalated_at timestamp with time zone, created_at timestamp with time zone, decided_at timestamp with time zone)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.list_approvals(text,text,boolean,integer) to conveyor_app, conveyor_service;
+create function conveyor.list_campaigns(p_tenant_id text) returns TABLE(slug text, name text, audience text, version integer, paused boolean, active bigint, enrolled bigint)
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.list_campaigns(text) to conveyor_app, conveyor_service;
 create function conveyor.list_dead_letters(p_tenant_id text, p_limit integer DEFAULT 50) returns TABLE(dead_letter_id bigint, msg_id bigint, execution_id bigint, step_id text, step_run_id bigint, reason text, last_error text, attempts integer, enqueued_at timestamp with time zone, dead_at timestamp with time zone, message jsonb)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.list_dead_letters(text,integer) to conveyor_app, conveyor_service;
@@ -2090,6 +2281,12 @@ grant execute on function conveyor.step_call_code() to conveyor_service;
 create function conveyor.step_call_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.step_call_errors(jsonb,text,jsonb) to conveyor_service;
+create function conveyor.step_campaign_code() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_campaign_code() to conveyor_service;
+create function conveyor.step_campaign_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.step_campaign_errors(jsonb,text,jsonb) to conveyor_service;
 create function conveyor.step_condition_code() returns jsonb
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.step_condition_code() to conveyor_service;
