@@ -3,7 +3,7 @@ SHELL := /bin/bash
 BIN := .venv/bin
 
 .PHONY: bootstrap run test lint pytest migrate schema db-start db-stop db-status clean-db \
-	bench bench-capture bench-dispatch bench-runner bench-http-client bench-waiting bench-wait-races bench-delays bench-burst bench-floor bench-queue bench-serve bench-e2e bench-fanout bench-noisy-neighbour bench-ab bench-notification-stream chaos
+	bench bench-capture bench-dispatch bench-runner bench-http-client bench-waiting bench-wait-races bench-delays bench-campaign bench-burst bench-floor bench-queue bench-serve bench-e2e bench-fanout bench-noisy-neighbour bench-ab bench-notification-stream chaos console-screenshots
 
 bootstrap:  ## install the PostgreSQL server packages (as root) and the locked virtualenv
 	@bash scripts/bootstrap.sh
@@ -23,6 +23,9 @@ lint: bootstrap
 
 pytest: bootstrap
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+console-screenshots: bootstrap  ## docs/console-*.png from the console's browser test (docs/console.md)
+	CONVEYOR_CONSOLE_SCREENSHOTS=docs $(BIN)/pytest -q tests/e2e/test_console_browser.py
 
 migrate: bootstrap
 	$(BIN)/conveyor migrate
@@ -54,6 +57,9 @@ bench-burst: bootstrap  ## 1,000 events at once through real runners: drain time
 
 bench-delays: bootstrap  ## 1,000 delays due in the same second: lateness p50/p99/max with a real runner (bench/RESULTS.md)
 	$(BIN)/python -m bench.delay_lateness
+
+bench-campaign: bootstrap  ## campaign sends of 100,000 enrollments due at once: rate, window, lateness (bench/RESULTS.md)
+	$(BIN)/python -m bench.campaign_due
 
 bench-waiting: bootstrap  ## due-scan and dispatch cost with 100,000 waiting executions vs none (bench/RESULTS.md)
 	$(BIN)/python -m bench.waiting_scale

@@ -102,6 +102,138 @@ create policy approval_requests_isolation on conveyor.approval_requests as permi
 grant select on conveyor.approval_requests to conveyor_app;
 grant select, insert, update, delete on conveyor.approval_requests to conveyor_service;
 
+create table conveyor.campaign_enrollments (
+  enrollment_id bigint generated always as identity not null,
+  tenant_id text not null,
+  campaign_id bigint not null,
+  version integer not null,
+  entity_type text not null,
+  entity_id text not null,
+  execution_id bigint,
+  status text default 'active'::text not null,
+  stop_reason text,
+  enrolled_at timestamp with time zone default now() not null,
+  finished_at timestamp with time zone,
+  sent integer default 0 not null,
+  delivered integer default 0 not null,
+  opened integer default 0 not null,
+  clicked integer default 0 not null,
+  replied integer default 0 not null,
+  bounced integer default 0 not null,
+  unsubscribed integer default 0 not null
+);
+alter table conveyor.campaign_enrollments add constraint campaign_enrollments_campaign_id_fkey FOREIGN KEY (campaign_id) REFERENCES conveyor.campaigns(campaign_id) ON DELETE CASCADE;
+alter table conveyor.campaign_enrollments add constraint campaign_enrollments_pkey PRIMARY KEY (enrollment_id);
+alter table conveyor.campaign_enrollments add constraint campaign_enrollments_status_check CHECK ((status = ANY (ARRAY['active'::text, 'paused'::text, 'completed'::text, 'stopped'::text, 'cancelled'::text, 'failed'::text])));
+alter table conveyor.campaign_enrollments add constraint campaign_enrollments_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+CREATE UNIQUE INDEX campaign_enrollments_active_idx ON conveyor.campaign_enrollments USING btree (campaign_id, entity_id) WHERE (status = ANY (ARRAY['active'::text, 'paused'::text]));
+CREATE INDEX campaign_enrollments_campaign_idx ON conveyor.campaign_enrollments USING btree (campaign_id, enrollment_id);
+CREATE INDEX campaign_enrollments_execution_idx ON conveyor.campaign_enrollments USING btree (execution_id);
+alter table conveyor.campaign_enrollments enable row level security;
+alter table conveyor.campaign_enrollments force row level security;
+create policy campaign_enrollments_isolation on conveyor.campaign_enrollments as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.campaign_enrollments to conveyor_app;
+grant select, insert, update, delete on conveyor.campaign_enrollments to conveyor_service;
+
+create table conveyor.campaign_send_slots (
+  tenant_id text not null,
+  key text not null,
+  minute timestamp with time zone not null,
+  used integer default 0 not null
+);
+alter table conveyor.campaign_send_slots add constraint campaign_send_slots_pkey PRIMARY KEY (tenant_id, key, minute);
+alter table conveyor.campaign_send_slots add constraint campaign_send_slots_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+alter table conveyor.campaign_send_slots enable row level security;
+alter table conveyor.campaign_send_slots force row level security;
+create policy campaign_send_slots_isolation on conveyor.campaign_send_slots as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.campaign_send_slots to conveyor_app;
+grant select, insert, update, delete on conveyor.campaign_send_slots to conveyor_service;
+
+create table conveyor.campaign_stats (
+  tenant_id text not null,
+  campaign_id bigint not null,
+  step_key text default ''::text not null,
+  variant text default ''::text not null,
+  enrolled bigint default 0 not null,
+  sent bigint default 0 not null,
+  delivered bigint default 0 not null,
+  opened bigint default 0 not null,
+  clicked bigint default 0 not null,
+  replied bigint default 0 not null,
+  bounced bigint default 0 not null,
+  complained bigint default 0 not null,
+  unsubscribed bigint default 0 not null,
+  completed bigint default 0 not null,
+  stopped bigint default 0 not null
+);
+alter table conveyor.campaign_stats add constraint campaign_stats_campaign_id_fkey FOREIGN KEY (campaign_id) REFERENCES conveyor.campaigns(campaign_id) ON DELETE CASCADE;
+alter table conveyor.campaign_stats add constraint campaign_stats_pkey PRIMARY KEY (campaign_id, step_key, variant);
+alter table conveyor.campaign_stats add constraint campaign_stats_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+alter table conveyor.campaign_stats enable row level security;
+alter table conveyor.campaign_stats force row level security;
+create policy campaign_stats_isolation on conveyor.campaign_stats as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.campaign_stats to conveyor_app;
+grant select, insert, update, delete on conveyor.campaign_stats to conveyor_service;
+
+create table conveyor.campaign_versions (
+  campaign_id bigint not null,
+  version integer not null,
+  tenant_id text not null,
+  document jsonb not null,
+  workflow_version integer not null,
+  created_at timestamp with time zone default now() not null
+);
+alter table conveyor.campaign_versions add constraint campaign_versions_campaign_id_fkey FOREIGN KEY (campaign_id) REFERENCES conveyor.campaigns(campaign_id) ON DELETE CASCADE;
+alter table conveyor.campaign_versions add constraint campaign_versions_pkey PRIMARY KEY (campaign_id, version);
+alter table conveyor.campaign_versions add constraint campaign_versions_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+alter table conveyor.campaign_versions enable row level security;
+alter table conveyor.campaign_versions force row level security;
+create policy campaign_versions_isolation on conveyor.campaign_versions as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.campaign_versions to conveyor_app;
+grant select, insert, update, delete on conveyor.campaign_versions to conveyor_service;
+
+create table conveyor.campaign_winners (
+  campaign_id bigint not null,
+  step_key text not null,
+  tenant_id text not null,
+  metric text not null,
+  winner text not null,
+  figures jsonb not null,
+  decided_at timestamp with time zone default now() not null,
+  campaign_version integer not null
+);
+alter table conveyor.campaign_winners add constraint campaign_winners_campaign_id_fkey FOREIGN KEY (campaign_id) REFERENCES conveyor.campaigns(campaign_id) ON DELETE CASCADE;
+alter table conveyor.campaign_winners add constraint campaign_winners_pkey PRIMARY KEY (campaign_id, step_key);
+alter table conveyor.campaign_winners add constraint campaign_winners_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+alter table conveyor.campaign_winners enable row level security;
+alter table conveyor.campaign_winners force row level security;
+create policy campaign_winners_isolation on conveyor.campaign_winners as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.campaign_winners to conveyor_app;
+grant select, insert, update, delete on conveyor.campaign_winners to conveyor_service;
+
+create table conveyor.campaigns (
+  campaign_id bigint generated always as identity not null,
+  tenant_id text not null,
+  slug text not null,
+  name text not null,
+  audience text not null,
+  workflow_id bigint not null,
+  current_version integer not null,
+  paused boolean default false not null,
+  created_at timestamp with time zone default now() not null,
+  updated_at timestamp with time zone default now() not null
+);
+alter table conveyor.campaigns add constraint campaigns_pkey PRIMARY KEY (campaign_id);
+alter table conveyor.campaigns add constraint campaigns_slug_check CHECK ((slug ~ '^[a-z0-9][a-z0-9-]*$'::text));
+alter table conveyor.campaigns add constraint campaigns_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+alter table conveyor.campaigns add constraint campaigns_tenant_id_slug_key UNIQUE (tenant_id, slug);
+alter table conveyor.campaigns add constraint campaigns_workflow_id_fkey FOREIGN KEY (workflow_id) REFERENCES conveyor.workflows(workflow_id);
+alter table conveyor.campaigns enable row level security;
+alter table conveyor.campaigns force row level security;
+create policy campaigns_isolation on conveyor.campaigns as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.campaigns to conveyor_app;
+grant select, insert, update, delete on conveyor.campaigns to conveyor_service;
+
 create table conveyor.connections (
   tenant_id text not null,
   name text not null,
@@ -191,6 +323,112 @@ alter table conveyor.dead_letters force row level security;
 create policy dead_letters_isolation on conveyor.dead_letters as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
 grant select on conveyor.dead_letters to conveyor_app;
 grant select, insert, update, delete on conveyor.dead_letters to conveyor_service;
+
+create table conveyor.email_events (
+  tenant_id text not null,
+  event_key text not null,
+  email_message_id bigint not null,
+  kind text not null,
+  occurred_at timestamp with time zone not null,
+  recorded_at timestamp with time zone default now() not null
+);
+alter table conveyor.email_events add constraint email_events_email_message_id_fkey FOREIGN KEY (email_message_id) REFERENCES conveyor.email_messages(id) ON DELETE CASCADE;
+alter table conveyor.email_events add constraint email_events_pkey PRIMARY KEY (tenant_id, event_key);
+alter table conveyor.email_events add constraint email_events_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+CREATE INDEX email_events_message_idx ON conveyor.email_events USING btree (email_message_id);
+alter table conveyor.email_events enable row level security;
+alter table conveyor.email_events force row level security;
+create policy email_events_isolation on conveyor.email_events as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.email_events to conveyor_app;
+grant select, insert, update, delete on conveyor.email_events to conveyor_service;
+
+create table conveyor.email_messages (
+  id bigint generated always as identity not null,
+  tenant_id text not null,
+  execution_id bigint,
+  step_key text,
+  connection_slug text,
+  to_address text not null,
+  subject text,
+  message_id text not null,
+  provider_message_id text,
+  tags jsonb default '{}'::jsonb not null,
+  status text default 'sent'::text not null,
+  opened_count integer default 0 not null,
+  first_opened_at timestamp with time zone,
+  clicked_count integer default 0 not null,
+  first_clicked_at timestamp with time zone,
+  replied_at timestamp with time zone,
+  unsubscribed_at timestamp with time zone,
+  bounce_reason text,
+  unsubscribe_token text,
+  sent_at timestamp with time zone default now() not null,
+  updated_at timestamp with time zone default now() not null
+);
+alter table conveyor.email_messages add constraint email_messages_pkey PRIMARY KEY (id);
+alter table conveyor.email_messages add constraint email_messages_status_check CHECK ((status = ANY (ARRAY['sent'::text, 'delivered'::text, 'bounced'::text, 'complained'::text, 'failed'::text])));
+alter table conveyor.email_messages add constraint email_messages_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+alter table conveyor.email_messages add constraint email_messages_tenant_id_message_id_key UNIQUE (tenant_id, message_id);
+alter table conveyor.email_messages add constraint email_messages_unsubscribe_token_check CHECK ((length(unsubscribe_token) >= 32));
+alter table conveyor.email_messages add constraint email_messages_unsubscribe_token_key UNIQUE (unsubscribe_token);
+CREATE INDEX email_messages_provider_idx ON conveyor.email_messages USING btree (tenant_id, provider_message_id) WHERE (provider_message_id IS NOT NULL);
+CREATE TRIGGER email_messages_campaign_insert AFTER INSERT ON conveyor.email_messages REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION conveyor.campaign_count_sent();
+CREATE TRIGGER email_messages_campaign_update AFTER UPDATE ON conveyor.email_messages REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION conveyor.campaign_count_messages();
+alter table conveyor.email_messages enable row level security;
+alter table conveyor.email_messages force row level security;
+create policy email_messages_isolation on conveyor.email_messages as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.email_messages to conveyor_app;
+grant select, insert, update, delete on conveyor.email_messages to conveyor_service;
+
+create table conveyor.email_suppressions (
+  tenant_id text not null,
+  address text not null,
+  reason text not null,
+  email_message_id bigint,
+  created_at timestamp with time zone default now() not null
+);
+alter table conveyor.email_suppressions add constraint email_suppressions_email_message_id_fkey FOREIGN KEY (email_message_id) REFERENCES conveyor.email_messages(id) ON DELETE SET NULL;
+alter table conveyor.email_suppressions add constraint email_suppressions_pkey PRIMARY KEY (tenant_id, address);
+alter table conveyor.email_suppressions add constraint email_suppressions_reason_check CHECK ((reason = ANY (ARRAY['unsubscribed'::text, 'bounced'::text, 'complained'::text, 'manual'::text])));
+alter table conveyor.email_suppressions add constraint email_suppressions_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+alter table conveyor.email_suppressions enable row level security;
+alter table conveyor.email_suppressions force row level security;
+create policy email_suppressions_isolation on conveyor.email_suppressions as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.email_suppressions to conveyor_app;
+grant select, insert, update, delete on conveyor.email_suppressions to conveyor_service;
+
+create table conveyor.email_webhook_signatures (
+  path_token text not null,
+  signature bytea not null,
+  signed_at timestamp with time zone not null
+);
+alter table conveyor.email_webhook_signatures add constraint email_webhook_signatures_path_token_fkey FOREIGN KEY (path_token) REFERENCES conveyor.email_webhooks(path_token) ON DELETE CASCADE;
+alter table conveyor.email_webhook_signatures add constraint email_webhook_signatures_pkey PRIMARY KEY (path_token, signature);
+CREATE INDEX email_webhook_signatures_signed_idx ON conveyor.email_webhook_signatures USING btree (path_token, signed_at);
+grant select, insert, delete on conveyor.email_webhook_signatures to conveyor_service;
+
+create table conveyor.email_webhooks (
+  tenant_id text not null,
+  provider text not null,
+  path_token text not null,
+  secret text not null,
+  tolerance interval default '00:05:00'::interval not null,
+  call_count bigint default 0 not null,
+  last_called_at timestamp with time zone,
+  last_status integer,
+  created_at timestamp with time zone default now() not null
+);
+alter table conveyor.email_webhooks add constraint email_webhooks_path_token_check CHECK ((length(path_token) >= 32));
+alter table conveyor.email_webhooks add constraint email_webhooks_path_token_key UNIQUE (path_token);
+alter table conveyor.email_webhooks add constraint email_webhooks_pkey PRIMARY KEY (tenant_id, provider);
+alter table conveyor.email_webhooks add constraint email_webhooks_provider_check CHECK ((provider = ANY (ARRAY['svix'::text, 'mailgun'::text])));
+alter table conveyor.email_webhooks add constraint email_webhooks_secret_check CHECK ((length(secret) >= 16));
+alter table conveyor.email_webhooks add constraint email_webhooks_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+alter table conveyor.email_webhooks enable row level security;
+alter table conveyor.email_webhooks force row level security;
+create policy email_webhooks_isolation on conveyor.email_webhooks as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select, insert, update, delete on conveyor.email_webhooks to conveyor_service;
+grant select (tenant_id, provider, path_token, tolerance, call_count, last_called_at, last_status, created_at) on conveyor.email_webhooks to conveyor_app;
 
 create table conveyor.entities (
   entity text not null,
@@ -956,7 +1194,7 @@ create table conveyor.workflow_steps (
 );
 alter table conveyor.workflow_steps add constraint workflow_steps_action_type CHECK (((kind = ANY (ARRAY['action'::text, 'data'::text])) = (action_type IS NOT NULL)));
 alter table conveyor.workflow_steps add constraint workflow_steps_goto_has_target CHECK (((on_error = 'goto'::text) = (error_step IS NOT NULL)));
-alter table conveyor.workflow_steps add constraint workflow_steps_kind_check CHECK ((kind = ANY (ARRAY['action'::text, 'condition'::text, 'switch'::text, 'set_variable'::text, 'transform'::text, 'stop'::text, 'emit'::text, 'data'::text, 'delay'::text, 'wait_for_event'::text, 'wait_until'::text, 'split'::text, 'parallel'::text, 'for_each'::text, 'call'::text, 'notify'::text, 'approval'::text])));
+alter table conveyor.workflow_steps add constraint workflow_steps_kind_check CHECK ((kind = ANY (ARRAY['action'::text, 'condition'::text, 'switch'::text, 'set_variable'::text, 'transform'::text, 'stop'::text, 'emit'::text, 'data'::text, 'delay'::text, 'wait_for_event'::text, 'wait_until'::text, 'split'::text, 'parallel'::text, 'for_each'::text, 'call'::text, 'notify'::text, 'approval'::text, 'campaign'::text])));
 alter table conveyor.workflow_steps add constraint workflow_steps_on_error_check CHECK ((on_error = ANY (ARRAY['fail'::text, 'continue'::text, 'retry'::text, 'goto'::text])));
 alter table conveyor.workflow_steps add constraint workflow_steps_pkey PRIMARY KEY (workflow_id, version, step_id);
 alter table conveyor.workflow_steps add constraint workflow_steps_position_check CHECK (("position" >= 0));
@@ -1045,6 +1283,9 @@ create function conveyor.advance_executions(p_execution_ids bigint[], p_now time
 grant execute on function conveyor.advance_executions(bigint[],timestamp with time zone) to conveyor_service;
 create function conveyor.apply_action_results(p_results jsonb) returns TABLE(msg_id bigint, step_run_id bigint, outcome text)
   language plpgsql volatile security definer set search_path = '' set enable_seqscan = off set enable_hashjoin = off set enable_mergejoin = off set enable_material = off set plan_cache_mode = force_generic_plan set jit = off;
+create function conveyor.apply_campaign(p_tenant_id text, p_doc jsonb) returns TABLE(campaign_id bigint, version integer, workflow_version integer)
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.apply_campaign(text,jsonb) to conveyor_app, conveyor_service;
 create function conveyor.approval_apply(p_request conveyor.approval_requests, p_now timestamp with time zone) returns boolean
   language plpgsql volatile security definer set search_path = '';
 create function conveyor.approval_asked(p_request conveyor.approval_requests, p_user text) returns boolean
@@ -1090,6 +1331,42 @@ create function conveyor.call_child(p_exec conveyor.executions, p_step_id text, 
 create function conveyor.caller_subject_to_rls() returns boolean
   language sql stable set search_path = '';
 grant execute on function conveyor.caller_subject_to_rls() to conveyor_service;
+create function conveyor.campaign_by_slug(p_tenant_id text, p_slug text) returns conveyor.campaigns
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.campaign_by_slug(text,text) to conveyor_service;
+create function conveyor.campaign_count_messages() returns trigger
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.campaign_count_messages() to conveyor_service;
+create function conveyor.campaign_count_sent() returns trigger
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.campaign_count_sent() to conveyor_service;
+create function conveyor.campaign_decide_winners(p_campaign_id bigint) returns integer
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.campaign_decide_winners(bigint) to conveyor_service;
+create function conveyor.campaign_detail(p_tenant_id text, p_slug text) returns jsonb
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.campaign_detail(text,text) to conveyor_app, conveyor_service;
+create function conveyor.campaign_errors(p_doc jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.campaign_errors(jsonb) to conveyor_service;
+create function conveyor.campaign_finish(p_execution_id bigint, p_status text, p_reason text) returns jsonb
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.campaign_finish(bigint,text,text) to conveyor_service;
+create function conveyor.campaign_rewrite(p_value jsonb) returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.campaign_rewrite(jsonb) to conveyor_service;
+create function conveyor.campaign_send(p_doc jsonb, p_step jsonb, p_id text, p_next text, p_variant text) returns jsonb
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.campaign_send(jsonb,jsonb,text,text,text) to conveyor_service;
+create function conveyor.campaign_send_slot(p_tenant_id text, p_key text, p_per_minute integer, p_window jsonb, p_now timestamp with time zone) returns timestamp with time zone
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.campaign_send_slot(text,text,integer,jsonb,timestamp with time zone) to conveyor_service;
+create function conveyor.campaign_stats(p_tenant_id text, p_slug text) returns TABLE(step_key text, variant text, enrolled bigint, sent bigint, delivered bigint, opened bigint, clicked bigint, replied bigint, bounced bigint, complained bigint, unsubscribed bigint, completed bigint, stopped bigint)
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.campaign_stats(text,text) to conveyor_app, conveyor_service;
+create function conveyor.campaign_step_errors(p_doc jsonb, p_step jsonb, p_path text, p_index integer) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.campaign_step_errors(jsonb,jsonb,text,integer) to conveyor_service;
 create function conveyor.cancel_execution(p_tenant_id text, p_execution_id bigint, p_reason text DEFAULT NULL::text) returns text
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.cancel_execution(text,bigint,text) to conveyor_app, conveyor_service;
@@ -1099,6 +1376,9 @@ grant execute on function conveyor.capture_log(regclass) to conveyor_service;
 create function conveyor.claim_events(p_limit integer) returns TABLE(event_id bigint, tenant_id text, depth integer)
   language plpgsql volatile set search_path = '' set jit = off;
 grant execute on function conveyor.claim_events(integer) to conveyor_service;
+create function conveyor.compile_campaign(p_doc jsonb) returns jsonb
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.compile_campaign(jsonb) to conveyor_service;
 create function conveyor.compile_filter(p_filter jsonb) returns jsonpath
   language plpgsql immutable parallel safe set search_path = '';
 grant execute on function conveyor.compile_filter(jsonb) to conveyor_service;
@@ -1144,6 +1424,12 @@ grant execute on function conveyor.constant_time_equals(text,text) to conveyor_s
 create function conveyor.context_value(p_context jsonb, p_path text[]) returns jsonb
   language sql stable parallel safe set search_path = '';
 grant execute on function conveyor.context_value(jsonb,text[]) to conveyor_service;
+create function conveyor.control_campaign(p_tenant_id text, p_slug text, p_action text) returns integer
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.control_campaign(text,text,text) to conveyor_app, conveyor_service;
+create function conveyor.control_enrollment(p_tenant_id text, p_enrollment_id bigint, p_action text) returns text
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.control_enrollment(text,bigint,text) to conveyor_app, conveyor_service;
 create function conveyor.count_tenant_events(p_tenants text[], p_rate_limit bigint, p_active_limit bigint) returns boolean
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.count_tenant_events(text[],bigint,bigint) to conveyor_service;
@@ -1322,6 +1608,24 @@ grant execute on function conveyor.duration_text(interval) to conveyor_service;
 create function conveyor.effective_notification_preferences(p_tenant_id text, p_user_id text, p_category text) returns jsonb
   language sql stable set search_path = '';
 grant execute on function conveyor.effective_notification_preferences(text,text,text) to conveyor_service;
+create function conveyor.email_skip(p_tenant_id text, p_input jsonb) returns jsonb
+  language sql stable security definer set search_path = '';
+grant execute on function conveyor.email_skip(text,jsonb) to conveyor_service;
+create function conveyor.email_step_errors(p_with jsonb, p_path text) returns SETOF text
+  language plpgsql immutable set search_path = '';
+grant execute on function conveyor.email_step_errors(jsonb,text) to conveyor_service;
+create function conveyor.email_suppressed(p_tenant_id text, p_address text) returns text
+  language sql stable security definer set search_path = '';
+grant execute on function conveyor.email_suppressed(text,text) to conveyor_service;
+create function conveyor.email_tag_limits() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.email_tag_limits() to conveyor_service;
+create function conveyor.email_unsubscribe(p_token text, p_confirm boolean) returns TABLE(status integer, body jsonb)
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.email_unsubscribe(text,boolean) to conveyor_service;
+create function conveyor.email_webhook_event(p_provider text, p_body jsonb, p_event_id text) returns jsonb
+  language plpgsql immutable set search_path = '';
+grant execute on function conveyor.email_webhook_event(text,jsonb,text) to conveyor_service;
 create function conveyor.emit(p_tenant_id text, p_event_type text, p_payload jsonb DEFAULT '{}'::jsonb, p_entity_type text DEFAULT NULL::text, p_entity_id text DEFAULT NULL::text, p_dedupe_key text DEFAULT NULL::text, p_source text DEFAULT NULL::text) returns bigint
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.emit(text,text,jsonb,text,text,text,text) to conveyor_app, conveyor_service;
@@ -1331,6 +1635,12 @@ grant execute on function conveyor.emit_from_execution(conveyor.executions,jsonb
 create function conveyor.enqueue_action(p_step_run_id bigint, p_delay_s integer DEFAULT 0) returns bigint
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.enqueue_action(bigint,integer) to conveyor_service;
+create function conveyor.enroll_campaign(p_tenant_id text, p_slug text, p_ids text[]) returns TABLE(entity_id text, enrollment_id bigint, execution_id bigint, result text)
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.enroll_campaign(text,text,text[]) to conveyor_app, conveyor_service;
+create function conveyor.enroll_campaign_where(p_tenant_id text, p_slug text, p_condition jsonb, p_limit integer DEFAULT 1000) returns TABLE(entity_id text, enrollment_id bigint, execution_id bigint, result text)
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.enroll_campaign_where(text,text,jsonb,integer) to conveyor_app, conveyor_service;
 create function conveyor.error_is_transient(p_sqlstate text) returns boolean
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.error_is_transient(text) to conveyor_service;
@@ -1444,6 +1754,8 @@ grant execute on function conveyor.filter_operators() to conveyor_service;
 create function conveyor.filter_path(p_key text) returns text
   language sql immutable strict parallel safe set search_path = '';
 grant execute on function conveyor.filter_path(text) to conveyor_service;
+create function conveyor.find_email_message(p_tenant_id text, p_ref text, p_details jsonb) returns conveyor.email_messages
+  language plpgsql volatile set search_path = '';
 create function conveyor.finish_execution(p_execution_id bigint, p_status text, p_error jsonb DEFAULT NULL::jsonb) returns boolean
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.finish_execution(bigint,text,jsonb) to conveyor_service;
@@ -1553,6 +1865,9 @@ grant execute on function conveyor.limit_setting(text,bigint) to conveyor_servic
 create function conveyor.list_approvals(p_tenant_id text, p_user_id text, p_pending_only boolean DEFAULT true, p_limit integer DEFAULT 100) returns TABLE(request_id bigint, execution_id bigint, workflow text, step_id text, title text, message text, action_url text, state text, outcome text, mode text, quorum text, needed integer, approvers text[], votes text[], requester text, asked boolean, due_at timestamp with time zone, escalated_at timestamp with time zone, created_at timestamp with time zone, decided_at timestamp with time zone)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.list_approvals(text,text,boolean,integer) to conveyor_app, conveyor_service;
+create function conveyor.list_campaigns(p_tenant_id text) returns TABLE(slug text, name text, audience text, version integer, paused boolean, active bigint, enrolled bigint)
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.list_campaigns(text) to conveyor_app, conveyor_service;
 create function conveyor.list_dead_letters(p_tenant_id text, p_limit integer DEFAULT 50) returns TABLE(dead_letter_id bigint, msg_id bigint, execution_id bigint, step_id text, step_run_id bigint, reason text, last_error text, attempts integer, enqueued_at timestamp with time zone, dead_at timestamp with time zone, message jsonb)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.list_dead_letters(text,integer) to conveyor_app, conveyor_service;
@@ -1765,9 +2080,20 @@ grant execute on function conveyor.random_token() to conveyor_service;
 create function conveyor.read_actions(p_qty integer, p_margin_s numeric, p_default_timeout_s numeric DEFAULT 30) returns TABLE(msg_id bigint, read_ct integer, message jsonb, dead_letter text)
   language plpgsql volatile security definer set search_path = '' set plan_cache_mode = force_generic_plan set enable_seqscan = off;
 grant execute on function conveyor.read_actions(integer,numeric,numeric) to conveyor_service;
+create function conveyor.receive_email_webhook(p_path_token text, p_headers jsonb, p_body bytea, p_now timestamp with time zone DEFAULT now()) returns TABLE(status integer, body jsonb)
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.receive_email_webhook(text,jsonb,bytea,timestamp with time zone) to conveyor_service;
 create function conveyor.receive_webhook(p_path_token text, p_method text, p_headers jsonb, p_body bytea, p_source inet, p_now timestamp with time zone DEFAULT now()) returns TABLE(status integer, body jsonb)
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.receive_webhook(text,text,jsonb,bytea,inet,timestamp with time zone) to conveyor_service;
+create function conveyor.record_email_event(p_tenant_id text, p_message_ref text, p_kind text, p_occurred_at timestamp with time zone, p_details jsonb DEFAULT '{}'::jsonb) returns jsonb
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.record_email_event(text,text,text,timestamp with time zone,jsonb) to conveyor_app, conveyor_service;
+create function conveyor.record_email_reply(p_tenant_id text, p_in_reply_to text, p_references text DEFAULT NULL::text, p_details jsonb DEFAULT '{}'::jsonb) returns jsonb
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.record_email_reply(text,text,text,jsonb) to conveyor_app, conveyor_service;
+create function conveyor.record_email_sent(p_tenant_id text, p_execution_id bigint, p_step_id text, p_connection text, p_input jsonb, p_output jsonb) returns void
+  language plpgsql volatile security definer set search_path = '';
 create function conveyor.record_started(p_execution_ids bigint[]) returns void
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.record_started(bigint[]) to conveyor_service;
@@ -1896,6 +2222,9 @@ create function conveyor.scheduled_workflows(p_tenant_id text) returns bigint
 grant execute on function conveyor.scheduled_workflows(text) to conveyor_service;
 create function conveyor.send_actions(p_step_run_ids bigint[], p_delay_s integer DEFAULT 0) returns integer
   language plpgsql volatile security definer set search_path = '';
+create function conveyor.set_email_webhook(p_tenant_id text, p_provider text, p_secret text) returns jsonb
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.set_email_webhook(text,text,text) to conveyor_app, conveyor_service;
 create function conveyor.set_notification_channel(p_tenant_id text, p_channel text, p_connection_name text) returns void
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.set_notification_channel(text,text,text) to conveyor_app, conveyor_service;
@@ -1959,6 +2288,12 @@ grant execute on function conveyor.step_call_code() to conveyor_service;
 create function conveyor.step_call_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.step_call_errors(jsonb,text,jsonb) to conveyor_service;
+create function conveyor.step_campaign_code() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_campaign_code() to conveyor_service;
+create function conveyor.step_campaign_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.step_campaign_errors(jsonb,text,jsonb) to conveyor_service;
 create function conveyor.step_condition_code() returns jsonb
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.step_condition_code() to conveyor_service;

@@ -40,6 +40,15 @@ conveyor.cancel_execution(text, bigint, text),
 conveyor.retry_execution(text, bigint, boolean),
 conveyor.pause_execution(text, bigint),
 conveyor.resume_execution(text, bigint),
+-- campaigns (sql/campaigns.sql)
+conveyor.apply_campaign(text, jsonb),
+conveyor.enroll_campaign(text, text, text[]),
+conveyor.enroll_campaign_where(text, text, jsonb, integer),
+conveyor.control_enrollment(text, bigint, text),
+conveyor.control_campaign(text, text, text),
+conveyor.campaign_stats(text, text),
+conveyor.list_campaigns(text),
+conveyor.campaign_detail(text, text),
 -- inbound HTTP
 conveyor.webhook_endpoint(text, text),
 conveyor.rotate_webhook_secret(text, text),
@@ -85,7 +94,11 @@ conveyor.set_notification_channel(text, text, text),
 -- approvals (sql/approvals.sql): tenant-checked, one user's decisions
 conveyor.decide_approval(text, text, bigint, text, text),
 conveyor.delegate_approval(text, text, bigint, text, text),
-conveyor.list_approvals(text, text, boolean, integer)
+conveyor.list_approvals(text, text, boolean, integer),
+-- email tracking (sql/email_tracking.sql): tenant-checked
+conveyor.record_email_event(text, text, text, timestamptz, jsonb),
+conveyor.record_email_reply(text, text, text, jsonb),
+conveyor.set_email_webhook(text, text, text)
 to conveyor_app;
 
 -- The service role: what the engine runs (tick, dispatch, read_actions, write_back, the
@@ -128,7 +141,10 @@ conveyor.call_child(conveyor.executions, text, jsonb, text),
 conveyor.approval_begin(conveyor.executions, text, integer, jsonb, timestamptz, boolean, text),
 conveyor.approval_slot(text, text, bigint, boolean),
 conveyor.approval_apply(conveyor.approval_requests, timestamptz),
-conveyor.approval_settle(conveyor.approval_requests, timestamptz)
+conveyor.approval_settle(conveyor.approval_requests, timestamptz),
+-- a sent email's row is written by the write-back (sql/email_tracking.sql)
+conveyor.record_email_sent(text, bigint, text, text, jsonb, jsonb),
+conveyor.find_email_message(text, text, jsonb)
 from conveyor_service;
 
 -- Platform code that mints tenant tokens through SQL (migration 0021).

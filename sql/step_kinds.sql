@@ -53,7 +53,8 @@ as $$
     case when b.kind is not null then 'step_' || k.kind || '_bodies' end
   from (
     values
-      (1, 'action', 'action', null, array['connection', 'with', 'next', 'retry', 'timeout'], array['next'],
+      (1, 'action', 'action', null, array['connection', 'with', 'next', 'retry', 'timeout', 'tags', 'list_unsubscribe'],
+        array['next'],
         null::jsonb, false, true, true, 'step_action_compiled'),
       (2, 'condition', 'if', 'if', array['then', 'else'], array['then', 'else'], '{"then": "then", "else": "else"}',
         false, false, false, null),
@@ -80,7 +81,9 @@ as $$
       -- people approving (sql/approvals.sql): the request's outcome routes
       (17, 'approval', 'approval', 'approval', array['on_approved', 'on_rejected', 'on_expired'],
         array['on_approved', 'on_rejected', 'on_expired'],
-        '{"approved": "on_approved", "rejected": "on_rejected", "expired": "on_expired"}', false, false, true, null)
+        '{"approved": "on_approved", "rejected": "on_rejected", "expired": "on_expired"}', false, false, true, null),
+      -- generated campaign workflows (sql/campaigns.sql): send slots and an enrollment's end
+      (18, 'campaign', 'campaign', 'campaign', array['next'], array['next'], null, false, false, true, null)
   ) as k (ord, kind, doc_key, spec_key, keys, routes, branches, ends, retries, renders, compiled_function)
   -- the kinds whose steps hold step lists of their own (bodies_function)
   left join (values ('parallel'), ('for_each')) as b (kind) on b.kind = k.kind

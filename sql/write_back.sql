@@ -129,6 +129,13 @@ begin
 
       if coalesce((v_result ->> 'ok')::boolean, false) then
         v_next := v_step.next_step;
+        -- a sent email's tracking row (sql/email_tracking.sql), in this transaction
+        if v_step.action_type = 'email.send' then
+          perform conveyor.record_email_sent(
+            v_run.tenant_id, v_run.execution_id, v_run.step_id, v_step.config ->> 'connection', v_run.input,
+            v_result -> 'output'
+          );
+        end if;
       else
         v_error := case
           when jsonb_typeof(v_result -> 'error') = 'object' then v_result -> 'error'

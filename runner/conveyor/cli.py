@@ -14,6 +14,7 @@ from conveyor import output
 from conveyor.cluster import Cluster
 from conveyor.commands.actions import actions
 from conveyor.commands.approvals import approvals
+from conveyor.commands.campaigns import campaigns
 from conveyor.commands.common import database_option, fail_cleanly, json_option
 from conveyor.commands.connections import connections
 from conveyor.commands.demo import demo
@@ -165,6 +166,7 @@ for command in (
     tokens,
     notifications,
     approvals,
+    campaigns,
 ):
     main.add_command(command)
 

@@ -40,7 +40,15 @@ KINDS: dict[str, KindSpec] = {
     # security: starttls (default) | tls | none; port defaults by security (587, 465, 25).
     "smtp": KindSpec(
         config_required=("host",),
-        config_optional=("port", "security", "username", "from", "timeout_s"),
+        config_optional=(
+            "port",
+            "security",
+            "username",
+            "from",
+            "timeout_s",
+            "unsubscribe_url",
+            "unsubscribe_mailto",
+        ),
         secret_optional=("password",),
         identity="username",
     ),

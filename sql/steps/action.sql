@@ -57,7 +57,7 @@ begin
   case v_action
     when 'email.send' then
       v_required := array['to', 'subject'];
-      v_optional := array['text', 'html', 'cc', 'bcc', 'from_name', 'reply_to'];
+      v_optional := array['text', 'html', 'cc', 'bcc', 'from_name', 'reply_to', 'tags', 'list_unsubscribe'];
     when 'webhook.send' then
       v_required := array['url'];
       v_optional := array['method', 'headers', 'body', 'timeout'];
@@ -78,6 +78,13 @@ begin
       );
   end case;
 
+  if v_action is distinct from 'email.send' then
+    return query
+    select format('%s.%s: only email.send steps take %s', p_path, k.k, k.k)
+    from unnest(array['tags', 'list_unsubscribe']) as k (k)
+    where p_step ? k.k;
+  end if;
+
   if p_step ? 'connection' and jsonb_typeof(p_step -> 'connection') <> 'null'
     and (jsonb_typeof(p_step -> 'connection') <> 'string' or p_step ->> 'connection' = '') then
     return next format('%s.connection: expected a connection name (got %s)', p_path, (p_step -> 'connection')::text);
@@ -97,6 +104,19 @@ begin
     select k.message from conveyor.document_key_errors(v_with, p_path || '.with', v_required, v_optional) as k (message);
     if v_action = 'email.send' and not (v_with ? 'text' or v_with ? 'html') then
       return next format('%s.with: needs "text" or "html" (the body of the email)', p_path);
+    end if;
+    if v_action = 'email.send' then
+      -- tags and list_unsubscribe, in `with` or on the step itself (sql/email_tracking.sql)
+      return query select e.message from conveyor.email_step_errors(v_with, p_path || '.with') as e (message);
+      return query select e.message from conveyor.email_step_errors(p_step, p_path) as e (message);
+      return query
+      select format('%s.%s: given both on the step and in its with; give it once', p_path, k.k)
+      from unnest(array['tags', 'list_unsubscribe']) as k (k)
+      where p_step ? k.k and v_with ? k.k;
+      if jsonb_typeof(p_step -> 'tags') = 'object' then
+        return query
+        select t.message from conveyor.document_template_errors(p_step -> 'tags', p_path || '.tags', p_step_ids) as t (message);
+      end if;
     end if;
     if v_action = 'webhook.send' then
       if jsonb_typeof(v_with -> 'url') = 'string' and strpos(v_with ->> 'url', '{{') = 0
@@ -142,9 +162,16 @@ set search_path = ''
 as $$
   select pg_catalog.jsonb_build_object(
     'prepare', $code$
--- what it renders is its `with`; the values an email's html takes in are HTML-escaped
+-- what it renders is its `with` (an email's with its step-level tags and list_unsubscribe,
+-- sql/email_tracking.sql); the values an email's html takes in are HTML-escaped
 v_steps_render[v_step_pos] := conveyor.render_plan(
-  coalesce(v_spec -> 'with', '{}'), 'step "' || v_step.step_id || '".with', v_step.action_type = 'email.send'
+  case
+    when v_step.action_type = 'email.send' and (v_spec ? 'tags' or v_spec ? 'list_unsubscribe') then
+      coalesce(v_spec -> 'with', '{}')
+      || jsonb_strip_nulls(jsonb_build_object('tags', v_spec -> 'tags', 'list_unsubscribe', v_spec -> 'list_unsubscribe'))
+    else coalesce(v_spec -> 'with', '{}')
+  end,
+  'step "' || v_step.step_id || '".with', v_step.action_type = 'email.send'
 );
 v_steps_need_ctx[v_step_pos] := coalesce((v_steps_render[v_step_pos] ->> 'context')::boolean, false);
 $code$,
@@ -163,6 +190,17 @@ if v_step.timeout > v_max_action_timeout then
     hint = 'Publish the workflow again with a timeout of at most the maximum.';
 end if;
 v_wait := 'action';
+-- a list_unsubscribe email to a suppressed address is skipped, not sent (sql/email_tracking.sql)
+if v_step.action_type = 'email.send' and v_input ->> 'list_unsubscribe' = 'true' then
+  v_output := conveyor.email_skip(v_exec.tenant_id, v_input);
+  if v_output is not null then
+    v_wait := null;
+    v_logs := v_logs || row(
+      null, v_exec.tenant_id, v_exec.execution_id, v_exec.workflow_id, null, v_step.step_id, 'info',
+      format('step "%s" skipped: %s', v_step.step_id, v_output ->> 'message'), v_output, now()
+    )::conveyor.execution_logs;
+  end if;
+end if;
 $code$,
     'decision', $code$'would send ' || p_action_type$code$
   );

@@ -290,3 +290,33 @@ def test_implicit_tls(
     assert not untrusted.ok and untrusted.error is not None and untrusted.error["type"] == "tls"
     assert trusted.ok, trusted.error
     assert len(mailbox.messages) == 1
+
+
+def test_list_unsubscribe_adds_one_click_headers_with_a_fresh_token_per_message(
+    env: Environment, plain: SmtpServer
+) -> None:
+    connection = smtp(
+        plain.port, unsubscribe_url="https://hooks.acme.test/", unsubscribe_mailto="u@acme.test"
+    )
+    outputs = [
+        send(env, connection, to="ada@example.com", subject="s", text="t", list_unsubscribe=True).output
+        for _ in range(2)
+    ]
+    assert send(env, connection, to="ada@example.com", subject="s", text="t", tags={"a": "b"}).ok
+    tokens = [o["unsubscribe_token"] for o in outputs if o]
+    assert len(set(tokens)) == 2 and all(len(t) >= 43 for t in tokens)
+    first, _, plain_message = [m["message"] for m in plain.mailbox.messages]
+    assert str(first["List-Unsubscribe"]).strip() == (  # folded (RFC 5322) before the long URL
+        f"<https://hooks.acme.test/u/{tokens[0]}>, <mailto:u@acme.test?subject=unsubscribe>"
+    )
+    assert first["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert plain_message["List-Unsubscribe"] is None and plain_message["X-Tags"] is None
+
+
+def test_list_unsubscribe_without_an_unsubscribe_url_is_refused_permanently(
+    env: Environment, plain: SmtpServer
+) -> None:
+    outcome = send(env, smtp(plain.port), to="ada@example.com", subject="s", text="t", list_unsubscribe=True)
+    assert not outcome.ok and outcome.retryable is False
+    assert outcome.error is not None and "config.unsubscribe_url" in outcome.error["message"]
+    assert plain.mailbox.messages == []

@@ -134,6 +134,36 @@ SEEDS: dict[str, str] = {
         insert into conveyor.approval_decisions (tenant_id, request_id, user_id, decision, note)
         select tenant_id, request_id, 'u1', 'delegate', 'Secret of ' || %(t)s
         from conveyor.approval_requests where tenant_id = %(t)s""",
+    "campaigns": """
+        insert into conveyor.campaigns (tenant_id, slug, name, audience, workflow_id, current_version)
+        select tenant_id, 'welcome', 'Welcome', 'contact', workflow_id, 1
+        from conveyor.workflows where tenant_id = %(t)s""",
+    "campaign_versions": """
+        insert into conveyor.campaign_versions (campaign_id, version, tenant_id, document, workflow_version)
+        select campaign_id, 1, tenant_id, '{}', 1 from conveyor.campaigns where tenant_id = %(t)s""",
+    "campaign_enrollments": """
+        insert into conveyor.campaign_enrollments (tenant_id, campaign_id, version, entity_type, entity_id)
+        select tenant_id, campaign_id, 1, 'contact', '1' from conveyor.campaigns where tenant_id = %(t)s""",
+    "campaign_stats": """
+        insert into conveyor.campaign_stats (tenant_id, campaign_id, sent)
+        select tenant_id, campaign_id, 1 from conveyor.campaigns where tenant_id = %(t)s""",
+    "campaign_send_slots": """
+        insert into conveyor.campaign_send_slots (tenant_id, key, minute, used) values (%(t)s, 'email', now(), 1)""",
+    "campaign_winners": """
+        insert into conveyor.campaign_winners (campaign_id, step_key, tenant_id, metric, winner, figures, campaign_version)
+        select campaign_id, 'hello', tenant_id, 'open', 'a', '{}', 1 from conveyor.campaigns where tenant_id = %(t)s""",
+    "email_messages": """
+        insert into conveyor.email_messages (tenant_id, to_address, message_id, tags)
+        values (%(t)s, 'lead@' || %(t)s || '.test', '<m1@' || %(t)s || '.test>', '{"campaign_id": "c1"}')""",
+    "email_events": """
+        insert into conveyor.email_events (tenant_id, event_key, email_message_id, kind, occurred_at)
+        select tenant_id, 'id:ev-1', id, 'delivered', now() from conveyor.email_messages where tenant_id = %(t)s""",
+    "email_suppressions": """
+        insert into conveyor.email_suppressions (tenant_id, address, reason)
+        values (%(t)s, 'gone@' || %(t)s || '.test', 'unsubscribed')""",
+    "email_webhooks": """
+        insert into conveyor.email_webhooks (tenant_id, provider, path_token, secret)
+        values (%(t)s, 'svix', md5(%(t)s) || md5(%(t)s), 'whsec_' || md5(%(t)s))""",
 }
 # Platform-wide rows some seeds refer to (not tenant data).
 SHARED_SEEDS = [

@@ -20,6 +20,14 @@ Conn = psycopg.Connection[dict[str, Any]]
 # Every function conveyor_app may execute, in any schema. A function added here is a
 # reviewed change of the application's API: it must check the tenant (test_tenancy.py).
 APPLICATION_API = {
+    "conveyor.apply_campaign(text,jsonb)",
+    "conveyor.campaign_detail(text,text)",
+    "conveyor.campaign_stats(text,text)",
+    "conveyor.list_campaigns(text)",
+    "conveyor.control_campaign(text,text,text)",
+    "conveyor.control_enrollment(text,bigint,text)",
+    "conveyor.enroll_campaign(text,text,text[])",
+    "conveyor.enroll_campaign_where(text,text,jsonb,integer)",
     "conveyor.cancel_execution(text,bigint,text)",
     "conveyor.compiled_steps(text,text,integer)",
     "conveyor.create_api_key(text,text)",
@@ -55,6 +63,9 @@ APPLICATION_API = {
     "conveyor.pause_execution(text,bigint)",
     "conveyor.plan_usage(text,timestamp with time zone)",
     "conveyor.publish(text,jsonb)",
+    "conveyor.record_email_event(text,text,text,timestamp with time zone,jsonb)",
+    "conveyor.record_email_reply(text,text,text,jsonb)",
+    "conveyor.set_email_webhook(text,text,text)",
     "conveyor.published_versions(text,text)",
     "conveyor.replay_event(text,bigint)",
     "conveyor.resume_execution(text,bigint)",

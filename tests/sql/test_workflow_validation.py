@@ -37,9 +37,10 @@ def test_missing_and_extra_keys_are_reported_at_every_level_in_document_order(co
         "settings.speed: unknown key (expected one of: run_once_per_entity, max_executions_per_hour,"
         " max_concurrent, timeout, retry, on_error, max_steps, concurrency, debounce, throttle)",
         "steps[0].with.to: required key is missing",
-        "steps[0].with.colour: unknown key (expected one of: to, subject, text, html, cc, bcc, from_name, reply_to)",
+        "steps[0].with.colour: unknown key (expected one of: to, subject, text, html, cc, bcc, from_name, reply_to,"
+        " tags, list_unsubscribe)",
         'steps[3].priority: unknown key for a "action" step (expected one of: id, action, on_error, connection,'
-        " with, next, retry, timeout)",
+        " with, next, retry, timeout, tags, list_unsubscribe)",
         "steps[4].stop.why: unknown key (expected one of: reason, status)",
     ]
 
@@ -56,7 +57,7 @@ def test_step_kinds_and_action_types_must_be_known(conn: Conn) -> None:
         'steps[0].action: unknown action type "fax.send" (expected one of: email.send, webhook.send, slack.send,'
         " discord.send, sms.send)",
         "steps[1]: missing the step kind (one of: action, if, switch, set, transform, stop, emit, data, delay,"
-        " wait_for_event, wait_until, split, parallel, for_each, call, notify, approval)",
+        " wait_for_event, wait_until, split, parallel, for_each, call, notify, approval, campaign)",
         "steps[2]: a step has exactly one kind, this one has set, stop",
         'steps[3].data.op: unknown data operation "merge" (expected one of: lookup, create, update, delete,'
         " add_tag, remove_tag)",

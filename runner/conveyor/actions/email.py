@@ -3,8 +3,10 @@
 connection config: host, port, security (starttls | tls | none; default starttls),
 username, from (default sender address), timeout_s; secret: password.
 input: {"to", "cc", "bcc" (string or list), "subject", "text", "html", "from_name",
-"from" (overrides config.from), "reply_to"}.
-output: {"message_id", "accepted": [...], "refused": {...}}.
+"from" (overrides config.from), "reply_to", "tags" (recorded by the write-back, not sent),
+"list_unsubscribe" (true: RFC 8058 one-click unsubscribe headers; needs config.unsubscribe_url,
+the public address of `conveyor serve`, and takes config.unsubscribe_mailto)}.
+output: {"message_id", "accepted": [...], "refused": {...}, "unsubscribe_token"?}.
 
 The SMTP connection goes through the same SSRF check as HTTP: the host is resolved once,
 every address checked, and the socket opened to the checked address (TLS still verifies
@@ -13,6 +15,7 @@ the certificate against the configured host name).
 
 from __future__ import annotations
 
+import secrets
 import smtplib
 import socket
 import ssl
@@ -61,7 +64,24 @@ def _addresses(data: dict[str, Any], name: str) -> list[str]:
     return [i.strip() for i in items]
 
 
-def build_message(request: ActionRequest, sender: str) -> EmailMessage:
+def unsubscribe_headers(config: dict[str, Any], token: str) -> dict[str, str]:
+    """RFC 8058 one-click unsubscribe: the POST URL `conveyor serve` answers, and a mailto."""
+    base = str(config.get("unsubscribe_url") or "").rstrip("/")
+    if not base.startswith(("https://", "http://")) or any(c in base for c in "\r\n<>, "):
+        raise InvalidInput(
+            "input.list_unsubscribe needs config.unsubscribe_url on the smtp connection "
+            "(the public https:// address of `conveyor serve`)"
+        )
+    targets = [f"<{base}/u/{token}>"]
+    mailto = config.get("unsubscribe_mailto")
+    if mailto:
+        if not isinstance(mailto, str) or "@" not in mailto or any(c in mailto for c in "\r\n<>, ?"):
+            raise InvalidInput("config.unsubscribe_mailto: expected an email address")
+        targets.append(f"<mailto:{mailto}?subject=unsubscribe>")
+    return {"List-Unsubscribe": ", ".join(targets), "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+
+
+def build_message(request: ActionRequest, sender: str, extra: dict[str, str] | None = None) -> EmailMessage:
     data = request.input
     to, cc, bcc = _addresses(data, "to"), _addresses(data, "cc"), _addresses(data, "bcc")
     if not (to or cc or bcc):
@@ -89,6 +109,8 @@ def build_message(request: ActionRequest, sender: str) -> EmailMessage:
     domain = sender.rsplit("@", 1)[-1] or None
     message["Message-ID"] = make_msgid(domain=domain)
     message["X-Conveyor-Idempotency-Key"] = request.idempotency_key
+    for name, value in (extra or {}).items():
+        message[name] = value
     if text is not None:
         message.set_content(text)
         if html is not None:
@@ -108,7 +130,9 @@ def send(request: ActionRequest, env: Environment) -> dict[str, Any]:
         Address(addr_spec=str(sender))
     except (ValueError, IndexError) as exc:
         raise InvalidInput(f"input.from: {sender!r} is not an email address") from exc
-    message = build_message(request, str(sender))
+    # a random 256-bit token per message: the write-back records it with the message
+    token = secrets.token_urlsafe(32) if request.input.get("list_unsubscribe") is True else None
+    message = build_message(request, str(sender), unsubscribe_headers(config, token) if token else None)
     recipients = (
         _addresses(request.input, "to") + _addresses(request.input, "cc") + _addresses(request.input, "bcc")
     )
@@ -167,8 +191,11 @@ def send(request: ActionRequest, env: Environment) -> dict[str, Any]:
         raise ActionError(f"SMTP {host}:{port} timed out", retryable=True, kind="timeout") from exc
     except (smtplib.SMTPException, OSError) as exc:
         raise ActionError(f"SMTP {host}:{port} failed: {exc}", retryable=True, kind="connection") from exc
-    return {
+    output: dict[str, Any] = {
         "message_id": message["Message-ID"],
         "accepted": [r for r in recipients if r not in refused],
         "refused": {k: [c, _text(m)] for k, (c, m) in refused.items()},
     }
+    if token:
+        output["unsubscribe_token"] = token
+    return output

@@ -5,6 +5,10 @@
   GET  /api/me                             → who a user token proves (tokens.py)
   /api/notifications...                    → a user's notifications and their stream
                                              (notification_routes.py, stream.py)
+  GET  /api/executions/<id>               → one execution as JSON, by API key (console/api.py)
+  /console...                             → the web console (console/, docs/console.md)
+  GET  /metrics                           → the database's side for Prometheus, operator token (db_metrics.py)
+  POST /email/hooks/<path token>, /u/<token> → email tracking (email_routes.py)
   GET  /healthz                            → 200 when the database answers
 
 Every decision is made in SQL; this only forwards and answers, on the event loop, with
@@ -31,6 +35,9 @@ from starlette.routing import Route
 
 from conveyor.serve.approval_routes import APPROVAL_ROUTES
 from conveyor.serve.bodies import BadRequest, json_too_deep, parse_json_object
+from conveyor.serve.console import CONSOLE_ROUTES
+from conveyor.serve.db_metrics import METRICS_ROUTES
+from conveyor.serve.email_routes import EMAIL_ROUTES
 from conveyor.serve.limits import Limits
 from conveyor.serve.notification_routes import NOTIFICATION_ROUTES
 from conveyor.serve.user_auth import authenticated_user
@@ -178,6 +185,9 @@ ROUTES = [
     Route("/api/me", me, methods=["GET"]),
     *NOTIFICATION_ROUTES,
     *APPROVAL_ROUTES,
+    *CONSOLE_ROUTES,
+    *METRICS_ROUTES,
+    *EMAIL_ROUTES,
 ]
 
 
