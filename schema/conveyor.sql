@@ -564,6 +564,7 @@ CREATE INDEX executions_flow_queue_idx ON conveyor.executions USING btree (workf
 CREATE INDEX executions_join_due_idx ON conveyor.executions USING btree (resume_at, execution_id) WHERE ((status = 'waiting'::text) AND (wait_kind = 'children'::text) AND (resume_at IS NOT NULL) AND (paused_at IS NULL));
 CREATE UNIQUE INDEX executions_once_per_entity ON conveyor.executions USING btree (workflow_id, once_key) WHERE (once_key IS NOT NULL);
 CREATE INDEX executions_parent_idx ON conveyor.executions USING btree (parent_execution_id) WHERE (parent_execution_id IS NOT NULL);
+CREATE INDEX executions_retry_of ON conveyor.executions USING btree (retry_of) WHERE (retry_of IS NOT NULL);
 CREATE INDEX executions_retry_of_idx ON conveyor.executions USING btree (retry_of) WHERE (retry_of IS NOT NULL);
 CREATE INDEX executions_tenant_time_idx ON conveyor.executions USING btree (tenant_id, created_at);
 CREATE INDEX executions_timeout_idx ON conveyor.executions USING btree (timeout_at) WHERE ((status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text])) AND (timeout_at IS NOT NULL));
@@ -2122,6 +2123,9 @@ grant execute on function conveyor.regex_shown(text) to conveyor_service;
 create function conveyor.regex_size(p_pattern text) returns bigint
   language plpgsql immutable strict parallel safe set search_path = '';
 grant execute on function conveyor.regex_size(text) to conveyor_service;
+create function conveyor.register_entity(p_entity text, p_table regclass, p_id_column name DEFAULT 'id'::name, p_tenant_column name DEFAULT 'tenant_id'::name, p_tags_column name DEFAULT NULL::name) returns boolean
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.register_entity(text,regclass,name,name,name) to conveyor_service;
 create function conveyor.register_notification_users(p_entity text, p_email_column name, p_phone_column name DEFAULT NULL::name, p_timezone_column name DEFAULT NULL::name) returns void
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.register_notification_users(text,name,name,name) to conveyor_service;

@@ -87,7 +87,7 @@ begin
     raise exception using
       errcode = '22023',
       message = format('event %s: unknown tenant %L', p_event_type, p_tenant_id),
-      hint = 'Create the tenant first: conveyor.create_tenant(id, name, timezone).';
+      hint = 'Create the tenant first: `conveyor tenants add ID` (SQL: conveyor.create_tenant).';
   end if;
 
   insert into conveyor.events as e (
@@ -280,7 +280,7 @@ begin
       errcode = '22023',
       message = format('watch %s: invalid entity %L', p_table, v_entity),
       detail = case when p_entity is null then 'The entity defaults to the table''s name.' end,
-      hint = 'Pass p_entity: a lowercase name of letters, digits and _, starting with a letter (contact).';
+      hint = 'Pass an entity (`conveyor tables watch --entity`, p_entity): a lowercase name of letters, digits and _, starting with a letter (contact).';
   end if;
 
   select string_agg(format('%s (%s column)', m.col, m.role), ', ' order by m.role desc)
@@ -294,7 +294,7 @@ begin
     raise exception using
       errcode = '42703',
       message = format('watch %s: no such column: %s', p_table, v_missing),
-      hint = 'Pass p_tenant_column / p_id_column naming the table''s tenant and id columns.';
+      hint = 'Name the table''s tenant and id columns: `conveyor tables watch --tenant-column C --id-column C` (p_tenant_column, p_id_column).';
   end if;
 
   v_prefix := p_module || '.' || v_entity;

@@ -55,6 +55,17 @@ begin
       message = format('execution %s is %s; only failed, timed-out or cancelled executions can be retried',
         p_execution_id, v_old.status);
   end if;
+  -- once: a second retry of the same execution would run its steps (and actions) twice
+  -- (the old row is locked above, so two concurrent retries see each other's)
+  select e.execution_id into v_new from conveyor.executions as e
+  where e.retry_of = p_execution_id and e.tenant_id = p_tenant_id
+  order by e.execution_id
+  limit 1;
+  if v_new is not null then
+    raise exception using errcode = '22023',
+      message = format('execution %s was already retried as execution %s', p_execution_id, v_new),
+      hint = format('Retry execution %s instead if it failed too (`conveyor executions show %s`).', v_new, v_new);
+  end if;
   if v_old.parent_execution_id is not null then
     raise exception using errcode = '22023',
       message = format('execution %s is a child of execution %s (a branch, an item or a call of its step "%s");'

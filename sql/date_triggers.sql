@@ -159,7 +159,7 @@ begin
   if v_watch.table_name is null then
     raise exception using errcode = '22023',
       message = format('trigger.date.entity: the table of entity "%s" is not watched', p_date ->> 'entity'),
-      hint = format('call conveyor.watch(%L, ...) first', v_entity.table_name);
+      hint = format('watch it first: `conveyor tables watch %s --module M`', v_entity.table_name);
   end if;
   v_offset := conveyor.parse_duration(pg_catalog.ltrim(p_date ->> 'offset', '-'))
     * case when p_date ->> 'offset' like '-%' then -1 else 1 end;

@@ -143,7 +143,7 @@ begin
     else
       if not exists (select from conveyor.watched_tables as t where t.table_name = v_entity.table_name) then
         return next format(
-          'trigger.date.entity: entity "%s" is not watched (call conveyor.watch(%L, ...) first: its changes move '
+          'trigger.date.entity: entity "%s" is not watched (`conveyor tables watch %s --module M` first: its changes move '
           'the dates)',
           v_entity.entity, v_entity.table_name::text
         );

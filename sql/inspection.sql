@@ -48,7 +48,9 @@ begin
   end if;
   return query
   select
-    x.execution_id, w.slug, x.version, x.status, x.current_step, x.entity_id, x.created_at,
+    -- a paused execution shows as paused (its status is where it will resume)
+    x.execution_id, w.slug, x.version, case when x.paused_at is not null then 'paused' else x.status end,
+    x.current_step, x.entity_id, x.created_at,
     round(extract(epoch from coalesce(x.finished_at, now()) - x.created_at) * 1000),
     x.error ->> 'message'
   from conveyor.executions as x

@@ -62,7 +62,7 @@ begin
   if not v_workflow.active then
     raise exception using errcode = '22023',
       message = format('workflow "%s" is not active', p_slug),
-      hint = 'activate it first (conveyor.set_workflow_active)';
+      hint = format('activate it first: `conveyor workflows activate %s`', p_slug);
   end if;
   if p_data is null or jsonb_typeof(p_data) <> 'object' then
     raise exception using errcode = '22023',

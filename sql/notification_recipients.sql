@@ -22,7 +22,7 @@ begin
   if not found then
     raise exception using errcode = '22023',
       message = format('register_notification_users: unknown entity %L', p_entity),
-      hint = 'register the platform''s user table in conveyor.entities first';
+      hint = 'register the platform''s user table first: `conveyor entities add ENTITY TABLE`';
   end if;
   foreach v_column in array array[p_email_column, p_phone_column, p_timezone_column] loop
     continue when v_column is null;

@@ -89,7 +89,7 @@ begin
     raise exception using
       errcode = '22023',
       message = format('wait_until.entity: unknown entity "%s"', p_entity),
-      hint = 'register platform entities in conveyor.entities';
+      hint = 'register the platform''s table first: `conveyor entities add ENTITY TABLE`';
   end if;
   -- compared in the columns' own types, so the platform's indexes serve the lookup
   select pg_catalog.format_type(a.atttypid, a.atttypmod) into v_tenant_type

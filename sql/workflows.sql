@@ -63,7 +63,7 @@ begin
     raise exception using
       errcode = 'P0002',
       message = format('workflow "%s": tenant "%s" does not exist', v_slug, p_tenant_id),
-      hint = 'Create it first: select conveyor.create_tenant(id, name, timezone);';
+      hint = 'Create it first: `conveyor tenants add ID` (SQL: conveyor.create_tenant).';
   end if;
 
   -- what only the tenant's workflows tell: a call to a slug it has not published, or to itself
@@ -197,7 +197,7 @@ begin
     raise exception using
       errcode = 'P0002',
       message = format('workflow "%s" not found for tenant "%s"', p_slug, p_tenant_id),
-      hint = 'Publish it first with conveyor.publish(tenant, document).';
+      hint = 'Publish it first: `conveyor workflows apply -f FILE` (SQL: conveyor.publish).';
   end if;
   return v_workflow;
 end;
@@ -295,7 +295,7 @@ begin
       errcode = '55006',
       message = format('workflow "%s" has %s execution(s) and cannot be deleted', p_slug, v_executions),
       detail = 'Executions keep the version they ran, so its definition must stay.',
-      hint = format('Deactivate it instead: select conveyor.set_workflow_active(%L, %L, false);', p_tenant_id, p_slug);
+      hint = format('Deactivate it instead: `conveyor workflows deactivate %s --tenant %s`.', p_slug, p_tenant_id);
   end if;
   delete from conveyor.workflows as w where w.workflow_id = v_workflow.workflow_id;
 end;

@@ -22,6 +22,7 @@ from conveyor.commands.events import events
 from conveyor.commands.executions import executions, trigger
 from conveyor.commands.notifications import notifications
 from conveyor.commands.plans import tenants, usage
+from conveyor.commands.platform import api_keys, entities, tables, webhooks
 from conveyor.commands.run import run as run_command
 from conveyor.commands.serve import serve
 from conveyor.commands.status import stats, status
@@ -158,6 +159,10 @@ for command in (
     stats,
     usage,
     tenants,
+    tables,
+    entities,
+    api_keys,
+    webhooks,
     tokens,
     notifications,
     approvals,

@@ -45,7 +45,8 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], *, title: str 
         out.add_column(column)
     for row in rows:
         out.add_row(*(cell(row.get(column)) for column in columns))
-    Console().print(out)
+    # Not cut to 80 columns when piped or captured: only a terminal's width bounds a table.
+    Console(width=None if sys.stdout.isatty() else 4096).print(out)
 
 
 def show(

@@ -23,6 +23,12 @@ def blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", TOUR, re.S)
 
 
+def sql_statements(block: str) -> list[str]:
+    """The block's statements, without their comment lines."""
+    text = "\n".join(line for line in block.splitlines() if not line.lstrip().startswith("--"))
+    return [s.strip() for s in text.split(";\n") if s.strip()]
+
+
 def tour_commands() -> list[list[str]]:
     commands = []
     for block in blocks("sh"):
@@ -42,9 +48,22 @@ def test_every_tour_command_and_statement_works(db_url: str, conn: Conn, monkeyp
     from conveyor.demo import load
 
     load(db_url)
+    before = conn.execute("select coalesce(max(execution_id), 0) as id from conveyor.executions").fetchone()
+    assert before is not None
     for block in blocks("sql"):
-        conn.execute(block.encode())
+        for statement in sql_statements(block):
+            changed = conn.execute(statement.encode()).rowcount
+            assert changed > 0, f"the tour's statement changed nothing:\n{statement}"
     conn.execute("select conveyor.tick()")
+    # each statement started the workflow its comment names, for tenant acme
+    started = conn.execute(
+        "select w.slug from conveyor.executions as e join conveyor.workflows as w using (workflow_id)"
+        " where e.execution_id > %s and e.tenant_id = 'acme' order by e.execution_id",
+        (before["id"],),
+    ).fetchall()
+    slugs = [r["slug"] for r in started]
+    for comment_slug in re.findall(r"→ ([a-z0-9-]+) ", "".join(blocks("sql"))):
+        assert comment_slug in slugs, f"the tour says {comment_slug} starts; started: {slugs}"
     execution = conn.execute(
         "select max(execution_id) as id from conveyor.executions where tenant_id = 'acme'"
     )

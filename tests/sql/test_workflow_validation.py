@@ -297,7 +297,7 @@ def test_date_triggers_name_a_watched_entity_and_its_date_column(conn: Conn) -> 
     document = lead_document()
     document["trigger"] = {"date": {"entity": "deal", "column": "title", "offset": "soon", "at": "9am"}}
     assert problems(conn, document) == [
-        "trigger.date.entity: entity \"deal\" is not watched (call conveyor.watch('public.deals', ...) first:"
+        'trigger.date.entity: entity "deal" is not watched (`conveyor tables watch public.deals --module M` first:'
         " its changes move the dates)",
         'trigger.date.column: table public.deals has no date or timestamp column "title"',
         'trigger.date.offset: invalid duration "soon"',

@@ -526,6 +526,6 @@ def test_delete_is_refused_when_the_workflow_has_executions(conn: Conn) -> None:
         'workflow "new-lead-follow-up" has 1 execution(s) and cannot be deleted'
     )
     assert raised.value.diag.message_hint == (
-        "Deactivate it instead: select conveyor.set_workflow_active('acme', 'new-lead-follow-up', false);"
+        "Deactivate it instead: `conveyor workflows deactivate new-lead-follow-up --tenant acme`."
     )
     assert conn.execute("select count(*) as n from conveyor.workflow_versions").fetchone() == {"n": 1}

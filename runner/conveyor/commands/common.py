@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -46,9 +47,62 @@ def database_option(func: F) -> F:
 
 
 def tenant_option(func: F) -> F:
+    """`--tenant`, which must name a tenant that exists: an unknown one is an error, never
+    an empty answer (checked before the command runs, once per invocation)."""
+
+    @wraps(func)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        check_tenant_exists(kwargs.get("tenant"), kwargs.get("database_url"))
+        return func(*args, **kwargs)
+
     return click.option(
         "--tenant", "-t", envvar="CONVEYOR_TENANT", required=True, help="The tenant [env CONVEYOR_TENANT]."
-    )(func)
+    )(checked)  # type: ignore[return-value]
+
+
+def check_tenant_exists(tenant: str | None, database_url: str | None) -> None:
+    from conveyor.db import connect
+
+    try:
+        with connect(database_url) as conn:
+            known = conn.execute("select 1 from conveyor.tenants where tenant_id = %s", (tenant,)).fetchone()
+    except ConveyorError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except psycopg.Error as exc:
+        click.echo(f"error: {describe_db_error(exc)}", err=True)
+        sys.exit(1)
+    if known is None:
+        click.echo(
+            f'error: tenant "{tenant}" does not exist (see `conveyor tenants list`; create it with'
+            " `conveyor tenants add`)",
+            err=True,
+        )
+        sys.exit(1)
+
+
+# `--since`: a whole number and a unit, as `30m`, `24h`, `7d`, `2w` or `2 hours`, `7 days`.
+_SINCE = re.compile(r"^\s*(\d{1,6})\s*([a-z]+)\s*$")
+_SINCE_UNITS = {
+    "minutes": ("m", "min", "mins", "minute", "minutes"),
+    "hours": ("h", "hr", "hrs", "hour", "hours"),
+    "days": ("d", "day", "days"),
+    "weeks": ("w", "week", "weeks"),
+}
+
+
+def parse_since(value: str, option: str = "--since") -> str:
+    """The PostgreSQL interval text for a `--since` value, or a ConveyorError naming the
+    option and the forms it accepts."""
+    match = _SINCE.match(value.lower())
+    if match:
+        for unit, spellings in _SINCE_UNITS.items():
+            if match[2] in spellings:
+                return f"{int(match[1])} {unit}"
+    raise ConveyorError(
+        f"{option} {value!r} is not a period: use a whole number and a unit, as 30m, 24h, 7d, 2w"
+        " or '2 hours', '7 days' (minutes, hours, days, weeks)"
+    )
 
 
 def json_option(func: F) -> F:

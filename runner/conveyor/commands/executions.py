@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,8 @@ from conveyor.commands.common import (
     database_option,
     fail_cleanly,
     json_option,
+    load_json_option,
+    parse_since,
     read_document,
     tenant_option,
 )
@@ -52,7 +56,7 @@ def list_executions(
     with connect(database_url) as conn:
         rows = conn.execute(
             "select * from conveyor.list_executions(%s, %s, %s, now() - %s::interval, %s)",
-            (tenant, status, workflow, since, limit),
+            (tenant, status, workflow, parse_since(since), limit),
         ).fetchall()
     output.show(
         rows,
@@ -63,12 +67,18 @@ def list_executions(
 
 @executions.command("show")
 @click.argument("execution_id", type=int)
+@click.option("--follow", "-f", is_flag=True, help="Print each step as it happens until the execution ends.")
 @tenant_option
 @database_option
 @json_option
 @fail_cleanly
-def show_execution(execution_id: int, tenant: str, database_url: str | None, as_json: bool) -> None:
+def show_execution(
+    execution_id: int, follow: bool, tenant: str, database_url: str | None, as_json: bool
+) -> None:
     """A timeline: every step with status, timings, rendered input and output, errors in full."""
+    if follow:
+        follow_execution(execution_id, tenant, database_url)
+        return
     with connect(database_url) as conn:
         execution = conn.execute(
             "select * from conveyor.execution_detail(%s, %s)", (tenant, execution_id)
@@ -87,9 +97,14 @@ def show_execution(execution_id: int, tenant: str, database_url: str | None, as_
         output.emit_json({"execution": execution, "steps": steps, "children": children, "logs": logs})
         return
     click.echo(
-        f"execution {execution_id}: {execution['slug']} v{execution['version']}  {execution['status']}"
+        f"execution {execution_id}: {execution['slug']} v{execution['version']}  {shown_status(execution)}"
         f"  created {execution['created_at']:%Y-%m-%d %H:%M:%S}"
     )
+    if execution["paused_at"] is not None:
+        click.echo(
+            f"paused since {execution['paused_at']:%Y-%m-%d %H:%M:%S}:"
+            f" `conveyor executions resume {execution_id}` lets it go on"
+        )
     if execution["parent_execution_id"] is not None:
         click.echo(
             f"child {execution['child_index']} of execution {execution['parent_execution_id']}"
@@ -115,6 +130,49 @@ def show_execution(execution_id: int, tenant: str, database_url: str | None, as_
         )
     if logs:
         output.table(logs, ["logged_at", "level", "message"], title="log")
+
+
+def shown_status(execution: dict[str, Any]) -> str:
+    """The status, or `paused (was waiting)` for a paused execution."""
+    if execution["paused_at"] is not None and execution["status"] not in FINISHED:
+        return f"paused (was {execution['status']})"
+    return str(execution["status"])
+
+
+FINISHED = ("completed", "failed", "cancelled", "timed_out")
+
+
+def follow_execution(execution_id: int, tenant: str, database_url: str | None, every: float = 0.5) -> None:
+    """Tail an execution: one line per step row as it appears or changes, then its end."""
+    seen: dict[tuple[Any, Any, Any], Any] = {}
+    last_status = None
+    with connect(database_url) as conn:
+        conn.autocommit = True  # each poll sees what the runners committed since
+        while True:
+            execution = conn.execute(
+                "select * from conveyor.execution_detail(%s, %s)", (tenant, execution_id)
+            ).fetchone()
+            if execution is None:
+                raise ConveyorError(f'execution {execution_id} does not exist for tenant "{tenant}"')
+            for step in conn.execute(
+                "select * from conveyor.execution_timeline(%s, %s)", (tenant, execution_id)
+            ):
+                key = (step["step"], step["visit"], step["attempt"])
+                if seen.get(key) != step["status"]:
+                    seen[key] = step["status"]
+                    error = f"  {step['error']}" if step.get("error") else ""
+                    click.echo(
+                        f"step {step['step']} (visit {step['visit']}, attempt {step['attempt']}): {step['status']}{error}"
+                    )
+            status = shown_status(execution)
+            if status != last_status:
+                click.echo(f"execution {execution_id}: {status}")
+                last_status = status
+            if execution["status"] in FINISHED:
+                if execution["status"] != "completed":
+                    sys.exit(2)
+                return
+            time.sleep(every)
 
 
 @executions.command("cancel")
@@ -213,9 +271,7 @@ def resume(execution_id: int, tenant: str, database_url: str | None, as_json: bo
 
 @click.command("trigger")
 @click.argument("slug")
-@click.option(
-    "--data", "data_file", type=click.Path(exists=True, path_type=Path), help="Input (JSON or YAML)."
-)
+@click.option("--data", "data", help='Input: inline JSON (\'{"plan": "pro"}\') or a JSON or YAML file.')
 @click.option("--entity-id")
 @tenant_option
 @database_option
@@ -223,24 +279,47 @@ def resume(execution_id: int, tenant: str, database_url: str | None, as_json: bo
 @fail_cleanly
 def trigger(
     slug: str,
-    data_file: Path | None,
+    data: str | None,
     entity_id: str | None,
     tenant: str,
     database_url: str | None,
     as_json: bool,
 ) -> None:
     """Start a workflow by hand with the given data ({{trigger.payload...}})."""
-    data: dict[str, Any] = read_document(data_file) if data_file else {}
+    payload = trigger_data(data)
     with connect(database_url) as conn:
         row = conn.execute(
             "select conveyor.trigger_workflow(%s, %s, %s, null, %s) as id",
-            (tenant, slug, Jsonb(data), entity_id),
+            (tenant, slug, Jsonb(payload), entity_id),
         ).fetchone()
         assert row is not None
         status = conn.execute(
-            "select status from conveyor.execution_detail(%s, %s)", (tenant, row["id"])
+            "select status, error ->> 'message' as error from conveyor.execution_detail(%s, %s)",
+            (tenant, row["id"]),
         ).fetchone()
+    state = status["status"] if status else None
     if as_json:
-        output.emit_json({"execution_id": row["id"], "status": status["status"] if status else None})
+        output.emit_json(
+            {"execution_id": row["id"], "status": state, "error": status["error"] if status else None}
+        )
     else:
-        click.echo(f"execution {row['id']}: {status['status'] if status else '?'}")
+        click.echo(f"execution {row['id']}: {state or '?'}")
+    if state in ("failed", "timed_out", "cancelled"):
+        # the run it started ended badly: say why and exit non-zero, for scripts and CI
+        click.echo(f"error: execution {row['id']} {state}: {status['error'] if status else ''}", err=True)
+        sys.exit(2)
+
+
+def trigger_data(data: str | None) -> dict[str, Any]:
+    """`--data`: inline JSON when it starts with { (after blanks), else a file's path."""
+    if data is None:
+        return {}
+    if data.lstrip().startswith("{"):
+        value = load_json_option(data, "--data")
+        if not isinstance(value, dict):
+            raise ConveyorError("--data must be a JSON object")
+        return value
+    path = Path(data)
+    if not path.is_file():
+        raise ConveyorError(f"--data {data!r}: no such file (inline data is a JSON object: '{{...}}')")
+    return read_document(path)

@@ -47,7 +47,52 @@ def usage(tenant: str, database_url: str | None, as_json: bool) -> None:
 
 @click.group()
 def tenants() -> None:
-    """Tenants' plans (docs/plans.md)."""
+    """Tenants and their plans (docs/integrate.md, docs/plans.md)."""
+
+
+@tenants.command("add")
+@click.argument("tenant")
+@click.option("--name", help="A display name (default: the tenant id).")
+@click.option(
+    "--timezone", default="UTC", show_default=True, help="An IANA time zone: months and schedules follow it."
+)
+@click.option("--plan", default="standard", show_default=True, help="The plan (`conveyor tenants plans`).")
+@database_option
+@json_option
+@fail_cleanly
+def add_tenant(
+    tenant: str, name: str | None, timezone: str, plan: str, database_url: str | None, as_json: bool
+) -> None:
+    """Create TENANT: the id the platform's rows carry in their tenant column."""
+    with connect(database_url) as conn:
+        conn.execute(
+            "select conveyor.create_tenant(%s, %s, %s, %s)", (tenant, name or tenant, timezone, plan)
+        )
+    output.result(
+        f"tenant {tenant} created (plan {plan}, time zone {timezone})",
+        {"tenant": tenant, "name": name or tenant, "timezone": timezone, "plan": plan},
+        as_json=as_json,
+    )
+
+
+@tenants.command("list")
+@database_option
+@json_option
+@fail_cleanly
+def list_tenants(database_url: str | None, as_json: bool) -> None:
+    """Every tenant with its plan, time zone and active workflows."""
+    with connect(database_url) as conn:
+        rows = conn.execute(
+            "select t.tenant_id as tenant, t.name, t.plan, t.timezone,"
+            " (select count(*) from conveyor.workflows as w where w.tenant_id = t.tenant_id and w.active)"
+            " as active_workflows, t.created_at"
+            " from conveyor.tenants as t order by t.tenant_id"
+        ).fetchall()
+    output.show(
+        [dict(r) for r in rows],
+        ["tenant", "name", "plan", "timezone", "active_workflows", "created_at"],
+        as_json=as_json,
+    )
 
 
 @tenants.command("set-plan")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from conveyor import output
-from conveyor.commands.common import database_option, fail_cleanly, json_option, tenant_option
+from conveyor.commands.common import database_option, fail_cleanly, json_option, parse_since, tenant_option
 from conveyor.db import connect
 
 
@@ -14,14 +14,18 @@ from conveyor.db import connect
 @json_option
 @fail_cleanly
 def status(database_url: str | None, as_json: bool) -> None:
-    """Queue depth and age, executions in the last hour, next schedules, live runners."""
+    """The whole installation, every tenant: queue depth and age, executions in the last hour,
+    next schedules, live runners (per tenant: `conveyor stats`, `conveyor usage`)."""
     with connect(database_url) as conn:
         row = conn.execute("select conveyor.system_status() as s").fetchone()
     assert row is not None
     state = row["s"]
     if as_json:
-        output.emit_json(state)
+        output.emit_json({"scope": "installation", **state})
         return
+    click.echo(
+        "installation-wide, every tenant (per tenant: `conveyor stats --tenant T`, `conveyor usage --tenant T`)"
+    )
     click.echo(
         f"queue: {state['queue_depth']} message(s), {state['queue_visible']} ready, "
         f"oldest {state['oldest_message_age_s'] or 0}s"
@@ -53,7 +57,7 @@ def status(database_url: str | None, as_json: bool) -> None:
 def stats(workflow: str | None, since: str, tenant: str, database_url: str | None, as_json: bool) -> None:
     """Runs, success rate, average and p95 duration, top errors, slowest steps."""
     with connect(database_url) as conn:
-        start = conn.execute("select now() - %s::interval as t", (since,)).fetchone()
+        start = conn.execute("select now() - %s::interval as t", (parse_since(since),)).fetchone()
         assert start is not None
         summary = conn.execute(
             "select * from conveyor.workflow_summary(%s, %s, %s)", (tenant, workflow, start["t"])

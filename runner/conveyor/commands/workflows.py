@@ -28,7 +28,7 @@ def workflows() -> None:
     type=click.Path(exists=True, path_type=Path),
     multiple=True,
     required=True,
-    help="A workflow document (YAML or JSON); repeat for several.",
+    help="A workflow document (YAML or JSON), or a directory of them (*.yaml, *.yml, *.json); repeat for several.",
 )
 @click.option("--dry-run", is_flag=True, help="Validate only; publish nothing.")
 @tenant_option
@@ -39,7 +39,7 @@ def apply(
     files: tuple[Path, ...], dry_run: bool, tenant: str, database_url: str | None, as_json: bool
 ) -> None:
     """Validate and publish workflow documents (a new version when changed)."""
-    documents = [(path, read_document(path)) for path in files]
+    documents = [(path, read_document(path)) for path in document_files(files)]
     results: list[dict[str, Any]] = []
     with connect(database_url) as conn:
         for path, document in output.progress(documents, "publishing", enabled=not as_json):
@@ -55,14 +55,21 @@ def apply(
             if dry_run:
                 results.append({"file": str(path), "slug": document.get("slug"), "result": "valid"})
                 continue
+            before = conn.execute(
+                "select current_version from conveyor.workflows where tenant_id = %s and slug = %s",
+                (tenant, document.get("slug")),
+            ).fetchone()
             row = conn.execute("select * from conveyor.publish(%s, %s)", (tenant, Jsonb(document))).fetchone()
             assert row is not None
+            # publish keeps the current version when the document is the same: say so
+            unchanged = before is not None and before["current_version"] == row["version"]
             results.append(
                 {
                     "file": str(path),
                     "slug": document.get("slug"),
                     "workflow_id": row["workflow_id"],
                     "version": row["version"],
+                    "result": "unchanged" if unchanged else "published",
                 }
             )
     if as_json:
@@ -72,7 +79,24 @@ def apply(
         if dry_run:
             click.echo(f"valid      {result['slug']}  ({result['file']})")
         else:
-            click.echo(f"published  {result['slug']} version {result['version']}  ({result['file']})")
+            verb = "unchanged " if result["result"] == "unchanged" else "published "
+            click.echo(f"{verb} {result['slug']} version {result['version']}  ({result['file']})")
+
+
+def document_files(paths: tuple[Path, ...]) -> list[Path]:
+    """The files given, a directory standing for its workflow documents (sorted by name)."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix in (".yaml", ".yml", ".json")
+            )
+            if not found:
+                raise ConveyorError(f"{path}: no workflow documents (*.yaml, *.yml, *.json) in the directory")
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
 
 
 @workflows.command("list")
