@@ -564,7 +564,6 @@ CREATE INDEX executions_flow_queue_idx ON conveyor.executions USING btree (workf
 CREATE INDEX executions_join_due_idx ON conveyor.executions USING btree (resume_at, execution_id) WHERE ((status = 'waiting'::text) AND (wait_kind = 'children'::text) AND (resume_at IS NOT NULL) AND (paused_at IS NULL));
 CREATE UNIQUE INDEX executions_once_per_entity ON conveyor.executions USING btree (workflow_id, once_key) WHERE (once_key IS NOT NULL);
 CREATE INDEX executions_parent_idx ON conveyor.executions USING btree (parent_execution_id) WHERE (parent_execution_id IS NOT NULL);
-CREATE INDEX executions_retry_of ON conveyor.executions USING btree (retry_of) WHERE (retry_of IS NOT NULL);
 CREATE INDEX executions_retry_of_idx ON conveyor.executions USING btree (retry_of) WHERE (retry_of IS NOT NULL);
 CREATE INDEX executions_tenant_time_idx ON conveyor.executions USING btree (tenant_id, created_at);
 CREATE INDEX executions_timeout_idx ON conveyor.executions USING btree (timeout_at) WHERE ((status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text])) AND (timeout_at IS NOT NULL));
