@@ -1,3 +1,3 @@
 """Conveyor: a Postgres-native automation engine (the thin Python half)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
