@@ -243,12 +243,17 @@ def test_a_delivery_past_the_plans_executions_per_month_gets_429_and_starts_noth
     conn.execute("select conveyor.set_plan('pro', %s)", (Jsonb({"executions_per_month": 1}),))
     conn.execute("select conveyor.set_tenant_plan('acme', 'pro')")
     body = b'{"email": "a@b.c"}'
-    first = httpx.post(server + endpoint["path"], content=body, headers=signed(endpoint["secret"], body))
+    # a second apart from the first's stamp, so not its replay (stamps are whole seconds: a
+    # second taken from a later clock reading could land in the first's)
+    now = time.time()
+    first = httpx.post(
+        server + endpoint["path"], content=body, headers=signed(endpoint["secret"], body, at=now)
+    )
     assert first.status_code == 202, first.text
     refused = httpx.post(
         server + endpoint["path"],
         content=body,
-        headers={**signed(endpoint["secret"], body, at=time.time() - 1), "X-Conveyor-Delivery": "d-9"},
+        headers={**signed(endpoint["secret"], body, at=now - 1), "X-Conveyor-Delivery": "d-9"},
     )
     assert refused.status_code == 429, refused.text
     assert refused.json()["error"].startswith(
