@@ -1193,7 +1193,7 @@ create table conveyor.workflow_steps (
 );
 alter table conveyor.workflow_steps add constraint workflow_steps_action_type CHECK (((kind = ANY (ARRAY['action'::text, 'data'::text])) = (action_type IS NOT NULL)));
 alter table conveyor.workflow_steps add constraint workflow_steps_goto_has_target CHECK (((on_error = 'goto'::text) = (error_step IS NOT NULL)));
-alter table conveyor.workflow_steps add constraint workflow_steps_kind_check CHECK ((kind = ANY (ARRAY['action'::text, 'condition'::text, 'switch'::text, 'set_variable'::text, 'transform'::text, 'stop'::text, 'emit'::text, 'data'::text, 'delay'::text, 'wait_for_event'::text, 'wait_until'::text, 'split'::text, 'parallel'::text, 'for_each'::text, 'call'::text, 'notify'::text, 'approval'::text, 'campaign'::text])));
+alter table conveyor.workflow_steps add constraint workflow_steps_kind_check CHECK ((kind = ANY (ARRAY['action'::text, 'condition'::text, 'switch'::text, 'set_variable'::text, 'transform'::text, 'stop'::text, 'emit'::text, 'data'::text, 'delay'::text, 'wait_for_event'::text, 'wait_until'::text, 'split'::text, 'parallel'::text, 'for_each'::text, 'call'::text, 'notify'::text, 'approval'::text, 'campaign'::text, 'enroll'::text])));
 alter table conveyor.workflow_steps add constraint workflow_steps_on_error_check CHECK ((on_error = ANY (ARRAY['fail'::text, 'continue'::text, 'retry'::text, 'goto'::text])));
 alter table conveyor.workflow_steps add constraint workflow_steps_pkey PRIMARY KEY (workflow_id, version, step_id);
 alter table conveyor.workflow_steps add constraint workflow_steps_position_check CHECK (("position" >= 0));
@@ -1345,6 +1345,9 @@ grant execute on function conveyor.campaign_decide_winners(bigint) to conveyor_s
 create function conveyor.campaign_detail(p_tenant_id text, p_slug text) returns jsonb
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.campaign_detail(text,text) to conveyor_app, conveyor_service;
+create function conveyor.campaign_enroll(p_tenant_id text, p_slug text, p_ids text[], p_run boolean) returns TABLE(entity_id text, enrollment_id bigint, execution_id bigint, result text)
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.campaign_enroll(text,text,text[],boolean) to conveyor_service;
 create function conveyor.campaign_errors(p_doc jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.campaign_errors(jsonb) to conveyor_service;
@@ -1523,6 +1526,9 @@ grant execute on function conveyor.document_date_errors(jsonb) to conveyor_servi
 create function conveyor.document_duration_error(p_value jsonb, p_path text, p_max interval DEFAULT conveyor.max_duration(), p_setting text DEFAULT 'conveyor.max_duration'::text) returns text
   language sql stable set search_path = '';
 grant execute on function conveyor.document_duration_error(jsonb,text,interval,text) to conveyor_service;
+create function conveyor.document_enroll_errors(p_tenant_id text, p_document jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.document_enroll_errors(text,jsonb) to conveyor_service;
 create function conveyor.document_flow_errors(p_settings jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.document_flow_errors(jsonb) to conveyor_service;
@@ -1535,6 +1541,9 @@ grant execute on function conveyor.document_key_errors(jsonb,text,text[],text[])
 create function conveyor.document_limit_errors(p_document jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.document_limit_errors(jsonb) to conveyor_service;
+create function conveyor.document_literal_names(p_document jsonb, p_doc_key text, p_field text) returns TABLE(path text, name text)
+  language sql stable set search_path = '';
+grant execute on function conveyor.document_literal_names(jsonb,text,text) to conveyor_service;
 create function conveyor.document_notify_template_errors(p_tenant_id text, p_document jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.document_notify_template_errors(text,jsonb) to conveyor_service;
@@ -1640,6 +1649,9 @@ grant execute on function conveyor.enroll_campaign(text,text,text[]) to conveyor
 create function conveyor.enroll_campaign_where(p_tenant_id text, p_slug text, p_condition jsonb, p_limit integer DEFAULT 1000) returns TABLE(entity_id text, enrollment_id bigint, execution_id bigint, result text)
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.enroll_campaign_where(text,text,jsonb,integer) to conveyor_app, conveyor_service;
+create function conveyor.enroll_from_step(p_exec conveyor.executions, p_input jsonb, p_dry boolean, p_where text) returns jsonb
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.enroll_from_step(conveyor.executions,jsonb,boolean,text) to conveyor_service;
 create function conveyor.error_is_transient(p_sqlstate text) returns boolean
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.error_is_transient(text) to conveyor_service;
@@ -2323,6 +2335,12 @@ grant execute on function conveyor.step_emit_code() to conveyor_service;
 create function conveyor.step_emit_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.step_emit_errors(jsonb,text,jsonb) to conveyor_service;
+create function conveyor.step_enroll_code() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_enroll_code() to conveyor_service;
+create function conveyor.step_enroll_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.step_enroll_errors(jsonb,text,jsonb) to conveyor_service;
 create function conveyor.step_for_each_bodies(p_step jsonb) returns TABLE(body text, path text, steps jsonb, item boolean)
   language sql immutable set search_path = '';
 grant execute on function conveyor.step_for_each_bodies(jsonb) to conveyor_service;
