@@ -131,6 +131,26 @@ def test_racing_enrollers_enroll_a_contact_once(db_url: str, conn: Conn) -> None
     assert conn.execute("select count(*) as n from conveyor.campaign_enrollments").fetchone() == {"n": 1}
 
 
+def test_one_call_answers_every_id_in_order_once_per_contact(conn: Conn) -> None:
+    # set-based: ids the column type cannot hold, non-canonical spellings and repeats
+    setup(conn)
+    apply(conn, CAMPAIGN)
+    rows = enroll(conn, ["3", "abc", "007", "3", "4", "99"])
+    assert [(r["entity_id"], r["result"]) for r in rows] == [
+        ("3", "enrolled"), ("abc", "not found"), ("007", "not found"), ("3", "already enrolled"),
+        ("4", "enrolled"), ("99", "not found"),
+    ]  # fmt: skip
+    assert rows[3]["enrollment_id"] is None and rows[0]["execution_id"] is not None
+    linked = conn.execute(
+        "select count(*) as n from conveyor.campaign_enrollments ce join conveyor.executions x"
+        " using (execution_id) where (x.trigger -> 'payload' ->> 'enrollment_id')::bigint = ce.enrollment_id"
+        " and x.trigger -> 'payload' -> 'contact' ->> 'id' = ce.entity_id"
+    ).fetchone()
+    assert linked == {"n": 2}
+    stats = conn.execute("select * from conveyor.campaign_stats('acme', 'welcome') where step_key = ''").fetchone()
+    assert stats is not None and stats["enrolled"] == 2
+
+
 def send_times(conn: Conn) -> list[datetime]:
     rows = conn.execute(
         "select (sr.output ->> 'send_at')::timestamptz as at from conveyor.step_runs sr"
