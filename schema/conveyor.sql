@@ -129,11 +129,29 @@ alter table conveyor.campaign_enrollments add constraint campaign_enrollments_te
 CREATE UNIQUE INDEX campaign_enrollments_active_idx ON conveyor.campaign_enrollments USING btree (campaign_id, entity_id) WHERE (status = ANY (ARRAY['active'::text, 'paused'::text]));
 CREATE INDEX campaign_enrollments_campaign_idx ON conveyor.campaign_enrollments USING btree (campaign_id, enrollment_id);
 CREATE INDEX campaign_enrollments_execution_idx ON conveyor.campaign_enrollments USING btree (execution_id);
+CREATE TRIGGER campaign_enrollments_send_slot AFTER UPDATE OF status ON conveyor.campaign_enrollments FOR EACH ROW WHEN ((old.status IS DISTINCT FROM new.status)) EXECUTE FUNCTION conveyor.campaign_enrollment_slot();
 alter table conveyor.campaign_enrollments enable row level security;
 alter table conveyor.campaign_enrollments force row level security;
 create policy campaign_enrollments_isolation on conveyor.campaign_enrollments as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
 grant select on conveyor.campaign_enrollments to conveyor_app;
 grant select, insert, update, delete on conveyor.campaign_enrollments to conveyor_service;
+
+create table conveyor.campaign_send_cursors (
+  tenant_id text not null,
+  key text not null,
+  per_minute integer not null,
+  scope text not null,
+  from_minute timestamp with time zone not null,
+  next_minute timestamp with time zone not null
+);
+alter table conveyor.campaign_send_cursors add constraint campaign_send_cursors_check CHECK ((next_minute >= from_minute));
+alter table conveyor.campaign_send_cursors add constraint campaign_send_cursors_pkey PRIMARY KEY (tenant_id, key, per_minute, scope);
+alter table conveyor.campaign_send_cursors add constraint campaign_send_cursors_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+alter table conveyor.campaign_send_cursors enable row level security;
+alter table conveyor.campaign_send_cursors force row level security;
+create policy campaign_send_cursors_isolation on conveyor.campaign_send_cursors as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
+grant select on conveyor.campaign_send_cursors to conveyor_app;
+grant select, insert, update, delete on conveyor.campaign_send_cursors to conveyor_service;
 
 create table conveyor.campaign_send_slots (
   tenant_id text not null,
@@ -391,6 +409,7 @@ alter table conveyor.email_suppressions add constraint email_suppressions_email_
 alter table conveyor.email_suppressions add constraint email_suppressions_pkey PRIMARY KEY (tenant_id, address);
 alter table conveyor.email_suppressions add constraint email_suppressions_reason_check CHECK ((reason = ANY (ARRAY['unsubscribed'::text, 'bounced'::text, 'complained'::text, 'manual'::text])));
 alter table conveyor.email_suppressions add constraint email_suppressions_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+CREATE TRIGGER email_suppressions_campaign_slot AFTER INSERT ON conveyor.email_suppressions FOR EACH ROW EXECUTE FUNCTION conveyor.campaign_suppressed_slot();
 alter table conveyor.email_suppressions enable row level security;
 alter table conveyor.email_suppressions force row level security;
 create policy email_suppressions_isolation on conveyor.email_suppressions as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
@@ -1333,6 +1352,9 @@ grant execute on function conveyor.caller_subject_to_rls() to conveyor_service;
 create function conveyor.campaign_by_slug(p_tenant_id text, p_slug text) returns conveyor.campaigns
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.campaign_by_slug(text,text) to conveyor_service;
+create function conveyor.campaign_contacts(p_entity conveyor.entities, p_tenant_id text, p_ids text[]) returns jsonb
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.campaign_contacts(conveyor.entities,text,text[]) to conveyor_service;
 create function conveyor.campaign_count_messages() returns trigger
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.campaign_count_messages() to conveyor_service;
@@ -1348,12 +1370,21 @@ grant execute on function conveyor.campaign_detail(text,text) to conveyor_app, c
 create function conveyor.campaign_enroll(p_tenant_id text, p_slug text, p_ids text[], p_run boolean) returns TABLE(entity_id text, enrollment_id bigint, execution_id bigint, result text)
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.campaign_enroll(text,text,text[],boolean) to conveyor_service;
+create function conveyor.campaign_enrollment_slot() returns trigger
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.campaign_enrollment_slot() to conveyor_service;
 create function conveyor.campaign_errors(p_doc jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.campaign_errors(jsonb) to conveyor_service;
 create function conveyor.campaign_finish(p_execution_id bigint, p_status text, p_reason text) returns jsonb
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.campaign_finish(bigint,text,text) to conveyor_service;
+create function conveyor.campaign_renew_slot(p_execution_id bigint) returns timestamp with time zone
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.campaign_renew_slot(bigint) to conveyor_service;
+create function conveyor.campaign_return_slot(p_execution_id bigint, p_key text DEFAULT NULL::text) returns boolean
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.campaign_return_slot(bigint,text) to conveyor_service;
 create function conveyor.campaign_rewrite(p_value jsonb) returns jsonb
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.campaign_rewrite(jsonb) to conveyor_service;
@@ -1363,12 +1394,18 @@ grant execute on function conveyor.campaign_send(jsonb,jsonb,text,text,text) to 
 create function conveyor.campaign_send_slot(p_tenant_id text, p_key text, p_per_minute integer, p_window jsonb, p_now timestamp with time zone) returns timestamp with time zone
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.campaign_send_slot(text,text,integer,jsonb,timestamp with time zone) to conveyor_service;
+create function conveyor.campaign_slot_run(p_execution_id bigint) returns TABLE(step_run_id bigint, tenant_id text, input jsonb, send_at timestamp with time zone, returned boolean, waiting boolean)
+  language sql stable set search_path = '';
+grant execute on function conveyor.campaign_slot_run(bigint) to conveyor_service;
 create function conveyor.campaign_stats(p_tenant_id text, p_slug text) returns TABLE(step_key text, variant text, enrolled bigint, sent bigint, delivered bigint, opened bigint, clicked bigint, replied bigint, bounced bigint, complained bigint, unsubscribed bigint, completed bigint, stopped bigint)
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.campaign_stats(text,text) to conveyor_app, conveyor_service;
 create function conveyor.campaign_step_errors(p_doc jsonb, p_step jsonb, p_path text, p_index integer) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.campaign_step_errors(jsonb,jsonb,text,integer) to conveyor_service;
+create function conveyor.campaign_suppressed_slot() returns trigger
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.campaign_suppressed_slot() to conveyor_service;
 create function conveyor.cancel_execution(p_tenant_id text, p_execution_id bigint, p_reason text DEFAULT NULL::text) returns text
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.cancel_execution(text,bigint,text) to conveyor_app, conveyor_service;

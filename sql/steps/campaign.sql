@@ -49,47 +49,7 @@ begin
 end;
 $$;
 
--- The send time reserved for one execution: the first minute, from the window's next
--- opening on, whose bucket still has room (minutes outside the window are skipped),
--- spread within the minute by the bucket's count. Bounded: at most 1,440 minutes tried.
-create or replace function conveyor.campaign_send_slot(
-  p_tenant_id text,
-  p_key text,
-  p_per_minute integer,
-  p_window jsonb,
-  p_now timestamptz
-) returns timestamptz
-language plpgsql
-set search_path = ''
-as $$
-declare
-  v_at timestamptz := p_now;
-  v_minute timestamptz;
-  v_used integer;
-begin
-  if p_window is not null then
-    v_at := conveyor.next_window_start(p_now, p_window);
-  end if;
-  v_minute := date_trunc('minute', v_at);
-  for i in 1..1440 loop
-    insert into conveyor.campaign_send_slots as s (tenant_id, key, minute, used)
-    values (p_tenant_id, p_key, v_minute, 1)
-    on conflict (tenant_id, key, minute) do update set used = s.used + 1 where s.used < p_per_minute
-    returning s.used into v_used;
-    if v_used is not null then
-      return greatest(v_at, v_minute + (v_used - 1) * interval '60 seconds' / p_per_minute);
-    end if;
-    v_minute := v_minute + interval '1 minute';
-    if p_window is not null and conveyor.next_window_start(v_minute, p_window) > v_minute then
-      v_minute := date_trunc('minute', conveyor.next_window_start(v_minute, p_window));
-    end if;
-    v_at := v_minute;
-  end loop;
-  raise exception using errcode = '54000',
-    message = format('no send slot free in the next 1440 minutes of the window (key "%s", %s a minute)', p_key,
-      p_per_minute);
-end;
-$$;
+-- (the reservation, conveyor.campaign_send_slot, is sql/campaign_send_slots.sql)
 
 -- An enrollment's end: its status, and the campaign's counter of it.
 create or replace function conveyor.campaign_finish(p_execution_id bigint, p_status text, p_reason text)

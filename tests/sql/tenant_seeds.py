@@ -149,6 +149,9 @@ SEEDS: dict[str, str] = {
         select tenant_id, campaign_id, 1 from conveyor.campaigns where tenant_id = %(t)s""",
     "campaign_send_slots": """
         insert into conveyor.campaign_send_slots (tenant_id, key, minute, used) values (%(t)s, 'email', now(), 1)""",
+    "campaign_send_cursors": """
+        insert into conveyor.campaign_send_cursors (tenant_id, key, per_minute, scope, from_minute, next_minute)
+        values (%(t)s, 'email', 100, '', now(), now())""",
     "campaign_winners": """
         insert into conveyor.campaign_winners (campaign_id, step_key, tenant_id, metric, winner, figures, campaign_version)
         select campaign_id, 'hello', tenant_id, 'open', 'a', '{}', 1 from conveyor.campaigns where tenant_id = %(t)s""",

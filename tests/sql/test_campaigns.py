@@ -147,7 +147,9 @@ def test_one_call_answers_every_id_in_order_once_per_contact(conn: Conn) -> None
         " and x.trigger -> 'payload' -> 'contact' ->> 'id' = ce.entity_id"
     ).fetchone()
     assert linked == {"n": 2}
-    stats = conn.execute("select * from conveyor.campaign_stats('acme', 'welcome') where step_key = ''").fetchone()
+    stats = conn.execute(
+        "select * from conveyor.campaign_stats('acme', 'welcome') where step_key = ''"
+    ).fetchone()
     assert stats is not None and stats["enrolled"] == 2
 
 
