@@ -129,7 +129,7 @@ alter table conveyor.campaign_enrollments add constraint campaign_enrollments_te
 CREATE UNIQUE INDEX campaign_enrollments_active_idx ON conveyor.campaign_enrollments USING btree (campaign_id, entity_id) WHERE (status = ANY (ARRAY['active'::text, 'paused'::text]));
 CREATE INDEX campaign_enrollments_campaign_idx ON conveyor.campaign_enrollments USING btree (campaign_id, enrollment_id);
 CREATE INDEX campaign_enrollments_execution_idx ON conveyor.campaign_enrollments USING btree (execution_id);
-CREATE TRIGGER campaign_enrollments_send_slot AFTER UPDATE OF status ON conveyor.campaign_enrollments FOR EACH ROW WHEN ((old.status IS DISTINCT FROM new.status)) EXECUTE FUNCTION conveyor.campaign_enrollment_slot();
+CREATE TRIGGER campaign_enrollments_send_slot AFTER UPDATE OF status ON conveyor.campaign_enrollments FOR EACH ROW WHEN (((old.status IS DISTINCT FROM new.status) AND (new.status <> 'completed'::text))) EXECUTE FUNCTION conveyor.campaign_enrollment_slot();
 alter table conveyor.campaign_enrollments enable row level security;
 alter table conveyor.campaign_enrollments force row level security;
 create policy campaign_enrollments_isolation on conveyor.campaign_enrollments as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));

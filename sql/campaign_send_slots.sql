@@ -35,6 +35,10 @@ declare
   v_check boolean := false;
   v_used integer;
 begin
+  -- One transaction at a time takes a tenant's slots of a key, until it commits: two ticks'
+  -- batches that each hold some minutes' rows and wait for the other's deadlocked (two
+  -- runners, contacts in two zones), and the loser's step failed its execution.
+  perform pg_catalog.pg_advisory_xact_lock(1134, pg_catalog.hashtext(p_tenant_id || '/' || p_key));
   if p_window is not null then
     v_at := conveyor.next_window_start(p_now, p_window);
   end if;
@@ -73,27 +77,18 @@ begin
         p_per_minute);
   end if;
   -- the first minute that may still have room; written only when it moves (once a minute
-  -- fills), and skipped when another transaction holds the row (it is a hint: the counts
-  -- themselves hold the rate)
+  -- fills)
   v_next := case when v_used >= p_per_minute then v_minute + interval '1 minute' else v_minute end;
   if v_cursor is null then
     insert into conveyor.campaign_send_cursors as c (tenant_id, key, per_minute, scope, from_minute, next_minute)
-    values (p_tenant_id, p_key, p_per_minute, v_scope, v_start, v_next)
-    on conflict do nothing;
-  elsif (v_known and v_next > v_cursor) or not v_known then
-    update conveyor.campaign_send_cursors as c
-    set
-      from_minute = case when c.from_minute <= v_start and v_walk <= c.next_minute then c.from_minute else v_start end,
-      next_minute = case when c.from_minute <= v_start and v_walk <= c.next_minute then greatest(c.next_minute, v_next)
-        else v_next end
-    where c.tenant_id = p_tenant_id and c.key = p_key and c.per_minute = p_per_minute and c.scope = v_scope
-      -- extend a range this walk joins, or start one where this walk started
-      and ((c.from_minute <= v_start and v_walk <= c.next_minute) or v_walk = v_start)
-      and c.ctid = (
-        select l.ctid from conveyor.campaign_send_cursors as l
-        where l.tenant_id = p_tenant_id and l.key = p_key and l.per_minute = p_per_minute and l.scope = v_scope
-        for update skip locked
-      );
+    values (p_tenant_id, p_key, p_per_minute, v_scope, v_start, v_next);
+  elsif v_known and v_next > v_cursor then
+    update conveyor.campaign_send_cursors as c set next_minute = v_next
+    where c.tenant_id = p_tenant_id and c.key = p_key and c.per_minute = p_per_minute and c.scope = v_scope;
+  elsif not v_known then
+    -- a range that does not hold this start says nothing about it: start one here
+    update conveyor.campaign_send_cursors as c set from_minute = v_start, next_minute = v_next
+    where c.tenant_id = p_tenant_id and c.key = p_key and c.per_minute = p_per_minute and c.scope = v_scope;
   end if;
   return greatest(v_at, v_minute + (v_used - 1) * interval '60 seconds' / p_per_minute);
 end;
@@ -140,9 +135,9 @@ begin
     or v_minute + interval '1 minute' <= now() then
     return false;
   end if;
+  perform pg_catalog.pg_advisory_xact_lock(1134, pg_catalog.hashtext(v_run.tenant_id || '/' || v_key));
   update conveyor.step_runs as r set output = r.output || jsonb_build_object('returned', now())
   where r.step_run_id = v_run.step_run_id;
-  -- cursors before the count: a reservation holds a count's row while it moves a cursor
   update conveyor.campaign_send_cursors as c set next_minute = v_minute
   where c.tenant_id = v_run.tenant_id and c.key = v_key and c.from_minute <= v_minute and v_minute < c.next_minute;
   update conveyor.campaign_send_slots as s set used = s.used - 1
@@ -217,8 +212,11 @@ $$;
 revoke all on function conveyor.campaign_return_slot(bigint, text) from public;
 revoke all on function conveyor.campaign_renew_slot(bigint) from public;
 
+-- (not on 'completed': the finish step ran, so the execution waits for no slot; every
+-- enrollment's end would pay the look-up)
 create or replace trigger campaign_enrollments_send_slot after update of status on conveyor.campaign_enrollments
-for each row when (old.status is distinct from new.status) execute function conveyor.campaign_enrollment_slot();
+for each row when (old.status is distinct from new.status and new.status <> 'completed')
+execute function conveyor.campaign_enrollment_slot();
 
 -- (email_suppressions exists once delivery tracking does, migration 0034; sql/ is
 -- re-applied after every migration)

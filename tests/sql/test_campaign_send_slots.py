@@ -7,9 +7,12 @@ minute, once, and a resumed enrollment takes a new one."""
 from __future__ import annotations
 
 import random
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 from psycopg.types.json import Jsonb
 
 from tests.sql.test_campaign_tracking import send_all
@@ -119,6 +122,46 @@ def test_a_reservation_costs_o_1_amortised(conn: Conn) -> None:
     assert conn.execute(
         "select max(used) as m, count(*) as n from conveyor.campaign_send_slots where tenant_id = 'acme'"
     ).fetchone() == {"m": 10, "n": 50}
+
+
+def test_two_transactions_reserving_in_two_windows_in_opposite_orders_do_not_deadlock(
+    db_url: str, conn: Conn
+) -> None:
+    # each would hold a minute's row the other waits for (two runners' tick batches, each
+    # with contacts in two zones): one transaction at a time reserves a tenant's slots
+    tenants(conn)
+    utc, tokyo = Jsonb(window("UTC")), Jsonb(window("Asia/Tokyo"))
+    slot = "select conveyor.campaign_send_slot('acme', 'email', 10, %s, %s)"
+    first_done = threading.Event()
+    errors: list[BaseException] = []
+
+    def a() -> None:
+        try:
+            with psycopg.connect(db_url) as c:
+                c.execute(slot, (utc, MONDAY))
+                first_done.set()
+                time.sleep(0.5)  # b is waiting for the tenant's slots by now
+                c.execute(slot, (tokyo, MONDAY))
+        except BaseException as exc:
+            errors.append(exc)
+            first_done.set()
+
+    def b() -> None:
+        try:
+            first_done.wait(10)
+            with psycopg.connect(db_url) as c:
+                c.execute(slot, (tokyo, MONDAY))
+                c.execute(slot, (utc, MONDAY))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert conn.execute("select sum(used) as n from conveyor.campaign_send_slots").fetchone() == {"n": 4}
 
 
 def slots(conn: Conn) -> dict[datetime, int]:
