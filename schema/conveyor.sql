@@ -1333,6 +1333,9 @@ grant execute on function conveyor.caller_subject_to_rls() to conveyor_service;
 create function conveyor.campaign_by_slug(p_tenant_id text, p_slug text) returns conveyor.campaigns
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.campaign_by_slug(text,text) to conveyor_service;
+create function conveyor.campaign_content(p_tenant_id text, p_input jsonb, p_where text) returns jsonb
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.campaign_content(text,jsonb,text) to conveyor_service;
 create function conveyor.campaign_count_messages() returns trigger
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.campaign_count_messages() to conveyor_service;
@@ -1369,6 +1372,15 @@ grant execute on function conveyor.campaign_stats(text,text) to conveyor_app, co
 create function conveyor.campaign_step_errors(p_doc jsonb, p_step jsonb, p_path text, p_index integer) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.campaign_step_errors(jsonb,jsonb,text,integer) to conveyor_service;
+create function conveyor.campaign_template_errors(p_tenant_id text, p_doc jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.campaign_template_errors(text,jsonb) to conveyor_service;
+create function conveyor.campaign_template_shape_errors(p_step jsonb, p_path text) returns SETOF text
+  language plpgsql immutable set search_path = '';
+grant execute on function conveyor.campaign_template_shape_errors(jsonb,text) to conveyor_service;
+create function conveyor.campaign_variant_step(p_step jsonb, p_variant jsonb) returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.campaign_variant_step(jsonb,jsonb) to conveyor_service;
 create function conveyor.cancel_execution(p_tenant_id text, p_execution_id bigint, p_reason text DEFAULT NULL::text) returns text
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.cancel_execution(text,bigint,text) to conveyor_app, conveyor_service;
