@@ -1357,6 +1357,12 @@ grant execute on function conveyor.campaign_errors(jsonb) to conveyor_service;
 create function conveyor.campaign_finish(p_execution_id bigint, p_status text, p_reason text) returns jsonb
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.campaign_finish(bigint,text,text) to conveyor_service;
+create function conveyor.campaign_hold(p_exec conveyor.executions) returns boolean
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.campaign_hold(conveyor.executions) to conveyor_service;
+create function conveyor.campaign_release_slots(p_execution_ids bigint[]) returns integer
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.campaign_release_slots(bigint[]) to conveyor_service;
 create function conveyor.campaign_rewrite(p_value jsonb) returns jsonb
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.campaign_rewrite(jsonb) to conveyor_service;
@@ -1438,9 +1444,9 @@ grant execute on function conveyor.constant_time_equals(text,text) to conveyor_s
 create function conveyor.context_value(p_context jsonb, p_path text[]) returns jsonb
   language sql stable parallel safe set search_path = '';
 grant execute on function conveyor.context_value(jsonb,text[]) to conveyor_service;
-create function conveyor.control_campaign(p_tenant_id text, p_slug text, p_action text) returns integer
+create function conveyor.control_campaign(p_tenant_id text, p_slug text, p_action text, p_batch integer DEFAULT 1000) returns TABLE(changed integer, remaining bigint)
   language plpgsql volatile security definer set search_path = '';
-grant execute on function conveyor.control_campaign(text,text,text) to conveyor_app, conveyor_service;
+grant execute on function conveyor.control_campaign(text,text,text,integer) to conveyor_app, conveyor_service;
 create function conveyor.control_enrollment(p_tenant_id text, p_enrollment_id bigint, p_action text) returns text
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.control_enrollment(text,bigint,text) to conveyor_app, conveyor_service;

@@ -137,12 +137,19 @@ as $$
 if v_input ->> 'op' = 'slot' then
   if v_dry then
     v_resume := p_now;
+  elsif conveyor.campaign_hold(v_exec) then
+    -- the campaign is paused: no slot; resuming it takes one then (sql/campaign_control.sql)
+    v_resume := 'infinity';
   else
     v_resume := conveyor.campaign_send_slot(v_exec.tenant_id, v_input ->> 'key', (v_input ->> 'per_minute')::integer,
       v_input -> 'window', p_now);
   end if;
-  v_output := jsonb_build_object('send_at', v_resume, 'waited', v_resume > p_now);
-  if v_resume > p_now then
+  v_output := case when v_resume = 'infinity' then jsonb_build_object('held', true)
+    else jsonb_build_object('send_at', v_resume, 'waited', v_resume > p_now) end;
+  if v_resume = 'infinity' then
+    v_wait := 'delay';
+    v_resume := null;
+  elsif v_resume > p_now then
     v_wait := 'delay';
   else
     v_resume := null;
