@@ -1333,6 +1333,9 @@ grant execute on function conveyor.caller_subject_to_rls() to conveyor_service;
 create function conveyor.campaign_by_slug(p_tenant_id text, p_slug text) returns conveyor.campaigns
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.campaign_by_slug(text,text) to conveyor_service;
+create function conveyor.campaign_contact(p_tenant_id text, p_entity text, p_id text) returns jsonb
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.campaign_contact(text,text,text) to conveyor_service;
 create function conveyor.campaign_content(p_tenant_id text, p_input jsonb, p_where text) returns jsonb
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.campaign_content(text,jsonb,text) to conveyor_service;
