@@ -148,7 +148,9 @@ def test_another_tenant_can_neither_enroll_in_the_campaign_nor_enroll_its_rows(c
     setup(conn)
     apply(conn, CAMPAIGN)
     conn.execute("select conveyor.create_tenant('globex', 'Globex')")
-    conn.execute("insert into public.contacts values (100, 'globex', 'g100', 'g100@example.com', 'UTC', false)")
+    conn.execute(
+        "insert into public.contacts values (100, 'globex', 'g100', 'g100@example.com', 'UTC', false)"
+    )
     # acme cannot enroll globex's row, by an id it learnt
     flow = doc("refer", {"id": "join", "enroll": {"campaign": "welcome", "id": "{{trigger.payload.friend}}"}})
     failed = execution(conn, start(conn, flow, "1", {"friend": 100}))
