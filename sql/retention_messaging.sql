@@ -15,66 +15,34 @@ declare
   -- the earliest cutoff any tenant has bounds each index range read
   v_oldest timestamptz := p_now - pg_catalog.make_interval(days => coalesce(
     (select min(t.history_days) from conveyor.tenant_history_days() as t), 30));
+  v_kind record;
   v_result jsonb := '{}';
   v_count integer;
 begin
-  with old as (
-    select n.notification_id from conveyor.notifications as n
-    join conveyor.tenant_history_days() as t on t.tenant_id = n.tenant_id
-    where n.created_at < v_oldest and n.created_at < p_now - pg_catalog.make_interval(days => t.history_days)
-    limit p_batch
-  ),
-  gone as (delete from conveyor.notifications as n using old where n.notification_id = old.notification_id returning 1)
-  select count(*) into v_count from gone;
-  v_result := v_result || jsonb_build_object('notifications', v_count);
-
-  with old as (
-    select d.delivery_id from conveyor.notification_deliveries as d
-    join conveyor.tenant_history_days() as t on t.tenant_id = d.tenant_id
-    where d.finished_at < v_oldest and d.finished_at < p_now - pg_catalog.make_interval(days => t.history_days)
-    limit p_batch
-  ),
-  gone as (
-    delete from conveyor.notification_deliveries as d using old where d.delivery_id = old.delivery_id returning 1
-  )
-  select count(*) into v_count from gone;
-  v_result := v_result || jsonb_build_object('notification_deliveries', v_count);
-
-  with old as (
-    select g.digest_id from conveyor.notification_digests as g
-    join conveyor.tenant_history_days() as t on t.tenant_id = g.tenant_id
-    where g.status <> 'open' and g.created_at < v_oldest
-      and g.created_at < p_now - pg_catalog.make_interval(days => t.history_days)
-    limit p_batch
-  ),
-  gone as (delete from conveyor.notification_digests as g using old where g.digest_id = old.digest_id returning 1)
-  select count(*) into v_count from gone;
-  v_result := v_result || jsonb_build_object('notification_digests', v_count);
-
-  with old as (
-    select m.id from conveyor.email_messages as m
-    join conveyor.tenant_history_days() as t on t.tenant_id = m.tenant_id
-    where m.sent_at < v_oldest and m.sent_at < p_now - pg_catalog.make_interval(days => t.history_days)
-    limit p_batch
-    for update of m skip locked
-  ),
-  gone as (delete from conveyor.email_messages as m using old where m.id = old.id returning 1)
-  select count(*) into v_count from gone;
-  v_result := v_result || jsonb_build_object('email_messages', v_count);
-
-  with old as (
-    select e.enrollment_id from conveyor.campaign_enrollments as e
-    join conveyor.tenant_history_days() as t on t.tenant_id = e.tenant_id
-    where e.finished_at < v_oldest and e.finished_at < p_now - pg_catalog.make_interval(days => t.history_days)
-      and e.status not in ('active', 'paused')
-    limit p_batch
-    for update of e skip locked
-  ),
-  gone as (
-    delete from conveyor.campaign_enrollments as e using old where e.enrollment_id = old.enrollment_id returning 1
-  )
-  select count(*) into v_count from gone;
-  v_result := v_result || jsonb_build_object('campaign_enrollments', v_count);
+  -- (kind, table, key, time column, what else must hold): rows older than their tenant's days
+  for v_kind in
+    select * from (values
+      ('notifications', 'conveyor.notifications', 'notification_id', 'created_at', 'true'),
+      ('notification_deliveries', 'conveyor.notification_deliveries', 'delivery_id', 'finished_at', 'true'),
+      ('notification_digests', 'conveyor.notification_digests', 'digest_id', 'created_at', 'x.status <> ''open'''),
+      ('email_messages', 'conveyor.email_messages', 'id', 'sent_at', 'true'),
+      ('campaign_enrollments', 'conveyor.campaign_enrollments', 'enrollment_id', 'finished_at',
+        'x.status not in (''active'', ''paused'')')
+    ) as k (kind, table_name, key, at, extra)
+  loop
+    execute format($q$
+      with old as (
+        select x.%2$I as key from %1$s as x
+        join conveyor.tenant_history_days() as t on t.tenant_id = x.tenant_id
+        where x.%3$I < $3 and x.%3$I < $1 - pg_catalog.make_interval(days => t.history_days) and %4$s
+        limit $2
+        for update of x skip locked
+      ),
+      gone as (delete from %1$s as x using old where x.%2$I = old.key returning 1)
+      select count(*) from gone
+    $q$, v_kind.table_name, v_kind.key, v_kind.at, v_kind.extra) into v_count using p_now, p_batch, v_oldest;
+    v_result := v_result || jsonb_build_object(v_kind.kind, v_count);
+  end loop;
 
   with old as (
     select s.tenant_id, s.key, s.minute from conveyor.campaign_send_slots as s
