@@ -129,6 +129,7 @@ alter table conveyor.campaign_enrollments add constraint campaign_enrollments_te
 CREATE UNIQUE INDEX campaign_enrollments_active_idx ON conveyor.campaign_enrollments USING btree (campaign_id, entity_id) WHERE (status = ANY (ARRAY['active'::text, 'paused'::text]));
 CREATE INDEX campaign_enrollments_campaign_idx ON conveyor.campaign_enrollments USING btree (campaign_id, enrollment_id);
 CREATE INDEX campaign_enrollments_execution_idx ON conveyor.campaign_enrollments USING btree (execution_id);
+CREATE INDEX campaign_enrollments_finished_idx ON conveyor.campaign_enrollments USING btree (finished_at) WHERE (finished_at IS NOT NULL);
 CREATE TRIGGER campaign_enrollments_send_slot AFTER UPDATE OF status ON conveyor.campaign_enrollments FOR EACH ROW WHEN (((old.status IS DISTINCT FROM new.status) AND (new.status <> 'completed'::text))) EXECUTE FUNCTION conveyor.campaign_enrollment_slot();
 alter table conveyor.campaign_enrollments enable row level security;
 alter table conveyor.campaign_enrollments force row level security;
@@ -161,6 +162,7 @@ create table conveyor.campaign_send_slots (
 );
 alter table conveyor.campaign_send_slots add constraint campaign_send_slots_pkey PRIMARY KEY (tenant_id, key, minute);
 alter table conveyor.campaign_send_slots add constraint campaign_send_slots_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+CREATE INDEX campaign_send_slots_minute_idx ON conveyor.campaign_send_slots USING btree (minute);
 alter table conveyor.campaign_send_slots enable row level security;
 alter table conveyor.campaign_send_slots force row level security;
 create policy campaign_send_slots_isolation on conveyor.campaign_send_slots as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
@@ -390,6 +392,7 @@ alter table conveyor.email_messages add constraint email_messages_tenant_id_mess
 alter table conveyor.email_messages add constraint email_messages_unsubscribe_token_check CHECK ((length(unsubscribe_token) >= 32));
 alter table conveyor.email_messages add constraint email_messages_unsubscribe_token_key UNIQUE (unsubscribe_token);
 CREATE INDEX email_messages_provider_idx ON conveyor.email_messages USING btree (tenant_id, provider_message_id) WHERE (provider_message_id IS NOT NULL);
+CREATE INDEX email_messages_sent_idx ON conveyor.email_messages USING btree (sent_at);
 CREATE TRIGGER email_messages_campaign_insert AFTER INSERT ON conveyor.email_messages REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION conveyor.campaign_count_sent();
 CREATE TRIGGER email_messages_campaign_update AFTER UPDATE ON conveyor.email_messages REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION conveyor.campaign_count_messages();
 alter table conveyor.email_messages enable row level security;
@@ -735,6 +738,7 @@ alter table conveyor.notification_deliveries add constraint notification_deliver
 alter table conveyor.notification_deliveries add constraint notification_deliveries_pkey PRIMARY KEY (delivery_id);
 alter table conveyor.notification_deliveries add constraint notification_deliveries_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'held'::text, 'queued'::text, 'digested'::text, 'sent'::text, 'failed'::text, 'dropped'::text])));
 CREATE INDEX notification_deliveries_digest_idx ON conveyor.notification_deliveries USING btree (digest_id) WHERE (digest_id IS NOT NULL);
+CREATE INDEX notification_deliveries_finished_idx ON conveyor.notification_deliveries USING btree (finished_at) WHERE (finished_at IS NOT NULL);
 CREATE INDEX notification_deliveries_held_idx ON conveyor.notification_deliveries USING btree (due_at) WHERE (status = 'held'::text);
 CREATE INDEX notification_deliveries_notification_idx ON conveyor.notification_deliveries USING btree (notification_id);
 alter table conveyor.notification_deliveries enable row level security;
@@ -760,6 +764,7 @@ alter table conveyor.notification_digests add constraint notification_digests_fr
 alter table conveyor.notification_digests add constraint notification_digests_pkey PRIMARY KEY (digest_id);
 alter table conveyor.notification_digests add constraint notification_digests_status_check CHECK ((status = ANY (ARRAY['open'::text, 'sent'::text, 'dropped'::text])));
 alter table conveyor.notification_digests add constraint notification_digests_tenant_id_user_id_frequency_due_at_key UNIQUE (tenant_id, user_id, frequency, due_at);
+CREATE INDEX notification_digests_done_idx ON conveyor.notification_digests USING btree (created_at) WHERE (status <> 'open'::text);
 CREATE INDEX notification_digests_due_idx ON conveyor.notification_digests USING btree (due_at) WHERE (status = 'open'::text);
 alter table conveyor.notification_digests enable row level security;
 alter table conveyor.notification_digests force row level security;
@@ -838,6 +843,7 @@ alter table conveyor.notifications add constraint notifications_pkey PRIMARY KEY
 alter table conveyor.notifications add constraint notifications_priority_check CHECK ((priority = ANY (ARRAY['low'::text, 'normal'::text, 'high'::text, 'critical'::text])));
 alter table conveyor.notifications add constraint notifications_type_check CHECK ((type = ANY (ARRAY['info'::text, 'success'::text, 'warning'::text, 'error'::text, 'action_required'::text])));
 alter table conveyor.notifications add constraint notifications_user_id_check CHECK ((user_id <> ''::text));
+CREATE INDEX notifications_created_idx ON conveyor.notifications USING btree (created_at);
 CREATE INDEX notifications_unread_idx ON conveyor.notifications USING btree (tenant_id, user_id) WHERE ((read_at IS NULL) AND (archived_at IS NULL));
 CREATE INDEX notifications_user_idx ON conveyor.notifications USING btree (tenant_id, user_id, notification_id DESC) WHERE (archived_at IS NULL);
 alter table conveyor.notifications enable row level security;
@@ -1352,9 +1358,15 @@ grant execute on function conveyor.caller_subject_to_rls() to conveyor_service;
 create function conveyor.campaign_by_slug(p_tenant_id text, p_slug text) returns conveyor.campaigns
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.campaign_by_slug(text,text) to conveyor_service;
+create function conveyor.campaign_contact(p_tenant_id text, p_entity text, p_id text) returns jsonb
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.campaign_contact(text,text,text) to conveyor_service;
 create function conveyor.campaign_contacts(p_entity conveyor.entities, p_tenant_id text, p_ids text[]) returns jsonb
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.campaign_contacts(conveyor.entities,text,text[]) to conveyor_service;
+create function conveyor.campaign_content(p_tenant_id text, p_input jsonb, p_where text) returns jsonb
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.campaign_content(text,jsonb,text) to conveyor_service;
 create function conveyor.campaign_count_messages() returns trigger
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.campaign_count_messages() to conveyor_service;
@@ -1379,6 +1391,12 @@ grant execute on function conveyor.campaign_errors(jsonb) to conveyor_service;
 create function conveyor.campaign_finish(p_execution_id bigint, p_status text, p_reason text) returns jsonb
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.campaign_finish(bigint,text,text) to conveyor_service;
+create function conveyor.campaign_hold(p_exec conveyor.executions) returns boolean
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.campaign_hold(conveyor.executions) to conveyor_service;
+create function conveyor.campaign_release_slots(p_execution_ids bigint[]) returns integer
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.campaign_release_slots(bigint[]) to conveyor_service;
 create function conveyor.campaign_renew_slot(p_execution_id bigint) returns timestamp with time zone
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.campaign_renew_slot(bigint) to conveyor_service;
@@ -1406,6 +1424,15 @@ grant execute on function conveyor.campaign_step_errors(jsonb,jsonb,text,integer
 create function conveyor.campaign_suppressed_slot() returns trigger
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.campaign_suppressed_slot() to conveyor_service;
+create function conveyor.campaign_template_errors(p_tenant_id text, p_doc jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.campaign_template_errors(text,jsonb) to conveyor_service;
+create function conveyor.campaign_template_shape_errors(p_step jsonb, p_path text) returns SETOF text
+  language plpgsql immutable set search_path = '';
+grant execute on function conveyor.campaign_template_shape_errors(jsonb,text) to conveyor_service;
+create function conveyor.campaign_variant_step(p_step jsonb, p_variant jsonb) returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.campaign_variant_step(jsonb,jsonb) to conveyor_service;
 create function conveyor.cancel_execution(p_tenant_id text, p_execution_id bigint, p_reason text DEFAULT NULL::text) returns text
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.cancel_execution(text,bigint,text) to conveyor_app, conveyor_service;
@@ -1463,9 +1490,9 @@ grant execute on function conveyor.constant_time_equals(text,text) to conveyor_s
 create function conveyor.context_value(p_context jsonb, p_path text[]) returns jsonb
   language sql stable parallel safe set search_path = '';
 grant execute on function conveyor.context_value(jsonb,text[]) to conveyor_service;
-create function conveyor.control_campaign(p_tenant_id text, p_slug text, p_action text) returns integer
+create function conveyor.control_campaign(p_tenant_id text, p_slug text, p_action text, p_batch integer DEFAULT 1000) returns TABLE(changed integer, remaining bigint)
   language plpgsql volatile security definer set search_path = '';
-grant execute on function conveyor.control_campaign(text,text,text) to conveyor_app, conveyor_service;
+grant execute on function conveyor.control_campaign(text,text,text,integer) to conveyor_app, conveyor_service;
 create function conveyor.control_enrollment(p_tenant_id text, p_enrollment_id bigint, p_action text) returns text
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.control_enrollment(text,bigint,text) to conveyor_app, conveyor_service;
@@ -1671,6 +1698,9 @@ grant execute on function conveyor.email_unsubscribe(text,boolean) to conveyor_s
 create function conveyor.email_webhook_event(p_provider text, p_body jsonb, p_event_id text) returns jsonb
   language plpgsql immutable set search_path = '';
 grant execute on function conveyor.email_webhook_event(text,jsonb,text) to conveyor_service;
+create function conveyor.email_webhook_fresh(w conveyor.email_webhooks, p_signature bytea, p_timestamp text, p_now timestamp with time zone) returns TABLE(status integer, body jsonb)
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.email_webhook_fresh(conveyor.email_webhooks,bytea,text,timestamp with time zone) to conveyor_service;
 create function conveyor.emit(p_tenant_id text, p_event_type text, p_payload jsonb DEFAULT '{}'::jsonb, p_entity_type text DEFAULT NULL::text, p_entity_id text DEFAULT NULL::text, p_dedupe_key text DEFAULT NULL::text, p_source text DEFAULT NULL::text) returns bigint
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.emit(text,text,jsonb,text,text,text,text) to conveyor_app, conveyor_service;
@@ -1950,6 +1980,9 @@ create function conveyor.lock_tenant_plan(p_tenant_id text, p_quotas text[]) ret
 grant execute on function conveyor.lock_tenant_plan(text,text[]) to conveyor_service;
 create function conveyor.lock_workflow(p_tenant_id text, p_slug text) returns conveyor.workflows
   language plpgsql volatile set search_path = '';
+create function conveyor.mailgun_signature(p_key text, p_timestamp text, p_token text, p_signature text) returns bytea
+  language plpgsql immutable set search_path = '';
+grant execute on function conveyor.mailgun_signature(text,text,text,text) to conveyor_service;
 create function conveyor.mark_all_read(p_tenant_id text, p_user_id text) returns integer
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.mark_all_read(text,text) to conveyor_app, conveyor_service;
@@ -2099,6 +2132,9 @@ grant execute on function conveyor.prune_budgets(timestamp with time zone) to co
 create function conveyor.prune_history(p_now timestamp with time zone DEFAULT now(), p_batch integer DEFAULT 5000) returns jsonb
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.prune_history(timestamp with time zone,integer) to conveyor_service;
+create function conveyor.prune_messaging_history(p_now timestamp with time zone, p_batch integer) returns jsonb
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.prune_messaging_history(timestamp with time zone,integer) to conveyor_service;
 create function conveyor.prune_usage(p_now timestamp with time zone DEFAULT now()) returns integer
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.prune_usage(timestamp with time zone) to conveyor_service;
@@ -2128,6 +2164,9 @@ grant execute on function conveyor.random_token() to conveyor_service;
 create function conveyor.read_actions(p_qty integer, p_margin_s numeric, p_default_timeout_s numeric DEFAULT 30) returns TABLE(msg_id bigint, read_ct integer, message jsonb, dead_letter text)
   language plpgsql volatile security definer set search_path = '' set plan_cache_mode = force_generic_plan set enable_seqscan = off;
 grant execute on function conveyor.read_actions(integer,numeric,numeric) to conveyor_service;
+create function conveyor.receive_email_inbound(p_path_token text, p_fields jsonb, p_now timestamp with time zone DEFAULT now()) returns TABLE(status integer, body jsonb)
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.receive_email_inbound(text,jsonb,timestamp with time zone) to conveyor_service;
 create function conveyor.receive_email_webhook(p_path_token text, p_headers jsonb, p_body bytea, p_now timestamp with time zone DEFAULT now()) returns TABLE(status integer, body jsonb)
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.receive_email_webhook(text,jsonb,bytea,timestamp with time zone) to conveyor_service;

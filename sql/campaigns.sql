@@ -20,6 +20,9 @@ begin
   perform conveyor.require_tenant(p_tenant_id);
   v_errors := array(select conveyor.campaign_errors(p_doc));
   if cardinality(v_errors) = 0 then
+    v_errors := array(select conveyor.campaign_template_errors(p_tenant_id, p_doc));
+  end if;
+  if cardinality(v_errors) = 0 then
     v_workflow := conveyor.compile_campaign(p_doc);
     -- what the engine finds wrong in the compiled workflow is the campaign's problem too
     v_errors := array(select 'compiled workflow ' || e from conveyor.validate_workflow(v_workflow) as e);
