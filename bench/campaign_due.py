@@ -4,9 +4,9 @@ minute, send window 09:00-17:00 in each contact's zone (a tenth of the contacts 
 where it is closed at that time).
 
 --mode realtime (the default, `make bench-campaign`): the enrollments' delays end inside
-one real calendar minute T; real runners (`conveyor run`, default settings; --runners, default 2) tick the
-engine as in production and sends through an smtp connection to a local aiosmtpd sink in
-this process. For each message: its arrival against its allowed time (its reserved slot,
+one real calendar minute T; real runners (`conveyor run`, default settings; --runners,
+default 2) tick the engine as in production and send through an smtp connection to a
+local aiosmtpd sink in this process. For each message: its arrival against its allowed time (its reserved slot,
 the `hello-slot` step's `send_at`): lateness p50 / p99 / max; sends arriving per calendar
 minute (≤ 6,000); none outside its contact's window (arrival and slot); every message
 exactly once; throughput. A full run takes ~17 minutes of wall time by design.
