@@ -13,16 +13,15 @@ set search_path = ''
 as $$
 declare
   v_entity conveyor.entities;
-  v_row jsonb;
 begin
   select * into v_entity from conveyor.entities as e where e.entity = p_entity;
   if not found then
     raise exception using errcode = 'P0002',
       message = format('campaign audience "%s" is not a registered entity any more', p_entity);
   end if;
-  execute format('select to_jsonb(t) from %s as t where t.%I = $1 and t.%I::text = $2', v_entity.table_name,
-    v_entity.tenant_column, v_entity.id_column) into v_row using p_tenant_id, p_id;
-  return v_row;
+  -- by the id column's own type (conveyor.campaign_contacts, sql/campaigns.sql): comparing it
+  -- as text scanned the audience table at every send (7.7 ms a send with 100,000 contacts)
+  return conveyor.campaign_contacts(v_entity, p_tenant_id, array[p_id]) -> p_id;
 end;
 $$;
 
