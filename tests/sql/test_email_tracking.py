@@ -304,5 +304,7 @@ def test_a_reply_the_platform_emits_itself_is_correlated_to_our_message(conn: Co
         (tenant, Jsonb({"in_reply_to": "<never@x.test>"})),
     ).fetchone()
     assert other is not None
-    kept = conn.execute("select payload, source from conveyor.events where event_id = %s", (other["id"],)).fetchone()
+    kept = conn.execute(
+        "select payload, source from conveyor.events where event_id = %s", (other["id"],)
+    ).fetchone()
     assert kept == {"payload": {"in_reply_to": "<never@x.test>"}, "source": None}
