@@ -147,7 +147,9 @@ end;
 $$;
 
 -- A paused enrollment resumed: the execution whose slot was returned while it was paused
--- reserves a new one and waits for it (instead of sending at the old time, over the rate).
+-- must not send at the old time (the slot may be someone else's now). It is made due, so
+-- the resume's conveyor.campaign_release_slots (sql/campaign_control.sql) runs its slot
+-- step again and it takes a new slot in the rate, as one whose slot passed while paused.
 create or replace function conveyor.campaign_renew_slot(p_execution_id bigint) returns timestamptz
 language plpgsql
 security definer
@@ -155,20 +157,14 @@ set search_path = ''
 as $$
 declare
   v_run record;
-  v_at timestamptz;
 begin
   select * into v_run from conveyor.campaign_slot_run(p_execution_id) as r;
   if v_run.step_run_id is null or not v_run.returned or not v_run.waiting then
     return null;
   end if;
-  -- its place in line was its old time: from then on, or from now if that is past
-  v_at := conveyor.campaign_send_slot(v_run.tenant_id, v_run.input ->> 'key', (v_run.input ->> 'per_minute')::integer,
-    v_run.input -> 'window', greatest(now(), v_run.send_at));
-  update conveyor.step_runs as r
-  set output = (r.output - 'returned') || jsonb_build_object('send_at', v_at, 'waited', v_at > now())
-  where r.step_run_id = v_run.step_run_id;
-  update conveyor.executions as e set resume_at = greatest(v_at, now()) where e.execution_id = p_execution_id;
-  return v_at;
+  update conveyor.executions as e set resume_at = now() - interval '1 millisecond'
+  where e.execution_id = p_execution_id;
+  return now() - interval '1 millisecond';
 end;
 $$;
 

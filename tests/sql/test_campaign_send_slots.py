@@ -213,16 +213,20 @@ def test_a_paused_or_cancelled_enrollment_returns_its_slot_once_and_a_resumed_on
         (due,),
     ).fetchall()
     assert [r["t"].replace(second=0, microsecond=0) for r in taken] == [m1, m1]
-    # resumed: a new slot from its old time on (m1 is full again, m2 is free)
+    # resumed: its slot step runs again (conveyor.campaign_release_slots) and takes a new
+    # slot in the rate, from now, instead of sending at the returned time
     control(conn, three["enrollment_id"], "resume")
-    three = slot_run(conn, "3")
-    assert "returned" not in three["output"]
-    send_at = datetime.fromisoformat(three["output"]["send_at"])
-    assert send_at.replace(second=0) == m2 and three["resume_at"] == send_at
-    assert slots(conn) == {m0: 2, m1: 2, m2: 1}
+    runs = conn.execute(
+        "select sr.output from conveyor.step_runs sr join conveyor.campaign_enrollments ce using (execution_id)"
+        " where ce.entity_id = '3' and sr.step_id = 'hello-slot' order by sr.visit"
+    ).fetchall()
+    assert len(runs) == 2 and "released_at" in runs[0]["output"]
+    renewed = datetime.fromisoformat(runs[1]["output"]["send_at"]).replace(second=0, microsecond=0)
+    assert renewed < m0 and slots(conn)[renewed] >= 1  # now's minutes, not the returned m1
+    assert {k: v for k, v in slots(conn).items() if k >= m0} == {m0: 2, m1: 2}
     conn.execute("select conveyor.tick(p_now => %s)", (m2 + timedelta(seconds=59),))
     assert conn.execute(
-        "select count(*) as n from conveyor.step_runs where step_id = 'hello-send'"
+        "select count(distinct execution_id) as n from conveyor.step_runs where step_id = 'hello-send'"
     ).fetchone() == {"n": 3}  # 1, 2 and 3 send; 4 and 5 were cancelled
 
 
