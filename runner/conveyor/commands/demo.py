@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
+from pathlib import Path
 
 import click
 
@@ -22,7 +24,8 @@ def demo() -> None:
 @database_option
 @fail_cleanly
 def load(database_url: str | None) -> None:
-    """Create the demo platform tables, tenants acme and globex, connections and workflows."""
+    """Create the demo platform tables, tenants acme and globex, connections, workflows and
+    the welcome campaign."""
     from conveyor.demo import load as load_demo
 
     for line in load_demo(resolve_database_url(database_url)):
@@ -38,25 +41,83 @@ def load(database_url: str | None) -> None:
     help="Generate platform activity (new leads, won deals, invoices) every few seconds.",
 )
 @click.option("--every", default=3.0, show_default=True, help="Seconds between generated activities.")
+@click.option(
+    "--campaign-delay",
+    metavar="DURATION",
+    help="Every welcome-campaign step's delay (e.g. 20s) instead of examples/campaigns/demo-welcome.yaml's.",
+)
+@click.option(
+    "--provider/--no-provider",
+    default=True,
+    show_default=True,
+    help="Simulate the email provider: delivered / opened / clicked / bounced webhooks and replies.",
+)
+@click.option("--seed", default=7, show_default=True, help="The simulated provider's random seed.")
+@click.option(
+    "--directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the outbox, inbox, sink and the demo's keys live [default: .conveyor/demo].",
+)
+@click.option("--serve-port", type=int, help="The demo's conveyor serve [default: 8898].")
+@click.option("--smtp-port", type=int, help="The SMTP outbox [default: 8825].")
+@click.option("--http-port", type=int, help="The HTTP sink [default: 8899].")
 @click.option("--log-level", default="INFO", envvar="CONVEYOR_LOG_LEVEL", show_default=True)
 @fail_cleanly
-def run(database_url: str | None, activity: bool, every: float, log_level: str) -> None:
-    """Load the demo, start the sinks and the runner (and activity) until Ctrl-C."""
+def run(
+    database_url: str | None,
+    activity: bool,
+    every: float,
+    campaign_delay: str | None,
+    provider: bool,
+    seed: int,
+    directory: Path | None,
+    serve_port: int | None,
+    smtp_port: int | None,
+    http_port: int | None,
+    log_level: str,
+) -> None:
+    """Load the demo; start the sinks, conveyor serve, the simulated email provider, the
+    runner (and activity) until Ctrl-C."""
     from conveyor import demo as demo_module
+    from conveyor.demo_provider import SimulatedProvider, read_accounts
     from conveyor.runner import Runner, RunnerConfig
+    from conveyor.serve.server import ServeSettings, serve_in_thread
 
     logs.setup(log_level)
+    # serve's start-up lines and one access line per webhook would drown the demo's own
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     url = resolve_database_url(database_url)
-    published = demo_module.load(url)
-    click.echo(
-        f"demo: {len(published)} workflows published for tenants {', '.join(demo_module.TENANTS)}", err=True
+    setup = demo_module.DemoSetup(
+        directory or demo_module.DEMO_DIR,
+        http_port or demo_module.HTTP_PORT,
+        smtp_port or demo_module.SMTP_PORT,
+        serve_port or demo_module.SERVE_PORT,
+        campaign_delay,
     )
-    env = demo_module.demo_environment()
+    published = demo_module.load(url, setup)
+    click.echo(
+        f"demo: {len(published)} workflows and campaigns published for tenants {', '.join(demo_module.TENANTS)}",
+        err=True,
+    )
+    env = demo_module.demo_environment(setup.directory)
     os.environ.update(env)
     stop_activity = threading.Event()
-    with demo_module.sinks() as where:
+    simulated = (
+        SimulatedProvider(
+            read_accounts(setup.accounts_file), url, setup.directory / "inbox", seed=seed
+        ).start()
+        if provider
+        else None
+    )
+    with (
+        demo_module.sinks(setup, simulated.offer if simulated else None) as where,
+        serve_in_thread(ServeSettings(url, port=setup.serve_port)) as served,
+    ):
         click.echo(
-            f"demo: emails go to {where / 'outbox'}, HTTP requests to {where / 'sink.jsonl'}", err=True
+            f"demo: emails go to {where / 'outbox'}, HTTP requests to {where / 'sink.jsonl'};"
+            f" conveyor serve (tracking webhooks, unsubscribe) on {served.url}",
+            err=True,
         )
         if activity:
             threading.Thread(
@@ -79,3 +140,5 @@ def run(database_url: str | None, activity: bool, every: float, log_level: str) 
             runner.run()
         finally:
             stop_activity.set()
+            if simulated:
+                simulated.stop()
