@@ -186,3 +186,29 @@ def test_the_demo_campaign_with_short_delays(db_url: str, tmp_path: Path) -> Non
     assert "send_window" not in document  # the demo runs at any hour
     assert [s.get("delay") for s in document["steps"]] == [None, "2m", "3m"]
     assert [s.get("delay") for s in demo_campaign("4s")["steps"]] == [None, "4s", "4s"]
+
+
+def test_a_demo_sign_up_is_enrolled_and_a_paused_campaign_does_not_stop_sign_ups(
+    db_url: str, conn: Conn, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import random
+
+    from conveyor.demo import DemoSetup, load, new_contact
+
+    load(db_url, DemoSetup(tmp_path))
+    with psycopg.connect(db_url, autocommit=True) as platform:
+        first = new_contact(platform, "acme", "Ada", random.Random(1))
+        enrolled = conn.execute(
+            "select entity_id, status from conveyor.campaign_enrollments where tenant_id = 'acme'"
+        ).fetchall()
+        assert enrolled == [{"entity_id": str(first), "status": "active"}]
+        conn.execute("select conveyor.control_campaign('acme', 'welcome', 'pause')")
+        conn.commit()
+        second = new_contact(platform, "acme", "Grace", random.Random(2))
+    assert conn.execute("select count(*) as n from demo.contacts where id = %s", (second,)).fetchone() == {
+        "n": 1
+    }
+    assert any(
+        r.getMessage() == "demo contact not enrolled" and "is paused" in getattr(r, "result", "")
+        for r in caplog.records
+    )
