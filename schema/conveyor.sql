@@ -1193,7 +1193,7 @@ create table conveyor.workflow_steps (
 );
 alter table conveyor.workflow_steps add constraint workflow_steps_action_type CHECK (((kind = ANY (ARRAY['action'::text, 'data'::text])) = (action_type IS NOT NULL)));
 alter table conveyor.workflow_steps add constraint workflow_steps_goto_has_target CHECK (((on_error = 'goto'::text) = (error_step IS NOT NULL)));
-alter table conveyor.workflow_steps add constraint workflow_steps_kind_check CHECK ((kind = ANY (ARRAY['action'::text, 'condition'::text, 'switch'::text, 'set_variable'::text, 'transform'::text, 'stop'::text, 'emit'::text, 'data'::text, 'delay'::text, 'wait_for_event'::text, 'wait_until'::text, 'split'::text, 'parallel'::text, 'for_each'::text, 'call'::text, 'notify'::text, 'approval'::text, 'campaign'::text])));
+alter table conveyor.workflow_steps add constraint workflow_steps_kind_check CHECK ((kind = ANY (ARRAY['action'::text, 'condition'::text, 'switch'::text, 'set_variable'::text, 'transform'::text, 'stop'::text, 'emit'::text, 'data'::text, 'delay'::text, 'wait_for_event'::text, 'wait_until'::text, 'split'::text, 'parallel'::text, 'for_each'::text, 'call'::text, 'notify'::text, 'approval'::text, 'campaign'::text, 'enroll'::text])));
 alter table conveyor.workflow_steps add constraint workflow_steps_on_error_check CHECK ((on_error = ANY (ARRAY['fail'::text, 'continue'::text, 'retry'::text, 'goto'::text])));
 alter table conveyor.workflow_steps add constraint workflow_steps_pkey PRIMARY KEY (workflow_id, version, step_id);
 alter table conveyor.workflow_steps add constraint workflow_steps_position_check CHECK (("position" >= 0));
@@ -1333,6 +1333,9 @@ grant execute on function conveyor.caller_subject_to_rls() to conveyor_service;
 create function conveyor.campaign_by_slug(p_tenant_id text, p_slug text) returns conveyor.campaigns
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.campaign_by_slug(text,text) to conveyor_service;
+create function conveyor.campaign_content(p_tenant_id text, p_input jsonb, p_where text) returns jsonb
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.campaign_content(text,jsonb,text) to conveyor_service;
 create function conveyor.campaign_count_messages() returns trigger
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.campaign_count_messages() to conveyor_service;
@@ -1345,12 +1348,21 @@ grant execute on function conveyor.campaign_decide_winners(bigint) to conveyor_s
 create function conveyor.campaign_detail(p_tenant_id text, p_slug text) returns jsonb
   language plpgsql stable security definer set search_path = '';
 grant execute on function conveyor.campaign_detail(text,text) to conveyor_app, conveyor_service;
+create function conveyor.campaign_enroll(p_tenant_id text, p_slug text, p_ids text[], p_run boolean) returns TABLE(entity_id text, enrollment_id bigint, execution_id bigint, result text)
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.campaign_enroll(text,text,text[],boolean) to conveyor_service;
 create function conveyor.campaign_errors(p_doc jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.campaign_errors(jsonb) to conveyor_service;
 create function conveyor.campaign_finish(p_execution_id bigint, p_status text, p_reason text) returns jsonb
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.campaign_finish(bigint,text,text) to conveyor_service;
+create function conveyor.campaign_hold(p_exec conveyor.executions) returns boolean
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.campaign_hold(conveyor.executions) to conveyor_service;
+create function conveyor.campaign_release_slots(p_execution_ids bigint[]) returns integer
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.campaign_release_slots(bigint[]) to conveyor_service;
 create function conveyor.campaign_rewrite(p_value jsonb) returns jsonb
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.campaign_rewrite(jsonb) to conveyor_service;
@@ -1366,6 +1378,15 @@ grant execute on function conveyor.campaign_stats(text,text) to conveyor_app, co
 create function conveyor.campaign_step_errors(p_doc jsonb, p_step jsonb, p_path text, p_index integer) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.campaign_step_errors(jsonb,jsonb,text,integer) to conveyor_service;
+create function conveyor.campaign_template_errors(p_tenant_id text, p_doc jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.campaign_template_errors(text,jsonb) to conveyor_service;
+create function conveyor.campaign_template_shape_errors(p_step jsonb, p_path text) returns SETOF text
+  language plpgsql immutable set search_path = '';
+grant execute on function conveyor.campaign_template_shape_errors(jsonb,text) to conveyor_service;
+create function conveyor.campaign_variant_step(p_step jsonb, p_variant jsonb) returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.campaign_variant_step(jsonb,jsonb) to conveyor_service;
 create function conveyor.cancel_execution(p_tenant_id text, p_execution_id bigint, p_reason text DEFAULT NULL::text) returns text
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.cancel_execution(text,bigint,text) to conveyor_app, conveyor_service;
@@ -1423,9 +1444,9 @@ grant execute on function conveyor.constant_time_equals(text,text) to conveyor_s
 create function conveyor.context_value(p_context jsonb, p_path text[]) returns jsonb
   language sql stable parallel safe set search_path = '';
 grant execute on function conveyor.context_value(jsonb,text[]) to conveyor_service;
-create function conveyor.control_campaign(p_tenant_id text, p_slug text, p_action text) returns integer
+create function conveyor.control_campaign(p_tenant_id text, p_slug text, p_action text, p_batch integer DEFAULT 1000) returns TABLE(changed integer, remaining bigint)
   language plpgsql volatile security definer set search_path = '';
-grant execute on function conveyor.control_campaign(text,text,text) to conveyor_app, conveyor_service;
+grant execute on function conveyor.control_campaign(text,text,text,integer) to conveyor_app, conveyor_service;
 create function conveyor.control_enrollment(p_tenant_id text, p_enrollment_id bigint, p_action text) returns text
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.control_enrollment(text,bigint,text) to conveyor_app, conveyor_service;
@@ -1523,6 +1544,9 @@ grant execute on function conveyor.document_date_errors(jsonb) to conveyor_servi
 create function conveyor.document_duration_error(p_value jsonb, p_path text, p_max interval DEFAULT conveyor.max_duration(), p_setting text DEFAULT 'conveyor.max_duration'::text) returns text
   language sql stable set search_path = '';
 grant execute on function conveyor.document_duration_error(jsonb,text,interval,text) to conveyor_service;
+create function conveyor.document_enroll_errors(p_tenant_id text, p_document jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.document_enroll_errors(text,jsonb) to conveyor_service;
 create function conveyor.document_flow_errors(p_settings jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.document_flow_errors(jsonb) to conveyor_service;
@@ -1535,6 +1559,9 @@ grant execute on function conveyor.document_key_errors(jsonb,text,text[],text[])
 create function conveyor.document_limit_errors(p_document jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.document_limit_errors(jsonb) to conveyor_service;
+create function conveyor.document_literal_names(p_document jsonb, p_doc_key text, p_field text) returns TABLE(path text, name text)
+  language sql stable set search_path = '';
+grant execute on function conveyor.document_literal_names(jsonb,text,text) to conveyor_service;
 create function conveyor.document_notify_template_errors(p_tenant_id text, p_document jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.document_notify_template_errors(text,jsonb) to conveyor_service;
@@ -1640,6 +1667,9 @@ grant execute on function conveyor.enroll_campaign(text,text,text[]) to conveyor
 create function conveyor.enroll_campaign_where(p_tenant_id text, p_slug text, p_condition jsonb, p_limit integer DEFAULT 1000) returns TABLE(entity_id text, enrollment_id bigint, execution_id bigint, result text)
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.enroll_campaign_where(text,text,jsonb,integer) to conveyor_app, conveyor_service;
+create function conveyor.enroll_from_step(p_exec conveyor.executions, p_input jsonb, p_dry boolean, p_where text) returns jsonb
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.enroll_from_step(conveyor.executions,jsonb,boolean,text) to conveyor_service;
 create function conveyor.error_is_transient(p_sqlstate text) returns boolean
   language sql immutable parallel safe set search_path = '';
 grant execute on function conveyor.error_is_transient(text) to conveyor_service;
@@ -2323,6 +2353,12 @@ grant execute on function conveyor.step_emit_code() to conveyor_service;
 create function conveyor.step_emit_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.step_emit_errors(jsonb,text,jsonb) to conveyor_service;
+create function conveyor.step_enroll_code() returns jsonb
+  language sql immutable parallel safe set search_path = '';
+grant execute on function conveyor.step_enroll_code() to conveyor_service;
+create function conveyor.step_enroll_errors(p_step jsonb, p_path text, p_step_ids jsonb) returns SETOF text
+  language plpgsql stable set search_path = '';
+grant execute on function conveyor.step_enroll_errors(jsonb,text,jsonb) to conveyor_service;
 create function conveyor.step_for_each_bodies(p_step jsonb) returns TABLE(body text, path text, steps jsonb, item boolean)
   language sql immutable set search_path = '';
 grant execute on function conveyor.step_for_each_bodies(jsonb) to conveyor_service;

@@ -35,8 +35,8 @@ begin
     return;
   end if;
   v_content := case v_channel
-    when 'email' then array['subject', 'html', 'text']
-    when 'sms' then array['body']
+    when 'email' then array['subject', 'html', 'text', 'template', 'data']
+    when 'sms' then array['body', 'template', 'data']
     when 'task' then array['to', 'title', 'message']
     else '{}' end;
   return query select k.message from conveyor.document_key_errors(p_step, p_path, array['id', 'channel'],
@@ -69,14 +69,16 @@ begin
         conveyor.campaign_rewrite(p_step -> v_field), p_path || '.' || v_field, '[]'::jsonb) as t (message);
     end if;
   end loop;
-  if v_channel = 'email' and not p_step ? 'variants' then
+  -- content: inline, or a notification template's (sql/campaign_content.sql), not both
+  return query select c.message from conveyor.campaign_template_shape_errors(p_step, p_path) as c (message);
+  if v_channel = 'email' and not p_step ? 'variants' and not p_step ? 'template' then
     if not p_step ? 'subject' then
       return next format('%s.subject: required key is missing', p_path);
     end if;
     if not (p_step ? 'html' or p_step ? 'text') then
       return next format('%s: an email step needs "html" or "text"', p_path);
     end if;
-  elsif v_channel = 'sms' and not p_step ? 'body' and not p_step ? 'variants' then
+  elsif v_channel = 'sms' and not p_step ?| array['body', 'variants', 'template'] then
     return next format('%s.body: required key is missing', p_path);
   elsif v_channel = 'task' and not (p_step ? 'to' and p_step ? 'title') then
     return next format('%s: a task step needs "to" (a user) and "title"', p_path);
@@ -97,6 +99,8 @@ begin
       if jsonb_typeof(v_variant.v -> 'weight') is distinct from 'number' or (v_variant.v ->> 'weight')::numeric <= 0 then
         return next format('%s.variants[%s].weight: expected a positive number', p_path, v_variant.idx);
       end if;
+      return query select c.message from conveyor.campaign_template_shape_errors(v_variant.v,
+        format('%s.variants[%s]', p_path, v_variant.idx)) as c (message);
     end loop;
   end if;
 end;
@@ -162,7 +166,9 @@ begin
 end;
 $$;
 
--- The send step(s) of one sequence step (a variant overrides its step's content).
+-- The steps of one send (a variant overrides its step's content): a template's content
+-- step (conveyor.campaign_content renders it when the send is due), then the action.
+-- p_id is the first step's id; the action is p_id's "-send" form.
 create or replace function conveyor.campaign_send(p_doc jsonb, p_step jsonb, p_id text, p_next text, p_variant text)
 returns jsonb
 language plpgsql
@@ -174,26 +180,56 @@ declare
   v_tags jsonb := jsonb_build_object('campaign_id', '{{trigger.payload.campaign_id}}',
     'enrollment_id', '{{trigger.payload.enrollment_id}}', 'step', p_step ->> 'id', 'variant', coalesce(p_variant, ''));
   v_step jsonb;
+  v_content jsonb;
+  v_send_id text := p_id;
+  v_from_content text;
 begin
+  if p_step ? 'template' then
+    v_send_id := replace(p_id, '-content', '-send');
+    v_content := jsonb_build_object('id', p_id, 'campaign', jsonb_strip_nulls(jsonb_build_object('op', 'content',
+      'template', p_step -> 'template', 'channel', p_step -> 'channel', 'data', p_step -> 'data')));
+    -- the rendered html is escaped already (render_notification_part): raw here
+    v_from_content := '{{steps.' || p_id || '.output.%s%s}}';
+    p_step := p_step || jsonb_build_object('subject', format(v_from_content, 'subject', ''),
+      'html', format(v_from_content, 'html', ' | raw'), 'text', format(v_from_content, 'text', ''),
+      'body', format(v_from_content, 'body', ''));
+  end if;
   if p_step ->> 'channel' = 'email' then
     v_with := jsonb_strip_nulls(jsonb_build_object(
       'to', format('{{trigger.payload.contact.%s}}', coalesce(p_doc ->> 'address_field', 'email')),
       'subject', p_step -> 'subject', 'html', p_step -> 'html', 'text', p_step -> 'text'));
-    v_step := jsonb_build_object('id', p_id, 'action', 'email.send', 'with', v_with, 'next', p_next);
+    v_step := jsonb_build_object('id', v_send_id, 'action', 'email.send', 'with', v_with, 'next', p_next);
     -- delivery tracking (migration 0034): tags for the counters, one-click unsubscribe
     if to_regclass('conveyor.email_messages') is not null then
       v_step := v_step || jsonb_build_object('tags', v_tags, 'list_unsubscribe', true);
     end if;
   else
-    v_step := jsonb_build_object('id', p_id, 'action', 'sms.send', 'with', jsonb_build_object(
+    v_step := jsonb_build_object('id', v_send_id, 'action', 'sms.send', 'with', jsonb_build_object(
       'to', format('{{trigger.payload.contact.%s}}', coalesce(p_doc ->> 'phone_field', 'phone')), 'body', p_step -> 'body'),
       'next', p_next);
   end if;
   if p_doc ? 'connection' then
     v_step := v_step || jsonb_build_object('connection', p_doc -> 'connection');
   end if;
-  return conveyor.campaign_rewrite(v_step);
+  return conveyor.campaign_rewrite(case when v_content is null then jsonb_build_array(v_step)
+    else jsonb_build_array(v_content, v_step) end);
 end;
+$$;
+
+-- A variant's step: the step with the variant's content over the step's, field by field;
+-- a variant's template replaces the step's inline content, its inline content the step's
+-- template.
+create or replace function conveyor.campaign_variant_step(p_step jsonb, p_variant jsonb) returns jsonb
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select (p_step - 'variants'
+      - case when p_variant ? 'template' then array['subject', 'html', 'text', 'body'] else '{}'::text[] end
+      - case when p_variant ?| array['subject', 'html', 'text', 'body'] then array['template', 'data']
+        else '{}'::text[] end)
+    || (p_variant - 'name' - 'weight');
 $$;
 
 -- The workflow a campaign document compiles into (slug "campaign-<slug>", manual trigger).
@@ -252,15 +288,18 @@ begin
         v_split := '[]';
         for v_variant in select e.v from jsonb_array_elements(v_step -> 'variants') as e (v) loop
           v_split := v_split || jsonb_build_object('weight', v_variant.v -> 'weight', 'name', v_variant.v ->> 'name',
-            'goto', v_id || '-send-' || (v_variant.v ->> 'name'));
+            'goto', v_id || case when conveyor.campaign_variant_step(v_step, v_variant.v) ? 'template' then '-content-'
+              else '-send-' end || (v_variant.v ->> 'name'));
         end loop;
         v_out := v_out || jsonb_build_object('id', v_id || '-ab', 'split', v_split);
         for v_variant in select e.v from jsonb_array_elements(v_step -> 'variants') as e (v) loop
-          v_out := v_out || conveyor.campaign_send(p_doc, (v_step - 'variants') || (v_variant.v - 'name' - 'weight'),
-            v_id || '-send-' || (v_variant.v ->> 'name'), v_after, v_variant.v ->> 'name');
+          v_out := v_out || conveyor.campaign_send(p_doc, conveyor.campaign_variant_step(v_step, v_variant.v),
+            v_id || case when conveyor.campaign_variant_step(v_step, v_variant.v) ? 'template' then '-content-'
+              else '-send-' end || (v_variant.v ->> 'name'), v_after, v_variant.v ->> 'name');
         end loop;
       else
-        v_out := v_out || conveyor.campaign_send(p_doc, v_step, v_id || '-send', v_after, null);
+        v_out := v_out || conveyor.campaign_send(p_doc, v_step,
+          v_id || case when v_step ? 'template' then '-content' else '-send' end, v_after, null);
       end if;
     elsif v_step ->> 'channel' = 'task' then
       v_out := v_out || conveyor.campaign_rewrite(jsonb_build_object('id', v_id || '-task', 'notify', jsonb_strip_nulls(

@@ -65,9 +65,9 @@ begin
     values (p_campaign_id, v_step.s ->> 'id', v_campaign.tenant_id, v_doc -> 'winner' ->> 'metric',
       v_best ->> 'variant', jsonb_build_object('variants', v_rows, 'z', round(v_stat, 4), 'threshold', v_z,
         'min_sample', v_min, 'test', 'two-proportion z-test, pooled'), v_campaign.current_version + 1);
-    v_doc := jsonb_set(v_doc, array['steps', v_step.idx::text], (v_step.s - 'variants') || ((
+    v_doc := jsonb_set(v_doc, array['steps', v_step.idx::text], conveyor.campaign_variant_step(v_step.s, (
       select e.v from jsonb_array_elements(v_step.s -> 'variants') as e (v) where e.v ->> 'name' = v_best ->> 'variant'
-    ) - 'name' - 'weight'));
+    )));
     v_decided := v_decided + 1;
   end loop;
   if v_decided > 0 then

@@ -20,6 +20,9 @@ begin
   perform conveyor.require_tenant(p_tenant_id);
   v_errors := array(select conveyor.campaign_errors(p_doc));
   if cardinality(v_errors) = 0 then
+    v_errors := array(select conveyor.campaign_template_errors(p_tenant_id, p_doc));
+  end if;
+  if cardinality(v_errors) = 0 then
     v_workflow := conveyor.compile_campaign(p_doc);
     -- what the engine finds wrong in the compiled workflow is the campaign's problem too
     v_errors := array(select 'compiled workflow ' || e from conveyor.validate_workflow(v_workflow) as e);
@@ -81,6 +84,19 @@ $$;
 -- enrolled' (an active or paused enrollment exists: the unique index decides, so racing
 -- enrollers enroll a contact once) or 'not found' (no such row of the tenant's).
 create or replace function conveyor.enroll_campaign(p_tenant_id text, p_slug text, p_ids text[])
+returns table (entity_id text, enrollment_id bigint, execution_id bigint, result text)
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  return query select * from conveyor.campaign_enroll(p_tenant_id, p_slug, p_ids, true);
+end;
+$$;
+
+-- The enrolling itself. p_run: run the new executions' first steps here (one interpreter
+-- batch); an enroll step (sql/steps/enroll.sql) passes false and hands them to its own batch.
+create or replace function conveyor.campaign_enroll(p_tenant_id text, p_slug text, p_ids text[], p_run boolean)
 returns table (entity_id text, enrollment_id bigint, execution_id bigint, result text)
 language plpgsql
 security definer
@@ -150,7 +166,9 @@ begin
   -- the new executions run their first steps together: one interpreter batch
   if cardinality(v_started) > 0 then
     perform conveyor.record_started(v_started);
-    perform conveyor.run_executions(v_started);
+    if p_run then
+      perform conveyor.run_executions(v_started);
+    end if;
   end if;
 end;
 $$;
@@ -212,6 +230,7 @@ $$;
 
 revoke all on function conveyor.apply_campaign(text, jsonb) from public;
 revoke all on function conveyor.enroll_campaign(text, text, text[]) from public;
+revoke all on function conveyor.campaign_enroll(text, text, text[], boolean) from public;
 revoke all on function conveyor.enroll_campaign_where(text, text, jsonb, integer) from public;
 revoke all on function conveyor.campaign_stats(text, text) from public;
 

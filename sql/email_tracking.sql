@@ -85,11 +85,12 @@ begin
     ''
   );
   insert into conveyor.email_messages (
-    tenant_id, execution_id, step_key, connection_slug, to_address, subject, message_id, tags, unsubscribe_token
+    tenant_id, execution_id, step_key, connection_slug, to_address, subject, message_id, provider_message_id, tags,
+    unsubscribe_token
   )
   values (
     p_tenant_id, p_execution_id, p_step_id, p_connection, left(v_to, 320), left(p_input ->> 'subject', 1000),
-    p_output ->> 'message_id',
+    p_output ->> 'message_id', left(p_output ->> 'provider_message_id', 200),
     coalesce((
       select jsonb_object_agg(t.key, left(coalesce(t.value #>> '{}', ''), v_chars))
       from (

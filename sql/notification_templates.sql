@@ -412,13 +412,9 @@ set search_path = ''
 as $$
 begin
   return query
-  select format('%s[%s].notify.template: no notification template "%s" (the tenant''s or a system template)',
-    l.list_path, e.n - 1, e.step -> 'notify' ->> 'template')
-  from conveyor.document_step_lists(p_document) as l
-  cross join lateral jsonb_array_elements(l.steps) with ordinality as e (step, n)
-  where jsonb_typeof(e.step -> 'notify' -> 'template') = 'string'
-    and strpos(e.step -> 'notify' ->> 'template', '{{') = 0
-    and conveyor.notification_template(p_tenant_id, e.step -> 'notify' ->> 'template') is null
-  order by l.ord, e.n;
+  select format('%s.notify.template: no notification template "%s" (the tenant''s or a system template)',
+    t.path, t.name)
+  from conveyor.document_literal_names(p_document, 'notify', 'template') as t
+  where conveyor.notification_template(p_tenant_id, t.name) is null;
 end;
 $$;

@@ -83,7 +83,9 @@ as $$
         array['on_approved', 'on_rejected', 'on_expired'],
         '{"approved": "on_approved", "rejected": "on_rejected", "expired": "on_expired"}', false, false, true, null),
       -- generated campaign workflows (sql/campaigns.sql): send slots and an enrollment's end
-      (18, 'campaign', 'campaign', 'campaign', array['next'], array['next'], null, false, false, true, null)
+      (18, 'campaign', 'campaign', 'campaign', array['next'], array['next'], null, false, false, true, null),
+      -- a workflow enrolling a row in a campaign (sql/campaigns.sql)
+      (19, 'enroll', 'enroll', 'enroll', array['next'], array['next'], null, false, false, true, null)
   ) as k (ord, kind, doc_key, spec_key, keys, routes, branches, ends, retries, renders, compiled_function)
   -- the kinds whose steps hold step lists of their own (bodies_function)
   left join (values ('parallel'), ('for_each')) as b (kind) on b.kind = k.kind
@@ -259,6 +261,24 @@ begin
     v_todo := v_inner || v_todo;
   end loop;
 end;
+$$;
+
+-- The literal names (no template) a document's steps of one kind give in one field, as
+-- a call's "workflow" or an enroll's "campaign": publish checks them against what the
+-- tenant has (conveyor.document_call_errors, document_enroll_errors ...). path: the
+-- step's place ("steps[2]"), in document order.
+create or replace function conveyor.document_literal_names(p_document jsonb, p_doc_key text, p_field text)
+returns table (path text, name text)
+language sql
+stable
+set search_path = ''
+as $$
+  select format('%s[%s]', l.list_path, e.n - 1), e.step -> p_doc_key ->> p_field
+  from conveyor.document_step_lists(p_document) as l
+  cross join lateral jsonb_array_elements(l.steps) with ordinality as e (step, n)
+  where jsonb_typeof(e.step -> p_doc_key -> p_field) = 'string'
+    and strpos(e.step -> p_doc_key ->> p_field, '{{') = 0
+  order by l.ord, e.n;
 $$;
 
 -- The compiled step graph of a document: one row per step object of every step list

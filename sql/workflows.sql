@@ -66,18 +66,21 @@ begin
       hint = 'Create it first: `conveyor tenants add ID` (SQL: conveyor.create_tenant).';
   end if;
 
-  -- what only the tenant's workflows tell: a call to a slug it has not published, or to itself
+  -- what only the tenant's workflows tell: a call to a slug it has not published, or to itself,
+  -- a notification template or a campaign it does not have
   v_problems := array(
     select conveyor.document_call_errors(p_tenant_id, p_document)
     union all
     select conveyor.document_notify_template_errors(p_tenant_id, p_document)
+    union all
+    select conveyor.document_enroll_errors(p_tenant_id, p_document)
   );
   if cardinality(v_problems) > 0 then
     raise exception using
       errcode = '22023',
       message = format('workflow "%s": %s problem(s): %s', v_slug, cardinality(v_problems), v_problems[1]),
       detail = array_to_string(v_problems, e'\n'),
-      hint = 'Publish the called workflows (or save the notification templates) first; nothing was stored.';
+      hint = 'Publish the called workflows (save the notification templates, apply the campaigns) first; nothing was stored.';
   end if;
 
   -- Create the workflow or lock its row: concurrent publishes of one slug serialise here.

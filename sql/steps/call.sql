@@ -57,23 +57,16 @@ as $$
 begin
   return query
   select case
-    when c.slug = p_document ->> 'slug' then format(
-      '%s.call.workflow: workflow "%s" calls itself (a call may not start the workflow it is in)', c.path, c.slug)
-    else format('%s.call.workflow: tenant "%s" has no published workflow "%s"', c.path, p_tenant_id, c.slug)
+    when c.name = p_document ->> 'slug' then format(
+      '%s.call.workflow: workflow "%s" calls itself (a call may not start the workflow it is in)', c.path, c.name)
+    else format('%s.call.workflow: tenant "%s" has no published workflow "%s"', c.path, p_tenant_id, c.name)
   end
-  from (
-    select format('%s[%s]', l.list_path, e.n - 1) as path, e.step -> 'call' ->> 'workflow' as slug, l.ord, e.n
-    from conveyor.document_step_lists(p_document) as l
-    cross join lateral jsonb_array_elements(l.steps) with ordinality as e (step, n)
-    where jsonb_typeof(e.step -> 'call' -> 'workflow') = 'string'
-      and strpos(e.step -> 'call' ->> 'workflow', '{{') = 0
-  ) as c
-  where c.slug = p_document ->> 'slug'
+  from conveyor.document_literal_names(p_document, 'call', 'workflow') as c
+  where c.name = p_document ->> 'slug'
     or not exists (
       select from conveyor.workflows as w
-      where w.tenant_id = p_tenant_id and w.slug = c.slug and w.current_version is not null
-    )
-  order by c.ord, c.n;
+      where w.tenant_id = p_tenant_id and w.slug = c.name and w.current_version is not null
+    );
 end;
 $$;
 

@@ -2,6 +2,8 @@
 --   {"campaign": {"op": "slot", "key", "per_minute", "window"?}}: wait for the next send slot
 --     inside the send window and the tenant's send rate (at most per_minute sends per key
 --     and calendar minute, taken in the order executions reach the step);
+--   {"campaign": {"op": "content", "template", "channel", "data"?}}: a notification template's
+--     email or sms part, rendered (sql/campaign_content.sql);
 --   {"campaign": {"op": "finish", "status": "completed" | "stopped", "reason"?}}: record the
 --     enrollment's end and count it.
 
@@ -16,7 +18,7 @@ declare
   v_path text := p_path || '.campaign';
 begin
   if jsonb_typeof(v_spec) is distinct from 'object' then
-    return next format('%s: expected an object with "op" (slot or finish)', v_path);
+    return next format('%s: expected an object with "op" (slot, content or finish)', v_path);
     return;
   end if;
   case v_spec ->> 'op'
@@ -36,6 +38,15 @@ begin
             v_spec -> 'window' -> 'timezone', v_path || '.window.timezone', p_step_ids) as t (message);
         end if;
       end if;
+    when 'content' then
+      return query
+      select k.message from conveyor.document_key_errors(v_spec, v_path, array['op', 'template', 'channel'],
+        array['data']) as k (message);
+      if v_spec ->> 'channel' not in ('email', 'sms') then
+        return next format('%s.channel: expected "email" or "sms"', v_path);
+      end if;
+      return query select t.message from conveyor.document_template_errors(v_spec -> 'data', v_path || '.data',
+        p_step_ids) as t (message) where v_spec ? 'data';
     when 'finish' then
       return query
       select k.message from conveyor.document_key_errors(v_spec, v_path, array['op', 'status'], array['reason'])
@@ -44,7 +55,7 @@ begin
         return next format('%s.status: expected "completed" or "stopped"', v_path);
       end if;
     else
-      return next format('%s.op: expected "slot" or "finish" (got %s)', v_path, coalesce((v_spec -> 'op')::text, 'nothing'));
+      return next format('%s.op: expected "slot", "content" or "finish" (got %s)', v_path, coalesce((v_spec -> 'op')::text, 'nothing'));
   end case;
 end;
 $$;
@@ -126,22 +137,33 @@ as $$
 if v_input ->> 'op' = 'slot' then
   if v_dry then
     v_resume := p_now;
+  elsif conveyor.campaign_hold(v_exec) then
+    -- the campaign is paused: no slot; resuming it takes one then (sql/campaign_control.sql)
+    v_resume := 'infinity';
   else
     v_resume := conveyor.campaign_send_slot(v_exec.tenant_id, v_input ->> 'key', (v_input ->> 'per_minute')::integer,
       v_input -> 'window', p_now);
   end if;
-  v_output := jsonb_build_object('send_at', v_resume, 'waited', v_resume > p_now);
-  if v_resume > p_now then
+  v_output := case when v_resume = 'infinity' then jsonb_build_object('held', true)
+    else jsonb_build_object('send_at', v_resume, 'waited', v_resume > p_now) end;
+  if v_resume = 'infinity' then
+    v_wait := 'delay';
+    v_resume := null;
+  elsif v_resume > p_now then
     v_wait := 'delay';
   else
     v_resume := null;
   end if;
+elsif v_input ->> 'op' = 'content' then
+  -- a template's content, rendered now (sql/campaign_content.sql)
+  v_output := conveyor.campaign_content(v_exec.tenant_id, v_input, v_where);
 elsif not v_dry then
   v_output := conveyor.campaign_finish(v_exec.execution_id, v_input ->> 'status', v_input ->> 'reason');
 else
   v_output := jsonb_build_object('status', v_input ->> 'status');
 end if;
 $code$,
-    'decision', $code$case when p_input ->> 'op' = 'slot' then 'send at ' || coalesce(p_output ->> 'send_at', '?') else 'enrollment ' || coalesce(p_input ->> 'status', '?') end$code$
+    'decision', $code$case when p_input ->> 'op' = 'slot' then 'send at ' || coalesce(p_output ->> 'send_at', '?')
+  when p_input ->> 'op' = 'content' then 'content of template ' || coalesce(p_input ->> 'template', '?') else 'enrollment ' || coalesce(p_input ->> 'status', '?') end$code$
   );
 $$;

@@ -29,6 +29,7 @@ PASSWORD = "smtp-pass-Zq8w7e6r"
 @dataclass
 class Mailbox:
     messages: list[dict[str, Any]] = field(default_factory=list)
+    data_reply: str = "250 OK"
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
         if address.startswith("nobody@"):
@@ -48,7 +49,7 @@ class Mailbox:
                 "authenticated": bool(session.authenticated),
             }
         )
-        return "250 OK"
+        return self.data_reply
 
 
 def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
@@ -135,6 +136,29 @@ def test_email_is_delivered_with_headers_recipients_and_message_id(
     assert outcome.output["message_id"] == message["Message-ID"]
     assert outcome.output["message_id"].endswith("@acme.test>")
     assert outcome.output["refused"] == {}
+
+
+@pytest.mark.parametrize(
+    ("reply", "provider_id"),
+    [
+        ("250 2.0.0 Ok: queued as 4XkQ2b1Zz9", "4XkQ2b1Zz9"),  # Postfix, SendGrid
+        (
+            "250 Ok 0100018c2f5d7e1a-5b3c9f00-aaaa-4d1b-9e2f-000000",
+            "0100018c2f5d7e1a-5b3c9f00-aaaa-4d1b-9e2f-000000",
+        ),
+        ("250 OK id=1r9XyZ-0003Ab-Cd", "1r9XyZ-0003Ab-Cd"),  # Exim
+        ("250 OK", None),
+        ("250 Great success", None),
+    ],
+)
+def test_the_providers_id_for_the_message_is_taken_from_its_answer_to_data(
+    env: Environment, plain: SmtpServer, reply: str, provider_id: str | None
+) -> None:
+    plain.mailbox.data_reply = reply
+    outcome = send(env, smtp(plain.port), to="ada@example.com", subject="Hi", text="Hi")
+    assert outcome.ok and outcome.output is not None, outcome.error
+    assert outcome.output["smtp_reply"] == reply
+    assert outcome.output.get("provider_message_id") == provider_id
 
 
 def test_every_message_has_an_rfc_5322_date_in_gmt_and_a_message_id(

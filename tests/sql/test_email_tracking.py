@@ -30,7 +30,7 @@ def mail_flow(conn: Conn, tenant: str, step: dict[str, Any] | None = None) -> tu
     return install(conn, tenant, {"slug": "mail", "steps": [step or MAIL, {"id": "after", "set": {"x": 1}}]})
 
 
-def sent(conn: Conn, tenant: str, message_id: str = "<m1@acme.test>") -> int:
+def sent(conn: Conn, tenant: str, message_id: str = "<m1@acme.test>", **more: Any) -> int:
     eid = start(
         conn,
         tenant,
@@ -38,7 +38,7 @@ def sent(conn: Conn, tenant: str, message_id: str = "<m1@acme.test>") -> int:
         {"payload": {"email": "Ann@x.test", "name": "Ann", "campaign": "c7"}},
     )
     [run] = step_runs(conn, eid)
-    output = {"message_id": message_id, "accepted": ["Ann@x.test", "boss@acme.test"], "refused": {}}
+    output = {"message_id": message_id, "accepted": ["Ann@x.test", "boss@acme.test"], "refused": {}, **more}
     assert (
         write_back(
             conn, {"msg_id": run["msg_id"], "step_run_id": run["step_run_id"], "ok": True, "output": output}
@@ -80,6 +80,18 @@ def test_a_successful_send_records_one_row_with_its_rendered_tags_in_the_write_b
     assert (row["subject"], row["message_id"], row["status"]) == ("Hi Ann", "<m1@acme.test>", "sent")
     assert row["tags"] == {"campaign_id": "c7", "enrollment_id": "e-c1"}
     assert row["sent_at"] is not None and row["provider_message_id"] is None
+
+
+def test_the_providers_id_from_the_smtp_answer_is_recorded_and_its_events_find_the_message(
+    conn: Conn, tenant: str
+) -> None:
+    sent(conn, tenant, provider_message_id="4XkQ2b1Zz9", smtp_reply="250 2.0.0 Ok: queued as 4XkQ2b1Zz9")
+    [row] = messages(conn)
+    assert row["provider_message_id"] == "4XkQ2b1Zz9"
+    # a provider's webhook names only its own id
+    assert record(conn, tenant, "4XkQ2b1Zz9", "opened", {"event_id": "ev-1"})["outcome"] == "recorded"
+    [row] = messages(conn)
+    assert row["opened_count"] == 1
 
 
 def test_a_failed_send_and_other_actions_record_nothing(conn: Conn, tenant: str) -> None:

@@ -24,7 +24,7 @@ APPLICATION_API = {
     "conveyor.campaign_detail(text,text)",
     "conveyor.campaign_stats(text,text)",
     "conveyor.list_campaigns(text)",
-    "conveyor.control_campaign(text,text,text)",
+    "conveyor.control_campaign(text,text,text,integer)",
     "conveyor.control_enrollment(text,bigint,text)",
     "conveyor.enroll_campaign(text,text,text[])",
     "conveyor.enroll_campaign_where(text,text,jsonb,integer)",

@@ -57,7 +57,7 @@ def test_step_kinds_and_action_types_must_be_known(conn: Conn) -> None:
         'steps[0].action: unknown action type "fax.send" (expected one of: email.send, webhook.send, slack.send,'
         " discord.send, sms.send)",
         "steps[1]: missing the step kind (one of: action, if, switch, set, transform, stop, emit, data, delay,"
-        " wait_for_event, wait_until, split, parallel, for_each, call, notify, approval, campaign)",
+        " wait_for_event, wait_until, split, parallel, for_each, call, notify, approval, campaign, enroll)",
         "steps[2]: a step has exactly one kind, this one has set, stop",
         'steps[3].data.op: unknown data operation "merge" (expected one of: lookup, create, update, delete,'
         " add_tag, remove_tag)",

@@ -6,7 +6,10 @@ input: {"to", "cc", "bcc" (string or list), "subject", "text", "html", "from_nam
 "from" (overrides config.from), "reply_to", "tags" (recorded by the write-back, not sent),
 "list_unsubscribe" (true: RFC 8058 one-click unsubscribe headers; needs config.unsubscribe_url,
 the public address of `conveyor serve`, and takes config.unsubscribe_mailto)}.
-output: {"message_id", "accepted": [...], "refused": {...}, "unsubscribe_token"?}.
+output: {"message_id", "accepted": [...], "refused": {...}, "smtp_reply" (the server's answer to
+DATA), "provider_message_id"? (the id a provider gives the message in that answer: "queued as
+<id>", "Ok <id>", "id=<id>"; delivery tracking matches provider webhooks by it),
+"unsubscribe_token"?}.
 
 The SMTP connection goes through the same SSRF check as HTTP: the host is resolved once,
 every address checked, and the socket opened to the checked address (TLS still verifies
@@ -15,6 +18,7 @@ the certificate against the configured host name).
 
 from __future__ import annotations
 
+import re
 import secrets
 import smtplib
 import socket
@@ -30,7 +34,19 @@ from conveyor.netguard import BlockedAddress, NetworkPolicy, ResolveError, conne
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
 
 
-class _CheckedSMTP(smtplib.SMTP):
+class _DataReply:
+    """Keeps the server's answer to DATA: sendmail drops it, and providers put their id
+    for the message there ("250 2.0.0 Ok: queued as 4Xk2...")."""
+
+    data_reply: tuple[int, bytes] | None = None
+
+    def data(self, msg: Any) -> tuple[int, bytes]:
+        reply: tuple[int, bytes] = super().data(msg)  # type: ignore[misc]
+        self.data_reply = reply
+        return reply
+
+
+class _CheckedSMTP(_DataReply, smtplib.SMTP):
     policy_: NetworkPolicy
     _host: str  # the TLS server name (smtplib sets it only when its constructor connects)
 
@@ -38,13 +54,26 @@ class _CheckedSMTP(smtplib.SMTP):
         return connect_checked(self.policy_, host, port, timeout)
 
 
-class _CheckedSMTPSSL(smtplib.SMTP_SSL):
+class _CheckedSMTPSSL(_DataReply, smtplib.SMTP_SSL):
     policy_: NetworkPolicy
     _host: str
 
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
         sock = connect_checked(self.policy_, host, port, timeout)
         return self.context.wrap_socket(sock, server_hostname=self._host)
+
+
+# "queued as <id>" (Postfix, SendGrid and most MTAs), "Ok <id>" (Amazon SES), "id=<id>"
+_PROVIDER_ID = re.compile(
+    r"(?:queued as|^(?:\d\.\d\.\d\s+)?ok:?|\bid=)\s*<?([A-Za-z0-9][A-Za-z0-9._@+-]{5,199})>?\s*$",
+    re.IGNORECASE,
+)
+
+
+def provider_message_id(reply: str) -> str | None:
+    """The provider's id for the message in its answer to DATA, if it gives one."""
+    match = _PROVIDER_ID.search(reply.strip()[:300])
+    return match.group(1) if match else None
 
 
 def _text(value: bytes | str) -> str:
@@ -196,6 +225,13 @@ def send(request: ActionRequest, env: Environment) -> dict[str, Any]:
         "accepted": [r for r in recipients if r not in refused],
         "refused": {k: [c, _text(m)] for k, (c, m) in refused.items()},
     }
+    if smtp.data_reply is not None:
+        # what the server said it did with the message, and the id it gave it
+        reply = _text(smtp.data_reply[1])[:300]
+        output["smtp_reply"] = f"{smtp.data_reply[0]} {reply}"
+        provider_id = provider_message_id(reply)
+        if provider_id:
+            output["provider_message_id"] = provider_id
     if token:
         output["unsubscribe_token"] = token
     return output

@@ -151,11 +151,20 @@ def _control(
             output.result(f"enrollment {enrollment}: {status}", {"enrollment_id": enrollment, "status": status},
                           as_json=as_json)  # fmt: skip
             return
-        row = conn.execute(
-            "select conveyor.control_campaign(%s, %s, %s) as n", (tenant, slug, action)
-        ).fetchone()
-        count = row["n"] if row else 0
-        output.result(f"campaign {slug}: {action} ({count} enrollment(s))", {"slug": slug, "enrollments": count},
+        # a batch of enrollments a transaction, until none is left (sql/campaign_control.sql)
+        count = 0
+        while True:
+            row = conn.execute(
+                "select * from conveyor.control_campaign(%s, %s, %s, 1000)", (tenant, slug, action)
+            ).fetchone()
+            assert row is not None
+            count += row["changed"]
+            if row["remaining"] == 0 or row["changed"] == 0:
+                break
+        # (left: enrollments another transaction held locked; run the command again)
+        left = f", {row['remaining']} left" if row["remaining"] else ""
+        output.result(f"campaign {slug}: {action} ({count} enrollment(s){left})",
+                      {"slug": slug, "enrollments": count, "remaining": row["remaining"]},
                       as_json=as_json)  # fmt: skip
 
 
