@@ -46,6 +46,7 @@ SMTP_PORT = 8825
 SERVE_PORT = 8898
 TENANTS = {"acme": ("Acme Corp", "Europe/Berlin"), "globex": ("Globex Inc", "America/New_York")}
 CAMPAIGN = EXAMPLES / "campaigns" / "demo-welcome.yaml"
+ENROLL_WORKFLOW = EXAMPLES / "campaigns" / "demo-welcome-enroll.yaml"  # new contacts join CAMPAIGN
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,6 @@ def demo_environment(directory: Path = DEMO_DIR) -> dict[str, str]:
 def load(database_url: str, setup: DemoSetup = DemoSetup()) -> list[str]:
     """Create the demo platform, tenants, connections, workflows and campaign (idempotent),
     and the tracking webhooks the simulated provider posts to (written to provider.json)."""
-    import yaml
-
     env = demo_environment(setup.directory)
     box = SecretBox(env["CONVEYOR_SECRET_KEY"])
     published = []
@@ -119,7 +118,7 @@ def load(database_url: str, setup: DemoSetup = DemoSetup()) -> list[str]:
                     replace=True,
                 )
             for path in sorted((EXAMPLES / "workflows").glob("*.yaml")):
-                document = json.loads(json.dumps(yaml.safe_load(path.read_text()), default=str))
+                document = read_yaml(path)
                 row = conn.execute(
                     "select workflow_id, version from conveyor.publish(%s, %s)", (tenant_id, Jsonb(document))
                 ).fetchone()
@@ -129,6 +128,12 @@ def load(database_url: str, setup: DemoSetup = DemoSetup()) -> list[str]:
                 "select version from conveyor.apply_campaign(%s, %s)", (tenant_id, Jsonb(campaign))
             ).fetchone()
             published.append(f"{tenant_id}/{campaign['slug']} (campaign) v{row[0] if row else '?'}")
+            # after the campaign: publishing checks the enroll step's slug
+            document = read_yaml(ENROLL_WORKFLOW)
+            row = conn.execute(
+                "select workflow_id, version from conveyor.publish(%s, %s)", (tenant_id, Jsonb(document))
+            ).fetchone()
+            published.append(f"{tenant_id}/{document['slug']} v{row[1] if row else '?'}")
             # What a platform does once per provider: store its signing secret, give it the URL.
             hook_secret = tracking_secret(setup.directory, tenant_id)
             hook = conn.execute(
@@ -145,11 +150,16 @@ def load(database_url: str, setup: DemoSetup = DemoSetup()) -> list[str]:
     return published
 
 
-def demo_campaign(delay: str | None = None) -> dict[str, Any]:
-    """examples/campaigns/demo-welcome.yaml, with every step's delay replaced when given."""
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A document as JSON would carry it (YAML dates become text)."""
     import yaml
 
-    document: dict[str, Any] = yaml.safe_load(CAMPAIGN.read_text())
+    return json.loads(json.dumps(yaml.safe_load(path.read_text()), default=str))  # type: ignore[no-any-return]
+
+
+def demo_campaign(delay: str | None = None) -> dict[str, Any]:
+    """examples/campaigns/demo-welcome.yaml, with every step's delay replaced when given."""
+    document = read_yaml(CAMPAIGN)
     if delay is not None:
         document["steps"] = [{**s, "delay": delay} if "delay" in s else s for s in document["steps"]]
     return document
@@ -273,8 +283,8 @@ FIRST_NAMES = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Ken", "Margaret", "
 
 
 def generate_activity(database_url: str, stop: threading.Event, every: float = 3.0) -> None:
-    """Now and then: a new lead (enrolled in the welcome campaign), a deal won, an invoice
-    whose payment fails, an appointment."""
+    """Now and then: a new contact (which enroll-new-contacts enrolls in the welcome
+    campaign), a deal won, an invoice whose payment fails, an appointment."""
     rng = random.Random()
     while not stop.wait(every):
         tenant = rng.choice(list(TENANTS))
@@ -319,8 +329,8 @@ def generate_activity(database_url: str, stop: threading.Event, every: float = 3
 
 
 def new_contact(conn: psycopg.Connection[Any], tenant: str, name: str, rng: random.Random) -> int:
-    """A sign-up on the demo platform: the contact's row, then its enrollment in the welcome
-    campaign, as a platform's own code would enroll it (docs/campaigns.md, "Enrolling")."""
+    """A sign-up on the demo platform: the contact's row (whose event enroll-new-contacts
+    turns into an enrollment in the welcome campaign)."""
     row = conn.execute(
         "insert into demo.contacts (tenant_id, first_name, email, type, timezone, last_active_at)"
         " values (%s, %s, %s, %s, %s, now()) returning id",
@@ -333,13 +343,4 @@ def new_contact(conn: psycopg.Connection[Any], tenant: str, name: str, rng: rand
         ),
     ).fetchone()
     assert row is not None
-    try:
-        enrolled = conn.execute(
-            "select result from conveyor.enroll_campaign(%s, 'welcome', array[%s])", (tenant, str(row[0]))
-        ).fetchone()
-        result = enrolled[0] if enrolled else "nothing"
-    except psycopg.Error as exc:  # e.g. the campaign paused by hand: the sign-up stands
-        result = str(exc).strip().splitlines()[0]
-    if result != "enrolled":
-        log.warning("demo contact not enrolled", extra={"tenant": tenant, "contact": name, "result": result})
     return int(row[0])

@@ -145,14 +145,16 @@ def test_demo_load_publishes_every_example_for_both_tenants(db_url: str, conn: C
 
     setup = DemoSetup(tmp_path, serve_port=18898)
     published = load(db_url, setup)
-    assert len(published) == 2 * (len(EXAMPLES) + 1)  # the workflows and the welcome campaign
+    # the workflows, the welcome campaign and the workflow that enrolls new contacts in it
+    assert len(published) == 2 * (len(EXAMPLES) + 2)
     again = load(db_url, setup)  # idempotent: identical documents publish no new version
     assert again == published
     rows = conn.execute(
         "select tenant_id, count(*) as n from conveyor.workflows where category is distinct from 'campaign'"
         " group by 1 order by 1"
     ).fetchall()
-    assert rows == [{"tenant_id": "acme", "n": len(EXAMPLES)}, {"tenant_id": "globex", "n": len(EXAMPLES)}]
+    n = len(EXAMPLES) + 1
+    assert rows == [{"tenant_id": "acme", "n": n}, {"tenant_id": "globex", "n": n}]
     campaigns = conn.execute(
         "select tenant_id, slug, current_version as version from conveyor.campaigns order by 1"
     ).fetchall()
@@ -188,27 +190,21 @@ def test_the_demo_campaign_with_short_delays(db_url: str, tmp_path: Path) -> Non
     assert [s.get("delay") for s in demo_campaign("4s")["steps"]] == [None, "4s", "4s"]
 
 
-def test_a_demo_sign_up_is_enrolled_and_a_paused_campaign_does_not_stop_sign_ups(
-    db_url: str, conn: Conn, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_demo_sign_up_is_enrolled_by_the_enroll_workflow(db_url: str, conn: Conn, tmp_path: Path) -> None:
     import random
 
     from conveyor.demo import DemoSetup, load, new_contact
 
     load(db_url, DemoSetup(tmp_path))
     with psycopg.connect(db_url, autocommit=True) as platform:
-        first = new_contact(platform, "acme", "Ada", random.Random(1))
-        enrolled = conn.execute(
-            "select entity_id, status from conveyor.campaign_enrollments where tenant_id = 'acme'"
-        ).fetchall()
-        assert enrolled == [{"entity_id": str(first), "status": "active"}]
-        conn.execute("select conveyor.control_campaign('acme', 'welcome', 'pause')")
-        conn.commit()
-        second = new_contact(platform, "acme", "Grace", random.Random(2))
-    assert conn.execute("select count(*) as n from demo.contacts where id = %s", (second,)).fetchone() == {
-        "n": 1
-    }
-    assert any(
-        r.getMessage() == "demo contact not enrolled" and "is paused" in getattr(r, "result", "")
-        for r in caplog.records
-    )
+        ada = new_contact(platform, "acme", "Ada", random.Random(1))
+        platform.execute("select conveyor.tick()")  # dispatch: the contact's created event
+    enrolled = conn.execute(
+        "select entity_id, status from conveyor.campaign_enrollments where tenant_id = 'acme'"
+    ).fetchall()
+    assert enrolled == [{"entity_id": str(ada), "status": "active"}]
+    [join] = conn.execute(
+        "select s.output from conveyor.step_runs as s join conveyor.executions as e using (execution_id)"
+        " join conveyor.workflows as w using (workflow_id) where w.slug = 'enroll-new-contacts'"
+    ).fetchall()
+    assert join["output"]["result"] == "enrolled"
