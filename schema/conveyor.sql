@@ -129,6 +129,7 @@ alter table conveyor.campaign_enrollments add constraint campaign_enrollments_te
 CREATE UNIQUE INDEX campaign_enrollments_active_idx ON conveyor.campaign_enrollments USING btree (campaign_id, entity_id) WHERE (status = ANY (ARRAY['active'::text, 'paused'::text]));
 CREATE INDEX campaign_enrollments_campaign_idx ON conveyor.campaign_enrollments USING btree (campaign_id, enrollment_id);
 CREATE INDEX campaign_enrollments_execution_idx ON conveyor.campaign_enrollments USING btree (execution_id);
+CREATE INDEX campaign_enrollments_finished_idx ON conveyor.campaign_enrollments USING btree (finished_at) WHERE (finished_at IS NOT NULL);
 alter table conveyor.campaign_enrollments enable row level security;
 alter table conveyor.campaign_enrollments force row level security;
 create policy campaign_enrollments_isolation on conveyor.campaign_enrollments as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
@@ -143,6 +144,7 @@ create table conveyor.campaign_send_slots (
 );
 alter table conveyor.campaign_send_slots add constraint campaign_send_slots_pkey PRIMARY KEY (tenant_id, key, minute);
 alter table conveyor.campaign_send_slots add constraint campaign_send_slots_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES conveyor.tenants(tenant_id);
+CREATE INDEX campaign_send_slots_minute_idx ON conveyor.campaign_send_slots USING btree (minute);
 alter table conveyor.campaign_send_slots enable row level security;
 alter table conveyor.campaign_send_slots force row level security;
 create policy campaign_send_slots_isolation on conveyor.campaign_send_slots as permissive for all to public using ((tenant_id = ( SELECT conveyor.current_tenant() AS current_tenant)));
@@ -372,6 +374,7 @@ alter table conveyor.email_messages add constraint email_messages_tenant_id_mess
 alter table conveyor.email_messages add constraint email_messages_unsubscribe_token_check CHECK ((length(unsubscribe_token) >= 32));
 alter table conveyor.email_messages add constraint email_messages_unsubscribe_token_key UNIQUE (unsubscribe_token);
 CREATE INDEX email_messages_provider_idx ON conveyor.email_messages USING btree (tenant_id, provider_message_id) WHERE (provider_message_id IS NOT NULL);
+CREATE INDEX email_messages_sent_idx ON conveyor.email_messages USING btree (sent_at);
 CREATE TRIGGER email_messages_campaign_insert AFTER INSERT ON conveyor.email_messages REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION conveyor.campaign_count_sent();
 CREATE TRIGGER email_messages_campaign_update AFTER UPDATE ON conveyor.email_messages REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION conveyor.campaign_count_messages();
 alter table conveyor.email_messages enable row level security;
@@ -716,6 +719,7 @@ alter table conveyor.notification_deliveries add constraint notification_deliver
 alter table conveyor.notification_deliveries add constraint notification_deliveries_pkey PRIMARY KEY (delivery_id);
 alter table conveyor.notification_deliveries add constraint notification_deliveries_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'held'::text, 'queued'::text, 'digested'::text, 'sent'::text, 'failed'::text, 'dropped'::text])));
 CREATE INDEX notification_deliveries_digest_idx ON conveyor.notification_deliveries USING btree (digest_id) WHERE (digest_id IS NOT NULL);
+CREATE INDEX notification_deliveries_finished_idx ON conveyor.notification_deliveries USING btree (finished_at) WHERE (finished_at IS NOT NULL);
 CREATE INDEX notification_deliveries_held_idx ON conveyor.notification_deliveries USING btree (due_at) WHERE (status = 'held'::text);
 CREATE INDEX notification_deliveries_notification_idx ON conveyor.notification_deliveries USING btree (notification_id);
 alter table conveyor.notification_deliveries enable row level security;
@@ -741,6 +745,7 @@ alter table conveyor.notification_digests add constraint notification_digests_fr
 alter table conveyor.notification_digests add constraint notification_digests_pkey PRIMARY KEY (digest_id);
 alter table conveyor.notification_digests add constraint notification_digests_status_check CHECK ((status = ANY (ARRAY['open'::text, 'sent'::text, 'dropped'::text])));
 alter table conveyor.notification_digests add constraint notification_digests_tenant_id_user_id_frequency_due_at_key UNIQUE (tenant_id, user_id, frequency, due_at);
+CREATE INDEX notification_digests_done_idx ON conveyor.notification_digests USING btree (created_at) WHERE (status <> 'open'::text);
 CREATE INDEX notification_digests_due_idx ON conveyor.notification_digests USING btree (due_at) WHERE (status = 'open'::text);
 alter table conveyor.notification_digests enable row level security;
 alter table conveyor.notification_digests force row level security;
@@ -819,6 +824,7 @@ alter table conveyor.notifications add constraint notifications_pkey PRIMARY KEY
 alter table conveyor.notifications add constraint notifications_priority_check CHECK ((priority = ANY (ARRAY['low'::text, 'normal'::text, 'high'::text, 'critical'::text])));
 alter table conveyor.notifications add constraint notifications_type_check CHECK ((type = ANY (ARRAY['info'::text, 'success'::text, 'warning'::text, 'error'::text, 'action_required'::text])));
 alter table conveyor.notifications add constraint notifications_user_id_check CHECK ((user_id <> ''::text));
+CREATE INDEX notifications_created_idx ON conveyor.notifications USING btree (created_at);
 CREATE INDEX notifications_unread_idx ON conveyor.notifications USING btree (tenant_id, user_id) WHERE ((read_at IS NULL) AND (archived_at IS NULL));
 CREATE INDEX notifications_user_idx ON conveyor.notifications USING btree (tenant_id, user_id, notification_id DESC) WHERE (archived_at IS NULL);
 alter table conveyor.notifications enable row level security;
@@ -1333,6 +1339,9 @@ grant execute on function conveyor.caller_subject_to_rls() to conveyor_service;
 create function conveyor.campaign_by_slug(p_tenant_id text, p_slug text) returns conveyor.campaigns
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.campaign_by_slug(text,text) to conveyor_service;
+create function conveyor.campaign_contact(p_tenant_id text, p_entity text, p_id text) returns jsonb
+  language plpgsql stable security definer set search_path = '';
+grant execute on function conveyor.campaign_contact(text,text,text) to conveyor_service;
 create function conveyor.campaign_content(p_tenant_id text, p_input jsonb, p_where text) returns jsonb
   language plpgsql stable set search_path = '';
 grant execute on function conveyor.campaign_content(text,jsonb,text) to conveyor_service;
@@ -2080,6 +2089,9 @@ grant execute on function conveyor.prune_budgets(timestamp with time zone) to co
 create function conveyor.prune_history(p_now timestamp with time zone DEFAULT now(), p_batch integer DEFAULT 5000) returns jsonb
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.prune_history(timestamp with time zone,integer) to conveyor_service;
+create function conveyor.prune_messaging_history(p_now timestamp with time zone, p_batch integer) returns jsonb
+  language plpgsql volatile security definer set search_path = '';
+grant execute on function conveyor.prune_messaging_history(timestamp with time zone,integer) to conveyor_service;
 create function conveyor.prune_usage(p_now timestamp with time zone DEFAULT now()) returns integer
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.prune_usage(timestamp with time zone) to conveyor_service;

@@ -5,16 +5,20 @@
 -- timeout. Templates and conditions may use the roots contact, enrollment and campaign,
 -- which are the enrollment's trigger payload.
 
--- contact.x / enrollment.x / campaign.x in templates and condition fields → trigger.payload.*
+-- In templates and condition fields: contact.x → vars.contact.x (the row as each step
+-- re-read it, sql/campaign_contacts.sql); enrollment.x / campaign.x → trigger.payload.*
 create or replace function conveyor.campaign_rewrite(p_value jsonb) returns jsonb
 language sql
 immutable
 parallel safe
 set search_path = ''
 as $$
-  select pg_catalog.regexp_replace(
-    pg_catalog.regexp_replace(p_value::text, '\{\{(\s*)(contact|enrollment|campaign)([.|} ])', '{{\1trigger.payload.\2\3', 'g'),
-    '"field": "(contact|enrollment|campaign)([."])', '"field": "trigger.payload.\1\2', 'g'
+  select pg_catalog.regexp_replace(pg_catalog.regexp_replace(
+    pg_catalog.regexp_replace(pg_catalog.regexp_replace(p_value::text,
+      '\{\{(\s*)contact([.|} ])', '{{\1vars.contact\2', 'g'),
+      '"field": "contact([."])', '"field": "vars.contact\1', 'g'),
+    '\{\{(\s*)(enrollment|campaign)([.|} ])', '{{\1trigger.payload.\2\3', 'g'),
+    '"field": "(enrollment|campaign)([."])', '"field": "trigger.payload.\1\2', 'g'
   )::jsonb;
 $$;
 
@@ -196,7 +200,7 @@ begin
   end if;
   if p_step ->> 'channel' = 'email' then
     v_with := jsonb_strip_nulls(jsonb_build_object(
-      'to', format('{{trigger.payload.contact.%s}}', coalesce(p_doc ->> 'address_field', 'email')),
+      'to', format('{{vars.contact.%s}}', coalesce(p_doc ->> 'address_field', 'email')),
       'subject', p_step -> 'subject', 'html', p_step -> 'html', 'text', p_step -> 'text'));
     v_step := jsonb_build_object('id', v_send_id, 'action', 'email.send', 'with', v_with, 'next', p_next);
     -- delivery tracking (migration 0034): tags for the counters, one-click unsubscribe
@@ -205,7 +209,7 @@ begin
     end if;
   else
     v_step := jsonb_build_object('id', v_send_id, 'action', 'sms.send', 'with', jsonb_build_object(
-      'to', format('{{trigger.payload.contact.%s}}', coalesce(p_doc ->> 'phone_field', 'phone')), 'body', p_step -> 'body'),
+      'to', format('{{vars.contact.%s}}', coalesce(p_doc ->> 'phone_field', 'phone')), 'body', p_step -> 'body'),
       'next', p_next);
   end if;
   if p_doc ? 'connection' then
@@ -252,11 +256,12 @@ declare
   v_waits boolean;
   v_variant record;
   v_split jsonb;
+  v_gone boolean := false;
 begin
   v_window := p_doc -> 'send_window';
   if v_window ->> 'timezone' = 'contact' then
     v_window := v_window || jsonb_build_object('timezone',
-      format('{{trigger.payload.contact.%s | default: ''UTC''}}', coalesce(p_doc ->> 'timezone_field', 'timezone')));
+      format('{{vars.contact.%s | default: ''UTC''}}', coalesce(p_doc ->> 'timezone_field', 'timezone')));
   end if;
   for i in 0..v_n - 1 loop
     v_step := v_steps -> i;
@@ -275,6 +280,14 @@ begin
     end if;
     -- every step starts with a no-op marker the previous wait resumes at
     v_out := v_out || jsonb_build_object('id', v_id || '-start', 'set', jsonb_build_object('campaign_step', v_id));
+    -- a send or task reads the contact as it is now; a deleted one ends the enrollment
+    if v_step ->> 'channel' <> 'wait' then
+      v_out := v_out || jsonb_build_object('id', v_id || '-contact', 'campaign', jsonb_build_object('op', 'contact',
+        'entity', p_doc ->> 'audience'))
+        || jsonb_build_object('id', v_id || '-present', 'if', jsonb_build_object('field', 'vars.contact', 'op', 'is_null'),
+          'then', 'contact-deleted');
+      v_gone := true;
+    end if;
     if v_step ? 'skip_if' then
       v_out := v_out || conveyor.campaign_rewrite(jsonb_build_object('id', v_id || '-skip', 'if', v_step -> 'skip_if',
         'then', case when v_next is null then 'done' when v_next ? 'delay' then (v_next ->> 'id') || '-delay'
@@ -319,6 +332,10 @@ begin
   end loop;
   v_out := v_out || jsonb_build_object('id', 'done', 'campaign', jsonb_build_object('op', 'finish', 'status', 'completed'),
     'next', null);
+  if v_gone then
+    v_tail := v_tail || jsonb_build_object('id', 'contact-deleted', 'campaign', jsonb_build_object('op', 'finish',
+      'status', 'stopped', 'reason', 'contact_deleted'), 'next', null);
+  end if;
   return jsonb_build_object(
     'slug', 'campaign-' || (p_doc ->> 'slug'),
     'name', 'Campaign: ' || (p_doc ->> 'name'),

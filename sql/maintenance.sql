@@ -173,7 +173,7 @@ begin
     'webhook_deliveries', v_deliveries, 'archived_messages', v_archive, 'dead_letters', v_dead,
     'budgets', conveyor.prune_budgets(p_now),
     'usage', conveyor.prune_usage(p_now)
-  );
+  ) || conveyor.prune_messaging_history(p_now, p_batch);
 end;
 $$;
 

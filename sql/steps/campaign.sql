@@ -2,6 +2,8 @@
 --   {"campaign": {"op": "slot", "key", "per_minute", "window"?}}: wait for the next send slot
 --     inside the send window and the tenant's send rate (at most per_minute sends per key
 --     and calendar minute, taken in the order executions reach the step);
+--   {"campaign": {"op": "contact", "entity"}}: the enrolled row as it is now, into vars.contact
+--     (sql/campaign_contacts.sql);
 --   {"campaign": {"op": "content", "template", "channel", "data"?}}: a notification template's
 --     email or sms part, rendered (sql/campaign_content.sql);
 --   {"campaign": {"op": "finish", "status": "completed" | "stopped", "reason"?}}: record the
@@ -18,7 +20,7 @@ declare
   v_path text := p_path || '.campaign';
 begin
   if jsonb_typeof(v_spec) is distinct from 'object' then
-    return next format('%s: expected an object with "op" (slot, content or finish)', v_path);
+    return next format('%s: expected an object with "op" (slot, contact, content or finish)', v_path);
     return;
   end if;
   case v_spec ->> 'op'
@@ -38,6 +40,9 @@ begin
             v_spec -> 'window' -> 'timezone', v_path || '.window.timezone', p_step_ids) as t (message);
         end if;
       end if;
+    when 'contact' then
+      return query
+      select k.message from conveyor.document_key_errors(v_spec, v_path, array['op', 'entity'], '{}') as k (message);
     when 'content' then
       return query
       select k.message from conveyor.document_key_errors(v_spec, v_path, array['op', 'template', 'channel'],
@@ -55,7 +60,7 @@ begin
         return next format('%s.status: expected "completed" or "stopped"', v_path);
       end if;
     else
-      return next format('%s.op: expected "slot", "content" or "finish" (got %s)', v_path, coalesce((v_spec -> 'op')::text, 'nothing'));
+      return next format('%s.op: expected "slot", "contact", "content" or "finish" (got %s)', v_path, coalesce((v_spec -> 'op')::text, 'nothing'));
   end case;
 end;
 $$;
@@ -154,6 +159,11 @@ if v_input ->> 'op' = 'slot' then
   else
     v_resume := null;
   end if;
+elsif v_input ->> 'op' = 'contact' then
+  -- the enrolled row as it is now, as vars.contact (sql/campaign_contacts.sql)
+  v_output := jsonb_build_object('contact', conveyor.campaign_contact(v_exec.tenant_id, v_input ->> 'entity',
+    v_exec.entity_id));
+  v_new_vars := v_output;
 elsif v_input ->> 'op' = 'content' then
   -- a template's content, rendered now (sql/campaign_content.sql)
   v_output := conveyor.campaign_content(v_exec.tenant_id, v_input, v_where);
@@ -164,6 +174,8 @@ else
 end if;
 $code$,
     'decision', $code$case when p_input ->> 'op' = 'slot' then 'send at ' || coalesce(p_output ->> 'send_at', '?')
-  when p_input ->> 'op' = 'content' then 'content of template ' || coalesce(p_input ->> 'template', '?') else 'enrollment ' || coalesce(p_input ->> 'status', '?') end$code$
+  when p_input ->> 'op' = 'content' then 'content of template ' || coalesce(p_input ->> 'template', '?')
+  when p_input ->> 'op' = 'contact' then case when p_output -> 'contact' = 'null' then 'contact deleted'
+    else 'contact read' end else 'enrollment ' || coalesce(p_input ->> 'status', '?') end$code$
   );
 $$;

@@ -65,7 +65,14 @@ def test_a_campaign_compiles_into_a_workflow_version(conn: Conn) -> None:
         " where w.slug = 'campaign-welcome' order by position"
     ).fetchall()
     ids = [s["step_id"] for s in steps]
-    assert ids[:4] == ["hello-start", "hello-slot", "hello-send", "hello-wait"]
+    assert ids[:6] == [
+        "hello-start",
+        "hello-contact",
+        "hello-present",
+        "hello-slot",
+        "hello-send",
+        "hello-wait",
+    ]
     assert "last-skip" in ids and "done" in ids and "hello-halted" in ids
     # the same document again makes no new version; an edit does
     assert apply(conn, CAMPAIGN)["version"] == 1
@@ -265,3 +272,48 @@ def test_the_ab_winner_waits_for_the_sample_and_significance_then_new_enrollment
     version = conn.execute("select version from conveyor.campaign_enrollments where enrollment_id = %s",
                            (row["enrollment_id"],)).fetchone()  # fmt: skip
     assert version == {"version": 2}
+
+
+def test_each_step_reads_the_contact_as_it_is_now_and_a_deleted_one_stops(conn: Conn) -> None:
+    setup(conn, contacts=3)
+    doc = {**CAMPAIGN, "steps": [
+        {"id": "pause", "channel": "wait", "delay": "1d"},
+        {"id": "last", "channel": "email", "subject": "Hi {{contact.name}}", "text": "Bye",
+         "skip_if": {"field": "contact.vip", "op": "equals", "value": True}},
+    ]}  # fmt: skip
+    del doc["send_window"]
+    apply(conn, doc)
+    rows = {r["entity_id"]: r for r in enroll(conn, ["1", "2", "3"])}
+    # after enrolling: 1 became a VIP, 2 changed name and address, 3 was deleted
+    conn.execute("update public.contacts set vip = true where id = 1")
+    conn.execute("update public.contacts set name = 'Bea', email = 'bea@example.com' where id = 2")
+    conn.execute("delete from public.contacts where id = 3")
+    conn.execute("select conveyor.tick(p_now => now() + interval '2 days')")
+
+    def state(entity: str) -> dict[str, Any]:
+        row = conn.execute(
+            "select ce.status, ce.stop_reason, (select string_agg(step_id, ',' order by step_run_id)"
+            " from conveyor.step_runs r where r.execution_id = ce.execution_id and r.step_id like 'last-%%') as steps"
+            " from conveyor.campaign_enrollments ce where ce.enrollment_id = %s",
+            (rows[entity]["enrollment_id"],),
+        ).fetchone()
+        assert row is not None
+        return row
+
+    # the VIP's send was skipped; the deleted contact's enrollment stopped before it
+    assert state("1") == {
+        "status": "completed",
+        "stop_reason": None,
+        "steps": "last-start,last-contact,last-present,last-skip",
+    }
+    assert state("3") == {
+        "status": "stopped",
+        "stop_reason": "contact_deleted",
+        "steps": "last-start,last-contact,last-present",
+    }
+    send = conn.execute(
+        "select input from conveyor.step_runs where execution_id = %s and step_id = 'last-send'",
+        (rows["2"]["execution_id"],),
+    ).fetchone()
+    assert send is not None
+    assert (send["input"]["to"], send["input"]["subject"]) == ("bea@example.com", "Hi Bea")

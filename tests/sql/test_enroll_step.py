@@ -142,3 +142,23 @@ def test_a_dry_run_says_what_it_would_do_and_enrolls_nobody(conn: Conn) -> None:
     (join,) = [s for s in row["r"]["steps"] if s["step"] == "join"]
     assert join["decision"] == "would enroll in welcome"
     assert enrollments(conn) == []
+
+
+def test_another_tenant_can_neither_enroll_in_the_campaign_nor_enroll_its_rows(conn: Conn) -> None:
+    setup(conn)
+    apply(conn, CAMPAIGN)
+    conn.execute("select conveyor.create_tenant('globex', 'Globex')")
+    conn.execute(
+        "insert into public.contacts values (100, 'globex', 'g100', 'g100@example.com', 'UTC', false)"
+    )
+    # acme cannot enroll globex's row, by an id it learnt
+    flow = doc("refer", {"id": "join", "enroll": {"campaign": "welcome", "id": "{{trigger.payload.friend}}"}})
+    failed = execution(conn, start(conn, flow, "1", {"friend": 100}))
+    assert failed["status"] == "failed"
+    assert 'tenant "acme" has no contact 100' in failed["error"]["message"]
+    assert enrollments(conn) == []
+    conn.commit()
+    # globex cannot name acme's campaign
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as failure:
+        publish(conn, "globex", doc("steal", {"id": "join", "enroll": {"campaign": "welcome"}}))
+    assert 'tenant "globex" has no campaign "welcome"' in str(failure.value)

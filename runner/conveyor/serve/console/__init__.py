@@ -7,7 +7,7 @@ from pathlib import Path
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from conveyor.serve.console import pages
+from conveyor.serve.console import campaigns, pages
 from conveyor.serve.console.api import execution_json
 from conveyor.serve.console.live import execution_live
 
@@ -23,6 +23,8 @@ CONSOLE_ROUTES = [
     Route("/console/dead-letters", pages.console_page(pages.dead_letters), methods=["GET"]),
     Route("/console/dead-letters/{id:int}/requeue", pages.console_page(pages.requeue), methods=["POST"]),
     Route("/console/approvals", pages.console_page(pages.approvals), methods=["GET"]),
+    Route("/console/campaigns", pages.console_page(campaigns.campaigns), methods=["GET"]),
+    Route("/console/campaigns/{slug}", pages.console_page(campaigns.campaign), methods=["GET"]),
     Mount("/console/static", StaticFiles(directory=Path(__file__).parent / "static"), name="console-static"),
     Route("/api/executions/{id:int}", execution_json, methods=["GET"]),
 ]

@@ -46,6 +46,7 @@ NAV = [
     ("/console/events", "Events"),
     ("/console/dead-letters", "Dead letters"),
     ("/console/approvals", "Approvals"),
+    ("/console/campaigns", "Campaigns"),
 ]
 
 

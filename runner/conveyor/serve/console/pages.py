@@ -1,7 +1,8 @@
 """The console's pages (docs/console.md): workflows with stats, executions with filters,
 one execution's timeline, events and why they started what they did, dead letters with a
-requeue button, the signed-in user's approvals. Each page signs in (auth.py), reads
-(queries.py, each query tenant-filtered) and renders (html.py, everything escaped)."""
+requeue button, the signed-in user's approvals; campaigns are in campaigns.py. Each page
+signs in (auth.py), reads (queries.py, each query tenant-filtered) and renders (html.py,
+everything escaped)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ Page = Callable[[Request, Principal, str], Awaitable[Response]]
 MAX_BIGINT = 2**63 - 1
 
 
-def _pool(request: Request) -> AsyncConnectionPool[Any]:
+def pool_of(request: Request) -> AsyncConnectionPool[Any]:
     pool: AsyncConnectionPool[Any] = request.app.state.pool
     return pool
 
@@ -66,7 +67,7 @@ def console_page(render: Page) -> Callable[[Request], Awaitable[Response]]:
     return endpoint
 
 
-def _who(principal: Principal, tenant: str) -> str:
+def who(principal: Principal, tenant: str) -> str:
     role = "operator" if principal.operator else "admin"
     return f"{principal.user} ({role}) · tenant {tenant}"
 
@@ -105,10 +106,10 @@ async def login_form(request: Request) -> Response:
 
 
 async def workflows(request: Request, principal: Principal, tenant: str) -> Response:
-    found = await q.rows(_pool(request), q.WORKFLOWS, {"tenant": tenant, "limit": q.MAX_PAGE_SIZE})
+    found = await q.rows(pool_of(request), q.WORKFLOWS, {"tenant": tenant, "limit": q.MAX_PAGE_SIZE})
     buckets: dict[str, list[tuple[datetime, int, int]]] = {}
     slugs = [w["slug"] for w in found]
-    for row in await q.rows(_pool(request), q.CHART, {"tenant": tenant, "slugs": slugs}):
+    for row in await q.rows(pool_of(request), q.CHART, {"tenant": tenant, "slugs": slugs}):
         buckets.setdefault(row["slug"], []).append((row["at"], row["runs"], row["failed"]))
     body = "<p>The last 24 hours.</p>" + table(
         [
@@ -137,7 +138,7 @@ async def workflows(request: Request, principal: Principal, tenant: str) -> Resp
             for w in found
         ],
     )
-    return HTMLResponse(page("Workflows", body, who=_who(principal, tenant), tenant=tenant))
+    return HTMLResponse(page("Workflows", body, who=who(principal, tenant), tenant=tenant))
 
 
 def _filters(request: Request, tenant: str) -> str:
@@ -172,7 +173,7 @@ async def executions(request: Request, principal: Principal, tenant: str) -> Res
         "before": _int(request, "before"),
         "limit": limit,
     }
-    found = await q.rows(_pool(request), q.EXECUTIONS, params)
+    found = await q.rows(pool_of(request), q.EXECUTIONS, params)
     body = _filters(request, tenant) + table(
         ["#", "Workflow", "Status", "Step", "Entity", "Created", "ms", "Error"],
         [
@@ -195,12 +196,12 @@ async def executions(request: Request, principal: Principal, tenant: str) -> Res
             "before": found[-1]["execution_id"]
         }
         body += f'<p><a class="next" href="{link("/console/executions", **more)}">Older →</a></p>'
-    return HTMLResponse(page("Executions", body, who=_who(principal, tenant), tenant=tenant))
+    return HTMLResponse(page("Executions", body, who=who(principal, tenant), tenant=tenant))
 
 
 async def execution(request: Request, principal: Principal, tenant: str) -> Response:
     execution_id = int(request.path_params["id"])
-    data = await timeline.load(_pool(request), tenant, execution_id) if execution_id <= MAX_BIGINT else None
+    data = await timeline.load(pool_of(request), tenant, execution_id) if execution_id <= MAX_BIGINT else None
     if data is None:
         return HTMLResponse(
             page("Not found", f"<p>No execution {execution_id} in tenant {esc(tenant)}.</p>"), 404
@@ -210,12 +211,12 @@ async def execution(request: Request, principal: Principal, tenant: str) -> Resp
     )
     body += timeline.fragment(data, tenant) + "</div>"
     title = f"Execution {execution_id}"
-    return HTMLResponse(page(title, body, who=_who(principal, tenant), tenant=tenant, script="live"))
+    return HTMLResponse(page(title, body, who=who(principal, tenant), tenant=tenant, script="live"))
 
 
 async def events(request: Request, principal: Principal, tenant: str) -> Response:
     params = {"tenant": tenant, "before": _int(request, "before"), "limit": _limit(request)}
-    found = await q.rows(_pool(request), q.EVENTS, params)
+    found = await q.rows(pool_of(request), q.EVENTS, params)
 
     def started(e: dict[str, Any]) -> str:
         return " ".join(execution_link(s["id"], tenant) + " " + status(s["status"]) for s in e["started"])
@@ -238,12 +239,12 @@ async def events(request: Request, principal: Principal, tenant: str) -> Respons
             for e in found
         ],
     )
-    return HTMLResponse(page("Events", body, who=_who(principal, tenant), tenant=tenant))
+    return HTMLResponse(page("Events", body, who=who(principal, tenant), tenant=tenant))
 
 
 async def dead_letters(request: Request, principal: Principal, tenant: str) -> Response:
     params = {"tenant": tenant, "before": _int(request, "before"), "limit": _limit(request)}
-    found = await q.rows(_pool(request), q.DEAD_LETTERS, params)
+    found = await q.rows(pool_of(request), q.DEAD_LETTERS, params)
     notice = request.query_params.get("requeued")
     body = f'<p class="notice">Requeued as message {esc(notice)}.</p>' if notice else ""
     body += table(
@@ -266,13 +267,13 @@ async def dead_letters(request: Request, principal: Principal, tenant: str) -> R
         ],
         row_ids=[str(d["dead_letter_id"]) for d in found],
     )
-    return HTMLResponse(page("Dead letters", body, who=_who(principal, tenant), tenant=tenant))
+    return HTMLResponse(page("Dead letters", body, who=who(principal, tenant), tenant=tenant))
 
 
 async def requeue(request: Request, principal: Principal, tenant: str) -> Response:
     """The same SQL function as `conveyor actions requeue`."""
     dead_letter_id = int(request.path_params["id"])
-    async with _pool(request).connection() as conn:
+    async with pool_of(request).connection() as conn:
         try:
             row = await (
                 await conn.execute("select conveyor.requeue_dead_letter(%s, %s)", (tenant, dead_letter_id))
@@ -286,7 +287,7 @@ async def requeue(request: Request, principal: Principal, tenant: str) -> Respon
 
 async def approvals(request: Request, principal: Principal, tenant: str) -> Response:
     found = await q.rows(
-        _pool(request),
+        pool_of(request),
         "select * from conveyor.list_approvals(%(tenant)s, %(user)s, true, %(limit)s)",
         {"tenant": tenant, "user": principal.user, "limit": q.MAX_PAGE_SIZE},
     )
@@ -305,4 +306,4 @@ async def approvals(request: Request, principal: Principal, tenant: str) -> Resp
             for a in found
         ],
     )
-    return HTMLResponse(page("Approvals", body, who=_who(principal, tenant), tenant=tenant))
+    return HTMLResponse(page("Approvals", body, who=who(principal, tenant), tenant=tenant))
