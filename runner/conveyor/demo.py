@@ -77,18 +77,25 @@ def sender(tenant_id: str) -> str:
 
 
 def demo_environment(directory: Path = DEMO_DIR) -> dict[str, str]:
-    """The settings the demo runner needs: a secret key (kept in .conveyor/demo) and the
-    loopback allowlist (the sinks live on 127.0.0.1)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    key_file = directory / "secret.key"
-    if not key_file.exists():
-        key_file.write_text(generate_key() + "\n")
-        key_file.chmod(0o600)
+    """The settings the demo runner and serve need: a secret key and a token secret (each
+    kept in .conveyor/demo) and the loopback allowlist (the sinks live on 127.0.0.1)."""
     return {
-        "CONVEYOR_SECRET_KEY": os.environ.get("CONVEYOR_SECRET_KEY") or key_file.read_text().strip(),
+        "CONVEYOR_SECRET_KEY": os.environ.get("CONVEYOR_SECRET_KEY")
+        or kept(directory / "secret.key", generate_key),
+        "CONVEYOR_TOKEN_SECRET": os.environ.get("CONVEYOR_TOKEN_SECRET")
+        or kept(directory / "token.secret", lambda: secrets.token_urlsafe(48)),
         "CONVEYOR_ALLOW_PRIVATE_NETWORKS": os.environ.get("CONVEYOR_ALLOW_PRIVATE_NETWORKS")
         or "127.0.0.1/32",
     }
+
+
+def kept(path: Path, make: Callable[[], str]) -> str:
+    """A secret made once and kept in the demo's directory (readable by its owner only)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(make() + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
 
 
 def load(database_url: str, setup: DemoSetup = DemoSetup()) -> list[str]:
@@ -166,12 +173,11 @@ def demo_campaign(delay: str | None = None) -> dict[str, Any]:
 
 
 def tracking_secret(directory: Path, tenant_id: str) -> str:
-    """The tenant's Svix signing secret (whsec_<base64>), made once and kept in the demo's directory."""
-    path = directory / f"tracking-{tenant_id}.secret"
-    if not path.exists():
-        path.write_text("whsec_" + base64.b64encode(secrets.token_bytes(24)).decode() + "\n")
-        path.chmod(0o600)
-    return path.read_text().strip()
+    """The tenant's Svix signing secret (whsec_<base64>), as the provider would show it."""
+    return kept(
+        directory / f"tracking-{tenant_id}.secret",
+        lambda: "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode(),
+    )
 
 
 def demo_connections(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from click.testing import CliRunner
@@ -26,12 +28,15 @@ from click.testing import CliRunner
 from conveyor.cli import main
 from conveyor.demo import DemoSetup, load, new_contact, sinks
 from conveyor.demo_provider import Fate, Odds, SimulatedProvider, draw, read_accounts, svix_headers
+from conveyor.serve import tokens
 from conveyor.serve.server import ServeSettings, serve_in_thread
 from tests.conftest import free_port
 from tests.e2e.helpers import KEY, Conn
 from tests.runner.helpers import wait_for
 
 pytestmark = pytest.mark.slow
+
+TOKEN_SECRET = "a-test-token-secret-of-at-least-32-bytes"
 
 # Each demo contact's fate at the simulated provider, by the first name in its address.
 FATES = {
@@ -105,7 +110,7 @@ def test_the_demo_campaign_moves_with_the_simulated_provider(
     try:
         with (
             sinks(setup, provider.offer),
-            serve_in_thread(ServeSettings(db_url, port=setup.serve_port)),
+            serve_in_thread(ServeSettings(db_url, port=setup.serve_port, token_secret=TOKEN_SECRET)),
             psycopg.connect(db_url, autocommit=True) as platform,
         ):
             rng = random.Random(1)
@@ -130,6 +135,16 @@ def test_the_demo_campaign_moves_with_the_simulated_provider(
             assert campaign_mail(setup.directory, "ada") == ["Getting started, Ada"]
             assert campaign_mail(setup.directory, "barbara") == ["Getting started, Barbara"]
             assert len(campaign_mail(setup.directory, "linus")) >= 2  # the steps advanced
+
+            # the console's campaign page shows the same (docs/console.md)
+            bearer = {"Authorization": "Bearer " + tokens.sign(TOKEN_SECRET, "acme", "demo", 600)}
+            html = httpx.get(f"{setup.serve_url}/console/campaigns/welcome", headers=bearer).text
+            assert "Enrollments: completed 2, stopped 3" in html
+            [total] = conn.execute(
+                "select * from conveyor.campaign_stats('acme', 'welcome') where step_key = ''"
+            ).fetchall()
+            assert f"<td>whole campaign</td><td></td><td>5</td><td>{total['sent']}</td>" in html
+            assert f"<td>{total['delivered']} <small>(" in html
     finally:
         provider.stop()
         assert runner.stop() == 0
@@ -208,6 +223,9 @@ def test_demo_run_wires_the_campaign_serve_and_the_provider(db_url: str, conn: C
             wait_for(delivered, timeout=60)
             lines = log_path.read_text()
             assert '"msg": "simulated provider: delivered"' in lines
+            [console] = re.findall(r"demo: the console for acme \(12 h\): (\S+)", lines)
+            page = httpx.get(console, follow_redirects=True)
+            assert page.status_code == 200 and "Welcome sequence (demo)" in page.text
             assert '"msg": "demo activity"' in lines
             assert any(m["List-Unsubscribe"] for m in outbox(directory))
         finally:

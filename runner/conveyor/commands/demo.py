@@ -81,6 +81,7 @@ def run(
     from conveyor import demo as demo_module
     from conveyor.demo_provider import SimulatedProvider, read_accounts
     from conveyor.runner import Runner, RunnerConfig
+    from conveyor.serve import tokens
     from conveyor.serve.server import ServeSettings, serve_in_thread
 
     logs.setup(log_level)
@@ -112,12 +113,18 @@ def run(
     )
     with (
         demo_module.sinks(setup, simulated.offer if simulated else None) as where,
-        serve_in_thread(ServeSettings(url, port=setup.serve_port)) as served,
+        serve_in_thread(
+            ServeSettings(url, port=setup.serve_port, token_secret=env["CONVEYOR_TOKEN_SECRET"])
+        ) as served,
     ):
         click.echo(
             f"demo: emails go to {where / 'outbox'}, HTTP requests to {where / 'sink.jsonl'};"
-            f" conveyor serve (tracking webhooks, unsubscribe) on {served.url}",
+            f" conveyor serve (tracking webhooks, unsubscribe, console) on {served.url}",
             err=True,
+        )
+        token = tokens.sign(env["CONVEYOR_TOKEN_SECRET"], "acme", "demo", 12 * 3600)
+        click.echo(
+            f"demo: the console for acme (12 h): {served.url}/console/campaigns?token={token}", err=True
         )
         if activity:
             threading.Thread(
