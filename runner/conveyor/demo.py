@@ -125,22 +125,13 @@ def load(database_url: str, setup: DemoSetup = DemoSetup()) -> list[str]:
                     replace=True,
                 )
             for path in sorted((EXAMPLES / "workflows").glob("*.yaml")):
-                document = read_yaml(path)
-                row = conn.execute(
-                    "select workflow_id, version from conveyor.publish(%s, %s)", (tenant_id, Jsonb(document))
-                ).fetchone()
-                published.append(f"{tenant_id}/{document['slug']} v{row[1] if row else '?'}")
+                published.append(publish(conn, tenant_id, path))
             campaign = demo_campaign(setup.campaign_delay)
             row = conn.execute(
                 "select version from conveyor.apply_campaign(%s, %s)", (tenant_id, Jsonb(campaign))
             ).fetchone()
             published.append(f"{tenant_id}/{campaign['slug']} (campaign) v{row[0] if row else '?'}")
-            # after the campaign: publishing checks the enroll step's slug
-            document = read_yaml(ENROLL_WORKFLOW)
-            row = conn.execute(
-                "select workflow_id, version from conveyor.publish(%s, %s)", (tenant_id, Jsonb(document))
-            ).fetchone()
-            published.append(f"{tenant_id}/{document['slug']} v{row[1] if row else '?'}")
+            published.append(publish(conn, tenant_id, ENROLL_WORKFLOW))  # after it: publish checks the slug
             # What a platform does once per provider: store its signing secret, give it the URL.
             hook_secret = tracking_secret(setup.directory, tenant_id)
             hook = conn.execute(
@@ -155,6 +146,15 @@ def load(database_url: str, setup: DemoSetup = DemoSetup()) -> list[str]:
     setup.accounts_file.write_text(json.dumps(accounts, indent=2) + "\n")
     setup.accounts_file.chmod(0o600)
     return published
+
+
+def publish(conn: psycopg.Connection[Any], tenant_id: str, path: Path) -> str:
+    """Publish a workflow file for the tenant (an unchanged document makes no new version)."""
+    document = read_yaml(path)
+    row = conn.execute(
+        "select workflow_id, version from conveyor.publish(%s, %s)", (tenant_id, Jsonb(document))
+    ).fetchone()
+    return f"{tenant_id}/{document['slug']} v{row[1] if row else '?'}"
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
