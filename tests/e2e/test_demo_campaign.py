@@ -12,6 +12,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 from email import message_from_bytes
@@ -232,3 +233,22 @@ def test_demo_run_wires_the_campaign_serve_and_the_provider(db_url: str, conn: C
             proc.send_signal(signal.SIGINT)
             code = proc.wait(timeout=60)
     assert code == 0, log_path.read_text()[-2000:]
+
+
+def test_demo_run_names_the_port_it_cannot_listen_on(db_url: str, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        args = ["--directory", str(tmp_path), "--serve-port", port, "--smtp-port", str(free_port())]
+        done = subprocess.run(
+            [sys.executable, "-m", "conveyor.cli", "demo", "run", *args, "--http-port", str(free_port())],
+            env={**os.environ, "CONVEYOR_DATABASE_URL": db_url, "CONVEYOR_SECRET_KEY": KEY},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert (
+        f"error: the demo cannot listen: address already in use (--serve-port {port}," in done.stderr.lower()
+    )

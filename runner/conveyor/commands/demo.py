@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -13,6 +14,7 @@ import click
 from conveyor import logs
 from conveyor.commands.common import database_option, fail_cleanly
 from conveyor.db import resolve_database_url
+from conveyor.errors import ConveyorError
 
 
 @click.group()
@@ -111,12 +113,21 @@ def run(
         if provider
         else None
     )
-    with (
-        demo_module.sinks(setup, simulated.offer if simulated else None) as where,
-        serve_in_thread(
-            ServeSettings(url, port=setup.serve_port, token_secret=env["CONVEYOR_TOKEN_SECRET"])
-        ) as served,
-    ):
+    with contextlib.ExitStack() as stack:
+        try:
+            where = stack.enter_context(demo_module.sinks(setup, simulated.offer if simulated else None))
+            served = stack.enter_context(
+                serve_in_thread(
+                    ServeSettings(url, port=setup.serve_port, token_secret=env["CONVEYOR_TOKEN_SECRET"])
+                )
+            )
+        except OSError as exc:  # a port taken, most likely by another demo
+            if simulated:
+                simulated.stop()
+            raise ConveyorError(
+                f"the demo cannot listen: {exc.strerror or exc} (--serve-port {setup.serve_port},"
+                f" --smtp-port {setup.smtp_port}, --http-port {setup.http_port})"
+            ) from None
         click.echo(
             f"demo: emails go to {where / 'outbox'}, HTTP requests to {where / 'sink.jsonl'};"
             f" conveyor serve (tracking webhooks, unsubscribe, console) on {served.url}",
