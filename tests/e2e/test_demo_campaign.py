@@ -50,6 +50,11 @@ FATES = {
 
 
 def fate(message: EmailMessage) -> Fate:
+    """Campaign mail (it has List-Unsubscribe) by FATES; the workflows' mail (new-lead-follow-up
+    welcomes leads too) only delivered: its bounce would suppress the address, and the
+    campaign's sends to it would be skipped, before or after, as the race falls."""
+    if not message["List-Unsubscribe"]:
+        return Fate()
     return FATES[str(message["To"]).split(".")[0]]
 
 
