@@ -192,9 +192,7 @@ class SimulatedProvider:
     def _schedule(self, mail: _Mail, after: float, attempt: int) -> None:
         with self._wake:
             step = mail.steps[0]
-            heapq.heappush(
-                self._due, (time.monotonic() + after * self.pace, next(self._order), mail, step, attempt)
-            )
+            heapq.heappush(self._due, (time.monotonic() + after, next(self._order), mail, step, attempt))
             self._wake.notify()
 
     def start(self) -> SimulatedProvider:
