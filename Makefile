@@ -25,7 +25,7 @@ pytest: bootstrap
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 console-screenshots: bootstrap  ## docs/console-*.png from the console's browser test (docs/console.md)
-	CONVEYOR_CONSOLE_SCREENSHOTS=docs $(BIN)/pytest -q tests/e2e/test_console_browser.py
+	CONVEYOR_CONSOLE_SCREENSHOTS=docs $(BIN)/pytest -q tests/e2e/test_console_browser.py tests/e2e/test_console_campaigns.py
 
 migrate: bootstrap
 	$(BIN)/conveyor migrate

@@ -1661,6 +1661,9 @@ grant execute on function conveyor.email_unsubscribe(text,boolean) to conveyor_s
 create function conveyor.email_webhook_event(p_provider text, p_body jsonb, p_event_id text) returns jsonb
   language plpgsql immutable set search_path = '';
 grant execute on function conveyor.email_webhook_event(text,jsonb,text) to conveyor_service;
+create function conveyor.email_webhook_fresh(w conveyor.email_webhooks, p_signature bytea, p_timestamp text, p_now timestamp with time zone) returns TABLE(status integer, body jsonb)
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.email_webhook_fresh(conveyor.email_webhooks,bytea,text,timestamp with time zone) to conveyor_service;
 create function conveyor.emit(p_tenant_id text, p_event_type text, p_payload jsonb DEFAULT '{}'::jsonb, p_entity_type text DEFAULT NULL::text, p_entity_id text DEFAULT NULL::text, p_dedupe_key text DEFAULT NULL::text, p_source text DEFAULT NULL::text) returns bigint
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.emit(text,text,jsonb,text,text,text,text) to conveyor_app, conveyor_service;
@@ -1940,6 +1943,9 @@ create function conveyor.lock_tenant_plan(p_tenant_id text, p_quotas text[]) ret
 grant execute on function conveyor.lock_tenant_plan(text,text[]) to conveyor_service;
 create function conveyor.lock_workflow(p_tenant_id text, p_slug text) returns conveyor.workflows
   language plpgsql volatile set search_path = '';
+create function conveyor.mailgun_signature(p_key text, p_timestamp text, p_token text, p_signature text) returns bytea
+  language plpgsql immutable set search_path = '';
+grant execute on function conveyor.mailgun_signature(text,text,text,text) to conveyor_service;
 create function conveyor.mark_all_read(p_tenant_id text, p_user_id text) returns integer
   language plpgsql volatile security definer set search_path = '';
 grant execute on function conveyor.mark_all_read(text,text) to conveyor_app, conveyor_service;
@@ -2121,6 +2127,9 @@ grant execute on function conveyor.random_token() to conveyor_service;
 create function conveyor.read_actions(p_qty integer, p_margin_s numeric, p_default_timeout_s numeric DEFAULT 30) returns TABLE(msg_id bigint, read_ct integer, message jsonb, dead_letter text)
   language plpgsql volatile security definer set search_path = '' set plan_cache_mode = force_generic_plan set enable_seqscan = off;
 grant execute on function conveyor.read_actions(integer,numeric,numeric) to conveyor_service;
+create function conveyor.receive_email_inbound(p_path_token text, p_fields jsonb, p_now timestamp with time zone DEFAULT now()) returns TABLE(status integer, body jsonb)
+  language plpgsql volatile set search_path = '';
+grant execute on function conveyor.receive_email_inbound(text,jsonb,timestamp with time zone) to conveyor_service;
 create function conveyor.receive_email_webhook(p_path_token text, p_headers jsonb, p_body bytea, p_now timestamp with time zone DEFAULT now()) returns TABLE(status integer, body jsonb)
   language plpgsql volatile set search_path = '';
 grant execute on function conveyor.receive_email_webhook(text,jsonb,bytea,timestamp with time zone) to conveyor_service;

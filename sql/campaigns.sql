@@ -90,6 +90,7 @@ security definer
 set search_path = ''
 as $$
 begin
+  perform conveyor.require_tenant(p_tenant_id);
   return query select * from conveyor.campaign_enroll(p_tenant_id, p_slug, p_ids, true);
 end;
 $$;

@@ -119,6 +119,60 @@ begin
 end;
 $$;
 
+-- A Mailgun signature (hex HMAC-SHA256 of timestamp || token with the signing key): the
+-- signature when it matches, null when it does not, empty when the fields are malformed.
+create or replace function conveyor.mailgun_signature(p_key text, p_timestamp text, p_token text, p_signature text)
+returns bytea
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+  v_expected bytea;
+begin
+  if p_timestamp !~ '^[0-9]{1,12}$' or p_token is null or p_signature !~ '^[0-9a-fA-F]{64}$' then
+    return '\x'::bytea;
+  end if;
+  v_expected := conveyor.hmac_sha256(pg_catalog.convert_to(p_key, 'UTF8'), pg_catalog.convert_to(p_timestamp || p_token, 'UTF8'));
+  if conveyor.constant_time_equals(lower(p_signature), pg_catalog.encode(v_expected, 'hex')) then
+    return v_expected;
+  end if;
+  return null;
+end;
+$$;
+
+-- A verified signature's freshness: within the endpoint's tolerance and not used before
+-- (recorded now). Null when it passes; else the answer (401 stale, 409 a replay; a svix
+-- redelivery, which signs the body with its delivery id, is 200 duplicate).
+create or replace function conveyor.email_webhook_fresh(
+  w conveyor.email_webhooks, p_signature bytea, p_timestamp text, p_now timestamptz
+) returns table (status integer, body jsonb)
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if p_signature is null then
+    return query select 401, jsonb_build_object('error', 'signature does not match');
+    return;
+  end if;
+  if pg_catalog.abs(extract(epoch from p_now) - p_timestamp::numeric) > extract(epoch from w.tolerance) then
+    return query select 401, jsonb_build_object('error', 'signature timestamp is outside the allowed tolerance');
+    return;
+  end if;
+  delete from conveyor.email_webhook_signatures as s where s.path_token = w.path_token and s.signed_at < p_now - w.tolerance;
+  insert into conveyor.email_webhook_signatures (path_token, signature, signed_at)
+  values (w.path_token, p_signature, pg_catalog.to_timestamp(p_timestamp::double precision))
+  on conflict do nothing;
+  if not found then
+    if w.provider = 'svix' then
+      return query select 200, jsonb_build_object('status', 'duplicate');
+    else
+      return query select 409, jsonb_build_object('error', 'this signature was already used (a replayed request)');
+    end if;
+  end if;
+end;
+$$;
+
 -- One provider webhook request: its status and answer. p_headers lower-cased names.
 create or replace function conveyor.receive_email_webhook(
   p_path_token text, p_headers jsonb, p_body bytea, p_now timestamptz default now()
@@ -136,6 +190,8 @@ declare
   v_event jsonb;
   v_result jsonb;
   v_at timestamptz;
+  v_status integer;
+  v_answer jsonb;
 begin
   select * into w from conveyor.email_webhooks as x where x.path_token = p_path_token;
   if not found then
@@ -177,35 +233,16 @@ begin
   else
     v_timestamp := v_body #>> '{signature,timestamp}';
     v_id := v_body #>> '{signature,token}';
-    if v_timestamp !~ '^[0-9]{1,12}$' or v_id is null or v_body #>> '{signature,signature}' !~ '^[0-9a-fA-F]{64}$' then
+    v_given := conveyor.mailgun_signature(w.secret, v_timestamp, v_id, v_body #>> '{signature,signature}');
+    if v_given = '\x'::bytea then
       return query select 401, jsonb_build_object('error', 'missing or malformed signature {timestamp, token, signature}');
       return;
     end if;
-    v_expected := conveyor.hmac_sha256(pg_catalog.convert_to(w.secret, 'UTF8'), pg_catalog.convert_to(v_timestamp || v_id, 'UTF8'));
-    if conveyor.constant_time_equals(lower(v_body #>> '{signature,signature}'), pg_catalog.encode(v_expected, 'hex')) then
-      v_given := v_expected;
-    end if;
   end if;
 
-  if v_given is null then
-    return query select 401, jsonb_build_object('error', 'signature does not match');
-    return;
-  end if;
-  if pg_catalog.abs(extract(epoch from p_now) - v_timestamp::numeric) > extract(epoch from w.tolerance) then
-    return query select 401, jsonb_build_object('error', 'signature timestamp is outside the allowed tolerance');
-    return;
-  end if;
-  delete from conveyor.email_webhook_signatures as s where s.path_token = w.path_token and s.signed_at < p_now - w.tolerance;
-  insert into conveyor.email_webhook_signatures (path_token, signature, signed_at)
-  values (w.path_token, v_given, pg_catalog.to_timestamp(v_timestamp::double precision))
-  on conflict do nothing;
-  if not found then
-    -- svix signs the body with the delivery id: the same request again, a redelivery
-    if w.provider = 'svix' then
-      return query select 200, jsonb_build_object('status', 'duplicate');
-    else
-      return query select 409, jsonb_build_object('error', 'this signature was already used (a replayed request)');
-    end if;
+  select f.status, f.body into v_status, v_answer from conveyor.email_webhook_fresh(w, v_given, v_timestamp, p_now) as f;
+  if v_status is not null then
+    return query select v_status, v_answer;
     return;
   end if;
 
@@ -230,3 +267,54 @@ begin
     jsonb_build_object('status', v_result ->> 'outcome', 'kind', v_event ->> 'kind');
 end;
 $$;
+
+-- A reply from Mailgun's inbound routes (POST /email/inbound/<the mailgun path token>):
+-- p_fields the posted form's fields (timestamp, token, signature, In-Reply-To, References,
+-- Message-Id, from, subject ...), signed like its event webhooks. Correlated by
+-- conveyor.record_email_reply; a reply that names none of our messages is 202 unmatched.
+create or replace function conveyor.receive_email_inbound(
+  p_path_token text, p_fields jsonb, p_now timestamptz default now()
+) returns table (status integer, body jsonb)
+language plpgsql
+set search_path = ''
+as $$
+declare
+  w conveyor.email_webhooks;
+  v_given bytea;
+  v_status integer;
+  v_answer jsonb;
+  v_result jsonb;
+begin
+  select * into w from conveyor.email_webhooks as x where x.path_token = p_path_token and x.provider = 'mailgun';
+  if not found then
+    return query select 404, jsonb_build_object('error', 'no such endpoint');
+    return;
+  end if;
+  update conveyor.email_webhooks as x set call_count = x.call_count + 1, last_called_at = p_now
+  where x.path_token = p_path_token;
+  v_given := conveyor.mailgun_signature(w.secret, p_fields ->> 'timestamp', p_fields ->> 'token',
+    p_fields ->> 'signature');
+  if v_given = '\x'::bytea then
+    return query select 401, jsonb_build_object('error', 'missing or malformed signature fields timestamp, token, signature');
+    return;
+  end if;
+  select f.status, f.body into v_status, v_answer
+  from conveyor.email_webhook_fresh(w, v_given, p_fields ->> 'timestamp', p_now) as f;
+  if v_status is not null then
+    return query select v_status, v_answer;
+    return;
+  end if;
+  v_result := conveyor.record_email_reply(w.tenant_id, left(p_fields ->> 'In-Reply-To', 2000),
+    left(p_fields ->> 'References', 20000), jsonb_strip_nulls(jsonb_build_object(
+      'event_id', 'inbound:' || left(coalesce(p_fields ->> 'Message-Id', p_fields ->> 'token'), 300),
+      'provider', 'mailgun', 'from', left(p_fields ->> 'from', 320), 'subject', left(p_fields ->> 'subject', 1000))));
+  update conveyor.email_webhooks as x set last_status = case v_result ->> 'outcome' when 'unmatched' then 202 else 200 end
+  where x.path_token = p_path_token;
+  return query select case v_result ->> 'outcome' when 'unmatched' then 202 else 200 end,
+    jsonb_build_object('status', v_result ->> 'outcome', 'kind', 'replied');
+end;
+$$;
+
+revoke all on function conveyor.mailgun_signature(text, text, text, text) from public;
+revoke all on function conveyor.email_webhook_fresh(conveyor.email_webhooks, bytea, text, timestamptz) from public;
+revoke all on function conveyor.receive_email_inbound(text, jsonb, timestamptz) from public;

@@ -16,7 +16,7 @@ from psycopg.types.json import Jsonb
 
 from conveyor.serve import ServeSettings, serve_in_thread, tokens
 from tests.e2e.console_helpers import HOSTILE, SECRET
-from tests.e2e.test_console_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.test_console_browser import CHROMIUM, CHROMIUM_ARGS, shoot
 from tests.sql.interpreter_helpers import Conn
 from tests.sql.test_campaigns import setup
 
@@ -108,6 +108,7 @@ def test_a_campaign_in_a_browser_down_to_an_enrollments_execution(server: str, c
             page.click("tr[data-id='welcome'] a")
             page.wait_for_selector("h1:text('Campaign welcome')")
             assert "Welcome <script>" in page.inner_text("main p")  # shown as text
+            shoot(page, "campaign")
             first = seeded["enrollments"][0]
             page.click(f"tr[data-id='{first['enrollment_id']}'] a")
             page.wait_for_selector(f"h1:text('Execution {first['execution_id']}')")

@@ -7,7 +7,9 @@ import argparse
 import math
 
 import pytest
-from bench.e2e_peers import Conveyor, percentile, report, sink
+from bench.e2e_measure import percentile, sink
+from bench.e2e_peers import report
+from bench.e2e_systems import Conveyor
 
 pytestmark = pytest.mark.slow
 

@@ -2,6 +2,8 @@
 
 POST /email/hooks/<path token>  → conveyor.receive_email_webhook (a provider's signed
                                   events: svix or mailgun, by the endpoint)
+POST /email/inbound/<path token> → conveyor.receive_email_inbound (a reply, from Mailgun's
+                                  inbound routes: a signed form; the mailgun endpoint's token)
 GET  /u/<token>                 → a confirmation page (changes nothing: mail scanners
                                   follow links)
 POST /u/<token>                 → conveyor.email_unsubscribe: RFC 8058 one-click
@@ -13,7 +15,11 @@ from __future__ import annotations
 import html
 import logging
 import re
+from email.message import Message
+from email.parser import BytesParser
+from email.policy import HTTP
 from typing import Any
+from urllib.parse import parse_qs
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -61,6 +67,55 @@ async def provider_hook(request: Request) -> Response:
     return JSONResponse(answer, status)
 
 
+MAX_FIELDS = 200
+MAX_FIELD_CHARS = 65536
+
+
+def form_fields(content_type: str, body: bytes) -> dict[str, str]:
+    """The text fields of a posted form (urlencoded or multipart; files are left out), the
+    first value of each name, at most MAX_FIELDS of them, each cut at MAX_FIELD_CHARS."""
+    fields: dict[str, str] = {}
+    if content_type.startswith("application/x-www-form-urlencoded"):
+        parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=MAX_FIELDS)
+        for name, values in parsed.items():
+            fields[name] = values[0][:MAX_FIELD_CHARS]
+    elif content_type.startswith("multipart/form-data"):
+        head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
+        message: Message = BytesParser(policy=HTTP).parsebytes(head + body)
+        for part in message.iter_parts() if message.is_multipart() else []:  # type: ignore[attr-defined]
+            name = part.get_param("name", header="content-disposition")
+            if not isinstance(name, str) or part.get_filename() or name in fields:
+                continue
+            payload = part.get_payload(decode=True)
+            if isinstance(payload, bytes):
+                text = payload.decode(part.get_content_charset() or "utf-8", "replace")
+                fields[name] = text[:MAX_FIELD_CHARS]
+            if len(fields) >= MAX_FIELDS:
+                break
+    return fields
+
+
+async def inbound_reply(request: Request) -> Response:
+    token = request.path_params["token"]
+    if not _TOKEN.fullmatch(token):
+        return JSONResponse({"error": "no such endpoint"}, 404)
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+        return JSONResponse(
+            {"error": "expected a form (urlencoded or multipart), as Mailgun's routes post"}, 415
+        )
+    try:
+        fields = form_fields(content_type, await request.body())
+        status, answer = await _row(
+            request, "select status, body from conveyor.receive_email_inbound(%s, %s)", (token, Jsonb(fields))
+        )
+    except ClientDisconnect:
+        return Response(status_code=400)
+    except psycopg.Error as exc:
+        return _failed(request, exc)
+    return JSONResponse(answer, status)
+
+
 def _page(title: str, text: str, form: str = "", status: int = 200) -> HTMLResponse:
     return HTMLResponse(
         "<!doctype html><html><head><meta charset=utf-8><meta name=robots content=noindex>"
@@ -95,5 +150,6 @@ async def unsubscribe(request: Request) -> Response:
 
 EMAIL_ROUTES = [
     Route("/email/hooks/{token}", provider_hook, methods=["POST"]),
+    Route("/email/inbound/{token}", inbound_reply, methods=["POST"]),
     Route("/u/{token}", unsubscribe, methods=["GET", "POST"]),
 ]
