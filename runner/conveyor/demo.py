@@ -100,7 +100,8 @@ def kept(path: Path, make: Callable[[], str]) -> str:
 
 def load(database_url: str, setup: DemoSetup = DemoSetup()) -> list[str]:
     """Create the demo platform, tenants, connections, workflows and campaign (idempotent),
-    and the tracking webhooks the simulated provider posts to (written to provider.json)."""
+    and the tracking webhook and inbound route the simulated provider posts to (their URLs and
+    secrets written to provider.json)."""
     env = demo_environment(setup.directory)
     box = SecretBox(env["CONVEYOR_SECRET_KEY"])
     published = []
@@ -132,16 +133,22 @@ def load(database_url: str, setup: DemoSetup = DemoSetup()) -> list[str]:
             ).fetchone()
             published.append(f"{tenant_id}/{campaign['slug']} (campaign) v{row[0] if row else '?'}")
             published.append(publish(conn, tenant_id, ENROLL_WORKFLOW))  # after it: publish checks the slug
-            # What a platform does once per provider: store its signing secret, give it the URL.
+            # What a platform does once per provider: store its signing secret, give it the URL
+            # (Svix: Resend's tracking events; Mailgun: the inbound route that forwards replies).
             hook_secret = tracking_secret(setup.directory, tenant_id)
-            hook = conn.execute(
-                "select conveyor.set_email_webhook(%s, 'svix', %s) ->> 'path'", (tenant_id, hook_secret)
+            inbound_key = kept(setup.directory / f"inbound-{tenant_id}.key", lambda: secrets.token_hex(24))
+            paths = conn.execute(
+                "select conveyor.set_email_webhook(%s, 'svix', %s) ->> 'path',"
+                " conveyor.set_email_webhook(%s, 'mailgun', %s) ->> 'path'",
+                (tenant_id, hook_secret, tenant_id, inbound_key),
             ).fetchone()
-            assert hook is not None
+            assert paths is not None
             accounts[sender(tenant_id).split("@")[1]] = {
                 "tenant": tenant_id,
-                "webhook_url": setup.serve_url + hook[0],
+                "webhook_url": setup.serve_url + paths[0],
                 "secret": hook_secret,
+                "inbound_url": setup.serve_url + paths[1].replace("/email/hooks/", "/email/inbound/"),
+                "inbound_key": inbound_key,
             }
     setup.accounts_file.write_text(json.dumps(accounts, indent=2) + "\n")
     setup.accounts_file.chmod(0o600)

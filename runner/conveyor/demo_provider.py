@@ -8,12 +8,12 @@ real HTTP endpoints of the demo's `conveyor serve` (docs/email-tracking.md):
   `POST /email/hooks/<token>` requests (Resend's format), with the message's Message-ID;
 * then `email.opened` for some, `email.clicked` for some of those;
 * sometimes a reply: the contact writes back (the .eml lands in `.conveyor/demo/inbox/`) and
-  the demo platform's inbound-mail handler passes its In-Reply-To to
-  `conveyor.record_email_reply`, as docs/email-tracking.md "Replies" has a platform do;
+  a Mailgun inbound route forwards it, a signed form with its In-Reply-To, to
+  `POST /email/inbound/<token>` (Resend's webhooks carry no replies);
 * rarely a one-click unsubscribe: `POST` to the message's `List-Unsubscribe` URL.
 
 Each message's fate is drawn once from seeded odds (`Odds`), and a second event is posted
-only after the first was recorded: a webhook that arrives before the runner wrote the send
+only after the first was recorded: an event that arrives before the runner wrote the send
 back (202 `unmatched`) is retried a few times, as a provider retries. Every simulated event
 is logged (`simulated provider: <kind>`).
 """
@@ -33,6 +33,7 @@ import secrets
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -42,9 +43,6 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 from pathlib import Path
 from typing import Any
-
-import psycopg
-from psycopg.types.json import Jsonb
 
 log = logging.getLogger("conveyor.demo.provider")
 
@@ -91,16 +89,28 @@ def draw(rng: random.Random, odds: Odds) -> Fate:
 
 @dataclass(frozen=True)
 class Account:
-    """One tenant's account at the provider: its tracking webhook and signing secret."""
+    """One tenant's accounts at the providers: the tracking webhook (Svix) and the inbound
+    route (Mailgun), each with its signing secret."""
 
     tenant: str
     webhook_url: str
     secret: str
+    inbound_url: str
+    inbound_key: str
 
 
 def read_accounts(path: Path) -> dict[str, Account]:
     """provider.json, written by `conveyor demo load`: sender domain → account."""
     return {domain: Account(**fields) for domain, fields in json.loads(path.read_text()).items()}
+
+
+def mailgun_signed(key: str, timestamp: int | None = None) -> dict[str, str]:
+    """Mailgun's signature fields: hex HMAC-SHA256(signing key, timestamp || token), a new
+    token each time (a signature is accepted once)."""
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    token = secrets.token_hex(25)
+    signature = hmac.new(key.encode(), (stamp + token).encode(), hashlib.sha256).hexdigest()
+    return {"timestamp": stamp, "token": token, "signature": signature}
 
 
 def svix_headers(secret: str, event_id: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
@@ -128,6 +138,7 @@ class _Mail:
     unsubscribe_url: str | None
     fate: Fate
     steps: list[str] = field(default_factory=list)
+    reply: EmailMessage | None = None
 
 
 class SimulatedProvider:
@@ -141,7 +152,6 @@ class SimulatedProvider:
     def __init__(
         self,
         accounts: dict[str, Account],
-        database_url: str,
         inbox: Path,
         *,
         odds: Odds = Odds(),
@@ -150,7 +160,6 @@ class SimulatedProvider:
         fate: Callable[[EmailMessage], Fate] | None = None,
     ) -> None:
         self.accounts = accounts
-        self.database_url = database_url
         self.inbox = inbox
         self.pace = pace
         self._rng = random.Random(seed)
@@ -215,7 +224,7 @@ class SimulatedProvider:
                 _, _, mail, step, attempt = heapq.heappop(self._due)
             try:
                 outcome = self._perform(mail, step)
-            except (OSError, psycopg.Error) as exc:  # serve or the database not up (yet)
+            except OSError as exc:  # serve not up (yet)
                 outcome = "failed: " + (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             self.reported.append((mail.message_id, step, outcome))
             if outcome in ("recorded", "duplicate", "unsubscribed"):
@@ -268,25 +277,34 @@ class SimulatedProvider:
         return f"{status} {answer.get('status') or answer.get('error') or ''}".strip()
 
     def _reply(self, mail: _Mail) -> str:
-        """The contact writes back; the demo platform's inbound handler records it."""
-        reply = EmailMessage()
-        reply["From"], reply["To"] = mail.to, mail.sender
-        reply["Subject"] = "Re: " + mail.subject
-        reply["Date"] = formatdate(usegmt=True)
-        reply["Message-ID"] = make_msgid(domain="example.com")
-        reply["In-Reply-To"] = reply["References"] = mail.message_id
-        reply.set_content("Thanks! One question: where do I start? (a simulated reply)")
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
-            row = conn.execute(
-                "select conveyor.record_email_reply(%s, %s, %s, %s) ->> 'outcome'",
-                (
-                    mail.account.tenant,
-                    reply["In-Reply-To"],
-                    reply["References"],
-                    Jsonb({"from": mail.to, "reply_message_id": str(reply["Message-ID"])}),
-                ),
-            ).fetchone()
-        outcome = str(row[0]) if row else "?"
+        """The contact writes back; the inbound route forwards the reply as Mailgun does."""
+        if mail.reply is None:
+            mail.reply = reply = EmailMessage()
+            reply["From"], reply["To"] = mail.to, mail.sender
+            reply["Subject"] = "Re: " + mail.subject
+            reply["Date"] = formatdate(usegmt=True)
+            reply["Message-ID"] = make_msgid(domain="example.com")
+            reply["In-Reply-To"] = reply["References"] = mail.message_id
+            reply.set_content("Thanks! One question: where do I start? (a simulated reply)")
+        reply = mail.reply
+        fields = {
+            "from": mail.to,
+            "recipient": mail.sender,
+            "subject": str(reply["Subject"]),
+            "Message-Id": str(reply["Message-ID"]),
+            "In-Reply-To": str(reply["In-Reply-To"]),
+            "References": str(reply["References"]),
+            "body-plain": reply.get_content(),
+            **mailgun_signed(mail.account.inbound_key),
+        }
+        status, answer = _post(
+            mail.account.inbound_url,
+            urllib.parse.urlencode(fields).encode(),
+            {"content-type": "application/x-www-form-urlencoded"},
+        )
+        outcome = (
+            str(answer.get("status")) if status == 200 else f"{status} {answer.get('status') or ''}".strip()
+        )
         if outcome in ("recorded", "duplicate"):
             self.inbox.mkdir(parents=True, exist_ok=True)
             (self.inbox / f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-reply.eml").write_bytes(bytes(reply))

@@ -1,9 +1,10 @@
 """The demo's welcome campaign with its simulated email provider, end to end: `conveyor demo
 load`'s platform, tenants, connections and campaign on a real PostgreSQL, the demo's real
 SMTP outbox, a real runner process and a real `conveyor serve` taking the provider's signed
-webhooks. Campaign mail lands in the outbox; delivered / opened / clicked are accepted over
-HTTP and move the counters; a reply, a bounce and a one-click unsubscribe each stop their
-enrollment; the rest advance through the sequence (campaign delays of seconds)."""
+webhooks and inbound replies. Campaign mail lands in the outbox; delivered / opened / clicked
+are accepted over HTTP and move the counters; a reply, a bounce and a one-click unsubscribe
+each stop their enrollment; the rest advance through the sequence (campaign delays of
+seconds); the console's campaign page shows it; `conveyor demo run` wires it all."""
 
 from __future__ import annotations
 
@@ -117,7 +118,7 @@ def test_the_demo_campaign_moves_with_the_simulated_provider(
     assert {"acme/welcome (campaign) v1", "globex/welcome (campaign) v1"} <= set(published)
     accounts = read_accounts(setup.accounts_file)
     assert accounts["acme.demo.example"].webhook_url.startswith(setup.serve_url + "/email/hooks/")
-    provider = SimulatedProvider(accounts, db_url, setup.directory / "inbox", pace=0.1, fate=fate).start()
+    provider = SimulatedProvider(accounts, setup.directory / "inbox", pace=0.1, fate=fate).start()
     runner = runners()
     try:
         with (
@@ -178,6 +179,12 @@ def test_the_demo_campaign_moves_with_the_simulated_provider(
     assert by_name["barbara"]["status"] == "bounced"
     [reply] = list((setup.directory / "inbox").glob("*.eml"))
     assert "In-Reply-To: " + str(hello["Message-ID"]) in reply.read_text()
+    # the reply came through the Mailgun inbound route of serve (the provider has no database)
+    [replied] = conn.execute(
+        "select payload from conveyor.events where tenant_id = 'acme' and event_type = 'email.message.replied'"
+    ).fetchall()
+    assert replied["payload"]["message_id"] == str(hello["Message-ID"])
+    assert replied["payload"]["details"]["provider"] == "mailgun"
 
     # what the README's tour and docs/campaigns.md point at
     result = CliRunner().invoke(

@@ -174,11 +174,17 @@ def test_demo_load_publishes_every_example_for_both_tenants(db_url: str, conn: C
         "select tenant_id, provider, path_token from conveyor.email_webhooks order by 1"
     ).fetchall()
     accounts = json.loads(setup.accounts_file.read_text())
-    assert {(h["tenant_id"], h["provider"]) for h in hooks} == {("acme", "svix"), ("globex", "svix")}
+    # Resend's tracking events (svix) and Mailgun's inbound route for replies, per tenant
+    assert sorted((h["tenant_id"], h["provider"]) for h in hooks) == [
+        ("acme", "mailgun"), ("acme", "svix"), ("globex", "mailgun"), ("globex", "svix"),
+    ]  # fmt: skip
     for hook in hooks:
         account = accounts[f"{hook['tenant_id']}.demo.example"]
-        assert account["webhook_url"] == f"http://127.0.0.1:18898/email/hooks/{hook['path_token']}"
-        assert account["secret"].startswith("whsec_")
+        if hook["provider"] == "svix":
+            assert account["webhook_url"] == f"http://127.0.0.1:18898/email/hooks/{hook['path_token']}"
+            assert account["secret"].startswith("whsec_")
+        else:
+            assert account["inbound_url"] == f"http://127.0.0.1:18898/email/inbound/{hook['path_token']}"
 
 
 def test_the_demo_campaign_with_short_delays(db_url: str, tmp_path: Path) -> None:

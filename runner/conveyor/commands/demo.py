@@ -107,9 +107,7 @@ def run(
     os.environ.update(env)
     stop_activity = threading.Event()
     simulated = (
-        SimulatedProvider(
-            read_accounts(setup.accounts_file), url, setup.directory / "inbox", seed=seed
-        ).start()
+        SimulatedProvider(read_accounts(setup.accounts_file), setup.directory / "inbox", seed=seed).start()
         if provider
         else None
     )
