@@ -48,7 +48,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from bench.burst_drain import start_runners
-from bench.e2e_peers import percentile
+from bench.e2e_measure import percentile
 from bench.harness import record, temporary_database
 from bench.latency_sink import LatencySink, latency_sink
 

@@ -32,7 +32,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from bench.e2e_peers import conveyor_workflow
+from bench.e2e_systems import conveyor_workflow
 from bench.harness import process_cpu_s, record, temporary_database
 
 TENANT = "bench"

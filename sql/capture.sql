@@ -89,6 +89,16 @@ begin
       message = format('event %s: unknown tenant %L', p_event_type, p_tenant_id),
       hint = 'Create the tenant first: `conveyor tenants add ID` (SQL: conveyor.create_tenant).';
   end if;
+  -- a reply the platform's own inbound mail reports: correlated to our message like
+  -- conveyor.record_email_reply (sql/email_tracking.sql), whose engine event (entity
+  -- email_message, source email) stands for it; one naming none of ours is kept as given
+  if p_event_type = 'email.message.replied' and p_source is distinct from 'email' then
+    v_event_id := (conveyor.record_email_reply(p_tenant_id, p_payload ->> 'in_reply_to', p_payload ->> 'references',
+      p_payload - 'in_reply_to' - 'references') ->> 'event_id')::bigint;
+    if v_event_id is not null then
+      return v_event_id;
+    end if;
+  end if;
 
   insert into conveyor.events as e (
     tenant_id, event_type, source, entity_type, entity_id, payload, dedupe_key, depth

@@ -281,3 +281,30 @@ def test_a_suppressed_recipient_skips_a_list_unsubscribe_step_with_a_logged_reas
         {"payload": {"email": "ann@x.test", "name": "Ann", "campaign": "c1"}},
     )
     assert execution(conn, eid)["status"] == "waiting"
+
+
+def test_a_reply_the_platform_emits_itself_is_correlated_to_our_message(conn: Conn, tenant: str) -> None:
+    sent(conn, tenant)
+    row = conn.execute(
+        "select conveyor.emit(%s, 'email.message.replied', %s) as id",
+        (tenant, Jsonb({"in_reply_to": "<m1@acme.test>", "from": "ann@x.test"})),
+    ).fetchone()
+    assert row is not None
+    event = conn.execute("select * from conveyor.events where event_id = %s", (row["id"],)).fetchone()
+    assert event is not None
+    # the engine's event of our message stands for it: its entity, tags and source
+    assert (event["entity_type"], event["source"]) == ("email_message", "email")
+    assert event["payload"]["tags"]["campaign_id"] == "c7"
+    [message] = messages(conn)
+    assert message["replied_at"] is not None
+    assert len(events(conn, "replied")) == 1
+    # a reply to nothing we sent is kept as the platform gave it
+    other = conn.execute(
+        "select conveyor.emit(%s, 'email.message.replied', %s) as id",
+        (tenant, Jsonb({"in_reply_to": "<never@x.test>"})),
+    ).fetchone()
+    assert other is not None
+    kept = conn.execute(
+        "select payload, source from conveyor.events where event_id = %s", (other["id"],)
+    ).fetchone()
+    assert kept == {"payload": {"in_reply_to": "<never@x.test>"}, "source": None}
