@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -44,10 +45,12 @@ def test_the_tour_has_commands_to_run() -> None:
     assert blocks("sql")
 
 
-def test_every_tour_command_and_statement_works(db_url: str, conn: Conn, monkeypatch: Any) -> None:
-    from conveyor.demo import load
+def test_every_tour_command_and_statement_works(
+    db_url: str, conn: Conn, monkeypatch: Any, tmp_path: Path
+) -> None:
+    from conveyor.demo import DemoSetup, load
 
-    load(db_url)
+    load(db_url, DemoSetup(tmp_path))
     before = conn.execute("select coalesce(max(execution_id), 0) as id from conveyor.executions").fetchone()
     assert before is not None
     for block in blocks("sql"):

@@ -280,9 +280,10 @@ def test_starttls_verifies_the_certificate_against_the_configured_host(
         )
         assert not untrusted.ok and untrusted.retryable is False
         assert untrusted.error is not None and untrusted.error["type"] == "tls"
-        monkeypatch.setenv("SSL_CERT_FILE", str(tls_files[0]))  # trust our test CA
+        # trust our test CA: a runner reads the trust store once, when it first needs it
+        monkeypatch.setenv("SSL_CERT_FILE", str(tls_files[0]))
         trusted = send(
-            env,
+            Environment.create(env.policy),
             smtp(port, host="localhost", security="starttls", username="mailer", password=PASSWORD),
             to="ada@example.com",
             subject="over tls",
@@ -296,6 +297,17 @@ def test_starttls_verifies_the_certificate_against_the_configured_host(
     assert received["message"]["Subject"] == "over tls"
 
 
+def test_the_tls_context_is_made_once_per_runner_and_not_for_plain_smtp(
+    env: Environment, plain: SmtpServer
+) -> None:
+    # loading the CA certificates cost ~30 ms a send, more than all the rest of it
+    assert send(env, smtp(plain.port), to="a@example.com", subject="s", text="t").ok
+    assert send(env, smtp(plain.port), to="b@example.com", subject="s", text="t").ok
+    smtp_context = env.tls_context(alpn=None)
+    assert env.tls_context(alpn=None) is smtp_context
+    assert env.tls_context() is not smtp_context  # https keeps its own, with ALPN http/1.1
+
+
 def test_implicit_tls(
     env: Environment, tls_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -307,7 +319,11 @@ def test_implicit_tls(
         )
         monkeypatch.setenv("SSL_CERT_FILE", str(tls_files[0]))
         trusted = send(
-            env, smtp(port, host="localhost", security="tls"), to="ada@example.com", subject="s", text="t"
+            Environment.create(env.policy),
+            smtp(port, host="localhost", security="tls"),
+            to="ada@example.com",
+            subject="s",
+            text="t",
         )
     finally:
         controller.stop()

@@ -140,14 +140,77 @@ def test_dry_run_command_prints_decisions(demo_db: Conn, db_url: str, tmp_path: 
     assert report["steps"][1]["would_send"]["input"]["text"].startswith(":tada: Big win: Big order")
 
 
-def test_demo_load_publishes_every_example_for_both_tenants(db_url: str, conn: Conn) -> None:
-    from conveyor.demo import load
+def test_demo_load_publishes_every_example_for_both_tenants(db_url: str, conn: Conn, tmp_path: Path) -> None:
+    from conveyor.demo import DemoSetup, load
 
-    published = load(db_url)
-    assert len(published) == 2 * len(EXAMPLES)
-    again = load(db_url)  # idempotent: identical documents publish no new version
+    setup = DemoSetup(tmp_path, serve_port=18898)
+    published = load(db_url, setup)
+    # the workflows, the welcome campaign and the workflow that enrolls new contacts in it
+    assert len(published) == 2 * (len(EXAMPLES) + 2)
+    again = load(db_url, setup)  # idempotent: identical documents publish no new version
     assert again == published
     rows = conn.execute(
-        "select tenant_id, count(*) as n from conveyor.workflows group by 1 order by 1"
+        "select tenant_id, count(*) as n from conveyor.workflows where category is distinct from 'campaign'"
+        " group by 1 order by 1"
     ).fetchall()
-    assert rows == [{"tenant_id": "acme", "n": len(EXAMPLES)}, {"tenant_id": "globex", "n": len(EXAMPLES)}]
+    n = len(EXAMPLES) + 1
+    assert rows == [{"tenant_id": "acme", "n": n}, {"tenant_id": "globex", "n": n}]
+    campaigns = conn.execute(
+        "select tenant_id, slug, current_version as version from conveyor.campaigns order by 1"
+    ).fetchall()
+    assert campaigns == [
+        {"tenant_id": "acme", "slug": "welcome", "version": 1},
+        {"tenant_id": "globex", "slug": "welcome", "version": 1},
+    ]
+    # the demo's smtp connection is set up for tracking (docs/email-tracking.md)
+    smtp = conn.execute(
+        "select tenant_id, config from conveyor.connections where name = 'demo-smtp' order by 1"
+    ).fetchall()
+    assert [(r["config"]["from"], r["config"]["unsubscribe_url"]) for r in smtp] == [
+        ("automations@acme.demo.example", "http://127.0.0.1:18898"),
+        ("automations@globex.demo.example", "http://127.0.0.1:18898"),
+    ]
+    hooks = conn.execute(
+        "select tenant_id, provider, path_token from conveyor.email_webhooks order by 1"
+    ).fetchall()
+    accounts = json.loads(setup.accounts_file.read_text())
+    # Resend's tracking events (svix) and Mailgun's inbound route for replies, per tenant
+    assert sorted((h["tenant_id"], h["provider"]) for h in hooks) == [
+        ("acme", "mailgun"), ("acme", "svix"), ("globex", "mailgun"), ("globex", "svix"),
+    ]  # fmt: skip
+    for hook in hooks:
+        account = accounts[f"{hook['tenant_id']}.demo.example"]
+        if hook["provider"] == "svix":
+            assert account["webhook_url"] == f"http://127.0.0.1:18898/email/hooks/{hook['path_token']}"
+            assert account["secret"].startswith("whsec_")
+        else:
+            assert account["inbound_url"] == f"http://127.0.0.1:18898/email/inbound/{hook['path_token']}"
+
+
+def test_the_demo_campaign_with_short_delays(db_url: str, tmp_path: Path) -> None:
+    from conveyor.demo import demo_campaign
+
+    document = demo_campaign()
+    assert "send_window" not in document  # the demo runs at any hour
+    assert [s.get("delay") for s in document["steps"]] == [None, "2m", "3m"]
+    assert [s.get("delay") for s in demo_campaign("4s")["steps"]] == [None, "4s", "4s"]
+
+
+def test_a_demo_sign_up_is_enrolled_by_the_enroll_workflow(db_url: str, conn: Conn, tmp_path: Path) -> None:
+    import random
+
+    from conveyor.demo import DemoSetup, load, new_contact
+
+    load(db_url, DemoSetup(tmp_path))
+    with psycopg.connect(db_url, autocommit=True) as platform:
+        ada = new_contact(platform, "acme", "Ada", random.Random(1))
+        platform.execute("select conveyor.tick()")  # dispatch: the contact's created event
+    enrolled = conn.execute(
+        "select entity_id, status from conveyor.campaign_enrollments where tenant_id = 'acme'"
+    ).fetchall()
+    assert enrolled == [{"entity_id": str(ada), "status": "active"}]
+    [join] = conn.execute(
+        "select s.output from conveyor.step_runs as s join conveyor.executions as e using (execution_id)"
+        " join conveyor.workflows as w using (workflow_id) where w.slug = 'enroll-new-contacts'"
+    ).fetchall()
+    assert join["output"]["result"] == "enrolled"

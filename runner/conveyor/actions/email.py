@@ -170,11 +170,10 @@ def send(request: ActionRequest, env: Environment) -> dict[str, Any]:
     host = str(config["host"])
     port = int(config.get("port") or DEFAULT_PORTS[security])
     timeout = float(request.timeout_s)
-    context = ssl.create_default_context()
     smtp: _CheckedSMTP | _CheckedSMTPSSL
     try:
         if security == "tls":
-            smtp = _CheckedSMTPSSL(timeout=timeout, context=context)
+            smtp = _CheckedSMTPSSL(timeout=timeout, context=env.tls_context(alpn=None))
         else:
             smtp = _CheckedSMTP(timeout=timeout)
         smtp.policy_ = env.policy
@@ -183,7 +182,7 @@ def send(request: ActionRequest, env: Environment) -> dict[str, Any]:
         try:
             smtp.ehlo()
             if security == "starttls":
-                smtp.starttls(context=context)
+                smtp.starttls(context=env.tls_context(alpn=None))
                 smtp.ehlo()
             if config.get("username"):
                 smtp.login(str(config["username"]), str(connection.secret.get("password", "")))
