@@ -113,6 +113,26 @@ def test_duplicate_enrollment_is_refused_and_a_finished_one_frees_the_contact(co
     assert stats is not None and stats["enrolled"] == 3
 
 
+def test_an_enrollment_whose_execution_failed_frees_its_contact_at_the_next_enroll(conn: Conn) -> None:
+    setup(conn)
+    apply(conn, CAMPAIGN)
+    [first] = enroll(conn, ["1"])
+    enroll(conn, ["2"])
+    conn.execute(
+        "select conveyor.finish_execution(%s, 'failed', '{\"message\": \"x\"}')",
+        (first["execution_id"],),
+    )
+    assert [r["result"] for r in enroll(conn, ["1", "2"])] == ["enrolled", "already enrolled"]
+    rows = conn.execute(
+        "select entity_id, status from conveyor.campaign_enrollments order by enrollment_id"
+    ).fetchall()
+    assert [(r["entity_id"], r["status"]) for r in rows] == [
+        ("1", "failed"),
+        ("2", "active"),
+        ("1", "active"),
+    ]
+
+
 def test_racing_enrollers_enroll_a_contact_once(db_url: str, conn: Conn) -> None:
     setup(conn)
     apply(conn, CAMPAIGN)
