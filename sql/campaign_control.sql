@@ -139,7 +139,7 @@ begin
     join conveyor.workflow_steps as s
       on s.workflow_id = x.workflow_id and s.version = x.version and s.step_id = x.current_step
     where x.execution_id = any(p_execution_ids) and x.status = 'waiting' and x.wait_kind = 'delay'
-      and x.paused_at is null and s.kind = 'campaign' and s.step_id like '%-slot'
+      and x.paused_at is null and s.kind = 'campaign' and (s.step_id like '%-slot' or s.step_id like '%-ontime')
       and (x.resume_at is null or x.resume_at < now())
     order by x.execution_id
     for update of x skip locked

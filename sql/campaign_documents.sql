@@ -297,6 +297,12 @@ begin
       v_out := v_out || jsonb_build_object('id', v_id || '-slot', 'campaign', jsonb_strip_nulls(jsonb_build_object(
         'op', 'slot', 'key', v_step ->> 'channel',
         'per_minute', coalesce(p_doc -> 'send_rate' -> 'per_minute', '1000000'::jsonb), 'window', v_window)));
+      -- resumed more than a minute after its slot (the tick fell behind): a new one, so late
+      -- sends keep the rate instead of going out together
+      v_out := v_out || jsonb_build_object('id', v_id || '-ontime', 'campaign', jsonb_strip_nulls(jsonb_build_object(
+        'op', 'slot', 'key', v_step ->> 'channel',
+        'per_minute', coalesce(p_doc -> 'send_rate' -> 'per_minute', '1000000'::jsonb), 'window', v_window,
+        'unless_on_time', format('{{steps.%s-slot.output.send_at}}', v_id))));
       if v_step ? 'variants' then
         v_split := '[]';
         for v_variant in select e.v from jsonb_array_elements(v_step -> 'variants') as e (v) loop

@@ -1,7 +1,9 @@
 -- The campaign step, which generated campaign workflows use (sql/campaigns.sql):
---   {"campaign": {"op": "slot", "key", "per_minute", "window"?}}: wait for the next send slot
---     inside the send window and the tenant's send rate (at most per_minute sends per key
---     and calendar minute, taken in the order executions reach the step);
+--   {"campaign": {"op": "slot", "key", "per_minute", "window"?, "unless_on_time"?}}: wait for
+--     the next send slot inside the send window and the tenant's send rate (at most
+--     per_minute sends per key and calendar minute, taken in the order executions reach
+--     the step); with unless_on_time (the first slot's send_at) only when now is more than a
+--     minute past it, so sends the tick resumed late keep the rate;
 --   {"campaign": {"op": "contact", "entity"}}: the enrolled row as it is now, into vars.contact
 --     (sql/campaign_contacts.sql);
 --   {"campaign": {"op": "content", "template", "channel", "data"?}}: a notification template's
@@ -27,7 +29,7 @@ begin
     when 'slot' then
       return query
       select k.message from conveyor.document_key_errors(v_spec, v_path, array['op', 'key', 'per_minute'],
-        array['window']) as k (message);
+        array['window', 'unless_on_time']) as k (message);
       if jsonb_typeof(v_spec -> 'per_minute') is distinct from 'number'
         or (v_spec ->> 'per_minute')::numeric not between 1 and 1000000
         or (v_spec ->> 'per_minute')::numeric <> trunc((v_spec ->> 'per_minute')::numeric) then
@@ -99,7 +101,13 @@ set search_path = ''
 as $$
   select pg_catalog.jsonb_build_object(
     'run', $code$
-if v_input ->> 'op' = 'slot' then
+if v_input ->> 'op' = 'slot' and (v_dry or p_now <= coalesce(
+  (nullif(v_input ->> 'unless_on_time', ''))::timestamptz + interval '1 minute', '-infinity')) then
+  -- the slot's wait was resumed on time (within its minute): the send goes on
+  v_output := jsonb_build_object('on_time', true);
+elsif v_input ->> 'op' = 'slot' then
+  -- (a second slot step with unless_on_time: the tick resumed the first more than a minute
+  -- late, so this send takes a new slot rather than go out with the others late with it)
   if v_dry then
     v_resume := p_now;
   elsif conveyor.campaign_hold(v_exec) then

@@ -134,3 +134,21 @@ def test_one_enrollment_resumed_after_its_slot_passed_takes_a_new_one(conn: Conn
     (state,) = [s for s in states(conn) if s["current_step"] == "hello-slot"]
     now = conn.execute("select now() as t").fetchone()
     assert now is not None and state["resume_at"] > now["t"] and queued_sends(conn) == 1
+
+
+def test_sends_the_tick_resumed_late_take_new_slots_instead_of_going_out_together(conn: Conn) -> None:
+    setup(conn, contacts=3)
+    apply(conn, campaign(1, HELLO))
+    enroll(conn, ["1", "2", "3"])
+    # one a minute: the first sends now, the others wait for the next two minutes
+    assert queued_sends(conn) == 1
+    # the tick comes ten minutes late (a backlog): both waits are due at once
+    late = conn.execute("select date_trunc('minute', now()) + interval '10 minutes' as t").fetchone()
+    assert late is not None
+    conn.execute("select conveyor.tick(p_now => %s)", (late["t"],))
+    # one a minute still: one of them goes now, the other takes the next minute's slot
+    assert queued_sends(conn) == 2
+    (waiting,) = [s for s in states(conn) if s["current_step"] == "hello-ontime"]
+    assert waiting["resume_at"] >= late["t"] + timedelta(minutes=1)
+    conn.execute("select conveyor.tick(p_now => %s)", (late["t"] + timedelta(minutes=1),))
+    assert queued_sends(conn) == 3

@@ -249,7 +249,10 @@ def test_a_recipient_suppressed_while_waiting_for_its_slot_returns_it(conn: Conn
         ),
     )
     enroll(conn, ["1", "2", "3"])
-    conn.execute("select conveyor.tick(p_now => %s)", (datetime.now(UTC) + timedelta(minutes=2),))
+    # ticks every 30 s: each slot's wait resumed within its minute (a later one takes a new slot)
+    started = datetime.now(UTC)
+    for seconds in (30, 60, 90, 120):
+        conn.execute("select conveyor.tick(p_now => %s)", (started + timedelta(seconds=seconds),))
     send_all(conn)
     # the hello waits time out into the nudges, which wait for their slots after `due`'s minute
     due = (datetime.now(UTC) + timedelta(days=3)).replace(second=0, microsecond=0)

@@ -65,11 +65,12 @@ def test_a_campaign_compiles_into_a_workflow_version(conn: Conn) -> None:
         " where w.slug = 'campaign-welcome' order by position"
     ).fetchall()
     ids = [s["step_id"] for s in steps]
-    assert ids[:6] == [
+    assert ids[:7] == [
         "hello-start",
         "hello-contact",
         "hello-present",
         "hello-slot",
+        "hello-ontime",
         "hello-send",
         "hello-wait",
     ]
