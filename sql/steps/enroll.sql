@@ -79,6 +79,10 @@ begin
     raise exception using errcode = '22023',
       message = format('%s.enroll.id: no id to enroll (the execution has no entity; give "id")', p_where);
   end if;
+  if v_campaign.paused then
+    raise exception using errcode = '55000',
+      message = format('%s.enroll.campaign: campaign "%s" is paused: resume it to enroll', p_where, v_slug);
+  end if;
   if p_dry then
     return jsonb_build_object('campaign', v_slug, 'entity_id', v_id, 'result',
       case when exists (select from conveyor.campaign_enrollments as ce where ce.campaign_id = v_campaign.campaign_id

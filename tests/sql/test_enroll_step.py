@@ -126,7 +126,7 @@ def test_a_missing_row_or_a_paused_campaign_fails_the_step(conn: Conn) -> None:
     conn.execute("select conveyor.control_campaign('acme', 'welcome', 'pause')")
     paused = execution(conn, start(conn, flow, "1"))
     assert paused["status"] == "failed"
-    assert 'campaign "welcome" is paused' in paused["error"]["message"]
+    assert 'step "join".enroll.campaign: campaign "welcome" is paused' in paused["error"]["message"]
     assert enrollments(conn) == []
 
 
